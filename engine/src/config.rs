@@ -1,0 +1,118 @@
+//! Server settings: a plain struct with documented defaults, parsed by clap from flags and
+//! `CREDSHARD_*` environment variables, and mirrored in docs/operations.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use credshard_protocol::Limits;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerConfig {
+    /// Address every executor listens on (SO_REUSEPORT). Port 0 picks a free port.
+    #[arg(long, env = "CREDSHARD_LISTEN", default_value = "127.0.0.1:7373")]
+    pub listen: SocketAddr,
+    /// Directory for the key ring (and, unless a key is given, the generated master key).
+    #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]
+    pub data_dir: PathBuf,
+    /// Shards, one glommio executor each, pinned to CPUs 0..N. Default: the number of CPUs.
+    #[arg(long, env = "CREDSHARD_SHARDS")]
+    pub shards: Option<usize>,
+    /// Master key file (64 hex digits, made by `credshard keygen`).
+    #[arg(long, env = "CREDSHARD_KEY_FILE", conflicts_with = "passphrase_env")]
+    pub key_file: Option<PathBuf>,
+    /// Name of an environment variable holding a passphrase; the master key is derived from
+    /// it with Argon2id.
+    #[arg(long, env = "CREDSHARD_PASSPHRASE_ENV")]
+    pub passphrase_env: Option<String>,
+    /// Largest frame, header included, in bytes.
+    #[arg(long, env = "CREDSHARD_FRAME_BYTES_MAX", default_value_t = 1 << 20)]
+    pub frame_bytes_max: usize,
+    /// Longest credential id in bytes.
+    #[arg(long, env = "CREDSHARD_ID_BYTES_MAX", default_value_t = 256)]
+    pub id_bytes_max: usize,
+    /// Largest secret in bytes.
+    #[arg(long, env = "CREDSHARD_SECRET_BYTES_MAX", default_value_t = 64 * 1024)]
+    pub secret_bytes_max: usize,
+    /// Largest encoded label map in bytes.
+    #[arg(long, env = "CREDSHARD_LABELS_BYTES_MAX", default_value_t = 4 * 1024)]
+    pub labels_bytes_max: usize,
+    /// Open connections across all executors; more are answered UNAVAILABLE and closed.
+    #[arg(long, env = "CREDSHARD_CONNECTIONS_MAX", default_value_t = 10_000)]
+    pub connections_max: usize,
+    /// Requests in flight per connection before the server stops reading from it.
+    #[arg(long, env = "CREDSHARD_IN_FLIGHT_MAX", default_value_t = 1024)]
+    pub in_flight_max: usize,
+    /// Capacity of each bounded channel that carries writes between two executors.
+    #[arg(long, env = "CREDSHARD_SHARD_QUEUE_MAX", default_value_t = 1024)]
+    pub shard_queue_max: usize,
+    /// Registered io_uring buffer memory per executor ring, in bytes. Locked memory: keep
+    /// shards × 3 × this below RLIMIT_MEMLOCK when not running as root.
+    #[arg(long, env = "CREDSHARD_IO_MEMORY_BYTES", default_value_t = 1 << 20)]
+    pub io_memory_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        ServerConfig {
+            listen: "127.0.0.1:7373".parse().expect("valid default address"),
+            data_dir: PathBuf::from("./credshard-data"),
+            shards: None,
+            key_file: None,
+            passphrase_env: None,
+            frame_bytes_max: limits.frame_bytes_max,
+            id_bytes_max: limits.id_bytes_max,
+            secret_bytes_max: limits.secret_bytes_max,
+            labels_bytes_max: limits.labels_bytes_max,
+            connections_max: 10_000,
+            in_flight_max: 1024,
+            shard_queue_max: 1024,
+            io_memory_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The shard count: as configured, or one per available CPU.
+    pub fn shard_count(&self) -> usize {
+        self.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |count| count.get()))
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            frame_bytes_max: self.frame_bytes_max,
+            id_bytes_max: self.id_bytes_max,
+            name_bytes_max: Limits::default().name_bytes_max,
+            secret_bytes_max: self.secret_bytes_max,
+            labels_bytes_max: self.labels_bytes_max,
+        }
+    }
+
+    /// Checks the settings against each other.
+    ///
+    /// # Errors
+    /// [`crate::EngineError::Config`] naming the offending setting.
+    pub fn validate(&self) -> Result<(), crate::EngineError> {
+        let fail = |message: String| Err(crate::EngineError::Config(message));
+        let shards = self.shard_count();
+        if !(1..=1024).contains(&shards) {
+            return fail(format!("--shards must be 1..=1024, got {shards}"));
+        }
+        if self.id_bytes_max == 0 || self.id_bytes_max > u16::MAX as usize {
+            return fail("--id-bytes-max must be 1..=65535".to_owned());
+        }
+        let frame_needed = self.secret_bytes_max + self.labels_bytes_max + self.id_bytes_max + 3 * 256 + 64;
+        if self.frame_bytes_max < frame_needed {
+            return fail(format!(
+                "--frame-bytes-max {} cannot carry a PUT at the other limits (needs {frame_needed})",
+                self.frame_bytes_max
+            ));
+        }
+        if self.in_flight_max == 0 || self.shard_queue_max == 0 || self.connections_max == 0 {
+            return fail(
+                "--in-flight-max, --shard-queue-max and --connections-max must be positive".to_owned(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! Errors of the engine: [`EngineError`] for start-up, configuration and storage, and
+//! [`OpError`] for the outcome of a client's operation (each maps to one status code).
+
+use std::path::PathBuf;
+
+use credshard_protocol::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+    #[error("passphrase key derivation failed: {0}")]
+    Passphrase(String),
+    #[error("{0}")]
+    Keyring(String),
+    #[error("wrong master key: the data dir's key ring does not unwrap with it")]
+    WrongMasterKey,
+    #[error("data key {key_id} failed to decrypt a record (unknown key or damaged ciphertext)")]
+    Decrypt { key_id: u32 },
+    #[error("stored record is invalid: {0}")]
+    Record(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("server failed to start: {0}")]
+    Start(String),
+}
+
+/// Why an operation on a credential failed. Messages are static: nothing is formatted on the
+/// hot path, and no secret can leak into one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("credential not found")]
+    NotFound,
+    #[error("version not kept")]
+    VersionNotFound,
+    #[error("version conflict")]
+    VersionConflict { current_version: u64 },
+    #[error("credential expired")]
+    Expired,
+    #[error("service unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl OpError {
+    pub fn status(&self) -> Status {
+        match self {
+            OpError::NotFound | OpError::VersionNotFound => Status::NotFound,
+            OpError::VersionConflict { .. } => Status::VersionConflict,
+            OpError::Expired => Status::Expired,
+            OpError::Unavailable(_) => Status::Unavailable,
+            OpError::Internal(_) => Status::Internal,
+        }
+    }
+
+    /// The `detail` field of the error frame.
+    pub fn detail(&self) -> u64 {
+        match self {
+            OpError::VersionConflict { current_version } => *current_version,
+            _ => 0,
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            OpError::NotFound => "credential not found",
+            OpError::VersionNotFound => "version not found or no longer kept",
+            OpError::VersionConflict { .. } => {
+                "version conflict: detail holds the current version (0: absent)"
+            }
+            OpError::Expired => "credential expired",
+            OpError::Unavailable(message) | OpError::Internal(message) => message,
+        }
+    }
+}

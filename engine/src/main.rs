@@ -1,0 +1,288 @@
+//! The `credshard` binary: `serve` runs the server; `keygen` writes a master key file; `put`,
+//! `get`, `delete` and `stats` are a client of a running server.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use credshard_engine::crypto::{Argon2Cost, KeySource, MasterKey};
+use credshard_engine::{Server, ServerConfig};
+use credshard_protocol::{encode_labels, Client, Expiry, Kind, Labels, PutRequest};
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "credshard", version, about = "A thread-per-core encrypted credential store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Connect {
+    /// Server address.
+    #[arg(long, env = "CREDSHARD_ADDR", default_value = "127.0.0.1:7373")]
+    addr: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServerConfig),
+    /// Write a new random master key file (mode 0600).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Store a secret read from standard input (one trailing newline is dropped).
+    Put {
+        id: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        scope: String,
+        /// generic, api-key, password, token or certificate.
+        #[arg(long, default_value = "generic")]
+        kind: String,
+        /// Expire this many seconds from now.
+        #[arg(long, conflicts_with = "expires_at_ms")]
+        ttl: Option<u64>,
+        /// Expire at this Unix time in milliseconds.
+        #[arg(long)]
+        expires_at_ms: Option<u64>,
+        /// Compare-and-set: only write if the current version is V (0: must not exist).
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// A label KEY=VALUE; repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Keep standard input byte for byte (do not drop a trailing newline).
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Print a secret (or, with --meta, its metadata).
+    Get {
+        id: String,
+        #[arg(long)]
+        meta: bool,
+        /// A given version instead of the current one.
+        #[arg(long, conflicts_with = "meta")]
+        version: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Delete a credential and all its versions.
+    Delete {
+        id: String,
+        /// Only delete if the current version is V.
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Print the server's counters.
+    Stats {
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli.command) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(config) => serve(config),
+        Command::Keygen { out } => {
+            MasterKey::generate().write_file(&out)?;
+            println!(
+                "wrote a new master key to {} (mode 0600); keep it away from the data dir",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Put { id, owner, scope, kind, ttl, expires_at_ms, if_version, labels, raw, connect } => {
+            let kind = Kind::from_name(&kind).with_context(|| {
+                format!("unknown kind {kind:?} (generic, api-key, password, token, certificate)")
+            })?;
+            let pairs = labels
+                .iter()
+                .map(|label| {
+                    label.split_once('=').with_context(|| format!("label {label:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut encoded_labels = bytes::BytesMut::new();
+            encode_labels(&pairs, &mut encoded_labels);
+            let mut secret = Zeroizing::new(Vec::new());
+            std::io::stdin().read_to_end(&mut secret).context("reading the secret from standard input")?;
+            if !raw {
+                for ending in [&b"\r\n"[..], b"\n"] {
+                    if secret.ends_with(ending) {
+                        let length = secret.len() - ending.len();
+                        secret.truncate(length);
+                        break;
+                    }
+                }
+            }
+            let expiry = match (ttl, expires_at_ms) {
+                (Some(seconds), _) => Expiry::TtlMs(seconds.saturating_mul(1000)),
+                (None, Some(at_ms)) => Expiry::AtUnixMs(at_ms),
+                (None, None) => Expiry::Never,
+            };
+            let request = PutRequest {
+                id: &id,
+                owner: &owner,
+                scope: &scope,
+                kind,
+                expected_version: if_version,
+                expiry,
+                labels: Labels::from_validated(&encoded_labels),
+                secret: &secret,
+            };
+            let version = connect_to(&connect)?.put(&request)?;
+            println!("{id} version {version}");
+            Ok(())
+        }
+        Command::Get { id, meta, version, connect } => {
+            let mut client = connect_to(&connect)?;
+            if meta {
+                let reply = client.get_meta(&id)?;
+                print_metadata(&reply.metadata);
+                for info in reply.versions {
+                    println!(
+                        "version {}: {} (written at {} ms)",
+                        info.version,
+                        info.state.name(),
+                        info.created_at_ms
+                    );
+                }
+                return Ok(());
+            }
+            let reply = client.get_version(&id, version.unwrap_or(0))?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(reply.secret.expose())?;
+            stdout.write_all(b"\n")?;
+            Ok(())
+        }
+        Command::Delete { id, if_version, connect } => {
+            let reply = connect_to(&connect)?.delete(&id, if_version)?;
+            println!("deleted {id} (was version {})", reply.version);
+            Ok(())
+        }
+        Command::Stats { connect } => {
+            for (name, value) in connect_to(&connect)?.stats()?.values {
+                println!("{name} {value}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn connect_to(connect: &Connect) -> anyhow::Result<Client> {
+    Client::connect(connect.addr.as_str())
+        .with_context(|| format!("cannot reach credshard at {}", connect.addr))
+}
+
+fn print_metadata(metadata: &credshard_protocol::op::metadata::Metadata) {
+    println!("id {}", metadata.id);
+    println!("owner {}", metadata.owner);
+    println!("scope {}", metadata.scope);
+    println!("kind {}", metadata.kind.name());
+    println!("version {}", metadata.version);
+    println!("created_at_ms {}", metadata.created_at_ms);
+    println!("updated_at_ms {}", metadata.updated_at_ms);
+    match metadata.expires_at_ms {
+        Some(at_ms) => println!("expires_at_ms {at_ms}"),
+        None => println!("expires_at_ms never"),
+    }
+    println!("key_id {}", metadata.key_id);
+    for (key, value) in &metadata.labels {
+        println!("label {key}={value}");
+    }
+}
+
+fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let key_source = key_source(&config)?;
+    // Block SIGINT and SIGTERM before the executor threads start (they inherit the mask), so
+    // that this thread alone receives them and can stop the server in order.
+    let signals = block_stop_signals();
+    let server = Server::start(&config, key_source)?;
+    tracing::info!(
+        address = %server.local_address(),
+        shards = server.store().shard_count(),
+        data_dir = %config.data_dir.display(),
+        "credshard listening"
+    );
+    tracing::warn!("durability is not built yet: credentials are kept in memory only and are lost at exit");
+    // Scripts and tests read the bound address (useful with port 0) from this line.
+    println!("listening on {}", server.local_address());
+    std::io::stdout().flush()?;
+    let signal = wait_for_signal(&signals);
+    tracing::info!(signal, "stopping");
+    server.join()?;
+    Ok(())
+}
+
+fn key_source(config: &ServerConfig) -> anyhow::Result<KeySource> {
+    if let Some(path) = &config.key_file {
+        return Ok(KeySource::KeyFile(path.clone()));
+    }
+    if let Some(variable) = &config.passphrase_env {
+        let passphrase =
+            std::env::var(variable).with_context(|| format!("environment variable {variable} is not set"))?;
+        if passphrase.is_empty() {
+            bail!("environment variable {variable} is empty");
+        }
+        return Ok(KeySource::Passphrase(Zeroizing::new(passphrase.into_bytes()), Argon2Cost::default()));
+    }
+    let path = config.data_dir.join("master.key");
+    if !path.exists() {
+        std::fs::create_dir_all(&config.data_dir)?;
+        MasterKey::generate().write_file(&path)?;
+        tracing::warn!(
+            path = %path.display(),
+            "NO MASTER KEY GIVEN: generated one INSIDE the data dir. Anyone who can read the data dir can \
+             decrypt every secret. Production keeps the key elsewhere: `credshard keygen --out PATH` and \
+             `--key-file PATH`, or `--passphrase-env VAR`."
+        );
+    } else {
+        tracing::warn!(path = %path.display(), "using the master key stored inside the data dir (not for production)");
+    }
+    Ok(KeySource::KeyFile(path))
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise a local sigset_t; pthread_sigmask only changes
+    // this thread's mask. All pointers are to live locals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` is an initialised signal set and `signal` a live local; sigwait only
+    // writes the received signal number into it.
+    unsafe {
+        libc::sigwait(set, &mut signal);
+    }
+    signal
+}

@@ -1,0 +1,82 @@
+//! Counters reported by STATS. Each executor writes only its own cache-line-aligned block,
+//! so counting never bounces a line between cores; STATS sums the blocks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One executor's counters.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub struct ExecutorMetrics {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub requests_total: AtomicU64,
+    pub reads_total: AtomicU64,
+    pub writes_total: AtomicU64,
+    /// Writes this executor sent to another shard's executor.
+    pub writes_forwarded: AtomicU64,
+    pub errors_total: AtomicU64,
+    /// Frames that broke framing (bad length, oversized) and closed their connection.
+    pub frames_rejected: AtomicU64,
+}
+
+impl ExecutorMetrics {
+    #[inline]
+    pub fn add(counter: &AtomicU64, value: u64) {
+        counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn sub(counter: &AtomicU64, value: u64) {
+        counter.fetch_sub(value, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    executors: Box<[ExecutorMetrics]>,
+}
+
+impl Metrics {
+    pub fn new(executor_count: usize) -> Metrics {
+        Metrics { executors: (0..executor_count).map(|_| ExecutorMetrics::default()).collect() }
+    }
+
+    pub fn executor(&self, index: usize) -> &ExecutorMetrics {
+        &self.executors[index]
+    }
+
+    /// Open connections across all executors.
+    pub fn connections_open(&self) -> u64 {
+        self.executors.iter().map(|executor| executor.connections_open.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Totals first, then `executor.N.connections_total` and `executor.N.requests_total`.
+    pub fn report(&self) -> Vec<(String, u64)> {
+        let sum = |field: fn(&ExecutorMetrics) -> &AtomicU64| {
+            self.executors.iter().map(|executor| field(executor).load(Ordering::Relaxed)).sum::<u64>()
+        };
+        let mut report = vec![
+            ("connections_open".to_owned(), sum(|m| &m.connections_open)),
+            ("connections_total".to_owned(), sum(|m| &m.connections_total)),
+            ("connections_refused".to_owned(), sum(|m| &m.connections_refused)),
+            ("requests_total".to_owned(), sum(|m| &m.requests_total)),
+            ("reads_total".to_owned(), sum(|m| &m.reads_total)),
+            ("writes_total".to_owned(), sum(|m| &m.writes_total)),
+            ("writes_forwarded".to_owned(), sum(|m| &m.writes_forwarded)),
+            ("errors_total".to_owned(), sum(|m| &m.errors_total)),
+            ("frames_rejected".to_owned(), sum(|m| &m.frames_rejected)),
+        ];
+        for (index, executor) in self.executors.iter().enumerate() {
+            report.push((
+                format!("executor.{index}.connections_total"),
+                executor.connections_total.load(Ordering::Relaxed),
+            ));
+            report.push((
+                format!("executor.{index}.requests_total"),
+                executor.requests_total.load(Ordering::Relaxed),
+            ));
+        }
+        report
+    }
+}

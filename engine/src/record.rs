@@ -1,0 +1,253 @@
+//! A stored credential version: the rkyv archive of a [`Credential`] in an aligned buffer,
+//! validated once when it is created or loaded and then read in place (zero copy).
+//!
+//! The archive holds only ciphertext: the secret is sealed with the key ring before the
+//! record is built, and decrypted only by [`Record::decrypt_into`], straight into the
+//! response buffer. These same bytes are what the write-ahead log and PostgreSQL store.
+
+use bytes::{BufMut, BytesMut};
+use credshard_protocol::op::metadata::MetadataRef;
+use credshard_protocol::{Labels, PutRequest};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Serialize};
+
+use crate::crypto::keyring::Sealed;
+use crate::crypto::{Keyring, NONCE_BYTES, TAG_BYTES};
+use crate::error::{EngineError, OpError};
+
+/// One version of a credential as archived.
+#[derive(Archive, Serialize, Debug)]
+pub struct Credential {
+    pub id: String,
+    pub owner: String,
+    pub scope: String,
+    pub kind: u8,
+    pub version: u64,
+    /// When version 1 was written (Unix ms).
+    pub created_at_ms: u64,
+    /// When this version was written (Unix ms).
+    pub updated_at_ms: u64,
+    /// Absolute expiry (Unix ms); 0 for never.
+    pub expires_at_ms: u64,
+    pub key_id: u32,
+    pub nonce: [u8; NONCE_BYTES],
+    pub tag: [u8; TAG_BYTES],
+    /// The secret, AES-256-GCM encrypted; its associated data is (id, version, key id).
+    pub ciphertext: Vec<u8>,
+    /// Labels in their wire encoding (see `credshard_protocol::op::labels`).
+    pub labels: Vec<u8>,
+}
+
+/// The validated archive of one credential version.
+pub struct Record {
+    bytes: AlignedVec,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let credential = self.credential();
+        formatter
+            .debug_struct("Record")
+            .field("id", &credential.id.as_str())
+            .field("version", &credential.version.to_native())
+            .field("archive_bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Everything but the secret that a new version needs.
+#[derive(Clone, Copy, Debug)]
+pub struct VersionFields {
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+impl Record {
+    /// Encrypts the request's secret and archives a new version.
+    ///
+    /// # Errors
+    /// [`OpError::Unavailable`] when the key ring cannot provide a key.
+    pub fn seal(
+        request: &PutRequest<'_>,
+        fields: VersionFields,
+        keyring: &Keyring,
+    ) -> Result<Record, OpError> {
+        // The secret is copied once, into the buffer that becomes the ciphertext.
+        let mut ciphertext = request.secret.to_vec();
+        let Sealed { key_id, nonce, tag } = keyring
+            .encrypt(request.id, fields.version, &mut ciphertext)
+            .map_err(|_| OpError::Unavailable("the key ring could not provide a data key"))?;
+        let credential = Credential {
+            id: request.id.to_owned(),
+            owner: request.owner.to_owned(),
+            scope: request.scope.to_owned(),
+            kind: request.kind as u8,
+            version: fields.version,
+            created_at_ms: fields.created_at_ms,
+            updated_at_ms: fields.updated_at_ms,
+            expires_at_ms: fields.expires_at_ms,
+            key_id,
+            nonce,
+            tag,
+            ciphertext,
+            labels: request.labels.encoded().to_vec(),
+        };
+        let bytes = rkyv::to_bytes::<rancor::Error>(&credential)
+            .map_err(|_| OpError::Internal("archiving a credential failed"))?;
+        let record =
+            Record::from_archive(bytes).map_err(|_| OpError::Internal("a new record failed validation"))?;
+        debug_assert!(record.credential().version.to_native() >= 1, "versions start at 1");
+        Ok(record)
+    }
+
+    /// Validates archived bytes (e.g. read back from disk) once and keeps them.
+    ///
+    /// # Errors
+    /// [`EngineError::Record`] when the bytes are not a valid archive or break an invariant.
+    pub fn from_archive(bytes: AlignedVec) -> Result<Record, EngineError> {
+        let credential = rkyv::access::<ArchivedCredential, rancor::Error>(&bytes)
+            .map_err(|error| EngineError::Record(error.to_string()))?;
+        if credential.version.to_native() == 0 || credential.id.is_empty() {
+            return Err(EngineError::Record("version 0 or empty id".to_owned()));
+        }
+        Ok(Record { bytes })
+    }
+
+    /// The archived credential, read in place.
+    #[inline]
+    pub fn credential(&self) -> &ArchivedCredential {
+        // SAFETY: `bytes` passed `rkyv::access` validation in `from_archive`, the only
+        // constructor, and is never mutated afterwards (no `&mut` to it is ever handed out).
+        unsafe { rkyv::access_unchecked::<ArchivedCredential>(&self.bytes) }
+    }
+
+    /// The archive's bytes (what a log or database stores verbatim).
+    pub fn archive_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn version(&self) -> u64 {
+        self.credential().version.to_native()
+    }
+
+    /// True once the expiry has passed.
+    #[inline]
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        let expires_at_ms = self.credential().expires_at_ms.to_native();
+        expires_at_ms != 0 && now_ms >= expires_at_ms
+    }
+
+    /// Metadata borrowed from the archive.
+    pub fn metadata(&self) -> MetadataRef<'_> {
+        let credential = self.credential();
+        MetadataRef {
+            id: credential.id.as_str(),
+            owner: credential.owner.as_str(),
+            scope: credential.scope.as_str(),
+            kind: credential.kind,
+            version: credential.version.to_native(),
+            created_at_ms: credential.created_at_ms.to_native(),
+            updated_at_ms: credential.updated_at_ms.to_native(),
+            expires_at_ms: credential.expires_at_ms.to_native(),
+            key_id: credential.key_id.to_native(),
+            labels: Labels::from_validated(credential.labels.as_slice()),
+        }
+    }
+
+    /// Appends the secret as a `bytes32` to `out`, decrypting it in place there: the
+    /// plaintext exists only in the response buffer, which the connection wipes after sending.
+    ///
+    /// # Errors
+    /// [`OpError::Internal`] when the ciphertext does not authenticate; nothing is appended.
+    pub fn decrypt_into(&self, keyring: &Keyring, out: &mut BytesMut) -> Result<(), OpError> {
+        let credential = self.credential();
+        let ciphertext = credential.ciphertext.as_slice();
+        let start = out.len();
+        out.put_u32_le(ciphertext.len() as u32);
+        out.extend_from_slice(ciphertext);
+        let sealed =
+            Sealed { key_id: credential.key_id.to_native(), nonce: credential.nonce, tag: credential.tag };
+        let version = credential.version.to_native();
+        if keyring.decrypt(credential.id.as_str(), version, &sealed, &mut out[start + 4..]).is_err() {
+            out.truncate(start);
+            return Err(OpError::Internal("stored ciphertext failed authentication"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use credshard_protocol::{Expiry, Kind, EMPTY_LABELS};
+
+    pub(crate) fn put_request<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
+        PutRequest {
+            id,
+            owner: "team-a",
+            scope: "prod",
+            kind: Kind::Password,
+            expected_version: None,
+            expiry: Expiry::Never,
+            labels: Labels::from_validated(EMPTY_LABELS),
+            secret,
+        }
+    }
+
+    fn fields(version: u64) -> VersionFields {
+        VersionFields { version, created_at_ms: 10, updated_at_ms: 20, expires_at_ms: 0 }
+    }
+
+    #[test]
+    fn archive_holds_ciphertext_only_and_decrypts_on_demand() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let secret = b"correct-horse-battery-staple";
+        let record = Record::seal(&put_request("db/main", secret), fields(1), &keyring).unwrap();
+        let archive = record.archive_bytes();
+        assert!(!archive.windows(secret.len()).any(|window| window == secret), "plaintext in the archive");
+
+        let metadata = record.metadata();
+        assert_eq!((metadata.id, metadata.owner, metadata.version), ("db/main", "team-a", 1));
+        let mut out = BytesMut::new();
+        record.decrypt_into(&keyring, &mut out).unwrap();
+        assert_eq!(&out[4..], secret);
+        assert_eq!(u32::from_le_bytes(out[..4].try_into().unwrap()) as usize, secret.len());
+    }
+
+    #[test]
+    fn records_reload_from_their_bytes_and_reject_garbage() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let record = Record::seal(&put_request("x", b"s"), fields(7), &keyring).unwrap();
+        let mut copy = AlignedVec::new();
+        copy.extend_from_slice(record.archive_bytes());
+        assert_eq!(Record::from_archive(copy).unwrap().version(), 7);
+
+        let mut garbage = AlignedVec::new();
+        garbage.extend_from_slice(&[0xFF; 64]);
+        assert!(Record::from_archive(garbage).is_err());
+    }
+
+    #[test]
+    fn tampered_ciphertext_is_an_error_not_garbage() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let other_keyring = Keyring::in_memory(MasterKey::generate());
+        let record = Record::seal(&put_request("x", b"secret"), fields(1), &keyring).unwrap();
+        let mut out = BytesMut::from(&b"keep"[..]);
+        assert!(record.decrypt_into(&other_keyring, &mut out).is_err());
+        assert_eq!(&out[..], b"keep", "nothing is appended on failure");
+    }
+
+    #[test]
+    fn expiry() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let mut fields = fields(1);
+        fields.expires_at_ms = 100;
+        let record = Record::seal(&put_request("x", b"s"), fields, &keyring).unwrap();
+        assert!(!record.is_expired(99));
+        assert!(record.is_expired(100));
+    }
+}

@@ -1,0 +1,192 @@
+//! One client connection, for its whole life on one executor.
+//!
+//! The loop: split every whole frame out of the input buffer and dispatch it (reads are
+//! answered at once; writes for other shards are forwarded and their replies collected as
+//! they finish, so responses can leave out of order); flush the output; then wait for more
+//! input or a finished write. A framing error is answered with an error frame, in-flight
+//! writes are answered, and the connection is closed. Buffers that held plaintext (PUT
+//! requests, GET responses) are wiped before they are reused.
+
+use std::rc::Rc;
+
+use bytes::{Buf, BytesMut};
+use credshard_protocol::frame::{self, FrameError};
+use credshard_protocol::op::encode_error;
+use credshard_protocol::{Op, Status};
+use futures::future::{select, Either};
+use futures::stream::FuturesUnordered;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use glommio::net::TcpStream;
+use zeroize::Zeroize;
+
+use crate::metrics::ExecutorMetrics;
+use crate::server::dispatch::{dispatch, encode_write_outcome, Dispatched};
+use crate::server::executor::ExecutorContext;
+
+/// Bytes read per `read` call.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Serves `stream` until the client hangs up, an I/O error occurs, or framing breaks.
+pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
+    let metrics = context.metrics();
+    if context.all_metrics.connections_open() >= context.config.connections_max as u64 {
+        ExecutorMetrics::add(&metrics.connections_refused, 1);
+        let mut out = BytesMut::new();
+        encode_error(Status::Unavailable, 0, 0, "too many connections", &mut out);
+        let _ = stream.write_all(&out).await;
+        return;
+    }
+    ExecutorMetrics::add(&metrics.connections_total, 1);
+    ExecutorMetrics::add(&metrics.connections_open, 1);
+    let _ = stream.set_nodelay(true);
+    let result = Connection::new(&context).run(&mut stream).await;
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an I/O error");
+    }
+    ExecutorMetrics::sub(&metrics.connections_open, 1);
+}
+
+struct Connection<'a> {
+    context: &'a Rc<ExecutorContext>,
+    input: BytesMut,
+    output: BytesMut,
+    output_has_secret: bool,
+    /// Input bytes above this stop reading until in-flight writes drain.
+    input_bytes_max: usize,
+}
+
+impl<'a> Connection<'a> {
+    fn new(context: &'a Rc<ExecutorContext>) -> Connection<'a> {
+        Connection {
+            context,
+            input: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            output: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            output_has_secret: false,
+            input_bytes_max: 2 * context.store.limits().frame_bytes_max,
+        }
+    }
+
+    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        let frame_bytes_max = self.context.store.limits().frame_bytes_max;
+        let in_flight_max = self.context.config.in_flight_max;
+        let mut pending = FuturesUnordered::new();
+        let mut closing = false;
+        loop {
+            while !closing && pending.len() < in_flight_max {
+                let header = match frame::check(&self.input, frame_bytes_max) {
+                    Ok(Some(header)) => header,
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.reject_framing(error);
+                        closing = true;
+                        break;
+                    }
+                };
+                let frame_bytes = header.frame_bytes;
+                match dispatch(self.context, header, &self.input[..frame_bytes], &mut self.output) {
+                    Dispatched::Answered { secret } => self.output_has_secret |= secret,
+                    Dispatched::Forward { shard_id, op, received_at_ms } => {
+                        let body = &self.input[header.body_range()];
+                        let outcome = self.context.router.forward(shard_id, op, body, received_at_ms).await;
+                        let request_id = header.request_id;
+                        pending.push(outcome.map(move |outcome| (op, request_id, outcome)));
+                    }
+                }
+                if header.code == Op::Put as u8 {
+                    self.input[..frame_bytes].zeroize();
+                }
+                self.input.advance(frame_bytes);
+            }
+
+            while let Some(Some(finished)) = pending.next().now_or_never() {
+                self.answer_forwarded(finished);
+            }
+            self.flush(stream).await?;
+
+            if closing {
+                while let Some(finished) = pending.next().await {
+                    self.answer_forwarded(finished);
+                }
+                self.flush(stream).await?;
+                return Ok(());
+            }
+
+            let may_read = self.input.len() < self.input_bytes_max || pending.is_empty();
+            if !may_read {
+                if let Some(finished) = pending.next().await {
+                    self.answer_forwarded(finished);
+                }
+                continue;
+            }
+            let start = self.input.len();
+            self.input.resize(start + READ_CHUNK_BYTES, 0);
+            let read = if pending.is_empty() {
+                stream.read(&mut self.input[start..]).await
+            } else {
+                match select(stream.read(&mut self.input[start..]), pending.next()).await {
+                    Either::Left((read, _)) => read,
+                    Either::Right((finished, _)) => {
+                        self.input.truncate(start);
+                        if let Some(finished) = finished {
+                            self.answer_forwarded(finished);
+                        }
+                        continue;
+                    }
+                }
+            };
+            match read {
+                Ok(0) => {
+                    // The client hung up, perhaps mid-frame: nothing partial is applied.
+                    self.input.truncate(start);
+                    self.input.zeroize();
+                    return Ok(());
+                }
+                Ok(read) => self.input.truncate(start + read),
+                Err(error) => {
+                    self.input.truncate(start);
+                    self.input.zeroize();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    fn answer_forwarded(
+        &mut self,
+        (op, request_id, outcome): (
+            Op,
+            u32,
+            Result<crate::server::router::WriteOutcome, futures::channel::oneshot::Canceled>,
+        ),
+    ) {
+        let outcome = outcome
+            .unwrap_or(Err(crate::error::OpError::Unavailable("the owning shard stopped before answering")));
+        encode_write_outcome(self.context, op, request_id, outcome, &mut self.output);
+    }
+
+    fn reject_framing(&mut self, error: FrameError) {
+        ExecutorMetrics::add(&self.context.metrics().frames_rejected, 1);
+        let status = match error {
+            FrameError::TooLarge { .. } => Status::TooLarge,
+            FrameError::LengthTooSmall { .. } => Status::Malformed,
+        };
+        let request_id = frame::peek_request_id(&self.input);
+        let message = format!("{error}; closing the connection");
+        encode_error(status, request_id, 0, &message, &mut self.output);
+        self.input.zeroize();
+        self.input.clear();
+    }
+
+    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let result = stream.write_all(&self.output).await;
+        if self.output_has_secret {
+            self.output.zeroize();
+            self.output_has_secret = false;
+        }
+        self.output.clear();
+        result
+    }
+}

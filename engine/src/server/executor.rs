@@ -1,0 +1,113 @@
+//! One executor: joins the mesh (its peer id is its shard id), claims its shard's writer,
+//! serves forwarded writes, binds the shared port and accepts connections until stopped.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+
+use crate::config::ServerConfig;
+use crate::metrics::{ExecutorMetrics, Metrics};
+use crate::server::connection;
+use crate::server::router::{Router, WriteMessage};
+use crate::store::Store;
+
+/// How often an idle executor checks whether it was asked to stop.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What every executor shares, built once by `Server::start`.
+pub struct Shared {
+    pub config: ServerConfig,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub stop: Arc<AtomicBool>,
+    /// The address executor 0 bound, which the others bind too (it matters for port 0).
+    pub bound_address: (Mutex<Option<SocketAddr>>, Condvar),
+    pub ready: Mutex<mpsc::Sender<Result<SocketAddr, String>>>,
+}
+
+/// What a connection on this executor can reach.
+pub struct ExecutorContext {
+    pub config: ServerConfig,
+    pub store: Arc<Store>,
+    pub all_metrics: Arc<Metrics>,
+    pub router: Rc<Router>,
+}
+
+impl ExecutorContext {
+    /// This executor's counters.
+    pub fn metrics(&self) -> &ExecutorMetrics {
+        self.all_metrics.executor(self.router.shard_id())
+    }
+}
+
+/// The body of one executor thread. Start-up failures are reported on `shared.ready`.
+pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
+    let report = |result: Result<SocketAddr, String>| {
+        let _ = shared.ready.lock().expect("ready lock").send(result);
+    };
+    let Ok((senders, receivers)) = mesh.join().await else {
+        return report(Err("joining the executor mesh failed".to_owned()));
+    };
+    let shard_id = senders.peer_id();
+    let router = Rc::new(Router::new(shared.store.claim_writer(shard_id), senders));
+    router.spawn_peer_tasks(receivers, *shared.store.limits());
+
+    let listener = match bind(&shared, shard_id) {
+        Ok(listener) => listener,
+        Err(error) => return report(Err(format!("executor {shard_id} could not listen: {error}"))),
+    };
+    let address = listener.local_addr().expect("a bound listener has an address");
+    let context = Rc::new(ExecutorContext {
+        config: shared.config.clone(),
+        store: Arc::clone(&shared.store),
+        all_metrics: Arc::clone(&shared.metrics),
+        router,
+    });
+    glommio::spawn_local(accept_loop(listener, context)).detach();
+    report(Ok(address));
+
+    // The executor ends when this future returns, dropping its listener and connections.
+    while !shared.stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+    }
+}
+
+/// Executor 0 binds the configured address and publishes the bound one; the others wait for
+/// it and bind the same address (SO_REUSEPORT), so the kernel spreads connections over all.
+fn bind(shared: &Shared, shard_id: usize) -> Result<TcpListener, String> {
+    let (slot, published) = &shared.bound_address;
+    if shard_id == 0 {
+        let bound = TcpListener::bind(shared.config.listen);
+        let mut address = slot.lock().expect("bound address lock");
+        // Publish even a failure (as the configured address) so the others do not wait forever.
+        *address =
+            Some(bound.as_ref().ok().and_then(|l| l.local_addr().ok()).unwrap_or(shared.config.listen));
+        published.notify_all();
+        return bound.map_err(|error| error.to_string());
+    }
+    let mut address = slot.lock().expect("bound address lock");
+    while address.is_none() {
+        address = published.wait(address).expect("bound address lock");
+    }
+    TcpListener::bind(address.expect("published")).map_err(|error| error.to_string())
+}
+
+async fn accept_loop(listener: TcpListener, context: Rc<ExecutorContext>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(connection::serve(stream, Rc::clone(&context))).detach();
+            }
+            Err(error) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The server: one glommio executor per shard, pinned to CPUs 0..N, all listening on the same
+//! port (SO_REUSEPORT).
+//!
+//! - [`executor`]: what each executor runs: mesh, shard writer, listener, accept loop.
+//! - [`connection`]: the per-connection loop with pipelining and out-of-order replies.
+//! - [`dispatch`]: one request frame to one response frame; the read path.
+//! - [`router`]: writes to the owning shard, locally or through the mesh.
+
+pub mod connection;
+pub mod dispatch;
+pub mod executor;
+pub mod router;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
+
+use crate::config::ServerConfig;
+use crate::crypto::{KeySource, Keyring};
+use crate::error::EngineError;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How long `start` waits for every executor to report that it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Server;
+
+/// A running server. Dropping it stops the server.
+pub struct ServerHandle {
+    local_address: SocketAddr,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    threads: Option<PoolThreadHandles<()>>,
+}
+
+impl Server {
+    /// Opens the key ring in the data dir and starts one executor per shard.
+    ///
+    /// # Errors
+    /// Invalid configuration, key ring errors (wrong master key, damaged file), and
+    /// executors that cannot start (e.g. locked-memory limit) or listen (address in use).
+    pub fn start(config: &ServerConfig, key_source: KeySource) -> Result<ServerHandle, EngineError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let keyring = Keyring::open(&config.data_dir, key_source)?;
+        let shard_count = config.shard_count();
+        let store = Arc::new(Store::new(shard_count, keyring, config.limits()));
+        Server::start_with_store(config, store)
+    }
+
+    /// Starts executors over an existing store (its shard count wins over the config's).
+    ///
+    /// # Errors
+    /// As [`Server::start`], minus key ring errors.
+    pub fn start_with_store(config: &ServerConfig, store: Arc<Store>) -> Result<ServerHandle, EngineError> {
+        let shard_count = store.shard_count();
+        let metrics = Arc::new(Metrics::new(shard_count));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_sender, ready) = mpsc::channel();
+        let shared = Arc::new(executor::Shared {
+            config: config.clone(),
+            store: Arc::clone(&store),
+            metrics: Arc::clone(&metrics),
+            stop: Arc::clone(&stop),
+            bound_address: (Mutex::new(None), Condvar::new()),
+            ready: Mutex::new(ready_sender),
+        });
+        let mesh = MeshBuilder::full(shard_count, config.shard_queue_max);
+        let threads = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shard_count, None))
+            .name("credshard")
+            .io_memory(config.io_memory_bytes)
+            .on_all_shards(move || executor::run(shared, mesh))
+            .map_err(|error| EngineError::Start(error.to_string()))?;
+
+        let mut handle =
+            ServerHandle { local_address: config.listen, store, metrics, stop, threads: Some(threads) };
+        for _ in 0..shard_count {
+            match ready.recv_timeout(START_TIMEOUT) {
+                Ok(Ok(address)) => handle.local_address = address,
+                Ok(Err(message)) => {
+                    handle.stop_and_join();
+                    return Err(EngineError::Start(message));
+                }
+                Err(_) => {
+                    // An executor thread ended without reporting: its error is in its result.
+                    let message =
+                        handle.stop_and_join().unwrap_or_else(|| "an executor did not start".to_owned());
+                    return Err(EngineError::Start(message));
+                }
+            }
+        }
+        Ok(handle)
+    }
+}
+
+impl ServerHandle {
+    /// The address clients connect to.
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Asks every executor to stop; [`ServerHandle::join`] waits for them.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Stops the server and waits for its executors.
+    ///
+    /// # Errors
+    /// [`EngineError::Start`] with the first executor's failure, if any failed.
+    pub fn join(mut self) -> Result<(), EngineError> {
+        match self.stop_and_join() {
+            Some(message) => Err(EngineError::Start(message)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops and joins; returns the first executor failure.
+    fn stop_and_join(&mut self) -> Option<String> {
+        self.request_stop();
+        let threads = self.threads.take()?;
+        threads.join_all().into_iter().find_map(|result| result.err().map(|error| error.to_string()))
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}

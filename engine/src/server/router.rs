@@ -1,0 +1,95 @@
+//! Writes to the shard that owns them. A write for this executor's own shard is applied at
+//! once by its [`ShardWriter`]; a write for another shard travels through a bounded glommio
+//! channel (the mesh) to that shard's executor, which applies it and answers through a
+//! oneshot. Reply channels never block the applying side, so the mesh cannot deadlock.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use credshard_protocol::{Op, Request};
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use zeroize::Zeroizing;
+
+use crate::error::OpError;
+use crate::shard::ShardWriter;
+
+/// The result of a write: the version it created or removed.
+pub type WriteOutcome = Result<u64, OpError>;
+
+/// A write travelling to the executor of the shard that owns it.
+pub struct WriteMessage {
+    op: Op,
+    /// The request body, re-decoded by the owner. It may hold a plaintext secret, so it is
+    /// wiped when dropped.
+    body: Zeroizing<Vec<u8>>,
+    /// The time the request was received, so TTLs do not depend on which executor applies it.
+    received_at_ms: u64,
+    reply: oneshot::Sender<WriteOutcome>,
+}
+
+pub struct Router {
+    shard_id: usize,
+    writer: RefCell<ShardWriter>,
+    senders: Senders<WriteMessage>,
+}
+
+impl Router {
+    pub fn new(writer: ShardWriter, senders: Senders<WriteMessage>) -> Router {
+        Router { shard_id: writer.shard_id(), writer: RefCell::new(writer), senders }
+    }
+
+    pub fn shard_id(&self) -> usize {
+        self.shard_id
+    }
+
+    /// Applies a write to this executor's own shard.
+    pub fn apply_local(&self, request: &Request<'_>, now_ms: u64) -> WriteOutcome {
+        let mut writer = self.writer.borrow_mut();
+        match request {
+            Request::Put(put) => writer.put(put, now_ms),
+            Request::Delete(delete) => writer.delete(delete, now_ms),
+            _ => Err(OpError::Internal("not a write")),
+        }
+    }
+
+    /// Sends a write to `shard_id`'s executor; the receiver yields its outcome. Waits while
+    /// that executor's queue is full (backpressure on this connection only).
+    pub async fn forward(
+        &self,
+        shard_id: usize,
+        op: Op,
+        body: &[u8],
+        received_at_ms: u64,
+    ) -> oneshot::Receiver<WriteOutcome> {
+        debug_assert_ne!(shard_id, self.shard_id);
+        let (reply, outcome) = oneshot::channel();
+        let message = WriteMessage { op, body: Zeroizing::new(body.to_vec()), received_at_ms, reply };
+        // If the peer executor is gone (shutting down), the message and its reply sender are
+        // dropped, and the receiver reports the write as unavailable.
+        let _ = self.senders.send_to(shard_id, message).await;
+        outcome
+    }
+
+    /// Serves writes that other executors send to this shard, until they hang up.
+    pub fn spawn_peer_tasks(
+        self: &Rc<Router>,
+        mut receivers: Receivers<WriteMessage>,
+        limits: credshard_protocol::Limits,
+    ) {
+        for (_peer, receiver) in receivers.streams() {
+            let router = Rc::clone(self);
+            glommio::spawn_local(async move {
+                while let Some(message) = receiver.recv().await {
+                    let outcome = match Request::decode(message.op as u8, &message.body, &limits) {
+                        Ok(request) => router.apply_local(&request, message.received_at_ms),
+                        Err(_) => Err(OpError::Internal("a forwarded write failed to decode")),
+                    };
+                    // The connection may have closed meanwhile; its outcome is then unread.
+                    let _ = message.reply.send(outcome);
+                }
+            })
+            .detach();
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! An async client on tokio that pipelines: any number of tasks may call it at once; requests
+//! share one connection and replies are matched to callers by request id.
+//!
+//! A writer task coalesces queued frames into large writes; a reader task splits responses
+//! and completes each caller's oneshot. When the connection ends, every pending call fails
+//! with [`ClientError::Closed`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{self, Call, ResponseFrame};
+use crate::error::ClientError;
+use crate::op::delete::DeleteReply;
+use crate::op::get::{GetMetaReply, GetReply};
+use crate::op::hello::HelloReply;
+use crate::op::put::PutRequest;
+use crate::op::stats::StatsReply;
+
+/// Frames queued for the writer task; bounded so a stalled connection pushes back on callers.
+const OUTGOING_FRAMES_MAX: usize = 4096;
+
+type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<ResponseFrame>>>>>;
+
+/// A cloneable handle to one pipelined connection.
+#[derive(Clone)]
+pub struct AsyncClient {
+    outgoing: mpsc::Sender<Bytes>,
+    /// `None` once the connection has ended.
+    pending: Pending,
+    next_request_id: Arc<AtomicU32>,
+}
+
+impl AsyncClient {
+    /// Connects and says HELLO with an empty token.
+    ///
+    /// # Errors
+    /// Connection failures and a refused HELLO.
+    pub async fn connect(address: impl ToSocketAddrs) -> Result<AsyncClient, ClientError> {
+        let client = AsyncClient::connect_raw(address).await?;
+        client.hello(b"").await?;
+        Ok(client)
+    }
+
+    /// Connects without saying HELLO. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn connect_raw(address: impl ToSocketAddrs) -> Result<AsyncClient, ClientError> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (read_half, write_half) = stream.into_split();
+        let (outgoing, queued) = mpsc::channel(OUTGOING_FRAMES_MAX);
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(write_loop(write_half, queued));
+        tokio::spawn(read_loop(read_half, pending.clone()));
+        Ok(AsyncClient { outgoing, pending, next_request_id: Arc::new(AtomicU32::new(1)) })
+    }
+
+    /// Sends one call and waits for its reply; other calls may be in flight meanwhile.
+    ///
+    /// # Errors
+    /// The server's error for this request, or [`ClientError::Closed`] if the connection ends
+    /// first.
+    pub async fn run<T>(&self, call: Call<'_, T>) -> Result<T, ClientError> {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = BytesMut::new();
+        call.request.encode(request_id, &mut frame);
+        let (done, reply) = oneshot::channel();
+        match self.pending.lock().expect("pending lock").as_mut() {
+            Some(pending) => pending.insert(request_id, done),
+            None => return Err(ClientError::Closed),
+        };
+        if self.outgoing.send(frame.freeze()).await.is_err() {
+            return Err(ClientError::Closed);
+        }
+        let frame = reply.await.map_err(|_| ClientError::Closed)?;
+        call.reply(frame)
+    }
+
+    pub async fn hello(&self, token: &[u8]) -> Result<HelloReply, ClientError> {
+        self.run(client::hello(token)).await
+    }
+
+    pub async fn ping(&self, payload: &[u8]) -> Result<Bytes, ClientError> {
+        self.run(client::ping(payload)).await
+    }
+
+    /// PUT; returns the new version.
+    pub async fn put(&self, request: &PutRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::put(request)).await.map(|reply| reply.version)
+    }
+
+    /// GET of the current version.
+    pub async fn get(&self, id: &str) -> Result<GetReply, ClientError> {
+        self.run(client::get(id, 0)).await
+    }
+
+    /// GET of a given version.
+    pub async fn get_version(&self, id: &str, version: u64) -> Result<GetReply, ClientError> {
+        self.run(client::get(id, version)).await
+    }
+
+    pub async fn get_meta(&self, id: &str) -> Result<GetMetaReply, ClientError> {
+        self.run(client::get_meta(id)).await
+    }
+
+    pub async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<DeleteReply, ClientError> {
+        self.run(client::delete(id, expected_version)).await
+    }
+
+    pub async fn stats(&self) -> Result<StatsReply, ClientError> {
+        self.run(client::stats()).await
+    }
+}
+
+async fn write_loop(mut stream: OwnedWriteHalf, mut queued: mpsc::Receiver<Bytes>) {
+    let mut batch = BytesMut::with_capacity(64 * 1024);
+    while let Some(frame) = queued.recv().await {
+        batch.extend_from_slice(&frame);
+        // Coalesce whatever else is already queued into the same write.
+        while batch.len() < 256 * 1024 {
+            match queued.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if stream.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+}
+
+async fn read_loop(mut stream: OwnedReadHalf, pending: Pending) {
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    'connection: loop {
+        loop {
+            match ResponseFrame::take(&mut buffer) {
+                Ok(Some(frame)) => {
+                    let waiter = pending
+                        .lock()
+                        .expect("pending lock")
+                        .as_mut()
+                        .and_then(|map| map.remove(&frame.request_id));
+                    // A reply nobody waits for (a caller gave up) is dropped. Frames with
+                    // request id 0 are connection-level errors sent before the server closes.
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(frame);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break 'connection,
+            }
+        }
+        buffer.reserve(64 * 1024);
+        match stream.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    // Dropping every sender fails each pending call with `Closed`; later calls see `None`.
+    pending.lock().expect("pending lock").take();
+}

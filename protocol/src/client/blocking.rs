@@ -1,0 +1,141 @@
+//! A blocking client over `std::net::TcpStream`. One call at a time with [`Client::run`], or
+//! pipelined with [`Client::send`] / [`Client::flush`] / [`Client::receive`].
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::client::{self, Call, ResponseFrame};
+use crate::error::ClientError;
+use crate::op::delete::DeleteReply;
+use crate::op::get::{GetMetaReply, GetReply};
+use crate::op::hello::HelloReply;
+use crate::op::put::PutRequest;
+use crate::op::stats::StatsReply;
+use crate::op::Request;
+
+pub struct Client {
+    stream: TcpStream,
+    read_buffer: BytesMut,
+    write_buffer: BytesMut,
+    next_request_id: u32,
+}
+
+impl Client {
+    /// Connects and says HELLO with an empty token.
+    ///
+    /// # Errors
+    /// Connection failures and a refused HELLO.
+    pub fn connect(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let mut client = Client::connect_raw(address)?;
+        client.hello(b"")?;
+        Ok(client)
+    }
+
+    /// Connects without saying HELLO.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub fn connect_raw(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(address)?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream,
+            read_buffer: BytesMut::with_capacity(64 * 1024),
+            write_buffer: BytesMut::with_capacity(64 * 1024),
+            next_request_id: 1,
+        })
+    }
+
+    /// Queues a request; returns its request id. Nothing is sent until [`Client::flush`].
+    pub fn send(&mut self, request: &Request<'_>) -> u32 {
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        request.encode(request_id, &mut self.write_buffer);
+        request_id
+    }
+
+    /// Sends every queued request.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.stream.write_all(&self.write_buffer)?;
+        self.write_buffer.clear();
+        Ok(())
+    }
+
+    /// Waits for the next response frame, whichever request it answers.
+    ///
+    /// # Errors
+    /// Connection failures, [`ClientError::Closed`] at end of stream, invalid frames.
+    pub fn receive(&mut self) -> Result<ResponseFrame, ClientError> {
+        loop {
+            if let Some(frame) = ResponseFrame::take(&mut self.read_buffer)? {
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = self.stream.read(&mut chunk)?;
+            self.read_buffer.extend_from_slice(&chunk[..read]);
+            if read == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// Sends one call and waits for its reply.
+    ///
+    /// # Errors
+    /// The server's error for this request, connection failures, or a response to some other
+    /// request (use `send`/`receive` when pipelining).
+    pub fn run<T>(&mut self, call: Call<'_, T>) -> Result<T, ClientError> {
+        let request_id = self.send(&call.request);
+        self.flush()?;
+        let frame = self.receive()?;
+        if frame.request_id != request_id {
+            return Err(ClientError::UnexpectedResponse { request_id: frame.request_id });
+        }
+        call.reply(frame)
+    }
+
+    /// The underlying stream (e.g. to send raw bytes in tests).
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    pub fn hello(&mut self, token: &[u8]) -> Result<HelloReply, ClientError> {
+        self.run(client::hello(token))
+    }
+
+    pub fn ping(&mut self, payload: &[u8]) -> Result<Bytes, ClientError> {
+        self.run(client::ping(payload))
+    }
+
+    /// PUT; returns the new version.
+    pub fn put(&mut self, request: &PutRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::put(request)).map(|reply| reply.version)
+    }
+
+    /// GET of the current version.
+    pub fn get(&mut self, id: &str) -> Result<GetReply, ClientError> {
+        self.run(client::get(id, 0))
+    }
+
+    /// GET of a given version.
+    pub fn get_version(&mut self, id: &str, version: u64) -> Result<GetReply, ClientError> {
+        self.run(client::get(id, version))
+    }
+
+    pub fn get_meta(&mut self, id: &str) -> Result<GetMetaReply, ClientError> {
+        self.run(client::get_meta(id))
+    }
+
+    pub fn delete(&mut self, id: &str, expected_version: Option<u64>) -> Result<DeleteReply, ClientError> {
+        self.run(client::delete(id, expected_version))
+    }
+
+    pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
+        self.run(client::stats())
+    }
+}

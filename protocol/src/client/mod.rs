@@ -1,0 +1,117 @@
+//! Clients: [`blocking::Client`] over `std::net`, and (feature `tokio`, on by default)
+//! [`asynchronous::AsyncClient`], which pipelines calls from many tasks over one connection.
+//!
+//! Both build on [`Call`]: a typed request paired with the decoder of its reply, so each op's
+//! wire details live in one place.
+
+#[cfg(feature = "tokio")]
+pub mod asynchronous;
+pub mod blocking;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::code::Status;
+use crate::error::ClientError;
+use crate::frame;
+use crate::op::delete::{DeleteReply, DeleteRequest};
+use crate::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
+use crate::op::hello::{HelloReply, HelloRequest, PROTOCOL_VERSION};
+use crate::op::put::{PutReply, PutRequest};
+use crate::op::stats::StatsReply;
+use crate::op::{decode_error, Request};
+use crate::wire::{DecodeError, Reader};
+
+/// A response frame as received: status, request id and undecoded body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseFrame {
+    pub status: u8,
+    pub request_id: u32,
+    pub body: Bytes,
+}
+
+impl ResponseFrame {
+    /// Splits a whole response frame off the front of `buffer`, if one is buffered.
+    ///
+    /// # Errors
+    /// [`ClientError::Frame`] when the stream cannot be framed.
+    pub fn take(buffer: &mut BytesMut) -> Result<Option<ResponseFrame>, ClientError> {
+        let Some(header) = frame::check(buffer, usize::MAX)? else {
+            return Ok(None);
+        };
+        let mut whole = buffer.split_to(header.frame_bytes);
+        let body = whole.split_off(frame::HEADER_BYTES).freeze();
+        Ok(Some(ResponseFrame { status: header.code, request_id: header.request_id, body }))
+    }
+
+    /// The body of a successful response, or the server's error.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] for a failure status, [`ClientError::UnknownStatus`] for a code
+    /// this client does not know.
+    pub fn into_ok_body(self) -> Result<Bytes, ClientError> {
+        let status = Status::from_u8(self.status).ok_or(ClientError::UnknownStatus(self.status))?;
+        if status == Status::Ok {
+            return Ok(self.body);
+        }
+        let (detail, message) = decode_error(&self.body)?;
+        Err(ClientError::Server { status, detail, message })
+    }
+}
+
+/// A typed call: the request to send and how to decode a successful reply.
+pub struct Call<'a, T> {
+    pub request: Request<'a>,
+    decode: fn(&mut Reader<'_>) -> Result<T, DecodeError>,
+}
+
+impl<T> Call<'_, T> {
+    /// Decodes `frame` as this call's reply.
+    ///
+    /// # Errors
+    /// The server's error, or a decoding error for a body that does not match the op.
+    pub fn reply(&self, frame: ResponseFrame) -> Result<T, ClientError> {
+        let body = frame.into_ok_body()?;
+        let mut reader = Reader::new(&body);
+        let reply = (self.decode)(&mut reader)?;
+        reader.finish()?;
+        Ok(reply)
+    }
+}
+
+/// HELLO with the given token.
+pub fn hello(token: &[u8]) -> Call<'_, HelloReply> {
+    Call {
+        request: Request::Hello(HelloRequest { protocol_version: PROTOCOL_VERSION, token }),
+        decode: HelloReply::decode,
+    }
+}
+
+/// PING with a payload the server echoes.
+pub fn ping(payload: &[u8]) -> Call<'_, Bytes> {
+    Call { request: Request::Ping(payload), decode: |reader| Ok(Bytes::copy_from_slice(reader.rest())) }
+}
+
+/// PUT; the reply is the new version.
+pub fn put<'a>(request: &PutRequest<'a>) -> Call<'a, PutReply> {
+    Call { request: Request::Put(*request), decode: PutReply::decode }
+}
+
+/// GET of `version` (0 = current).
+pub fn get(id: &str, version: u64) -> Call<'_, GetReply> {
+    Call { request: Request::Get(GetRequest { id, version }), decode: GetReply::decode }
+}
+
+/// GET_META.
+pub fn get_meta(id: &str) -> Call<'_, GetMetaReply> {
+    Call { request: Request::GetMeta(GetMetaRequest { id }), decode: GetMetaReply::decode }
+}
+
+/// DELETE, optionally only if the current version is `expected_version`.
+pub fn delete(id: &str, expected_version: Option<u64>) -> Call<'_, DeleteReply> {
+    Call { request: Request::Delete(DeleteRequest { id, expected_version }), decode: DeleteReply::decode }
+}
+
+/// STATS.
+pub fn stats() -> Call<'static, StatsReply> {
+    Call { request: Request::Stats, decode: StatsReply::decode }
+}

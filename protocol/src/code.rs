@@ -1,0 +1,245 @@
+//! Op, status and credential-kind codes: `#[repr(u8)]` enums that match the tables in
+//! `docs/protocol.md` one to one.
+
+/// What a request asks for: byte 4 of a request header.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Protocol version negotiation; carries the (reserved) auth token.
+    Hello = 0x01,
+    /// Liveness check; the body is echoed back.
+    Ping = 0x02,
+    /// Create or replace a credential; optional compare-and-set.
+    Put = 0x10,
+    /// Read a credential's secret and metadata (current or a given version).
+    Get = 0x11,
+    /// Read a credential's metadata only; never decrypts.
+    GetMeta = 0x12,
+    /// Remove a credential and all its versions.
+    Delete = 0x13,
+    /// Reserved for the lifecycle issue: new secret as a new version with a grace period.
+    Rotate = 0x14,
+    /// Reserved for the lifecycle issue: many ids in one frame.
+    BatchGet = 0x15,
+    /// Reserved for the lifecycle issue: list ids by owner and/or scope, paged.
+    List = 0x16,
+    /// Server counters.
+    Stats = 0x20,
+}
+
+impl Op {
+    /// Every op, in code order.
+    pub const ALL: [Op; 10] = [
+        Op::Hello,
+        Op::Ping,
+        Op::Put,
+        Op::Get,
+        Op::GetMeta,
+        Op::Delete,
+        Op::Rotate,
+        Op::BatchGet,
+        Op::List,
+        Op::Stats,
+    ];
+
+    /// The op for a wire byte, or `None` for an unknown code.
+    pub fn from_u8(code: u8) -> Option<Op> {
+        Some(match code {
+            0x01 => Op::Hello,
+            0x02 => Op::Ping,
+            0x10 => Op::Put,
+            0x11 => Op::Get,
+            0x12 => Op::GetMeta,
+            0x13 => Op::Delete,
+            0x14 => Op::Rotate,
+            0x15 => Op::BatchGet,
+            0x16 => Op::List,
+            0x20 => Op::Stats,
+            _ => return None,
+        })
+    }
+
+    /// Upper-case name as written in docs/protocol.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Hello => "HELLO",
+            Op::Ping => "PING",
+            Op::Put => "PUT",
+            Op::Get => "GET",
+            Op::GetMeta => "GET_META",
+            Op::Delete => "DELETE",
+            Op::Rotate => "ROTATE",
+            Op::BatchGet => "BATCH_GET",
+            Op::List => "LIST",
+            Op::Stats => "STATS",
+        }
+    }
+
+    /// True for ops that change state (and so run on the owning shard's executor).
+    pub fn is_write(self) -> bool {
+        matches!(self, Op::Put | Op::Delete | Op::Rotate)
+    }
+}
+
+/// The outcome of a request: byte 4 of a response header.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    Ok = 0x00,
+    NotFound = 0x01,
+    VersionConflict = 0x02,
+    Expired = 0x03,
+    Retired = 0x04,
+    TooLarge = 0x05,
+    Malformed = 0x06,
+    UnknownOp = 0x07,
+    Unauthorized = 0x08,
+    Unavailable = 0x09,
+    Internal = 0x0A,
+    UnsupportedVersion = 0x0B,
+}
+
+impl Status {
+    /// Every status, in code order.
+    pub const ALL: [Status; 12] = [
+        Status::Ok,
+        Status::NotFound,
+        Status::VersionConflict,
+        Status::Expired,
+        Status::Retired,
+        Status::TooLarge,
+        Status::Malformed,
+        Status::UnknownOp,
+        Status::Unauthorized,
+        Status::Unavailable,
+        Status::Internal,
+        Status::UnsupportedVersion,
+    ];
+
+    /// The status for a wire byte, or `None` for an unknown code.
+    pub fn from_u8(code: u8) -> Option<Status> {
+        Status::ALL.get(code as usize).copied()
+    }
+
+    /// Upper-case name as written in docs/protocol.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::NotFound => "NOT_FOUND",
+            Status::VersionConflict => "VERSION_CONFLICT",
+            Status::Expired => "EXPIRED",
+            Status::Retired => "RETIRED",
+            Status::TooLarge => "TOO_LARGE",
+            Status::Malformed => "MALFORMED",
+            Status::UnknownOp => "UNKNOWN_OP",
+            Status::Unauthorized => "UNAUTHORIZED",
+            Status::Unavailable => "UNAVAILABLE",
+            Status::Internal => "INTERNAL",
+            Status::UnsupportedVersion => "UNSUPPORTED_VERSION",
+        }
+    }
+}
+
+/// What kind of secret a credential holds. Informational: the server treats every secret as
+/// opaque bytes.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Kind {
+    #[default]
+    Generic = 0,
+    ApiKey = 1,
+    Password = 2,
+    Token = 3,
+    Certificate = 4,
+}
+
+impl Kind {
+    /// The kind for a wire byte, or `None` for an unknown code.
+    pub fn from_u8(code: u8) -> Option<Kind> {
+        Some(match code {
+            0 => Kind::Generic,
+            1 => Kind::ApiKey,
+            2 => Kind::Password,
+            3 => Kind::Token,
+            4 => Kind::Certificate,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case, dash-separated name used by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Generic => "generic",
+            Kind::ApiKey => "api-key",
+            Kind::Password => "password",
+            Kind::Token => "token",
+            Kind::Certificate => "certificate",
+        }
+    }
+
+    /// Parses a CLI name (see [`Kind::name`]).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [Kind::Generic, Kind::ApiKey, Kind::Password, Kind::Token, Kind::Certificate]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+}
+
+/// A version's state as reported by GET_META.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VersionState {
+    /// The version GET returns without a version number.
+    Current = 0,
+    /// Replaced by ROTATE, still readable until its grace period ends.
+    PreviousInGrace = 1,
+    /// Replaced by ROTATE and past its grace period: metadata only.
+    Retired = 2,
+    /// Replaced by a plain PUT; readable while kept.
+    Superseded = 3,
+}
+
+impl VersionState {
+    /// The state for a wire byte, or `None` for an unknown code.
+    pub fn from_u8(code: u8) -> Option<VersionState> {
+        Some(match code {
+            0 => VersionState::Current,
+            1 => VersionState::PreviousInGrace,
+            2 => VersionState::Retired,
+            3 => VersionState::Superseded,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name used by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            VersionState::Current => "current",
+            VersionState::PreviousInGrace => "previous-in-grace",
+            VersionState::Retired => "retired",
+            VersionState::Superseded => "superseded",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_u8(op as u8), Some(op));
+        }
+        for (index, status) in Status::ALL.into_iter().enumerate() {
+            assert_eq!(status as usize, index, "Status::ALL is indexed by code");
+            assert_eq!(Status::from_u8(status as u8), Some(status));
+        }
+        assert_eq!(Op::from_u8(0xFF), None);
+        assert_eq!(Status::from_u8(0xFF), None);
+        for code in 0..=4u8 {
+            let kind = Kind::from_u8(code).unwrap();
+            assert_eq!(Kind::from_name(kind.name()), Some(kind));
+        }
+    }
+}
