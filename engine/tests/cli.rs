@@ -1,0 +1,168 @@
+//! The real `credshard` binary: serve with zero configuration, the client subcommands, a
+//! clean stop on SIGTERM, a wrong master key refused at start, and no secret in the logs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_credshard");
+
+/// A running `credshard serve`, killed if the test ends early.
+struct Served {
+    child: Child,
+    address: String,
+}
+
+impl Served {
+    fn start(data_dir: &Path, extra: &[&str]) -> Served {
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn credshard serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
+            let mut stderr = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            panic!("unexpected first line {line:?}; stderr: {stderr}")
+        });
+        Served { address: address.to_owned(), child }
+    }
+
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(BINARY)
+            .args(args)
+            .env("CREDSHARD_ADDR", &self.address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// SIGTERM, then the exit status and everything the server logged.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) with a child's pid we own and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let mut logs = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+        (status, logs)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn zero_configuration_serve_and_client_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let served = Served::start(&data_dir, &[]);
+    let secret = "cli-canary-secret-4411";
+
+    let put = served.run(
+        &["put", "svc/db", "--owner", "team", "--scope", "prod", "--kind", "password", "--label", "env=prod"],
+        format!("{secret}\n").as_bytes(),
+    );
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    assert_eq!(text(&put.stdout).trim(), "svc/db version 1");
+
+    let get = served.run(&["get", "svc/db"], b"");
+    assert!(get.status.success());
+    assert_eq!(text(&get.stdout), format!("{secret}\n"), "the trailing newline of stdin was dropped");
+
+    let meta = served.run(&["get", "svc/db", "--meta"], b"");
+    let meta = text(&meta.stdout);
+    assert!(meta.contains("kind password") && meta.contains("label env=prod") && meta.contains("version 1"));
+    assert!(!meta.contains(secret), "--meta never prints the secret");
+
+    let conflict = served.run(&["put", "svc/db", "--owner", "o", "--scope", "s", "--if-version", "0"], b"x");
+    assert!(!conflict.status.success());
+    assert!(text(&conflict.stderr).contains("VERSION_CONFLICT"), "{}", text(&conflict.stderr));
+
+    let stats = text(&served.run(&["stats"], b"").stdout);
+    assert!(stats.contains("shards 2") && stats.contains("credentials 1"), "{stats}");
+
+    let delete = served.run(&["delete", "svc/db"], b"");
+    assert_eq!(text(&delete.stdout).trim(), "deleted svc/db (was version 1)");
+    let missing = served.run(&["get", "svc/db"], b"");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("NOT_FOUND"));
+
+    let bad_kind = served.run(&["put", "x", "--owner", "o", "--scope", "s", "--kind", "nope"], b"x");
+    assert_eq!(bad_kind.status.code(), Some(1));
+    assert!(text(&bad_kind.stderr).contains("unknown kind"));
+
+    let (status, logs) = served.stop();
+    assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}\n{logs}");
+    assert!(logs.contains("NO MASTER KEY GIVEN"), "the generated key is warned about: {logs}");
+    assert!(!logs.contains(secret), "a secret reached the logs");
+    assert!(data_dir.join("master.key").exists() && data_dir.join("keyring").exists());
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let output = Command::new(BINARY).args(["stats", "--addr", &address]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("cannot reach credshard"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn keygen_key_file_and_wrong_key_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let other_key = dir.path().join("other.key");
+    for path in [&key, &other_key] {
+        let output = Command::new(BINARY).args(["keygen", "--out"]).arg(path).output().unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
+    let keygen_again = Command::new(BINARY).args(["keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(!keygen_again.status.success(), "keygen never overwrites a key");
+
+    let data_dir = dir.path().join("data");
+    let served = Served::start(&data_dir, &["--key-file", key.to_str().unwrap()]);
+    let (status, logs) = served.stop();
+    assert!(status.success());
+    assert!(!logs.contains("NO MASTER KEY GIVEN"));
+    assert!(!data_dir.join("master.key").exists(), "no key is generated when one is given");
+
+    let refused = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+        .arg(&data_dir)
+        .arg("--key-file")
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("wrong master key"), "{}", text(&refused.stderr));
+
+    let passphrase = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+        .arg(&data_dir)
+        .args(["--passphrase-env", "CREDSHARD_TEST_PASSPHRASE"])
+        .env("CREDSHARD_TEST_PASSPHRASE", "hunter2")
+        .output()
+        .unwrap();
+    assert_eq!(passphrase.status.code(), Some(1));
+    assert!(text(&passphrase.stderr).contains("--key-file"), "{}", text(&passphrase.stderr));
+}

@@ -1,0 +1,76 @@
+//! Shared helpers for the integration tests: a real server on an ephemeral port with its own
+//! temp data dir, and request builders.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use credshard_engine::crypto::{KeySource, MasterKey};
+use credshard_engine::{Server, ServerConfig, ServerHandle};
+use credshard_protocol::{Client, Expiry, Kind, Labels, PutRequest, EMPTY_LABELS};
+
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// A server with `shards` executors on 127.0.0.1:0.
+    pub fn start(shards: usize) -> TestServer {
+        TestServer::start_with(shards, |_| {})
+    }
+
+    pub fn start_with(shards: usize, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.path().to_owned(),
+            shards: Some(shards),
+            ..ServerConfig::default()
+        };
+        adjust(&mut config);
+        let handle = Server::start(&config, KeySource::Key(MasterKey::generate())).expect("server starts");
+        TestServer { handle, data_dir }
+    }
+
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.handle.local_address()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.address()).expect("connect")
+    }
+
+    pub fn store(&self) -> &Arc<credshard_engine::Store> {
+        self.handle.store()
+    }
+}
+
+/// A PUT with fixed owner and scope, no CAS, no expiry, no labels.
+pub fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
+    PutRequest {
+        id,
+        owner: "team-a",
+        scope: "prod",
+        kind: Kind::Password,
+        expected_version: None,
+        expiry: Expiry::Never,
+        labels: Labels::from_validated(EMPTY_LABELS),
+        secret,
+    }
+}
+
+/// Ids that land on each of `shards` shards (at least `per_shard` each).
+pub fn ids_on_every_shard(shards: usize, per_shard: usize) -> Vec<String> {
+    let mut found: Vec<Vec<String>> = vec![Vec::new(); shards];
+    let mut index = 0;
+    while found.iter().any(|ids| ids.len() < per_shard) {
+        let id = format!("cred-{index}");
+        let shard = credshard_engine::keyspace::shard_for(&id, shards);
+        if found[shard].len() < per_shard {
+            found[shard].push(id);
+        }
+        index += 1;
+    }
+    found.into_iter().flatten().collect()
+}
