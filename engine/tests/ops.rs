@@ -285,3 +285,50 @@ fn connection_limit_refuses_with_unavailable() {
     let mut third = server.client();
     assert_eq!(&third.ping(b"ok").unwrap()[..], b"ok", "a slot frees when a connection closes");
 }
+
+#[test]
+fn oversized_frame_with_its_body_still_gets_the_error_frame() {
+    let server = TestServer::start(2);
+    let mut bytes = header((2 << 20) - 4, 0x10, 31);
+    bytes.resize(2 << 20, 0xAB);
+    let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Write from another thread: the server stops reading after its grace period, so a
+    // blocking write of the whole body could stall.
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+    });
+    // Read only once the whole body is on its way. (On loopback the kernel delivers the error
+    // frame before any reset, so this checks the answer, not the lingering close itself.)
+    std::thread::sleep(Duration::from_millis(200));
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    sender.join().unwrap();
+    let mut buffer = BytesMut::from(&received[..]);
+    let frame = ResponseFrame::take(&mut buffer).unwrap().expect("an error frame, not a reset");
+    assert_eq!((frame.status, frame.request_id), (Status::TooLarge as u8, 31));
+}
+
+#[test]
+fn half_closed_client_still_gets_every_reply() {
+    let server = TestServer::start(2);
+    let ids = ids_on_every_shard(2, 20);
+    let mut bytes = BytesMut::new();
+    for (index, id) in ids.iter().enumerate() {
+        credshard_protocol::Request::Put(put(id, b"value")).encode(index as u32 + 1, &mut bytes);
+    }
+    let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+    stream.write_all(&bytes).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).unwrap();
+    let mut buffer = BytesMut::from(&received[..]);
+    let mut answered = Vec::new();
+    while let Some(frame) = ResponseFrame::take(&mut buffer).unwrap() {
+        assert_eq!(frame.status, Status::Ok as u8);
+        answered.push(frame.request_id);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, (1..=ids.len() as u32).collect::<Vec<_>>());
+}

@@ -8,23 +8,53 @@
 //! requests, GET responses) are wiped before they are reused.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use credshard_protocol::frame::{self, FrameError};
 use credshard_protocol::op::encode_error;
 use credshard_protocol::{Op, Status};
+use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::stream::FuturesUnordered;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::TcpStream;
 use zeroize::Zeroize;
 
+use crate::error::OpError;
 use crate::metrics::ExecutorMetrics;
 use crate::server::dispatch::{dispatch, encode_write_outcome, Dispatched};
 use crate::server::executor::ExecutorContext;
+use crate::server::router::WriteOutcome;
 
 /// Bytes read per `read` call.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// After a framing error, how long and how much the server keeps reading (and discarding)
+/// before it closes, so that the client receives the error frame instead of a reset.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES_MAX: usize = 4 << 20;
+
+/// A forwarded write's op, request id and outcome (or the owner hung up).
+type Forwarded = (Op, u32, Result<WriteOutcome, oneshot::Canceled>);
+
+/// Closes gracefully after a framing error: shut down the sending side, then discard what
+/// the client still sends for a while. Closing with unread input would make the kernel send
+/// a reset, which can destroy the error frame before the client reads it.
+async fn linger(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.shutdown(std::net::Shutdown::Write).await?;
+    let drain = async {
+        let mut discard = vec![0u8; READ_CHUNK_BYTES];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES_MAX {
+            match stream.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    };
+    let _ = select(Box::pin(drain), Box::pin(glommio::timer::sleep(LINGER))).await;
+    Ok(())
+}
 
 /// Serves `stream` until the client hangs up, an I/O error occurs, or framing breaks.
 pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
@@ -104,11 +134,8 @@ impl<'a> Connection<'a> {
             self.flush(stream).await?;
 
             if closing {
-                while let Some(finished) = pending.next().await {
-                    self.answer_forwarded(finished);
-                }
-                self.flush(stream).await?;
-                return Ok(());
+                self.finish_pending(&mut pending, stream).await?;
+                return linger(stream).await;
             }
 
             let may_read = self.input.len() < self.input_bytes_max || pending.is_empty();
@@ -136,10 +163,12 @@ impl<'a> Connection<'a> {
             };
             match read {
                 Ok(0) => {
-                    // The client hung up, perhaps mid-frame: nothing partial is applied.
+                    // The client finished sending, perhaps mid-frame: nothing partial is
+                    // applied, and writes already under way are still answered (a client
+                    // that half-closed can read them).
                     self.input.truncate(start);
                     self.input.zeroize();
-                    return Ok(());
+                    return self.finish_pending(&mut pending, stream).await;
                 }
                 Ok(read) => self.input.truncate(start + read),
                 Err(error) => {
@@ -151,16 +180,24 @@ impl<'a> Connection<'a> {
         }
     }
 
-    fn answer_forwarded(
+    /// Waits for every forwarded write, answers it, and flushes.
+    async fn finish_pending<F>(
         &mut self,
-        (op, request_id, outcome): (
-            Op,
-            u32,
-            Result<crate::server::router::WriteOutcome, futures::channel::oneshot::Canceled>,
-        ),
-    ) {
-        let outcome = outcome
-            .unwrap_or(Err(crate::error::OpError::Unavailable("the owning shard stopped before answering")));
+        pending: &mut FuturesUnordered<F>,
+        stream: &mut TcpStream,
+    ) -> std::io::Result<()>
+    where
+        F: std::future::Future<Output = Forwarded>,
+    {
+        while let Some(finished) = pending.next().await {
+            self.answer_forwarded(finished);
+        }
+        self.flush(stream).await
+    }
+
+    fn answer_forwarded(&mut self, (op, request_id, outcome): Forwarded) {
+        let outcome =
+            outcome.unwrap_or(Err(OpError::Unavailable("the owning shard stopped before answering")));
         encode_write_outcome(self.context, op, request_id, outcome, &mut self.output);
     }
 

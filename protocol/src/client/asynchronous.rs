@@ -69,7 +69,11 @@ impl AsyncClient {
     /// The server's error for this request, or [`ClientError::Closed`] if the connection ends
     /// first.
     pub async fn run<T>(&self, call: Call<'_, T>) -> Result<T, ClientError> {
-        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        if request_id == 0 {
+            // Request id 0 is reserved for connection-level errors from the server.
+            request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        }
         let mut frame = BytesMut::new();
         call.request.encode(request_id, &mut frame);
         let (done, reply) = oneshot::channel();

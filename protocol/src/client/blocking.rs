@@ -51,7 +51,8 @@ impl Client {
     /// Queues a request; returns its request id. Nothing is sent until [`Client::flush`].
     pub fn send(&mut self, request: &Request<'_>) -> u32 {
         let request_id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1);
+        // Request id 0 is reserved for connection-level errors from the server.
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         request.encode(request_id, &mut self.write_buffer);
         request_id
     }
