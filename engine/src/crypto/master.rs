@@ -25,7 +25,7 @@ pub struct Argon2Cost {
 
 impl Default for Argon2Cost {
     fn default() -> Self {
-        Argon2Cost { memory_kib: 32 * 1024, iterations: 2, lanes: 1 }
+        Argon2Cost { memory_kib: 19 * 1024, iterations: 2, lanes: 1 }
     }
 }
 
