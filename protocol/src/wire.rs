@@ -70,12 +70,15 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
 
-    /// `u8` presence flag (0 or 1) followed by a `u64` that is always present on the wire.
+    /// `u8` presence flag (0 or 1) followed by a `u64` that is always present on the wire
+    /// and must be 0 when the flag is 0.
     pub fn opt_u64(&mut self, field: &'static str) -> Result<Option<u64>, DecodeError> {
         let present = self.u8(field)?;
         let value = self.u64(field)?;
+        // One encoding per value: an absent value must be written as 0.
         match present {
-            0 => Ok(None),
+            0 if value == 0 => Ok(None),
+            0 => Err(DecodeError::InvalidValue { field, value }),
             1 => Ok(Some(value)),
             other => Err(DecodeError::InvalidValue { field, value: other.into() }),
         }
@@ -184,6 +187,11 @@ mod tests {
         assert_eq!(Reader::new(&out).name16("id", 5), Err(DecodeError::Empty { field: "id" }));
         let invalid = [2u8, 0, 0xff, 0xfe];
         assert_eq!(Reader::new(&invalid).str16("id", 5), Err(DecodeError::InvalidUtf8 { field: "id" }));
+        let absent_with_value = [0u8, 5, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            Reader::new(&absent_with_value).opt_u64("v"),
+            Err(DecodeError::InvalidValue { field: "v", value: 5 })
+        );
         let bad_presence = [2u8, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(
             Reader::new(&bad_presence).opt_u64("v"),

@@ -97,10 +97,10 @@ impl<'a> PutRequest<'a> {
         let expiry_kind = reader.u8("expiry_kind")?;
         let expiry_value = reader.u64("expiry_value")?;
         let expiry = match expiry_kind {
-            0 => Expiry::Never,
+            0 if expiry_value == 0 => Expiry::Never,
             1 if expiry_value > 0 => Expiry::AtUnixMs(expiry_value),
             2 if expiry_value > 0 => Expiry::TtlMs(expiry_value),
-            1 | 2 => return Err(DecodeError::InvalidValue { field: "expiry_value", value: 0 }),
+            0..=2 => return Err(DecodeError::InvalidValue { field: "expiry_value", value: expiry_value }),
             other => return Err(DecodeError::InvalidValue { field: "expiry_kind", value: other.into() }),
         };
         let labels = Labels::decode(reader, limits.name_bytes_max, limits.labels_bytes_max)?;
