@@ -1,0 +1,168 @@
+//! `credshard-loadgen`: drives a credshard server with a mix of GET, PUT and GET_META from
+//! many pipelined connections and reports throughput and latency percentiles.
+//!
+//! - [`args`]: command-line arguments and their limits.
+//! - [`target`]: the `--target` URL.
+//! - [`mix`]: the operation mix.
+//! - [`value`]: self-describing values, so every read is checked.
+//! - [`workload`]: connect, preload, the workers and the progress line.
+//! - [`report`]: latency recording, the final table and the JSON file.
+//!
+//! Exit codes: 0 after a run (errors are reported, not fatal), 1 when the run could not be
+//! measured (the preload failed, every connection was lost, the JSON file could not be
+//! written), 2 for bad arguments or an unreachable target.
+
+mod args;
+#[cfg(test)]
+mod fake_server;
+mod mix;
+mod report;
+mod target;
+mod value;
+mod workload;
+
+use std::fs::File;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::args::Args;
+use crate::report::RunInfo;
+use crate::target::Target;
+use crate::workload::Plan;
+
+/// Why the loadgen stopped without a full report.
+enum Exit {
+    /// Bad arguments or an unreachable target: exit code 2.
+    Usage(String),
+    /// The run could not be measured: exit code 1.
+    Failed(String),
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => return exit(Exit::Usage(clap_message(&error))),
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => exit(failure),
+    }
+}
+
+fn exit(failure: Exit) -> ExitCode {
+    let (message, code) = match failure {
+        Exit::Usage(message) => (message, 2),
+        Exit::Failed(message) => (message, 1),
+    };
+    eprintln!("credshard-loadgen: {message}");
+    ExitCode::from(code)
+}
+
+/// The first line of a clap error, without its `error: ` prefix, so that a bad argument costs
+/// one line on stderr.
+fn clap_message(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let first = rendered.lines().find(|line| !line.trim().is_empty()).unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see --help)")
+}
+
+fn run(args: Args) -> Result<(), Exit> {
+    args.check().map_err(Exit::Usage)?;
+    // Opened before the run so that a bad path fails in a second, not after the run.
+    let json_file = match &args.json {
+        Some(path) => Some(
+            File::create(path)
+                .map_err(|error| Exit::Usage(format!("cannot write {}: {error}", path.display())))?,
+        ),
+        None => None,
+    };
+    match run_checked(&args, json_file) {
+        Ok(Reported::Complete) => Ok(()),
+        Ok(Reported::EveryConnectionLost) => {
+            Err(Exit::Failed(format!("every connection to {} was lost during the run", args.target)))
+        }
+        Err(failure) => {
+            if let Some(path) = &args.json {
+                // Leave no empty or stale results behind a run that did not report.
+                let _ = std::fs::remove_file(path);
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// How a run that printed its report went.
+enum Reported {
+    Complete,
+    EveryConnectionLost,
+}
+
+fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|error| Exit::Failed(format!("cannot start the tokio runtime: {error}")))?;
+    let Target::Credshard { address } = &args.target;
+    let plan = Plan {
+        pipeline: args.pipeline,
+        warmup: args.warmup,
+        duration: args.duration,
+        keys: args.keys,
+        value_size: args.value_size,
+        mix: args.mix.clone(),
+        progress: true,
+    };
+
+    let (summary, hello) = runtime.block_on(async {
+        let (clients, hello) = workload::connect(address, args.connections)
+            .await
+            .map_err(|error| Exit::Usage(format!("cannot connect to {}: {error}", args.target)))?;
+        if !args.no_preload {
+            let started = Instant::now();
+            workload::preload(&clients, &plan).await.map_err(Exit::Failed)?;
+            let seconds = started.elapsed().as_secs_f64();
+            eprintln!(
+                "preloaded {} keys of {} B in {seconds:.2} s ({:.0} PUT/s)",
+                args.keys,
+                args.value_size,
+                args.keys as f64 / seconds.max(f64::MIN_POSITIVE)
+            );
+        }
+        Ok::<_, Exit>((workload::run(&clients, &plan).await, hello))
+    })?;
+    drop(runtime);
+
+    let info = RunInfo {
+        target: args.target.to_string(),
+        server: hello.server,
+        shard_count: hello.shard_count,
+        connections: args.connections,
+        pipeline: args.pipeline,
+        threads,
+        warmup: args.warmup,
+        keys: args.keys,
+        value_size: args.value_size,
+        mix: args.mix.to_string(),
+        preload: !args.no_preload,
+    };
+    print!("{}", report::table(&info, &summary));
+    if let (Some(mut file), Some(path)) = (json_file, &args.json) {
+        file.write_all(report::json(&info, &summary).as_bytes())
+            .map_err(|error| Exit::Failed(format!("cannot write {}: {error}", path.display())))?;
+    }
+    if summary.connections_lost == args.connections {
+        return Ok(Reported::EveryConnectionLost);
+    }
+    Ok(Reported::Complete)
+}

@@ -1,0 +1,437 @@
+//! What a run measured and how it is shown: the per-connection [`Recorder`] the workers write
+//! to, the one-line progress each second, the final table and the JSON file.
+//!
+//! `ops` counts requests that succeeded inside the measured window (started at or after its
+//! start, answered before its end); latencies are theirs only. Failed requests are counted by
+//! kind in `errors`, never timed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::mix::Op;
+
+/// Significant figures kept by every latency histogram.
+const HISTOGRAM_SIGNIFICANT_FIGURES: u8 = 3;
+
+/// An empty latency histogram in microseconds. It grows with the largest value recorded, so
+/// a connection that only sees fast replies keeps a small one.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new(HISTOGRAM_SIGNIFICANT_FIGURES).expect("3 significant figures are valid")
+}
+
+/// Error counts by kind: a server status name (`NOT_FOUND`, ...), `io` (the connection
+/// failed or closed), `protocol` (the reply did not decode) or `mismatch` (a read returned a
+/// value the loadgen did not write for that key).
+pub type ErrorCounts = BTreeMap<&'static str, u64>;
+
+/// One connection's measurements, shared by its pipeline workers and read by the reporter
+/// once a second. The lock is held for a few nanoseconds per reply; its only contender is the
+/// reporter, once a second.
+#[derive(Default)]
+pub struct Recorder {
+    state: Mutex<Recorded>,
+}
+
+struct Recorded {
+    /// Successful replies since the last progress line, warm-up included.
+    interval: Histogram<u64>,
+    /// Failed requests so far, warm-up included.
+    errors_total: u64,
+    /// Successful replies in the measured window, by [`Op::index`].
+    measured: [Histogram<u64>; 3],
+    errors: ErrorCounts,
+    warmup_errors: ErrorCounts,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            interval: latency_histogram(),
+            errors_total: 0,
+            measured: [latency_histogram(), latency_histogram(), latency_histogram()],
+            errors: ErrorCounts::new(),
+            warmup_errors: ErrorCounts::new(),
+        }
+    }
+}
+
+impl Recorder {
+    /// Records one answered request. `measured` is false for requests outside the measured
+    /// window (warm-up, or answered after its end).
+    pub fn record(&self, op: Op, latency_us: u64, error: Option<&'static str>, measured: bool) {
+        let mut state = self.state.lock().expect("recorder lock");
+        match error {
+            None => {
+                record(&mut state.interval, latency_us);
+                if measured {
+                    record(&mut state.measured[op.index()], latency_us);
+                }
+            }
+            Some(kind) => {
+                state.errors_total += 1;
+                let counts = if measured { &mut state.errors } else { &mut state.warmup_errors };
+                *counts.entry(kind).or_default() += 1;
+            }
+        }
+    }
+
+    /// Moves the replies since the last call into `into`; returns the errors so far.
+    pub fn take_interval(&self, into: &mut Histogram<u64>) -> u64 {
+        let mut state = self.state.lock().expect("recorder lock");
+        into.add(&state.interval).expect("auto-resizing histograms add");
+        state.interval.reset();
+        state.errors_total
+    }
+
+    /// Adds this connection's measured window to `summary`.
+    pub fn add_to(&self, summary: &mut Summary) {
+        let state = self.state.lock().expect("recorder lock");
+        for (total, connection) in summary.per_op.iter_mut().zip(&state.measured) {
+            total.add(connection).expect("auto-resizing histograms add");
+        }
+        for (kind, count) in &state.errors {
+            *summary.errors.entry(kind).or_default() += count;
+        }
+        for (kind, count) in &state.warmup_errors {
+            *summary.warmup_errors.entry(kind).or_default() += count;
+        }
+    }
+}
+
+fn record(histogram: &mut Histogram<u64>, latency_us: u64) {
+    histogram.record(latency_us).expect("an auto-resizing histogram records any latency");
+}
+
+/// The measured outcome of a run.
+pub struct Summary {
+    /// Length of the measured window.
+    pub duration: Duration,
+    /// Successful replies by [`Op::index`].
+    pub per_op: [Histogram<u64>; 3],
+    pub errors: ErrorCounts,
+    /// Errors during the warm-up or answered after the window: not in `errors`, but shown.
+    pub warmup_errors: ErrorCounts,
+    /// Connections that closed or failed during the run.
+    pub connections_lost: usize,
+    /// Requests still unanswered when the grace period after the run ended.
+    pub requests_abandoned: u64,
+}
+
+impl Summary {
+    pub fn new(duration: Duration) -> Summary {
+        Summary {
+            duration,
+            per_op: [latency_histogram(), latency_histogram(), latency_histogram()],
+            errors: ErrorCounts::new(),
+            warmup_errors: ErrorCounts::new(),
+            connections_lost: 0,
+            requests_abandoned: 0,
+        }
+    }
+
+    /// Every op's replies together.
+    pub fn all(&self) -> Histogram<u64> {
+        let mut all = latency_histogram();
+        for histogram in &self.per_op {
+            all.add(histogram).expect("auto-resizing histograms add");
+        }
+        all
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// What was run, for the report headings and the JSON file.
+pub struct RunInfo {
+    pub target: String,
+    /// The server's HELLO: name and version, and its shard count.
+    pub server: String,
+    pub shard_count: u16,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub threads: usize,
+    pub warmup: Duration,
+    pub keys: u64,
+    pub value_size: usize,
+    pub mix: String,
+    pub preload: bool,
+}
+
+/// Latency percentiles of one histogram, in microseconds.
+struct Percentiles {
+    ops: u64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        let at = |quantile| if histogram.is_empty() { 0 } else { histogram.value_at_quantile(quantile) };
+        Percentiles {
+            ops: histogram.len(),
+            p50_us: at(0.5),
+            p90_us: at(0.9),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            max_us: if histogram.is_empty() { 0 } else { histogram.max() },
+        }
+    }
+}
+
+fn ops_per_second(ops: u64, duration: Duration) -> f64 {
+    ops as f64 / duration.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// The line printed each second.
+pub fn progress_line(
+    elapsed: Duration,
+    phase: &str,
+    interval: &Histogram<u64>,
+    interval_length: Duration,
+    errors_total: u64,
+) -> String {
+    let p99_us = if interval.is_empty() { 0 } else { interval.value_at_quantile(0.99) };
+    format!(
+        "[{:>4.0}s] {phase:<7} {:>10.0} ops/s   p99 {p99_us:>6} µs   errors {errors_total}",
+        elapsed.as_secs_f64(),
+        ops_per_second(interval.len(), interval_length),
+    )
+}
+
+/// The final table.
+pub fn table(info: &RunInfo, summary: &Summary) -> String {
+    let mut out = String::new();
+    let preload = if info.preload { "preloaded" } else { "not preloaded" };
+    let shards = if info.shard_count == 1 { "shard" } else { "shards" };
+    let _ = writeln!(out, "target      {} ({}, {} {shards})", info.target, info.server, info.shard_count);
+    let _ = writeln!(
+        out,
+        "load        {} connections × {} in flight, {} client thread{}",
+        info.connections,
+        info.pipeline,
+        info.threads,
+        if info.threads == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "workload    mix {}, {} keys ({preload}), {} B values",
+        info.mix, info.keys, info.value_size
+    );
+    let _ = writeln!(
+        out,
+        "measured    {:.1} s after {:.1} s of warm-up",
+        summary.duration.as_secs_f64(),
+        info.warmup.as_secs_f64()
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<9} {:>11} {:>12} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "op", "ops", "ops/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+    );
+    let mut rows: Vec<(&str, Histogram<u64>)> = Op::ALL
+        .into_iter()
+        .filter(|op| !summary.per_op[op.index()].is_empty())
+        .map(|op| (op.name(), summary.per_op[op.index()].clone()))
+        .collect();
+    if rows.len() != 1 {
+        rows.push(("all", summary.all()));
+    }
+    for (name, histogram) in &rows {
+        let row = Percentiles::of(histogram);
+        let _ = writeln!(
+            out,
+            "{name:<9} {:>11} {:>12.1} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            row.ops,
+            ops_per_second(row.ops, summary.duration),
+            row.p50_us,
+            row.p90_us,
+            row.p99_us,
+            row.p999_us,
+            row.max_us
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "errors      {}", counts_text(&summary.errors));
+    if !summary.warmup_errors.is_empty() {
+        let _ = writeln!(out, "outside the window (warm-up, late): {}", counts_text(&summary.warmup_errors));
+    }
+    if summary.connections_lost > 0 {
+        let _ = writeln!(out, "connections lost: {} of {}", summary.connections_lost, info.connections);
+    }
+    if summary.requests_abandoned > 0 {
+        let _ = writeln!(out, "requests abandoned unanswered after the run: {}", summary.requests_abandoned);
+    }
+    out
+}
+
+fn counts_text(counts: &ErrorCounts) -> String {
+    let total: u64 = counts.values().sum();
+    if total == 0 {
+        return "0".to_owned();
+    }
+    let kinds: Vec<String> = counts.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+    format!("{total} ({})", kinds.join(", "))
+}
+
+/// The JSON document: the agreed fields first, then extras.
+pub fn json(info: &RunInfo, summary: &Summary) -> String {
+    let all = Percentiles::of(&summary.all());
+    let mut out = String::from("{\n");
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(out, "  {}: {value},", json_string(name));
+    };
+    field("target", json_string(&info.target));
+    field("connections", info.connections.to_string());
+    field("pipeline", info.pipeline.to_string());
+    field("duration_s", format!("{:.3}", summary.duration.as_secs_f64()));
+    field("ops", all.ops.to_string());
+    field("ops_per_sec", format!("{:.1}", ops_per_second(all.ops, summary.duration)));
+    field("p50_us", all.p50_us.to_string());
+    field("p90_us", all.p90_us.to_string());
+    field("p99_us", all.p99_us.to_string());
+    field("p999_us", all.p999_us.to_string());
+    field("max_us", all.max_us.to_string());
+    field("errors", summary.errors_total().to_string());
+    field("errors_by_kind", json_counts(&summary.errors));
+    field("warmup_errors_by_kind", json_counts(&summary.warmup_errors));
+    field("server", json_string(&info.server));
+    field("shard_count", info.shard_count.to_string());
+    field("threads", info.threads.to_string());
+    field("warmup_s", format!("{:.3}", info.warmup.as_secs_f64()));
+    field("keys", info.keys.to_string());
+    field("value_size", info.value_size.to_string());
+    field("mix", json_string(&info.mix));
+    field("preload", info.preload.to_string());
+    field("connections_lost", summary.connections_lost.to_string());
+    field("requests_abandoned", summary.requests_abandoned.to_string());
+    let per_op: Vec<String> = Op::ALL
+        .into_iter()
+        .filter(|op| !summary.per_op[op.index()].is_empty())
+        .map(|op| {
+            let row = Percentiles::of(&summary.per_op[op.index()]);
+            format!(
+                "{}: {{\"ops\": {}, \"ops_per_sec\": {:.1}, \"p50_us\": {}, \"p90_us\": {}, \"p99_us\": {}, \
+                 \"p999_us\": {}, \"max_us\": {}}}",
+                json_string(op.name()),
+                row.ops,
+                ops_per_second(row.ops, summary.duration),
+                row.p50_us,
+                row.p90_us,
+                row.p99_us,
+                row.p999_us,
+                row.max_us
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "  \"per_op\": {{{}}}", per_op.join(", "));
+    out.push_str("}\n");
+    out
+}
+
+fn json_counts(counts: &ErrorCounts) -> String {
+    let pairs: Vec<String> =
+        counts.iter().map(|(kind, count)| format!("{}: {count}", json_string(kind))).collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+/// A JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            control if u32::from(control) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(control));
+            }
+            other => out.push(other),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> RunInfo {
+        RunInfo {
+            target: "credshard://127.0.0.1:7373".to_owned(),
+            server: "credshard 0.1.0".to_owned(),
+            shard_count: 2,
+            connections: 2,
+            pipeline: 1,
+            threads: 2,
+            warmup: Duration::from_secs(1),
+            keys: 10,
+            value_size: 256,
+            mix: "get=90,put=10".to_owned(),
+            preload: true,
+        }
+    }
+
+    #[test]
+    fn recorders_sum_into_a_summary() {
+        let first = Recorder::default();
+        let second = Recorder::default();
+        for latency_us in 1..=100 {
+            first.record(Op::Get, latency_us, None, true);
+        }
+        second.record(Op::Put, 500, None, true);
+        second.record(Op::Get, 7, None, false);
+        second.record(Op::Get, 7, Some("mismatch"), true);
+        second.record(Op::Get, 7, Some("io"), false);
+
+        let mut interval = latency_histogram();
+        assert_eq!(first.take_interval(&mut interval), 0);
+        assert_eq!(second.take_interval(&mut interval), 2);
+        assert_eq!(interval.len(), 102);
+        assert_eq!(second.take_interval(&mut latency_histogram()), 2, "errors stay counted");
+
+        let mut summary = Summary::new(Duration::from_secs(2));
+        first.add_to(&mut summary);
+        second.add_to(&mut summary);
+        assert_eq!(summary.per_op[Op::Get.index()].len(), 100);
+        assert_eq!(summary.per_op[Op::Put.index()].len(), 1);
+        assert_eq!(summary.errors, ErrorCounts::from([("mismatch", 1)]));
+        assert_eq!(summary.warmup_errors, ErrorCounts::from([("io", 1)]));
+
+        let all = Percentiles::of(&summary.all());
+        assert_eq!((all.ops, all.p50_us, all.max_us), (101, 51, 500));
+
+        let table = table(&info(), &summary);
+        assert!(table.contains("errors      1 (mismatch 1)"), "{table}");
+        assert!(table.lines().any(|line| line.starts_with("all ")), "{table}");
+
+        let json = json(&info(), &summary);
+        for expected in [
+            "\"target\": \"credshard://127.0.0.1:7373\",",
+            "\"ops\": 101,",
+            "\"ops_per_sec\": 50.5,",
+            "\"duration_s\": 2.000,",
+            "\"max_us\": 500,",
+            "\"errors\": 1,",
+            "\"errors_by_kind\": {\"mismatch\": 1},",
+        ] {
+            assert!(json.contains(expected), "{expected} in {json}");
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+}
