@@ -9,7 +9,7 @@
 //! - [`op`]: typed request and reply bodies, one module per op, and the [`op::Request`] enum.
 //! - [`secret`]: plaintext that zeroes itself on drop and never prints.
 //! - [`client`]: a blocking client and a pipelining tokio client.
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: the [`ClientError`] every client call can return.
 
 pub mod client;
 pub mod code;
