@@ -14,7 +14,8 @@ pub struct ServerConfig {
     /// Directory for the key ring (and, unless a key is given, the generated master key).
     #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]
     pub data_dir: PathBuf,
-    /// Shards, one glommio executor each, pinned to CPUs 0..N. Default: the number of CPUs.
+    /// Shards, one glommio executor each, pinned one per CPU this process may use (taskset is
+    /// honoured); more shards than such CPUs share them. Default: the number of CPUs.
     #[arg(long, env = "CREDSHARD_SHARDS")]
     pub shards: Option<usize>,
     /// Master key file (64 hex digits, made by `credshard keygen`).

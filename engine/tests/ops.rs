@@ -332,3 +332,15 @@ fn half_closed_client_still_gets_every_reply() {
     answered.sort_unstable();
     assert_eq!(answered, (1..=ids.len() as u32).collect::<Vec<_>>());
 }
+
+#[test]
+fn more_shards_than_cpus_share_them() {
+    let server = TestServer::start(4);
+    let mut client = server.client();
+    assert_eq!(client.hello(b"").unwrap().shard_count, 4);
+    for id in ids_on_every_shard(4, 3) {
+        assert_eq!(client.put(&put(&id, id.as_bytes())).unwrap(), 1);
+        assert_eq!(client.get(&id).unwrap().secret.expose(), id.as_bytes());
+    }
+    assert_eq!(server.store().len(), 12);
+}

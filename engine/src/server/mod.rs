@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 
 use crate::config::ServerConfig;
 use crate::crypto::{KeySource, Keyring};
@@ -72,7 +72,7 @@ impl Server {
             ready: Mutex::new(ready_sender),
         });
         let mesh = MeshBuilder::full(shard_count, config.shard_queue_max);
-        let threads = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shard_count, None))
+        let threads = LocalExecutorPoolBuilder::new(placement(shard_count)?)
             .name("credshard")
             .io_memory(config.io_memory_bytes)
             .on_all_shards(move || executor::run(shared, mesh))
@@ -96,6 +96,36 @@ impl Server {
             }
         }
         Ok(handle)
+    }
+}
+
+/// Where the executors run: one pinned per CPU the process may use (so `taskset` is honoured),
+/// or, with more shards than such CPUs, all fenced to those CPUs and sharing them.
+fn placement(shard_count: usize) -> Result<PoolPlacement, EngineError> {
+    let allowed = allowed_cpus();
+    let cpus = CpuSet::online()
+        .map_err(|error| EngineError::Start(format!("reading the CPU topology: {error}")))?
+        .filter(|location| allowed.as_ref().is_none_or(|allowed| allowed.contains(&location.cpu)));
+    if cpus.is_empty() {
+        return Err(EngineError::Start("no CPU is available to this process".to_owned()));
+    }
+    if shard_count <= cpus.len() {
+        Ok(PoolPlacement::MaxSpread(shard_count, Some(cpus)))
+    } else {
+        Ok(PoolPlacement::Fenced(shard_count, cpus))
+    }
+}
+
+/// The CPUs in this process's affinity mask, if it can be read.
+fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: `set` is a zero-initialised local cpu_set_t of the size passed to the call, which
+    // only writes into it; CPU_ISSET reads within it for indices below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        Some((0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect())
     }
 }
 
