@@ -65,10 +65,11 @@ fn pipelined_burst_of_10000_mixed_requests_on_one_connection() {
     client.flush().unwrap();
 
     let mut received = Vec::new();
-    let mut versions_by_id: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut versions_by_id: HashMap<String, Vec<(u32, u64)>> = HashMap::new();
     while received.len() < 10_000 {
         let frame: ResponseFrame = client.receive().unwrap();
         let what = sent.remove(&frame.request_id).expect("each request is answered exactly once");
+        let frame_request_id = frame.request_id;
         received.push(frame.request_id);
         match what {
             Sent::Get { id, secret } => {
@@ -77,15 +78,18 @@ fn pipelined_burst_of_10000_mixed_requests_on_one_connection() {
             }
             Sent::Put { id } => {
                 let reply: PutReply = client::put(&put(&id, b"")).reply(frame).unwrap();
-                versions_by_id.entry(id).or_default().push(reply.version);
+                versions_by_id.entry(id).or_default().push((frame_request_id, reply.version));
             }
             Sent::Missing => assert_eq!(frame.status, Status::NotFound as u8),
             Sent::Ping(payload) => assert_eq!(&frame.body[..], &payload[..]),
         }
     }
     assert!(sent.is_empty());
-    // Writes to one id are applied in the order they were sent: versions 2, 3, 4, ...
-    for (id, versions) in versions_by_id {
+    // Writes to one id are applied in the order they were sent (request ids increase with
+    // sending order): versions 2, 3, 4, ... whatever order their replies arrived in.
+    for (id, mut versions) in versions_by_id {
+        versions.sort_unstable();
+        let versions: Vec<u64> = versions.into_iter().map(|(_, version)| version).collect();
         let expected: Vec<u64> = (2..2 + versions.len() as u64).collect();
         assert_eq!(versions, expected, "versions of {id}");
     }

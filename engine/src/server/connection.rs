@@ -10,7 +10,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use credshard_protocol::frame::{self, FrameError};
 use credshard_protocol::op::encode_error;
 use credshard_protocol::{Op, Status};
@@ -25,6 +25,7 @@ use crate::error::OpError;
 use crate::metrics::ExecutorMetrics;
 use crate::server::dispatch::{dispatch, encode_write_outcome, Dispatched};
 use crate::server::executor::ExecutorContext;
+use crate::server::input::InputBuffer;
 use crate::server::router::WriteOutcome;
 
 /// Bytes read per `read` call.
@@ -78,7 +79,7 @@ pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
 
 struct Connection<'a> {
     context: &'a Rc<ExecutorContext>,
-    input: BytesMut,
+    input: InputBuffer,
     output: BytesMut,
     output_has_secret: bool,
     /// Input bytes above this stop reading until in-flight writes drain.
@@ -89,7 +90,7 @@ impl<'a> Connection<'a> {
     fn new(context: &'a Rc<ExecutorContext>) -> Connection<'a> {
         Connection {
             context,
-            input: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            input: InputBuffer::new(READ_CHUNK_BYTES),
             output: BytesMut::with_capacity(READ_CHUNK_BYTES),
             output_has_secret: false,
             input_bytes_max: 2 * context.store.limits().frame_bytes_max,
@@ -103,7 +104,7 @@ impl<'a> Connection<'a> {
         let mut closing = false;
         loop {
             while !closing && pending.len() < in_flight_max {
-                let header = match frame::check(&self.input, frame_bytes_max) {
+                let header = match frame::check(self.input.filled(), frame_bytes_max) {
                     Ok(Some(header)) => header,
                     Ok(None) => break,
                     Err(error) => {
@@ -113,19 +114,17 @@ impl<'a> Connection<'a> {
                     }
                 };
                 let frame_bytes = header.frame_bytes;
-                match dispatch(self.context, header, &self.input[..frame_bytes], &mut self.output) {
+                match dispatch(self.context, header, &self.input.filled()[..frame_bytes], &mut self.output) {
                     Dispatched::Answered { secret } => self.output_has_secret |= secret,
                     Dispatched::Forward { shard_id, op, received_at_ms } => {
-                        let body = &self.input[header.body_range()];
+                        let body = &self.input.filled()[header.body_range()];
                         let outcome = self.context.router.forward(shard_id, op, body, received_at_ms).await;
                         let request_id = header.request_id;
                         pending.push(outcome.map(move |outcome| (op, request_id, outcome)));
                     }
                 }
-                if header.code == Op::Put as u8 {
-                    self.input[..frame_bytes].zeroize();
-                }
-                self.input.advance(frame_bytes);
+                // PUT frames carry plaintext secrets: wipe them as they are consumed.
+                self.input.consume(frame_bytes, header.code == Op::Put as u8);
             }
 
             while let Some(Some(finished)) = pending.next().now_or_never() {
@@ -145,15 +144,13 @@ impl<'a> Connection<'a> {
                 }
                 continue;
             }
-            let start = self.input.len();
-            self.input.resize(start + READ_CHUNK_BYTES, 0);
+            let spare = self.input.spare(READ_CHUNK_BYTES);
             let read = if pending.is_empty() {
-                stream.read(&mut self.input[start..]).await
+                stream.read(spare).await
             } else {
-                match select(stream.read(&mut self.input[start..]), pending.next()).await {
+                match select(stream.read(spare), pending.next()).await {
                     Either::Left((read, _)) => read,
                     Either::Right((finished, _)) => {
-                        self.input.truncate(start);
                         if let Some(finished) = finished {
                             self.answer_forwarded(finished);
                         }
@@ -166,14 +163,12 @@ impl<'a> Connection<'a> {
                     // The client finished sending, perhaps mid-frame: nothing partial is
                     // applied, and writes already under way are still answered (a client
                     // that half-closed can read them).
-                    self.input.truncate(start);
-                    self.input.zeroize();
+                    self.input.wipe();
                     return self.finish_pending(&mut pending, stream).await;
                 }
-                Ok(read) => self.input.truncate(start + read),
+                Ok(read) => self.input.commit(read),
                 Err(error) => {
-                    self.input.truncate(start);
-                    self.input.zeroize();
+                    self.input.wipe();
                     return Err(error);
                 }
             }
@@ -207,11 +202,10 @@ impl<'a> Connection<'a> {
             FrameError::TooLarge { .. } => Status::TooLarge,
             FrameError::LengthTooSmall { .. } => Status::Malformed,
         };
-        let request_id = frame::peek_request_id(&self.input);
+        let request_id = frame::peek_request_id(self.input.filled());
         let message = format!("{error}; closing the connection");
         encode_error(status, request_id, 0, &message, &mut self.output);
-        self.input.zeroize();
-        self.input.clear();
+        self.input.wipe();
     }
 
     async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {

@@ -3,12 +3,14 @@
 //!
 //! - [`executor`]: what each executor runs: mesh, shard writer, listener, accept loop.
 //! - [`connection`]: the per-connection loop with pipelining and out-of-order replies.
+//! - [`input`]: the connection's input buffer, read into without zeroing, wiped where sensitive.
 //! - [`dispatch`]: one request frame to one response frame; the read path.
 //! - [`router`]: writes to the owning shard, locally or through the mesh.
 
 pub mod connection;
 pub mod dispatch;
 pub mod executor;
+pub mod input;
 pub mod router;
 
 use std::net::SocketAddr;
