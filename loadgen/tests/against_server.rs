@@ -1,0 +1,89 @@
+//! The real loadgen binary against a real credshard server (in process, 2 shards, ephemeral
+//! port): a short run completes with verified reads and consistent JSON, and an unreachable
+//! target or a bad argument exits with code 2.
+
+use std::process::Command;
+
+use credshard_engine::crypto::{KeySource, MasterKey};
+use credshard_engine::{Server, ServerConfig};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_credshard-loadgen");
+
+/// The number after `"name":` in a flat JSON object.
+fn number(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let start = json.find(&key).unwrap_or_else(|| panic!("{name} missing from {json}")) + key.len();
+    let value: String =
+        json[start..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
+}
+
+#[test]
+fn short_run_against_a_real_server() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_owned(),
+        shards: Some(2),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(&config, KeySource::Key(MasterKey::generate())).unwrap();
+    let json_path = data_dir.path().join("run.json");
+    let output = Command::new(LOADGEN)
+        .arg("--target")
+        .arg(format!("credshard://{}", server.local_address()))
+        .args(["--connections", "8", "--pipeline", "4", "--duration", "1", "--warmup", "0", "--keys", "500"])
+        .args(["--mix", "get=80,put=15,get_meta=5", "--value-size", "128", "--threads", "2", "--json"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json = std::fs::read_to_string(&json_path).unwrap();
+    for field in [
+        "target",
+        "connections",
+        "pipeline",
+        "duration_s",
+        "ops",
+        "ops_per_sec",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "errors",
+    ] {
+        assert!(json.contains(&format!("\"{field}\"")), "{field} missing from {json}");
+    }
+    let ops = number(&json, "ops");
+    assert!(ops > 0.0);
+    assert_eq!(number(&json, "errors"), 0.0, "verified reads and no server errors: {json}");
+    let expected = number(&json, "ops_per_sec") * number(&json, "duration_s");
+    assert!((ops - expected).abs() <= ops * 0.01 + 1.0, "ops {ops} vs ops_per_sec × duration {expected}");
+    let percentiles: Vec<f64> =
+        ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"].iter().map(|name| number(&json, name)).collect();
+    assert!(
+        percentiles.windows(2).all(|pair| pair[0] <= pair[1]),
+        "percentiles are monotonic: {percentiles:?}"
+    );
+    // The server saw the preload and the run.
+    assert!(server.store().len() >= 500);
+    server.join().unwrap();
+}
+
+#[test]
+fn unreachable_target_and_bad_arguments_exit_2() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let output = Command::new(LOADGEN)
+        .args(["--target", &format!("credshard://{address}"), "--duration", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    let output = Command::new(LOADGEN).args(["--mix", "get=abc"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
