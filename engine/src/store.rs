@@ -203,6 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn a_record_that_fails_authentication_is_an_internal_error_not_garbage() {
+        let store = store(1);
+        let stranger = Keyring::in_memory(MasterKey::generate());
+        let fields =
+            crate::record::VersionFields { version: 1, created_at_ms: 1, updated_at_ms: 1, expires_at_ms: 0 };
+        let foreign = Record::seal(&put("x", b"secret", None), fields, &stranger).unwrap();
+        store.shard(0).map.pin().insert("x".into(), crate::shard::Entry { current: Arc::new(foreign) });
+        let mut out = BytesMut::from(&b"prefix"[..]);
+        let error = store.get(&GetRequest { id: "x", version: 0 }, now_ms(), &mut out).unwrap_err();
+        assert_eq!(error.status(), credshard_protocol::Status::Internal);
+        assert_eq!(&out[..], b"prefix", "nothing of the failed response is left in the buffer");
+        assert!(
+            store.get_meta(&GetMetaRequest { id: "x" }, now_ms(), &mut out).is_ok(),
+            "metadata needs no key"
+        );
+    }
+
+    #[test]
     #[should_panic(expected = "already has a writer")]
     fn a_shard_has_one_writer() {
         let store = store(2);

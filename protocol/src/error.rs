@@ -19,7 +19,7 @@ pub enum ClientError {
     UnknownStatus(u8),
     #[error("server answered request {request_id}, which is not pending")]
     UnexpectedResponse { request_id: u32 },
-    #[error("connection closed by the server")]
+    #[error("connection closed")]
     Closed,
 }
 

@@ -37,6 +37,13 @@ pub struct AsyncClient {
     next_request_id: Arc<AtomicU32>,
 }
 
+impl std::fmt::Debug for AsyncClient {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pending = self.pending.lock().expect("pending lock").as_ref().map(HashMap::len);
+        formatter.debug_struct("AsyncClient").field("pending", &pending).finish()
+    }
+}
+
 impl AsyncClient {
     /// Connects and says HELLO with an empty token.
     ///
@@ -82,6 +89,9 @@ impl AsyncClient {
             None => return Err(ClientError::Closed),
         };
         if self.outgoing.send(frame.freeze()).await.is_err() {
+            if let Some(pending) = self.pending.lock().expect("pending lock").as_mut() {
+                pending.remove(&request_id);
+            }
             return Err(ClientError::Closed);
         }
         let frame = reply.await.map_err(|_| ClientError::Closed)?;
