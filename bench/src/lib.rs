@@ -70,6 +70,7 @@ pub fn fields(version: u64) -> VersionFields {
         created_at_ms: 1_780_000_000_000,
         updated_at_ms: 1_780_000_000_000 + version,
         expires_at_ms: 1_780_086_400_000,
+        previous_grace_until_ms: 0,
     }
 }
 

@@ -46,6 +46,15 @@ pub struct ServerConfig {
     /// Capacity of each bounded channel that carries writes between two executors.
     #[arg(long, env = "CREDSHARD_SHARD_QUEUE_MAX", default_value_t = 1024)]
     pub shard_queue_max: usize,
+    /// Versions kept per credential, current included.
+    #[arg(long, env = "CREDSHARD_MAX_VERSIONS", default_value_t = 10)]
+    pub max_versions: usize,
+    /// How long a version replaced by ROTATE stays readable, unless the request says.
+    #[arg(long, env = "CREDSHARD_GRACE_PERIOD_SECONDS", default_value_t = 24 * 60 * 60)]
+    pub grace_period_seconds: u64,
+    /// How often each shard removes expired credentials from memory.
+    #[arg(long, env = "CREDSHARD_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub sweep_interval_ms: u64,
     /// Registered io_uring buffer memory per executor ring, in bytes. Locked memory: keep
     /// shards × 3 × this below RLIMIT_MEMLOCK when not running as root.
     #[arg(long, env = "CREDSHARD_IO_MEMORY_BYTES", default_value_t = 1 << 20)]
@@ -68,6 +77,9 @@ impl Default for ServerConfig {
             connections_max: 10_000,
             in_flight_max: 1024,
             shard_queue_max: 1024,
+            max_versions: 10,
+            grace_period_seconds: 24 * 60 * 60,
+            sweep_interval_ms: 1000,
             io_memory_bytes: 1 << 20,
         }
     }
@@ -86,6 +98,13 @@ impl ServerConfig {
             name_bytes_max: Limits::default().name_bytes_max,
             secret_bytes_max: self.secret_bytes_max,
             labels_bytes_max: self.labels_bytes_max,
+        }
+    }
+
+    pub fn lifecycle(&self) -> crate::store::Lifecycle {
+        crate::store::Lifecycle {
+            max_versions: self.max_versions,
+            grace_period_ms: self.grace_period_seconds.saturating_mul(1000),
         }
     }
 
@@ -108,6 +127,12 @@ impl ServerConfig {
                 "--frame-bytes-max {} cannot carry a PUT at the other limits (needs {frame_needed})",
                 self.frame_bytes_max
             ));
+        }
+        if !(1..=1000).contains(&self.max_versions) {
+            return fail(format!("--max-versions must be 1..=1000, got {}", self.max_versions));
+        }
+        if self.sweep_interval_ms == 0 {
+            return fail("--sweep-interval-ms must be positive".to_owned());
         }
         if self.in_flight_max == 0 || self.shard_queue_max == 0 || self.connections_max == 0 {
             return fail(

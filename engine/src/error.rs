@@ -39,6 +39,10 @@ pub enum OpError {
     VersionConflict { current_version: u64 },
     #[error("credential expired")]
     Expired,
+    #[error("version retired")]
+    Retired,
+    #[error("invalid list cursor")]
+    InvalidCursor,
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
     #[error("internal error: {0}")]
@@ -51,6 +55,8 @@ impl OpError {
             OpError::NotFound | OpError::VersionNotFound => Status::NotFound,
             OpError::VersionConflict { .. } => Status::VersionConflict,
             OpError::Expired => Status::Expired,
+            OpError::Retired => Status::Retired,
+            OpError::InvalidCursor => Status::Malformed,
             OpError::Unavailable(_) => Status::Unavailable,
             OpError::Internal(_) => Status::Internal,
         }
@@ -72,6 +78,8 @@ impl OpError {
                 "version conflict: detail holds the current version (0: absent)"
             }
             OpError::Expired => "credential expired",
+            OpError::Retired => "version retired: its grace period has ended",
+            OpError::InvalidCursor => "invalid list cursor: pass the next_cursor of the previous page",
             OpError::Unavailable(message) | OpError::Internal(message) => message,
         }
     }

@@ -3,6 +3,7 @@
 //! - [`config`]: server settings with documented defaults (parsed by the CLI).
 //! - [`crypto`]: AES-256-GCM sealing, the master key and the key ring of data keys.
 //! - [`record`]: one credential version as a validated rkyv archive holding only ciphertext.
+//! - [`index`]: per-shard secondary indexes (owner, scope) that serve LIST page by page.
 //! - [`keyspace`]: the fixed hash that maps a credential id to its shard.
 //! - [`shard`]: one shard's wait-free map and its single writer.
 //! - [`store`]: all shards, the key ring and limits; the read path.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod index;
 pub mod keyspace;
 pub mod metrics;
 pub mod record;

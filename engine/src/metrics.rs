@@ -18,6 +18,8 @@ pub struct ExecutorMetrics {
     pub errors_total: AtomicU64,
     /// Frames that broke framing (bad length, oversized) and closed their connection.
     pub frames_rejected: AtomicU64,
+    /// Expired credentials removed from memory by this executor's shard sweeper.
+    pub expired_swept: AtomicU64,
 }
 
 impl ExecutorMetrics {
@@ -66,6 +68,7 @@ impl Metrics {
             ("writes_forwarded".to_owned(), sum(|m| &m.writes_forwarded)),
             ("errors_total".to_owned(), sum(|m| &m.errors_total)),
             ("frames_rejected".to_owned(), sum(|m| &m.frames_rejected)),
+            ("expired_swept".to_owned(), sum(|m| &m.expired_swept)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

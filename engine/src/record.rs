@@ -37,6 +37,9 @@ pub struct Credential {
     pub ciphertext: Vec<u8>,
     /// Labels in their wire encoding (see `credshard_protocol::op::labels`).
     pub labels: Vec<u8>,
+    /// Set by ROTATE: until when (Unix ms) the version this one replaced stays readable.
+    /// 0 when the previous version was replaced by a plain PUT (or there was none).
+    pub previous_grace_until_ms: u64,
 }
 
 /// The validated archive of one credential version.
@@ -56,35 +59,75 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// Everything but the secret that a new version needs.
+/// What a new version says about the credential (borrowed from a request or a previous
+/// version). `Debug` leaves the secret out.
+#[derive(Clone, Copy)]
+pub struct CredentialFields<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub scope: &'a str,
+    pub kind: u8,
+    /// Encoded labels (validated).
+    pub labels: &'a [u8],
+    pub secret: &'a [u8],
+}
+
+impl std::fmt::Debug for CredentialFields<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CredentialFields")
+            .field("id", &self.id)
+            .field("owner", &self.owner)
+            .field("scope", &self.scope)
+            .field("secret_bytes", &self.secret.len())
+            .finish()
+    }
+}
+
+impl<'a> From<&PutRequest<'a>> for CredentialFields<'a> {
+    fn from(request: &PutRequest<'a>) -> CredentialFields<'a> {
+        CredentialFields {
+            id: request.id,
+            owner: request.owner,
+            scope: request.scope,
+            kind: request.kind as u8,
+            labels: request.labels.encoded(),
+            secret: request.secret,
+        }
+    }
+}
+
+/// The version-specific fields of a new version.
 #[derive(Clone, Copy, Debug)]
 pub struct VersionFields {
     pub version: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub expires_at_ms: u64,
+    pub previous_grace_until_ms: u64,
 }
 
 impl Record {
-    /// Encrypts the request's secret and archives a new version.
+    /// Encrypts the secret and archives a new version.
     ///
     /// # Errors
     /// [`OpError::Unavailable`] when the key ring cannot provide a key.
     pub fn seal(
-        request: &PutRequest<'_>,
+        credential: CredentialFields<'_>,
         fields: VersionFields,
         keyring: &Keyring,
     ) -> Result<Record, OpError> {
         // The secret is copied once, into the buffer that becomes the ciphertext.
-        let mut ciphertext = request.secret.to_vec();
-        let Sealed { key_id, nonce, tag } = keyring
-            .encrypt(request.id, fields.version, &mut ciphertext)
-            .map_err(|_| OpError::Unavailable("the key ring could not provide a data key"))?;
+        let mut ciphertext = credential.secret.to_vec();
+        let Sealed { key_id, nonce, tag } =
+            keyring
+                .encrypt(credential.id, fields.version, &mut ciphertext)
+                .map_err(|_| OpError::Unavailable("the key ring could not provide a data key"))?;
         let credential = Credential {
-            id: request.id.to_owned(),
-            owner: request.owner.to_owned(),
-            scope: request.scope.to_owned(),
-            kind: request.kind as u8,
+            id: credential.id.to_owned(),
+            owner: credential.owner.to_owned(),
+            scope: credential.scope.to_owned(),
+            kind: credential.kind,
             version: fields.version,
             created_at_ms: fields.created_at_ms,
             updated_at_ms: fields.updated_at_ms,
@@ -93,7 +136,8 @@ impl Record {
             nonce,
             tag,
             ciphertext,
-            labels: request.labels.encoded().to_vec(),
+            labels: credential.labels.to_vec(),
+            previous_grace_until_ms: fields.previous_grace_until_ms,
         };
         let bytes = rkyv::to_bytes::<rancor::Error>(&credential)
             .map_err(|_| OpError::Internal("archiving a credential failed"))?;
@@ -131,6 +175,19 @@ impl Record {
 
     pub fn version(&self) -> u64 {
         self.credential().version.to_native()
+    }
+
+    /// The fields a ROTATE carries over from this version, with a new secret.
+    pub fn fields_with_secret<'a>(&'a self, secret: &'a [u8]) -> CredentialFields<'a> {
+        let credential = self.credential();
+        CredentialFields {
+            id: credential.id.as_str(),
+            owner: credential.owner.as_str(),
+            scope: credential.scope.as_str(),
+            kind: credential.kind,
+            labels: credential.labels.as_slice(),
+            secret,
+        }
     }
 
     /// True once the expiry has passed.
@@ -199,14 +256,22 @@ mod tests {
     }
 
     fn fields(version: u64) -> VersionFields {
-        VersionFields { version, created_at_ms: 10, updated_at_ms: 20, expires_at_ms: 0 }
+        VersionFields {
+            version,
+            created_at_ms: 10,
+            updated_at_ms: 20,
+            expires_at_ms: 0,
+            previous_grace_until_ms: 0,
+        }
     }
 
     #[test]
     fn archive_holds_ciphertext_only_and_decrypts_on_demand() {
         let keyring = Keyring::in_memory(MasterKey::generate());
         let secret = b"correct-horse-battery-staple";
-        let record = Record::seal(&put_request("db/main", secret), fields(1), &keyring).unwrap();
+        let record =
+            Record::seal(CredentialFields::from(&put_request("db/main", secret)), fields(1), &keyring)
+                .unwrap();
         let archive = record.archive_bytes();
         assert!(!archive.windows(secret.len()).any(|window| window == secret), "plaintext in the archive");
 
@@ -221,7 +286,8 @@ mod tests {
     #[test]
     fn records_reload_from_their_bytes_and_reject_garbage() {
         let keyring = Keyring::in_memory(MasterKey::generate());
-        let record = Record::seal(&put_request("x", b"s"), fields(7), &keyring).unwrap();
+        let record =
+            Record::seal(CredentialFields::from(&put_request("x", b"s")), fields(7), &keyring).unwrap();
         let mut copy = AlignedVec::new();
         copy.extend_from_slice(record.archive_bytes());
         assert_eq!(Record::from_archive(copy).unwrap().version(), 7);
@@ -235,7 +301,8 @@ mod tests {
     fn tampered_ciphertext_is_an_error_not_garbage() {
         let keyring = Keyring::in_memory(MasterKey::generate());
         let other_keyring = Keyring::in_memory(MasterKey::generate());
-        let record = Record::seal(&put_request("x", b"secret"), fields(1), &keyring).unwrap();
+        let record =
+            Record::seal(CredentialFields::from(&put_request("x", b"secret")), fields(1), &keyring).unwrap();
         let mut out = BytesMut::from(&b"keep"[..]);
         assert!(record.decrypt_into(&other_keyring, &mut out).is_err());
         assert_eq!(&out[..], b"keep", "nothing is appended on failure");
@@ -246,7 +313,7 @@ mod tests {
         let keyring = Keyring::in_memory(MasterKey::generate());
         let mut fields = fields(1);
         fields.expires_at_ms = 100;
-        let record = Record::seal(&put_request("x", b"s"), fields, &keyring).unwrap();
+        let record = Record::seal(CredentialFields::from(&put_request("x", b"s")), fields, &keyring).unwrap();
         assert!(!record.is_expired(99));
         assert!(record.is_expired(100));
     }

@@ -1,37 +1,82 @@
-//! A shard: one wait-free map (papaya) from credential id to its entry, and the
-//! [`ShardWriter`] that is its only writer.
+//! A shard: one wait-free map (papaya) from credential id to its kept versions, the
+//! secondary index that serves LIST, and the [`ShardWriter`] that is their only writer.
 //!
 //! Reads pin the map and work on the entry under the guard, from any executor. Writes happen
 //! only through the shard's `ShardWriter`, which the [`crate::store::Store`] hands out once
 //! and which cannot leave the executor that claimed it (it is `!Send`): versions and, later,
-//! the write-ahead log are ordered without locks.
+//! the write-ahead log are ordered without locks. Each write installs a new immutable
+//! [`Entry`]; kept versions are shared between entries by `Arc`.
 
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use credshard_protocol::op::delete::DeleteRequest;
-use credshard_protocol::PutRequest;
+use credshard_protocol::op::rotate::RotateRequest;
+use credshard_protocol::{PutRequest, VersionState};
 
 use crate::error::OpError;
-use crate::record::{Record, VersionFields};
+use crate::index::ShardIndex;
+use crate::record::{CredentialFields, Record, VersionFields};
 use crate::store::Store;
 
-/// What a shard's map holds for one credential.
+/// What a shard's map holds for one credential: its kept versions, newest (current) first.
 #[derive(Debug)]
 pub struct Entry {
+    versions: Box<[Arc<Record>]>,
+}
+
+impl Entry {
+    fn new(versions: Box<[Arc<Record>]>) -> Entry {
+        assert!(!versions.is_empty(), "an entry keeps at least its current version");
+        debug_assert!(versions.windows(2).all(|pair| pair[0].version() > pair[1].version()), "newest first");
+        Entry { versions }
+    }
+
     /// The version GET returns when no version is given.
-    pub current: Arc<Record>,
+    pub fn current(&self) -> &Record {
+        &self.versions[0]
+    }
+
+    /// Kept versions, newest first.
+    pub fn versions(&self) -> &[Arc<Record>] {
+        &self.versions
+    }
+
+    /// The state of the kept version at `index` (0 is current), derived from the version that
+    /// replaced it: a ROTATE records the replaced version's grace deadline, a PUT records 0.
+    pub fn state(&self, index: usize, now_ms: u64) -> VersionState {
+        if index == 0 {
+            return VersionState::Current;
+        }
+        match self.versions[index - 1].credential().previous_grace_until_ms.to_native() {
+            0 => VersionState::Superseded,
+            grace_until_ms if now_ms < grace_until_ms => VersionState::PreviousInGrace,
+            _ => VersionState::Retired,
+        }
+    }
+
+    /// A kept version by number (0 for current), with its state.
+    pub fn find(&self, version: u64, now_ms: u64) -> Option<(&Record, VersionState)> {
+        if version == 0 {
+            return Some((self.current(), VersionState::Current));
+        }
+        let index = self.versions.iter().position(|record| record.version() == version)?;
+        Some((&self.versions[index], self.state(index, now_ms)))
+    }
 }
 
 pub struct Shard {
     pub shard_id: usize,
     pub(crate) map: papaya::HashMap<Box<str>, Entry>,
+    /// LIST's index. Written only by the shard's writer; read by LIST on any executor.
+    pub(crate) index: RwLock<ShardIndex>,
 }
 
 impl Shard {
     pub(crate) fn new(shard_id: usize) -> Shard {
-        Shard { shard_id, map: papaya::HashMap::new() }
+        Shard { shard_id, map: papaya::HashMap::new(), index: RwLock::new(ShardIndex::default()) }
     }
 
     /// Credentials held, expired ones not yet swept included.
@@ -48,48 +93,77 @@ impl Shard {
 pub struct ShardWriter {
     store: Arc<Store>,
     shard_id: usize,
+    /// (expires_at_ms, id) of every credential with an expiry, for the sweeper.
+    expiries: BTreeSet<(u64, Box<str>)>,
     _not_send: PhantomData<Rc<()>>,
 }
 
 impl ShardWriter {
     pub(crate) fn new(store: Arc<Store>, shard_id: usize) -> ShardWriter {
-        ShardWriter { store, shard_id, _not_send: PhantomData }
+        ShardWriter { store, shard_id, expiries: BTreeSet::new(), _not_send: PhantomData }
     }
 
     pub fn shard_id(&self) -> usize {
         self.shard_id
     }
 
-    /// Creates or replaces a credential; returns the new version.
+    /// Creates or replaces a credential; returns the new version. The replaced version stays
+    /// readable (superseded) while kept.
     ///
     /// An expired credential counts as absent for compare-and-set (`expected_version` 0
-    /// succeeds), but its version number is not reused: the new version follows it.
+    /// succeeds) and its history is dropped, but its version number is not reused.
     ///
     /// # Errors
     /// [`OpError::VersionConflict`] when `expected_version` does not match,
     /// [`OpError::Unavailable`] when no data key is available.
     pub fn put(&mut self, request: &PutRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
-        let shard = self.store.shard(self.shard_id);
-        debug_assert_eq!(self.store.shard_for(request.id), self.shard_id, "write routed to the wrong shard");
-        let map = shard.map.pin();
-        let existing = map.get(request.id).map(|entry| &entry.current);
-        let live = existing.filter(|record| !record.is_expired(now_ms));
-        let current_version = live.map_or(0, |record| record.version());
-        if let Some(expected_version) = request.expected_version {
-            if expected_version != current_version {
-                return Err(OpError::VersionConflict { current_version });
-            }
-        }
-        let previous_version = existing.map_or(0, |record| record.version());
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        debug_assert_eq!(store.shard_for(request.id), self.shard_id, "write routed to the wrong shard");
+        let existing = map.get(request.id);
+        let live = existing.filter(|entry| !entry.current().is_expired(now_ms));
+        check_expected(request.expected_version, live.map_or(0, |entry| entry.current().version()))?;
         let fields = VersionFields {
-            version: previous_version + 1,
-            created_at_ms: live.map_or(now_ms, |record| record.credential().created_at_ms.to_native()),
+            version: existing.map_or(0, |entry| entry.current().version()) + 1,
+            created_at_ms: live
+                .map_or(now_ms, |entry| entry.current().credential().created_at_ms.to_native()),
             updated_at_ms: now_ms,
             expires_at_ms: request.expiry.resolve(now_ms),
+            previous_grace_until_ms: 0,
         };
-        let record = Record::seal(request, fields, self.store.keyring())?;
-        assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
-        map.insert(request.id.into(), Entry { current: Arc::new(record) });
+        let record = Record::seal(CredentialFields::from(request), fields, store.keyring())?;
+        self.install(request.id, record, live, existing);
+        Ok(fields.version)
+    }
+
+    /// Stores a new secret as a new version of a live credential, keeping its owner, scope,
+    /// kind, labels and expiry; the replaced version stays readable for the grace period
+    /// (`None`: the server's default) and is retired after it.
+    ///
+    /// # Errors
+    /// Not found, expired, version conflict, unavailable (no data key).
+    pub fn rotate(&mut self, request: &RotateRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let current = entry.current();
+        if current.is_expired(now_ms) {
+            return Err(OpError::Expired);
+        }
+        check_expected(request.expected_version, current.version())?;
+        let grace_ms = request
+            .grace_period_seconds
+            .map_or(store.lifecycle().grace_period_ms, |seconds| seconds.saturating_mul(1000));
+        let credential = current.credential();
+        let fields = VersionFields {
+            version: current.version() + 1,
+            created_at_ms: credential.created_at_ms.to_native(),
+            updated_at_ms: now_ms,
+            expires_at_ms: credential.expires_at_ms.to_native(),
+            previous_grace_until_ms: now_ms.saturating_add(grace_ms).max(1),
+        };
+        let record = Record::seal(current.fields_with_secret(request.secret), fields, store.keyring())?;
+        self.install(request.id, record, Some(entry), Some(entry));
         Ok(fields.version)
     }
 
@@ -99,17 +173,114 @@ impl ShardWriter {
     /// [`OpError::NotFound`] for an absent credential, [`OpError::VersionConflict`] when
     /// `expected_version` does not match the current version.
     pub fn delete(&mut self, request: &DeleteRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
-        let shard = self.store.shard(self.shard_id);
-        let map = shard.map.pin();
-        let record = &map.get(request.id).ok_or(OpError::NotFound)?.current;
-        let version = record.version();
-        if let Some(expected_version) = request.expected_version {
-            let current_version = if record.is_expired(now_ms) { 0 } else { version };
-            if expected_version != current_version {
-                return Err(OpError::VersionConflict { current_version });
-            }
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let current = map.get(request.id).ok_or(OpError::NotFound)?.current();
+        let version = current.version();
+        if request.expected_version.is_some() {
+            check_expected(request.expected_version, if current.is_expired(now_ms) { 0 } else { version })?;
         }
+        self.unindex(current);
         map.remove(request.id);
         Ok(version)
+    }
+
+    /// Removes every credential whose expiry has passed; returns how many.
+    pub fn sweep_expired(&mut self, now_ms: u64) -> usize {
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let mut swept = 0;
+        while let Some(first) = self.expiries.first() {
+            if first.0 > now_ms {
+                break;
+            }
+            let (expires_at_ms, id) = self.expiries.pop_first().expect("checked above");
+            // The entry may have been replaced since: sweep only what is still expired.
+            if let Some(entry) = map.get(&*id) {
+                let current = entry.current();
+                if current.credential().expires_at_ms.to_native() == expires_at_ms
+                    && current.is_expired(now_ms)
+                {
+                    self.unindex_index_only(current);
+                    map.remove(&*id);
+                    swept += 1;
+                }
+            }
+        }
+        swept
+    }
+
+    /// Installs `record` as the current version of `id`, keeping the live entry's versions
+    /// up to the configured count, and brings the index and expiry set up to date.
+    fn install(&mut self, id: &str, record: Record, live: Option<&Entry>, existing: Option<&Entry>) {
+        let store = Arc::clone(&self.store);
+        let max_versions = store.lifecycle().max_versions;
+        let previous_version = existing.map_or(0, |entry| entry.current().version());
+        assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
+        let record = Arc::new(record);
+        let mut versions =
+            Vec::with_capacity(max_versions.min(live.map_or(0, |entry| entry.versions.len()) + 1));
+        versions.push(Arc::clone(&record));
+        if let Some(live) = live {
+            versions.extend(live.versions.iter().take(max_versions - 1).cloned());
+        }
+        let credential = record.credential();
+        let same_index_key = existing.is_some_and(|entry| {
+            let old = entry.current().credential();
+            old.owner == credential.owner && old.scope == credential.scope
+        });
+        if !same_index_key {
+            let mut index = store.shard(self.shard_id).index.write().expect("index lock");
+            if let Some(existing) = existing {
+                let old = existing.current().credential();
+                index.remove(old.owner.as_str(), old.scope.as_str(), id);
+            }
+            index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
+        }
+        let expires_at_ms = credential.expires_at_ms.to_native();
+        let old_expires_at_ms =
+            existing.map_or(0, |entry| entry.current().credential().expires_at_ms.to_native());
+        if old_expires_at_ms != expires_at_ms {
+            if old_expires_at_ms != 0 {
+                self.expiries.remove(&(old_expires_at_ms, Box::from(id)));
+            }
+            if expires_at_ms != 0 {
+                self.expiries.insert((expires_at_ms, id.into()));
+            }
+        }
+        store.shard(self.shard_id).map.pin().insert(id.into(), Entry::new(versions.into_boxed_slice()));
+    }
+
+    /// Installs an arbitrary record as the current version (tests of failure paths).
+    #[cfg(test)]
+    pub(crate) fn install_for_test(&mut self, id: &str, record: Record) {
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let existing = map.get(id);
+        self.install(id, record, existing, existing);
+    }
+
+    /// Takes a removed credential out of the index and the expiry set.
+    fn unindex(&mut self, current: &Record) {
+        let credential = current.credential();
+        let expires_at_ms = credential.expires_at_ms.to_native();
+        if expires_at_ms != 0 {
+            self.expiries.remove(&(expires_at_ms, Box::from(credential.id.as_str())));
+        }
+        self.unindex_index_only(current);
+    }
+
+    fn unindex_index_only(&self, current: &Record) {
+        let credential = current.credential();
+        let mut index = self.store.shard(self.shard_id).index.write().expect("index lock");
+        index.remove(credential.owner.as_str(), credential.scope.as_str(), credential.id.as_str());
+    }
+}
+
+/// Compare-and-set: `expected` (if any) must equal `current_version` (0 when absent).
+fn check_expected(expected: Option<u64>, current_version: u64) -> Result<(), OpError> {
+    match expected {
+        Some(expected) if expected != current_version => Err(OpError::VersionConflict { current_version }),
+        _ => Ok(()),
     }
 }

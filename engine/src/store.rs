@@ -1,36 +1,59 @@
-//! The [`Store`]: every shard's map, the key ring and the limits, shared by all executors.
-//! Reads go straight to the owning shard's map from whichever executor holds the connection;
-//! writes go through the owning shard's [`ShardWriter`].
+//! The [`Store`]: every shard's map and index, the key ring, the limits and the lifecycle
+//! settings, shared by all executors. Reads (GET, GET_META, BATCH_GET, LIST) go straight to
+//! the owning shards from whichever executor holds the connection; writes go through the
+//! owning shard's [`ShardWriter`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
+use credshard_protocol::op::batch_get::BatchGetRequest;
 use credshard_protocol::op::get::{GetMetaRequest, GetRequest, VersionInfo};
-use credshard_protocol::{Limits, VersionState};
+use credshard_protocol::op::list::{ListItemRef, ListRequest};
+use credshard_protocol::wire::{put_bytes32, put_str16};
+use credshard_protocol::{Limits, Status, VersionState};
 
 use crate::crypto::Keyring;
 use crate::error::OpError;
+use crate::index::{ListQuery, SortKey};
 use crate::keyspace::shard_for;
 use crate::record::Record;
 use crate::shard::{Shard, ShardWriter};
+
+/// How versions age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Versions kept per credential, current included (at least 1).
+    pub max_versions: usize,
+    /// How long a version replaced by ROTATE stays readable, unless the request says.
+    pub grace_period_ms: u64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle { max_versions: 10, grace_period_ms: 24 * 60 * 60 * 1000 }
+    }
+}
 
 pub struct Store {
     shards: Box<[Shard]>,
     keyring: Keyring,
     limits: Limits,
+    lifecycle: Lifecycle,
     writer_claimed: Box<[AtomicBool]>,
 }
 
 impl Store {
     /// # Panics
-    /// If `shard_count` is 0 or above 65,535.
-    pub fn new(shard_count: usize, keyring: Keyring, limits: Limits) -> Store {
+    /// If `shard_count` is 0 or above 65,535, or `lifecycle.max_versions` is 0.
+    pub fn new(shard_count: usize, keyring: Keyring, limits: Limits, lifecycle: Lifecycle) -> Store {
         assert!((1..=u16::MAX as usize).contains(&shard_count), "1..=65535 shards");
+        assert!(lifecycle.max_versions >= 1, "at least the current version is kept");
         Store {
             shards: (0..shard_count).map(Shard::new).collect(),
             keyring,
             limits,
+            lifecycle,
             writer_claimed: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
         }
     }
@@ -56,6 +79,10 @@ impl Store {
         &self.limits
     }
 
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
     /// Credentials held across all shards.
     pub fn len(&self) -> usize {
         self.shards.iter().map(Shard::len).sum()
@@ -78,22 +105,25 @@ impl Store {
     /// GET: appends metadata and the decrypted secret of the requested version to `out`.
     ///
     /// # Errors
-    /// Not found, expired, version not kept; internal when the ciphertext fails to open.
+    /// Not found, expired, version not kept, retired (grace period over); internal when the
+    /// ciphertext fails to open. Nothing is appended on error.
     pub fn get(&self, request: &GetRequest<'_>, now_ms: u64, out: &mut BytesMut) -> Result<(), OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
-        let record = &map.get(request.id).ok_or(OpError::NotFound)?.current;
-        if record.is_expired(now_ms) {
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        if entry.current().is_expired(now_ms) {
             return Err(OpError::Expired);
         }
-        if request.version != 0 && request.version != record.version() {
-            return Err(OpError::VersionNotFound);
+        let (record, state) = entry.find(request.version, now_ms).ok_or(OpError::VersionNotFound)?;
+        if state == VersionState::Retired {
+            return Err(OpError::Retired);
         }
         let start = out.len();
         record.metadata().encode(out);
         record.decrypt_into(&self.keyring, out).inspect_err(|_| out.truncate(start))
     }
 
-    /// GET_META: appends metadata and the list of kept versions to `out`; decrypts nothing.
+    /// GET_META: appends the current version's metadata and every kept version's number,
+    /// time and state to `out`; decrypts nothing.
     ///
     /// # Errors
     /// Not found, expired.
@@ -104,33 +134,109 @@ impl Store {
         out: &mut BytesMut,
     ) -> Result<(), OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
-        let record = &map.get(request.id).ok_or(OpError::NotFound)?.current;
-        if record.is_expired(now_ms) {
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        if entry.current().is_expired(now_ms) {
             return Err(OpError::Expired);
         }
-        let metadata = record.metadata();
-        metadata.encode(out);
-        out.extend_from_slice(&1u16.to_le_bytes());
-        VersionInfo {
-            version: metadata.version,
-            created_at_ms: metadata.updated_at_ms,
-            state: VersionState::Current,
+        entry.current().metadata().encode(out);
+        out.put_u16_le(entry.versions().len() as u16);
+        for (index, record) in entry.versions().iter().enumerate() {
+            let metadata = record.metadata();
+            VersionInfo {
+                version: metadata.version,
+                created_at_ms: metadata.updated_at_ms,
+                state: entry.state(index, now_ms),
+            }
+            .encode(out);
         }
-        .encode(out);
         Ok(())
     }
 
-    /// Calls `visit` on every stored record (snapshots, tests). Holds one shard's guard at a
+    /// BATCH_GET: appends one result per id, in order (`status u8` then a GET reply body or an
+    /// error body). Returns whether any result holds a secret.
+    pub fn batch_get(&self, request: &BatchGetRequest<'_>, now_ms: u64, out: &mut BytesMut) -> bool {
+        out.put_u16_le(request.len() as u16);
+        let mut any_secret = false;
+        for id in request.ids() {
+            let status_at = out.len();
+            out.put_u8(Status::Ok as u8);
+            match self.get(&GetRequest { id, version: 0 }, now_ms, out) {
+                Ok(()) => any_secret = true,
+                Err(error) => {
+                    out[status_at] = error.status() as u8;
+                    out.put_u64_le(error.detail());
+                    put_str16(out, error.message());
+                }
+            }
+        }
+        any_secret
+    }
+
+    /// LIST: appends one page of live credentials matching the owner and/or scope, and the
+    /// cursor of the next page. Each shard's index yields at most `limit` items after the
+    /// cursor; the pages of all shards are merged in sort order.
+    ///
+    /// # Errors
+    /// [`OpError::InvalidCursor`] for a cursor this query did not produce.
+    pub fn list(&self, request: &ListRequest<'_>, now_ms: u64, out: &mut BytesMut) -> Result<(), OpError> {
+        let query = ListQuery::new(request)?;
+        let limit = request.limit as usize;
+        let mut found: Vec<(SortKey, Arc<Record>)> = Vec::new();
+        let mut more_in_some_shard = false;
+        for shard in self.shards.iter() {
+            let index = shard.index.read().expect("index lock");
+            let map = shard.map.pin();
+            more_in_some_shard |= index.scan(&query, limit, |id, key| {
+                // The index and the map are updated one after the other: trust the map.
+                let Some(entry) = map.get(id) else { return false };
+                let current = entry.current();
+                let credential = current.credential();
+                if current.is_expired(now_ms)
+                    || !query.matches(credential.owner.as_str(), credential.scope.as_str())
+                {
+                    return false;
+                }
+                found.push((key, Arc::clone(&entry.versions()[0])));
+                true
+            });
+        }
+        found.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        let more = more_in_some_shard || found.len() > limit;
+        found.truncate(limit);
+
+        out.put_u16_le(found.len() as u16);
+        for (_, record) in &found {
+            let credential = record.credential();
+            ListItemRef {
+                id: credential.id.as_str(),
+                owner: credential.owner.as_str(),
+                scope: credential.scope.as_str(),
+                kind: credential.kind,
+                version: credential.version.to_native(),
+                expires_at_ms: credential.expires_at_ms.to_native(),
+            }
+            .encode(out);
+        }
+        let mut cursor = BytesMut::new();
+        if let (true, Some((key, _))) = (more, found.last()) {
+            query.cursor_after(key, &mut cursor);
+        }
+        put_bytes32(out, &cursor);
+        Ok(())
+    }
+
+    /// Calls `visit` on every current record (snapshots, tests). Holds one shard's guard at a
     /// time; must not be called across an `.await`.
     pub fn for_each_record(&self, mut visit: impl FnMut(&Record)) {
         for shard in self.shards.iter() {
             for (_, entry) in shard.map.pin().iter() {
-                visit(&entry.current);
+                for record in entry.versions() {
+                    visit(record);
+                }
             }
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +246,12 @@ mod tests {
     use credshard_protocol::{Expiry, Kind, Labels, PutRequest, EMPTY_LABELS};
 
     fn store(shards: usize) -> Arc<Store> {
-        Arc::new(Store::new(shards, Keyring::in_memory(MasterKey::generate()), Limits::default()))
+        Arc::new(Store::new(
+            shards,
+            Keyring::in_memory(MasterKey::generate()),
+            Limits::default(),
+            Lifecycle::default(),
+        ))
     }
 
     fn put<'a>(id: &'a str, secret: &'a [u8], expected_version: Option<u64>) -> PutRequest<'a> {
@@ -172,8 +283,11 @@ mod tests {
         let mut out = BytesMut::new();
         store.get(&GetRequest { id: "a", version: 0 }, now, &mut out).unwrap();
         assert!(out.ends_with(b"three"));
+        out.clear();
+        store.get(&GetRequest { id: "a", version: 2 }, now, &mut out).unwrap();
+        assert!(out.ends_with(b"two"), "superseded versions stay readable while kept");
         assert_eq!(
-            store.get(&GetRequest { id: "a", version: 2 }, now, &mut out),
+            store.get(&GetRequest { id: "a", version: 9 }, now, &mut out),
             Err(OpError::VersionNotFound)
         );
         assert_eq!(store.get(&GetRequest { id: "b", version: 0 }, now, &mut out), Err(OpError::NotFound));
@@ -206,10 +320,19 @@ mod tests {
     fn a_record_that_fails_authentication_is_an_internal_error_not_garbage() {
         let store = store(1);
         let stranger = Keyring::in_memory(MasterKey::generate());
-        let fields =
-            crate::record::VersionFields { version: 1, created_at_ms: 1, updated_at_ms: 1, expires_at_ms: 0 };
-        let foreign = Record::seal(&put("x", b"secret", None), fields, &stranger).unwrap();
-        store.shard(0).map.pin().insert("x".into(), crate::shard::Entry { current: Arc::new(foreign) });
+        let mut writer = store.claim_writer(0);
+        writer.put(&put("x", b"secret", None), now_ms()).unwrap();
+        let fields = crate::record::VersionFields {
+            version: 2,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            expires_at_ms: 0,
+            previous_grace_until_ms: 0,
+        };
+        let request = put("x", b"secret", None);
+        let foreign =
+            Record::seal(crate::record::CredentialFields::from(&request), fields, &stranger).unwrap();
+        writer.install_for_test("x", foreign);
         let mut out = BytesMut::from(&b"prefix"[..]);
         let error = store.get(&GetRequest { id: "x", version: 0 }, now_ms(), &mut out).unwrap_err();
         assert_eq!(error.status(), credshard_protocol::Status::Internal);

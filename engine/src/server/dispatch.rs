@@ -75,6 +75,16 @@ pub fn dispatch(context: &ExecutorContext, header: Header, frame: &[u8], out: &m
             ExecutorMetrics::add(&metrics.reads_total, 1);
             context.store.get_meta(get_meta, now_ms, out)
         }
+        Request::BatchGet(batch) => {
+            ExecutorMetrics::add(&metrics.reads_total, batch.len() as u64);
+            let secret = context.store.batch_get(batch, now_ms, out);
+            frame::finish(out, start);
+            return Dispatched::Answered { secret };
+        }
+        Request::List(list) => {
+            ExecutorMetrics::add(&metrics.reads_total, 1);
+            context.store.list(list, now_ms, out)
+        }
         Request::Stats => {
             let mut values = vec![
                 ("shards".to_owned(), context.store.shard_count() as u64),
@@ -87,7 +97,7 @@ pub fn dispatch(context: &ExecutorContext, header: Header, frame: &[u8], out: &m
             StatsReply::encode(&borrowed, out);
             Ok(())
         }
-        Request::Put(_) | Request::Delete(_) => unreachable!("writes are handled above"),
+        Request::Put(_) | Request::Delete(_) | Request::Rotate(_) => unreachable!("writes are handled above"),
     };
     match result {
         Ok(()) => {
@@ -102,7 +112,7 @@ pub fn dispatch(context: &ExecutorContext, header: Header, frame: &[u8], out: &m
     }
 }
 
-/// Appends the response to a write (PUT and DELETE both answer `version u64`).
+/// Appends the response to a write (PUT, ROTATE and DELETE all answer `version u64`).
 pub fn encode_write_outcome(
     context: &ExecutorContext,
     op: Op,

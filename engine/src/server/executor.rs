@@ -56,6 +56,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     let shard_id = senders.peer_id();
     let router = Rc::new(Router::new(shared.store.claim_writer(shard_id), senders));
     router.spawn_peer_tasks(receivers, *shared.store.limits());
+    router.spawn_sweeper(Duration::from_millis(shared.config.sweep_interval_ms), Arc::clone(&shared.metrics));
 
     let listener = match bind(&shared, shard_id) {
         Ok(listener) => listener,

@@ -52,7 +52,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)?;
         let keyring = Keyring::open(&config.data_dir, key_source)?;
         let shard_count = config.shard_count();
-        let store = Arc::new(Store::new(shard_count, keyring, config.limits()));
+        let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
         Server::start_with_store(config, store)
     }
 

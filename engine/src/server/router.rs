@@ -11,7 +11,10 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use zeroize::Zeroizing;
 
+use std::sync::Arc;
+
 use crate::error::OpError;
+use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::shard::ShardWriter;
 
 /// The result of a write: the version it created or removed.
@@ -49,6 +52,7 @@ impl Router {
         match request {
             Request::Put(put) => writer.put(put, now_ms),
             Request::Delete(delete) => writer.delete(delete, now_ms),
+            Request::Rotate(rotate) => writer.rotate(rotate, now_ms),
             _ => Err(OpError::Internal("not a write")),
         }
     }
@@ -69,6 +73,20 @@ impl Router {
         // dropped, and the receiver reports the write as unavailable.
         let _ = self.senders.send_to(shard_id, message).await;
         outcome
+    }
+
+    /// Removes this shard's expired credentials every `interval`, forever (the task ends with
+    /// the executor).
+    pub fn spawn_sweeper(self: &Rc<Router>, interval: std::time::Duration, metrics: Arc<Metrics>) {
+        let router = Rc::clone(self);
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                let swept = router.writer.borrow_mut().sweep_expired(crate::time::now_ms());
+                ExecutorMetrics::add(&metrics.executor(router.shard_id).expired_swept, swept as u64);
+            }
+        })
+        .detach();
     }
 
     /// Serves writes that other executors send to this shard, until they hang up.

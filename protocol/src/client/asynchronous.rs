@@ -17,10 +17,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{self, Call, ResponseFrame};
 use crate::error::ClientError;
+use crate::op::batch_get::{BatchGetRequest, BatchItem};
 use crate::op::delete::DeleteReply;
 use crate::op::get::{GetMetaReply, GetReply};
 use crate::op::hello::HelloReply;
+use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::PutRequest;
+use crate::op::rotate::RotateRequest;
 use crate::op::stats::StatsReply;
 
 /// Frames queued for the writer task; bounded so a stalled connection pushes back on callers.
@@ -127,6 +130,27 @@ impl AsyncClient {
 
     pub async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<DeleteReply, ClientError> {
         self.run(client::delete(id, expected_version)).await
+    }
+
+    /// ROTATE; returns the new version.
+    pub async fn rotate(&self, request: &RotateRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::rotate(request)).await.map(|reply| reply.version)
+    }
+
+    /// BATCH_GET of 1..=1000 ids; one result per id, in order.
+    ///
+    /// # Panics
+    /// If `ids` is empty or longer than 1000.
+    pub async fn batch_get<S: AsRef<str>>(&self, ids: &[S]) -> Result<Vec<BatchItem>, ClientError> {
+        let mut encoded = BytesMut::new();
+        BatchGetRequest::encode(ids, &mut encoded);
+        let request = BatchGetRequest::from_encoded(&encoded)?;
+        self.run(client::batch_get(&request)).await
+    }
+
+    /// LIST one page.
+    pub async fn list(&self, request: &ListRequest<'_>) -> Result<ListReply, ClientError> {
+        self.run(client::list(request)).await
     }
 
     pub async fn stats(&self) -> Result<StatsReply, ClientError> {

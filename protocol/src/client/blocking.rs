@@ -8,10 +8,13 @@ use bytes::{Bytes, BytesMut};
 
 use crate::client::{self, Call, ResponseFrame};
 use crate::error::ClientError;
+use crate::op::batch_get::{BatchGetRequest, BatchItem};
 use crate::op::delete::DeleteReply;
 use crate::op::get::{GetMetaReply, GetReply};
 use crate::op::hello::HelloReply;
+use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::PutRequest;
+use crate::op::rotate::RotateRequest;
 use crate::op::stats::StatsReply;
 use crate::op::Request;
 
@@ -134,6 +137,27 @@ impl Client {
 
     pub fn delete(&mut self, id: &str, expected_version: Option<u64>) -> Result<DeleteReply, ClientError> {
         self.run(client::delete(id, expected_version))
+    }
+
+    /// ROTATE; returns the new version.
+    pub fn rotate(&mut self, request: &RotateRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::rotate(request)).map(|reply| reply.version)
+    }
+
+    /// BATCH_GET of 1..=1000 ids; one result per id, in order.
+    ///
+    /// # Panics
+    /// If `ids` is empty or longer than 1000.
+    pub fn batch_get<S: AsRef<str>>(&mut self, ids: &[S]) -> Result<Vec<BatchItem>, ClientError> {
+        let mut encoded = BytesMut::new();
+        BatchGetRequest::encode(ids, &mut encoded);
+        let request = BatchGetRequest::from_encoded(&encoded)?;
+        self.run(client::batch_get(&request))
+    }
+
+    /// LIST one page.
+    pub fn list(&mut self, request: &ListRequest<'_>) -> Result<ListReply, ClientError> {
+        self.run(client::list(request))
     }
 
     pub fn stats(&mut self) -> Result<StatsReply, ClientError> {

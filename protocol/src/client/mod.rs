@@ -13,10 +13,13 @@ use bytes::{Bytes, BytesMut};
 use crate::code::Status;
 use crate::error::ClientError;
 use crate::frame;
+use crate::op::batch_get::{decode_batch_reply, BatchGetRequest, BatchItem};
 use crate::op::delete::{DeleteReply, DeleteRequest};
 use crate::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
 use crate::op::hello::{HelloReply, HelloRequest, PROTOCOL_VERSION};
+use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::{PutReply, PutRequest};
+use crate::op::rotate::{RotateReply, RotateRequest};
 use crate::op::stats::StatsReply;
 use crate::op::{decode_error, Request};
 use crate::wire::{DecodeError, Reader};
@@ -109,6 +112,21 @@ pub fn get_meta(id: &str) -> Call<'_, GetMetaReply> {
 /// DELETE, optionally only if the current version is `expected_version`.
 pub fn delete(id: &str, expected_version: Option<u64>) -> Call<'_, DeleteReply> {
     Call { request: Request::Delete(DeleteRequest { id, expected_version }), decode: DeleteReply::decode }
+}
+
+/// ROTATE; the reply is the new version.
+pub fn rotate<'a>(request: &RotateRequest<'a>) -> Call<'a, RotateReply> {
+    Call { request: Request::Rotate(*request), decode: RotateReply::decode }
+}
+
+/// BATCH_GET of a body made by [`BatchGetRequest::encode`]; one result per id, in order.
+pub fn batch_get<'a>(request: &BatchGetRequest<'a>) -> Call<'a, Vec<BatchItem>> {
+    Call { request: Request::BatchGet(*request), decode: decode_batch_reply }
+}
+
+/// LIST one page.
+pub fn list<'a>(request: &ListRequest<'a>) -> Call<'a, ListReply> {
+    Call { request: Request::List(*request), decode: ListReply::decode }
 }
 
 /// STATS.

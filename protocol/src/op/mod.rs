@@ -1,12 +1,15 @@
 //! Typed request and reply bodies, one file per op, and the [`Request`] enum a server
 //! dispatches on. Requests borrow from the frame they were decoded from.
 
+pub mod batch_get;
 pub mod delete;
 pub mod get;
 pub mod hello;
 pub mod labels;
+pub mod list;
 pub mod metadata;
 pub mod put;
+pub mod rotate;
 pub mod stats;
 
 use bytes::{BufMut, BytesMut};
@@ -16,10 +19,13 @@ use crate::frame;
 use crate::limits::Limits;
 use crate::wire::{put_str16, DecodeError, Reader};
 
+use batch_get::BatchGetRequest;
 use delete::DeleteRequest;
 use get::{GetMetaRequest, GetRequest};
 use hello::HelloRequest;
+use list::ListRequest;
 use put::PutRequest;
+use rotate::RotateRequest;
 
 /// A decoded request, borrowing from its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +36,9 @@ pub enum Request<'a> {
     Get(GetRequest<'a>),
     GetMeta(GetMetaRequest<'a>),
     Delete(DeleteRequest<'a>),
+    Rotate(RotateRequest<'a>),
+    BatchGet(BatchGetRequest<'a>),
+    List(ListRequest<'a>),
     Stats,
 }
 
@@ -38,8 +47,6 @@ pub enum Request<'a> {
 pub enum RequestError {
     #[error("unknown op code 0x{0:02x}")]
     UnknownOp(u8),
-    #[error("op {} is reserved and not implemented by this server version", .0.name())]
-    Reserved(Op),
     #[error("invalid {op} request: {error}", op = .op.name())]
     Decode { op: Op, error: DecodeError },
 }
@@ -48,7 +55,7 @@ impl RequestError {
     /// The status code a server answers with.
     pub fn status(&self) -> Status {
         match self {
-            RequestError::UnknownOp(_) | RequestError::Reserved(_) => Status::UnknownOp,
+            RequestError::UnknownOp(_) => Status::UnknownOp,
             RequestError::Decode { error: DecodeError::TooLong { .. }, .. } => Status::TooLarge,
             RequestError::Decode { .. } => Status::Malformed,
         }
@@ -59,7 +66,7 @@ impl<'a> Request<'a> {
     /// Decodes the body of a request frame with op code `code`, enforcing `limits`.
     ///
     /// # Errors
-    /// [`RequestError`] for unknown or reserved ops and for bodies that do not decode,
+    /// [`RequestError`] for unknown ops and for bodies that do not decode,
     /// exceed a limit, or carry trailing bytes.
     pub fn decode(code: u8, body: &'a [u8], limits: &Limits) -> Result<Request<'a>, RequestError> {
         let op = Op::from_u8(code).ok_or(RequestError::UnknownOp(code))?;
@@ -71,8 +78,10 @@ impl<'a> Request<'a> {
             Op::Get => GetRequest::decode(&mut reader, limits).map(Request::Get),
             Op::GetMeta => GetMetaRequest::decode(&mut reader, limits).map(Request::GetMeta),
             Op::Delete => DeleteRequest::decode(&mut reader, limits).map(Request::Delete),
+            Op::Rotate => RotateRequest::decode(&mut reader, limits).map(Request::Rotate),
+            Op::BatchGet => BatchGetRequest::decode(&mut reader, limits).map(Request::BatchGet),
+            Op::List => ListRequest::decode(&mut reader, limits).map(Request::List),
             Op::Stats => Ok(Request::Stats),
-            Op::Rotate | Op::BatchGet | Op::List => return Err(RequestError::Reserved(op)),
         };
         let request = request.and_then(|request| reader.finish().map(|()| request));
         request.map_err(|error| RequestError::Decode { op, error })
@@ -86,6 +95,9 @@ impl<'a> Request<'a> {
             Request::Get(_) => Op::Get,
             Request::GetMeta(_) => Op::GetMeta,
             Request::Delete(_) => Op::Delete,
+            Request::Rotate(_) => Op::Rotate,
+            Request::BatchGet(_) => Op::BatchGet,
+            Request::List(_) => Op::List,
             Request::Stats => Op::Stats,
         }
     }
@@ -97,7 +109,12 @@ impl<'a> Request<'a> {
             Request::Get(get) => Some(get.id),
             Request::GetMeta(meta) => Some(meta.id),
             Request::Delete(delete) => Some(delete.id),
-            Request::Hello(_) | Request::Ping(_) | Request::Stats => None,
+            Request::Rotate(rotate) => Some(rotate.id),
+            Request::Hello(_)
+            | Request::Ping(_)
+            | Request::BatchGet(_)
+            | Request::List(_)
+            | Request::Stats => None,
         }
     }
 
@@ -111,6 +128,9 @@ impl<'a> Request<'a> {
             Request::Get(get) => get.encode(out),
             Request::GetMeta(meta) => meta.encode(out),
             Request::Delete(delete) => delete.encode(out),
+            Request::Rotate(rotate) => rotate.encode(out),
+            Request::BatchGet(batch) => batch.encoded_body(out),
+            Request::List(list) => list.encode(out),
             Request::Stats => {}
         }
         frame::finish(out, start);
