@@ -1,5 +1,5 @@
 //! The `credshard` binary: `serve` runs the server; `keygen` writes a master key file; `put`,
-//! `get`, `delete` and `stats` are a client of a running server.
+//! `get`, `rotate`, `list`, `batch-get`, `delete` and `stats` are a client of a running server.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -8,6 +8,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use credshard_engine::crypto::{Argon2Cost, KeySource, MasterKey};
 use credshard_engine::{Server, ServerConfig};
+use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
+use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
+use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{encode_labels, Client, Expiry, Kind, Labels, PutRequest};
 use zeroize::Zeroizing;
 
@@ -73,6 +76,41 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Store a new secret (from standard input) as a new version; the replaced version stays
+    /// readable for the grace period, then is retired.
+    Rotate {
+        id: String,
+        /// Grace period of the replaced version, in seconds (default: the server's, 24 h).
+        #[arg(long)]
+        grace: Option<u64>,
+        /// Compare-and-set: only rotate if the current version is V.
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Keep standard input byte for byte (do not drop a trailing newline).
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// List credentials by owner and/or scope (ids, versions, no secrets).
+    List {
+        #[arg(long, default_value = "")]
+        owner: String,
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Most items to print (all pages are fetched until then).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Print several secrets in one request, one line per id: `ID SECRET` or `ID error: ...`.
+    BatchGet {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Delete a credential and all its versions.
     Delete {
         id: String,
@@ -120,17 +158,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut encoded_labels = bytes::BytesMut::new();
             encode_labels(&pairs, &mut encoded_labels);
-            let mut secret = Zeroizing::new(Vec::new());
-            std::io::stdin().read_to_end(&mut secret).context("reading the secret from standard input")?;
-            if !raw {
-                for ending in [&b"\r\n"[..], b"\n"] {
-                    if secret.ends_with(ending) {
-                        let length = secret.len() - ending.len();
-                        secret.truncate(length);
-                        break;
-                    }
-                }
-            }
+            let secret = read_secret(raw)?;
             let expiry = match (ttl, expires_at_ms) {
                 (Some(seconds), _) => Expiry::TtlMs(seconds.saturating_mul(1000)),
                 (None, Some(at_ms)) => Expiry::AtUnixMs(at_ms),
@@ -171,6 +199,74 @@ fn run(command: Command) -> anyhow::Result<()> {
             stdout.write_all(b"\n")?;
             Ok(())
         }
+        Command::Rotate { id, grace, if_version, raw, connect } => {
+            let secret = read_secret(raw)?;
+            let request = RotateRequest {
+                id: &id,
+                expected_version: if_version,
+                grace_period_seconds: grace,
+                secret: &secret,
+            };
+            let version = connect_to(&connect)?.rotate(&request)?;
+            println!("{id} version {version}");
+            Ok(())
+        }
+        Command::List { owner, scope, limit, connect } => {
+            if owner.is_empty() && scope.is_empty() {
+                bail!("give --owner, --scope or both");
+            }
+            let mut client = connect_to(&connect)?;
+            let mut cursor = Vec::new();
+            let mut printed = 0;
+            while printed < limit {
+                let page_limit = (limit - printed).min(LIST_PAGE_MAX as usize) as u16;
+                let request =
+                    ListRequest { owner: &owner, scope: &scope, limit: page_limit, cursor: &cursor };
+                let page = client.list(&request)?;
+                for item in &page.items {
+                    let expiry = item.expires_at_ms.map_or("never".to_owned(), |at_ms| at_ms.to_string());
+                    println!(
+                        "{} version {} owner {} scope {} kind {} expires_at_ms {expiry}",
+                        item.id,
+                        item.version,
+                        item.owner,
+                        item.scope,
+                        item.kind.name()
+                    );
+                }
+                printed += page.items.len();
+                if page.next_cursor.is_empty() {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+            Ok(())
+        }
+        Command::BatchGet { ids, connect } => {
+            if ids.len() > BATCH_IDS_MAX {
+                bail!("at most {BATCH_IDS_MAX} ids per batch");
+            }
+            let results = connect_to(&connect)?.batch_get(&ids)?;
+            let mut stdout = std::io::stdout().lock();
+            let mut failed = false;
+            for (id, result) in ids.iter().zip(results) {
+                match result {
+                    Ok(reply) => {
+                        write!(stdout, "{id} ")?;
+                        stdout.write_all(reply.secret.expose())?;
+                        writeln!(stdout)?;
+                    }
+                    Err(error) => {
+                        failed = true;
+                        writeln!(stdout, "{id} error: {error}")?;
+                    }
+                }
+            }
+            if failed {
+                bail!("some ids could not be read");
+            }
+            Ok(())
+        }
         Command::Delete { id, if_version, connect } => {
             let reply = connect_to(&connect)?.delete(&id, if_version)?;
             println!("deleted {id} (was version {})", reply.version);
@@ -183,6 +279,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Reads a secret from standard input, dropping one trailing newline unless `raw`.
+fn read_secret(raw: bool) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut secret = Zeroizing::new(Vec::new());
+    std::io::stdin().read_to_end(&mut secret).context("reading the secret from standard input")?;
+    if !raw {
+        for ending in [&b"\r\n"[..], b"\n"] {
+            if secret.ends_with(ending) {
+                let length = secret.len() - ending.len();
+                secret.truncate(length);
+                break;
+            }
+        }
+    }
+    Ok(secret)
 }
 
 fn connect_to(connect: &Connect) -> anyhow::Result<Client> {

@@ -100,8 +100,33 @@ fn zero_configuration_serve_and_client_subcommands() {
     let stats = text(&served.run(&["stats"], b"").stdout);
     assert!(stats.contains("shards 2") && stats.contains("credentials 1"), "{stats}");
 
+    let rotated = served.run(&["rotate", "svc/db", "--grace", "3600"], b"rotated-canary\n");
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    assert_eq!(text(&rotated.stdout).trim(), "svc/db version 2");
+    assert_eq!(text(&served.run(&["get", "svc/db"], b"").stdout), "rotated-canary\n");
+    let previous = served.run(&["get", "svc/db", "--version", "1"], b"");
+    assert_eq!(text(&previous.stdout), format!("{secret}\n"), "the previous version is in its grace period");
+    let meta = text(&served.run(&["get", "svc/db", "--meta"], b"").stdout);
+    assert!(meta.contains("version 1: previous-in-grace"), "{meta}");
+
+    served.run(&["put", "svc/cache", "--owner", "team", "--scope", "dev"], b"c");
+    let listed = text(&served.run(&["list", "--owner", "team"], b"").stdout);
+    let ids: Vec<&str> = listed.lines().map(|line| line.split(' ').next().unwrap()).collect();
+    assert_eq!(ids, vec!["svc/cache", "svc/db"], "ordered by scope then id: {listed}");
+    assert!(!listed.contains(secret) && !listed.contains("rotated-canary"), "list never prints secrets");
+    let no_filter = served.run(&["list"], b"");
+    assert_eq!(no_filter.status.code(), Some(1));
+
+    let batch = served.run(&["batch-get", "svc/db", "missing", "svc/cache"], b"");
+    assert_eq!(batch.status.code(), Some(1), "a missing id makes the batch exit non-zero");
+    let lines: Vec<String> = text(&batch.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines[0], "svc/db rotated-canary");
+    assert!(lines[1].starts_with("missing error: NOT_FOUND"), "{lines:?}");
+    assert_eq!(lines[2], "svc/cache c");
+    served.run(&["delete", "svc/cache"], b"");
+
     let delete = served.run(&["delete", "svc/db"], b"");
-    assert_eq!(text(&delete.stdout).trim(), "deleted svc/db (was version 1)");
+    assert_eq!(text(&delete.stdout).trim(), "deleted svc/db (was version 2)");
     let missing = served.run(&["get", "svc/db"], b"");
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("NOT_FOUND"));
@@ -113,7 +138,7 @@ fn zero_configuration_serve_and_client_subcommands() {
     let (status, logs) = served.stop();
     assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}\n{logs}");
     assert!(logs.contains("NO MASTER KEY GIVEN"), "the generated key is warned about: {logs}");
-    assert!(!logs.contains(secret), "a secret reached the logs");
+    assert!(!logs.contains(secret) && !logs.contains("rotated-canary"), "a secret reached the logs");
     assert!(data_dir.join("master.key").exists() && data_dir.join("keyring").exists());
 }
 
