@@ -55,6 +55,10 @@ pub struct ServerConfig {
     /// How often each shard removes expired credentials from memory.
     #[arg(long, env = "CREDSHARD_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
+    /// How long an idle executor spins before it sleeps, in microseconds. Spinning trades idle
+    /// CPU for latency: a write forwarded to a sleeping executor waits for it to wake.
+    #[arg(long, env = "CREDSHARD_SPIN_BEFORE_PARK_US", default_value_t = 0)]
+    pub spin_before_park_us: u64,
     /// Registered io_uring buffer memory per executor ring, in bytes. Locked memory: keep
     /// shards × 3 × this below RLIMIT_MEMLOCK when not running as root.
     #[arg(long, env = "CREDSHARD_IO_MEMORY_BYTES", default_value_t = 1 << 20)]
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             max_versions: 10,
             grace_period_seconds: 24 * 60 * 60,
             sweep_interval_ms: 1000,
+            spin_before_park_us: 0,
             io_memory_bytes: 1 << 20,
         }
     }

@@ -77,6 +77,7 @@ impl Server {
         let threads = LocalExecutorPoolBuilder::new(placement(shard_count)?)
             .name("credshard")
             .io_memory(config.io_memory_bytes)
+            .spin_before_park(Duration::from_micros(config.spin_before_park_us))
             .on_all_shards(move || executor::run(shared, mesh))
             .map_err(|error| EngineError::Start(error.to_string()))?;
 
