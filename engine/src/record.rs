@@ -24,7 +24,8 @@ pub struct Credential {
     pub scope: String,
     pub kind: u8,
     pub version: u64,
-    /// When version 1 was written (Unix ms).
+    /// When the credential was created (Unix ms): its first write, or the first write after it
+    /// had expired.
     pub created_at_ms: u64,
     /// When this version was written (Unix ms).
     pub updated_at_ms: u64,

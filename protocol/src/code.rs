@@ -17,11 +17,11 @@ pub enum Op {
     GetMeta = 0x12,
     /// Remove a credential and all its versions.
     Delete = 0x13,
-    /// Reserved for the lifecycle issue: new secret as a new version with a grace period.
+    /// A new secret as a new version; the replaced one stays readable for a grace period.
     Rotate = 0x14,
-    /// Reserved for the lifecycle issue: many ids in one frame.
+    /// Many credentials in one frame, one result per id.
     BatchGet = 0x15,
-    /// Reserved for the lifecycle issue: list ids by owner and/or scope, paged.
+    /// Ids by owner and/or scope, one page at a time.
     List = 0x16,
     /// Server counters.
     Stats = 0x20,

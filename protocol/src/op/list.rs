@@ -18,8 +18,10 @@ use crate::wire::{put_bytes32, put_str16, DecodeError, Reader};
 
 /// Most items on one LIST page.
 pub const LIST_PAGE_MAX: u16 = 1000;
-/// Longest cursor accepted.
-pub const CURSOR_BYTES_MAX: usize = 1024;
+/// Longest cursor a server accepts under `limits`: a tag, a scope and an id.
+pub fn cursor_bytes_max(limits: &Limits) -> usize {
+    1 + 2 + limits.name_bytes_max + 2 + limits.id_bytes_max
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListRequest<'a> {
@@ -56,7 +58,7 @@ impl<'a> ListRequest<'a> {
                 bytes_max: LIST_PAGE_MAX as usize,
             });
         }
-        let cursor = reader.bytes32("cursor", CURSOR_BYTES_MAX)?;
+        let cursor = reader.bytes32("cursor", cursor_bytes_max(limits))?;
         Ok(ListRequest { owner, scope, limit, cursor })
     }
 }
