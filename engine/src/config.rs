@@ -11,7 +11,8 @@ pub struct ServerConfig {
     /// Address every executor listens on (SO_REUSEPORT). Port 0 picks a free port.
     #[arg(long, env = "CREDSHARD_LISTEN", default_value = "127.0.0.1:7373")]
     pub listen: SocketAddr,
-    /// Directory for the key ring (and, unless a key is given, the generated master key).
+    /// Directory for the manifest, the write-ahead logs, the key ring and (unless a key is
+    /// given) the generated master key.
     #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]
     pub data_dir: PathBuf,
     /// Shards, one glommio executor each, pinned one per CPU this process may use (taskset is
@@ -25,6 +26,11 @@ pub struct ServerConfig {
     /// it with Argon2id.
     #[arg(long, env = "CREDSHARD_PASSPHRASE_ENV")]
     pub passphrase_env: Option<String>,
+    /// When a write is acknowledged: `always` once its batch is fdatasync'ed (on disk),
+    /// `never` once its batch is written to the page cache (survives a process crash, not a
+    /// power loss).
+    #[arg(long, env = "CREDSHARD_FSYNC", value_enum, default_value = "always")]
+    pub fsync: crate::storage::log::FsyncMode,
     /// Largest frame, header included, in bytes.
     #[arg(long, env = "CREDSHARD_FRAME_BYTES_MAX", default_value_t = 1 << 20)]
     pub frame_bytes_max: usize,
@@ -74,6 +80,7 @@ impl Default for ServerConfig {
             shards: None,
             key_file: None,
             passphrase_env: None,
+            fsync: crate::storage::log::FsyncMode::Always,
             frame_bytes_max: limits.frame_bytes_max,
             id_bytes_max: limits.id_bytes_max,
             secret_bytes_max: limits.secret_bytes_max,

@@ -21,6 +21,8 @@ pub enum EngineError {
     Decrypt { key_id: u32 },
     #[error("stored record is invalid: {0}")]
     Record(String),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("server failed to start: {0}")]

@@ -19,6 +19,8 @@ use credshard_protocol::{PutRequest, VersionState};
 use crate::error::OpError;
 use crate::index::ShardIndex;
 use crate::record::{CredentialFields, Record, VersionFields};
+use crate::storage::log::ShardLog;
+use crate::storage::wal::EntryType;
 use crate::store::Store;
 
 /// What a shard's map holds for one credential: its kept versions, newest (current) first.
@@ -95,12 +97,45 @@ pub struct ShardWriter {
     shard_id: usize,
     /// (expires_at_ms, id) of every credential with an expiry, for the sweeper.
     expiries: BTreeSet<(u64, Box<str>)>,
+    /// The shard's write-ahead log; `None` keeps the shard in memory only (tests, benches).
+    log: Option<Rc<ShardLog>>,
     _not_send: PhantomData<Rc<()>>,
 }
 
 impl ShardWriter {
     pub(crate) fn new(store: Arc<Store>, shard_id: usize) -> ShardWriter {
-        ShardWriter { store, shard_id, expiries: BTreeSet::new(), _not_send: PhantomData }
+        // The shard may hold recovered credentials: index their expiries for the sweeper.
+        let expiries = store
+            .shard(shard_id)
+            .map
+            .pin()
+            .iter()
+            .filter_map(|(id, entry)| {
+                let expires_at_ms = entry.current().credential().expires_at_ms.to_native();
+                (expires_at_ms != 0).then(|| (expires_at_ms, id.clone()))
+            })
+            .collect();
+        ShardWriter { store, shard_id, expiries, log: None, _not_send: PhantomData }
+    }
+
+    /// Logs every write from now on to `log`.
+    pub fn attach_log(&mut self, log: Rc<ShardLog>) {
+        self.log = Some(log);
+    }
+
+    /// The attached log, if any.
+    pub fn log(&self) -> Option<&Rc<ShardLog>> {
+        self.log.as_ref()
+    }
+
+    /// Refuses writes while the log cannot be written (reads go on).
+    fn check_writable(&self) -> Result<(), OpError> {
+        match &self.log {
+            Some(log) if log.is_failing() => Err(OpError::Unavailable(
+                "the shard's log cannot be written; writes resume when the disk recovers",
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn shard_id(&self) -> usize {
@@ -117,6 +152,7 @@ impl ShardWriter {
     /// [`OpError::VersionConflict`] when `expected_version` does not match,
     /// [`OpError::Unavailable`] when no data key is available.
     pub fn put(&mut self, request: &PutRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
+        self.check_writable()?;
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         debug_assert_eq!(store.shard_for(request.id), self.shard_id, "write routed to the wrong shard");
@@ -143,6 +179,7 @@ impl ShardWriter {
     /// # Errors
     /// Not found, expired, version conflict, unavailable (no data key).
     pub fn rotate(&mut self, request: &RotateRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
+        self.check_writable()?;
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
@@ -173,6 +210,7 @@ impl ShardWriter {
     /// [`OpError::NotFound`] for an absent credential, [`OpError::VersionConflict`] when
     /// `expected_version` does not match the current version.
     pub fn delete(&mut self, request: &DeleteRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
+        self.check_writable()?;
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let current = map.get(request.id).ok_or(OpError::NotFound)?.current();
@@ -182,6 +220,9 @@ impl ShardWriter {
         }
         self.unindex(current);
         map.remove(request.id);
+        if let Some(log) = &self.log {
+            log.append(EntryType::Delete, request.id.as_bytes());
+        }
         Ok(version)
     }
 
@@ -210,36 +251,16 @@ impl ShardWriter {
         swept
     }
 
-    /// Installs `record` as the current version of `id`, keeping the live entry's versions
-    /// up to the configured count, and brings the index and expiry set up to date.
+    /// Installs `record` as the current version of `id` (see [`install_entry`]), logs it, and
+    /// keeps the expiry set up to date.
     fn install(&mut self, id: &str, record: Record, live: Option<&Entry>, existing: Option<&Entry>) {
-        let store = Arc::clone(&self.store);
-        let max_versions = store.lifecycle().max_versions;
-        let previous_version = existing.map_or(0, |entry| entry.current().version());
-        assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
-        let record = Arc::new(record);
-        let mut versions =
-            Vec::with_capacity(max_versions.min(live.map_or(0, |entry| entry.versions.len()) + 1));
-        versions.push(Arc::clone(&record));
-        if let Some(live) = live {
-            versions.extend(live.versions.iter().take(max_versions - 1).cloned());
+        if let Some(log) = &self.log {
+            log.append(EntryType::Record, record.archive_bytes());
         }
-        let credential = record.credential();
-        let same_index_key = existing.is_some_and(|entry| {
-            let old = entry.current().credential();
-            old.owner == credential.owner && old.scope == credential.scope
-        });
-        if !same_index_key {
-            let mut index = store.shard(self.shard_id).index.write().expect("index lock");
-            if let Some(existing) = existing {
-                let old = existing.current().credential();
-                index.remove(old.owner.as_str(), old.scope.as_str(), id);
-            }
-            index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
-        }
-        let expires_at_ms = credential.expires_at_ms.to_native();
         let old_expires_at_ms =
             existing.map_or(0, |entry| entry.current().credential().expires_at_ms.to_native());
+        let expires_at_ms = record.credential().expires_at_ms.to_native();
+        install_entry(&self.store, self.shard_id, id, Arc::new(record), live, existing);
         if old_expires_at_ms != expires_at_ms {
             if old_expires_at_ms != 0 {
                 self.expiries.remove(&(old_expires_at_ms, Box::from(id)));
@@ -248,7 +269,6 @@ impl ShardWriter {
                 self.expiries.insert((expires_at_ms, id.into()));
             }
         }
-        store.shard(self.shard_id).map.pin().insert(id.into(), Entry::new(versions.into_boxed_slice()));
     }
 
     /// Installs an arbitrary record as the current version (tests of failure paths).
@@ -274,6 +294,57 @@ impl ShardWriter {
         let credential = current.credential();
         let mut index = self.store.shard(self.shard_id).index.write().expect("index lock");
         index.remove(credential.owner.as_str(), credential.scope.as_str(), credential.id.as_str());
+    }
+}
+
+/// Swaps in a new entry for `id` holding `record` and up to `max_versions - 1` of the live
+/// entry's versions, and brings the shard's index up to date. Used by the writer and by
+/// recovery (which runs before any writer exists).
+pub(crate) fn install_entry(
+    store: &Store,
+    shard_id: usize,
+    id: &str,
+    record: Arc<Record>,
+    live: Option<&Entry>,
+    existing: Option<&Entry>,
+) {
+    let max_versions = store.lifecycle().max_versions;
+    let previous_version = existing.map_or(0, |entry| entry.current().version());
+    assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
+    let mut versions = Vec::with_capacity(max_versions.min(live.map_or(0, |entry| entry.versions.len()) + 1));
+    versions.push(Arc::clone(&record));
+    if let Some(live) = live {
+        versions.extend(live.versions.iter().take(max_versions - 1).cloned());
+    }
+    let credential = record.credential();
+    let same_index_key = existing.is_some_and(|entry| {
+        let old = entry.current().credential();
+        old.owner == credential.owner && old.scope == credential.scope
+    });
+    let shard = store.shard(shard_id);
+    if !same_index_key {
+        let mut index = shard.index.write().expect("index lock");
+        if let Some(existing) = existing {
+            let old = existing.current().credential();
+            index.remove(old.owner.as_str(), old.scope.as_str(), id);
+        }
+        index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
+    }
+    shard.map.pin().insert(id.into(), Entry::new(versions.into_boxed_slice()));
+}
+
+/// Removes `id` from the shard's map and index (recovery of a logged DELETE).
+pub(crate) fn remove_entry(store: &Store, shard_id: usize, id: &str) {
+    let shard = store.shard(shard_id);
+    let map = shard.map.pin();
+    if let Some(entry) = map.get(id) {
+        let credential = entry.current().credential();
+        shard.index.write().expect("index lock").remove(
+            credential.owner.as_str(),
+            credential.scope.as_str(),
+            id,
+        );
+        map.remove(id);
     }
 }
 

@@ -114,14 +114,25 @@ impl<'a> Connection<'a> {
                     }
                 };
                 let frame_bytes = header.frame_bytes;
-                match dispatch(self.context, header, &self.input.filled()[..frame_bytes], &mut self.output) {
-                    Dispatched::Answered { secret } => self.output_has_secret |= secret,
+                let waiting = match dispatch(
+                    self.context,
+                    header,
+                    &self.input.filled()[..frame_bytes],
+                    &mut self.output,
+                ) {
+                    Dispatched::Answered { secret } => {
+                        self.output_has_secret |= secret;
+                        None
+                    }
+                    Dispatched::Pending { op, outcome } => Some((op, outcome)),
                     Dispatched::Forward { shard_id, op, received_at_ms } => {
                         let body = &self.input.filled()[header.body_range()];
-                        let outcome = self.context.router.forward(shard_id, op, body, received_at_ms).await;
-                        let request_id = header.request_id;
-                        pending.push(outcome.map(move |outcome| (op, request_id, outcome)));
+                        Some((op, self.context.router.forward(shard_id, op, body, received_at_ms).await))
                     }
+                };
+                if let Some((op, outcome)) = waiting {
+                    let request_id = header.request_id;
+                    pending.push(outcome.map(move |outcome| (op, request_id, outcome)));
                 }
                 // PUT frames carry plaintext secrets: wipe them as they are consumed.
                 self.input.consume(frame_bytes, header.code == Op::Put as u8);

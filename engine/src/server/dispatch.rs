@@ -7,6 +7,7 @@ use credshard_protocol::op::hello::{HelloReply, PROTOCOL_VERSION};
 use credshard_protocol::op::stats::StatsReply;
 use credshard_protocol::op::{encode_error, Request};
 use credshard_protocol::{Op, Status};
+use futures::channel::oneshot;
 
 use crate::error::OpError;
 use crate::metrics::ExecutorMetrics;
@@ -18,6 +19,8 @@ use crate::time::now_ms;
 pub enum Dispatched {
     /// The response is in the output buffer; `secret` says whether it holds plaintext.
     Answered { secret: bool },
+    /// A write applied to this executor's shard: its outcome arrives once it is committed.
+    Pending { op: Op, outcome: oneshot::Receiver<WriteOutcome> },
     /// A write for another shard: forward `body` to `shard_id`'s executor.
     Forward { shard_id: usize, op: Op, received_at_ms: u64 },
 }
@@ -44,9 +47,9 @@ pub fn dispatch(context: &ExecutorContext, header: Header, frame: &[u8], out: &m
             ExecutorMetrics::add(&metrics.writes_forwarded, 1);
             return Dispatched::Forward { shard_id, op: request.op(), received_at_ms: now_ms };
         }
-        let outcome = context.router.apply_local(&request, now_ms);
-        encode_write_outcome(context, request.op(), request_id, outcome, out);
-        return Dispatched::Answered { secret: false };
+        let (reply, outcome) = oneshot::channel();
+        context.router.write(&request, now_ms, reply);
+        return Dispatched::Pending { op: request.op(), outcome };
     }
 
     let start = frame::begin(out, Status::Ok as u8, request_id);

@@ -14,6 +14,7 @@ use crate::config::ServerConfig;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::connection;
 use crate::server::router::{Router, WriteMessage};
+use crate::storage::log::ShardLog;
 use crate::store::Store;
 
 /// How often an idle executor checks whether it was asked to stop.
@@ -28,6 +29,8 @@ pub struct Shared {
     /// The address executor 0 bound, which the others bind too (it matters for port 0).
     pub bound_address: (Mutex<Option<SocketAddr>>, Condvar),
     pub ready: Mutex<mpsc::Sender<Result<SocketAddr, String>>>,
+    /// Each shard's write-ahead log.
+    pub log_paths: Vec<std::path::PathBuf>,
 }
 
 /// What a connection on this executor can reach.
@@ -54,7 +57,13 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         return report(Err("joining the executor mesh failed".to_owned()));
     };
     let shard_id = senders.peer_id();
-    let router = Rc::new(Router::new(shared.store.claim_writer(shard_id), senders));
+    let mut writer = shared.store.claim_writer(shard_id);
+    let log_path = &shared.log_paths[shard_id];
+    match ShardLog::open(log_path, shared.config.fsync).await {
+        Ok(log) => writer.attach_log(log),
+        Err(error) => return report(Err(format!("opening {}: {error}", log_path.display()))),
+    }
+    let router = Rc::new(Router::new(writer, senders));
     router.spawn_peer_tasks(receivers, *shared.store.limits());
     router.spawn_sweeper(Duration::from_millis(shared.config.sweep_interval_ms), Arc::clone(&shared.metrics));
 

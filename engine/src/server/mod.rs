@@ -25,6 +25,7 @@ use crate::config::ServerConfig;
 use crate::crypto::{KeySource, Keyring};
 use crate::error::EngineError;
 use crate::metrics::Metrics;
+use crate::storage::recovery;
 use crate::store::Store;
 
 /// How long `start` waits for every executor to report that it listens.
@@ -53,15 +54,18 @@ impl Server {
         let keyring = Keyring::open(&config.data_dir, key_source)?;
         let shard_count = config.shard_count();
         let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
-        Server::start_with_store(config, store)
-    }
-
-    /// Starts executors over an existing store (its shard count wins over the config's).
-    ///
-    /// # Errors
-    /// As [`Server::start`], minus key ring errors.
-    pub fn start_with_store(config: &ServerConfig, store: Arc<Store>) -> Result<ServerHandle, EngineError> {
-        let shard_count = store.shard_count();
+        let (manifest, report) = recovery::recover(&config.data_dir, &store)?;
+        tracing::info!(
+            credentials = report.credentials,
+            entries = report.entries_replayed,
+            log_bytes = report.log_bytes,
+            torn_bytes_dropped = report.torn_bytes_dropped,
+            rewritten = report.rewritten,
+            elapsed_ms = report.elapsed_ms,
+            "recovered"
+        );
+        let log_paths =
+            (0..shard_count).map(|shard_id| manifest.log_path(&config.data_dir, shard_id)).collect();
         let metrics = Arc::new(Metrics::new(shard_count));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_sender, ready) = mpsc::channel();
@@ -71,6 +75,7 @@ impl Server {
             metrics: Arc::clone(&metrics),
             stop: Arc::clone(&stop),
             bound_address: (Mutex::new(None), Condvar::new()),
+            log_paths,
             ready: Mutex::new(ready_sender),
         });
         let mesh = MeshBuilder::full(shard_count, config.shard_queue_max);

@@ -1,7 +1,8 @@
 //! Writes to the shard that owns them. A write for this executor's own shard is applied at
 //! once by its [`ShardWriter`]; a write for another shard travels through a bounded glommio
-//! channel (the mesh) to that shard's executor, which applies it and answers through a
-//! oneshot. Reply channels never block the applying side, so the mesh cannot deadlock.
+//! channel (the mesh) to that shard's executor, which applies it. Either way the outcome is
+//! sent through a oneshot once the write's log batch is committed. Reply channels never block
+//! the applying side, so the mesh cannot deadlock.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -46,14 +47,21 @@ impl Router {
         self.shard_id
     }
 
-    /// Applies a write to this executor's own shard.
-    pub fn apply_local(&self, request: &Request<'_>, now_ms: u64) -> WriteOutcome {
+    /// Applies a write to this executor's own shard and arranges for `reply` to receive its
+    /// outcome: at once for a refused write, once its log batch is committed for an applied one.
+    pub fn write(&self, request: &Request<'_>, now_ms: u64, reply: oneshot::Sender<WriteOutcome>) {
         let mut writer = self.writer.borrow_mut();
-        match request {
+        let outcome = match request {
             Request::Put(put) => writer.put(put, now_ms),
             Request::Delete(delete) => writer.delete(delete, now_ms),
             Request::Rotate(rotate) => writer.rotate(rotate, now_ms),
             _ => Err(OpError::Internal("not a write")),
+        };
+        match (outcome, writer.log()) {
+            (Ok(version), Some(log)) => log.when_committed(reply, Ok(version)),
+            (outcome, _) => {
+                let _ = reply.send(outcome);
+            }
         }
     }
 
@@ -99,12 +107,15 @@ impl Router {
             let router = Rc::clone(self);
             glommio::spawn_local(async move {
                 while let Some(message) = receiver.recv().await {
-                    let outcome = match Request::decode(message.op as u8, &message.body, &limits) {
-                        Ok(request) => router.apply_local(&request, message.received_at_ms),
-                        Err(_) => Err(OpError::Internal("a forwarded write failed to decode")),
-                    };
-                    // The connection may have closed meanwhile; its outcome is then unread.
-                    let _ = message.reply.send(outcome);
+                    // The connection may have closed meanwhile; the outcome is then unread.
+                    match Request::decode(message.op as u8, &message.body, &limits) {
+                        Ok(request) => router.write(&request, message.received_at_ms, message.reply),
+                        Err(_) => {
+                            let _ = message
+                                .reply
+                                .send(Err(OpError::Internal("a forwarded write failed to decode")));
+                        }
+                    }
                 }
             })
             .detach();

@@ -1,6 +1,18 @@
-//! Files in the data dir. This issue keeps credentials in memory only; what is on disk so far
-//! is the key ring (and the master key when the server generated it). The write-ahead log and
-//! snapshots of the durability work go here.
+//! Files in the data dir: the manifest, one write-ahead log per shard, and (beside them) the
+//! key ring and, when the server generated it, the master key.
+//!
+//! - [`manifest`]: format version, shard count and hash, current log generation.
+//! - [`wal`]: the log format (batches of entries with CRC32C), parsing and torn-tail rules.
+//! - [`log`]: the running server's group-committed log writer (io_uring via glommio).
+//! - [`recovery`]: rebuilding the shards' maps from the logs at start, resharding, compaction.
+//!
+//! The storage seam the shards use is small: a `ShardLog` to append entries to and learn when
+//! they are committed, and `recovery::recover` to fill the maps at start.
+
+pub mod log;
+pub mod manifest;
+pub mod recovery;
+pub mod wal;
 
 use std::io::Write;
 use std::path::Path;

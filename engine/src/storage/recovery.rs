@@ -1,0 +1,237 @@
+//! Recovery at start: read the manifest, parse every shard's log (in parallel), truncate torn
+//! tails, and rebuild the shards' maps and indexes by replaying the entries in log order. A
+//! changed shard count, or logs much larger than the data they hold, are rewritten as a new
+//! generation of compact logs before the server starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rkyv::util::AlignedVec;
+
+use crate::error::EngineError;
+use crate::record::Record;
+use crate::shard::{install_entry, remove_entry};
+use crate::storage::manifest::Manifest;
+use crate::storage::wal::{self, encode_batch, encode_entry, Entry, EntryType};
+use crate::store::Store;
+
+/// Logs bigger than this and than twice the data they hold are compacted at start.
+const COMPACT_LOG_BYTES_MIN: u64 = 64 << 20;
+/// Payload bytes per batch when logs are rewritten.
+const REWRITE_BATCH_BYTES: usize = 1 << 20;
+
+/// What recovery did, for the start-up log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub credentials: usize,
+    pub entries_replayed: usize,
+    pub log_bytes: u64,
+    pub torn_bytes_dropped: u64,
+    pub rewritten: bool,
+    pub elapsed_ms: u64,
+}
+
+/// Fills `store` from the data dir's logs and returns the manifest the server must write to.
+///
+/// # Errors
+/// An unreadable or unknown-format manifest; a corrupt entry in the middle of a log (the error
+/// names the file and offset); a record that fails validation; I/O errors.
+pub fn recover(data_dir: &Path, store: &Store) -> Result<(Manifest, Report), EngineError> {
+    let started = Instant::now();
+    let shard_count = store.shard_count();
+    let Some(manifest) = Manifest::read(data_dir)? else {
+        let manifest = Manifest { shard_count, generation: 1 };
+        create_generation(data_dir, &manifest, &vec![Vec::new(); shard_count])?;
+        manifest.write(data_dir)?;
+        return Ok((manifest, Report::default()));
+    };
+
+    let paths: Vec<PathBuf> =
+        (0..manifest.shard_count).map(|shard_id| manifest.log_path(data_dir, shard_id)).collect();
+    let logs: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = paths.iter().map(|path| scope.spawn(move || read_log(path))).collect();
+        readers
+            .into_iter()
+            .map(|reader| reader.join().expect("log reader panicked"))
+            .collect::<Result<_, _>>()
+    })?;
+    let mut report = Report { log_bytes: logs.iter().map(|log| log.len() as u64).sum(), ..Report::default() };
+    let mut parsed = Vec::with_capacity(logs.len());
+    for (path, log) in paths.iter().zip(&logs) {
+        let log_parsed = wal::parse(log).map_err(|corruption| {
+            EngineError::Corrupt(format!(
+                "{} is corrupt at offset {} ({}); it is not a torn tail, so nothing is guessed: restore it or move it aside",
+                path.display(),
+                corruption.offset,
+                corruption.reason
+            ))
+        })?;
+        let dropped = log.len() - log_parsed.valid_bytes;
+        if dropped > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes_dropped = dropped,
+                kept_bytes = log_parsed.valid_bytes,
+                "the log ends in a torn or incomplete batch (a crash during a write); truncating it"
+            );
+            truncate(path, log_parsed.valid_bytes as u64)?;
+            report.torn_bytes_dropped += dropped as u64;
+        }
+        report.entries_replayed += log_parsed.entries.len();
+        parsed.push(log_parsed.entries);
+    }
+
+    // Replay, one thread per shard of the new layout. With an unchanged shard count each
+    // thread replays only its own log; after a change each replays the entries that now map
+    // to it, from every old log (an id lives in exactly one old log, so order is preserved).
+    let same_layout = manifest.shard_count == shard_count;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..shard_count)
+            .map(|shard_id| {
+                let parsed = &parsed;
+                scope.spawn(move || {
+                    let sources: Vec<&Vec<Entry<'_>>> =
+                        if same_layout { vec![&parsed[shard_id]] } else { parsed.iter().collect() };
+                    replay(store, shard_id, sources, same_layout)
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|worker| worker.join().expect("replay panicked"))
+    })?;
+    report.credentials = store.len();
+
+    let live_bytes: u64 = live_archive_bytes(store);
+    let oversized = report.log_bytes > COMPACT_LOG_BYTES_MIN && report.log_bytes > 2 * live_bytes;
+    let manifest = if same_layout && !oversized {
+        manifest
+    } else {
+        let next = Manifest { shard_count, generation: manifest.generation + 1 };
+        rewrite(data_dir, store, &manifest, &next)?;
+        report.rewritten = true;
+        next
+    };
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok((manifest, report))
+}
+
+fn read_log(path: &Path) -> Result<Vec<u8>, EngineError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(EngineError::Io(error)),
+    }
+}
+
+fn truncate(path: &Path, length: u64) -> Result<(), EngineError> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(length)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn replay(
+    store: &Store,
+    shard_id: usize,
+    sources: Vec<&Vec<Entry<'_>>>,
+    same_layout: bool,
+) -> Result<(), EngineError> {
+    for entries in sources {
+        for entry in entries {
+            match *entry {
+                Entry::Record(body) => {
+                    let mut bytes = AlignedVec::with_capacity(body.len());
+                    bytes.extend_from_slice(body);
+                    let record = Record::from_archive(bytes)?;
+                    let id = record.credential().id.as_str().to_owned();
+                    if store.shard_for(&id) != shard_id {
+                        if same_layout {
+                            return Err(EngineError::Corrupt(format!(
+                                "log of shard {shard_id} holds {id:?} of another shard"
+                            )));
+                        }
+                        continue;
+                    }
+                    let map = store.shard(shard_id).map.pin();
+                    let existing = map.get(id.as_str());
+                    if existing.is_some_and(|entry| entry.current().version() >= record.version()) {
+                        return Err(EngineError::Corrupt(format!(
+                            "log of shard {shard_id}: version {} of {id:?} follows a later one",
+                            record.version()
+                        )));
+                    }
+                    // The same history rule as at run time: the previous versions are kept
+                    // unless the credential had expired when this version was written.
+                    let written_at_ms = record.credential().updated_at_ms.to_native();
+                    let live = existing.filter(|entry| !entry.current().is_expired(written_at_ms));
+                    install_entry(store, shard_id, &id, Arc::new(record), live, existing);
+                }
+                Entry::Delete(id) => {
+                    if store.shard_for(id) == shard_id {
+                        remove_entry(store, shard_id, id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn live_archive_bytes(store: &Store) -> u64 {
+    let mut bytes = 0u64;
+    store.for_each_record(|record| bytes += record.archive_bytes().len() as u64);
+    bytes
+}
+
+/// Writes the current contents of every shard as `next`'s logs, switches the manifest to it,
+/// and removes the previous generation.
+fn rewrite(data_dir: &Path, store: &Store, previous: &Manifest, next: &Manifest) -> Result<(), EngineError> {
+    let mut files = vec![Vec::new(); next.shard_count];
+    for (shard_id, file) in files.iter_mut().enumerate() {
+        let mut payload = Vec::new();
+        for (_, entry) in store.shard(shard_id).map.pin().iter() {
+            // Oldest first, so replay rebuilds the same kept versions.
+            for record in entry.versions().iter().rev() {
+                encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
+            }
+            if payload.len() >= REWRITE_BATCH_BYTES {
+                file.extend(encode_batch(&payload));
+                payload.clear();
+            }
+        }
+        if !payload.is_empty() {
+            file.extend(encode_batch(&payload));
+        }
+    }
+    create_generation(data_dir, next, &files)?;
+    next.write(data_dir)?;
+    let old_dir = previous.log_dir(data_dir);
+    if let Err(error) = std::fs::remove_dir_all(&old_dir) {
+        tracing::warn!(path = %old_dir.display(), %error, "could not remove the previous log generation");
+    }
+    tracing::info!(
+        from_shards = previous.shard_count,
+        to_shards = next.shard_count,
+        generation = next.generation,
+        "rewrote the logs"
+    );
+    Ok(())
+}
+
+/// Creates `manifest`'s log directory with one durable log per shard holding `files`.
+fn create_generation(data_dir: &Path, manifest: &Manifest, files: &[Vec<u8>]) -> Result<(), EngineError> {
+    let directory = manifest.log_dir(data_dir);
+    if directory.exists() {
+        // Left over from a rewrite that crashed before switching the manifest.
+        std::fs::remove_dir_all(&directory)?;
+    }
+    std::fs::create_dir_all(&directory)?;
+    for (shard_id, bytes) in files.iter().enumerate() {
+        let file = std::fs::File::create(manifest.log_path(data_dir, shard_id))?;
+        std::io::Write::write_all(&mut &file, bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::File::open(&directory)?.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(())
+}

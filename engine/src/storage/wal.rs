@@ -1,0 +1,216 @@
+//! The write-ahead log format: pure encoding and parsing, no I/O.
+//!
+//! A log is a sequence of batches, one per group commit:
+//!
+//! ```text
+//! batch:  magic u32 "CSWB" | payload_bytes u32 | payload_crc32c u32 | header_crc32c u32 | payload
+//! entry:  body_bytes u32 | entry_type u8 | body          (entries fill the payload back to back)
+//! types:  1 RECORD  body = a record's rkyv archive, verbatim (what the map holds)
+//!         2 DELETE  body = the credential id (UTF-8)
+//! ```
+//!
+//! The header CRC covers the first 12 header bytes; the payload CRC covers the payload. A batch
+//! is written with one write and made durable with one fdatasync before any of its writes is
+//! acknowledged, so a crash can only damage the last batch: recovery keeps every whole batch
+//! before the first damaged one and truncates the rest. A damaged batch followed by an intact
+//! one cannot come from a crash; it is corruption, and recovery refuses to guess.
+
+/// Bytes of a batch header.
+pub const BATCH_HEADER_BYTES: usize = 16;
+const MAGIC: u32 = u32::from_le_bytes(*b"CSWB");
+/// Bytes of an entry header (length and type).
+pub const ENTRY_HEADER_BYTES: usize = 5;
+/// Largest entry body accepted on recovery (far above any record the limits allow).
+pub const ENTRY_BODY_BYTES_MAX: usize = 16 << 20;
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryType {
+    Record = 1,
+    Delete = 2,
+}
+
+/// One logged write, borrowed from the log's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry<'a> {
+    Record(&'a [u8]),
+    Delete(&'a str),
+}
+
+/// Appends one entry to a batch payload being built.
+pub fn encode_entry(entry_type: EntryType, body: &[u8], payload: &mut Vec<u8>) {
+    payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    payload.push(entry_type as u8);
+    payload.extend_from_slice(body);
+}
+
+/// Wraps a payload of entries into a batch ready to write.
+pub fn encode_batch(payload: &[u8]) -> Vec<u8> {
+    let mut batch = Vec::with_capacity(BATCH_HEADER_BYTES + payload.len());
+    batch.extend_from_slice(&MAGIC.to_le_bytes());
+    batch.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    batch.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let header_crc = crc32c::crc32c(&batch[..12]);
+    batch.extend_from_slice(&header_crc.to_le_bytes());
+    batch.extend_from_slice(payload);
+    batch
+}
+
+/// What recovery found in one log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    pub entries: Vec<Entry<'a>>,
+    /// Bytes of whole, intact batches: the log is truncated to this length.
+    pub valid_bytes: usize,
+}
+
+/// Why a log cannot be recovered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Corruption {
+    /// Offset of the damaged batch.
+    pub offset: usize,
+    pub reason: &'static str,
+}
+
+/// Parses a whole log. A damaged or incomplete final batch ends the log (its bytes are
+/// reported as not valid); damage followed by an intact batch is [`Corruption`].
+///
+/// # Errors
+/// [`Corruption`] with the offset of the damaged batch.
+pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, Corruption> {
+    let mut entries = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        match batch_at(bytes, offset) {
+            Ok((payload, next)) => {
+                parse_payload(payload, &mut entries).map_err(|reason| Corruption { offset, reason })?;
+                offset = next;
+            }
+            Err(reason) => {
+                if find_intact_batch(bytes, offset + 1).is_some() {
+                    return Err(Corruption { offset, reason });
+                }
+                break;
+            }
+        }
+    }
+    Ok(Parsed { entries, valid_bytes: offset })
+}
+
+/// The payload of an intact batch at `offset` and the offset after it.
+fn batch_at(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), &'static str> {
+    let header = bytes.get(offset..offset + BATCH_HEADER_BYTES).ok_or("incomplete batch header")?;
+    let field = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    if field(0) != MAGIC {
+        return Err("bad batch magic");
+    }
+    if field(12) != crc32c::crc32c(&header[..12]) {
+        return Err("batch header checksum mismatch");
+    }
+    let start = offset + BATCH_HEADER_BYTES;
+    let end = start + field(4) as usize;
+    let payload = bytes.get(start..end).ok_or("incomplete batch payload")?;
+    if crc32c::crc32c(payload) != field(8) {
+        return Err("batch payload checksum mismatch");
+    }
+    Ok((payload, end))
+}
+
+/// The offset of the first intact batch at or after `from`, if any.
+fn find_intact_batch(bytes: &[u8], from: usize) -> Option<usize> {
+    let magic = MAGIC.to_le_bytes();
+    (from..bytes.len().saturating_sub(BATCH_HEADER_BYTES - 1))
+        .filter(|&offset| bytes[offset..offset + 4] == magic)
+        .find(|&offset| batch_at(bytes, offset).is_ok())
+}
+
+fn parse_payload<'a>(mut payload: &'a [u8], entries: &mut Vec<Entry<'a>>) -> Result<(), &'static str> {
+    // The payload passed its checksum, so a malformed entry here was written that way: a bug
+    // or deliberate tampering, never a torn write.
+    while !payload.is_empty() {
+        if payload.len() < ENTRY_HEADER_BYTES {
+            return Err("entry header runs past its batch");
+        }
+        let body_bytes = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+        if body_bytes > ENTRY_BODY_BYTES_MAX || ENTRY_HEADER_BYTES + body_bytes > payload.len() {
+            return Err("entry body runs past its batch");
+        }
+        let body = &payload[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + body_bytes];
+        let entry = match payload[4] {
+            1 => Entry::Record(body),
+            2 => Entry::Delete(std::str::from_utf8(body).map_err(|_| "delete entry id is not UTF-8")?),
+            _ => return Err("unknown entry type"),
+        };
+        entries.push(entry);
+        payload = &payload[ENTRY_HEADER_BYTES + body_bytes..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log of `count` single-entry batches; returns it and each batch's end offset.
+    fn log(count: usize) -> (Vec<u8>, Vec<usize>) {
+        let mut log = Vec::new();
+        let mut ends = Vec::new();
+        for index in 0..count {
+            let mut payload = Vec::new();
+            if index % 3 == 2 {
+                encode_entry(EntryType::Delete, format!("id-{index}").as_bytes(), &mut payload);
+            } else {
+                encode_entry(EntryType::Record, &vec![index as u8; 10 + index * 7], &mut payload);
+            }
+            log.extend(encode_batch(&payload));
+            ends.push(log.len());
+        }
+        (log, ends)
+    }
+
+    #[test]
+    fn round_trip_of_batches_with_several_entries() {
+        let mut payload = Vec::new();
+        encode_entry(EntryType::Record, b"archive", &mut payload);
+        encode_entry(EntryType::Delete, b"gone", &mut payload);
+        let batch = encode_batch(&payload);
+        let parsed = parse(&batch).unwrap();
+        assert_eq!(parsed.entries, vec![Entry::Record(b"archive"), Entry::Delete("gone")]);
+        assert_eq!(parsed.valid_bytes, batch.len());
+    }
+
+    #[test]
+    fn truncation_at_every_offset_keeps_exactly_the_whole_batches_before_it() {
+        let (log, ends) = log(12);
+        for cut in 0..=log.len() {
+            let parsed = parse(&log[..cut]).unwrap_or_else(|error| panic!("cut {cut}: {error:?}"));
+            let whole = ends.iter().filter(|&&end| end <= cut).count();
+            assert_eq!(parsed.entries.len(), whole, "cut at {cut}");
+            assert_eq!(parsed.valid_bytes, if whole == 0 { 0 } else { ends[whole - 1] });
+        }
+    }
+
+    #[test]
+    fn a_damaged_last_batch_is_torn_but_damage_before_an_intact_batch_is_corruption() {
+        let (log, ends) = log(5);
+        let mut torn = log.clone();
+        torn[ends[3] + 20] ^= 0xFF; // inside the last batch
+        let parsed = parse(&torn).unwrap();
+        assert_eq!((parsed.entries.len(), parsed.valid_bytes), (4, ends[3]));
+
+        let mut corrupt = log.clone();
+        corrupt[ends[1] + 20] ^= 0xFF; // inside batch 3 of 5
+        assert_eq!(parse(&corrupt).unwrap_err().offset, ends[1]);
+        let mut corrupt_header = log;
+        corrupt_header[ends[0] + 5] ^= 0xFF;
+        assert_eq!(parse(&corrupt_header).unwrap_err().offset, ends[0]);
+    }
+
+    #[test]
+    fn zeroed_tail_is_torn() {
+        let (mut log, ends) = log(3);
+        log.extend(vec![0u8; 4096]);
+        let parsed = parse(&log).unwrap();
+        assert_eq!((parsed.entries.len(), parsed.valid_bytes), (3, ends[2]));
+    }
+}
