@@ -22,7 +22,8 @@ fn config(data_dir: &std::path::Path, shards: usize) -> ServerConfig {
 }
 
 fn start(data_dir: &std::path::Path, shards: usize, key: &[u8; 32]) -> ServerHandle {
-    Server::start(&config(data_dir, shards), KeySource::Key(MasterKey::from_bytes(*key))).expect("server starts")
+    Server::start(&config(data_dir, shards), KeySource::Key(MasterKey::from_bytes(*key)))
+        .expect("server starts")
 }
 
 #[test]
@@ -38,9 +39,19 @@ fn a_restart_brings_back_versions_rotations_expiries_and_deletes() {
                 client.put(&put(id, format!("{id} v{version}").as_bytes())).unwrap();
             }
         }
-        let rotate = RotateRequest { id: &ids[0], expected_version: None, grace_period_seconds: Some(3600), secret: b"rotated" };
+        let rotate = RotateRequest {
+            id: &ids[0],
+            expected_version: None,
+            grace_period_seconds: Some(3600),
+            secret: b"rotated",
+        };
         assert_eq!(client.rotate(&rotate).unwrap(), 4);
-        let retire = RotateRequest { id: &ids[1], expected_version: None, grace_period_seconds: Some(0), secret: b"retiring" };
+        let retire = RotateRequest {
+            id: &ids[1],
+            expected_version: None,
+            grace_period_seconds: Some(0),
+            secret: b"retiring",
+        };
         assert_eq!(client.rotate(&retire).unwrap(), 4);
         client.delete(&ids[2], None).unwrap();
         let mut expiring = put("expires-later", b"ttl");
@@ -56,13 +67,17 @@ fn a_restart_brings_back_versions_rotations_expiries_and_deletes() {
     let mut client = Client::connect(server.local_address()).unwrap();
     assert_eq!(client.get(&ids[0]).unwrap().secret.expose(), b"rotated");
     assert_eq!(client.get_version(&ids[0], 3).unwrap().secret.expose(), format!("{} v3", ids[0]).as_bytes());
-    let states: Vec<_> = client.get_meta(&ids[0]).unwrap().versions.iter().map(|info| (info.version, info.state)).collect();
-    assert_eq!(states, vec![
-        (4, VersionState::Current),
-        (3, VersionState::PreviousInGrace),
-        (2, VersionState::Superseded),
-        (1, VersionState::Superseded)
-    ]);
+    let states: Vec<_> =
+        client.get_meta(&ids[0]).unwrap().versions.iter().map(|info| (info.version, info.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (4, VersionState::Current),
+            (3, VersionState::PreviousInGrace),
+            (2, VersionState::Superseded),
+            (1, VersionState::Superseded)
+        ]
+    );
     assert_eq!(client.get_version(&ids[1], 3).unwrap_err().status(), Some(Status::Retired));
     assert_eq!(client.get(&ids[2]).unwrap_err().status(), Some(Status::NotFound), "deletes survive");
     for id in &ids[3..] {
@@ -97,7 +112,11 @@ fn a_changed_shard_count_reshards_at_start() {
         let mut client = Client::connect(server.local_address()).unwrap();
         for id in &ids {
             let reply = client.get(id).unwrap();
-            assert_eq!((reply.metadata.version, reply.secret.expose()), (2, id.as_bytes()), "{id} with {shards} shards");
+            assert_eq!(
+                (reply.metadata.version, reply.secret.expose()),
+                (2, id.as_bytes()),
+                "{id} with {shards} shards"
+            );
             assert_eq!(client.get_version(id, 1).unwrap().secret.expose(), id.as_bytes());
         }
         let manifest = std::fs::read_to_string(dir.path().join("manifest")).unwrap();
@@ -155,9 +174,14 @@ fn a_torn_tail_is_cut_and_mid_log_corruption_stops_start_up() {
     let mut damaged = truncated.clone();
     damaged[truncated.len() / 2] ^= 0x55;
     std::fs::write(log, &damaged).unwrap();
-    let error = Server::start(&config(dir.path(), 1), KeySource::Key(MasterKey::from_bytes(key))).err().expect("refused");
+    let error = Server::start(&config(dir.path(), 1), KeySource::Key(MasterKey::from_bytes(key)))
+        .err()
+        .expect("refused");
     let message = error.to_string();
-    assert!(message.contains("corrupt at offset") && message.contains(&log.display().to_string()), "{message}");
+    assert!(
+        message.contains("corrupt at offset") && message.contains(&log.display().to_string()),
+        "{message}"
+    );
 }
 
 #[test]
@@ -169,7 +193,8 @@ fn no_plaintext_secret_anywhere_in_the_data_dir() {
         let mut client = Client::connect(server.local_address()).unwrap();
         for id in ids_on_every_shard(2, 10) {
             client.put(&put(&id, secret)).unwrap();
-            let rotate = RotateRequest { id: &id, expected_version: None, grace_period_seconds: None, secret };
+            let rotate =
+                RotateRequest { id: &id, expected_version: None, grace_period_seconds: None, secret };
             client.rotate(&rotate).unwrap();
         }
         server.join().unwrap();
@@ -179,8 +204,13 @@ fn no_plaintext_secret_anywhere_in_the_data_dir() {
     let mut searched = 0;
     for path in walk(dir.path()) {
         let bytes = std::fs::read(&path).unwrap();
-        for needle in [&secret[..], hex.as_bytes(), base64.as_bytes(), &base64.as_bytes()[..base64.len() - 4]] {
-            assert!(!bytes.windows(needle.len()).any(|window| window == needle), "plaintext in {}", path.display());
+        for needle in [&secret[..], hex.as_bytes(), base64.as_bytes(), &base64.as_bytes()[..base64.len() - 4]]
+        {
+            assert!(
+                !bytes.windows(needle.len()).any(|window| window == needle),
+                "plaintext in {}",
+                path.display()
+            );
         }
         searched += bytes.len();
     }
@@ -204,7 +234,10 @@ fn base64_standard(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut text = String::new();
     for chunk in bytes.chunks(3) {
-        let word = chunk.iter().enumerate().fold(0u32, |word, (index, &byte)| word | (byte as u32) << (16 - 8 * index));
+        let word = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |word, (index, &byte)| word | (byte as u32) << (16 - 8 * index));
         for index in 0..=chunk.len() {
             text.push(ALPHABET[(word >> (18 - 6 * index) & 63) as usize] as char);
         }

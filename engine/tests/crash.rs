@@ -1,0 +1,149 @@
+//! Crash safety with a real process: `credshard serve` is killed with SIGKILL while several
+//! connections write, then restarted on the same data dir, 20 times over. Every acknowledged
+//! write must be present with its version and secret; the only other state allowed is the one
+//! write per id that was in flight (sent, not acknowledged) when the process died.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use credshard_protocol::{Client, Expiry, Kind, Labels, PutRequest, EMPTY_LABELS};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_credshard");
+/// Kills per run; `bench/crash_loop.sh` runs 200 with CREDSHARD_CRASH_KILLS.
+fn kills() -> usize {
+    std::env::var("CREDSHARD_CRASH_KILLS").ok().and_then(|value| value.parse().ok()).unwrap_or(20)
+}
+const WRITERS: usize = 4;
+const IDS_PER_WRITER: usize = 25;
+
+/// What the test knows about one id.
+#[derive(Clone, Debug, Default)]
+struct Known {
+    /// The last acknowledged version and its secret.
+    acked: Option<(u64, String)>,
+    /// A write sent but not acknowledged when the server died.
+    in_flight: Option<String>,
+}
+
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(data_dir: &std::path::Path, key: &std::path::Path) -> (Served, String) {
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(data_dir)
+        .arg("--key-file")
+        .arg(key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (Served(child), address)
+}
+
+fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
+    PutRequest {
+        id,
+        owner: "crash",
+        scope: "test",
+        kind: Kind::Token,
+        expected_version: None,
+        expiry: Expiry::Never,
+        labels: Labels::from_validated(EMPTY_LABELS),
+        secret,
+    }
+}
+
+#[test]
+fn every_acknowledged_write_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
+    let data_dir = dir.path().join("data");
+    let known: Arc<Mutex<HashMap<String, Known>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut total_acked = 0u64;
+
+    let kills = kills();
+    for round in 0..=kills {
+        let (served, address) = serve(&data_dir, &key);
+        // Check everything known so far against the restarted server.
+        let mut checker = Client::connect(address.as_str()).unwrap();
+        for (id, state) in known.lock().unwrap().iter_mut() {
+            let stored = checker.get(id).ok().map(|reply| {
+                (reply.metadata.version, String::from_utf8(reply.secret.expose().to_vec()).unwrap())
+            });
+            match (&state.acked, stored) {
+                (None, None) => {}
+                (Some(acked), Some(stored)) if *acked == stored => {}
+                (acked, Some((version, secret))) if Some(&secret) == state.in_flight.as_ref() => {
+                    let previous = acked.as_ref().map_or(0, |(version, _)| *version);
+                    assert_eq!(
+                        version,
+                        previous + 1,
+                        "round {round}: {id}: the in-flight write has the next version"
+                    );
+                    state.acked = Some((version, secret));
+                }
+                (acked, stored) => panic!(
+                    "round {round}: {id}: acknowledged {acked:?}, stored {stored:?}, in flight {:?}",
+                    state.in_flight
+                ),
+            }
+            state.in_flight = None;
+        }
+        if round == kills {
+            drop(served);
+            break;
+        }
+
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let known = Arc::clone(&known);
+                let address = address.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut client) = Client::connect(address.as_str()) else { return 0 };
+                    let mut acked = 0u64;
+                    for attempt in 0.. {
+                        let id = format!("w{writer}-{}", attempt % IDS_PER_WRITER);
+                        let secret = format!("{id}#{round}.{attempt}");
+                        known.lock().unwrap().entry(id.clone()).or_default().in_flight = Some(secret.clone());
+                        match client.put(&put(&id, secret.as_bytes())) {
+                            Ok(version) => {
+                                let mut known = known.lock().unwrap();
+                                let state = known.get_mut(&id).unwrap();
+                                let previous = state.acked.as_ref().map_or(0, |(version, _)| *version);
+                                assert_eq!(version, previous + 1, "{id}: versions go up by one");
+                                state.acked = Some((version, secret));
+                                state.in_flight = None;
+                                acked += 1;
+                            }
+                            Err(_) => return acked, // the server died
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(30 + (round as u64 * 7) % 40));
+        drop(served); // SIGKILL, then wait
+        total_acked += writers.into_iter().map(|writer| writer.join().unwrap()).sum::<u64>();
+    }
+    assert!(total_acked > kills as u64 * 10, "the writers made progress: {total_acked} acknowledged writes");
+    println!("{kills} kills, {total_acked} acknowledged writes, all present after every restart");
+}
