@@ -328,6 +328,12 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let key_source = key_source(&config)?;
+    // A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, which the log handles
+    // like a full disk, rather than kill the process.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // Block SIGINT and SIGTERM before the executor threads start (they inherit the mask), so
     // that this thread alone receives them and can stop the server in order.
     let signals = block_stop_signals();
