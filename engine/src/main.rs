@@ -344,7 +344,9 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "credshard listening"
     );
-    tracing::warn!("durability is not built yet: credentials are kept in memory only and are lost at exit");
+    if config.fsync == credshard_engine::storage::log::FsyncMode::Never {
+        tracing::warn!("--fsync never: writes are acknowledged once in the page cache; a power loss or kernel crash can lose acknowledged writes");
+    }
     // Scripts and tests read the bound address (useful with port 0) from this line.
     println!("listening on {}", server.local_address());
     std::io::stdout().flush()?;
