@@ -79,6 +79,17 @@ fn decode_cursor(request: &ListRequest<'_>) -> Result<SortKey, OpError> {
 }
 
 impl ShardIndex {
+    /// An index of `(owner, scope, id)` keys, built in bulk (sorted, then filled bottom-up).
+    pub fn build<'a>(keys: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> ShardIndex {
+        let mut by_owner: Vec<OwnerKey> =
+            keys.map(|(owner, scope, id)| (owner.into(), scope.into(), id.into())).collect();
+        by_owner.sort_unstable();
+        let mut by_scope: Vec<ScopeKey> =
+            by_owner.iter().map(|(_, scope, id)| (scope.clone(), id.clone())).collect();
+        by_scope.sort_unstable();
+        ShardIndex { by_owner: by_owner.into_iter().collect(), by_scope: by_scope.into_iter().collect() }
+    }
+
     pub fn insert(&mut self, owner: &str, scope: &str, id: &str) {
         self.by_owner.insert((owner.into(), scope.into(), id.into()));
         self.by_scope.insert((scope.into(), id.into()));

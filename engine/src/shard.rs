@@ -71,14 +71,32 @@ impl Entry {
 
 pub struct Shard {
     pub shard_id: usize,
-    pub(crate) map: papaya::HashMap<Box<str>, Entry>,
+    pub(crate) map: papaya::HashMap<Box<str>, Entry, ahash::RandomState>,
     /// LIST's index. Written only by the shard's writer; read by LIST on any executor.
     pub(crate) index: RwLock<ShardIndex>,
 }
 
 impl Shard {
     pub(crate) fn new(shard_id: usize) -> Shard {
-        Shard { shard_id, map: papaya::HashMap::new(), index: RwLock::new(ShardIndex::default()) }
+        Shard {
+            shard_id,
+            map: papaya::HashMap::with_hasher(ahash::RandomState::new()),
+            index: RwLock::new(ShardIndex::default()),
+        }
+    }
+
+    /// Rebuilds the LIST index from the map in one sorted bulk build (after recovery, which
+    /// installs entries without maintaining it). Returns the number of kept versions.
+    pub(crate) fn rebuild_index(&self) -> usize {
+        let map = self.map.pin();
+        let mut versions = 0;
+        let keys = map.iter().map(|(id, entry)| {
+            versions += entry.versions().len();
+            let credential = entry.current().credential();
+            (credential.owner.as_str(), credential.scope.as_str(), &**id)
+        });
+        *self.index.write().expect("index lock") = ShardIndex::build(keys);
+        versions
     }
 
     /// Credentials held, expired ones not yet swept included.
@@ -260,7 +278,7 @@ impl ShardWriter {
         let old_expires_at_ms =
             existing.map_or(0, |entry| entry.current().credential().expires_at_ms.to_native());
         let expires_at_ms = record.credential().expires_at_ms.to_native();
-        install_entry(&self.store, self.shard_id, id, Arc::new(record), live, existing);
+        install_entry(&self.store, self.shard_id, id, Arc::new(record), live, existing, true);
         if old_expires_at_ms != expires_at_ms {
             if old_expires_at_ms != 0 {
                 self.expiries.remove(&(old_expires_at_ms, Box::from(id)));
@@ -298,8 +316,9 @@ impl ShardWriter {
 }
 
 /// Swaps in a new entry for `id` holding `record` and up to `max_versions - 1` of the live
-/// entry's versions, and brings the shard's index up to date. Used by the writer and by
-/// recovery (which runs before any writer exists).
+/// entry's versions, and (with `maintain_index`) brings the shard's index up to date. Used by
+/// the writer and by recovery (which runs before any writer exists and rebuilds the index in
+/// bulk at the end).
 pub(crate) fn install_entry(
     store: &Store,
     shard_id: usize,
@@ -307,6 +326,7 @@ pub(crate) fn install_entry(
     record: Arc<Record>,
     live: Option<&Entry>,
     existing: Option<&Entry>,
+    maintain_index: bool,
 ) {
     let max_versions = store.lifecycle().max_versions;
     let previous_version = existing.map_or(0, |entry| entry.current().version());
@@ -322,7 +342,7 @@ pub(crate) fn install_entry(
         old.owner == credential.owner && old.scope == credential.scope
     });
     let shard = store.shard(shard_id);
-    if !same_index_key {
+    if maintain_index && !same_index_key {
         let mut index = shard.index.write().expect("index lock");
         if let Some(existing) = existing {
             let old = existing.current().credential();

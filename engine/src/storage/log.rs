@@ -25,6 +25,8 @@ use crate::error::OpError;
 use crate::server::router::WriteOutcome;
 use crate::storage::wal::{encode_batch, encode_entry, EntryType};
 
+/// The scheduling latency the committer's task queue asks of the executor.
+const COMMITTER_LATENCY: Duration = Duration::from_micros(250);
 /// How long the committer waits before retrying a failed batch.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -73,7 +75,17 @@ impl ShardLog {
             doorbell,
             batches_committed: Cell::new(0),
         });
-        glommio::spawn_local(committer(Rc::clone(&log), rings)).detach();
+        // The committer gets its own latency-sensitive task queue: the executor then preempts
+        // the connections' queue often enough to reap the log's I/O completions promptly,
+        // instead of once per round of every runnable connection.
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(1000),
+            glommio::Latency::Matters(COMMITTER_LATENCY),
+            "wal-committer",
+        );
+        glommio::spawn_local_into(committer(Rc::clone(&log), rings), queue)
+            .map_err(|error| std::io::Error::other(error.to_string()))?
+            .detach();
         Ok(log)
     }
 

@@ -16,7 +16,7 @@ use crate::storage::manifest::Manifest;
 use crate::storage::wal::{self, encode_batch, encode_entry, Entry, EntryType};
 use crate::store::Store;
 
-/// Logs bigger than this and than twice the data they hold are compacted at start.
+/// Logs bigger than this, holding more than twice the versions kept, are compacted at start.
 const COMPACT_LOG_BYTES_MIN: u64 = 64 << 20;
 /// Payload bytes per batch when logs are rewritten.
 const REWRITE_BATCH_BYTES: usize = 1 << 20;
@@ -86,7 +86,7 @@ pub fn recover(data_dir: &Path, store: &Store) -> Result<(Manifest, Report), Eng
     // thread replays only its own log; after a change each replays the entries that now map
     // to it, from every old log (an id lives in exactly one old log, so order is preserved).
     let same_layout = manifest.shard_count == shard_count;
-    std::thread::scope(|scope| {
+    let kept_versions = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..shard_count)
             .map(|shard_id| {
                 let parsed = &parsed;
@@ -97,12 +97,15 @@ pub fn recover(data_dir: &Path, store: &Store) -> Result<(Manifest, Report), Eng
                 })
             })
             .collect();
-        workers.into_iter().try_for_each(|worker| worker.join().expect("replay panicked"))
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("replay panicked"))
+            .sum::<Result<usize, EngineError>>()
     })?;
     report.credentials = store.len();
 
-    let live_bytes: u64 = live_archive_bytes(store);
-    let oversized = report.log_bytes > COMPACT_LOG_BYTES_MIN && report.log_bytes > 2 * live_bytes;
+    // Compact when the logs are big and mostly hold versions no longer kept.
+    let oversized = report.log_bytes > COMPACT_LOG_BYTES_MIN && report.entries_replayed > 2 * kept_versions;
     let manifest = if same_layout && !oversized {
         manifest
     } else {
@@ -130,12 +133,17 @@ fn truncate(path: &Path, length: u64) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Replays `sources` into shard `shard_id`; returns the number of versions the shard keeps.
 fn replay(
     store: &Store,
     shard_id: usize,
     sources: Vec<&Vec<Entry<'_>>>,
     same_layout: bool,
-) -> Result<(), EngineError> {
+) -> Result<usize, EngineError> {
+    // Size the map once instead of growing (and rehashing) it step by step.
+    let entries_total: usize = sources.iter().map(|entries| entries.len()).sum();
+    let expected = if same_layout { entries_total } else { entries_total / store.shard_count() };
+    store.shard(shard_id).map.pin().reserve(expected);
     for entries in sources {
         for entry in entries {
             match *entry {
@@ -164,7 +172,7 @@ fn replay(
                     // unless the credential had expired when this version was written.
                     let written_at_ms = record.credential().updated_at_ms.to_native();
                     let live = existing.filter(|entry| !entry.current().is_expired(written_at_ms));
-                    install_entry(store, shard_id, &id, Arc::new(record), live, existing);
+                    install_entry(store, shard_id, &id, Arc::new(record), live, existing, false);
                 }
                 Entry::Delete(id) => {
                     if store.shard_for(id) == shard_id {
@@ -174,13 +182,7 @@ fn replay(
             }
         }
     }
-    Ok(())
-}
-
-fn live_archive_bytes(store: &Store) -> u64 {
-    let mut bytes = 0u64;
-    store.for_each_record(|record| bytes += record.archive_bytes().len() as u64);
-    bytes
+    Ok(store.shard(shard_id).rebuild_index())
 }
 
 /// Writes the current contents of every shard as `next`'s logs, switches the manifest to it,
