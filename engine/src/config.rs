@@ -31,6 +31,10 @@ pub struct ServerConfig {
     /// power loss).
     #[arg(long, env = "CREDSHARD_FSYNC", value_enum, default_value = "always")]
     pub fsync: crate::storage::log::FsyncMode,
+    /// A shard's log segment above this size triggers a snapshot of the shard, after which
+    /// the older segments are deleted.
+    #[arg(long, env = "CREDSHARD_COMPACT_LOG_BYTES", default_value_t = 64 << 20)]
+    pub compact_log_bytes: u64,
     /// Largest frame, header included, in bytes.
     #[arg(long, env = "CREDSHARD_FRAME_BYTES_MAX", default_value_t = 1 << 20)]
     pub frame_bytes_max: usize,
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             key_file: None,
             passphrase_env: None,
             fsync: crate::storage::log::FsyncMode::Always,
+            compact_log_bytes: 64 << 20,
             frame_bytes_max: limits.frame_bytes_max,
             id_bytes_max: limits.id_bytes_max,
             secret_bytes_max: limits.secret_bytes_max,

@@ -39,7 +39,17 @@ impl Drop for Served {
 
 fn serve(data_dir: &std::path::Path, key: &std::path::Path) -> (Served, String) {
     let mut child = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        // A small compaction threshold makes snapshots happen (and get killed) during the run.
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--compact-log-bytes",
+            "65536",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .arg("--key-file")
         .arg(key)
@@ -145,5 +155,15 @@ fn every_acknowledged_write_survives_sigkill() {
         total_acked += writers.into_iter().map(|writer| writer.join().unwrap()).sum::<u64>();
     }
     assert!(total_acked > kills as u64 * 10, "the writers made progress: {total_acked} acknowledged writes");
-    println!("{kills} kills, {total_acked} acknowledged writes, all present after every restart");
+    let snapshots = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.is_dir())
+        .flat_map(|dir| {
+            std::fs::read_dir(dir).unwrap().filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        })
+        .filter(|path| path.extension().is_some_and(|extension| extension == "snapshot"))
+        .count();
+    assert!(snapshots > 0, "the small compaction threshold produced snapshots during the run");
+    println!("{kills} kills, {total_acked} acknowledged writes, all present after every restart; {snapshots} snapshot files");
 }

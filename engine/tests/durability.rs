@@ -247,3 +247,46 @@ fn base64_standard(bytes: &[u8]) -> String {
     }
     text
 }
+
+#[test]
+fn snapshots_compact_the_log_while_serving_and_restore_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = [5u8; 32];
+    let mut config = config(dir.path(), 2);
+    config.compact_log_bytes = 16 * 1024;
+    let ids = ids_on_every_shard(2, 10);
+    let secret = |id: &str, version: u64| format!("{id} secret {version} {}", "x".repeat(200));
+    {
+        let server = Server::start(&config, KeySource::Key(MasterKey::from_bytes(key))).unwrap();
+        let mut client = Client::connect(server.local_address()).unwrap();
+        for version in 1..=30u64 {
+            for id in &ids {
+                assert_eq!(client.put(&put(id, secret(id, version).as_bytes())).unwrap(), version);
+                // Reads go on while snapshots are written.
+                assert!(client.get(id).is_ok());
+            }
+        }
+        client.delete(&ids[0], None).unwrap();
+        server.join().unwrap();
+    }
+    let files = log_files(dir.path());
+    assert!(
+        files.iter().any(|path| path.extension().is_some_and(|extension| extension == "snapshot")),
+        "{files:?}"
+    );
+    let log_bytes: u64 = files.iter().map(|path| std::fs::metadata(path).unwrap().len()).sum();
+    assert!(log_bytes < 20 * 30 * 300, "older segments were removed: {log_bytes} bytes in {files:?}");
+
+    let server = Server::start(&config, KeySource::Key(MasterKey::from_bytes(key))).unwrap();
+    let mut client = Client::connect(server.local_address()).unwrap();
+    assert_eq!(client.get(&ids[0]).unwrap_err().status(), Some(Status::NotFound));
+    for id in &ids[1..] {
+        let reply = client.get(id).unwrap();
+        assert_eq!((reply.metadata.version, reply.secret.expose()), (30, secret(id, 30).as_bytes()));
+        let versions: Vec<u64> =
+            client.get_meta(id).unwrap().versions.iter().map(|info| info.version).collect();
+        assert_eq!(versions, (21..=30).rev().collect::<Vec<_>>(), "kept versions restored from the snapshot");
+        assert_eq!(client.get_version(id, 21).unwrap().secret.expose(), secret(id, 21).as_bytes());
+    }
+    server.join().unwrap();
+}

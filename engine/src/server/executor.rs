@@ -14,7 +14,7 @@ use crate::config::ServerConfig;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::connection;
 use crate::server::router::{Router, WriteMessage};
-use crate::storage::log::ShardLog;
+use crate::storage::log::{LogPlace, LogSettings, ShardLog};
 use crate::store::Store;
 
 /// How often an idle executor checks whether it was asked to stop.
@@ -29,8 +29,8 @@ pub struct Shared {
     /// The address executor 0 bound, which the others bind too (it matters for port 0).
     pub bound_address: (Mutex<Option<SocketAddr>>, Condvar),
     pub ready: Mutex<mpsc::Sender<Result<SocketAddr, String>>>,
-    /// Each shard's write-ahead log.
-    pub log_paths: Vec<std::path::PathBuf>,
+    /// Where each shard's write-ahead log is.
+    pub logs: Vec<LogPlace>,
 }
 
 /// What a connection on this executor can reach.
@@ -58,10 +58,13 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     };
     let shard_id = senders.peer_id();
     let mut writer = shared.store.claim_writer(shard_id);
-    let log_path = &shared.log_paths[shard_id];
-    match ShardLog::open(log_path, shared.config.fsync).await {
+    let place = shared.logs[shard_id].clone();
+    let segment = place.segment.path.clone();
+    let settings =
+        LogSettings { fsync: shared.config.fsync, compact_log_bytes: shared.config.compact_log_bytes };
+    match ShardLog::open(place, settings, Arc::clone(&shared.store)).await {
         Ok(log) => writer.attach_log(log),
-        Err(error) => return report(Err(format!("opening {}: {error}", log_path.display()))),
+        Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),
     }
     let router = Rc::new(Router::new(writer, senders));
     router.spawn_peer_tasks(receivers, *shared.store.limits());

@@ -25,6 +25,7 @@ use crate::config::ServerConfig;
 use crate::crypto::{KeySource, Keyring};
 use crate::error::EngineError;
 use crate::metrics::Metrics;
+use crate::storage::log::LogPlace;
 use crate::storage::recovery;
 use crate::store::Store;
 
@@ -54,7 +55,7 @@ impl Server {
         let keyring = Keyring::open(&config.data_dir, key_source)?;
         let shard_count = config.shard_count();
         let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
-        let (manifest, report) = recovery::recover(&config.data_dir, &store)?;
+        let (manifest, segments, report) = recovery::recover(&config.data_dir, &store)?;
         tracing::info!(
             credentials = report.credentials,
             entries = report.entries_replayed,
@@ -64,8 +65,16 @@ impl Server {
             elapsed_ms = report.elapsed_ms,
             "recovered"
         );
-        let log_paths =
-            (0..shard_count).map(|shard_id| manifest.log_path(&config.data_dir, shard_id)).collect();
+        let logs = segments
+            .into_iter()
+            .enumerate()
+            .map(|(shard_id, segment)| LogPlace {
+                data_dir: config.data_dir.clone(),
+                manifest,
+                shard_id,
+                segment,
+            })
+            .collect();
         let metrics = Arc::new(Metrics::new(shard_count));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_sender, ready) = mpsc::channel();
@@ -75,7 +84,7 @@ impl Server {
             metrics: Arc::clone(&metrics),
             stop: Arc::clone(&stop),
             bound_address: (Mutex::new(None), Condvar::new()),
-            log_paths,
+            logs,
             ready: Mutex::new(ready_sender),
         });
         let mesh = MeshBuilder::full(shard_count, config.shard_queue_max);

@@ -11,10 +11,18 @@
 //! UNAVAILABLE (their outcome is unknown to the client: they are already applied in memory and
 //! will reach the disk when it recovers), the shard refuses new writes (reads go on), and the
 //! committer retries the same batch at the same offset until it succeeds.
+//!
+//! Compaction: when the active segment passes `--compact-log-bytes`, the committer starts a
+//! new segment between two batches, and a background task writes a snapshot of the shard's
+//! map (every kept version of every credential) as `shard-<i>.<new sequence>.snapshot`:
+//! temp file, fdatasync, rename, directory fsync; then the older segments and snapshot are
+//! deleted. Writes go on into the new segment meanwhile (the snapshot may already hold some
+//! of them; recovery skips versions it has), and reads are never blocked.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -23,7 +31,31 @@ use glommio::io::{BufferedFile, OpenOptions};
 
 use crate::error::OpError;
 use crate::server::router::WriteOutcome;
+use crate::storage::manifest::Manifest;
+use crate::storage::recovery::ActiveSegment;
 use crate::storage::wal::{encode_batch, encode_entry, EntryType};
+use crate::store::Store;
+
+/// Where a shard's log lives.
+#[derive(Clone, Debug)]
+pub struct LogPlace {
+    pub data_dir: PathBuf,
+    pub manifest: Manifest,
+    pub shard_id: usize,
+    /// The segment to append to.
+    pub segment: ActiveSegment,
+}
+
+/// How a shard's log behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct LogSettings {
+    pub fsync: FsyncMode,
+    /// Segment size that triggers a snapshot.
+    pub compact_log_bytes: u64,
+}
+
+/// Payload bytes per batch in a snapshot file.
+const SNAPSHOT_BATCH_BYTES: usize = 1 << 20;
 
 /// The scheduling latency the committer's task queue asks of the executor.
 const COMMITTER_LATENCY: Duration = Duration::from_micros(250);
@@ -41,11 +73,18 @@ pub enum FsyncMode {
 }
 
 pub struct ShardLog {
-    file: BufferedFile,
-    path: PathBuf,
-    fsync: FsyncMode,
+    place: LogPlace,
+    settings: LogSettings,
+    store: Arc<Store>,
+    /// The active segment and its sequence number.
+    file: RefCell<Rc<BufferedFile>>,
+    sequence: Cell<u64>,
+    path: RefCell<PathBuf>,
     /// Offset where the next batch goes.
     end: Cell<u64>,
+    /// A snapshot is being written.
+    compacting: Cell<bool>,
+    snapshots_written: Cell<u64>,
     pending: RefCell<Vec<u8>>,
     waiters: RefCell<Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)>>,
     failing: Cell<bool>,
@@ -55,20 +94,30 @@ pub struct ShardLog {
 }
 
 impl ShardLog {
-    /// Opens (or creates) the log at `path` for appending, and starts its committer on the
+    /// Opens (or creates) the active segment for appending, and starts the committer on the
     /// current executor.
     ///
     /// # Errors
     /// I/O errors opening the file.
-    pub async fn open(path: &Path, fsync: FsyncMode) -> std::io::Result<Rc<ShardLog>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).buffered_open(path).await?;
+    pub async fn open(
+        place: LogPlace,
+        settings: LogSettings,
+        store: Arc<Store>,
+    ) -> std::io::Result<Rc<ShardLog>> {
+        let path = place.segment.path.clone();
+        let file = open_segment(&path).await?;
         let end = file.file_size().await?;
         let (doorbell, rings) = local_channel::new_bounded(1);
         let log = Rc::new(ShardLog {
-            file,
-            path: path.to_owned(),
-            fsync,
+            sequence: Cell::new(place.segment.sequence),
+            place,
+            settings,
+            store,
+            file: RefCell::new(Rc::new(file)),
+            path: RefCell::new(path),
             end: Cell::new(end),
+            compacting: Cell::new(false),
+            snapshots_written: Cell::new(0),
             pending: RefCell::new(Vec::with_capacity(64 * 1024)),
             waiters: RefCell::new(Vec::new()),
             failing: Cell::new(false),
@@ -98,6 +147,10 @@ impl ShardLog {
         self.batches_committed.get()
     }
 
+    pub fn snapshots_written(&self) -> u64 {
+        self.snapshots_written.get()
+    }
+
     /// Appends an entry to the pending batch.
     pub fn append(&self, entry_type: EntryType, body: &[u8]) {
         encode_entry(entry_type, body, &mut self.pending.borrow_mut());
@@ -112,23 +165,121 @@ impl ShardLog {
 
     /// Writes one batch and, in `Always` mode, syncs it.
     async fn commit(&self, batch: &[u8]) -> std::io::Result<()> {
-        let mut written = 0;
-        while written < batch.len() {
-            let count =
-                self.file.write_at(batch[written..].to_vec(), self.end.get() + written as u64).await?;
-            if count == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    "the log file accepted no bytes",
-                ));
-            }
-            written += count;
-        }
-        if self.fsync == FsyncMode::Always {
-            self.file.fdatasync().await?;
+        let file = Rc::clone(&self.file.borrow());
+        write_all_at(&file, batch, self.end.get()).await?;
+        if self.settings.fsync == FsyncMode::Always {
+            file.fdatasync().await?;
         }
         Ok(())
     }
+
+    /// Between two batches: if the active segment is too big, start a new one and snapshot
+    /// the shard in the background.
+    async fn maybe_compact(self: &Rc<Self>) {
+        if self.compacting.get() || self.end.get() < self.settings.compact_log_bytes {
+            return;
+        }
+        let sequence = self.sequence.get() + 1;
+        let path = self.place.manifest.segment_path(&self.place.data_dir, self.place.shard_id, sequence);
+        let file = match open_segment(&path).await {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "could not start a new log segment; compaction postponed");
+                return;
+            }
+        };
+        if let Err(error) = sync_directory(&self.place.manifest.log_dir(&self.place.data_dir)) {
+            tracing::warn!(%error, "could not sync the log directory; compaction postponed");
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        *self.file.borrow_mut() = Rc::new(file);
+        *self.path.borrow_mut() = path;
+        self.sequence.set(sequence);
+        self.end.set(0);
+        self.compacting.set(true);
+        let log = Rc::clone(self);
+        glommio::spawn_local(async move {
+            if let Err(error) = log.write_snapshot(sequence).await {
+                tracing::warn!(%error, "writing a snapshot failed; the log segments are kept");
+            }
+            log.compacting.set(false);
+        })
+        .detach();
+    }
+
+    /// Writes the shard's current state as snapshot `sequence`, then deletes what it replaces.
+    async fn write_snapshot(&self, sequence: u64) -> std::io::Result<()> {
+        let manifest = &self.place.manifest;
+        let (data_dir, shard_id) = (&self.place.data_dir, self.place.shard_id);
+        let final_path = manifest.snapshot_path(data_dir, shard_id, sequence);
+        let mut temp_name = final_path.file_name().unwrap_or_default().to_owned();
+        temp_name.push(".tmp");
+        let temp_path = final_path.with_file_name(temp_name);
+        let file =
+            OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&temp_path).await?;
+        let result = async {
+            let mut offset = 0u64;
+            let mut payload = Vec::with_capacity(SNAPSHOT_BATCH_BYTES + 64 * 1024);
+            // The guard is held across the writes: entries replaced meanwhile are reclaimed
+            // only after the snapshot, which is the price of not stopping the writer.
+            let map = self.store.shard(shard_id).map.pin();
+            for (_, entry) in map.iter() {
+                for record in entry.versions().iter().rev() {
+                    encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
+                }
+                if payload.len() >= SNAPSHOT_BATCH_BYTES {
+                    let batch = encode_batch(&payload);
+                    write_all_at(&file, &batch, offset).await?;
+                    offset += batch.len() as u64;
+                    payload.clear();
+                }
+            }
+            drop(map);
+            if !payload.is_empty() {
+                write_all_at(&file, &encode_batch(&payload), offset).await?;
+            }
+            file.fdatasync().await.map_err(std::io::Error::from)
+        }
+        .await;
+        let _ = file.close().await;
+        if let Err(error) = result {
+            let _ = std::fs::remove_file(&temp_path);
+            return Err(error);
+        }
+        std::fs::rename(&temp_path, &final_path)?;
+        sync_directory(&manifest.log_dir(data_dir))?;
+        self.snapshots_written.set(self.snapshots_written.get() + 1);
+        // Everything before `sequence` is now in the snapshot.
+        let files = manifest.shard_files(data_dir, shard_id)?;
+        for (old, path) in files.segments.iter().chain(files.snapshots.iter()) {
+            if *old < sequence {
+                std::fs::remove_file(path)?;
+            }
+        }
+        tracing::info!(path = %final_path.display(), "snapshot written; older log segments removed");
+        Ok(())
+    }
+}
+
+async fn open_segment(path: &Path) -> std::io::Result<BufferedFile> {
+    Ok(OpenOptions::new().read(true).write(true).create(true).buffered_open(path).await?)
+}
+
+async fn write_all_at(file: &BufferedFile, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        let count = file.write_at(bytes[written..].to_vec(), offset + written as u64).await?;
+        if count == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the log file accepted no bytes"));
+        }
+        written += count;
+    }
+    Ok(())
+}
+
+fn sync_directory(directory: &Path) -> std::io::Result<()> {
+    std::fs::File::open(directory)?.sync_all()
 }
 
 async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
@@ -151,16 +302,17 @@ async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
                         log.end.set(log.end.get() + batch.len() as u64);
                         log.batches_committed.set(log.batches_committed.get() + 1);
                         if log.failing.replace(false) {
-                            tracing::warn!(path = %log.path.display(), "the log is writable again; writes resume");
+                            tracing::warn!(path = %log.path.borrow().display(), "the log is writable again; writes resume");
                         }
                         for (reply, outcome) in waiters.take().unwrap_or_default() {
                             let _ = reply.send(outcome);
                         }
+                        log.maybe_compact().await;
                         break;
                     }
                     Err(error) => {
                         if !log.failing.replace(true) {
-                            tracing::error!(path = %log.path.display(), %error, "writing the log failed; refusing writes and retrying");
+                            tracing::error!(path = %log.path.borrow().display(), %error, "writing the log failed; refusing writes and retrying");
                         }
                         for (reply, _) in waiters.take().unwrap_or_default() {
                             let _ = reply.send(Err(OpError::Unavailable(

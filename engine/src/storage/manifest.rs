@@ -9,7 +9,9 @@
 //! generation 1
 //! ```
 //!
-//! Log files live in `wal-<generation>/shard-<i>.log`. Rewriting the logs (a changed shard
+//! Log files live in `wal-<generation>/`: per shard, numbered segments
+//! `shard-<i>.<sequence>.log` and at most one complete snapshot `shard-<i>.<sequence>.snapshot`
+//! (the shard's state, to be followed by the segments from the same sequence on). Rewriting the logs (a changed shard
 //! count, or compaction at start) writes a new generation beside the old one and then replaces
 //! the manifest atomically: a crash at any point leaves one complete generation in force.
 
@@ -23,6 +25,13 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The only shard hash so far (see `keyspace.rs`).
 pub const SHARD_HASH: &str = "fnv1a64";
 const FIRST_LINE: &str = "credshard-data-dir";
+
+/// A shard's files in one generation, each list sorted by sequence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardFiles {
+    pub snapshots: Vec<(u64, PathBuf)>,
+    pub segments: Vec<(u64, PathBuf)>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Manifest {
@@ -40,8 +49,40 @@ impl Manifest {
         data_dir.join(format!("wal-{}", self.generation))
     }
 
-    pub fn log_path(&self, data_dir: &Path, shard_id: usize) -> PathBuf {
-        self.log_dir(data_dir).join(format!("shard-{shard_id}.log"))
+    /// Log segment `sequence` of a shard: `shard-<i>.<sequence>.log`.
+    pub fn segment_path(&self, data_dir: &Path, shard_id: usize, sequence: u64) -> PathBuf {
+        self.log_dir(data_dir).join(format!("shard-{shard_id}.{sequence:06}.log"))
+    }
+
+    /// Snapshot `sequence` of a shard: the shard's state, to be followed by segments
+    /// `sequence` and later.
+    pub fn snapshot_path(&self, data_dir: &Path, shard_id: usize, sequence: u64) -> PathBuf {
+        self.log_dir(data_dir).join(format!("shard-{shard_id}.{sequence:06}.snapshot"))
+    }
+
+    /// The snapshots and segments of a shard in this generation, each sorted by sequence.
+    /// Unfinished snapshots (`.tmp`) are not listed.
+    ///
+    /// # Errors
+    /// I/O errors reading the directory.
+    pub fn shard_files(&self, data_dir: &Path, shard_id: usize) -> std::io::Result<ShardFiles> {
+        let mut files = ShardFiles::default();
+        let prefix = format!("shard-{shard_id}.");
+        for entry in std::fs::read_dir(self.log_dir(data_dir))? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|name| name.to_str()) else { continue };
+            let Some(rest) = name.strip_prefix(&prefix) else { continue };
+            let Some((sequence, kind)) = rest.split_once('.') else { continue };
+            let Ok(sequence) = sequence.parse::<u64>() else { continue };
+            match kind {
+                "log" => files.segments.push((sequence, path)),
+                "snapshot" => files.snapshots.push((sequence, path)),
+                _ => {}
+            }
+        }
+        files.segments.sort();
+        files.snapshots.sort();
+        Ok(files)
     }
 
     /// Reads the manifest; `None` for a data dir that has none yet.
@@ -116,7 +157,20 @@ mod tests {
         let manifest = Manifest { shard_count: 3, generation: 7 };
         manifest.write(dir.path()).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap(), Some(manifest));
-        assert!(manifest.log_path(dir.path(), 2).ends_with("wal-7/shard-2.log"));
+        assert!(manifest.segment_path(dir.path(), 2, 3).ends_with("wal-7/shard-2.000003.log"));
+        std::fs::create_dir_all(manifest.log_dir(dir.path())).unwrap();
+        for name in [
+            "shard-2.000004.log",
+            "shard-2.000003.log",
+            "shard-2.000004.snapshot",
+            "shard-2.000005.snapshot.tmp",
+            "shard-1.000009.log",
+        ] {
+            std::fs::write(manifest.log_dir(dir.path()).join(name), b"").unwrap();
+        }
+        let files = manifest.shard_files(dir.path(), 2).unwrap();
+        assert_eq!(files.segments.iter().map(|(sequence, _)| *sequence).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(files.snapshots.iter().map(|(sequence, _)| *sequence).collect::<Vec<_>>(), vec![4]);
 
         let path = Manifest::path(dir.path());
         std::fs::write(

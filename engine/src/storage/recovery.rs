@@ -32,54 +32,96 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
-/// Fills `store` from the data dir's logs and returns the manifest the server must write to.
+/// Where each shard's writer continues: the active log segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveSegment {
+    pub sequence: u64,
+    pub path: PathBuf,
+}
+
+/// One old shard's files, read and parsed.
+struct ShardLogs {
+    /// Snapshot bytes (if any), then each segment's bytes, in replay order.
+    files: Vec<(PathBuf, Vec<u8>)>,
+    /// Files made obsolete by the snapshot (left over from an interrupted clean-up).
+    obsolete: Vec<PathBuf>,
+}
+
+/// Fills `store` from the data dir's logs and returns the manifest the server must write to and
+/// each shard's active segment.
 ///
 /// # Errors
 /// An unreadable or unknown-format manifest; a corrupt entry in the middle of a log (the error
 /// names the file and offset); a record that fails validation; I/O errors.
-pub fn recover(data_dir: &Path, store: &Store) -> Result<(Manifest, Report), EngineError> {
+pub fn recover(
+    data_dir: &Path,
+    store: &Store,
+) -> Result<(Manifest, Vec<ActiveSegment>, Report), EngineError> {
     let started = Instant::now();
     let shard_count = store.shard_count();
     let Some(manifest) = Manifest::read(data_dir)? else {
         let manifest = Manifest { shard_count, generation: 1 };
         create_generation(data_dir, &manifest, &vec![Vec::new(); shard_count])?;
         manifest.write(data_dir)?;
-        return Ok((manifest, Report::default()));
+        return Ok((manifest, active_segments(data_dir, &manifest)?, Report::default()));
     };
 
-    let paths: Vec<PathBuf> =
-        (0..manifest.shard_count).map(|shard_id| manifest.log_path(data_dir, shard_id)).collect();
-    let logs: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let readers: Vec<_> = paths.iter().map(|path| scope.spawn(move || read_log(path))).collect();
+    let logs: Vec<ShardLogs> = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..manifest.shard_count)
+            .map(|shard_id| scope.spawn(move || read_shard(data_dir, &manifest, shard_id)))
+            .collect();
         readers
             .into_iter()
             .map(|reader| reader.join().expect("log reader panicked"))
             .collect::<Result<_, _>>()
     })?;
-    let mut report = Report { log_bytes: logs.iter().map(|log| log.len() as u64).sum(), ..Report::default() };
+    let mut report = Report {
+        log_bytes: logs.iter().flat_map(|shard| &shard.files).map(|(_, bytes)| bytes.len() as u64).sum(),
+        ..Report::default()
+    };
     let mut parsed = Vec::with_capacity(logs.len());
-    for (path, log) in paths.iter().zip(&logs) {
-        let log_parsed = wal::parse(log).map_err(|corruption| {
-            EngineError::Corrupt(format!(
-                "{} is corrupt at offset {} ({}); it is not a torn tail, so nothing is guessed: restore it or move it aside",
-                path.display(),
-                corruption.offset,
-                corruption.reason
-            ))
-        })?;
-        let dropped = log.len() - log_parsed.valid_bytes;
-        if dropped > 0 {
-            tracing::warn!(
-                path = %path.display(),
-                bytes_dropped = dropped,
-                kept_bytes = log_parsed.valid_bytes,
-                "the log ends in a torn or incomplete batch (a crash during a write); truncating it"
-            );
-            truncate(path, log_parsed.valid_bytes as u64)?;
-            report.torn_bytes_dropped += dropped as u64;
+    for shard in &logs {
+        let mut entries = Vec::new();
+        for (position, (path, bytes)) in shard.files.iter().enumerate() {
+            let file_parsed = wal::parse(bytes).map_err(|corruption| {
+                EngineError::Corrupt(format!(
+                    "{} is corrupt at offset {} ({}); it is not a torn tail, so nothing is guessed: restore it or move it aside",
+                    path.display(),
+                    corruption.offset,
+                    corruption.reason
+                ))
+            })?;
+            let dropped = bytes.len() - file_parsed.valid_bytes;
+            if dropped > 0 {
+                // Only the active (last) segment can end in a torn batch: snapshots and older
+                // segments were complete and synced before anything newer was written.
+                if position + 1 != shard.files.len()
+                    || path.extension().is_some_and(|extension| extension == "snapshot")
+                {
+                    return Err(EngineError::Corrupt(format!(
+                        "{} ends {} bytes short of a whole batch but is not the active log segment",
+                        path.display(),
+                        dropped
+                    )));
+                }
+                tracing::warn!(
+                    path = %path.display(),
+                    bytes_dropped = dropped,
+                    kept_bytes = file_parsed.valid_bytes,
+                    "the log ends in a torn or incomplete batch (a crash during a write); truncating it"
+                );
+                truncate(path, file_parsed.valid_bytes as u64)?;
+                report.torn_bytes_dropped += dropped as u64;
+            }
+            entries.extend(file_parsed.entries);
         }
-        report.entries_replayed += log_parsed.entries.len();
-        parsed.push(log_parsed.entries);
+        report.entries_replayed += entries.len();
+        parsed.push(entries);
+    }
+    for path in logs.iter().flat_map(|shard| &shard.obsolete) {
+        if let Err(error) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), %error, "could not remove an obsolete log file");
+        }
     }
 
     // Replay, one thread per shard of the new layout. With an unchanged shard count each
@@ -115,7 +157,41 @@ pub fn recover(data_dir: &Path, store: &Store) -> Result<(Manifest, Report), Eng
         next
     };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok((manifest, report))
+    Ok((manifest, active_segments(data_dir, &manifest)?, report))
+}
+
+/// Reads a shard's newest complete snapshot and the segments from its sequence on; lists the
+/// older files as obsolete.
+fn read_shard(data_dir: &Path, manifest: &Manifest, shard_id: usize) -> Result<ShardLogs, EngineError> {
+    let files = manifest.shard_files(data_dir, shard_id)?;
+    let snapshot = files.snapshots.last().cloned();
+    let from = snapshot.as_ref().map_or(0, |(sequence, _)| *sequence);
+    let mut obsolete: Vec<PathBuf> = files
+        .snapshots
+        .iter()
+        .filter(|(sequence, _)| *sequence < from)
+        .map(|(_, path)| path.clone())
+        .collect();
+    obsolete
+        .extend(files.segments.iter().filter(|(sequence, _)| *sequence < from).map(|(_, path)| path.clone()));
+    let mut read = Vec::new();
+    for (_, path) in snapshot.iter().chain(files.segments.iter().filter(|(sequence, _)| *sequence >= from)) {
+        read.push((path.clone(), read_log(path)?));
+    }
+    Ok(ShardLogs { files: read, obsolete })
+}
+
+/// The segment each shard's writer appends to: its newest, created empty if it has none
+/// since its snapshot.
+fn active_segments(data_dir: &Path, manifest: &Manifest) -> Result<Vec<ActiveSegment>, EngineError> {
+    (0..manifest.shard_count)
+        .map(|shard_id| {
+            let files = manifest.shard_files(data_dir, shard_id)?;
+            let snapshot = files.snapshots.last().map_or(0, |(sequence, _)| *sequence);
+            let sequence = files.segments.last().map_or(snapshot, |(sequence, _)| (*sequence).max(snapshot));
+            Ok(ActiveSegment { sequence, path: manifest.segment_path(data_dir, shard_id, sequence) })
+        })
+        .collect()
 }
 
 fn read_log(path: &Path) -> Result<Vec<u8>, EngineError> {
@@ -162,11 +238,10 @@ fn replay(
                     }
                     let map = store.shard(shard_id).map.pin();
                     let existing = map.get(id.as_str());
+                    // A snapshot is taken while writes go on into the next segment, so that
+                    // segment may repeat versions the snapshot already holds: skip them.
                     if existing.is_some_and(|entry| entry.current().version() >= record.version()) {
-                        return Err(EngineError::Corrupt(format!(
-                            "log of shard {shard_id}: version {} of {id:?} follows a later one",
-                            record.version()
-                        )));
+                        continue;
                     }
                     // The same history rule as at run time: the previous versions are kept
                     // unless the credential had expired when this version was written.
@@ -229,7 +304,7 @@ fn create_generation(data_dir: &Path, manifest: &Manifest, files: &[Vec<u8>]) ->
     }
     std::fs::create_dir_all(&directory)?;
     for (shard_id, bytes) in files.iter().enumerate() {
-        let file = std::fs::File::create(manifest.log_path(data_dir, shard_id))?;
+        let file = std::fs::File::create(manifest.segment_path(data_dir, shard_id, 0))?;
         std::io::Write::write_all(&mut &file, bytes)?;
         file.sync_all()?;
     }
