@@ -3,15 +3,15 @@
 //! write must be present with its version and secret; the only other state allowed is the one
 //! write per id that was in flight (sent, not acknowledged) when the process died.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use credshard_protocol::{Client, Expiry, Kind, Labels, PutRequest, EMPTY_LABELS};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_credshard");
+use common::process::ServeProcess;
+use common::put;
+use credshard_protocol::Client;
 /// Kills per run; `bench/crash_loop.sh` runs 200 with CREDSHARD_CRASH_KILLS.
 fn kills() -> usize {
     std::env::var("CREDSHARD_CRASH_KILLS").ok().and_then(|value| value.parse().ok()).unwrap_or(20)
@@ -28,58 +28,6 @@ struct Known {
     in_flight: Option<String>,
 }
 
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(data_dir: &std::path::Path, key: &std::path::Path) -> (Served, String) {
-    let mut child = Command::new(BINARY)
-        // A small compaction threshold makes snapshots happen (and get killed) during the run.
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--compact-log-bytes",
-            "65536",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .arg("--key-file")
-        .arg(key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (Served(child), address)
-}
-
-fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
-    PutRequest {
-        id,
-        owner: "crash",
-        scope: "test",
-        kind: Kind::Token,
-        expected_version: None,
-        expiry: Expiry::Never,
-        labels: Labels::from_validated(EMPTY_LABELS),
-        secret,
-    }
-}
-
 #[test]
 fn every_acknowledged_write_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,7 +39,10 @@ fn every_acknowledged_write_survives_sigkill() {
 
     let kills = kills();
     for round in 0..=kills {
-        let (served, address) = serve(&data_dir, &key);
+        // A small compaction threshold makes snapshots happen (and get killed) during the run.
+        let served =
+            ServeProcess::start(&data_dir, &key, &["--shards", "2", "--compact-log-bytes", "8192"], |_| {});
+        let address = served.address.clone();
         // Check everything known so far against the restarted server.
         let mut checker = Client::connect(address.as_str()).unwrap();
         for (id, state) in known.lock().unwrap().iter_mut() {

@@ -3,74 +3,35 @@
 //! on, and once the limit is raised (prlimit on the running process) writes resume; a restart
 //! shows every acknowledged write.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use credshard_protocol::{Client, Expiry, Kind, Labels, PutRequest, Status, EMPTY_LABELS};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_credshard");
+use common::process::ServeProcess;
+use common::put;
+use credshard_protocol::{Client, Status};
 const FILE_BYTES_LIMIT: u64 = 256 * 1024;
 
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(
-    data_dir: &std::path::Path,
-    key: &std::path::Path,
-    file_bytes_limit: Option<u64>,
-) -> (Served, String) {
-    let mut command = Command::new(BINARY);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
-        .arg(data_dir)
-        .arg("--key-file")
-        .arg(key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(limit) = file_bytes_limit {
-        // SAFETY: setrlimit is async-signal-safe and only changes the child's own limit.
-        unsafe {
-            command.pre_exec(move || {
-                let mut current: libc::rlimit = std::mem::zeroed();
-                libc::getrlimit(libc::RLIMIT_FSIZE, &mut current);
-                let limited = libc::rlimit { rlim_cur: limit, rlim_max: current.rlim_max };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &limited) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+/// Starts a one-shard server, under a file-size limit if given.
+fn serve(data_dir: &std::path::Path, key: &std::path::Path, file_bytes_limit: Option<u64>) -> ServeProcess {
+    ServeProcess::start(data_dir, key, &["--shards", "1"], |command| {
+        if let Some(limit) = file_bytes_limit {
+            // SAFETY: getrlimit/setrlimit are async-signal-safe and only change the child's
+            // own limit; `current` is a zeroed local they write into.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut current: libc::rlimit = std::mem::zeroed();
+                    libc::getrlimit(libc::RLIMIT_FSIZE, &mut current);
+                    let limited = libc::rlimit { rlim_cur: limit, rlim_max: current.rlim_max };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limited) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
-    }
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (Served(child), address)
-}
-
-fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
-    PutRequest {
-        id,
-        owner: "disk",
-        scope: "test",
-        kind: Kind::Certificate,
-        expected_version: None,
-        expiry: Expiry::Never,
-        labels: Labels::from_validated(EMPTY_LABELS),
-        secret,
-    }
+    })
 }
 
 #[test]
@@ -81,7 +42,8 @@ fn a_failing_disk_refuses_writes_keeps_reads_and_recovers() {
     let data_dir = dir.path().join("data");
     let secret = vec![b'c'; 8 * 1024];
 
-    let (served, address) = serve(&data_dir, &key, Some(FILE_BYTES_LIMIT));
+    let served = serve(&data_dir, &key, Some(FILE_BYTES_LIMIT));
+    let address = served.address.clone();
     let mut client = Client::connect(address.as_str()).unwrap();
     let mut acked = Vec::new();
     let mut refused = None;
@@ -105,8 +67,7 @@ fn a_failing_disk_refuses_writes_keeps_reads_and_recovers() {
     // The disk "recovers": raise the limit of the running server.
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: prlimit on our own child with a valid rlimit; the old-limit pointer may be null.
-    let raised =
-        unsafe { libc::prlimit(served.0.id() as i32, libc::RLIMIT_FSIZE, &unlimited, std::ptr::null_mut()) };
+    let raised = unsafe { libc::prlimit(served.pid(), libc::RLIMIT_FSIZE, &unlimited, std::ptr::null_mut()) };
     assert_eq!(raised, 0, "prlimit: {}", std::io::Error::last_os_error());
     let mut resumed = false;
     for _ in 0..500 {
@@ -120,8 +81,8 @@ fn a_failing_disk_refuses_writes_keeps_reads_and_recovers() {
     acked.push("after-recovery".to_owned());
     drop(served);
 
-    let (_served, address) = serve(&data_dir, &key, None);
-    let mut client = Client::connect(address.as_str()).unwrap();
+    let served = serve(&data_dir, &key, None);
+    let mut client = Client::connect(served.address.as_str()).unwrap();
     for id in &acked {
         assert!(client.get(id).is_ok(), "{id} was acknowledged and must survive");
     }

@@ -10,7 +10,7 @@ use credshard_engine::{Server, ServerConfig, ServerHandle};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{Client, Expiry, Status, VersionState};
 
-use common::{ids_on_every_shard, put};
+use common::{ids_on_every_shard, put, walk};
 
 fn config(data_dir: &std::path::Path, shards: usize) -> ServerConfig {
     ServerConfig {
@@ -215,19 +215,6 @@ fn no_plaintext_secret_anywhere_in_the_data_dir() {
         searched += bytes.len();
     }
     assert!(searched > 20 * secret.len(), "the logs hold the (encrypted) credentials");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 fn base64_standard(bytes: &[u8]) -> String {

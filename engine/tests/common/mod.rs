@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Arc;
 
 use credshard_engine::crypto::{KeySource, MasterKey};
@@ -58,6 +60,20 @@ pub fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
         labels: Labels::from_validated(EMPTY_LABELS),
         secret,
     }
+}
+
+/// Every file below `dir`, recursively.
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// Ids that land on each of `shards` shards (at least `per_shard` each).
