@@ -19,8 +19,8 @@ use credshard_protocol::{PutRequest, VersionState};
 use crate::error::OpError;
 use crate::index::ShardIndex;
 use crate::record::{CredentialFields, Record, VersionFields};
-use crate::storage::log::ShardLog;
 use crate::storage::wal::EntryType;
+use crate::storage::ShardStorage;
 use crate::store::Store;
 
 /// What a shard's map holds for one credential: its kept versions, newest (current) first.
@@ -116,7 +116,7 @@ pub struct ShardWriter {
     /// (expires_at_ms, id) of every credential with an expiry, for the sweeper.
     expiries: BTreeSet<(u64, Box<str>)>,
     /// The shard's write-ahead log; `None` keeps the shard in memory only (tests, benches).
-    log: Option<Rc<ShardLog>>,
+    log: Option<Rc<dyn ShardStorage>>,
     _not_send: PhantomData<Rc<()>>,
 }
 
@@ -137,12 +137,12 @@ impl ShardWriter {
     }
 
     /// Logs every write from now on to `log`.
-    pub fn attach_log(&mut self, log: Rc<ShardLog>) {
+    pub fn attach_log(&mut self, log: Rc<dyn ShardStorage>) {
         self.log = Some(log);
     }
 
     /// The attached log, if any.
-    pub fn log(&self) -> Option<&Rc<ShardLog>> {
+    pub fn log(&self) -> Option<&Rc<dyn ShardStorage>> {
         self.log.as_ref()
     }
 

@@ -34,6 +34,7 @@ use crate::server::router::WriteOutcome;
 use crate::storage::manifest::Manifest;
 use crate::storage::recovery::ActiveSegment;
 use crate::storage::wal::{encode_batch, encode_entry, EntryType};
+use crate::storage::ShardStorage;
 use crate::store::Store;
 
 /// Where a shard's log lives.
@@ -138,29 +139,12 @@ impl ShardLog {
         Ok(log)
     }
 
-    /// True while the disk refuses writes: the shard must not apply new writes.
-    pub fn is_failing(&self) -> bool {
-        self.failing.get()
-    }
-
     pub fn batches_committed(&self) -> u64 {
         self.batches_committed.get()
     }
 
     pub fn snapshots_written(&self) -> u64 {
         self.snapshots_written.get()
-    }
-
-    /// Appends an entry to the pending batch.
-    pub fn append(&self, entry_type: EntryType, body: &[u8]) {
-        encode_entry(entry_type, body, &mut self.pending.borrow_mut());
-        let _ = self.doorbell.try_send(());
-    }
-
-    /// Sends `outcome` on `reply` once everything appended so far is committed.
-    pub fn when_committed(&self, reply: oneshot::Sender<WriteOutcome>, outcome: WriteOutcome) {
-        self.waiters.borrow_mut().push((reply, outcome));
-        let _ = self.doorbell.try_send(());
     }
 
     /// Writes one batch and, in `Always` mode, syncs it.
@@ -259,6 +243,22 @@ impl ShardLog {
         }
         tracing::info!(path = %final_path.display(), "snapshot written; older log segments removed");
         Ok(())
+    }
+}
+
+impl ShardStorage for ShardLog {
+    fn append(&self, entry_type: EntryType, body: &[u8]) {
+        encode_entry(entry_type, body, &mut self.pending.borrow_mut());
+        let _ = self.doorbell.try_send(());
+    }
+
+    fn when_committed(&self, reply: oneshot::Sender<WriteOutcome>, outcome: WriteOutcome) {
+        self.waiters.borrow_mut().push((reply, outcome));
+        let _ = self.doorbell.try_send(());
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failing.get()
     }
 }
 

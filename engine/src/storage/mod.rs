@@ -6,8 +6,10 @@
 //! - [`log`]: the running server's group-committed log writer (io_uring via glommio).
 //! - [`recovery`]: rebuilding the shards' maps from the logs at start, resharding, compaction.
 //!
-//! The storage seam the shards use is small: a `ShardLog` to append entries to and learn when
-//! they are committed, and `recovery::recover` to fill the maps at start.
+//! The storage seam the shards use is small: [`ShardStorage`] to append entries and learn when
+//! they are committed, and `recovery::recover` to fill the maps at start. The local log
+//! implements it; a PostgreSQL system of record can implement it without touching the shards,
+//! the protocol or the server.
 
 pub mod log;
 pub mod manifest;
@@ -16,6 +18,25 @@ pub mod wal;
 
 use std::io::Write;
 use std::path::Path;
+
+use futures::channel::oneshot;
+
+use crate::server::router::WriteOutcome;
+use crate::storage::wal::EntryType;
+
+/// Where a shard's writer sends its writes to make them durable. All calls come from the
+/// shard's own executor, in write order.
+pub trait ShardStorage {
+    /// Adds an entry (a record's archive, or a deleted id) to the next commit.
+    fn append(&self, entry_type: EntryType, body: &[u8]);
+
+    /// Sends `outcome` on `reply` once every entry appended so far is committed (or a
+    /// failure outcome if the commit fails).
+    fn when_committed(&self, reply: oneshot::Sender<WriteOutcome>, outcome: WriteOutcome);
+
+    /// True while commits fail: the shard must refuse new writes (reads go on).
+    fn is_failing(&self) -> bool;
+}
 
 /// Replaces `path` with `bytes` atomically: write a temp file beside it, fsync it, rename it
 /// over `path`, fsync the directory. A crash leaves either the old or the new file.
