@@ -159,3 +159,28 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        config: ServerConfig,
+    }
+
+    #[test]
+    fn default_matches_the_command_line_defaults_and_validates() {
+        let parsed = Command::try_parse_from(["credshard"]).unwrap().config;
+        let default = ServerConfig::default();
+        // Debug output covers every field; CREDSHARD_* variables are not set in tests.
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        default.validate().unwrap();
+        let too_small = ServerConfig { frame_bytes_max: 1024, ..ServerConfig::default() };
+        assert!(too_small.validate().is_err());
+        let no_versions = ServerConfig { max_versions: 0, ..ServerConfig::default() };
+        assert!(no_versions.validate().is_err());
+    }
+}
