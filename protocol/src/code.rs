@@ -79,6 +79,11 @@ impl Op {
     pub fn is_write(self) -> bool {
         matches!(self, Op::Put | Op::Delete | Op::Rotate)
     }
+
+    /// True for requests whose body carries a plaintext secret.
+    pub fn carries_secret(self) -> bool {
+        matches!(self, Op::Put | Op::Rotate)
+    }
 }
 
 /// The outcome of a request: byte 4 of a response header.
@@ -236,6 +241,8 @@ mod tests {
             assert_eq!(Status::from_u8(status as u8), Some(status));
         }
         assert_eq!(Op::from_u8(0xFF), None);
+        let secret_bearing: Vec<Op> = Op::ALL.into_iter().filter(|op| op.carries_secret()).collect();
+        assert_eq!(secret_bearing, vec![Op::Put, Op::Rotate]);
         assert_eq!(Status::from_u8(0xFF), None);
         for code in 0..=4u8 {
             let kind = Kind::from_u8(code).unwrap();

@@ -4,8 +4,8 @@
 //! answered at once; writes for other shards are forwarded and their replies collected as
 //! they finish, so responses can leave out of order); flush the output; then wait for more
 //! input or a finished write. A framing error is answered with an error frame, in-flight
-//! writes are answered, and the connection is closed. Buffers that held plaintext (PUT
-//! requests, GET responses) are wiped before they are reused.
+//! writes are answered, and the connection is closed. Buffers that held plaintext (PUT and
+//! ROTATE requests, GET and BATCH_GET responses) are wiped before they are reused.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -35,8 +35,8 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES_MAX: usize = 4 << 20;
 
-/// A forwarded write's op, request id and outcome (or the owner hung up).
-type Forwarded = (Op, u32, Result<WriteOutcome, oneshot::Canceled>);
+/// A write's op, request id and outcome (or its shard stopped before answering).
+type WriteDone = (Op, u32, Result<WriteOutcome, oneshot::Canceled>);
 
 /// Closes gracefully after a framing error: shut down the sending side, then discard what
 /// the client still sends for a while. Closing with unread input would make the kernel send
@@ -134,12 +134,12 @@ impl<'a> Connection<'a> {
                     let request_id = header.request_id;
                     pending.push(outcome.map(move |outcome| (op, request_id, outcome)));
                 }
-                // PUT frames carry plaintext secrets: wipe them as they are consumed.
-                self.input.consume(frame_bytes, header.code == Op::Put as u8);
+                // PUT and ROTATE frames carry plaintext secrets: wipe them as they are consumed.
+                self.input.consume(frame_bytes, Op::from_u8(header.code).is_some_and(Op::carries_secret));
             }
 
             while let Some(Some(finished)) = pending.next().now_or_never() {
-                self.answer_forwarded(finished);
+                self.answer_write(finished);
             }
             self.flush(stream).await?;
 
@@ -151,7 +151,7 @@ impl<'a> Connection<'a> {
             let may_read = self.input.len() < self.input_bytes_max || pending.is_empty();
             if !may_read {
                 if let Some(finished) = pending.next().await {
-                    self.answer_forwarded(finished);
+                    self.answer_write(finished);
                 }
                 continue;
             }
@@ -163,7 +163,7 @@ impl<'a> Connection<'a> {
                     Either::Left((read, _)) => read,
                     Either::Right((finished, _)) => {
                         if let Some(finished) = finished {
-                            self.answer_forwarded(finished);
+                            self.answer_write(finished);
                         }
                         continue;
                     }
@@ -186,22 +186,22 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Waits for every forwarded write, answers it, and flushes.
+    /// Waits for every write in flight, answers it, and flushes.
     async fn finish_pending<F>(
         &mut self,
         pending: &mut FuturesUnordered<F>,
         stream: &mut TcpStream,
     ) -> std::io::Result<()>
     where
-        F: std::future::Future<Output = Forwarded>,
+        F: std::future::Future<Output = WriteDone>,
     {
         while let Some(finished) = pending.next().await {
-            self.answer_forwarded(finished);
+            self.answer_write(finished);
         }
         self.flush(stream).await
     }
 
-    fn answer_forwarded(&mut self, (op, request_id, outcome): Forwarded) {
+    fn answer_write(&mut self, (op, request_id, outcome): WriteDone) {
         let outcome =
             outcome.unwrap_or(Err(OpError::Unavailable("the owning shard stopped before answering")));
         encode_write_outcome(self.context, op, request_id, outcome, &mut self.output);
