@@ -288,7 +288,8 @@ async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
             let payload = std::mem::take(&mut *log.pending.borrow_mut());
             let waiters = std::mem::take(&mut *log.waiters.borrow_mut());
             if payload.is_empty() {
-                // Waiters with nothing pending were appended before the last commit finished.
+                // Every waiter follows an append and is taken with it, so none should be left
+                // here; answer any rather than leave a client hanging.
                 for (reply, outcome) in waiters {
                     let _ = reply.send(outcome);
                 }
