@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 
-use crate::mix::Mix;
+use crate::mix::{Mix, Op};
 use crate::target::Target;
 use crate::value;
 
@@ -21,12 +21,12 @@ pub const VALUE_BYTES_MAX: u64 = 1 << 20;
 /// Longest run, warm-up included.
 pub const DURATION_SECONDS_MAX: f64 = 24.0 * 3600.0;
 
-/// Drives a credshard server with pipelined GET/PUT/GET_META from many connections and reports
-/// throughput and latency percentiles.
+/// Drives a credshard server (or a redis server as the peer) with pipelined GET/PUT/GET_META
+/// from many connections and reports throughput and latency percentiles.
 #[derive(Parser, Debug)]
 #[command(name = "credshard-loadgen", version)]
 pub struct Args {
-    /// Server to load: credshard://HOST:PORT.
+    /// Server to load: credshard://HOST:PORT, or redis://HOST:PORT (GET and SET; no get_meta).
     #[arg(long, value_name = "URL", default_value = "credshard://127.0.0.1:7373", value_parser = Target::parse)]
     pub target: Target,
 
@@ -91,6 +91,11 @@ impl Args {
         }
         if (self.duration + self.warmup).as_secs_f64() > DURATION_SECONDS_MAX {
             return Err(format!("--duration plus --warmup exceeds {DURATION_SECONDS_MAX} seconds"));
+        }
+        if matches!(self.target, Target::Redis { .. }) && self.mix.includes(Op::GetMeta) {
+            return Err(
+                "--mix get_meta is not supported with a redis:// target (only get and put)".to_owned()
+            );
         }
         Ok(())
     }
@@ -163,7 +168,7 @@ mod tests {
             &["--keys", "100000001"],
             &["--duration", "0"],
             &["--mix", "get=1,bogus=2"],
-            &["--target", "redis://127.0.0.1:6379"],
+            &["--target", "rediss://127.0.0.1:6379"],
         ] {
             let argv = std::iter::once("credshard-loadgen").chain(bad.iter().copied());
             assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
@@ -171,5 +176,11 @@ mod tests {
         let args =
             Args::try_parse_from(["credshard-loadgen", "--connections", "4096", "--pipeline", "17"]).unwrap();
         assert!(args.check().is_err());
+
+        let redis = ["credshard-loadgen", "--target", "redis://127.0.0.1:6379", "--mix"];
+        let args = Args::try_parse_from(redis.into_iter().chain(["get=80,put=20"])).unwrap();
+        args.check().unwrap();
+        let args = Args::try_parse_from(redis.into_iter().chain(["get=80,get_meta=20"])).unwrap();
+        assert!(args.check().unwrap_err().contains("get_meta"));
     }
 }

@@ -1,8 +1,10 @@
 //! `credshard-loadgen`: drives a credshard server with a mix of GET, PUT and GET_META from
-//! many pipelined connections and reports throughput and latency percentiles.
+//! many pipelined connections and reports throughput and latency percentiles. A redis server
+//! can be loaded the same way (GET and SET) as the peer to compare with.
 //!
 //! - [`args`]: command-line arguments and their limits.
 //! - [`target`]: the `--target` URL.
+//! - [`redis`]: a minimal pipelining RESP2 client.
 //! - [`mix`]: the operation mix.
 //! - [`value`]: self-describing values, so every read is checked.
 //! - [`workload`]: connect, preload, the workers and the progress line.
@@ -16,6 +18,7 @@ mod args;
 #[cfg(test)]
 mod fake_server;
 mod mix;
+mod redis;
 mod report;
 mod target;
 mod value;
@@ -31,7 +34,6 @@ use clap::Parser;
 
 use crate::args::Args;
 use crate::report::RunInfo;
-use crate::target::Target;
 use crate::workload::Plan;
 
 /// Why the loadgen stopped without a full report.
@@ -113,7 +115,6 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
         .enable_all()
         .build()
         .map_err(|error| Exit::Failed(format!("cannot start the tokio runtime: {error}")))?;
-    let Target::Credshard { address } = &args.target;
     let plan = Plan {
         pipeline: args.pipeline,
         warmup: args.warmup,
@@ -125,7 +126,7 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
     };
 
     let (summary, hello) = runtime.block_on(async {
-        let (clients, hello) = workload::connect(address, args.connections)
+        let (clients, hello) = workload::connect(&args.target, args.connections)
             .await
             .map_err(|error| Exit::Usage(format!("cannot connect to {}: {error}", args.target)))?;
         if !args.no_preload {
@@ -133,7 +134,7 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
             workload::preload(&clients, &plan).await.map_err(Exit::Failed)?;
             let seconds = started.elapsed().as_secs_f64();
             eprintln!(
-                "preloaded {} keys of {} B in {seconds:.2} s ({:.0} PUT/s)",
+                "preloaded {} keys of {} B in {seconds:.2} s ({:.0} writes/s)",
                 args.keys,
                 args.value_size,
                 args.keys as f64 / seconds.max(f64::MIN_POSITIVE)

@@ -1,8 +1,10 @@
-//! The server under load, named by a URL: `credshard://HOST:PORT` for now. Redis is the peer
-//! the loadgen will measure beside credshard (a later issue); until then a `redis://` target
-//! is refused with a clear message rather than misread.
+//! The server under load, named by a URL: `credshard://HOST:PORT`, or `redis://HOST:PORT` for
+//! a stock redis-server as the peer (RESP GET/SET). `rediss://` (TLS) is refused with a clear
+//! message rather than misread.
 
 use std::fmt;
+
+use crate::redis::REDIS_PORT_DEFAULT;
 
 /// Port a credshard server listens on by default.
 pub const CREDSHARD_PORT_DEFAULT: u16 = 7373;
@@ -12,37 +14,47 @@ pub const CREDSHARD_PORT_DEFAULT: u16 = 7373;
 pub enum Target {
     /// A credshard server; `address` is `HOST:PORT`, ready for a socket-address lookup.
     Credshard { address: String },
+    /// A redis server, spoken to in RESP2; `address` is `HOST:PORT`.
+    Redis { address: String },
 }
 
 impl Target {
-    /// Parses `credshard://HOST[:PORT]` (IPv6 hosts in brackets: `credshard://[::1]:7373`).
+    /// Parses `credshard://HOST[:PORT]` or `redis://HOST[:PORT]` (IPv6 hosts in brackets:
+    /// `credshard://[::1]:7373`).
     ///
     /// # Errors
     /// A one-line message for other schemes, a missing host or an invalid port.
     pub fn parse(text: &str) -> Result<Target, String> {
         let Some((scheme, rest)) = text.split_once("://") else {
-            return Err("must look like credshard://HOST:PORT".to_owned());
+            return Err("must look like credshard://HOST:PORT or redis://HOST:PORT".to_owned());
         };
-        match scheme {
-            "credshard" => {}
-            "redis" | "rediss" => {
-                return Err(format!("{scheme}:// is not supported yet; only credshard://HOST:PORT is"))
+        let default_port = match scheme {
+            "credshard" => CREDSHARD_PORT_DEFAULT,
+            "redis" => REDIS_PORT_DEFAULT,
+            "rediss" => return Err("rediss:// (TLS) is not supported; use redis://HOST:PORT".to_owned()),
+            other => {
+                return Err(format!(
+                    "unknown scheme `{other}`; use credshard://HOST:PORT or redis://HOST:PORT"
+                ))
             }
-            other => return Err(format!("unknown scheme `{other}`; use credshard://HOST:PORT")),
-        }
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() || authority.contains('/') || authority.contains('@') {
-            return Err("must look like credshard://HOST:PORT".to_owned());
+            return Err(format!("must look like {scheme}://HOST:PORT"));
         }
         let (host, port) = split_host_port(authority).ok_or_else(|| "invalid host".to_owned())?;
         let port = match port {
-            None => CREDSHARD_PORT_DEFAULT,
+            None => default_port,
             Some(port) => match port.parse::<u16>() {
                 Ok(port) if port > 0 => port,
                 _ => return Err(format!("invalid port `{port}`")),
             },
         };
-        Ok(Target::Credshard { address: format!("{host}:{port}") })
+        let address = format!("{host}:{port}");
+        Ok(match scheme {
+            "redis" => Target::Redis { address },
+            _ => Target::Credshard { address },
+        })
     }
 }
 
@@ -71,6 +83,7 @@ impl fmt::Display for Target {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Credshard { address } => write!(formatter, "credshard://{address}"),
+            Target::Redis { address } => write!(formatter, "redis://{address}"),
         }
     }
 }
@@ -82,6 +95,7 @@ mod tests {
     fn address(text: &str) -> String {
         match Target::parse(text).unwrap() {
             Target::Credshard { address } => address,
+            Target::Redis { .. } => panic!("{text} is not a credshard target"),
         }
     }
 
@@ -95,8 +109,20 @@ mod tests {
     }
 
     #[test]
+    fn redis_targets() {
+        let redis = |address: &str| Target::Redis { address: address.to_owned() };
+        assert_eq!(Target::parse("redis://127.0.0.1:6391"), Ok(redis("127.0.0.1:6391")));
+        assert_eq!(Target::parse("redis://localhost/"), Ok(redis("localhost:6379")));
+        assert_eq!(Target::parse("redis://[::1]"), Ok(redis("[::1]:6379")));
+        assert_eq!(Target::parse("redis://h:1").unwrap().to_string(), "redis://h:1");
+        for bad in ["redis://", "redis://h:0", "redis://u:p@h:1", "redis://h:1/0"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn rejected_targets_say_why() {
-        assert!(Target::parse("redis://127.0.0.1:6379").unwrap_err().contains("not supported yet"));
+        assert!(Target::parse("rediss://127.0.0.1:6379").unwrap_err().contains("not supported"));
         assert!(Target::parse("http://x:1").unwrap_err().contains("unknown scheme"));
         assert!(Target::parse("127.0.0.1:7373").is_err());
         for bad in

@@ -2,24 +2,26 @@
 //! connection, each sending request after request until the run ends, and print progress once
 //! a second.
 //!
-//! Every connection is one [`AsyncClient`], which pipelines whatever its workers send.
-//! Every read is validated against [`value`]: a wrong value is an error of kind `mismatch`.
+//! Every connection is one [`Client`]: a credshard [`AsyncClient`] or a [`RedisClient`], each
+//! pipelining whatever its workers send. Every read is validated against [`value`]: a wrong
+//! value is an error of kind `mismatch`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use credshard_protocol::op::hello::HelloReply;
 use credshard_protocol::{AsyncClient, ClientError, Expiry, Kind, Labels, PutRequest, Status, EMPTY_LABELS};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::mix::{Mix, Op};
+use crate::redis::{RedisClient, RedisError};
 use crate::report::{self, Recorder, Summary};
+use crate::target::Target;
 use crate::value;
 
-/// How long opening a connection and its HELLO may take.
+/// How long opening a connection and its HELLO (for redis: INFO) may take.
 pub const CONNECT_TIMEOUT_SECONDS: u64 = 5;
 /// How long one preload PUT may take.
 pub const PRELOAD_REQUEST_TIMEOUT_SECONDS: u64 = 10;
@@ -47,43 +49,116 @@ pub struct Plan {
     pub progress: bool,
 }
 
-/// Opens `connections` connections to `address`, all at once, and says HELLO on each.
-/// Returns the clients and the first HELLO reply.
+/// One connection to the server under load.
+#[derive(Clone)]
+pub enum Client {
+    Credshard(AsyncClient),
+    Redis(RedisClient),
+}
+
+/// What the server says it is: for the report.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    /// Name and version.
+    pub server: String,
+    /// Shards (1 for redis, which serves from one thread).
+    pub shard_count: u16,
+}
+
+/// Opens `connections` connections to `target`, all at once, and says HELLO (for redis:
+/// `INFO server`) on each. Returns the clients and what the first server reply said.
 ///
 /// # Errors
 /// A one-line message naming the first failure.
-pub async fn connect(address: &str, connections: usize) -> Result<(Vec<AsyncClient>, HelloReply), String> {
+pub async fn connect(target: &Target, connections: usize) -> Result<(Vec<Client>, ServerInfo), String> {
     let mut opening = JoinSet::new();
     for _ in 0..connections {
-        let address = address.to_owned();
+        let target = target.clone();
         opening.spawn(async move {
             let timeout = Duration::from_secs(CONNECT_TIMEOUT_SECONDS);
             let hello = async {
-                let client = AsyncClient::connect_raw(address.as_str()).await?;
-                let hello = client.hello(b"").await?;
-                Ok::<_, ClientError>((client, hello))
+                match &target {
+                    Target::Credshard { address } => {
+                        let client =
+                            AsyncClient::connect_raw(address.as_str()).await.map_err(|e| e.to_string())?;
+                        let hello = client.hello(b"").await.map_err(|e| e.to_string())?;
+                        let info = ServerInfo { server: hello.server, shard_count: hello.shard_count };
+                        Ok::<_, String>((Client::Credshard(client), info))
+                    }
+                    Target::Redis { address } => {
+                        let client = RedisClient::connect(address).await.map_err(|e| e.to_string())?;
+                        let server = client.server_name().await.map_err(|e| e.to_string())?;
+                        Ok((Client::Redis(client), ServerInfo { server, shard_count: 1 }))
+                    }
+                }
             };
             match tokio::time::timeout(timeout, hello).await {
-                Ok(result) => result.map_err(|error| error.to_string()),
+                Ok(result) => result,
                 Err(_) => Err(format!("no connection and HELLO within {CONNECT_TIMEOUT_SECONDS} s")),
             }
         });
     }
     let mut clients = Vec::with_capacity(connections);
-    let mut first_hello = None;
+    let mut first_info = None;
     while let Some(joined) = opening.join_next().await {
-        let (client, hello) = joined.map_err(|error| format!("connecting failed: {error}"))??;
+        let (client, info) = joined.map_err(|error| format!("connecting failed: {error}"))??;
         clients.push(client);
-        first_hello.get_or_insert(hello);
+        first_info.get_or_insert(info);
     }
-    Ok((clients, first_hello.expect("at least one connection")))
+    Ok((clients, first_info.expect("at least one connection")))
+}
+
+impl Client {
+    /// Writes `value` under `id`.
+    async fn put(&self, id: &str, value: &[u8]) -> Result<(), Failure> {
+        match self {
+            Client::Credshard(client) => {
+                client.put(&put_request(id, value)).await.map(drop).map_err(Failure::from)
+            }
+            Client::Redis(client) => client.set(id, value).await.map_err(Failure::from),
+        }
+    }
+
+    /// Reads `id`; the value must be the loadgen's for `key_index`.
+    async fn get(&self, id: &str, key_index: u64) -> Result<(), Failure> {
+        let matches = match self {
+            Client::Credshard(client) => {
+                let reply = client.get(id).await?;
+                reply.metadata.id == id && value::check(reply.secret.expose(), key_index)
+            }
+            Client::Redis(client) => match client.get(id).await? {
+                Some(value) => value::check(&value, key_index),
+                None => return Err(Failure::Server(Status::NotFound)),
+            },
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(Failure::Mismatch)
+        }
+    }
+
+    /// Reads the metadata of `id` (credshard only: a redis target with get_meta in the mix is
+    /// refused before the run).
+    async fn get_meta(&self, id: &str) -> Result<(), Failure> {
+        match self {
+            Client::Credshard(client) => {
+                if client.get_meta(id).await?.metadata.id == id {
+                    Ok(())
+                } else {
+                    Err(Failure::Mismatch)
+                }
+            }
+            Client::Redis(_) => Err(Failure::Unsupported),
+        }
+    }
 }
 
 /// Writes every key once (write counter 0), `pipeline` requests in flight per connection.
 ///
 /// # Errors
 /// A one-line message if any PUT failed: measuring reads of missing keys would mislead.
-pub async fn preload(clients: &[AsyncClient], plan: &Plan) -> Result<(), String> {
+pub async fn preload(clients: &[Client], plan: &Plan) -> Result<(), String> {
     let next_key = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new((0u64, None::<String>)));
     let mut loaders = JoinSet::new();
@@ -102,12 +177,21 @@ pub async fn preload(clients: &[AsyncClient], plan: &Plan) -> Result<(), String>
                     value::key_id(key_index, &mut id);
                     value::fill(&mut value, key_index, 0);
                     let timeout = Duration::from_secs(PRELOAD_REQUEST_TIMEOUT_SECONDS);
-                    let error =
-                        match tokio::time::timeout(timeout, client.put(&put_request(&id, &value))).await {
-                            Ok(Ok(_version)) => continue,
-                            Ok(Err(error)) => error.to_string(),
-                            Err(_) => format!("no reply within {PRELOAD_REQUEST_TIMEOUT_SECONDS} s"),
-                        };
+                    let put = async {
+                        match &client {
+                            Client::Credshard(client) => client
+                                .put(&put_request(&id, &value))
+                                .await
+                                .map(drop)
+                                .map_err(|e| e.to_string()),
+                            Client::Redis(client) => client.set(&id, &value).await.map_err(|e| e.to_string()),
+                        }
+                    };
+                    let error = match tokio::time::timeout(timeout, put).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(error)) => error,
+                        Err(_) => format!("no reply within {PRELOAD_REQUEST_TIMEOUT_SECONDS} s"),
+                    };
                     let mut failures = failures.lock().expect("failures lock");
                     failures.0 += 1;
                     failures.1.get_or_insert_with(|| format!("{id}: {error}"));
@@ -141,7 +225,7 @@ fn put_request<'a>(id: &'a str, value: &'a [u8]) -> PutRequest<'a> {
 
 /// Runs the workload on `clients` for the warm-up and the measured window, then waits up to
 /// the grace period for requests still in flight.
-pub async fn run(clients: &[AsyncClient], plan: &Plan) -> Summary {
+pub async fn run(clients: &[Client], plan: &Plan) -> Summary {
     let start = Instant::now();
     let measure_start = start + plan.warmup;
     let window = Arc::new(Window {
@@ -245,6 +329,10 @@ enum Failure {
     Protocol,
     /// A read returned a value that is not the loadgen's for that key.
     Mismatch,
+    /// A redis error reply (`-ERR ...`).
+    Redis,
+    /// The op does not exist for this target.
+    Unsupported,
 }
 
 impl Failure {
@@ -254,6 +342,8 @@ impl Failure {
             Failure::Io => "io",
             Failure::Protocol => "protocol",
             Failure::Mismatch => "mismatch",
+            Failure::Redis => "redis_error",
+            Failure::Unsupported => "unsupported",
         }
     }
 }
@@ -271,8 +361,18 @@ impl From<ClientError> for Failure {
     }
 }
 
+impl From<RedisError> for Failure {
+    fn from(error: RedisError) -> Failure {
+        match error {
+            RedisError::Io => Failure::Io,
+            RedisError::Protocol(_) => Failure::Protocol,
+            RedisError::Server(_) => Failure::Redis,
+        }
+    }
+}
+
 /// One pipeline slot: request after request until the window ends.
-async fn work(client: AsyncClient, recorder: Arc<Recorder>, window: Arc<Window>, seed: u64) -> WorkerExit {
+async fn work(client: Client, recorder: Arc<Recorder>, window: Arc<Window>, seed: u64) -> WorkerExit {
     let mut random = Random::new(seed);
     let mut id = String::with_capacity(32);
     let mut value = vec![0u8; window.value_size];
@@ -286,26 +386,13 @@ async fn work(client: AsyncClient, recorder: Arc<Recorder>, window: Arc<Window>,
         let key_index = random.below(window.keys);
         value::key_id(key_index, &mut id);
         let result = match op {
-            Op::Get => client.get(&id).await.map_err(Failure::from).and_then(|reply| {
-                let matches = reply.metadata.id == id && value::check(reply.secret.expose(), key_index);
-                if matches {
-                    Ok(())
-                } else {
-                    Err(Failure::Mismatch)
-                }
-            }),
+            Op::Get => client.get(&id, key_index).await,
             Op::Put => {
                 writes += 1;
                 value::fill(&mut value, key_index, writes);
-                client.put(&put_request(&id, &value)).await.map(drop).map_err(Failure::from)
+                client.put(&id, &value).await
             }
-            Op::GetMeta => client.get_meta(&id).await.map_err(Failure::from).and_then(|reply| {
-                if reply.metadata.id == id {
-                    Ok(())
-                } else {
-                    Err(Failure::Mismatch)
-                }
-            }),
+            Op::GetMeta => client.get_meta(&id).await,
         };
         let finished = Instant::now();
         let latency_us = finished.duration_since(started).as_micros() as u64;
@@ -345,6 +432,10 @@ mod tests {
     use super::*;
     use crate::fake_server::{self, Behaviour};
 
+    fn credshard(address: &str) -> Target {
+        Target::Credshard { address: address.to_owned() }
+    }
+
     fn plan(mix: &str) -> Plan {
         Plan {
             pipeline: 4,
@@ -360,7 +451,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clean_run_validates_every_read() {
         let address = fake_server::start(Behaviour::Correct).await;
-        let (clients, hello) = connect(&address, 3).await.unwrap();
+        let (clients, hello) = connect(&credshard(&address), 3).await.unwrap();
         assert_eq!((clients.len(), hello.server.as_str()), (3, "fake 0.0.0"));
         let plan = plan("get=80,put=10,get_meta=10");
         preload(&clients, &plan).await.unwrap();
@@ -375,13 +466,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn missing_keys_and_wrong_values_are_errors_by_kind() {
         let address = fake_server::start(Behaviour::Correct).await;
-        let (clients, _) = connect(&address, 1).await.unwrap();
+        let (clients, _) = connect(&credshard(&address), 1).await.unwrap();
         let summary = run(&clients, &plan("get=1")).await;
         assert_eq!(summary.errors.keys().copied().collect::<Vec<_>>(), ["NOT_FOUND"]);
         assert!(summary.all().is_empty());
 
         let address = fake_server::start(Behaviour::WrongValues).await;
-        let (clients, _) = connect(&address, 1).await.unwrap();
+        let (clients, _) = connect(&credshard(&address), 1).await.unwrap();
         let plan = plan("get=1");
         preload(&clients, &plan).await.unwrap();
         let summary = run(&clients, &plan).await;
@@ -391,7 +482,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lost_connections_end_their_workers() {
         let address = fake_server::start(Behaviour::CloseAfter(20)).await;
-        let (clients, _) = connect(&address, 2).await.unwrap();
+        let (clients, _) = connect(&credshard(&address), 2).await.unwrap();
         let summary = run(&clients, &plan("put=1")).await;
         assert_eq!(summary.connections_lost, 2);
         let io_errors = summary.errors.get("io").or(summary.warmup_errors.get("io"));
@@ -403,7 +494,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let Err(error) = connect(&address, 2).await else { panic!("connected to a closed port") };
+        let Err(error) = connect(&credshard(&address), 2).await else { panic!("connected to a closed port") };
         assert!(error.contains("refused"), "{error}");
     }
 
@@ -423,5 +514,8 @@ mod tests {
         assert_eq!(Failure::from(server).kind(), "NOT_FOUND");
         assert_eq!(Failure::from(ClientError::Closed).kind(), "io");
         assert_eq!(Failure::from(ClientError::UnknownStatus(0xEE)).kind(), "protocol");
+        assert_eq!(Failure::from(RedisError::Server("ERR x".to_owned())).kind(), "redis_error");
+        assert_eq!(Failure::from(RedisError::Io).kind(), "io");
+        assert_eq!(Failure::from(RedisError::Protocol(String::new())).kind(), "protocol");
     }
 }

@@ -1,0 +1,121 @@
+//! The real loadgen binary against a stock `redis-server` it starts on an ephemeral port: a
+//! short GET/SET run completes with verified reads. Skipped, saying so, when `redis-server`
+//! is not on PATH.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_credshard-loadgen");
+/// How long redis-server may take to accept connections.
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The number after `"name":` in a flat JSON object.
+fn number(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let start = json.find(&key).unwrap_or_else(|| panic!("{name} missing from {json}")) + key.len();
+    let value: String =
+        json[start..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
+}
+
+/// A redis-server child, killed and reaped when dropped (also when the test fails).
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `redis-server` on a free loopback port; `None` if it is not installed.
+fn start_redis() -> Option<RedisServer> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = match Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => panic!("cannot start redis-server: {error}"),
+    };
+    let mut server = RedisServer { child, port };
+    let started = Instant::now();
+    // Ready once it answers PING.
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            panic!("redis-server exited at once ({status}); port {port} taken?");
+        }
+        if ping(port) {
+            return Some(server);
+        }
+        assert!(started.elapsed() < REDIS_START_TIMEOUT, "redis-server not ready on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut line = String::new();
+    stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok()
+        && BufReader::new(stream).read_line(&mut line).is_ok()
+        && line == "+PONG\r\n"
+}
+
+#[test]
+fn short_run_against_redis_server() {
+    let Some(redis) = start_redis() else {
+        println!("skipped: redis-server is not on PATH (install redis-server to run this test)");
+        return;
+    };
+    let json_dir = tempfile::tempdir().unwrap();
+    let json_path = json_dir.path().join("run.json");
+    let target = format!("redis://127.0.0.1:{}", redis.port);
+    let output = Command::new(LOADGEN)
+        .args(["--target", &target])
+        .args(["--connections", "8", "--pipeline", "4", "--duration", "1", "--warmup", "0", "--keys", "500"])
+        .args(["--mix", "get=80,put=20", "--value-size", "128", "--threads", "2", "--json"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains(&format!("target      {target} (redis ")), "{table}");
+    let json = std::fs::read_to_string(&json_path).unwrap();
+    assert!(json.contains(&format!("\"target\": \"{target}\"")), "{json}");
+    assert!(number(&json, "ops") > 0.0, "{json}");
+    assert_eq!(number(&json, "errors"), 0.0, "verified reads and no server errors: {json}");
+
+    // get_meta has no redis equivalent: refused before connecting, in one line.
+    let output = Command::new(LOADGEN)
+        .args(["--target", &target, "--mix", "get=1,get_meta=1", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    drop(redis);
+}
+
+#[test]
+fn unreachable_redis_target_exits_2() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let output = Command::new(LOADGEN)
+        .args(["--target", &format!("redis://{address}"), "--duration", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("cannot connect to redis://"), "{stderr}");
+}
