@@ -2,23 +2,17 @@
 //! short GET/SET run completes with verified reads. Skipped, saying so, when `redis-server`
 //! is not on PATH.
 
+mod common;
+
+use common::{number, LOADGEN};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_credshard-loadgen");
 /// How long redis-server may take to accept connections.
 const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The number after `"name":` in a flat JSON object.
-fn number(json: &str, name: &str) -> f64 {
-    let key = format!("\"{name}\":");
-    let start = json.find(&key).unwrap_or_else(|| panic!("{name} missing from {json}")) + key.len();
-    let value: String =
-        json[start..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
-}
 
 /// A redis-server child, killed and reaped when dropped (also when the test fails).
 struct RedisServer {
@@ -99,23 +93,17 @@ fn short_run_against_redis_server() {
         .args(["--target", &target, "--mix", "get=1,get_meta=1", "--duration", "1"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    common::assert_exit_2_one_line(&output);
     drop(redis);
 }
 
 #[test]
 fn unreachable_redis_target_exits_2() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
+    let address = common::unreachable_address();
     let output = Command::new(LOADGEN)
         .args(["--target", &format!("redis://{address}"), "--duration", "1"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let stderr = common::assert_exit_2_one_line(&output);
     assert!(stderr.contains("cannot connect to redis://"), "{stderr}");
 }

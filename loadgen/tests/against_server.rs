@@ -2,21 +2,14 @@
 //! port): a short run completes with verified reads and consistent JSON, and an unreachable
 //! target or a bad argument exits with code 2.
 
+mod common;
+
+use common::{number, LOADGEN};
+
 use std::process::Command;
 
 use credshard_engine::crypto::{KeySource, MasterKey};
 use credshard_engine::{Server, ServerConfig};
-
-const LOADGEN: &str = env!("CARGO_BIN_EXE_credshard-loadgen");
-
-/// The number after `"name":` in a flat JSON object.
-fn number(json: &str, name: &str) -> f64 {
-    let key = format!("\"{name}\":");
-    let start = json.find(&key).unwrap_or_else(|| panic!("{name} missing from {json}")) + key.len();
-    let value: String =
-        json[start..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
-}
 
 #[test]
 fn short_run_against_a_real_server() {
@@ -73,17 +66,13 @@ fn short_run_against_a_real_server() {
 
 #[test]
 fn unreachable_target_and_bad_arguments_exit_2() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
+    let address = common::unreachable_address();
     let output = Command::new(LOADGEN)
         .args(["--target", &format!("credshard://{address}"), "--duration", "1"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    common::assert_exit_2_one_line(&output);
 
     let output = Command::new(LOADGEN).args(["--mix", "get=abc"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
+    common::assert_exit_2_one_line(&output);
 }

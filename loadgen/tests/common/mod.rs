@@ -1,0 +1,30 @@
+//! Helpers shared by the loadgen's tests against real servers.
+
+#![allow(dead_code)]
+
+use std::process::Output;
+
+pub const LOADGEN: &str = env!("CARGO_BIN_EXE_credshard-loadgen");
+
+/// The number after `"name":` in a flat JSON object.
+pub fn number(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let start = json.find(&key).unwrap_or_else(|| panic!("{name} missing from {json}")) + key.len();
+    let value: String =
+        json[start..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
+}
+
+/// A loopback address nothing listens on.
+pub fn unreachable_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Asserts the run failed with exit code 2 and a one-line message; returns the message.
+pub fn assert_exit_2_one_line(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
