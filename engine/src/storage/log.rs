@@ -80,7 +80,6 @@ pub struct ShardLog {
     /// The active segment and its sequence number.
     file: RefCell<Rc<BufferedFile>>,
     sequence: Cell<u64>,
-    path: RefCell<PathBuf>,
     /// Offset where the next batch goes.
     end: Cell<u64>,
     /// A snapshot is being written.
@@ -115,7 +114,6 @@ impl ShardLog {
             settings,
             store,
             file: RefCell::new(Rc::new(file)),
-            path: RefCell::new(path),
             end: Cell::new(end),
             compacting: Cell::new(false),
             snapshots_written: Cell::new(0),
@@ -141,6 +139,11 @@ impl ShardLog {
 
     pub fn batches_committed(&self) -> u64 {
         self.batches_committed.get()
+    }
+
+    /// The active segment's path (derived from its sequence).
+    fn segment_path(&self) -> PathBuf {
+        self.place.manifest.segment_path(&self.place.data_dir, self.place.shard_id, self.sequence.get())
     }
 
     pub fn snapshots_written(&self) -> u64 {
@@ -178,7 +181,6 @@ impl ShardLog {
             return;
         }
         *self.file.borrow_mut() = Rc::new(file);
-        *self.path.borrow_mut() = path;
         self.sequence.set(sequence);
         self.end.set(0);
         self.compacting.set(true);
@@ -303,7 +305,7 @@ async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
                         log.end.set(log.end.get() + batch.len() as u64);
                         log.batches_committed.set(log.batches_committed.get() + 1);
                         if log.failing.replace(false) {
-                            tracing::warn!(path = %log.path.borrow().display(), "the log is writable again; writes resume");
+                            tracing::warn!(path = %log.segment_path().display(), "the log is writable again; writes resume");
                         }
                         for (reply, outcome) in waiters.take().unwrap_or_default() {
                             let _ = reply.send(outcome);
@@ -313,7 +315,7 @@ async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
                     }
                     Err(error) => {
                         if !log.failing.replace(true) {
-                            tracing::error!(path = %log.path.borrow().display(), %error, "writing the log failed; refusing writes and retrying");
+                            tracing::error!(path = %log.segment_path().display(), %error, "writing the log failed; refusing writes and retrying");
                         }
                         for (reply, _) in waiters.take().unwrap_or_default() {
                             let _ = reply.send(Err(OpError::Unavailable(
