@@ -20,6 +20,11 @@ pub struct ExecutorMetrics {
     pub frames_rejected: AtomicU64,
     /// Expired credentials removed from memory by this executor's shard sweeper.
     pub expired_swept: AtomicU64,
+    /// Group commits of this executor's shard log (writes_total / this = writes per batch).
+    pub log_batches_committed: AtomicU64,
+    pub log_bytes_written: AtomicU64,
+    /// Snapshots of this executor's shard written while serving.
+    pub snapshots_written: AtomicU64,
 }
 
 impl ExecutorMetrics {
@@ -69,6 +74,9 @@ impl Metrics {
             ("errors_total".to_owned(), sum(|m| &m.errors_total)),
             ("frames_rejected".to_owned(), sum(|m| &m.frames_rejected)),
             ("expired_swept".to_owned(), sum(|m| &m.expired_swept)),
+            ("log_batches_committed".to_owned(), sum(|m| &m.log_batches_committed)),
+            ("log_bytes_written".to_owned(), sum(|m| &m.log_bytes_written)),
+            ("snapshots_written".to_owned(), sum(|m| &m.snapshots_written)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

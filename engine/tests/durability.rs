@@ -254,6 +254,10 @@ fn snapshots_compact_the_log_while_serving_and_restore_exactly() {
             }
         }
         client.delete(&ids[0], None).unwrap();
+        let stats = client.stats().unwrap();
+        assert!(stats.get("snapshots_written").unwrap() > 0, "{stats:?}");
+        let batches = stats.get("log_batches_committed").unwrap();
+        assert!(batches > 0 && batches <= stats.get("writes_total").unwrap());
         server.join().unwrap();
     }
     let files = log_files(dir.path());

@@ -62,7 +62,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     let segment = place.segment.path.clone();
     let settings =
         LogSettings { fsync: shared.config.fsync, compact_log_bytes: shared.config.compact_log_bytes };
-    match ShardLog::open(place, settings, Arc::clone(&shared.store)).await {
+    match ShardLog::open(place, settings, Arc::clone(&shared.store), Arc::clone(&shared.metrics)).await {
         Ok(log) => writer.attach_log(log),
         Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),
     }

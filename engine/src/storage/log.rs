@@ -30,6 +30,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::io::{BufferedFile, OpenOptions};
 
 use crate::error::OpError;
+use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::router::WriteOutcome;
 use crate::storage::manifest::Manifest;
 use crate::storage::recovery::ActiveSegment;
@@ -84,13 +85,12 @@ pub struct ShardLog {
     end: Cell<u64>,
     /// A snapshot is being written.
     compacting: Cell<bool>,
-    snapshots_written: Cell<u64>,
     pending: RefCell<Vec<u8>>,
     waiters: RefCell<Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)>>,
     failing: Cell<bool>,
     doorbell: LocalSender<()>,
-    /// Batches committed (for STATS and tests).
-    batches_committed: Cell<u64>,
+    /// Counters of this shard's executor (batches committed, snapshots written).
+    metrics: Arc<Metrics>,
 }
 
 impl ShardLog {
@@ -103,6 +103,7 @@ impl ShardLog {
         place: LogPlace,
         settings: LogSettings,
         store: Arc<Store>,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Rc<ShardLog>> {
         let path = place.segment.path.clone();
         let file = open_segment(&path).await?;
@@ -116,12 +117,11 @@ impl ShardLog {
             file: RefCell::new(Rc::new(file)),
             end: Cell::new(end),
             compacting: Cell::new(false),
-            snapshots_written: Cell::new(0),
             pending: RefCell::new(Vec::with_capacity(64 * 1024)),
             waiters: RefCell::new(Vec::new()),
             failing: Cell::new(false),
             doorbell,
-            batches_committed: Cell::new(0),
+            metrics,
         });
         // The committer gets its own latency-sensitive task queue: the executor then preempts
         // the connections' queue often enough to reap the log's I/O completions promptly,
@@ -137,17 +137,9 @@ impl ShardLog {
         Ok(log)
     }
 
-    pub fn batches_committed(&self) -> u64 {
-        self.batches_committed.get()
-    }
-
     /// The active segment's path (derived from its sequence).
     fn segment_path(&self) -> PathBuf {
         self.place.manifest.segment_path(&self.place.data_dir, self.place.shard_id, self.sequence.get())
-    }
-
-    pub fn snapshots_written(&self) -> u64 {
-        self.snapshots_written.get()
     }
 
     /// Writes one batch and, in `Always` mode, syncs it.
@@ -235,7 +227,7 @@ impl ShardLog {
         }
         std::fs::rename(&temp_path, &final_path)?;
         sync_directory(&manifest.log_dir(data_dir))?;
-        self.snapshots_written.set(self.snapshots_written.get() + 1);
+        ExecutorMetrics::add(&self.metrics.executor(shard_id).snapshots_written, 1);
         // Everything before `sequence` is now in the snapshot.
         let files = manifest.shard_files(data_dir, shard_id)?;
         for (old, path) in files.segments.iter().chain(files.snapshots.iter()) {
@@ -303,7 +295,9 @@ async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
                 match log.commit(&batch).await {
                     Ok(()) => {
                         log.end.set(log.end.get() + batch.len() as u64);
-                        log.batches_committed.set(log.batches_committed.get() + 1);
+                        let counters = log.metrics.executor(log.place.shard_id);
+                        ExecutorMetrics::add(&counters.log_batches_committed, 1);
+                        ExecutorMetrics::add(&counters.log_bytes_written, batch.len() as u64);
                         if log.failing.replace(false) {
                             tracing::warn!(path = %log.segment_path().display(), "the log is writable again; writes resume");
                         }
