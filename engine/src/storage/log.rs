@@ -59,8 +59,6 @@ pub struct LogSettings {
 /// Payload bytes per batch in a snapshot file.
 const SNAPSHOT_BATCH_BYTES: usize = 1 << 20;
 
-/// The scheduling latency the committer's task queue asks of the executor.
-const COMMITTER_LATENCY: Duration = Duration::from_micros(250);
 /// How long the committer waits before retrying a failed batch.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -123,17 +121,7 @@ impl ShardLog {
             doorbell,
             metrics,
         });
-        // The committer gets its own latency-sensitive task queue: the executor then preempts
-        // the connections' queue often enough to reap the log's I/O completions promptly,
-        // instead of once per round of every runnable connection.
-        let queue = glommio::executor().create_task_queue(
-            glommio::Shares::Static(1000),
-            glommio::Latency::Matters(COMMITTER_LATENCY),
-            "wal-committer",
-        );
-        glommio::spawn_local_into(committer(Rc::clone(&log), rings), queue)
-            .map_err(|error| std::io::Error::other(error.to_string()))?
-            .detach();
+        glommio::spawn_local(committer(Rc::clone(&log), rings)).detach();
         Ok(log)
     }
 
