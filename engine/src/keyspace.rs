@@ -2,7 +2,7 @@
 //!
 //! The hash is fixed (FNV-1a, 64-bit, offset basis 0xcbf29ce484222325, prime 0x100000001b3)
 //! so that placement is stable across restarts, builds and versions; it is documented in
-//! docs/architecture.md and recorded in the data dir by the durability work.
+//! docs/architecture.md and recorded in the data dir's manifest.
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;

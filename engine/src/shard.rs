@@ -3,8 +3,8 @@
 //!
 //! Reads pin the map and work on the entry under the guard, from any executor. Writes happen
 //! only through the shard's `ShardWriter`, which the [`crate::store::Store`] hands out once
-//! and which cannot leave the executor that claimed it (it is `!Send`): versions and, later,
-//! the write-ahead log are ordered without locks. Each write installs a new immutable
+//! and which cannot leave the executor that claimed it (it is `!Send`): versions and the
+//! write-ahead log are ordered without locks. Each write installs a new immutable
 //! [`Entry`]; kept versions are shared between entries by `Arc`.
 
 use std::collections::BTreeSet;
