@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 
+use crate::distribution::Distribution;
 use crate::mix::{Mix, Op};
 use crate::target::Target;
 use crate::value;
@@ -20,6 +21,8 @@ pub const IN_FLIGHT_MAX: u64 = 65_536;
 pub const VALUE_BYTES_MAX: u64 = 1 << 20;
 /// Longest run, warm-up included.
 pub const DURATION_SECONDS_MAX: f64 = 24.0 * 3600.0;
+/// Highest `--rate`, in ops/s over every connection.
+pub const RATE_MAX: f64 = 100_000_000.0;
 
 /// Drives a credshard server (or a redis server as the peer) with pipelined GET/PUT/GET_META
 /// from many connections and reports throughput and latency percentiles.
@@ -63,9 +66,27 @@ pub struct Args {
           value_parser = RangedU64ValueParser::<usize>::new().range(value::HEADER_BYTES as u64..=VALUE_BYTES_MAX))]
     pub value_size: usize,
 
-    /// Operation mix as name=weight pairs; ops: get, put, get_meta.
+    /// Operation mix as name=weight pairs; ops: get, put, get_meta, rotate (a new version in the
+    /// same verified value format, server-default grace), delete, and batch_get:N (one BATCH_GET
+    /// of N keys, 1..=1000, default 10; one request in ops/latency, every item verified, failed
+    /// items reported by kind). rotate, delete, batch_get and get_meta need a credshard target.
+    /// With delete in the mix, NOT_FOUND (on any op or batch item) is not an error but an
+    /// outcome "not_found_after_delete" (the request counts in ops); without delete it is an
+    /// error.
     #[arg(long, value_name = "MIX", default_value = "get=90,put=10", value_parser = Mix::parse)]
     pub mix: Mix,
+
+    /// Which key each request uses among --keys: uniform, or zipf:S (S > 0, e.g. zipf:0.99; key
+    /// 0 is the hottest). Each worker draws from its own fixed seed.
+    #[arg(long, value_name = "DIST", default_value = "uniform", value_parser = Distribution::parse)]
+    pub distribution: Distribution,
+
+    /// Open loop: total target ops/s over every connection, divided evenly over the workers
+    /// (connections × pipeline), each sending at fixed intervals; latency is measured from each
+    /// request's intended send time, so a late worker's delays count. Without it, each worker
+    /// sends its next request when the last is answered (closed loop).
+    #[arg(long, value_name = "OPS", value_parser = parse_rate)]
+    pub rate: Option<f64>,
 
     /// Also write the results as JSON to PATH.
     #[arg(long, value_name = "PATH")]
@@ -92,12 +113,26 @@ impl Args {
         if (self.duration + self.warmup).as_secs_f64() > DURATION_SECONDS_MAX {
             return Err(format!("--duration plus --warmup exceeds {DURATION_SECONDS_MAX} seconds"));
         }
-        if matches!(self.target, Target::Redis { .. }) && self.mix.includes(Op::GetMeta) {
-            return Err(
-                "--mix get_meta is not supported with a redis:// target (only get and put)".to_owned()
-            );
+        if matches!(self.target, Target::Redis { .. }) {
+            if let Some(op) = Op::ALL.into_iter().find(|&op| op.credshard_only() && self.mix.includes(op)) {
+                return Err(format!(
+                    "--mix {} is not supported with a redis:// target (only get and put)",
+                    op.name()
+                ));
+            }
         }
         Ok(())
+    }
+}
+
+/// Parses `--rate`: ops/s above 0, at most [`RATE_MAX`].
+///
+/// # Errors
+/// A one-line message for anything else.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= RATE_MAX => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate in ops/s above 0 and at most {RATE_MAX}")),
     }
 }
 
@@ -159,6 +194,7 @@ mod tests {
         assert_eq!((args.duration, args.warmup), (Duration::from_secs(10), Duration::from_secs(1)));
         assert_eq!(args.mix.to_string(), "get=90,put=10");
         assert!(!args.no_preload && args.json.is_none());
+        assert_eq!((args.distribution, args.rate), (Distribution::Uniform, None));
         args.check().unwrap();
 
         for bad in [
@@ -169,6 +205,11 @@ mod tests {
             &["--duration", "0"],
             &["--mix", "get=1,bogus=2"],
             &["--target", "rediss://127.0.0.1:6379"],
+            &["--distribution", "zipf:0"],
+            &["--distribution", "pareto"],
+            &["--rate", "0"],
+            &["--rate", "-5"],
+            &["--rate", "fast"],
         ] {
             let argv = std::iter::once("credshard-loadgen").chain(bad.iter().copied());
             assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
@@ -182,5 +223,24 @@ mod tests {
         args.check().unwrap();
         let args = Args::try_parse_from(redis.into_iter().chain(["get=80,get_meta=20"])).unwrap();
         assert!(args.check().unwrap_err().contains("get_meta"));
+        for op in ["rotate=1", "delete=1", "batch_get:5=1", "batch_get=1"] {
+            let mix = format!("get=80,{op}");
+            let args = Args::try_parse_from(redis.into_iter().chain([mix.as_str()])).unwrap();
+            let error = args.check().unwrap_err();
+            assert!(error.contains(op.split([':', '=']).next().unwrap()), "{op}: {error}");
+        }
+
+        let args = Args::try_parse_from([
+            "credshard-loadgen",
+            "--distribution",
+            "zipf:0.99",
+            "--rate",
+            "2000",
+            "--mix",
+            "get=70,put=10,rotate=10,batch_get:10=10",
+        ])
+        .unwrap();
+        args.check().unwrap();
+        assert_eq!((args.distribution, args.rate), (Distribution::Zipf(0.99), Some(2000.0)));
     }
 }

@@ -1,11 +1,14 @@
-//! `credshard-loadgen`: drives a credshard server with a mix of GET, PUT and GET_META from
-//! many pipelined connections and reports throughput and latency percentiles. A redis server
-//! can be loaded the same way (GET and SET) as the peer to compare with.
+//! `credshard-loadgen`: drives a credshard server with a mix of GET, PUT, GET_META, ROTATE,
+//! DELETE and BATCH_GET from many pipelined connections, closed loop or at a fixed rate, and
+//! reports throughput and latency percentiles. A redis server can be loaded the same way (GET
+//! and SET) as the peer to compare with.
 //!
 //! - [`args`]: command-line arguments and their limits.
 //! - [`target`]: the `--target` URL.
 //! - [`redis`]: a minimal pipelining RESP2 client.
+//! - [`client`]: one connection (credshard or redis), the ops it sends, and failure kinds.
 //! - [`mix`]: the operation mix.
+//! - [`distribution`]: which key each request uses (uniform or zipf).
 //! - [`value`]: self-describing values, so every read is checked.
 //! - [`workload`]: connect, preload, the workers and the progress line.
 //! - [`report`]: latency recording, the final table and the JSON file.
@@ -15,6 +18,8 @@
 //! written), 2 for bad arguments or an unreachable target.
 
 mod args;
+mod client;
+mod distribution;
 #[cfg(test)]
 mod fake_server;
 mod mix;
@@ -122,6 +127,8 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
         keys: args.keys,
         value_size: args.value_size,
         mix: args.mix.clone(),
+        distribution: args.distribution,
+        rate: args.rate,
         progress: true,
     };
 
@@ -156,6 +163,8 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
         value_size: args.value_size,
         mix: args.mix.to_string(),
         preload: !args.no_preload,
+        distribution: args.distribution.to_string(),
+        rate: args.rate,
     };
     print!("{}", report::table(&info, &summary));
     if let (Some(mut file), Some(path)) = (json_file, &args.json) {

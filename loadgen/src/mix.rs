@@ -1,7 +1,9 @@
 //! The operation mix: which ops the workers send and in what proportion, parsed from
-//! `--mix get=90,put=10`.
+//! `--mix get=90,put=10`. `batch_get:N=W` sends one BATCH_GET of N keys with weight W.
 
 use std::fmt;
+
+use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
 
 /// An operation the loadgen sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -9,10 +11,18 @@ pub enum Op {
     Get,
     Put,
     GetMeta,
+    Rotate,
+    Delete,
+    BatchGet,
 }
 
+/// The default (and smallest) ids in one `batch_get`.
+pub const BATCH_SIZE_DEFAULT: usize = 10;
+
 impl Op {
-    pub const ALL: [Op; 3] = [Op::Get, Op::Put, Op::GetMeta];
+    /// How many ops there are, for per-op arrays.
+    pub const COUNT: usize = 6;
+    pub const ALL: [Op; Op::COUNT] = [Op::Get, Op::Put, Op::GetMeta, Op::Rotate, Op::Delete, Op::BatchGet];
 
     /// The name used in `--mix` and in reports.
     pub fn name(self) -> &'static str {
@@ -20,7 +30,15 @@ impl Op {
             Op::Get => "get",
             Op::Put => "put",
             Op::GetMeta => "get_meta",
+            Op::Rotate => "rotate",
+            Op::Delete => "delete",
+            Op::BatchGet => "batch_get",
         }
+    }
+
+    /// True for the ops only a credshard target has.
+    pub fn credshard_only(self) -> bool {
+        !matches!(self, Op::Get | Op::Put)
     }
 
     /// Position in [`Op::ALL`], for per-op arrays.
@@ -37,26 +55,46 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mix {
     /// Weights indexed by [`Op::index`].
-    weights: [u32; 3],
+    weights: [u32; Op::COUNT],
     weight_total: u64,
+    /// Ids in each `batch_get` (1..=[`BATCH_IDS_MAX`]).
+    batch_size: usize,
 }
 
 impl Mix {
     /// Parses `name=weight` pairs separated by commas, e.g. `get=90,put=10`. Names not given
-    /// have weight 0.
+    /// have weight 0. `batch_get:N=W` sets the batch size N (1..=1000; `batch_get=W` is
+    /// `batch_get:10=W`).
     ///
     /// # Errors
     /// A one-line message for unknown or repeated names, bad weights, or all weights 0.
     pub fn parse(text: &str) -> Result<Mix, String> {
-        let mut weights = [0u32; 3];
-        let mut seen = [false; 3];
+        let mut weights = [0u32; Op::COUNT];
+        let mut seen = [false; Op::COUNT];
+        let mut batch_size = BATCH_SIZE_DEFAULT;
         for part in text.split(',').map(str::trim) {
             let Some((name, weight)) = part.split_once('=') else {
                 return Err(format!("mix entry `{part}` must be name=weight, e.g. get=90"));
             };
-            let op = Op::from_name(name.trim()).ok_or_else(|| {
-                format!("mix names an unknown op `{}`; known: get, put, get_meta", name.trim())
+            let (name, size) = match name.trim().split_once(':') {
+                Some((name, size)) => (name.trim(), Some(size.trim())),
+                None => (name.trim(), None),
+            };
+            let op = Op::from_name(name).ok_or_else(|| {
+                format!(
+                    "mix names an unknown op `{name}`; known: get, put, get_meta, rotate, delete, batch_get:N"
+                )
             })?;
+            match (op, size) {
+                (Op::BatchGet, Some(size)) => {
+                    batch_size =
+                        size.parse().ok().filter(|size| (1..=BATCH_IDS_MAX).contains(size)).ok_or_else(
+                            || format!("batch_get:{size} needs a size from 1 to {BATCH_IDS_MAX}"),
+                        )?;
+                }
+                (_, Some(_)) => return Err(format!("only batch_get takes a size (`{name}:...`)")),
+                (_, None) => {}
+            }
             if std::mem::replace(&mut seen[op.index()], true) {
                 return Err(format!("mix names `{}` twice", op.name()));
             }
@@ -68,7 +106,12 @@ impl Mix {
         if weight_total == 0 {
             return Err("mix must give at least one op a positive weight".to_owned());
         }
-        Ok(Mix { weights, weight_total })
+        Ok(Mix { weights, weight_total, batch_size })
+    }
+
+    /// Ids in each `batch_get`.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     pub fn weight_total(&self) -> u64 {
@@ -99,7 +142,8 @@ impl fmt::Display for Mix {
         let mut first = true;
         for op in Op::ALL.into_iter().filter(|&op| self.includes(op)) {
             let separator = if first { "" } else { "," };
-            write!(formatter, "{separator}{}={}", op.name(), self.weights[op.index()])?;
+            let size = if op == Op::BatchGet { format!(":{}", self.batch_size) } else { String::new() };
+            write!(formatter, "{separator}{}{size}={}", op.name(), self.weights[op.index()])?;
             first = false;
         }
         Ok(())
@@ -124,11 +168,31 @@ mod tests {
         let mix = Mix::parse("get_meta=1,get=0").unwrap();
         assert_eq!(mix.to_string(), "get_meta=1");
         assert_eq!(mix.pick(0), Op::GetMeta);
+
+        let mix = Mix::parse("get=70,put=10,rotate=10,batch_get:25=5,delete=5").unwrap();
+        assert_eq!(mix.to_string(), "get=70,put=10,rotate=10,delete=5,batch_get:25=5");
+        assert_eq!(mix.batch_size(), 25);
+        assert_eq!((mix.pick(80), mix.pick(90), mix.pick(95)), (Op::Rotate, Op::Delete, Op::BatchGet));
+        assert_eq!(Mix::parse("batch_get=1").unwrap().batch_size(), BATCH_SIZE_DEFAULT);
+        assert_eq!(Mix::parse("batch_get:1000=1").unwrap().to_string(), "batch_get:1000=1");
     }
 
     #[test]
     fn bad_mixes_are_rejected() {
-        for bad in ["", "get", "get=x", "get=-1", "delete=5", "get=1,get=2", "get=0,put=0"] {
+        for bad in [
+            "",
+            "get",
+            "get=x",
+            "get=-1",
+            "remove=5",
+            "get=1,get=2",
+            "get=0,put=0",
+            "batch_get:0=1",
+            "batch_get:1001=1",
+            "batch_get:x=1",
+            "get:2=1",
+            "batch_get:2=1,batch_get=1",
+        ] {
             assert!(Mix::parse(bad).is_err(), "{bad}");
         }
     }

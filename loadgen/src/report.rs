@@ -42,9 +42,13 @@ struct Recorded {
     /// Failed requests so far, warm-up included.
     errors_total: u64,
     /// Successful replies in the measured window, by [`Op::index`].
-    measured: [Histogram<u64>; 3],
+    measured: [Histogram<u64>; Op::COUNT],
     errors: ErrorCounts,
     warmup_errors: ErrorCounts,
+    /// Non-error outcomes in the measured window (`not_found_after_delete`).
+    outcomes: ErrorCounts,
+    /// Failed items of measured `batch_get` requests, by kind.
+    batch_item_errors: ErrorCounts,
 }
 
 impl Default for Recorded {
@@ -52,9 +56,11 @@ impl Default for Recorded {
         Recorded {
             interval: latency_histogram(),
             errors_total: 0,
-            measured: [latency_histogram(), latency_histogram(), latency_histogram()],
+            measured: std::array::from_fn(|_| latency_histogram()),
             errors: ErrorCounts::new(),
             warmup_errors: ErrorCounts::new(),
+            outcomes: ErrorCounts::new(),
+            batch_item_errors: ErrorCounts::new(),
         }
     }
 }
@@ -79,6 +85,20 @@ impl Recorder {
         }
     }
 
+    /// Counts a non-error outcome (e.g. `not_found_after_delete`) of a measured request.
+    pub fn record_outcome(&self, kind: &'static str, measured: bool) {
+        if measured {
+            *self.state.lock().expect("recorder lock").outcomes.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// Counts a failed item of a measured `batch_get` (the request itself is recorded apart).
+    pub fn record_batch_item_error(&self, kind: &'static str, measured: bool) {
+        if measured {
+            *self.state.lock().expect("recorder lock").batch_item_errors.entry(kind).or_default() += 1;
+        }
+    }
+
     /// Moves the replies since the last call into `into`; returns the errors so far.
     pub fn take_interval(&self, into: &mut Histogram<u64>) -> u64 {
         let mut state = self.state.lock().expect("recorder lock");
@@ -99,6 +119,12 @@ impl Recorder {
         for (kind, count) in &state.warmup_errors {
             *summary.warmup_errors.entry(kind).or_default() += count;
         }
+        for (kind, count) in &state.outcomes {
+            *summary.outcomes.entry(kind).or_default() += count;
+        }
+        for (kind, count) in &state.batch_item_errors {
+            *summary.batch_item_errors.entry(kind).or_default() += count;
+        }
     }
 }
 
@@ -111,10 +137,16 @@ pub struct Summary {
     /// Length of the measured window.
     pub duration: Duration,
     /// Successful replies by [`Op::index`].
-    pub per_op: [Histogram<u64>; 3],
+    pub per_op: [Histogram<u64>; Op::COUNT],
     pub errors: ErrorCounts,
     /// Errors during the warm-up or answered after the window: not in `errors`, but shown.
     pub warmup_errors: ErrorCounts,
+    /// Measured outcomes that are not errors: `not_found_after_delete` (a NOT_FOUND when the
+    /// mix deletes keys; the request also counts in `ops`).
+    pub outcomes: ErrorCounts,
+    /// Failed items of measured `batch_get` requests by kind (each such request is also one
+    /// error of kind `batch_item`).
+    pub batch_item_errors: ErrorCounts,
     /// Connections that closed or failed during the run.
     pub connections_lost: usize,
     /// Requests still unanswered when the grace period after the run ended.
@@ -125,9 +157,11 @@ impl Summary {
     pub fn new(duration: Duration) -> Summary {
         Summary {
             duration,
-            per_op: [latency_histogram(), latency_histogram(), latency_histogram()],
+            per_op: std::array::from_fn(|_| latency_histogram()),
             errors: ErrorCounts::new(),
             warmup_errors: ErrorCounts::new(),
+            outcomes: ErrorCounts::new(),
+            batch_item_errors: ErrorCounts::new(),
             connections_lost: 0,
             requests_abandoned: 0,
         }
@@ -161,6 +195,10 @@ pub struct RunInfo {
     pub value_size: usize,
     pub mix: String,
     pub preload: bool,
+    /// `uniform` or `zipf:S`.
+    pub distribution: String,
+    /// `--rate`: total target ops/s (open loop), or `None` for a closed loop.
+    pub rate: Option<f64>,
 }
 
 /// Latency percentiles of one histogram, in microseconds.
@@ -223,9 +261,15 @@ pub fn table(info: &RunInfo, summary: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "workload    mix {}, {} keys ({preload}), {} B values",
-        info.mix, info.keys, info.value_size
+        "workload    mix {}, {} keys ({preload}, {}), {} B values",
+        info.mix, info.keys, info.distribution, info.value_size
     );
+    let _ = match info.rate {
+        Some(rate) => {
+            writeln!(out, "schedule    open loop at {rate} ops/s, latency from intended send times")
+        }
+        None => writeln!(out, "schedule    closed loop"),
+    };
     let _ = writeln!(
         out,
         "measured    {:.1} s after {:.1} s of warm-up",
@@ -262,6 +306,12 @@ pub fn table(info: &RunInfo, summary: &Summary) -> String {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "errors      {}", counts_text(&summary.errors));
+    if !summary.batch_item_errors.is_empty() {
+        let _ = writeln!(out, "batch_get items failed: {}", counts_text(&summary.batch_item_errors));
+    }
+    if !summary.outcomes.is_empty() {
+        let _ = writeln!(out, "not errors: {}", counts_text(&summary.outcomes));
+    }
     if !summary.warmup_errors.is_empty() {
         let _ = writeln!(out, "outside the window (warm-up, late): {}", counts_text(&summary.warmup_errors));
     }
@@ -312,6 +362,10 @@ pub fn json(info: &RunInfo, summary: &Summary) -> String {
     field("value_size", info.value_size.to_string());
     field("mix", json_string(&info.mix));
     field("preload", info.preload.to_string());
+    field("distribution", json_string(&info.distribution));
+    field("rate", info.rate.map_or_else(|| "null".to_owned(), |rate| format!("{rate}")));
+    field("outcomes_by_kind", json_counts(&summary.outcomes));
+    field("batch_item_errors_by_kind", json_counts(&summary.batch_item_errors));
     field("connections_lost", summary.connections_lost.to_string());
     field("requests_abandoned", summary.requests_abandoned.to_string());
     let per_op: Vec<String> = Op::ALL
@@ -380,6 +434,8 @@ mod tests {
             value_size: 256,
             mix: "get=90,put=10".to_owned(),
             preload: true,
+            distribution: "uniform".to_owned(),
+            rate: None,
         }
     }
 
@@ -425,6 +481,39 @@ mod tests {
             "\"max_us\": 500,",
             "\"errors\": 1,",
             "\"errors_by_kind\": {\"mismatch\": 1},",
+        ] {
+            assert!(json.contains(expected), "{expected} in {json}");
+        }
+    }
+
+    #[test]
+    fn batch_items_and_outcomes_are_reported_apart() {
+        let recorder = Recorder::default();
+        recorder.record(Op::BatchGet, 9, Some("batch_item"), true);
+        recorder.record_batch_item_error("mismatch", true);
+        recorder.record_batch_item_error("mismatch", true);
+        recorder.record_batch_item_error("NOT_FOUND", false);
+        recorder.record(Op::Get, 11, None, true);
+        recorder.record_outcome("not_found_after_delete", true);
+        recorder.record_outcome("not_found_after_delete", false);
+        let mut summary = Summary::new(Duration::from_secs(1));
+        recorder.add_to(&mut summary);
+        assert_eq!(summary.errors, ErrorCounts::from([("batch_item", 1)]));
+        assert_eq!(summary.batch_item_errors, ErrorCounts::from([("mismatch", 2)]));
+        assert_eq!(summary.outcomes, ErrorCounts::from([("not_found_after_delete", 1)]));
+        let mut info = info();
+        info.rate = Some(2000.0);
+        info.distribution = "zipf:0.99".to_owned();
+        let table = table(&info, &summary);
+        assert!(table.contains("batch_get items failed: 2 (mismatch 2)"), "{table}");
+        assert!(table.contains("not errors: 1 (not_found_after_delete 1)"), "{table}");
+        assert!(table.contains("open loop at 2000 ops/s"), "{table}");
+        let json = json(&info, &summary);
+        for expected in [
+            "\"rate\": 2000,",
+            "\"distribution\": \"zipf:0.99\",",
+            "\"outcomes_by_kind\": {\"not_found_after_delete\": 1},",
+            "\"batch_item_errors_by_kind\": {\"mismatch\": 2},",
         ] {
             assert!(json.contains(expected), "{expected} in {json}");
         }

@@ -5,20 +5,27 @@
 //! Every connection is one [`Client`]: a credshard [`AsyncClient`] or a [`RedisClient`], each
 //! pipelining whatever its workers send. Every read is validated against [`value`]: a wrong
 //! value is an error of kind `mismatch`.
+//!
+//! Without `--rate` each worker is a closed loop: it sends its next request when the last one
+//! is answered, and latency runs from the send. With `--rate` each worker follows a fixed
+//! [`Schedule`] (the rate divided over the workers) and latency runs from each request's
+//! intended send time, so a slow reply that delays the requests behind it is charged to them
+//! too (no coordinated omission).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use credshard_protocol::{AsyncClient, ClientError, Expiry, Kind, Labels, PutRequest, Status, EMPTY_LABELS};
+use credshard_protocol::Status;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
+pub use crate::client::{connect, Client};
+use crate::client::{put_request, Failure};
+use crate::distribution::{Distribution, KeyChooser, Random};
 use crate::mix::{Mix, Op};
-use crate::redis::{RedisClient, RedisError};
 use crate::report::{self, Recorder, Summary};
-use crate::target::Target;
 use crate::value;
 
 /// How long opening a connection and its HELLO (for redis: INFO) may take.
@@ -45,114 +52,16 @@ pub struct Plan {
     pub keys: u64,
     pub value_size: usize,
     pub mix: Mix,
+    /// Which keys the requests use.
+    pub distribution: Distribution,
+    /// Total target ops/s over every worker (open loop), or `None` for a closed loop.
+    pub rate: Option<f64>,
     /// Print a progress line each second (on stderr).
     pub progress: bool,
 }
 
-/// One connection to the server under load.
-#[derive(Clone)]
-pub enum Client {
-    Credshard(AsyncClient),
-    Redis(RedisClient),
-}
-
-/// What the server says it is: for the report.
-#[derive(Clone, Debug)]
-pub struct ServerInfo {
-    /// Name and version.
-    pub server: String,
-    /// Shards (1 for redis, which serves from one thread).
-    pub shard_count: u16,
-}
-
-/// Opens `connections` connections to `target`, all at once, and says HELLO (for redis:
-/// `INFO server`) on each. Returns the clients and what the first server reply said.
-///
-/// # Errors
-/// A one-line message naming the first failure.
-pub async fn connect(target: &Target, connections: usize) -> Result<(Vec<Client>, ServerInfo), String> {
-    let mut opening = JoinSet::new();
-    for _ in 0..connections {
-        let target = target.clone();
-        opening.spawn(async move {
-            let timeout = Duration::from_secs(CONNECT_TIMEOUT_SECONDS);
-            let hello = async {
-                match &target {
-                    Target::Credshard { address } => {
-                        let client =
-                            AsyncClient::connect_raw(address.as_str()).await.map_err(|e| e.to_string())?;
-                        let hello = client.hello(b"").await.map_err(|e| e.to_string())?;
-                        let info = ServerInfo { server: hello.server, shard_count: hello.shard_count };
-                        Ok::<_, String>((Client::Credshard(client), info))
-                    }
-                    Target::Redis { address } => {
-                        let client = RedisClient::connect(address).await.map_err(|e| e.to_string())?;
-                        let server = client.server_name().await.map_err(|e| e.to_string())?;
-                        Ok((Client::Redis(client), ServerInfo { server, shard_count: 1 }))
-                    }
-                }
-            };
-            match tokio::time::timeout(timeout, hello).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("no connection and HELLO within {CONNECT_TIMEOUT_SECONDS} s")),
-            }
-        });
-    }
-    let mut clients = Vec::with_capacity(connections);
-    let mut first_info = None;
-    while let Some(joined) = opening.join_next().await {
-        let (client, info) = joined.map_err(|error| format!("connecting failed: {error}"))??;
-        clients.push(client);
-        first_info.get_or_insert(info);
-    }
-    Ok((clients, first_info.expect("at least one connection")))
-}
-
-impl Client {
-    /// Writes `value` under `id`.
-    async fn put(&self, id: &str, value: &[u8]) -> Result<(), Failure> {
-        match self {
-            Client::Credshard(client) => {
-                client.put(&put_request(id, value)).await.map(drop).map_err(Failure::from)
-            }
-            Client::Redis(client) => client.set(id, value).await.map_err(Failure::from),
-        }
-    }
-
-    /// Reads `id`; the value must be the loadgen's for `key_index`.
-    async fn get(&self, id: &str, key_index: u64) -> Result<(), Failure> {
-        let matches = match self {
-            Client::Credshard(client) => {
-                let reply = client.get(id).await?;
-                reply.metadata.id == id && value::check(reply.secret.expose(), key_index)
-            }
-            Client::Redis(client) => match client.get(id).await? {
-                Some(value) => value::check(&value, key_index),
-                None => return Err(Failure::Server(Status::NotFound)),
-            },
-        };
-        if matches {
-            Ok(())
-        } else {
-            Err(Failure::Mismatch)
-        }
-    }
-
-    /// Reads the metadata of `id` (credshard only: a redis target with get_meta in the mix is
-    /// refused before the run).
-    async fn get_meta(&self, id: &str) -> Result<(), Failure> {
-        match self {
-            Client::Credshard(client) => {
-                if client.get_meta(id).await?.metadata.id == id {
-                    Ok(())
-                } else {
-                    Err(Failure::Mismatch)
-                }
-            }
-            Client::Redis(_) => Err(Failure::Unsupported),
-        }
-    }
-}
+/// The outcome kind of a NOT_FOUND when the mix deletes keys: not an error.
+pub const NOT_FOUND_AFTER_DELETE: &str = "not_found_after_delete";
 
 /// Writes every key once (write counter 0), `pipeline` requests in flight per connection.
 ///
@@ -209,38 +118,28 @@ pub async fn preload(clients: &[Client], plan: &Plan) -> Result<(), String> {
     }
 }
 
-/// The PUT the loadgen sends for `id`.
-fn put_request<'a>(id: &'a str, value: &'a [u8]) -> PutRequest<'a> {
-    PutRequest {
-        id,
-        owner: OWNER,
-        scope: SCOPE,
-        kind: Kind::Token,
-        expected_version: None,
-        expiry: Expiry::Never,
-        labels: Labels::from_validated(EMPTY_LABELS),
-        secret: value,
-    }
-}
-
 /// Runs the workload on `clients` for the warm-up and the measured window, then waits up to
 /// the grace period for requests still in flight.
 pub async fn run(clients: &[Client], plan: &Plan) -> Summary {
     let start = Instant::now();
     let measure_start = start + plan.warmup;
+    let workers_total = (clients.len() * plan.pipeline) as u64;
     let window = Arc::new(Window {
+        start,
         measure_start,
         end: measure_start + plan.duration,
         mix: plan.mix.clone(),
-        keys: plan.keys,
+        keys: KeyChooser::new(plan.distribution, plan.keys),
         value_size: plan.value_size,
+        rate: plan.rate,
+        workers: workers_total,
     });
     let recorders: Vec<Arc<Recorder>> = clients.iter().map(|_| Arc::default()).collect();
     let mut workers = JoinSet::new();
     for (connection_index, (client, recorder)) in clients.iter().zip(&recorders).enumerate() {
         for slot in 0..plan.pipeline {
-            let seed = (connection_index * plan.pipeline + slot) as u64;
-            let worker = work(client.clone(), recorder.clone(), window.clone(), seed);
+            let worker_index = (connection_index * plan.pipeline + slot) as u64;
+            let worker = work(client.clone(), recorder.clone(), window.clone(), worker_index);
             workers.spawn(async move { (connection_index, worker.await) });
         }
     }
@@ -305,11 +204,46 @@ fn print_progress(
 
 /// What every worker shares.
 struct Window {
+    start: Instant,
     measure_start: Instant,
     end: Instant,
     mix: Mix,
-    keys: u64,
+    keys: KeyChooser,
     value_size: usize,
+    rate: Option<f64>,
+    /// Workers in total (connections × pipeline), to divide the rate.
+    workers: u64,
+}
+
+/// When one open-loop worker means to send its requests: request `k` at `first + k ×
+/// interval`, whether or not the requests before it have been answered by then.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    first: Instant,
+    interval_seconds: f64,
+}
+
+impl Schedule {
+    /// Worker `worker` of `workers` sharing `rate` ops/s in total from `start`: one request
+    /// every `workers / rate` seconds, the workers' first requests spread evenly over the first
+    /// interval.
+    pub fn new(start: Instant, rate: f64, worker: u64, workers: u64) -> Schedule {
+        assert!(rate > 0.0 && worker < workers);
+        let interval_seconds = workers as f64 / rate;
+        let offset = interval_seconds * worker as f64 / workers as f64;
+        Schedule { first: start + Duration::from_secs_f64(offset), interval_seconds }
+    }
+
+    /// The intended send time of request `k` (counting from 0).
+    pub fn intended(&self, k: u64) -> Instant {
+        self.first + Duration::from_secs_f64(self.interval_seconds * k as f64)
+    }
+
+    /// The latency of request `k` answered at `finished`: from its intended send time, so any
+    /// lateness in sending it counts.
+    pub fn latency(&self, k: u64, finished: Instant) -> Duration {
+        finished.saturating_duration_since(self.intended(k))
+    }
 }
 
 enum WorkerExit {
@@ -319,72 +253,38 @@ enum WorkerExit {
     ConnectionLost,
 }
 
-/// Why one request failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Failure {
-    Server(Status),
-    /// The connection failed or was closed.
-    Io,
-    /// The reply did not decode.
-    Protocol,
-    /// A read returned a value that is not the loadgen's for that key.
-    Mismatch,
-    /// A redis error reply (`-ERR ...`).
-    Redis,
-    /// The op does not exist for this target.
-    Unsupported,
-}
-
-impl Failure {
-    fn kind(self) -> &'static str {
-        match self {
-            Failure::Server(status) => status.name(),
-            Failure::Io => "io",
-            Failure::Protocol => "protocol",
-            Failure::Mismatch => "mismatch",
-            Failure::Redis => "redis_error",
-            Failure::Unsupported => "unsupported",
-        }
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(error: ClientError) -> Failure {
-        match error {
-            ClientError::Server { status, .. } => Failure::Server(status),
-            ClientError::Io(_) | ClientError::Closed => Failure::Io,
-            ClientError::Frame(_)
-            | ClientError::Decode(_)
-            | ClientError::UnknownStatus(_)
-            | ClientError::UnexpectedResponse { .. } => Failure::Protocol,
-        }
-    }
-}
-
-impl From<RedisError> for Failure {
-    fn from(error: RedisError) -> Failure {
-        match error {
-            RedisError::Io => Failure::Io,
-            RedisError::Protocol(_) => Failure::Protocol,
-            RedisError::Server(_) => Failure::Redis,
-        }
-    }
-}
-
-/// One pipeline slot: request after request until the window ends.
-async fn work(client: Client, recorder: Arc<Recorder>, window: Arc<Window>, seed: u64) -> WorkerExit {
-    let mut random = Random::new(seed);
+/// One pipeline slot: request after request until the window ends, back to back (closed
+/// loop) or on its [`Schedule`] (open loop).
+async fn work(client: Client, recorder: Arc<Recorder>, window: Arc<Window>, worker: u64) -> WorkerExit {
+    let mut random = Random::new(worker);
+    let schedule = window.rate.map(|rate| Schedule::new(window.start, rate, worker, window.workers));
+    let deletes = window.mix.includes(Op::Delete);
+    let batch_size = window.mix.batch_size();
     let mut id = String::with_capacity(32);
+    let mut ids: Vec<String> = Vec::new();
+    let mut key_indices: Vec<u64> = Vec::new();
+    let mut item_failures: Vec<Failure> = Vec::new();
     let mut value = vec![0u8; window.value_size];
     let mut writes = 0u64;
+    let mut sent = 0u64;
     loop {
-        let started = Instant::now();
+        let started = match &schedule {
+            None => Instant::now(),
+            Some(schedule) => schedule.intended(sent),
+        };
         if started >= window.end {
             return WorkerExit::Done;
         }
+        if schedule.is_some() {
+            // A worker behind its schedule sends at once; the lateness counts in the latency.
+            tokio::time::sleep_until(tokio::time::Instant::from_std(started)).await;
+        }
+        let k = sent;
+        sent += 1;
         let op = window.mix.pick(random.below(window.mix.weight_total()));
-        let key_index = random.below(window.keys);
+        let key_index = window.keys.draw(&mut random);
         value::key_id(key_index, &mut id);
+        item_failures.clear();
         let result = match op {
             Op::Get => client.get(&id, key_index).await,
             Op::Put => {
@@ -393,11 +293,54 @@ async fn work(client: Client, recorder: Arc<Recorder>, window: Arc<Window>, seed
                 client.put(&id, &value).await
             }
             Op::GetMeta => client.get_meta(&id).await,
+            Op::Rotate => {
+                writes += 1;
+                value::fill(&mut value, key_index, writes);
+                client.rotate(&id, &value).await
+            }
+            Op::Delete => client.delete(&id).await,
+            Op::BatchGet => {
+                ids.resize_with(batch_size, String::new);
+                key_indices.clear();
+                key_indices.push(key_index);
+                key_indices.extend((1..batch_size).map(|_| window.keys.draw(&mut random)));
+                for (id, &key_index) in ids.iter_mut().zip(&key_indices) {
+                    value::key_id(key_index, id);
+                }
+                client.batch_get(&ids, &key_indices, &mut item_failures).await
+            }
         };
         let finished = Instant::now();
-        let latency_us = finished.duration_since(started).as_micros() as u64;
-        let measured = started >= window.measure_start && finished <= window.end;
-        let failure = result.err();
+        let latency = match &schedule {
+            Some(schedule) => schedule.latency(k, finished),
+            None => finished.saturating_duration_since(started),
+        };
+        let latency_us = latency.as_micros() as u64;
+        // Open loop: every request scheduled in the window is measured, even one sent or
+        // answered late, so a backlog is not hidden. Closed loop: answered within the window.
+        let measured = started >= window.measure_start && (schedule.is_some() || finished <= window.end);
+        let mut not_found_after_delete = 0;
+        let mut batch_failed = false;
+        for &failure in &item_failures {
+            if deletes && failure == Failure::Server(Status::NotFound) {
+                not_found_after_delete += 1;
+            } else {
+                recorder.record_batch_item_error(failure.kind(), measured);
+                batch_failed = true;
+            }
+        }
+        let failure = match result {
+            Err(Failure::Server(Status::NotFound)) if deletes => {
+                not_found_after_delete += 1;
+                None
+            }
+            Err(failure) => Some(failure),
+            Ok(()) if batch_failed => Some(Failure::BatchItem),
+            Ok(()) => None,
+        };
+        for _ in 0..not_found_after_delete {
+            recorder.record_outcome(NOT_FOUND_AFTER_DELETE, measured);
+        }
         recorder.record(op, latency_us, failure.map(Failure::kind), measured);
         if failure == Some(Failure::Io) {
             return WorkerExit::ConnectionLost;
@@ -405,32 +348,13 @@ async fn work(client: Client, recorder: Arc<Recorder>, window: Arc<Window>, seed
     }
 }
 
-/// splitmix64: fast, seedable and good enough to pick keys and ops uniformly.
-struct Random(u64);
-
-impl Random {
-    fn new(seed: u64) -> Random {
-        Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..bound` (Lemire's multiply-shift; the bias is below 2^-40 for our bounds).
-    fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(bound)) >> 64) as u64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake_server::{self, Behaviour};
+    use crate::redis::RedisError;
+    use crate::target::Target;
+    use credshard_protocol::ClientError;
 
     fn credshard(address: &str) -> Target {
         Target::Credshard { address: address.to_owned() }
@@ -444,6 +368,8 @@ mod tests {
             keys: 50,
             value_size: 64,
             mix: Mix::parse(mix).unwrap(),
+            distribution: Distribution::Uniform,
+            rate: None,
             progress: false,
         }
     }
@@ -457,7 +383,7 @@ mod tests {
         preload(&clients, &plan).await.unwrap();
         let summary = run(&clients, &plan).await;
         assert!(summary.errors.is_empty() && summary.warmup_errors.is_empty(), "{:?}", summary.errors);
-        for op in Op::ALL {
+        for op in [Op::Get, Op::Put, Op::GetMeta] {
             assert!(!summary.per_op[op.index()].is_empty(), "no {op:?} measured");
         }
         assert_eq!((summary.connections_lost, summary.requests_abandoned), (0, 0));
@@ -499,13 +425,33 @@ mod tests {
     }
 
     #[test]
-    fn random_is_uniform_enough() {
-        let mut random = Random::new(1);
-        let mut counts = [0u32; 10];
-        for _ in 0..100_000 {
-            counts[random.below(10) as usize] += 1;
+    fn the_open_loop_schedule_is_start_plus_k_intervals() {
+        let start = Instant::now();
+        // 1000 ops/s over 4 workers: each sends every 4 ms, the workers 1 ms apart.
+        let first = Schedule::new(start, 1000.0, 0, 4);
+        let third = Schedule::new(start, 1000.0, 2, 4);
+        let close = |a: Instant, b: Instant| a.max(b) - a.min(b) <= Duration::from_nanos(10);
+        for k in [0u64, 1, 2, 10, 250, 1_000_000] {
+            assert!(close(first.intended(k), start + Duration::from_millis(4 * k)), "{k}");
+            assert!(close(third.intended(k), start + Duration::from_millis(4 * k + 2)), "{k}");
         }
-        assert!(counts.iter().all(|&count| (9_000..11_000).contains(&count)), "{counts:?}");
+        // A reply 1 ms after its intended send is 1 ms; a request sent 30 ms late and answered
+        // 1 ms after that is 31 ms: the lateness counts.
+        let answered = first.intended(5) + Duration::from_millis(1);
+        assert!(close(start + first.latency(5, answered), start + Duration::from_millis(1)));
+        let late = first.intended(5) + Duration::from_millis(31);
+        assert!(close(start + first.latency(5, late), start + Duration::from_millis(31)));
+        // Answered "before" its intended time (clock granularity) is 0, not a panic.
+        assert_eq!(first.latency(5, start), Duration::ZERO);
+        // Over 2 s at 1000 ops/s the 4 workers intend 2000 requests.
+        let end = start + Duration::from_secs(2);
+        let intended: usize = (0..4)
+            .map(|worker| {
+                let schedule = Schedule::new(start, 1000.0, worker, 4);
+                (0..).take_while(|&k| schedule.intended(k) < end).count()
+            })
+            .sum();
+        assert_eq!(intended, 2000);
     }
 
     #[test]

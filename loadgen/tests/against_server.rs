@@ -65,6 +65,77 @@ fn short_run_against_a_real_server() {
 }
 
 #[test]
+fn zipf_open_loop_with_rotate_and_batch_get() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_owned(),
+        shards: Some(2),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(&config, KeySource::Key(MasterKey::generate())).unwrap();
+    let json_path = data_dir.path().join("run.json");
+    let output = Command::new(LOADGEN)
+        .arg("--target")
+        .arg(format!("credshard://{}", server.local_address()))
+        .args(["--connections", "4", "--pipeline", "4", "--duration", "1", "--warmup", "0", "--keys", "500"])
+        .args(["--distribution", "zipf:0.99", "--mix", "get=70,put=10,rotate=10,batch_get:10=10"])
+        .args(["--rate", "2000", "--value-size", "128", "--threads", "2", "--json"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json = std::fs::read_to_string(&json_path).unwrap();
+    assert_eq!(number(&json, "errors"), 0.0, "verified reads and no server errors: {json}");
+    let ops = number(&json, "ops");
+    assert!(ops > 1000.0 && ops <= 2100.0, "about 2000 ops at --rate 2000 for 1 s: {json}");
+    for expected in ["\"distribution\": \"zipf:0.99\"", "\"rate\": 2000", "\"batch_get\": {\"ops\": "] {
+        assert!(json.contains(expected), "{expected} in {json}");
+    }
+    server.join().unwrap();
+}
+
+#[test]
+fn deletes_make_not_found_an_outcome_not_an_error() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_owned(),
+        shards: Some(2),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(&config, KeySource::Key(MasterKey::generate())).unwrap();
+    let json_path = data_dir.path().join("run.json");
+    let output = Command::new(LOADGEN)
+        .arg("--target")
+        .arg(format!("credshard://{}", server.local_address()))
+        .args(["--connections", "4", "--pipeline", "2", "--duration", "0.5", "--warmup", "0", "--keys", "50"])
+        .args(["--mix", "get=40,put=20,rotate=10,delete=20,batch_get:5=10", "--threads", "2", "--json"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json = std::fs::read_to_string(&json_path).unwrap();
+    assert_eq!(number(&json, "errors"), 0.0, "{json}");
+    assert!(number(&json, "ops") > 0.0, "{json}");
+    assert!(number(&json, "not_found_after_delete") > 0.0, "{json}");
+    server.join().unwrap();
+}
+
+#[test]
+fn redis_only_ops_are_refused_before_connecting() {
+    let address = common::unreachable_address();
+    for mix in ["get=1,rotate=1", "get=1,delete=1", "batch_get:5=1"] {
+        let output = Command::new(LOADGEN)
+            .args(["--target", &format!("redis://{address}"), "--mix", mix])
+            .output()
+            .unwrap();
+        let message = common::assert_exit_2_one_line(&output);
+        assert!(message.contains("redis"), "{mix}: {message}");
+    }
+}
+
+#[test]
 fn unreachable_target_and_bad_arguments_exit_2() {
     let address = common::unreachable_address();
     let output = Command::new(LOADGEN)
