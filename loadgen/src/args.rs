@@ -92,6 +92,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
+    /// Also draw the latency distribution (HdrHistogram style, log percentile axis) as an SVG
+    /// chart to PATH. `credshard-loadgen plot --out CHART.svg A.json B.json` overlays runs.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
+
     /// Runtime worker threads [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub threads: Option<usize>,

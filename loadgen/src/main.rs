@@ -12,6 +12,7 @@
 //! - [`value`]: self-describing values, so every read is checked.
 //! - [`workload`]: connect, preload, the workers and the progress line.
 //! - [`report`]: latency recording, the final table and the JSON file.
+//! - [`plot`]: latency percentile charts as SVG (`--plot`, and `plot` to overlay JSON results).
 //!
 //! Exit codes: 0 after a run (errors are reported, not fatal), 1 when the run could not be
 //! measured (the preload failed, every connection was lost, the JSON file could not be
@@ -23,6 +24,7 @@ mod distribution;
 #[cfg(test)]
 mod fake_server;
 mod mix;
+mod plot;
 mod redis;
 mod report;
 mod target;
@@ -50,6 +52,12 @@ enum Exit {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("plot") {
+        return match plot_files(std::env::args().skip(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => exit(failure),
+        };
+    }
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -105,6 +113,45 @@ fn run(args: Args) -> Result<(), Exit> {
             Err(failure)
         }
     }
+}
+
+/// `credshard-loadgen plot --out CHART.svg RESULT.json...`: one chart overlaying the
+/// latency distributions of several runs (e.g. credshard and Redis with the same settings).
+#[derive(Parser)]
+#[command(name = "credshard-loadgen plot")]
+struct PlotArgs {
+    /// The SVG file to write.
+    #[arg(long, value_name = "PATH")]
+    out: std::path::PathBuf,
+    /// The chart's title.
+    #[arg(long, default_value = "Latency by percentile")]
+    title: String,
+    /// JSON results written by `--json`.
+    #[arg(required = true, value_name = "RESULT.json")]
+    results: Vec<std::path::PathBuf>,
+}
+
+fn plot_files(arguments: impl Iterator<Item = String>) -> Result<(), Exit> {
+    let args = match PlotArgs::try_parse_from(arguments) {
+        Ok(args) => args,
+        Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = error.print();
+            return Ok(());
+        }
+        Err(error) => return Err(Exit::Usage(clap_message(&error))),
+    };
+    let series = args
+        .results
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| Exit::Usage(format!("cannot read {}: {error}", path.display())))?;
+            plot::Series::from_json(&text)
+                .map_err(|error| Exit::Usage(format!("{}: {error}", path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::write(&args.out, plot::svg(&args.title, &series))
+        .map_err(|error| Exit::Usage(format!("cannot write {}: {error}", args.out.display())))
 }
 
 /// How a run that printed its report went.
@@ -169,6 +216,13 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
     print!("{}", report::table(&info, &summary));
     if let (Some(mut file), Some(path)) = (json_file, &args.json) {
         file.write_all(report::json(&info, &summary).as_bytes())
+            .map_err(|error| Exit::Failed(format!("cannot write {}: {error}", path.display())))?;
+    }
+    if let Some(path) = &args.plot {
+        let series = plot::Series::of(&info.target, &summary.all());
+        let title =
+            format!("{} ({}, {} connections × {})", info.mix, info.target, info.connections, info.pipeline);
+        std::fs::write(path, plot::svg(&title, &[series]))
             .map_err(|error| Exit::Failed(format!("cannot write {}: {error}", path.display())))?;
     }
     if summary.connections_lost == args.connections {

@@ -368,6 +368,7 @@ pub fn json(info: &RunInfo, summary: &Summary) -> String {
     field("batch_item_errors_by_kind", json_counts(&summary.batch_item_errors));
     field("connections_lost", summary.connections_lost.to_string());
     field("requests_abandoned", summary.requests_abandoned.to_string());
+    field("percentile_distribution", crate::plot::Series::of(&info.target, &summary.all()).json_points());
     let per_op: Vec<String> = Op::ALL
         .into_iter()
         .filter(|op| !summary.per_op[op.index()].is_empty())

@@ -28,10 +28,33 @@ fn short_run_against_a_real_server() {
         .args(["--connections", "8", "--pipeline", "4", "--duration", "1", "--warmup", "0", "--keys", "500"])
         .args(["--mix", "get=80,put=15,get_meta=5", "--value-size", "128", "--threads", "2", "--json"])
         .arg(&json_path)
+        .arg("--plot")
+        .arg(data_dir.path().join("run.svg"))
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let json = std::fs::read_to_string(&json_path).unwrap();
+    let chart = std::fs::read_to_string(data_dir.path().join("run.svg")).unwrap();
+    assert!(chart.starts_with("<svg") && chart.matches("<polyline").count() == 1, "{chart}");
+    // Two results overlaid in one chart.
+    let overlay = data_dir.path().join("overlay.svg");
+    let plotted = Command::new(LOADGEN)
+        .arg("plot")
+        .arg("--out")
+        .arg(&overlay)
+        .arg(&json_path)
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(plotted.status.success(), "{}", String::from_utf8_lossy(&plotted.stderr));
+    assert_eq!(std::fs::read_to_string(&overlay).unwrap().matches("<polyline").count(), 2);
+    let missing = Command::new(LOADGEN)
+        .args(["plot", "--out"])
+        .arg(&overlay)
+        .arg(data_dir.path().join("absent.json"))
+        .output()
+        .unwrap();
+    common::assert_exit_2_one_line(&missing);
     for field in [
         "target",
         "connections",
