@@ -8,19 +8,9 @@ use common::{number, LOADGEN};
 
 use std::process::Command;
 
-use credshard_engine::crypto::{KeySource, MasterKey};
-use credshard_engine::{Server, ServerConfig};
-
 #[test]
 fn short_run_against_a_real_server() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.path().to_owned(),
-        shards: Some(2),
-        ..ServerConfig::default()
-    };
-    let server = Server::start(&config, KeySource::Key(MasterKey::generate())).unwrap();
+    let (server, data_dir) = common::start_credshard();
     let json_path = data_dir.path().join("run.json");
     let output = Command::new(LOADGEN)
         .arg("--target")
@@ -89,14 +79,7 @@ fn short_run_against_a_real_server() {
 
 #[test]
 fn zipf_open_loop_with_rotate_and_batch_get() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.path().to_owned(),
-        shards: Some(2),
-        ..ServerConfig::default()
-    };
-    let server = Server::start(&config, KeySource::Key(MasterKey::generate())).unwrap();
+    let (server, data_dir) = common::start_credshard();
     let json_path = data_dir.path().join("run.json");
     let output = Command::new(LOADGEN)
         .arg("--target")
@@ -120,14 +103,7 @@ fn zipf_open_loop_with_rotate_and_batch_get() {
 
 #[test]
 fn deletes_make_not_found_an_outcome_not_an_error() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.path().to_owned(),
-        shards: Some(2),
-        ..ServerConfig::default()
-    };
-    let server = Server::start(&config, KeySource::Key(MasterKey::generate())).unwrap();
+    let (server, data_dir) = common::start_credshard();
     let json_path = data_dir.path().join("run.json");
     let output = Command::new(LOADGEN)
         .arg("--target")

@@ -28,3 +28,17 @@ pub fn assert_exit_2_one_line(output: &Output) -> String {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     stderr
 }
+
+/// A real credshard server in process: 2 shards on an ephemeral port, with its own data dir
+/// (keep the directory alive as long as the server).
+pub fn start_credshard() -> (credshard_engine::ServerHandle, tempfile::TempDir) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = credshard_engine::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_owned(),
+        shards: Some(2),
+        ..credshard_engine::ServerConfig::default()
+    };
+    let key = credshard_engine::crypto::KeySource::Key(credshard_engine::crypto::MasterKey::generate());
+    (credshard_engine::Server::start(&config, key).unwrap(), data_dir)
+}
