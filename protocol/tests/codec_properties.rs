@@ -61,18 +61,25 @@ fn owned_put() -> impl Strategy<Value = OwnedPut> {
         })
 }
 
+impl OwnedPut {
+    /// The borrowed request, with `labels` already encoded.
+    fn request<'a>(&'a self, labels: &'a [u8]) -> PutRequest<'a> {
+        PutRequest {
+            id: &self.id,
+            owner: &self.owner,
+            scope: &self.scope,
+            kind: self.kind,
+            expected_version: self.expected_version,
+            expiry: self.expiry,
+            labels: Labels::from_validated(labels),
+            secret: &self.secret,
+        }
+    }
+}
+
 fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8> {
     let request = match choice % 7 {
-        0 => Request::Put(PutRequest {
-            id: &put.id,
-            owner: &put.owner,
-            scope: &put.scope,
-            kind: put.kind,
-            expected_version: put.expected_version,
-            expiry: put.expiry,
-            labels: Labels::from_validated(labels),
-            secret: &put.secret,
-        }),
+        0 => Request::Put(put.request(labels)),
         1 => Request::Get(GetRequest { id: &put.id, version: number }),
         2 => Request::GetMeta(GetMetaRequest { id: &put.id }),
         3 => Request::Delete(DeleteRequest { id: &put.id, expected_version: put.expected_version }),
@@ -94,16 +101,7 @@ proptest! {
         let pairs: Vec<(&str, &str)> = put.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut labels = BytesMut::new();
         encode_labels(&pairs, &mut labels);
-        let request = PutRequest {
-            id: &put.id,
-            owner: &put.owner,
-            scope: &put.scope,
-            kind: put.kind,
-            expected_version: put.expected_version,
-            expiry: put.expiry,
-            labels: Labels::from_validated(&labels),
-            secret: &put.secret,
-        };
+        let request = put.request(&labels);
         let mut out = BytesMut::new();
         Request::Put(request).encode(request_id, &mut out);
         let header = frame::check(&out, Limits::default().frame_bytes_max).unwrap().unwrap();
