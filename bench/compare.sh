@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Compares credshard with redis-server under identical credshard-loadgen settings and writes
-# docs/performance-compare.md.
+# docs/performance-compare.md, with one overlay latency chart per configuration in docs/charts/
+# (`credshard-loadgen plot` of the four runs' JSON results, e.g. docs/charts/p1-c50-90-10.svg:
+# pipeline 1, 50 connections, get=90,put=10; unpinned ones are prefixed `unpinned-`).
 #
 #   bash bench/compare.sh
+#
+# Environment knobs:
+#   COMPARE_QUICK=1       a smoke run in about a minute: one pinned cell (get=90,put=10, pipeline
+#                         1, 50 connections) and the unpinned one, 1,000 keys, 1 s runs, no
+#                         redis-benchmark; writes to target/compare-quick/ unless
+#                         COMPARE_OUT_DIR is set, so the committed document stays untouched.
+#   COMPARE_OUT_DIR=DIR   where performance-compare.md and charts/ go (default docs/).
+#   COMPARE_SKIP_BUILD=1  use the binaries in target/release as they are.
+#   KEEP_TMP=1            keep the temp dir with every run's JSON and logs.
 #
 # Servers: credshard --fsync never, credshard --fsync always, redis-server with persistence off
 # (--save '' --appendonly no) and redis-server with --appendonly yes --appendfsync always. Every
@@ -17,7 +28,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-OUT_DOC="$ROOT/docs/performance-compare.md"
+QUICK="${COMPARE_QUICK:-0}"
+if [ "$QUICK" = 1 ]; then OUT_DIR="${COMPARE_OUT_DIR:-$ROOT/target/compare-quick}"; else OUT_DIR="${COMPARE_OUT_DIR:-$ROOT/docs}"; fi
+OUT_DOC="$OUT_DIR/performance-compare.md"
+CHART_DIR="$OUT_DIR/charts"
 SERVER_BIN="$ROOT/target/release/credshard"
 LOADGEN_BIN="$ROOT/target/release/credshard-loadgen"
 
@@ -35,6 +49,14 @@ RUN_BUDGET_S=480
 # Per-run overhead on top of warmup + duration: server start/stop and the 100k-key preload.
 RUN_OVERHEAD_S=3
 LOADGEN_TIMEOUT_S=90
+if [ "$QUICK" = 1 ]; then
+    KEYS=1000
+    DURATION=1
+    WARMUP=1
+    MIXES=("get=90,put=10")
+    PIPELINES=(1)
+    CONNECTIONS=(50)
+fi
 
 START_TS=$(date +%s)
 log() { printf '[%4ds] %s\n' "$(( $(date +%s) - START_TS ))" "$*" >&2; }
@@ -54,8 +76,13 @@ for tool in redis-server redis-benchmark redis-cli python3 taskset ss cargo git;
 done
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (pins the server on CPU 1, the loadgen on CPU 0)"
 
-log "building release binaries (cargo build --release --bins)"
-cargo build --release --bins
+if [ "${COMPARE_SKIP_BUILD:-0}" = 1 ]; then
+    log "COMPARE_SKIP_BUILD=1: using the binaries in target/release as they are"
+else
+    log "building release binaries (cargo build --release --bins)"
+    cargo build --release --bins
+fi
+mkdir -p "$CHART_DIR"
 [ -x "$SERVER_BIN" ] || die "missing binary $SERVER_BIN (cargo build --release --bins did not produce it)"
 [ -x "$LOADGEN_BIN" ] || die "missing binary $LOADGEN_BIN (cargo build --release --bins did not produce it)"
 
@@ -229,25 +256,30 @@ BENCH_OUT="$TMP/redis-benchmark.txt"
 : >"$BENCH_OUT"
 bdir="$TMP/redis-benchmark"
 mkdir -p "$bdir"
-log "redis-benchmark cross-check (redis-server persistence off on CPU 1, redis-benchmark on CPU 0)"
-if start_server redis-off yes "$bdir"; then
-    bport="${SRV_ADDR##*:}"
-    echo "server: ${SRV_CMD% }" >>"$BENCH_OUT"
-    for p in 1 16; do
-        bcmd=(taskset -c 0 redis-benchmark -h 127.0.0.1 -p "$bport" -c 50 -d 256 -r 100000
-              -t get,set -n 500000 -q)
-        [ "$p" = 16 ] && bcmd+=(-P 16)
-        echo "\$ $(printf '%q ' "${bcmd[@]}")" >>"$BENCH_OUT"
-        rc=0
-        timeout 120 "${bcmd[@]}" >"$bdir/bench-$p.out" 2>&1 || rc=$?
-        if [ "$rc" -ne 0 ]; then
-            echo "failed (redis-benchmark exit $rc)" >>"$BENCH_OUT"
-        fi
-        tr '\r' '\n' <"$bdir/bench-$p.out" | grep 'requests per second' >>"$BENCH_OUT" || true
-    done
-    stop_server "$SRV_PID" "$bport" || echo "warning: redis port $bport stayed open" >>"$BENCH_OUT"
+if [ "$QUICK" = 1 ]; then
+    log "COMPARE_QUICK=1: no redis-benchmark cross-check"
+    echo "skipped (COMPARE_QUICK=1)" >>"$BENCH_OUT"
 else
-    echo "failed (redis-server did not start)" >>"$BENCH_OUT"
+    log "redis-benchmark cross-check (redis-server persistence off on CPU 1, redis-benchmark on CPU 0)"
+    if start_server redis-off yes "$bdir"; then
+        bport="${SRV_ADDR##*:}"
+        echo "server: ${SRV_CMD% }" >>"$BENCH_OUT"
+        for p in 1 16; do
+            bcmd=(taskset -c 0 redis-benchmark -h 127.0.0.1 -p "$bport" -c 50 -d 256 -r 100000
+                  -t get,set -n 500000 -q)
+            [ "$p" = 16 ] && bcmd+=(-P 16)
+            echo "\$ $(printf '%q ' "${bcmd[@]}")" >>"$BENCH_OUT"
+            rc=0
+            timeout 120 "${bcmd[@]}" >"$bdir/bench-$p.out" 2>&1 || rc=$?
+            if [ "$rc" -ne 0 ]; then
+                echo "failed (redis-benchmark exit $rc)" >>"$BENCH_OUT"
+            fi
+            tr '\r' '\n' <"$bdir/bench-$p.out" | grep 'requests per second' >>"$BENCH_OUT" || true
+        done
+        stop_server "$SRV_PID" "$bport" || echo "warning: redis port $bport stayed open" >>"$BENCH_OUT"
+    else
+        echo "failed (redis-server did not start)" >>"$BENCH_OUT"
+    fi
 fi
 
 # ---------------------------------------------------------------- leftovers check
@@ -263,7 +295,7 @@ log "leftover servers: $LEFTOVER"
 
 # ---------------------------------------------------------------- document
 END_TS=$(date +%s)
-export RECORDS BENCH_OUT OUT_DOC LEFTOVER DROP_1000_P16 VALUE_SIZE KEYS DURATION WARMUP
+export RECORDS BENCH_OUT OUT_DOC CHART_DIR LOADGEN_BIN TMP QUICK LEFTOVER DROP_1000_P16 VALUE_SIZE KEYS DURATION WARMUP
 export FULL_RUNS FULL_EST_S RUN_BUDGET_S TOTAL_RUNS EST_S PER_RUN_S
 export M_NPROC="$(nproc)"
 export M_CPU="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"

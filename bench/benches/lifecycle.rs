@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use credshard_bench::{keyring, secret, SECRET_BYTES};
+use credshard_engine::auth::Acl;
 use credshard_engine::crypto::{KeySource, MasterKey};
 use credshard_engine::store::{Lifecycle, Store};
 use credshard_engine::{Server, ServerConfig};
@@ -44,7 +45,7 @@ fn in_process(criterion: &mut Criterion) {
     let mut writer = store.claim_writer(0);
     let now = credshard_engine::time::now_ms();
     for index in 0..CREDENTIALS {
-        writer.put(&put(&id(index), &secret), now).unwrap();
+        writer.put(&put(&id(index), &secret), now, &Acl::everything()).unwrap();
     }
     let mut group = criterion.benchmark_group("lifecycle/store");
     let mut out = BytesMut::with_capacity(1 << 20);
@@ -54,7 +55,9 @@ fn in_process(criterion: &mut Criterion) {
     group.bench_function("get", |bencher| {
         bencher.iter(|| {
             out.clear();
-            store.get(black_box(&GetRequest { id: &first, version: 0 }), now, &mut out).unwrap();
+            store
+                .get(black_box(&GetRequest { id: &first, version: 0 }), now, &Acl::everything(), &mut out)
+                .unwrap();
         })
     });
     // Each rotation adds a version; beyond max_versions the oldest is dropped, as in service.
@@ -67,7 +70,7 @@ fn in_process(criterion: &mut Criterion) {
                 grace_period_seconds: None,
                 secret: &secret,
             };
-            writer.rotate(black_box(&request), now).unwrap()
+            writer.rotate(black_box(&request), now, &Acl::everything()).unwrap()
         })
     });
 
@@ -79,7 +82,7 @@ fn in_process(criterion: &mut Criterion) {
     group.bench_function("batch_get_100", |bencher| {
         bencher.iter(|| {
             out.clear();
-            store.batch_get(black_box(&batch), now, &mut out)
+            store.batch_get(black_box(&batch), now, &Acl::everything(), &mut out, |_, _| {})
         })
     });
 

@@ -73,6 +73,32 @@ pub struct ServerConfig {
     /// shards × 3 × this below RLIMIT_MEMLOCK when not running as root.
     #[arg(long, env = "CREDSHARD_IO_MEMORY_BYTES", default_value_t = 1 << 20)]
     pub io_memory_bytes: usize,
+    /// Tokens file (TOML: token hashes and their ACLs; see docs/security.md). Every client
+    /// must then authenticate with HELLO. Re-read on SIGHUP. Without it the server is open to
+    /// anyone who can connect, so it may only listen on a loopback address.
+    #[arg(long, env = "CREDSHARD_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// TLS certificate chain (PEM). With --tls-key, clients must connect with TLS
+    /// (`credshards://`).
+    #[arg(long, env = "CREDSHARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "CREDSHARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The audit log (`<data-dir>/audit/shard-N.jsonl`): every request that touches a
+    /// credential or is refused, without secrets. `off` disables it.
+    #[arg(long, env = "CREDSHARD_AUDIT", value_enum, default_value = "on")]
+    pub audit: Switch,
+    /// How often each executor writes its buffered audit entries, in milliseconds.
+    #[arg(long, env = "CREDSHARD_AUDIT_FLUSH_MS", default_value_t = 5)]
+    pub audit_flush_ms: u64,
+}
+
+/// An on/off setting.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +124,11 @@ impl Default for ServerConfig {
             sweep_interval_ms: 1000,
             spin_before_park_us: 0,
             io_memory_bytes: 1 << 20,
+            tokens: None,
+            tls_cert: None,
+            tls_key: None,
+            audit: Switch::On,
+            audit_flush_ms: 5,
         }
     }
 }
@@ -156,6 +187,16 @@ impl ServerConfig {
                 "--in-flight-max, --shard-queue-max and --connections-max must be positive".to_owned(),
             );
         }
+        if self.tokens.is_none() && !self.listen.ip().is_loopback() {
+            return fail(format!(
+                "refusing to listen on {} without --tokens: anyone who can reach it could read every \
+                 secret. Give a tokens file (see docs/security.md) or listen on a loopback address",
+                self.listen
+            ));
+        }
+        if self.audit_flush_ms == 0 {
+            return fail("--audit-flush-ms must be positive".to_owned());
+        }
         Ok(())
     }
 }
@@ -182,5 +223,18 @@ mod tests {
         assert!(too_small.validate().is_err());
         let no_versions = ServerConfig { max_versions: 0, ..ServerConfig::default() };
         assert!(no_versions.validate().is_err());
+    }
+
+    #[test]
+    fn an_open_server_listens_only_on_loopback() {
+        for listen in ["0.0.0.0:7373", "[::]:7373", "10.1.2.3:7373"] {
+            let open = ServerConfig { listen: listen.parse().unwrap(), ..ServerConfig::default() };
+            let error = open.validate().unwrap_err().to_string();
+            assert!(error.contains("without --tokens"), "{listen}: {error}");
+            let guarded = ServerConfig { tokens: Some("tokens.toml".into()), ..open };
+            guarded.validate().unwrap();
+        }
+        let loopback = ServerConfig { listen: "[::1]:0".parse().unwrap(), ..ServerConfig::default() };
+        loopback.validate().unwrap();
     }
 }

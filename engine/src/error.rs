@@ -49,6 +49,8 @@ pub enum OpError {
     Unavailable(&'static str),
     #[error("internal error: {0}")]
     Internal(&'static str),
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
 }
 
 impl OpError {
@@ -61,6 +63,7 @@ impl OpError {
             OpError::InvalidCursor => Status::Malformed,
             OpError::Unavailable(_) => Status::Unavailable,
             OpError::Internal(_) => Status::Internal,
+            OpError::Unauthorized(_) => Status::Unauthorized,
         }
     }
 
@@ -82,7 +85,9 @@ impl OpError {
             OpError::Expired => "credential expired",
             OpError::Retired => "version retired: its grace period has ended",
             OpError::InvalidCursor => "invalid list cursor: pass the next_cursor of the previous page",
-            OpError::Unavailable(message) | OpError::Internal(message) => message,
+            OpError::Unavailable(message) | OpError::Internal(message) | OpError::Unauthorized(message) => {
+                message
+            }
         }
     }
 }

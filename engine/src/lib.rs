@@ -1,5 +1,6 @@
 //! The credshard engine: a thread-per-core credential server.
 //!
+//! - [`auth`]: tokens, ACLs and sessions (who may do what).
 //! - [`config`]: server settings with documented defaults (parsed by the CLI).
 //! - [`crypto`]: AES-256-GCM sealing, the master key and the key ring of data keys.
 //! - [`record`]: one credential version as a validated rkyv archive holding only ciphertext.
@@ -13,6 +14,8 @@
 //! - [`time`]: Unix-millisecond clock.
 //! - [`error`]: [`EngineError`] and [`OpError`].
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;

@@ -1,17 +1,19 @@
-//! The `credshard` binary: `serve` runs the server; `keygen` writes a master key file; `put`,
-//! `get`, `rotate`, `list`, `batch-get`, `delete` and `stats` are a client of a running server.
+//! The `credshard` binary: `serve` runs the server; `keygen` writes a master key file; `token
+//! new` makes an access token; `audit` reads the audit log; `put`, `get`, `rotate`, `list`,
+//! `batch-get`, `delete` and `stats` are a client of a running server.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use credshard_engine::auth::TokenSet;
 use credshard_engine::crypto::{Argon2Cost, KeySource, MasterKey};
 use credshard_engine::{Server, ServerConfig};
 use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
 use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
 use credshard_protocol::op::rotate::RotateRequest;
-use credshard_protocol::{encode_labels, Client, Expiry, Kind, Labels, PutRequest};
+use credshard_protocol::{encode_labels, Client, ClientTls, Expiry, Kind, Labels, PutRequest};
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -23,9 +25,38 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Connect {
-    /// Server address.
+    /// Server address: HOST:PORT, or credshards://HOST:PORT for TLS.
     #[arg(long, env = "CREDSHARD_ADDR", default_value = "127.0.0.1:7373")]
     addr: String,
+    /// Access token, from the environment only (a command line is visible to other users).
+    #[arg(long = "token", env = "CREDSHARD_TOKEN", hide_env_values = true, hide = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) that signed the server's certificate; for credshards://.
+    #[arg(long, env = "CREDSHARD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the host in --addr).
+    #[arg(long, env = "CREDSHARD_TLS_NAME")]
+    tls_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random token and the [[token]] table to add to the tokens file. Only the
+    /// table's sha256 is stored; the token is shown once.
+    New {
+        /// The token's id, as the audit log records it.
+        #[arg(long)]
+        id: String,
+        /// Ops it may use: read, read-meta, write, rotate, delete, list, admin, or * (all).
+        #[arg(long, value_delimiter = ',', required = true)]
+        ops: Vec<String>,
+        /// Owners whose credentials it may touch (default: any); repeatable.
+        #[arg(long = "owner")]
+        owners: Vec<String>,
+        /// Scope prefixes it may touch (default: any); repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -37,6 +68,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Access tokens for the tokens file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Read the audit log, filtered.
+    Audit(credshard_engine::audit::cli::AuditArgs),
     /// Store a secret read from standard input (one trailing newline is dropped).
     Put {
         id: String,
@@ -146,6 +182,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Token(TokenCommand::New { id, ops, owners, scopes }) => {
+            let mut random = Zeroizing::new([0u8; 32]);
+            getrandom::fill(random.as_mut())
+                .map_err(|error| anyhow::anyhow!("reading random bytes: {error}"))?;
+            let token = Zeroizing::new(format!("cst_{}", hex::encode(random.as_ref())));
+            let table = new_token_table(&id, token.as_bytes(), &ops, &owners, &scopes)?;
+            println!("token: {}", token.as_str());
+            println!("(shown once: give it to the client, e.g. in CREDSHARD_TOKEN)\n");
+            print!("{table}");
+            Ok(())
+        }
+        Command::Audit(args) => credshard_engine::audit::cli::run(&args),
         Command::Put { id, owner, scope, kind, ttl, expires_at_ms, if_version, labels, raw, connect } => {
             let kind = Kind::from_name(&kind).with_context(|| {
                 format!("unknown kind {kind:?} (generic, api-key, password, token, certificate)")
@@ -298,8 +346,64 @@ fn read_secret(raw: bool) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 }
 
 fn connect_to(connect: &Connect) -> anyhow::Result<Client> {
-    Client::connect(connect.addr.as_str())
-        .with_context(|| format!("cannot reach credshard at {}", connect.addr))
+    let token = connect.token.as_deref().unwrap_or("").as_bytes();
+    let (address, connected) = match connect.addr.strip_prefix("credshards://") {
+        Some(address) => {
+            let ca = connect.tls_ca.as_ref().context("credshards:// needs --tls-ca (or CREDSHARD_TLS_CA)")?;
+            let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+            let name =
+                connect.tls_name.as_deref().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+            let tls = ClientTls::from_ca_file(ca, name)?;
+            (address, Client::connect_tls_raw(address, &tls))
+        }
+        None => {
+            let address = connect.addr.strip_prefix("credshard://").unwrap_or(&connect.addr);
+            (address, Client::connect_raw(address))
+        }
+    };
+    let mut client = connected.with_context(|| format!("cannot reach credshard at {address}"))?;
+    client.hello(token).with_context(|| format!("credshard at {address} refused the connection"))?;
+    Ok(client)
+}
+
+/// The `[[token]]` table for a token, after checking it parses as the server will parse it.
+fn new_token_table(
+    id: &str,
+    token: &[u8],
+    ops: &[String],
+    owners: &[String],
+    scopes: &[String],
+) -> anyhow::Result<String> {
+    let quoted = |items: &[String]| items.iter().map(|item| toml_string(item)).collect::<Vec<_>>().join(", ");
+    let mut table = format!(
+        "[[token]]\nid = {}\nsha256 = \"{}\"\nops = [{}]\n",
+        toml_string(id),
+        hex::encode(credshard_engine::auth::hash_token(token)),
+        quoted(ops)
+    );
+    if !owners.is_empty() {
+        table += &format!("owners = [{}]\n", quoted(owners));
+    }
+    if !scopes.is_empty() {
+        table += &format!("scopes = [{}]\n", quoted(scopes));
+    }
+    TokenSet::parse(&table).map_err(|reason| anyhow::anyhow!("{reason}"))?;
+    Ok(table)
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::from("\"");
+    for character in text.chars() {
+        match character {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", c as u32)),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 fn print_metadata(metadata: &credshard_protocol::op::metadata::Metadata) {
@@ -327,6 +431,8 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Refuse a bad configuration before anything is written to the data dir.
+    config.validate()?;
     let key_source = key_source(&config)?;
     // A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, which the log handles
     // like a full disk, rather than kill the process.
@@ -334,8 +440,9 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    // Block SIGINT and SIGTERM before the executor threads start (they inherit the mask), so
-    // that this thread alone receives them and can stop the server in order.
+    // Block SIGINT, SIGTERM and SIGHUP before the executor threads start (they inherit the
+    // mask), so that this thread alone receives them: it stops the server in order, or reloads
+    // the tokens file.
     let signals = block_stop_signals();
     let server = Server::start(&config, key_source)?;
     tracing::info!(
@@ -350,8 +457,25 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // Scripts and tests read the bound address (useful with port 0) from this line.
     println!("listening on {}", server.local_address());
     std::io::stdout().flush()?;
-    let signal = wait_for_signal(&signals);
-    tracing::info!(signal, "stopping");
+    if config.tokens.is_none() {
+        tracing::warn!(
+            "no --tokens: the server is open to every local user (loopback only); see docs/security.md"
+        );
+    }
+    loop {
+        let signal = wait_for_signal(&signals);
+        if signal != libc::SIGHUP {
+            tracing::info!(signal, "stopping");
+            break;
+        }
+        match server.reload_tokens() {
+            Ok(count) if config.tokens.is_some() => tracing::info!(tokens = count, "tokens file reloaded"),
+            Ok(_) => tracing::info!("SIGHUP: no --tokens file to reload"),
+            Err(error) => {
+                tracing::error!(%error, "tokens file NOT reloaded; the previous tokens stay in force")
+            }
+        }
+    }
     server.join()?;
     Ok(())
 }
@@ -392,6 +516,7 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }

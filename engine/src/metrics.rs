@@ -25,6 +25,10 @@ pub struct ExecutorMetrics {
     pub log_bytes_written: AtomicU64,
     /// Snapshots of this executor's shard written while serving.
     pub snapshots_written: AtomicU64,
+    /// HELLOs with an unknown token.
+    pub auth_failures: AtomicU64,
+    /// Requests answered UNAUTHORIZED (before HELLO, outside an ACL, or a refused HELLO).
+    pub unauthorized_total: AtomicU64,
 }
 
 impl ExecutorMetrics {
@@ -77,6 +81,8 @@ impl Metrics {
             ("log_batches_committed".to_owned(), sum(|m| &m.log_batches_committed)),
             ("log_bytes_written".to_owned(), sum(|m| &m.log_bytes_written)),
             ("snapshots_written".to_owned(), sum(|m| &m.snapshots_written)),
+            ("auth_failures".to_owned(), sum(|m| &m.auth_failures)),
+            ("unauthorized_total".to_owned(), sum(|m| &m.unauthorized_total)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

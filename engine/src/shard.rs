@@ -16,12 +16,13 @@ use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{PutRequest, VersionState};
 
+use crate::auth::Acl;
 use crate::error::OpError;
 use crate::index::ShardIndex;
 use crate::record::{CredentialFields, Record, VersionFields};
 use crate::storage::wal::EntryType;
 use crate::storage::ShardStorage;
-use crate::store::Store;
+use crate::store::{check_access, Store};
 
 /// What a shard's map holds for one credential: its kept versions, newest (current) first.
 #[derive(Debug)]
@@ -168,13 +169,20 @@ impl ShardWriter {
     ///
     /// # Errors
     /// [`OpError::VersionConflict`] when `expected_version` does not match,
-    /// [`OpError::Unavailable`] when no data key is available.
-    pub fn put(&mut self, request: &PutRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
+    /// [`OpError::Unavailable`] when no data key is available, [`OpError::Unauthorized`] when
+    /// the new owner and scope or those of the credential it replaces are outside `acl`.
+    pub fn put(&mut self, request: &PutRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
         self.check_writable()?;
+        if !acl.covers(request.owner, request.scope) {
+            return Err(OpError::Unauthorized("this token may not write credentials of this owner or scope"));
+        }
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         debug_assert_eq!(store.shard_for(request.id), self.shard_id, "write routed to the wrong shard");
         let existing = map.get(request.id);
+        if let Some(entry) = existing {
+            check_access(entry.current(), acl)?;
+        }
         let live = existing.filter(|entry| !entry.current().is_expired(now_ms));
         check_expected(request.expected_version, live.map_or(0, |entry| entry.current().version()))?;
         let fields = VersionFields {
@@ -195,13 +203,15 @@ impl ShardWriter {
     /// (`None`: the server's default) and is retired after it.
     ///
     /// # Errors
-    /// Not found, expired, version conflict, unavailable (no data key).
-    pub fn rotate(&mut self, request: &RotateRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
+    /// Not found, unauthorized (outside `acl`), expired, version conflict, unavailable (no
+    /// data key).
+    pub fn rotate(&mut self, request: &RotateRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
         self.check_writable()?;
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
+        check_access(current, acl)?;
         if current.is_expired(now_ms) {
             return Err(OpError::Expired);
         }
@@ -225,13 +235,15 @@ impl ShardWriter {
     /// Removes a credential and all its versions; returns the version that was current.
     ///
     /// # Errors
-    /// [`OpError::NotFound`] for an absent credential, [`OpError::VersionConflict`] when
-    /// `expected_version` does not match the current version.
-    pub fn delete(&mut self, request: &DeleteRequest<'_>, now_ms: u64) -> Result<u64, OpError> {
+    /// [`OpError::NotFound`] for an absent credential, [`OpError::Unauthorized`] for one
+    /// outside `acl`, [`OpError::VersionConflict`] when `expected_version` does not match the
+    /// current version.
+    pub fn delete(&mut self, request: &DeleteRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
         self.check_writable()?;
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let current = map.get(request.id).ok_or(OpError::NotFound)?.current();
+        check_access(current, acl)?;
         let version = current.version();
         if request.expected_version.is_some() {
             check_expected(request.expected_version, if current.is_expired(now_ms) { 0 } else { version })?;

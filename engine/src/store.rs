@@ -13,6 +13,7 @@ use credshard_protocol::op::list::{ListItemRef, ListRequest};
 use credshard_protocol::wire::{put_bytes32, put_str16};
 use credshard_protocol::{Limits, Status, VersionState};
 
+use crate::auth::Acl;
 use crate::crypto::Keyring;
 use crate::error::OpError;
 use crate::index::{ListQuery, SortKey};
@@ -102,14 +103,22 @@ impl Store {
         ShardWriter::new(Arc::clone(self), shard_id)
     }
 
-    /// GET: appends metadata and the decrypted secret of the requested version to `out`.
+    /// GET: appends metadata and the decrypted secret of the requested version to `out`;
+    /// returns that version.
     ///
     /// # Errors
-    /// Not found, expired, version not kept, retired (grace period over); internal when the
-    /// ciphertext fails to open. Nothing is appended on error.
-    pub fn get(&self, request: &GetRequest<'_>, now_ms: u64, out: &mut BytesMut) -> Result<(), OpError> {
+    /// Not found, unauthorized (outside `acl`), expired, version not kept, retired (grace
+    /// period over); internal when the ciphertext fails to open. Nothing is appended on error.
+    pub fn get(
+        &self,
+        request: &GetRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+        out: &mut BytesMut,
+    ) -> Result<u64, OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        check_access(entry.current(), acl)?;
         if entry.current().is_expired(now_ms) {
             return Err(OpError::Expired);
         }
@@ -117,24 +126,30 @@ impl Store {
         if state == VersionState::Retired {
             return Err(OpError::Retired);
         }
+        // A PUT may have moved the credential to another owner or scope: older versions are
+        // checked on their own.
+        check_access(record, acl)?;
         let start = out.len();
         record.metadata().encode(out);
-        record.decrypt_into(&self.keyring, out).inspect_err(|_| out.truncate(start))
+        record.decrypt_into(&self.keyring, out).inspect_err(|_| out.truncate(start))?;
+        Ok(record.version())
     }
 
     /// GET_META: appends the current version's metadata and every kept version's number,
-    /// time and state to `out`; decrypts nothing.
+    /// time and state to `out`; decrypts nothing. Returns the current version.
     ///
     /// # Errors
-    /// Not found, expired.
+    /// Not found, unauthorized (outside `acl`), expired.
     pub fn get_meta(
         &self,
         request: &GetMetaRequest<'_>,
         now_ms: u64,
+        acl: &Acl,
         out: &mut BytesMut,
-    ) -> Result<(), OpError> {
+    ) -> Result<u64, OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        check_access(entry.current(), acl)?;
         if entry.current().is_expired(now_ms) {
             return Err(OpError::Expired);
         }
@@ -149,19 +164,29 @@ impl Store {
             }
             .encode(out);
         }
-        Ok(())
+        Ok(entry.current().version())
     }
 
     /// BATCH_GET: appends one result per id, in order (`status u8` then a GET reply body or an
-    /// error body). Returns whether any result holds a secret.
-    pub fn batch_get(&self, request: &BatchGetRequest<'_>, now_ms: u64, out: &mut BytesMut) -> bool {
+    /// error body), and tells `each` every id's outcome. Returns whether any result holds a
+    /// secret.
+    pub fn batch_get(
+        &self,
+        request: &BatchGetRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+        out: &mut BytesMut,
+        mut each: impl FnMut(&str, &Result<u64, OpError>),
+    ) -> bool {
         out.put_u16_le(request.len() as u16);
         let mut any_secret = false;
         for id in request.ids() {
             let status_at = out.len();
             out.put_u8(Status::Ok as u8);
-            match self.get(&GetRequest { id, version: 0 }, now_ms, out) {
-                Ok(()) => any_secret = true,
+            let result = self.get(&GetRequest { id, version: 0 }, now_ms, acl, out);
+            each(id, &result);
+            match result {
+                Ok(_) => any_secret = true,
                 Err(error) => {
                     out[status_at] = error.status() as u8;
                     out.put_u64_le(error.detail());
@@ -237,6 +262,16 @@ impl Store {
         }
     }
 }
+/// Refuses a record outside the caller's ACL.
+pub(crate) fn check_access(record: &Record, acl: &Acl) -> Result<(), OpError> {
+    let credential = record.credential();
+    if acl.covers(credential.owner.as_str(), credential.scope.as_str()) {
+        Ok(())
+    } else {
+        Err(OpError::Unauthorized("this token may not access this credential (owner or scope)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,33 +307,36 @@ mod tests {
         let store = store(1);
         let mut writer = store.claim_writer(0);
         let now = now_ms();
-        assert_eq!(writer.put(&put("a", b"one", Some(0)), now), Ok(1));
+        assert_eq!(writer.put(&put("a", b"one", Some(0)), now, &Acl::everything()), Ok(1));
         assert_eq!(
-            writer.put(&put("a", b"two", Some(0)), now),
+            writer.put(&put("a", b"two", Some(0)), now, &Acl::everything()),
             Err(OpError::VersionConflict { current_version: 1 })
         );
-        assert_eq!(writer.put(&put("a", b"two", Some(1)), now), Ok(2));
-        assert_eq!(writer.put(&put("a", b"three", None), now), Ok(3));
+        assert_eq!(writer.put(&put("a", b"two", Some(1)), now, &Acl::everything()), Ok(2));
+        assert_eq!(writer.put(&put("a", b"three", None), now, &Acl::everything()), Ok(3));
 
         let mut out = BytesMut::new();
-        store.get(&GetRequest { id: "a", version: 0 }, now, &mut out).unwrap();
+        store.get(&GetRequest { id: "a", version: 0 }, now, &Acl::everything(), &mut out).unwrap();
         assert!(out.ends_with(b"three"));
         out.clear();
-        store.get(&GetRequest { id: "a", version: 2 }, now, &mut out).unwrap();
+        store.get(&GetRequest { id: "a", version: 2 }, now, &Acl::everything(), &mut out).unwrap();
         assert!(out.ends_with(b"two"), "superseded versions stay readable while kept");
         assert_eq!(
-            store.get(&GetRequest { id: "a", version: 9 }, now, &mut out),
+            store.get(&GetRequest { id: "a", version: 9 }, now, &Acl::everything(), &mut out),
             Err(OpError::VersionNotFound)
         );
-        assert_eq!(store.get(&GetRequest { id: "b", version: 0 }, now, &mut out), Err(OpError::NotFound));
+        assert_eq!(
+            store.get(&GetRequest { id: "b", version: 0 }, now, &Acl::everything(), &mut out),
+            Err(OpError::NotFound)
+        );
 
         let delete = |expected_version| DeleteRequest { id: "a", expected_version };
         assert_eq!(
-            writer.delete(&delete(Some(2)), now),
+            writer.delete(&delete(Some(2)), now, &Acl::everything()),
             Err(OpError::VersionConflict { current_version: 3 })
         );
-        assert_eq!(writer.delete(&delete(Some(3)), now), Ok(3));
-        assert_eq!(writer.delete(&delete(None), now), Err(OpError::NotFound));
+        assert_eq!(writer.delete(&delete(Some(3)), now, &Acl::everything()), Ok(3));
+        assert_eq!(writer.delete(&delete(None), now, &Acl::everything()), Err(OpError::NotFound));
         assert!(store.is_empty());
     }
 
@@ -308,12 +346,22 @@ mod tests {
         let mut writer = store.claim_writer(0);
         let mut request = put("t", b"token", None);
         request.expiry = Expiry::TtlMs(1_000);
-        assert_eq!(writer.put(&request, 5_000), Ok(1));
+        assert_eq!(writer.put(&request, 5_000, &Acl::everything()), Ok(1));
         let mut out = BytesMut::new();
-        assert!(store.get(&GetRequest { id: "t", version: 0 }, 5_999, &mut out).is_ok());
-        assert_eq!(store.get(&GetRequest { id: "t", version: 0 }, 6_000, &mut out), Err(OpError::Expired));
-        assert_eq!(store.get_meta(&GetMetaRequest { id: "t" }, 6_000, &mut out), Err(OpError::Expired));
-        assert_eq!(writer.put(&put("t", b"new", Some(0)), 6_000), Ok(2), "version numbers are not reused");
+        assert!(store.get(&GetRequest { id: "t", version: 0 }, 5_999, &Acl::everything(), &mut out).is_ok());
+        assert_eq!(
+            store.get(&GetRequest { id: "t", version: 0 }, 6_000, &Acl::everything(), &mut out),
+            Err(OpError::Expired)
+        );
+        assert_eq!(
+            store.get_meta(&GetMetaRequest { id: "t" }, 6_000, &Acl::everything(), &mut out),
+            Err(OpError::Expired)
+        );
+        assert_eq!(
+            writer.put(&put("t", b"new", Some(0)), 6_000, &Acl::everything()),
+            Ok(2),
+            "version numbers are not reused"
+        );
     }
 
     #[test]
@@ -321,7 +369,7 @@ mod tests {
         let store = store(1);
         let stranger = Keyring::in_memory(MasterKey::generate());
         let mut writer = store.claim_writer(0);
-        writer.put(&put("x", b"secret", None), now_ms()).unwrap();
+        writer.put(&put("x", b"secret", None), now_ms(), &Acl::everything()).unwrap();
         let fields = crate::record::VersionFields {
             version: 2,
             created_at_ms: 1,
@@ -334,11 +382,13 @@ mod tests {
             Record::seal(crate::record::CredentialFields::from(&request), fields, &stranger).unwrap();
         writer.install_for_test("x", foreign);
         let mut out = BytesMut::from(&b"prefix"[..]);
-        let error = store.get(&GetRequest { id: "x", version: 0 }, now_ms(), &mut out).unwrap_err();
+        let error = store
+            .get(&GetRequest { id: "x", version: 0 }, now_ms(), &Acl::everything(), &mut out)
+            .unwrap_err();
         assert_eq!(error.status(), credshard_protocol::Status::Internal);
         assert_eq!(&out[..], b"prefix", "nothing of the failed response is left in the buffer");
         assert!(
-            store.get_meta(&GetMetaRequest { id: "x" }, now_ms(), &mut out).is_ok(),
+            store.get_meta(&GetMetaRequest { id: "x" }, now_ms(), &Acl::everything(), &mut out).is_ok(),
             "metadata needs no key"
         );
     }

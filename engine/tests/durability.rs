@@ -129,7 +129,8 @@ fn log_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(data_dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.is_dir() {
+        // The write-ahead logs live in wal-<generation>/; audit/ holds the audit log.
+        if path.is_dir() && path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("wal-")) {
             for log in std::fs::read_dir(&path).unwrap() {
                 files.push(log.unwrap().path());
             }

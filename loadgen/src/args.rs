@@ -29,7 +29,9 @@ pub const RATE_MAX: f64 = 100_000_000.0;
 #[derive(Parser, Debug)]
 #[command(name = "credshard-loadgen", version)]
 pub struct Args {
-    /// Server to load: credshard://HOST:PORT, or redis://HOST:PORT (GET and SET; no get_meta).
+    /// Server to load: credshard://HOST:PORT, credshards://HOST:PORT (TLS: give --tls-ca), or
+    /// redis://HOST:PORT (GET and SET; no get_meta). A credshard server with tokens needs the
+    /// token in the CREDSHARD_TOKEN environment variable.
     #[arg(long, value_name = "URL", default_value = "credshard://127.0.0.1:7373", value_parser = Target::parse)]
     pub target: Target,
 
@@ -96,6 +98,15 @@ pub struct Args {
     /// chart to PATH. `credshard-loadgen plot --out CHART.svg A.json B.json` overlays runs.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
+
+    /// For credshards://: the CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, value_name = "PATH", env = "CREDSHARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// For credshards://: the name the server's certificate must carry [default: the target's
+    /// host].
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
 
     /// Runtime worker threads [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use credshard_protocol::op::rotate::RotateRequest;
-use credshard_protocol::{AsyncClient, ClientError, Expiry, Kind, Labels, PutRequest, Status, EMPTY_LABELS};
+use credshard_protocol::{
+    AsyncClient, ClientError, ClientTls, Expiry, Kind, Labels, PutRequest, Status, EMPTY_LABELS,
+};
 
 use crate::redis::{RedisClient, RedisError};
 use crate::target::Target;
@@ -30,32 +32,71 @@ pub struct ServerInfo {
     pub shard_count: u16,
 }
 
-/// Opens `connections` connections to `target`, all at once, and says HELLO (for redis:
-/// `INFO server`) on each. Returns the clients and what the first server reply said.
+/// How the loadgen proves who it is to a credshard server.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// The HELLO token (empty for a server without tokens).
+    pub token: Vec<u8>,
+    /// For credshards:// targets: the CA and name to verify the server with.
+    pub tls: Option<ClientTls>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Access")
+            .field("token_bytes", &self.token.len())
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// [`connect_with`] without a token or TLS.
 ///
 /// # Errors
 /// A one-line message naming the first failure.
+#[cfg(test)]
 pub async fn connect(target: &Target, connections: usize) -> Result<(Vec<Client>, ServerInfo), String> {
+    connect_with(target, &Access::default(), connections).await
+}
+
+/// Opens `connections` connections to `target`, all at once, and says HELLO with the token in
+/// `access` (for redis: `INFO server`) on each. Returns the clients and what the first server
+/// reply said.
+///
+/// # Errors
+/// A one-line message naming the first failure.
+pub async fn connect_with(
+    target: &Target,
+    access: &Access,
+    connections: usize,
+) -> Result<(Vec<Client>, ServerInfo), String> {
+    if matches!(target, Target::CredshardTls { .. }) && access.tls.is_none() {
+        return Err("credshards:// needs --tls-ca".to_owned());
+    }
     let mut opening = JoinSet::new();
     for _ in 0..connections {
         let target = target.clone();
+        let access = access.clone();
         opening.spawn(async move {
             let timeout = Duration::from_secs(CONNECT_TIMEOUT_SECONDS);
             let hello = async {
-                match &target {
-                    Target::Credshard { address } => {
-                        let client =
-                            AsyncClient::connect_raw(address.as_str()).await.map_err(|e| e.to_string())?;
-                        let hello = client.hello(b"").await.map_err(|e| e.to_string())?;
-                        let info = ServerInfo { server: hello.server, shard_count: hello.shard_count };
-                        Ok::<_, String>((Client::Credshard(client), info))
+                let client = match &target {
+                    Target::Credshard { address } => AsyncClient::connect_raw(address.as_str()).await,
+                    Target::CredshardTls { address, .. } => {
+                        let tls = access.tls.as_ref().expect("checked above");
+                        AsyncClient::connect_tls_raw(address.as_str(), tls).await
                     }
                     Target::Redis { address } => {
                         let client = RedisClient::connect(address).await.map_err(|e| e.to_string())?;
                         let server = client.server_name().await.map_err(|e| e.to_string())?;
-                        Ok((Client::Redis(client), ServerInfo { server, shard_count: 1 }))
+                        return Ok((Client::Redis(client), ServerInfo { server, shard_count: 1 }));
                     }
-                }
+                };
+                let client = client.map_err(|e| e.to_string())?;
+                let hello = client.hello(&access.token).await.map_err(|e| e.to_string())?;
+                let info = ServerInfo { server: hello.server, shard_count: hello.shard_count };
+                Ok::<_, String>((Client::Credshard(client), info))
             };
             match tokio::time::timeout(timeout, hello).await {
                 Ok(result) => result,
@@ -201,7 +242,7 @@ impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         match error {
             ClientError::Server { status, .. } => Failure::Server(status),
-            ClientError::Io(_) | ClientError::Closed => Failure::Io,
+            ClientError::Io(_) | ClientError::Closed | ClientError::Tls(_) => Failure::Io,
             ClientError::Frame(_)
             | ClientError::Decode(_)
             | ClientError::UnknownStatus(_)

@@ -39,8 +39,11 @@ use std::time::Instant;
 use clap::error::ErrorKind;
 use clap::Parser;
 
+use credshard_protocol::ClientTls;
+
 use crate::args::Args;
 use crate::report::RunInfo;
+use crate::target::Target;
 use crate::workload::Plan;
 
 /// Why the loadgen stopped without a full report.
@@ -131,6 +134,21 @@ struct PlotArgs {
     results: Vec<std::path::PathBuf>,
 }
 
+/// The token (from CREDSHARD_TOKEN) and, for credshards://, the TLS settings.
+fn access(args: &Args) -> Result<client::Access, String> {
+    let token = std::env::var("CREDSHARD_TOKEN").unwrap_or_default().into_bytes();
+    let tls = match (&args.target, &args.tls_ca) {
+        (Target::CredshardTls { host, .. }, Some(ca)) => {
+            let name = args.tls_name.as_deref().unwrap_or(host);
+            Some(ClientTls::from_ca_file(ca, name).map_err(|error| format!("--tls-ca: {error}"))?)
+        }
+        (Target::CredshardTls { .. }, None) => return Err("credshards:// needs --tls-ca PATH".to_owned()),
+        (_, Some(_)) => return Err("--tls-ca is only for credshards:// targets".to_owned()),
+        (_, None) => None,
+    };
+    Ok(client::Access { token, tls })
+}
+
 fn plot_files(arguments: impl Iterator<Item = String>) -> Result<(), Exit> {
     let args = match PlotArgs::try_parse_from(arguments) {
         Ok(args) => args,
@@ -179,8 +197,9 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
         progress: true,
     };
 
+    let access = access(args).map_err(Exit::Usage)?;
     let (summary, hello) = runtime.block_on(async {
-        let (clients, hello) = workload::connect(&args.target, args.connections)
+        let (clients, hello) = client::connect_with(&args.target, &access, args.connections)
             .await
             .map_err(|error| Exit::Usage(format!("cannot connect to {}: {error}", args.target)))?;
         if !args.no_preload {

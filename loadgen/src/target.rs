@@ -1,6 +1,6 @@
-//! The server under load, named by a URL: `credshard://HOST:PORT`, or `redis://HOST:PORT` for
-//! a stock redis-server as the peer (RESP GET/SET). `rediss://` (TLS) is refused with a clear
-//! message rather than misread.
+//! The server under load, named by a URL: `credshard://HOST:PORT`, `credshards://HOST:PORT`
+//! (TLS), or `redis://HOST:PORT` for a stock redis-server as the peer (RESP GET/SET).
+//! `rediss://` (TLS) is refused with a clear message rather than misread.
 
 use std::fmt;
 
@@ -14,13 +14,16 @@ pub const CREDSHARD_PORT_DEFAULT: u16 = 7373;
 pub enum Target {
     /// A credshard server; `address` is `HOST:PORT`, ready for a socket-address lookup.
     Credshard { address: String },
+    /// A credshard server over TLS; `host` (brackets removed) is the name its certificate must
+    /// carry unless `--tls-name` says otherwise.
+    CredshardTls { address: String, host: String },
     /// A redis server, spoken to in RESP2; `address` is `HOST:PORT`.
     Redis { address: String },
 }
 
 impl Target {
-    /// Parses `credshard://HOST[:PORT]` or `redis://HOST[:PORT]` (IPv6 hosts in brackets:
-    /// `credshard://[::1]:7373`).
+    /// Parses `credshard://HOST[:PORT]`, `credshards://HOST[:PORT]` or `redis://HOST[:PORT]`
+    /// (IPv6 hosts in brackets: `credshard://[::1]:7373`).
     ///
     /// # Errors
     /// A one-line message for other schemes, a missing host or an invalid port.
@@ -29,12 +32,12 @@ impl Target {
             return Err("must look like credshard://HOST:PORT or redis://HOST:PORT".to_owned());
         };
         let default_port = match scheme {
-            "credshard" => CREDSHARD_PORT_DEFAULT,
+            "credshard" | "credshards" => CREDSHARD_PORT_DEFAULT,
             "redis" => REDIS_PORT_DEFAULT,
             "rediss" => return Err("rediss:// (TLS) is not supported; use redis://HOST:PORT".to_owned()),
             other => {
                 return Err(format!(
-                    "unknown scheme `{other}`; use credshard://HOST:PORT or redis://HOST:PORT"
+                    "unknown scheme `{other}`; use credshard://, credshards:// (TLS) or redis://HOST:PORT"
                 ))
             }
         };
@@ -53,6 +56,10 @@ impl Target {
         let address = format!("{host}:{port}");
         Ok(match scheme {
             "redis" => Target::Redis { address },
+            "credshards" => {
+                let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+                Target::CredshardTls { address, host }
+            }
             _ => Target::Credshard { address },
         })
     }
@@ -83,6 +90,7 @@ impl fmt::Display for Target {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Credshard { address } => write!(formatter, "credshard://{address}"),
+            Target::CredshardTls { address, .. } => write!(formatter, "credshards://{address}"),
             Target::Redis { address } => write!(formatter, "redis://{address}"),
         }
     }
@@ -95,7 +103,7 @@ mod tests {
     fn address(text: &str) -> String {
         match Target::parse(text).unwrap() {
             Target::Credshard { address } => address,
-            Target::Redis { .. } => panic!("{text} is not a credshard target"),
+            _ => panic!("{text} is not a plain credshard target"),
         }
     }
 
@@ -106,6 +114,17 @@ mod tests {
         assert_eq!(address("credshard://[::1]:9000/"), "[::1]:9000");
         assert_eq!(address("credshard://[::1]"), "[::1]:7373");
         assert_eq!(Target::parse("credshard://h:1").unwrap().to_string(), "credshard://h:1");
+    }
+
+    #[test]
+    fn tls_targets_keep_the_host_for_the_certificate() {
+        let tls = |address: &str, host: &str| Target::CredshardTls {
+            address: address.to_owned(),
+            host: host.to_owned(),
+        };
+        assert_eq!(Target::parse("credshards://localhost"), Ok(tls("localhost:7373", "localhost")));
+        assert_eq!(Target::parse("credshards://[::1]:9"), Ok(tls("[::1]:9", "::1")));
+        assert_eq!(Target::parse("credshards://h:1").unwrap().to_string(), "credshards://h:1");
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! connection, each sending request after request until the run ends, and print progress once
 //! a second.
 //!
+//! While keys are preloaded a progress bar (keys done of total, rate, ETA) is drawn on stderr
+//! if stderr is a terminal and the plan asks for progress; piped or redirected stderr (tests,
+//! scripts, `--json` runs) gets no bar and no escape codes.
+//!
 //! Every connection is one [`Client`]: a credshard [`AsyncClient`] or a [`RedisClient`], each
 //! pipelining whatever its workers send. Every read is validated against [`value`]: a wrong
 //! value is an error of kind `mismatch`.
@@ -18,10 +22,13 @@ use std::time::{Duration, Instant};
 
 use credshard_protocol::Status;
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-pub use crate::client::{connect, Client};
+#[cfg(test)]
+use crate::client::connect;
+pub use crate::client::Client;
 use crate::client::{put_request, Failure};
 use crate::distribution::{Distribution, KeyChooser, Random};
 use crate::mix::{Mix, Op};
@@ -56,12 +63,27 @@ pub struct Plan {
     pub distribution: Distribution,
     /// Total target ops/s over every worker (open loop), or `None` for a closed loop.
     pub rate: Option<f64>,
-    /// Print a progress line each second (on stderr).
+    /// Print a progress line each second, and the preload's progress bar (on stderr).
     pub progress: bool,
 }
 
 /// The outcome kind of a NOT_FOUND when the mix deletes keys: not an error.
 pub const NOT_FOUND_AFTER_DELETE: &str = "not_found_after_delete";
+
+/// The preload's progress bar: on stderr when `plan.progress` is set, and then only if stderr
+/// is a terminal ([`ProgressDrawTarget::stderr`] hides itself otherwise). Cleared when it is
+/// finished or dropped, so the summary line printed after the preload stands alone.
+fn preload_bar(plan: &Plan) -> ProgressBar {
+    if !plan.progress {
+        return ProgressBar::hidden();
+    }
+    let style =
+        ProgressStyle::with_template("preload {wide_bar} {human_pos}/{human_len} keys, {per_sec}, ETA {eta}")
+            .expect("the preload bar's template is valid");
+    ProgressBar::with_draw_target(Some(plan.keys), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_finish(ProgressFinish::AndClear)
+}
 
 /// Writes every key once (write counter 0), `pipeline` requests in flight per connection.
 ///
@@ -70,10 +92,13 @@ pub const NOT_FOUND_AFTER_DELETE: &str = "not_found_after_delete";
 pub async fn preload(clients: &[Client], plan: &Plan) -> Result<(), String> {
     let next_key = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new((0u64, None::<String>)));
+    // Counts PUTs answered (or failed): a clone per loader, all drawing one bar.
+    let bar = preload_bar(plan);
     let mut loaders = JoinSet::new();
     for client in clients {
         for _ in 0..plan.pipeline {
             let (client, next_key, failures) = (client.clone(), next_key.clone(), failures.clone());
+            let bar = bar.clone();
             let (keys, value_size) = (plan.keys, plan.value_size);
             loaders.spawn(async move {
                 let mut id = String::new();
@@ -96,7 +121,9 @@ pub async fn preload(clients: &[Client], plan: &Plan) -> Result<(), String> {
                             Client::Redis(client) => client.set(&id, &value).await.map_err(|e| e.to_string()),
                         }
                     };
-                    let error = match tokio::time::timeout(timeout, put).await {
+                    let result = tokio::time::timeout(timeout, put).await;
+                    bar.inc(1);
+                    let error = match result {
                         Ok(Ok(())) => continue,
                         Ok(Err(error)) => error,
                         Err(_) => format!("no reply within {PRELOAD_REQUEST_TIMEOUT_SECONDS} s"),
@@ -111,6 +138,7 @@ pub async fn preload(clients: &[Client], plan: &Plan) -> Result<(), String> {
     while let Some(joined) = loaders.join_next().await {
         joined.map_err(|error| format!("preload task failed: {error}"))?;
     }
+    bar.finish_and_clear();
     let (failed, first) = &*failures.lock().expect("failures lock");
     match first {
         None => Ok(()),
@@ -452,6 +480,12 @@ mod tests {
             })
             .sum();
         assert_eq!(intended, 2000);
+    }
+
+    #[test]
+    fn without_progress_the_preload_bar_is_hidden() {
+        // Tests and library callers that turn progress off never draw on the terminal.
+        assert!(preload_bar(&plan("get=1")).is_hidden());
     }
 
     #[test]

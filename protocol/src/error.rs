@@ -21,6 +21,8 @@ pub enum ClientError {
     UnexpectedResponse { request_id: u32 },
     #[error("connection closed")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {

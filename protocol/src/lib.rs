@@ -23,6 +23,8 @@ pub mod wire;
 #[cfg(feature = "tokio")]
 pub use client::asynchronous::AsyncClient;
 pub use client::blocking::Client;
+#[cfg(feature = "tls")]
+pub use client::tls::ClientTls;
 pub use code::{Kind, Op, Status, VersionState};
 pub use error::ClientError;
 pub use limits::Limits;

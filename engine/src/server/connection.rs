@@ -7,7 +7,9 @@
 //! writes are answered, and the connection is closed. Buffers that held plaintext (PUT and
 //! ROTATE requests, GET and BATCH_GET responses) are wiped before they are reused.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -17,13 +19,14 @@ use credshard_protocol::{Op, Status};
 use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::stream::FuturesUnordered;
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::TcpStream;
 use zeroize::Zeroize;
 
+use crate::auth::Session;
 use crate::error::OpError;
 use crate::metrics::ExecutorMetrics;
-use crate::server::dispatch::{dispatch, encode_write_outcome, Dispatched};
+use crate::server::dispatch::{answer_write, dispatch, Caller, Dispatched, WriteTicket};
 use crate::server::executor::ExecutorContext;
 use crate::server::input::InputBuffer;
 use crate::server::router::WriteOutcome;
@@ -35,14 +38,18 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES_MAX: usize = 4 << 20;
 
-/// A write's op, request id and outcome (or its shard stopped before answering).
-type WriteDone = (Op, u32, Result<WriteOutcome, oneshot::Canceled>);
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Closes gracefully after a framing error: shut down the sending side, then discard what
-/// the client still sends for a while. Closing with unread input would make the kernel send
-/// a reset, which can destroy the error frame before the client reads it.
-async fn linger(stream: &mut TcpStream) -> std::io::Result<()> {
-    stream.shutdown(std::net::Shutdown::Write).await?;
+/// A write and its outcome (or its shard stopped before answering).
+type WriteDone = (WriteTicket, Result<WriteOutcome, oneshot::Canceled>);
+
+/// Closes gracefully after a framing error: shut down the sending side (after a TLS
+/// close_notify), then discard what the client still sends for a while. Closing with unread
+/// input would make the kernel send a reset, which can destroy the error frame before the
+/// client reads it.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<()> {
+    stream.close().await?;
     let drain = async {
         let mut discard = vec![0u8; READ_CHUNK_BYTES];
         let mut discarded = 0;
@@ -57,28 +64,52 @@ async fn linger(stream: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves `stream` until the client hangs up, an I/O error occurs, or framing breaks.
-pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
+/// Serves `stream` until the client hangs up, an I/O error occurs, or framing breaks. With
+/// TLS configured, the handshake comes first (bounded by a timeout).
+pub async fn serve(stream: TcpStream, context: Rc<ExecutorContext>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let result = match &context.tls {
+        None => serve_stream(stream, peer, &context).await,
+        Some(acceptor) => {
+            let handshake = acceptor.accept(stream);
+            match select(Box::pin(handshake), Box::pin(glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT))).await {
+                Either::Left((Ok(tls), _)) => serve_stream(tls, peer, &context).await,
+                Either::Left((Err(error), _)) => Err(error),
+                Either::Right(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, %peer, "connection ended with an I/O error");
+    }
+}
+
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    context: &Rc<ExecutorContext>,
+) -> std::io::Result<()> {
     let metrics = context.metrics();
     if context.all_metrics.connections_open() >= context.config.connections_max as u64 {
         ExecutorMetrics::add(&metrics.connections_refused, 1);
         let mut out = BytesMut::new();
         encode_error(Status::Unavailable, 0, 0, "too many connections", &mut out);
-        let _ = stream.write_all(&out).await;
-        return;
+        stream.write_all(&out).await?;
+        return stream.close().await;
     }
     ExecutorMetrics::add(&metrics.connections_total, 1);
     ExecutorMetrics::add(&metrics.connections_open, 1);
-    let _ = stream.set_nodelay(true);
-    let result = Connection::new(&context).run(&mut stream).await;
-    if let Err(error) = result {
-        tracing::debug!(%error, "connection ended with an I/O error");
-    }
+    let result = Connection::new(context, peer).run(&mut stream).await;
     ExecutorMetrics::sub(&metrics.connections_open, 1);
+    result
 }
 
 struct Connection<'a> {
     context: &'a Rc<ExecutorContext>,
+    /// Who is connected: the authentication state and the address the audit log records.
+    session: Session,
+    peer: SocketAddr,
     input: InputBuffer,
     output: BytesMut,
     output_has_secret: bool,
@@ -87,9 +118,11 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(context: &'a Rc<ExecutorContext>) -> Connection<'a> {
+    fn new(context: &'a Rc<ExecutorContext>, peer: SocketAddr) -> Connection<'a> {
         Connection {
             context,
+            session: context.authenticator.session(),
+            peer,
             input: InputBuffer::new(READ_CHUNK_BYTES),
             output: BytesMut::with_capacity(READ_CHUNK_BYTES),
             output_has_secret: false,
@@ -97,7 +130,7 @@ impl<'a> Connection<'a> {
         }
     }
 
-    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
         let frame_bytes_max = self.context.store.limits().frame_bytes_max;
         let in_flight_max = self.context.config.in_flight_max;
         let mut pending = FuturesUnordered::new();
@@ -114,25 +147,25 @@ impl<'a> Connection<'a> {
                     }
                 };
                 let frame_bytes = header.frame_bytes;
-                let waiting = match dispatch(
-                    self.context,
-                    header,
-                    &self.input.filled()[..frame_bytes],
-                    &mut self.output,
-                ) {
+                let mut caller = Caller { session: &mut self.session, peer: self.peer };
+                let frame = &self.input.filled()[..frame_bytes];
+                let waiting = match dispatch(self.context, &mut caller, header, frame, &mut self.output) {
                     Dispatched::Answered { secret } => {
                         self.output_has_secret |= secret;
                         None
                     }
-                    Dispatched::Pending { op, outcome } => Some((op, outcome)),
-                    Dispatched::Forward { shard_id, op, received_at_ms } => {
+                    Dispatched::Pending { write, outcome } => Some((write, outcome)),
+                    Dispatched::Forward { shard_id, write, received_at_ms } => {
                         let body = &self.input.filled()[header.body_range()];
-                        Some((op, self.context.router.forward(shard_id, op, body, received_at_ms).await))
+                        let principal = Arc::clone(&write.principal);
+                        let router = &self.context.router;
+                        let outcome =
+                            router.forward(shard_id, write.op, body, received_at_ms, principal).await;
+                        Some((write, outcome))
                     }
                 };
-                if let Some((op, outcome)) = waiting {
-                    let request_id = header.request_id;
-                    pending.push(outcome.map(move |outcome| (op, request_id, outcome)));
+                if let Some((write, outcome)) = waiting {
+                    pending.push(outcome.map(move |outcome| (write, outcome)));
                 }
                 // PUT and ROTATE frames carry plaintext secrets: wipe them as they are consumed.
                 self.input.consume(frame_bytes, Op::from_u8(header.code).is_some_and(Op::carries_secret));
@@ -187,13 +220,14 @@ impl<'a> Connection<'a> {
     }
 
     /// Waits for every write in flight, answers it, and flushes.
-    async fn finish_pending<F>(
+    async fn finish_pending<F, S>(
         &mut self,
         pending: &mut FuturesUnordered<F>,
-        stream: &mut TcpStream,
+        stream: &mut S,
     ) -> std::io::Result<()>
     where
         F: std::future::Future<Output = WriteDone>,
+        S: AsyncWrite + Unpin,
     {
         while let Some(finished) = pending.next().await {
             self.answer_write(finished);
@@ -201,10 +235,10 @@ impl<'a> Connection<'a> {
         self.flush(stream).await
     }
 
-    fn answer_write(&mut self, (op, request_id, outcome): WriteDone) {
+    fn answer_write(&mut self, (write, outcome): WriteDone) {
         let outcome =
             outcome.unwrap_or(Err(OpError::Unavailable("the owning shard stopped before answering")));
-        encode_write_outcome(self.context, op, request_id, outcome, &mut self.output);
+        answer_write(self.context, self.peer, &write, outcome, &mut self.output);
     }
 
     fn reject_framing(&mut self, error: FrameError) {
@@ -219,11 +253,15 @@ impl<'a> Connection<'a> {
         self.input.wipe();
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let result = stream.write_all(&self.output).await;
+        // A TLS stream buffers: flush pushes the records out.
+        let result = match stream.write_all(&self.output).await {
+            Ok(()) => stream.flush().await,
+            Err(error) => Err(error),
+        };
         if self.output_has_secret {
             self.output.zeroize();
             self.output_has_secret = false;

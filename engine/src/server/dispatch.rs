@@ -1,5 +1,12 @@
 //! One request frame in, one response frame out (or a write forwarded to another shard).
 //! Reads are answered here, synchronously, straight from the owning shard's map.
+//!
+//! Every request is checked against the session's principal: nothing but HELLO before it
+//! authenticates, then only the ops its ACL grants, on the credentials it covers. Requests
+//! that touch a credential, and every refusal, are recorded in the executor's audit log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use credshard_protocol::frame::{self, Header};
@@ -9,28 +16,55 @@ use credshard_protocol::op::{encode_error, Request};
 use credshard_protocol::{Op, Status};
 use futures::channel::oneshot;
 
+use crate::audit::AuditEvent;
+use crate::auth::{Principal, Session};
 use crate::error::OpError;
 use crate::metrics::ExecutorMetrics;
 use crate::server::executor::ExecutorContext;
 use crate::server::router::WriteOutcome;
 use crate::time::now_ms;
 
+/// The token id audited for requests made before authenticating.
+const ANONYMOUS: &str = "-";
+
 /// What became of a request.
 pub enum Dispatched {
     /// The response is in the output buffer; `secret` says whether it holds plaintext.
     Answered { secret: bool },
     /// A write applied to this executor's shard: its outcome arrives once it is committed.
-    Pending { op: Op, outcome: oneshot::Receiver<WriteOutcome> },
-    /// A write for another shard: forward `body` to `shard_id`'s executor.
-    Forward { shard_id: usize, op: Op, received_at_ms: u64 },
+    Pending { write: WriteTicket, outcome: oneshot::Receiver<WriteOutcome> },
+    /// A write for another shard: forward the frame's body to `shard_id`'s executor.
+    Forward { shard_id: usize, write: WriteTicket, received_at_ms: u64 },
+}
+
+/// A write on its way: what its answer, and its audit entry, need to know.
+pub struct WriteTicket {
+    pub op: Op,
+    pub request_id: u32,
+    pub principal: Arc<Principal>,
+    /// The credential id, kept only when the audit log is on.
+    pub audit_id: Option<Box<str>>,
+}
+
+/// Who sent a request, as the audit log records it.
+pub struct Caller<'a> {
+    pub session: &'a mut Session,
+    pub peer: SocketAddr,
 }
 
 /// Handles the request in `frame` (a whole frame, header included).
-pub fn dispatch(context: &ExecutorContext, header: Header, frame: &[u8], out: &mut BytesMut) -> Dispatched {
+pub fn dispatch(
+    context: &ExecutorContext,
+    caller: &mut Caller<'_>,
+    header: Header,
+    frame: &[u8],
+    out: &mut BytesMut,
+) -> Dispatched {
     let metrics = context.metrics();
     ExecutorMetrics::add(&metrics.requests_total, 1);
     let request_id = header.request_id;
     let body = &frame[header.body_range()];
+    let now_ms = now_ms();
     let request = match Request::decode(header.code, body, context.store.limits()) {
         Ok(request) => request,
         Err(error) => {
@@ -39,71 +73,92 @@ pub fn dispatch(context: &ExecutorContext, header: Header, frame: &[u8], out: &m
             return Dispatched::Answered { secret: false };
         }
     };
-    let now_ms = now_ms();
-    if request.op().is_write() {
-        ExecutorMetrics::add(&metrics.writes_total, 1);
-        let shard_id = context.store.shard_for(request.id().expect("writes name a credential"));
-        if shard_id != context.router.shard_id() {
-            ExecutorMetrics::add(&metrics.writes_forwarded, 1);
-            return Dispatched::Forward { shard_id, op: request.op(), received_at_ms: now_ms };
-        }
-        let (reply, outcome) = oneshot::channel();
-        context.router.write(&request, now_ms, reply);
-        return Dispatched::Pending { op: request.op(), outcome };
+    let op = request.op();
+    let auditor = Auditor { context, peer: caller.peer, now_ms };
+    if context.audit.as_ref().is_some_and(|audit| audit.is_backlogged()) && op != Op::Ping {
+        // Fail closed: nothing is served that cannot be audited.
+        let error = OpError::Unavailable("the audit log cannot be written; requests resume when it can");
+        return refuse(context, error, request_id, out);
+    }
+    if let Request::Hello(hello) = &request {
+        return answer_hello(context, caller, &auditor, hello.protocol_version, hello.token, request_id, out);
+    }
+    let Some(principal) = caller.session.principal(&context.authenticator).cloned() else {
+        auditor.record(ANONYMOUS, &request, None, Status::Unauthorized);
+        let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
+        return refuse(context, error, request_id, out);
+    };
+    if !principal.acl.allows_op(op) {
+        auditor.record(&principal.id, &request, None, Status::Unauthorized);
+        return refuse(context, OpError::Unauthorized("this token may not use this op"), request_id, out);
     }
 
+    if op.is_write() {
+        ExecutorMetrics::add(&metrics.writes_total, 1);
+        let id = request.id().expect("writes name a credential");
+        let write =
+            WriteTicket { op, request_id, principal, audit_id: context.audit.is_some().then(|| id.into()) };
+        let shard_id = context.store.shard_for(id);
+        if shard_id != context.router.shard_id() {
+            ExecutorMetrics::add(&metrics.writes_forwarded, 1);
+            return Dispatched::Forward { shard_id, write, received_at_ms: now_ms };
+        }
+        let (reply, outcome) = oneshot::channel();
+        context.router.write(&request, now_ms, &write.principal.acl, reply);
+        return Dispatched::Pending { write, outcome };
+    }
+
+    let acl = &principal.acl;
     let start = frame::begin(out, Status::Ok as u8, request_id);
     let result = match &request {
-        Request::Hello(hello) => {
-            if hello.protocol_version != PROTOCOL_VERSION {
-                frame::abandon(out, start);
-                ExecutorMetrics::add(&metrics.errors_total, 1);
-                let message = format!("this server speaks protocol version {PROTOCOL_VERSION}");
-                encode_error(Status::UnsupportedVersion, request_id, PROTOCOL_VERSION.into(), &message, out);
-                return Dispatched::Answered { secret: false };
-            }
-            let server = concat!("credshard ", env!("CARGO_PKG_VERSION"));
-            HelloReply::encode(PROTOCOL_VERSION, context.store.shard_count() as u16, server, out);
-            Ok(())
-        }
         Request::Ping(payload) => {
             out.put_slice(payload);
-            Ok(())
+            Ok(None)
         }
         Request::Get(get) => {
             ExecutorMetrics::add(&metrics.reads_total, 1);
-            context.store.get(get, now_ms, out)
+            context.store.get(get, now_ms, acl, out).map(Some)
         }
         Request::GetMeta(get_meta) => {
             ExecutorMetrics::add(&metrics.reads_total, 1);
-            context.store.get_meta(get_meta, now_ms, out)
+            context.store.get_meta(get_meta, now_ms, acl, out).map(Some)
         }
         Request::BatchGet(batch) => {
             ExecutorMetrics::add(&metrics.reads_total, batch.len() as u64);
-            let secret = context.store.batch_get(batch, now_ms, out);
+            let secret = context.store.batch_get(batch, now_ms, acl, out, |id, result| {
+                let (version, status) = match result {
+                    Ok(version) => (Some(*version), Status::Ok),
+                    Err(error) => (None, error.status()),
+                };
+                auditor.record_id(&principal.id, op, id, version, status);
+            });
             frame::finish(out, start);
             return Dispatched::Answered { secret };
         }
         Request::List(list) => {
             ExecutorMetrics::add(&metrics.reads_total, 1);
-            context.store.list(list, now_ms, out)
+            let owner = Some(list.owner).filter(|owner| !owner.is_empty());
+            let scope = Some(list.scope).filter(|scope| !scope.is_empty());
+            if acl.covers_list(owner, scope) {
+                context.store.list(list, now_ms, out).map(|()| None)
+            } else {
+                Err(OpError::Unauthorized("this token may not list beyond its owners and scope prefixes"))
+            }
         }
         Request::Stats => {
-            let mut values = vec![
-                ("shards".to_owned(), context.store.shard_count() as u64),
-                ("credentials".to_owned(), context.store.len() as u64),
-                ("data_keys".to_owned(), context.store.keyring().len() as u64),
-            ];
-            values.extend(context.all_metrics.report());
-            let borrowed: Vec<(&str, u64)> =
-                values.iter().map(|(name, value)| (name.as_str(), *value)).collect();
-            StatsReply::encode(&borrowed, out);
-            Ok(())
+            encode_stats(context, out);
+            Ok(None)
         }
-        Request::Put(_) | Request::Delete(_) | Request::Rotate(_) => unreachable!("writes are handled above"),
+        Request::Hello(_) | Request::Put(_) | Request::Delete(_) | Request::Rotate(_) => {
+            unreachable!("handled above")
+        }
     };
+    let (version, status) = audited_outcome(&result);
+    if !matches!(request, Request::Ping(_) | Request::Stats) {
+        auditor.record(&principal.id, &request, version, status);
+    }
     match result {
-        Ok(()) => {
+        Ok(_) => {
             frame::finish(out, start);
             Dispatched::Answered { secret: matches!(request, Request::Get(_)) }
         }
@@ -115,26 +170,151 @@ pub fn dispatch(context: &ExecutorContext, header: Header, frame: &[u8], out: &m
     }
 }
 
-/// Appends the response to a write (PUT, ROTATE and DELETE all answer `version u64`).
-pub fn encode_write_outcome(
+/// HELLO: checks the protocol version, then authenticates the session with the token.
+fn answer_hello(
     context: &ExecutorContext,
-    op: Op,
+    caller: &mut Caller<'_>,
+    auditor: &Auditor<'_>,
+    protocol_version: u16,
+    token: &[u8],
     request_id: u32,
+    out: &mut BytesMut,
+) -> Dispatched {
+    if protocol_version != PROTOCOL_VERSION {
+        ExecutorMetrics::add(&context.metrics().errors_total, 1);
+        let message = format!("this server speaks protocol version {PROTOCOL_VERSION}");
+        encode_error(Status::UnsupportedVersion, request_id, PROTOCOL_VERSION.into(), &message, out);
+        return Dispatched::Answered { secret: false };
+    }
+    let Some(principal) = caller.session.hello(&context.authenticator, token) else {
+        ExecutorMetrics::add(&context.metrics().auth_failures, 1);
+        auditor.record_id(ANONYMOUS, Op::Hello, None, None, Status::Unauthorized);
+        let error = OpError::Unauthorized("unknown token");
+        return refuse(context, error, request_id, out);
+    };
+    auditor.record_id(&principal.id, Op::Hello, None, None, Status::Ok);
+    let start = frame::begin(out, Status::Ok as u8, request_id);
+    let server = concat!("credshard ", env!("CARGO_PKG_VERSION"));
+    HelloReply::encode(PROTOCOL_VERSION, context.store.shard_count() as u16, server, out);
+    frame::finish(out, start);
+    Dispatched::Answered { secret: false }
+}
+
+fn encode_stats(context: &ExecutorContext, out: &mut BytesMut) {
+    let mut values = vec![
+        ("shards".to_owned(), context.store.shard_count() as u64),
+        ("credentials".to_owned(), context.store.len() as u64),
+        ("data_keys".to_owned(), context.store.keyring().len() as u64),
+    ];
+    values.extend(context.all_metrics.report());
+    let borrowed: Vec<(&str, u64)> = values.iter().map(|(name, value)| (name.as_str(), *value)).collect();
+    StatsReply::encode(&borrowed, out);
+}
+
+/// The version and status an outcome is audited with.
+fn audited_outcome(result: &Result<Option<u64>, OpError>) -> (Option<u64>, Status) {
+    match result {
+        Ok(version) => (*version, Status::Ok),
+        Err(error) => (None, error.status()),
+    }
+}
+
+/// Records audit entries, if the audit log is on.
+pub struct Auditor<'a> {
+    pub context: &'a ExecutorContext,
+    pub peer: SocketAddr,
+    pub now_ms: u64,
+}
+
+impl Auditor<'_> {
+    /// A request, with its credential id or LIST filters.
+    fn record(&self, token: &str, request: &Request<'_>, version: Option<u64>, status: Status) {
+        let Some(audit) = &self.context.audit else { return };
+        let (owner, scope) = match request {
+            Request::List(list) => (Some(list.owner), Some(list.scope)),
+            _ => (None, None),
+        };
+        if let Request::BatchGet(batch) = request {
+            // A refused BATCH_GET: one entry per id it named.
+            for id in batch.ids() {
+                self.record_id(token, request.op(), id, version, status);
+            }
+            return;
+        }
+        audit.record(&AuditEvent {
+            time_ms: self.now_ms,
+            token,
+            peer: self.peer,
+            op: request.op(),
+            id: request.id(),
+            owner,
+            scope,
+            version,
+            status,
+        });
+    }
+
+    /// An op on one credential id (or on none).
+    pub fn record_id<'i>(
+        &self,
+        token: &str,
+        op: Op,
+        id: impl Into<Option<&'i str>>,
+        version: Option<u64>,
+        status: Status,
+    ) {
+        let Some(audit) = &self.context.audit else { return };
+        audit.record(&AuditEvent {
+            time_ms: self.now_ms,
+            token,
+            peer: self.peer,
+            op,
+            id: id.into(),
+            owner: None,
+            scope: None,
+            version,
+            status,
+        });
+    }
+}
+
+/// Appends the response to a write (PUT, ROTATE and DELETE all answer `version u64`) and
+/// audits it.
+pub fn answer_write(
+    context: &ExecutorContext,
+    peer: SocketAddr,
+    write: &WriteTicket,
     outcome: WriteOutcome,
     out: &mut BytesMut,
 ) {
-    debug_assert!(op.is_write());
+    debug_assert!(write.op.is_write());
+    if let Some(id) = &write.audit_id {
+        let (version, status) = match &outcome {
+            Ok(version) => (Some(*version), Status::Ok),
+            Err(error) => (None, error.status()),
+        };
+        let auditor = Auditor { context, peer, now_ms: now_ms() };
+        auditor.record_id(&write.principal.id, write.op, &**id, version, status);
+    }
     match outcome {
         Ok(version) => {
-            let start = frame::begin(out, Status::Ok as u8, request_id);
+            let start = frame::begin(out, Status::Ok as u8, write.request_id);
             out.put_u64_le(version);
             frame::finish(out, start);
         }
-        Err(error) => encode_op_error(context, error, request_id, out),
+        Err(error) => encode_op_error(context, error, write.request_id, out),
     }
+}
+
+fn refuse(context: &ExecutorContext, error: OpError, request_id: u32, out: &mut BytesMut) -> Dispatched {
+    encode_op_error(context, error, request_id, out);
+    Dispatched::Answered { secret: false }
 }
 
 fn encode_op_error(context: &ExecutorContext, error: OpError, request_id: u32, out: &mut BytesMut) {
     ExecutorMetrics::add(&context.metrics().errors_total, 1);
+    if let OpError::Unauthorized(_) = error {
+        ExecutorMetrics::add(&context.metrics().unauthorized_total, 1);
+    }
     encode_error(error.status(), request_id, error.detail(), error.message(), out);
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 
-use crate::config::ServerConfig;
+use crate::audit::{AuditLog, AuditSettings};
+use crate::auth::Authenticator;
+use crate::config::{ServerConfig, Switch};
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::connection;
 use crate::server::router::{Router, WriteMessage};
@@ -25,6 +27,8 @@ pub struct Shared {
     pub config: ServerConfig,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    pub authenticator: Arc<Authenticator>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stop: Arc<AtomicBool>,
     /// The address executor 0 bound, which the others bind too (it matters for port 0).
     pub bound_address: (Mutex<Option<SocketAddr>>, Condvar),
@@ -39,6 +43,11 @@ pub struct ExecutorContext {
     pub store: Arc<Store>,
     pub all_metrics: Arc<Metrics>,
     pub router: Rc<Router>,
+    pub authenticator: Arc<Authenticator>,
+    /// The TLS handshake for every accepted connection, when TLS is on.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// This executor's audit log, when it is on.
+    pub audit: Option<Rc<AuditLog>>,
 }
 
 impl ExecutorContext {
@@ -66,6 +75,25 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         Ok(log) => writer.attach_log(log),
         Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),
     }
+    let audit = match shared.config.audit {
+        Switch::Off => None,
+        Switch::On => {
+            let settings = AuditSettings {
+                flush_interval: Duration::from_millis(shared.config.audit_flush_ms),
+                ..AuditSettings::default()
+            };
+            let dir = shared.config.data_dir.join("audit");
+            match AuditLog::open(&dir, shard_id, settings).await {
+                Ok(audit) => {
+                    audit.spawn_flusher();
+                    Some(audit)
+                }
+                Err(error) => {
+                    return report(Err(format!("opening the audit log in {}: {error}", dir.display())))
+                }
+            }
+        }
+    };
     let router = Rc::new(Router::new(writer, senders));
     router.spawn_peer_tasks(receivers, *shared.store.limits());
     router.spawn_sweeper(Duration::from_millis(shared.config.sweep_interval_ms), Arc::clone(&shared.metrics));
@@ -80,6 +108,9 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         store: Arc::clone(&shared.store),
         all_metrics: Arc::clone(&shared.metrics),
         router,
+        authenticator: Arc::clone(&shared.authenticator),
+        tls: shared.tls.clone().map(futures_rustls::TlsAcceptor::from),
+        audit: audit.clone(),
     });
     glommio::spawn_local(accept_loop(listener, context)).detach();
     report(Ok(address));
@@ -87,6 +118,11 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     // The executor ends when this future returns, dropping its listener and connections.
     while !shared.stop.load(Ordering::Acquire) {
         glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+    }
+    if let Some(audit) = audit {
+        if let Err(error) = audit.flush().await {
+            tracing::error!(%error, shard_id, "the audit log could not be written at shutdown");
+        }
     }
 }
 

@@ -6,12 +6,14 @@
 //! - [`input`]: the connection's input buffer, read into without zeroing, wiped where sensitive.
 //! - [`dispatch`]: one request frame to one response frame; the read path.
 //! - [`router`]: writes to the owning shard, locally or through the mesh.
+//! - [`tls`]: the rustls server configuration.
 
 pub mod connection;
 pub mod dispatch;
 pub mod executor;
 pub mod input;
 pub mod router;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +23,7 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 
+use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::crypto::{KeySource, Keyring};
 use crate::error::EngineError;
@@ -39,6 +42,7 @@ pub struct ServerHandle {
     local_address: SocketAddr,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    authenticator: Arc<Authenticator>,
     stop: Arc<AtomicBool>,
     threads: Option<PoolThreadHandles<()>>,
 }
@@ -51,6 +55,15 @@ impl Server {
     /// executors that cannot start (e.g. locked-memory limit) or listen (address in use).
     pub fn start(config: &ServerConfig, key_source: KeySource) -> Result<ServerHandle, EngineError> {
         config.validate()?;
+        let authenticator = Arc::new(match &config.tokens {
+            Some(path) => Authenticator::from_file(path)?,
+            None => Authenticator::open(),
+        });
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            (None, None) => None,
+            _ => return Err(EngineError::Config("--tls-cert and --tls-key go together".to_owned())),
+        };
         std::fs::create_dir_all(&config.data_dir)?;
         let keyring = Keyring::open(&config.data_dir, key_source)?;
         let shard_count = config.shard_count();
@@ -82,6 +95,8 @@ impl Server {
             config: config.clone(),
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
+            authenticator: Arc::clone(&authenticator),
+            tls,
             stop: Arc::clone(&stop),
             bound_address: (Mutex::new(None), Condvar::new()),
             logs,
@@ -95,8 +110,14 @@ impl Server {
             .on_all_shards(move || executor::run(shared, mesh))
             .map_err(|error| EngineError::Start(error.to_string()))?;
 
-        let mut handle =
-            ServerHandle { local_address: config.listen, store, metrics, stop, threads: Some(threads) };
+        let mut handle = ServerHandle {
+            local_address: config.listen,
+            store,
+            metrics,
+            authenticator,
+            stop,
+            threads: Some(threads),
+        };
         for _ in 0..shard_count {
             match ready.recv_timeout(START_TIMEOUT) {
                 Ok(Ok(address)) => handle.local_address = address,
@@ -158,6 +179,15 @@ impl ServerHandle {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Re-reads the tokens file (SIGHUP). Connections stay open; each one's next request is
+    /// checked against the new tokens. Returns how many tokens are now in force.
+    ///
+    /// # Errors
+    /// [`EngineError::Config`] for an unreadable or invalid file; the old tokens stay.
+    pub fn reload_tokens(&self) -> Result<usize, EngineError> {
+        self.authenticator.reload()
     }
 
     /// Asks every executor to stop; [`ServerHandle::join`] waits for them.

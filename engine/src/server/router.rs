@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use std::sync::Arc;
 
+use crate::auth::{Acl, Principal};
 use crate::error::OpError;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::shard::ShardWriter;
@@ -29,6 +30,8 @@ pub struct WriteMessage {
     body: Zeroizing<Vec<u8>>,
     /// The time the request was received, so TTLs do not depend on which executor applies it.
     received_at_ms: u64,
+    /// Who asked: the owner checks the write against this principal's ACL.
+    principal: Arc<Principal>,
     reply: oneshot::Sender<WriteOutcome>,
 }
 
@@ -49,12 +52,13 @@ impl Router {
 
     /// Applies a write to this executor's own shard and arranges for `reply` to receive its
     /// outcome: at once for a refused write, once its log batch is committed for an applied one.
-    pub fn write(&self, request: &Request<'_>, now_ms: u64, reply: oneshot::Sender<WriteOutcome>) {
+    /// `acl` is the caller's: the writer checks the credential's owner and scope against it.
+    pub fn write(&self, request: &Request<'_>, now_ms: u64, acl: &Acl, reply: oneshot::Sender<WriteOutcome>) {
         let mut writer = self.writer.borrow_mut();
         let outcome = match request {
-            Request::Put(put) => writer.put(put, now_ms),
-            Request::Delete(delete) => writer.delete(delete, now_ms),
-            Request::Rotate(rotate) => writer.rotate(rotate, now_ms),
+            Request::Put(put) => writer.put(put, now_ms, acl),
+            Request::Delete(delete) => writer.delete(delete, now_ms, acl),
+            Request::Rotate(rotate) => writer.rotate(rotate, now_ms, acl),
             _ => Err(OpError::Internal("not a write")),
         };
         match (outcome, writer.log()) {
@@ -73,10 +77,12 @@ impl Router {
         op: Op,
         body: &[u8],
         received_at_ms: u64,
+        principal: Arc<Principal>,
     ) -> oneshot::Receiver<WriteOutcome> {
         debug_assert_ne!(shard_id, self.shard_id);
         let (reply, outcome) = oneshot::channel();
-        let message = WriteMessage { op, body: Zeroizing::new(body.to_vec()), received_at_ms, reply };
+        let body = Zeroizing::new(body.to_vec());
+        let message = WriteMessage { op, body, received_at_ms, principal, reply };
         // If the peer executor is gone (shutting down), the message and its reply sender are
         // dropped, and the receiver reports the write as unavailable.
         let _ = self.senders.send_to(shard_id, message).await;
@@ -109,7 +115,12 @@ impl Router {
                 while let Some(message) = receiver.recv().await {
                     // The connection may have closed meanwhile; the outcome is then unread.
                     match Request::decode(message.op as u8, &message.body, &limits) {
-                        Ok(request) => router.write(&request, message.received_at_ms, message.reply),
+                        Ok(request) => router.write(
+                            &request,
+                            message.received_at_ms,
+                            &message.principal.acl,
+                            message.reply,
+                        ),
                         Err(_) => {
                             let _ = message
                                 .reply

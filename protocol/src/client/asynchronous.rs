@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,13 +47,24 @@ impl std::fmt::Debug for AsyncClient {
 }
 
 impl AsyncClient {
-    /// Connects and says HELLO with an empty token.
+    /// Connects and says HELLO with an empty token (enough for a server without tokens).
     ///
     /// # Errors
     /// Connection failures and a refused HELLO.
     pub async fn connect(address: impl ToSocketAddrs) -> Result<AsyncClient, ClientError> {
+        AsyncClient::connect_with_token(address, b"").await
+    }
+
+    /// Connects and authenticates with `token`.
+    ///
+    /// # Errors
+    /// Connection failures and a refused HELLO (`UNAUTHORIZED` for an unknown token).
+    pub async fn connect_with_token(
+        address: impl ToSocketAddrs,
+        token: &[u8],
+    ) -> Result<AsyncClient, ClientError> {
         let client = AsyncClient::connect_raw(address).await?;
-        client.hello(b"").await?;
+        client.hello(token).await?;
         Ok(client)
     }
 
@@ -66,11 +76,40 @@ impl AsyncClient {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         let (read_half, write_half) = stream.into_split();
+        Ok(AsyncClient::over(read_half, write_half))
+    }
+
+    /// Connects with TLS, verifying the server as `tls` says, without saying HELLO.
+    ///
+    /// # Errors
+    /// Connection failures and a failed handshake (e.g. an untrusted certificate).
+    #[cfg(feature = "tls")]
+    pub async fn connect_tls_raw(
+        address: impl ToSocketAddrs,
+        tls: &crate::client::tls::ClientTls,
+    ) -> Result<AsyncClient, ClientError> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls.config()));
+        let stream = connector
+            .connect(tls.server_name().clone(), stream)
+            .await
+            .map_err(|error| ClientError::Tls(error.to_string()))?;
+        let (read_half, write_half) = tokio::io::split(stream);
+        Ok(AsyncClient::over(read_half, write_half))
+    }
+
+    /// Starts the writer and reader tasks on the two halves of a connection.
+    fn over<R, W>(read_half: R, write_half: W) -> AsyncClient
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (outgoing, queued) = mpsc::channel(OUTGOING_FRAMES_MAX);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(write_loop(write_half, queued));
         tokio::spawn(read_loop(read_half, pending.clone()));
-        Ok(AsyncClient { outgoing, pending, next_request_id: Arc::new(AtomicU32::new(1)) })
+        AsyncClient { outgoing, pending, next_request_id: Arc::new(AtomicU32::new(1)) }
     }
 
     /// Sends one call and waits for its reply; other calls may be in flight meanwhile.
@@ -158,7 +197,7 @@ impl AsyncClient {
     }
 }
 
-async fn write_loop(mut stream: OwnedWriteHalf, mut queued: mpsc::Receiver<Bytes>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut stream: W, mut queued: mpsc::Receiver<Bytes>) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = queued.recv().await {
         batch.extend_from_slice(&frame);
@@ -169,14 +208,15 @@ async fn write_loop(mut stream: OwnedWriteHalf, mut queued: mpsc::Receiver<Bytes
                 Err(_) => break,
             }
         }
-        if stream.write_all(&batch).await.is_err() {
+        // TLS buffers records: flush sends them (a no-op for plain TCP).
+        if stream.write_all(&batch).await.is_err() || stream.flush().await.is_err() {
             return;
         }
         batch.clear();
     }
 }
 
-async fn read_loop(mut stream: OwnedReadHalf, pending: Pending) {
+async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, pending: Pending) {
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     'connection: loop {
         loop {

@@ -1,8 +1,11 @@
-//! A blocking client over `std::net::TcpStream`. One call at a time with [`Client::run`], or
-//! pipelined with [`Client::send`] / [`Client::flush`] / [`Client::receive`].
+//! A blocking client over `std::net::TcpStream` (or TLS over it, feature `tls`). One call at a
+//! time with [`Client::run`], or pipelined with [`Client::send`] / [`Client::flush`] /
+//! [`Client::receive`].
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -18,21 +21,85 @@ use crate::op::rotate::RotateRequest;
 use crate::op::stats::StatsReply;
 use crate::op::Request;
 
+/// The connection under a client: plain TCP or TLS over TCP.
+enum Transport {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn socket(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => &mut tls.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buffer),
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => tls.read(buffer),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(buffer),
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => tls.write(buffer),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.flush(),
+            #[cfg(feature = "tls")]
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 pub struct Client {
-    stream: TcpStream,
+    stream: Transport,
     read_buffer: BytesMut,
     write_buffer: BytesMut,
     next_request_id: u32,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = !matches!(self.stream, Transport::Plain(_));
+        formatter
+            .debug_struct("Client")
+            .field("tls", &tls)
+            .field("next_request_id", &self.next_request_id)
+            .finish()
+    }
+}
+
 impl Client {
-    /// Connects and says HELLO with an empty token.
+    /// Connects and says HELLO with an empty token (enough for a server without tokens).
     ///
     /// # Errors
     /// Connection failures and a refused HELLO.
     pub fn connect(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        Client::connect_with_token(address, b"")
+    }
+
+    /// Connects and authenticates with `token`.
+    ///
+    /// # Errors
+    /// Connection failures and a refused HELLO (`UNAUTHORIZED` for an unknown token).
+    pub fn connect_with_token(address: impl ToSocketAddrs, token: &[u8]) -> Result<Client, ClientError> {
         let mut client = Client::connect_raw(address)?;
-        client.hello(b"")?;
+        client.hello(token)?;
         Ok(client)
     }
 
@@ -43,12 +110,37 @@ impl Client {
     pub fn connect_raw(address: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(address)?;
         stream.set_nodelay(true)?;
-        Ok(Client {
+        Ok(Client::over(Transport::Plain(stream)))
+    }
+
+    /// Connects with TLS, verifying the server as `tls` says, without saying HELLO. The
+    /// handshake completes before this returns.
+    ///
+    /// # Errors
+    /// Connection failures and a failed handshake (e.g. an untrusted certificate).
+    #[cfg(feature = "tls")]
+    pub fn connect_tls_raw(
+        address: impl ToSocketAddrs,
+        tls: &crate::client::tls::ClientTls,
+    ) -> Result<Client, ClientError> {
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_nodelay(true)?;
+        let mut connection =
+            rustls::ClientConnection::new(Arc::clone(tls.config()), tls.server_name().clone())
+                .map_err(|error| ClientError::Tls(error.to_string()))?;
+        while connection.is_handshaking() {
+            connection.complete_io(&mut stream).map_err(|error| ClientError::Tls(error.to_string()))?;
+        }
+        Ok(Client::over(Transport::Tls(Box::new(rustls::StreamOwned::new(connection, stream)))))
+    }
+
+    fn over(stream: Transport) -> Client {
+        Client {
             stream,
             read_buffer: BytesMut::with_capacity(64 * 1024),
             write_buffer: BytesMut::with_capacity(64 * 1024),
             next_request_id: 1,
-        })
+        }
     }
 
     /// Queues a request; returns its request id. Nothing is sent until [`Client::flush`].
@@ -66,6 +158,7 @@ impl Client {
     /// Connection failures.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         self.stream.write_all(&self.write_buffer)?;
+        self.stream.flush()?;
         self.write_buffer.clear();
         Ok(())
     }
@@ -103,9 +196,10 @@ impl Client {
         call.reply(frame)
     }
 
-    /// The underlying stream (e.g. to send raw bytes in tests).
+    /// The underlying TCP socket (e.g. to send raw bytes in tests, or to shut it down). With
+    /// TLS, bytes written here bypass the encryption.
     pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
+        self.stream.socket()
     }
 
     pub fn hello(&mut self, token: &[u8]) -> Result<HelloReply, ClientError> {

@@ -7,6 +7,8 @@
 #[cfg(feature = "tokio")]
 pub mod asynchronous;
 pub mod blocking;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use bytes::{Bytes, BytesMut};
 
