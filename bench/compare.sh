@@ -326,7 +326,8 @@ with open(env["RECORDS"]) as f:
             except Exception as e:  # noqa: BLE001
                 status = f"failed (unreadable JSON: {e})"
         records.append(dict(section=section, mix=mix, pipeline=int(pipeline), conns=int(conns),
-                            server=server, status=status, res=res, lg_cmd=lg_cmd, srv_cmd=srv_cmd))
+                            server=server, status=status, res=res, lg_cmd=lg_cmd, srv_cmd=srv_cmd,
+                            path=path))
 
 LABEL = {
     "credshard-never": "credshard `--fsync never`",
@@ -355,6 +356,56 @@ for r in records:
         cells.append(key)
     by_cell[key][r["server"]] = r
 
+# ---- overlay latency charts, one per configuration, beside the document
+import re, subprocess, sys
+
+SERVER_ORDER = ("credshard-never", "credshard-always", "redis-off", "redis-always")
+CHART_LABEL = {
+    "credshard-never": "credshard fsync never",
+    "credshard-always": "credshard fsync always",
+    "redis-off": "redis persistence off",
+    "redis-always": "redis appendfsync always",
+}
+
+def chart_name(key):
+    section, mix, p, c = key
+    mix_slug = "-".join(re.findall(r"[0-9]+", mix)) or re.sub(r"[^a-z0-9]+", "-", mix)
+    prefix = "" if section == "pinned" else f"{section}-"
+    return f"{prefix}p{p}-c{c}-{mix_slug}.svg"
+
+def make_chart(key):
+    """Overlays the latency distributions of the cell's successful runs; returns the chart's
+    path relative to the document, or None (and removes a stale chart) if none succeeded."""
+    path = os.path.join(env["CHART_DIR"], chart_name(key))
+    inputs = []
+    for server in SERVER_ORDER:
+        r = by_cell[key].get(server)
+        if r is None or r["res"] is None:
+            continue
+        # The plot labels each line with the JSON's "target" (scheme://address), which does not
+        # tell fsync never from always: relabel a copy.
+        with open(r["path"]) as jf:
+            text = jf.read()
+        text = re.sub(r'"target":\s*"(?:[^"\\]|\\.)*"',
+                      lambda _: '"target": ' + json.dumps(CHART_LABEL[server]), text, count=1)
+        labelled = os.path.join(env["TMP"], f"chart-{chart_name(key)}-{server}.json")
+        with open(labelled, "w") as jf:
+            jf.write(text)
+        inputs.append(labelled)
+    if inputs:
+        section, mix, p, c = key
+        title = f"{mix}, pipeline {p}, {c} connections ({section})"
+        done = subprocess.run([env["LOADGEN_BIN"], "plot", "--out", path, "--title", title, *inputs],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            return os.path.relpath(path, os.path.dirname(env["OUT_DOC"]))
+        print(f"compare.sh: plot of {chart_name(key)} failed: {done.stderr.strip()}", file=sys.stderr)
+    if os.path.exists(path):
+        os.remove(path)
+    return None
+
+charts = {key: make_chart(key) for key in cells}
+
 out = []
 w = out.append
 w("# credshard vs Redis: comparison under identical load")
@@ -365,8 +416,14 @@ w("")
 w("Every number below is one run of `credshard-loadgen` with the same settings against four "
   "freshly started servers. Ratios are credshard ÷ Redis: for ops/s above 1 means credshard is "
   "faster; for latency above 1 means credshard is slower. These are single short runs on a small "
-  "VM, so differences of ~10% are within run-to-run noise.")
+  "VM, so differences of ~10% are within run-to-run noise. Each configuration has a chart "
+  "overlaying the four runs' latency by percentile (`credshard-loadgen plot`), in "
+  f"`{os.path.relpath(env['CHART_DIR'], os.path.dirname(env['OUT_DOC']))}/`.")
 w("")
+if env["QUICK"] == "1":
+    w("**Quick mode (`COMPARE_QUICK=1`): a smoke run of the script with one pinned cell, 1 s runs "
+      "and 1,000 keys. The numbers say nothing; see the full run in docs/.**")
+    w("")
 w("## Machine and versions")
 w("")
 w(f"- CPUs (`nproc`): {env['M_NPROC']}")
@@ -474,6 +531,12 @@ for section in ("pinned", "unpinned"):
         ratio_row("credshard-never", "redis-off", "ratio never / persistence off")
         row("credshard-always"); row("redis-always")
         ratio_row("credshard-always", "redis-always", "ratio always / appendfsync always")
+        w("")
+        if charts.get(k):
+            w(f"![Latency by percentile, {cell_title(k)} ({section}): credshard never/always, "
+              f"redis off/always]({charts[k]})")
+        else:
+            w("(No latency chart: no run of this configuration succeeded.)")
         w("")
         w("Commands (ports were picked at start; paths are under the script's temp dir):")
         w("")

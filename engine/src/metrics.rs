@@ -29,6 +29,12 @@ pub struct ExecutorMetrics {
     pub auth_failures: AtomicU64,
     /// Requests answered UNAUTHORIZED (before HELLO, outside an ACL, or a refused HELLO).
     pub unauthorized_total: AtomicU64,
+    /// This executor's audit log, copied from it every few milliseconds: events recorded,
+    /// events dropped (backlog past its hard limit), bytes written, failed writes or syncs.
+    pub audit_events: AtomicU64,
+    pub audit_events_dropped: AtomicU64,
+    pub audit_bytes_written: AtomicU64,
+    pub audit_write_errors: AtomicU64,
 }
 
 impl ExecutorMetrics {
@@ -83,6 +89,10 @@ impl Metrics {
             ("snapshots_written".to_owned(), sum(|m| &m.snapshots_written)),
             ("auth_failures".to_owned(), sum(|m| &m.auth_failures)),
             ("unauthorized_total".to_owned(), sum(|m| &m.unauthorized_total)),
+            ("audit_events".to_owned(), sum(|m| &m.audit_events)),
+            ("audit_events_dropped".to_owned(), sum(|m| &m.audit_events_dropped)),
+            ("audit_bytes_written".to_owned(), sum(|m| &m.audit_bytes_written)),
+            ("audit_write_errors".to_owned(), sum(|m| &m.audit_write_errors)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

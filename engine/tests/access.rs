@@ -286,6 +286,18 @@ fn the_audit_log_records_allowed_and_refused_requests_and_no_secret() {
     anonymous.hello(b"cst_guess").unwrap_err();
     let lister = ListRequest { owner: "", scope: "prod/", limit: 5, cursor: b"" };
     Client::connect_with_token(server.address(), LISTER).unwrap().list(&lister).unwrap_err();
+    // STATS reports the audit counters (published by each executor every few milliseconds).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = admin.stats().unwrap();
+        let value = |name: &str| stats.values.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap();
+        if value("audit_events") >= 10 && value("audit_bytes_written") > 0 {
+            assert_eq!((value("audit_events_dropped"), value("audit_write_errors")), (0, 0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let data_dir = server.data_dir.path().to_owned();
     let _keep = {
         let TestServer { handle, data_dir } = server;
@@ -395,4 +407,84 @@ fn sighup_reloads_tokens_while_a_client_stays_connected() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(status_of(app.get("app/db")), Status::Unauthorized);
+}
+
+/// Runs the real binary with `stdin`, the token (if any) in CREDSHARD_TOKEN.
+fn cli(args: &[&str], token: Option<&str>, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut command = std::process::Command::new(BINARY);
+    command
+        .args(args)
+        .env_remove("CREDSHARD_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(token) = token {
+        command.env("CREDSHARD_TOKEN", token);
+    }
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn cli_token_new_then_client_commands_and_audit_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let made =
+        cli(&["token", "new", "--id", "deploy", "--ops", "read,write", "--owner", "deploy"], None, b"");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = String::from_utf8(made.stdout).unwrap();
+    let token = text.lines().find_map(|line| line.strip_prefix("token: ")).unwrap().to_owned();
+    assert!(token.starts_with("cst_") && token.len() == 4 + 64, "{token}");
+    let table = &text[text.find("[[token]]").unwrap()..];
+    assert!(!table.contains(&token), "only the hash goes into the file");
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, table).unwrap();
+    let bad = cli(&["token", "new", "--id", "x", "--ops", "fly"], None, b"");
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown op"));
+
+    let key = dir.path().join("master.key");
+    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = ServeProcess::start(&data_dir, &key, &["--tokens", tokens.to_str().unwrap()], |_| {});
+    let addr = server.address.clone();
+    let secret = b"cli-audit-secret-7d1e";
+    let put = ["put", "deploy/key", "--owner", "deploy", "--scope", "prod", "--addr", &addr];
+    let refused = cli(&put, None, secret);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("UNAUTHORIZED"), "{refused:?}");
+    let stored = cli(&put, Some(&token), secret);
+    assert!(stored.status.success(), "{}", String::from_utf8_lossy(&stored.stderr));
+    let read = cli(&["get", "deploy/key", "--addr", &addr], Some(&token), b"");
+    assert_eq!(read.stdout, [&secret[..], b"\n"].concat());
+
+    // Stop cleanly (SIGTERM flushes the audit buffers), then read the log back.
+    // SAFETY: kill only sends a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
+    assert!(server.child.wait().unwrap().success());
+    let data = data_dir.to_str().unwrap();
+    let all = cli(&["audit", "--data-dir", data, "--id", "deploy/key", "--json"], None, b"");
+    assert!(all.status.success(), "{}", String::from_utf8_lossy(&all.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(all.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let ops: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|entry| {
+            (
+                entry["token"].as_str().unwrap(),
+                entry["op"].as_str().unwrap(),
+                entry["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ops, [("deploy", "PUT", "OK"), ("deploy", "GET", "OK")]);
+    // The client without a token was refused at HELLO, before it could send the PUT.
+    let refused_only =
+        cli(&["audit", "--data-dir", data, "--result", "unauthorized", "--token", "-"], None, b"");
+    let table = String::from_utf8(refused_only.stdout).unwrap();
+    assert_eq!(table.lines().filter(|line| line.contains("HELLO")).count(), 1, "{table}");
+    assert!(!table.contains("cli-audit-secret") && !table.contains(&token), "{table}");
 }

@@ -78,6 +78,59 @@ fn short_run_against_a_real_server() {
 }
 
 #[test]
+fn tls_target_with_a_token() {
+    let files = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key, tokens) =
+        (files.path().join("cert.pem"), files.path().join("key.pem"), files.path().join("tokens.toml"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let token = "cst_loadgen-test-token";
+    let hash = credshard_engine::auth::hash_token(token.as_bytes());
+    let table = format!("[[token]]\nid = \"loadgen\"\nsha256 = \"{}\"\nops = [\"*\"]\n", hex(&hash));
+    std::fs::write(&tokens, table).unwrap();
+    let (server, data_dir) = common::start_credshard_with(|config| {
+        config.tls_cert = Some(cert.clone());
+        config.tls_key = Some(key);
+        config.tokens = Some(tokens);
+    });
+    let json_path = data_dir.path().join("tls.json");
+    let target = format!("credshards://localhost:{}", server.local_address().port());
+    let run = |token: Option<&str>, ca: Option<&std::path::Path>| {
+        let mut command = Command::new(LOADGEN);
+        command
+            .args(["--target", &target, "--connections", "4", "--pipeline", "4", "--duration", "1"])
+            .args(["--warmup", "0", "--keys", "200", "--mix", "get=90,put=10", "--threads", "1", "--json"])
+            .arg(&json_path)
+            .env_remove("CREDSHARD_TOKEN")
+            .env_remove("CREDSHARD_TLS_CA");
+        if let Some(token) = token {
+            command.env("CREDSHARD_TOKEN", token);
+        }
+        if let Some(ca) = ca {
+            command.arg("--tls-ca").arg(ca);
+        }
+        command.output().unwrap()
+    };
+    let output = run(Some(token), Some(&cert));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json = std::fs::read_to_string(&json_path).unwrap();
+    assert!(number(&json, "ops") > 0.0);
+    assert_eq!(number(&json, "errors"), 0.0, "{json}");
+    assert!(json.contains("credshards://"), "{json}");
+
+    let no_ca = common::assert_exit_2_one_line(&run(Some(token), None));
+    assert!(no_ca.contains("--tls-ca"), "{no_ca}");
+    let no_token = common::assert_exit_2_one_line(&run(None, Some(&cert)));
+    assert!(no_token.contains("UNAUTHORIZED"), "{no_token}");
+    server.join().unwrap();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[test]
 fn zipf_open_loop_with_rotate_and_batch_get() {
     let (server, data_dir) = common::start_credshard();
     let json_path = data_dir.path().join("run.json");

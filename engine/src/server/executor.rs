@@ -118,12 +118,24 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     // The executor ends when this future returns, dropping its listener and connections.
     while !shared.stop.load(Ordering::Acquire) {
         glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+        if let Some(audit) = &audit {
+            publish_audit_counters(audit, shared.metrics.executor(shard_id));
+        }
     }
     if let Some(audit) = audit {
         if let Err(error) = audit.flush().await {
             tracing::error!(%error, shard_id, "the audit log could not be written at shutdown");
         }
     }
+}
+
+/// Copies the audit log's executor-local counters where STATS (on any executor) reads them.
+fn publish_audit_counters(audit: &AuditLog, metrics: &ExecutorMetrics) {
+    use std::sync::atomic::Ordering::Relaxed;
+    metrics.audit_events.store(audit.events_recorded(), Relaxed);
+    metrics.audit_events_dropped.store(audit.events_dropped(), Relaxed);
+    metrics.audit_bytes_written.store(audit.bytes_written(), Relaxed);
+    metrics.audit_write_errors.store(audit.write_errors(), Relaxed);
 }
 
 /// Executor 0 binds the configured address and publishes the bound one; the others wait for

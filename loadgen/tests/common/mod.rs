@@ -32,13 +32,21 @@ pub fn assert_exit_2_one_line(output: &Output) -> String {
 /// A real credshard server in process: 2 shards on an ephemeral port, with its own data dir
 /// (keep the directory alive as long as the server).
 pub fn start_credshard() -> (credshard_engine::ServerHandle, tempfile::TempDir) {
+    start_credshard_with(|_| {})
+}
+
+/// [`start_credshard`] with settings changed by `adjust` (tokens, TLS).
+pub fn start_credshard_with(
+    adjust: impl FnOnce(&mut credshard_engine::ServerConfig),
+) -> (credshard_engine::ServerHandle, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().unwrap();
-    let config = credshard_engine::ServerConfig {
+    let mut config = credshard_engine::ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.path().to_owned(),
         shards: Some(2),
         ..credshard_engine::ServerConfig::default()
     };
+    adjust(&mut config);
     let key = credshard_engine::crypto::KeySource::Key(credshard_engine::crypto::MasterKey::generate());
     (credshard_engine::Server::start(&config, key).unwrap(), data_dir)
 }
