@@ -388,7 +388,8 @@ def make_chart(key):
             text = jf.read()
         text = re.sub(r'"target":\s*"(?:[^"\\]|\\.)*"',
                       lambda _: '"target": ' + json.dumps(CHART_LABEL[server]), text, count=1)
-        labelled = os.path.join(env["TMP"], f"chart-{chart_name(key)}-{server}.json")
+        stem = os.path.splitext(chart_name(key))[0]
+        labelled = os.path.join(env["TMP"], f"chart-{stem}-{server}.json")
         with open(labelled, "w") as jf:
             jf.write(text)
         inputs.append(labelled)

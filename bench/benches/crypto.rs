@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
-use credshard_bench::{keyring, secret, ID, SECRET_BYTES, SECRET_BYTES_LARGE};
+use credshard_bench::{binding, keyring, secret, SECRET_BYTES, SECRET_BYTES_LARGE};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const VERSION: u64 = 7;
@@ -16,8 +16,11 @@ fn keyring_encrypt_decrypt(criterion: &mut Criterion) {
     let keyring = keyring();
     let baseline = Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from([7u8; 32]));
     let nonce = Nonce::from([9u8; 12]);
-    // id_bytes u16 | id | version u64 | key_id u32, as the key ring builds it.
-    let associated_data = vec![0u8; 2 + ID.len() + 8 + 4];
+    // The same length as the key ring's associated data: three str16 fields, kind u8, three
+    // u64 and the key id.
+    let binding = binding(VERSION);
+    let associated_data =
+        vec![0u8; 3 * 2 + binding.id.len() + binding.owner.len() + binding.scope.len() + 1 + 3 * 8 + 4];
 
     for bytes in [SECRET_BYTES, SECRET_BYTES_LARGE] {
         let mut group = criterion.benchmark_group(format!("crypto/{bytes}B"));
@@ -25,16 +28,16 @@ fn keyring_encrypt_decrypt(criterion: &mut Criterion) {
 
         group.bench_function("keyring_encrypt", |bencher| {
             let mut buffer = secret(bytes);
-            bencher.iter(|| black_box(keyring.encrypt(black_box(ID), VERSION, &mut buffer).unwrap()))
+            bencher.iter(|| black_box(keyring.encrypt(black_box(&binding), &mut buffer).unwrap()))
         });
         let mut ciphertext = secret(bytes);
-        let sealed = keyring.encrypt(ID, VERSION, &mut ciphertext).unwrap();
+        let sealed = keyring.encrypt(&binding, &mut ciphertext).unwrap();
         // Decryption is in place, so each iteration gets a fresh copy of the ciphertext
         // (made outside the timing).
         group.bench_function("keyring_decrypt", |bencher| {
             bencher.iter_batched_ref(
                 || ciphertext.clone(),
-                |buffer| keyring.decrypt(black_box(ID), VERSION, &sealed, buffer).unwrap(),
+                |buffer| keyring.decrypt(black_box(&binding), &sealed, buffer).unwrap(),
                 BatchSize::SmallInput,
             )
         });

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use bytes::BytesMut;
-use credshard_bench::{fields, keyring, put_request, secret, ID, SECRET_BYTES};
+use credshard_bench::{binding, fields, keyring, put_request, secret, SECRET_BYTES};
 use credshard_engine::record::{CredentialFields, Record};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rkyv::util::AlignedVec;
@@ -26,7 +26,7 @@ fn record(criterion: &mut Criterion) {
     });
     group.bench_function("baseline_keyring_encrypt", |bencher| {
         let mut buffer = secret.clone();
-        bencher.iter(|| black_box(keyring.encrypt(black_box(ID), 4, &mut buffer).unwrap()))
+        bencher.iter(|| black_box(keyring.encrypt(black_box(&binding(4)), &mut buffer).unwrap()))
     });
 
     // Read path.
@@ -48,11 +48,11 @@ fn record(criterion: &mut Criterion) {
         })
     });
     let mut ciphertext = secret.clone();
-    let sealed = keyring.encrypt(ID, 4, &mut ciphertext).unwrap();
+    let sealed = keyring.encrypt(&binding(4), &mut ciphertext).unwrap();
     group.bench_function("baseline_keyring_decrypt", |bencher| {
         bencher.iter_batched_ref(
             || ciphertext.clone(),
-            |buffer| keyring.decrypt(black_box(ID), 4, &sealed, buffer).unwrap(),
+            |buffer| keyring.decrypt(black_box(&binding(4)), &sealed, buffer).unwrap(),
             BatchSize::SmallInput,
         )
     });

@@ -8,7 +8,7 @@
 //! - Engine inputs: an in-memory key ring ([`keyring`]) and version fields ([`fields`]).
 
 use bytes::BytesMut;
-use credshard_engine::crypto::{Keyring, MasterKey};
+use credshard_engine::crypto::{Binding, Keyring, MasterKey};
 use credshard_engine::record::VersionFields;
 use credshard_protocol::op::metadata::MetadataRef;
 use credshard_protocol::wire::put_bytes32;
@@ -20,6 +20,19 @@ pub const SECRET_BYTES: usize = 256;
 pub const SECRET_BYTES_LARGE: usize = 4096;
 /// A credential id of typical length.
 pub const ID: &str = "payments/prod/database-primary";
+
+/// What a ciphertext of [`ID`] at `version` is bound to (as the record path builds it).
+pub fn binding(version: u64) -> Binding<'static> {
+    Binding {
+        id: ID,
+        owner: "payments",
+        scope: "prod/payments",
+        kind: Kind::Password as u8,
+        version,
+        expires_at_ms: 0,
+        previous_grace_until_ms: 0,
+    }
+}
 pub const OWNER: &str = "team-payments";
 pub const SCOPE: &str = "prod";
 /// Request id used in generated frames.

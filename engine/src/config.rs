@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// anyone who can connect, so it may only listen on a loopback address.
     #[arg(long, env = "CREDSHARD_TOKENS")]
     pub tokens: Option<PathBuf>,
+    /// With --tokens: a connection that has not authenticated (HELLO with a valid token)
+    /// within this many milliseconds of connecting is answered UNAUTHORIZED and closed.
+    #[arg(long, env = "CREDSHARD_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub auth_timeout_ms: u64,
     /// TLS certificate chain (PEM). With --tls-key, clients must connect with TLS
     /// (`credshards://`).
     #[arg(long, env = "CREDSHARD_TLS_CERT", requires = "tls_key")]
@@ -125,6 +129,7 @@ impl Default for ServerConfig {
             spin_before_park_us: 0,
             io_memory_bytes: 1 << 20,
             tokens: None,
+            auth_timeout_ms: 10_000,
             tls_cert: None,
             tls_key: None,
             audit: Switch::On,
@@ -194,8 +199,8 @@ impl ServerConfig {
                 self.listen
             ));
         }
-        if self.audit_flush_ms == 0 {
-            return fail("--audit-flush-ms must be positive".to_owned());
+        if self.audit_flush_ms == 0 || self.auth_timeout_ms == 0 {
+            return fail("--audit-flush-ms and --auth-timeout-ms must be positive".to_owned());
         }
         Ok(())
     }

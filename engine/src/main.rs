@@ -23,14 +23,16 @@ struct Cli {
     command: Command,
 }
 
+/// The environment variable the client subcommands read their access token from.
+const TOKEN_VARIABLE: &str = "CREDSHARD_TOKEN";
+
+/// Where the server is. The access token, if the server needs one, is read from the
+/// CREDSHARD_TOKEN environment variable.
 #[derive(clap::Args)]
 struct Connect {
     /// Server address: HOST:PORT, or credshards://HOST:PORT for TLS.
     #[arg(long, env = "CREDSHARD_ADDR", default_value = "127.0.0.1:7373")]
     addr: String,
-    /// Access token, from the environment only (a command line is visible to other users).
-    #[arg(long = "token", env = "CREDSHARD_TOKEN", hide_env_values = true, hide = true)]
-    token: Option<String>,
     /// CA certificate (PEM) that signed the server's certificate; for credshards://.
     #[arg(long, env = "CREDSHARD_TLS_CA")]
     tls_ca: Option<PathBuf>,
@@ -346,7 +348,8 @@ fn read_secret(raw: bool) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 }
 
 fn connect_to(connect: &Connect) -> anyhow::Result<Client> {
-    let token = connect.token.as_deref().unwrap_or("").as_bytes();
+    // The token comes from the environment only: a command line is visible to other users.
+    let token = Zeroizing::new(std::env::var(TOKEN_VARIABLE).unwrap_or_default());
     let (address, connected) = match connect.addr.strip_prefix("credshards://") {
         Some(address) => {
             let ca = connect.tls_ca.as_ref().context("credshards:// needs --tls-ca (or CREDSHARD_TLS_CA)")?;
@@ -362,7 +365,9 @@ fn connect_to(connect: &Connect) -> anyhow::Result<Client> {
         }
     };
     let mut client = connected.with_context(|| format!("cannot reach credshard at {address}"))?;
-    client.hello(token).with_context(|| format!("credshard at {address} refused the connection"))?;
+    client
+        .hello(token.as_bytes())
+        .with_context(|| format!("credshard at {address} refused the connection"))?;
     Ok(client)
 }
 
@@ -433,6 +438,12 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .init();
     // Refuse a bad configuration before anything is written to the data dir.
     config.validate()?;
+    // Everything the server creates (data dir, logs, snapshots, key ring, audit files) is for
+    // its own user only.
+    // SAFETY: umask only sets this process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let key_source = key_source(&config)?;
     // A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, which the log handles
     // like a full disk, rather than kill the process.

@@ -27,7 +27,8 @@ pub struct ExecutorMetrics {
     pub snapshots_written: AtomicU64,
     /// HELLOs with an unknown token.
     pub auth_failures: AtomicU64,
-    /// Requests answered UNAUTHORIZED (before HELLO, outside an ACL, or a refused HELLO).
+    /// Requests answered UNAUTHORIZED (before HELLO, outside an ACL, a refused HELLO, no HELLO
+    /// in time), and BATCH_GET items refused.
     pub unauthorized_total: AtomicU64,
     /// This executor's audit log, copied from it every few milliseconds: events recorded,
     /// events dropped (backlog past its hard limit), bytes written, failed writes or syncs.

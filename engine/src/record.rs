@@ -13,7 +13,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Serialize};
 
 use crate::crypto::keyring::Sealed;
-use crate::crypto::{Keyring, NONCE_BYTES, TAG_BYTES};
+use crate::crypto::{Binding, Keyring, NONCE_BYTES, TAG_BYTES};
 use crate::error::{EngineError, OpError};
 
 /// One version of a credential as archived.
@@ -34,7 +34,8 @@ pub struct Credential {
     pub key_id: u32,
     pub nonce: [u8; NONCE_BYTES],
     pub tag: [u8; TAG_BYTES],
-    /// The secret, AES-256-GCM encrypted; its associated data is (id, version, key id).
+    /// The secret, AES-256-GCM encrypted; its associated data is the [`Binding`] of this
+    /// version (id, owner, scope, kind, version, expiry, grace) and the key id.
     pub ciphertext: Vec<u8>,
     /// Labels in their wire encoding (see `credshard_protocol::op::labels`).
     pub labels: Vec<u8>,
@@ -120,10 +121,18 @@ impl Record {
     ) -> Result<Record, OpError> {
         // The secret is copied once, into the buffer that becomes the ciphertext.
         let mut ciphertext = credential.secret.to_vec();
-        let Sealed { key_id, nonce, tag } =
-            keyring
-                .encrypt(credential.id, fields.version, &mut ciphertext)
-                .map_err(|_| OpError::Unavailable("the key ring could not provide a data key"))?;
+        let binding = Binding {
+            id: credential.id,
+            owner: credential.owner,
+            scope: credential.scope,
+            kind: credential.kind,
+            version: fields.version,
+            expires_at_ms: fields.expires_at_ms,
+            previous_grace_until_ms: fields.previous_grace_until_ms,
+        };
+        let Sealed { key_id, nonce, tag } = keyring
+            .encrypt(&binding, &mut ciphertext)
+            .map_err(|_| OpError::Unavailable("the key ring could not provide a data key"))?;
         let credential = Credential {
             id: credential.id.to_owned(),
             owner: credential.owner.to_owned(),
@@ -215,6 +224,20 @@ impl Record {
         }
     }
 
+    /// What this version's ciphertext is bound to.
+    fn binding(&self) -> Binding<'_> {
+        let credential = self.credential();
+        Binding {
+            id: credential.id.as_str(),
+            owner: credential.owner.as_str(),
+            scope: credential.scope.as_str(),
+            kind: credential.kind,
+            version: credential.version.to_native(),
+            expires_at_ms: credential.expires_at_ms.to_native(),
+            previous_grace_until_ms: credential.previous_grace_until_ms.to_native(),
+        }
+    }
+
     /// Appends the secret as a `bytes32` to `out`, decrypting it in place there: the
     /// plaintext exists only in the response buffer, which the connection wipes after sending.
     ///
@@ -228,8 +251,7 @@ impl Record {
         out.extend_from_slice(ciphertext);
         let sealed =
             Sealed { key_id: credential.key_id.to_native(), nonce: credential.nonce, tag: credential.tag };
-        let version = credential.version.to_native();
-        if keyring.decrypt(credential.id.as_str(), version, &sealed, &mut out[start + 4..]).is_err() {
+        if keyring.decrypt(&self.binding(), &sealed, &mut out[start + 4..]).is_err() {
             out.truncate(start);
             return Err(OpError::Internal("stored ciphertext failed authentication"));
         }
@@ -307,6 +329,23 @@ mod tests {
         let mut out = BytesMut::from(&b"keep"[..]);
         assert!(record.decrypt_into(&other_keyring, &mut out).is_err());
         assert_eq!(&out[..], b"keep", "nothing is appended on failure");
+    }
+
+    #[test]
+    fn metadata_edited_at_rest_makes_the_secret_fail_to_open() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let record =
+            Record::seal(CredentialFields::from(&put_request("x", b"secret")), fields(1), &keyring).unwrap();
+        let bytes = record.archive_bytes();
+        let at = bytes.windows(6).position(|window| window == b"team-a").expect("owner in the archive");
+        let mut edited = AlignedVec::new();
+        edited.extend_from_slice(bytes);
+        edited[at + 5] = b'b';
+        let moved = Record::from_archive(edited).unwrap();
+        assert_eq!(moved.metadata().owner, "team-b", "the edit is a valid archive");
+        let mut out = BytesMut::new();
+        assert!(moved.decrypt_into(&keyring, &mut out).is_err(), "but the secret no longer opens");
+        record.decrypt_into(&keyring, &mut out).unwrap();
     }
 
     #[test]

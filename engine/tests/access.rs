@@ -108,6 +108,24 @@ fn every_op_before_hello_is_unauthorized_and_the_connection_stays_usable() {
 }
 
 #[test]
+fn a_connection_that_does_not_authenticate_in_time_is_closed() {
+    use std::io::Read;
+    let (server, _config) = guarded_server(|config| config.auth_timeout_ms = 300);
+    let mut idle = std::net::TcpStream::connect(server.address()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut authenticated = Client::connect_with_token(server.address(), READER).unwrap();
+    let mut received = Vec::new();
+    idle.read_to_end(&mut received).unwrap();
+    let mut buffer = BytesMut::from(&received[..]);
+    let frame =
+        credshard_protocol::client::ResponseFrame::take(&mut buffer).unwrap().expect("an error frame");
+    assert_eq!((frame.status, frame.request_id), (Status::Unauthorized as u8, 0));
+    assert!(buffer.is_empty(), "then the connection closes");
+    std::thread::sleep(Duration::from_millis(400));
+    authenticated.ping(b"still here").unwrap();
+}
+
+#[test]
 fn a_wrong_token_is_refused_and_ends_an_earlier_authentication() {
     let (server, _config) = guarded_server(|_| {});
     for token in [&b""[..], b"cst_not-a-token", &ADMIN[..ADMIN.len() - 1]] {
@@ -457,6 +475,12 @@ fn cli_token_new_then_client_commands_and_audit_read_back() {
     assert!(stored.status.success(), "{}", String::from_utf8_lossy(&stored.stderr));
     let read = cli(&["get", "deploy/key", "--addr", &addr], Some(&token), b"");
     assert_eq!(read.stdout, [&secret[..], b"\n"].concat());
+    // Nothing the server wrote is readable by other users.
+    for path in walk(&data_dir).into_iter().chain([data_dir.clone()]) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+    }
 
     // Stop cleanly (SIGTERM flushes the audit buffers), then read the log back.
     // SAFETY: kill only sends a signal to the child we started.

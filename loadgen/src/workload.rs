@@ -77,9 +77,10 @@ fn preload_bar(plan: &Plan) -> ProgressBar {
     if !plan.progress {
         return ProgressBar::hidden();
     }
-    let style =
-        ProgressStyle::with_template("preload {wide_bar} {human_pos}/{human_len} keys, {per_sec}, ETA {eta}")
-            .expect("the preload bar's template is valid");
+    let style = ProgressStyle::with_template(
+        "preload {wide_bar} {human_pos}/{human_len} keys, {per_sec:0}, ETA {eta}",
+    )
+    .expect("the preload bar's template is valid");
     ProgressBar::with_draw_target(Some(plan.keys), ProgressDrawTarget::stderr())
         .with_style(style)
         .with_finish(ProgressFinish::AndClear)

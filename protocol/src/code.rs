@@ -5,7 +5,7 @@
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// Protocol version negotiation; carries the (reserved) auth token.
+    /// Protocol version negotiation and authentication (carries the access token).
     Hello = 0x01,
     /// Liveness check; the body is echoed back.
     Ping = 0x02,
@@ -80,9 +80,10 @@ impl Op {
         matches!(self, Op::Put | Op::Delete | Op::Rotate)
     }
 
-    /// True for requests whose body carries a plaintext secret.
+    /// True for requests whose body carries a plaintext secret (PUT, ROTATE) or an access
+    /// token (HELLO).
     pub fn carries_secret(self) -> bool {
-        matches!(self, Op::Put | Op::Rotate)
+        matches!(self, Op::Put | Op::Rotate | Op::Hello)
     }
 }
 
@@ -242,7 +243,7 @@ mod tests {
         }
         assert_eq!(Op::from_u8(0xFF), None);
         let secret_bearing: Vec<Op> = Op::ALL.into_iter().filter(|op| op.carries_secret()).collect();
-        assert_eq!(secret_bearing, vec![Op::Put, Op::Rotate]);
+        assert_eq!(secret_bearing, vec![Op::Hello, Op::Put, Op::Rotate]);
         assert_eq!(Status::from_u8(0xFF), None);
         for code in 0..=4u8 {
             let kind = Kind::from_u8(code).unwrap();

@@ -1,59 +1,122 @@
 //! The audit line encoder, by hand: RFC 3339 UTC time from Unix milliseconds (the days-to-civil
 //! algorithm of Howard Hinnant's "chrono-compatible low-level date algorithms"), decimal
-//! integers and JSON string escapes, all written straight into the caller's buffer. No
-//! `fmt` machinery and no allocation, because [`encode_event`] runs on every request.
+//! integers and JSON string escapes. No `fmt` machinery and no allocation beyond the buffer's
+//! growth, because [`encode_event`] runs on every request: it makes room for the line in the
+//! buffer once, stores bytes through a [`Cursor`] (indexed stores, no capacity check or
+//! `memcpy` call per short field), and trims the room to what was written. The date and time
+//! of day are formatted once per second ([`TimeText`]).
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::SocketAddr;
 
 use super::AuditEvent;
 
-/// Bytes of an encoded event besides its variable strings: an upper bound used to reserve
-/// once per event (field names, time, numbers, an IPv6 peer with scope id).
-const FIXED_BYTES_MAX: usize = 256;
+/// Bytes of an encoded event besides its strings' own bytes, at most: field names and
+/// punctuation with the strings' quotes (123), the op and result names (9 + 19), the time
+/// (24; 29 in the year 584 million that u64::MAX ms reaches), three u64s (20 each) and the
+/// peer ([`PEER_BYTES_MAX`]): 302, rounded up. String escapes make more room as they go. The
+/// `longest_possible_event_fits` test checks the bound.
+const FIXED_BYTES_MAX: usize = 320;
+
+/// `[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535` is 58 bytes.
+const PEER_BYTES_MAX: usize = 64;
+
+/// 10000-01-01T00:00:00Z: from here on a year takes more than four digits.
+const YEAR_10000_MS: u64 = 253_402_300_800_000;
 
 /// Appends `event` as one JSON line (ending in `\n`) to `out`, fields in the documented order
 /// and `None` fields omitted.
-pub(super) fn encode_event(out: &mut Vec<u8>, shard: usize, event: &AuditEvent<'_>) {
-    let strings_bytes = event.token.len()
+pub(super) fn encode_event(out: &mut Vec<u8>, shard: usize, event: &AuditEvent<'_>, time_text: &TimeText) {
+    let room = FIXED_BYTES_MAX
+        + event.token.len()
         + event.id.map_or(0, str::len)
         + event.owner.map_or(0, str::len)
         + event.scope.map_or(0, str::len);
-    // Escapes can grow a string up to six times; reserving for the common case (none) is
-    // enough: `extend_from_slice` grows the buffer if a string needs more.
-    out.reserve(FIXED_BYTES_MAX + strings_bytes);
-    out.extend_from_slice(b"{\"time\":\"");
-    write_rfc3339_ms(out, event.time_ms);
-    out.extend_from_slice(b"\",\"time_ms\":");
-    write_u64(out, event.time_ms);
-    out.extend_from_slice(b",\"shard\":");
-    write_u64(out, shard as u64);
-    out.extend_from_slice(b",\"token\":");
-    write_json_string(out, event.token);
-    out.extend_from_slice(b",\"peer\":\"");
-    write_peer(out, &event.peer);
-    out.extend_from_slice(b"\",\"op\":\"");
-    out.extend_from_slice(event.op.name().as_bytes());
-    out.push(b'"');
+    let mut cursor = Cursor::open(out, room);
+    cursor.put(b"{\"time\":\"");
+    time_text.write(&mut cursor, event.time_ms);
+    cursor.put(b",\"shard\":");
+    cursor.u64(shard as u64);
+    cursor.put(b",\"token\":");
+    cursor.json_string(event.token);
+    cursor.put(b",\"peer\":\"");
+    cursor.peer(&event.peer);
+    cursor.put(b"\",\"op\":\"");
+    cursor.put(event.op.name().as_bytes());
+    cursor.put(b"\"");
     if let Some(id) = event.id {
-        out.extend_from_slice(b",\"id\":");
-        write_json_string(out, id);
+        cursor.put(b",\"id\":");
+        cursor.json_string(id);
     }
     if let Some(owner) = event.owner {
-        out.extend_from_slice(b",\"owner\":");
-        write_json_string(out, owner);
+        cursor.put(b",\"owner\":");
+        cursor.json_string(owner);
     }
     if let Some(scope) = event.scope {
-        out.extend_from_slice(b",\"scope\":");
-        write_json_string(out, scope);
+        cursor.put(b",\"scope\":");
+        cursor.json_string(scope);
     }
     if let Some(version) = event.version {
-        out.extend_from_slice(b",\"version\":");
-        write_u64(out, version);
+        cursor.put(b",\"version\":");
+        cursor.u64(version);
     }
-    out.extend_from_slice(b",\"result\":\"");
-    out.extend_from_slice(event.status.name().as_bytes());
-    out.extend_from_slice(b"\"}\n");
+    cursor.put(b",\"result\":\"");
+    cursor.put(event.status.name().as_bytes());
+    cursor.put(b"\"}\n");
+    cursor.finish();
+}
+
+/// The last second formatted, as RFC 3339 (`2026-11-23T05:12:01`) and in decimal
+/// (`1795410721`), so that a second's events share one date computation and most digits.
+pub(super) struct TimeText {
+    second: Cell<u64>,
+    date_time: Cell<[u8; 19]>,
+    /// The decimal digits of `second`, right-aligned.
+    second_digits: Cell<[u8; 20]>,
+    second_digits_len: Cell<usize>,
+}
+
+impl TimeText {
+    pub(super) fn new() -> TimeText {
+        TimeText {
+            second: Cell::new(u64::MAX),
+            date_time: Cell::new([0; 19]),
+            second_digits: Cell::new([0; 20]),
+            second_digits_len: Cell::new(0),
+        }
+    }
+
+    /// The time fields' text from the first value on: `2026-11-23T05:12:01.123Z","time_ms":1795410721123`.
+    fn write(&self, cursor: &mut Cursor<'_>, time_ms: u64) {
+        let second = time_ms / 1000;
+        if time_ms >= YEAR_10000_MS || second == 0 {
+            // Off the fixed-width path (a five-digit year, or no second digits): uncached.
+            cursor.rfc3339_ms(time_ms);
+            cursor.put(b"\",\"time_ms\":");
+            cursor.u64(time_ms);
+            return;
+        }
+        if second != self.second.get() {
+            let start = cursor.at;
+            cursor.date_time(second);
+            let mut date_time = [0; 19];
+            date_time.copy_from_slice(&cursor.out[start..cursor.at]);
+            cursor.at = start;
+            let len = decimal_len(second);
+            let mut second_digits = [0; 20];
+            write_digits(&mut second_digits[20 - len..], second);
+            self.date_time.set(date_time);
+            self.second_digits.set(second_digits);
+            self.second_digits_len.set(len);
+            self.second.set(second);
+        }
+        cursor.put(&self.date_time.get());
+        cursor.milliseconds(time_ms);
+        cursor.put(b"\",\"time_ms\":");
+        cursor.put(&self.second_digits.get()[20 - self.second_digits_len.get()..]);
+        cursor.digits(time_ms % 1000, 3);
+    }
 }
 
 /// What a byte needs in a JSON string: 0 nothing, 1 a `\u00XX` escape, 2 a backslash before
@@ -75,136 +138,209 @@ const ESCAPE: [u8; 256] = {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Appends `text` as a quoted JSON string. Quotes and backslashes get a backslash; control
-/// characters (C0, DEL and the C1 range U+0080..U+009F) become `\u00XX`, so that neither a
-/// JSON parser nor a terminal showing the raw file (`tail -f`) can be confused by a
-/// client-chosen id. Everything else, including other non-ASCII text, is copied as is.
-pub(super) fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    out.push(b'"');
-    let mut start = 0;
-    let mut index = 0;
-    while index < bytes.len() {
-        let byte = bytes[index];
-        let (escaped, width) = match ESCAPE[byte as usize] {
-            0 => {
-                index += 1;
-                continue;
-            }
-            1 => (byte as u32, 1),
-            2 => {
-                out.extend_from_slice(&bytes[start..index]);
-                out.extend_from_slice(&[b'\\', byte]);
-                index += 1;
-                start = index;
-                continue;
-            }
-            // A valid &str has a continuation byte after 0xC2.
-            _ => match bytes[index + 1] {
-                second @ 0x80..=0x9F => (second as u32, 2),
-                _ => {
-                    index += 2;
+/// "00", "01", ... "99".
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut pair = 0;
+    while pair < 100 {
+        table[pair * 2] = b'0' + (pair / 10) as u8;
+        table[pair * 2 + 1] = b'0' + (pair % 10) as u8;
+        pair += 1;
+    }
+    table
+};
+
+/// Digits `value` takes in decimal.
+#[inline]
+fn decimal_len(value: u64) -> usize {
+    value.checked_ilog10().unwrap_or(0) as usize + 1
+}
+
+/// Fills `slots` with the last `slots.len()` decimal digits of `value`, two at a time.
+#[inline]
+fn write_digits(slots: &mut [u8], mut value: u64) {
+    let mut end = slots.len();
+    while end >= 2 {
+        let pair = (value % 100) as usize * 2;
+        slots[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        value /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        slots[0] = b'0' + (value % 10) as u8;
+    }
+}
+
+/// Stores into room made at the end of a buffer beforehand. Writing past the room is a bug
+/// of the size bound and panics (a bounds check) rather than corrupting anything.
+struct Cursor<'a> {
+    out: &'a mut Vec<u8>,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Makes `room` bytes of room at the end of `out`.
+    fn open(out: &'a mut Vec<u8>, room: usize) -> Cursor<'a> {
+        let at = out.len();
+        out.resize(at + room, 0);
+        Cursor { out, at }
+    }
+
+    /// Trims the room to what was written.
+    fn finish(self) {
+        self.out.truncate(self.at);
+    }
+
+    fn grow(&mut self, bytes: usize) {
+        self.out.resize(self.out.len() + bytes, 0);
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.out[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    /// `value` in decimal.
+    #[inline]
+    fn u64(&mut self, value: u64) {
+        self.digits(value, decimal_len(value));
+    }
+
+    /// `value` in decimal, zero-padded to `width` digits (more if it needs them).
+    #[inline]
+    fn padded(&mut self, value: u64, width: usize) {
+        self.digits(value, decimal_len(value).max(width));
+    }
+
+    /// The last `count` decimal digits of `value`.
+    #[inline]
+    fn digits(&mut self, value: u64, count: usize) {
+        write_digits(&mut self.out[self.at..self.at + count], value);
+        self.at += count;
+    }
+
+    /// `text` as a quoted JSON string. Quotes and backslashes get a backslash; control
+    /// characters (C0, DEL and the C1 range U+0080..U+009F) become `\u00XX`, so that neither
+    /// a JSON parser nor a terminal showing the raw file (`tail -f`) can be confused by a
+    /// client-chosen id. Everything else, including other non-ASCII text, is copied as is.
+    /// The room holds the text unescaped; each escape makes the room it needs.
+    fn json_string(&mut self, text: &str) {
+        let bytes = text.as_bytes();
+        self.put(b"\"");
+        let mut start = 0;
+        let mut index = 0;
+        while index < bytes.len() {
+            let byte = bytes[index];
+            let (escaped, width) = match ESCAPE[byte as usize] {
+                0 => {
+                    index += 1;
                     continue;
                 }
-            },
-        };
-        out.extend_from_slice(&bytes[start..index]);
-        out.extend_from_slice(&[
-            b'\\',
-            b'u',
-            b'0',
-            b'0',
-            HEX_DIGITS[(escaped >> 4) as usize],
-            HEX_DIGITS[(escaped & 0xF) as usize],
-        ]);
-        index += width;
-        start = index;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
-/// Appends `value` in decimal.
-pub(super) fn write_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// Appends `value` in decimal, zero-padded to `width` digits (more if it needs them).
-fn write_padded(out: &mut Vec<u8>, value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    let mut rest = value;
-    while rest > 0 {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    let start = start.min(digits.len() - width);
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// Appends the peer address: IPv4 by hand (the common case), IPv6 through std's formatter
-/// (no allocation; its text needs no JSON escape).
-fn write_peer(out: &mut Vec<u8>, peer: &SocketAddr) {
-    match peer {
-        SocketAddr::V4(address) => {
-            let [a, b, c, d] = address.ip().octets();
-            for (index, octet) in [a, b, c, d].into_iter().enumerate() {
-                if index > 0 {
-                    out.push(b'.');
+                1 => (byte, 1),
+                2 => {
+                    self.grow(1);
+                    self.put(&bytes[start..index]);
+                    self.put(&[b'\\', byte]);
+                    index += 1;
+                    start = index;
+                    continue;
                 }
-                write_u64(out, octet as u64);
-            }
-            out.push(b':');
-            write_u64(out, address.port() as u64);
+                // A valid &str has a continuation byte after 0xC2.
+                _ => match bytes[index + 1] {
+                    second @ 0x80..=0x9F => (second, 2),
+                    _ => {
+                        index += 2;
+                        continue;
+                    }
+                },
+            };
+            self.grow(5);
+            self.put(&bytes[start..index]);
+            let high = HEX_DIGITS[(escaped >> 4) as usize];
+            self.put(&[b'\\', b'u', b'0', b'0', high, HEX_DIGITS[(escaped & 0xF) as usize]]);
+            index += width;
+            start = index;
         }
-        SocketAddr::V6(address) => {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{address}");
+        self.put(&bytes[start..]);
+        self.put(b"\"");
+    }
+
+    /// The peer address: IPv4 by hand (the common case), IPv6 through std's formatter (no
+    /// allocation; its text needs no JSON escape).
+    fn peer(&mut self, peer: &SocketAddr) {
+        match peer {
+            SocketAddr::V4(address) => {
+                let [a, b, c, d] = address.ip().octets();
+                self.u64(a.into());
+                self.put(b".");
+                self.u64(b.into());
+                self.put(b".");
+                self.u64(c.into());
+                self.put(b".");
+                self.u64(d.into());
+                self.put(b":");
+                self.u64(address.port().into());
+            }
+            SocketAddr::V6(address) => {
+                let mut text = [0u8; PEER_BYTES_MAX];
+                let room = text.len();
+                let mut rest = &mut text[..];
+                // Fails only for a text longer than PEER_BYTES_MAX, which cannot be.
+                let _ = write!(rest, "{address}");
+                let written = room - rest.len();
+                self.put(&text[..written]);
+            }
         }
     }
-}
 
-/// Milliseconds per day.
-const DAY_MS: u64 = 86_400_000;
+    /// `time_ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    fn rfc3339_ms(&mut self, time_ms: u64) {
+        self.date_time(time_ms / 1000);
+        self.milliseconds(time_ms);
+    }
 
-/// Appends `time_ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub(super) fn write_rfc3339_ms(out: &mut Vec<u8>, time_ms: u64) {
-    let (year, month, day) = civil_from_days(time_ms / DAY_MS);
-    let ms_of_day = time_ms % DAY_MS;
-    let seconds_of_day = ms_of_day / 1000;
-    write_padded(out, year, 4);
-    out.push(b'-');
-    write_padded(out, month, 2);
-    out.push(b'-');
-    write_padded(out, day, 2);
-    out.push(b'T');
-    write_padded(out, seconds_of_day / 3600, 2);
-    out.push(b':');
-    write_padded(out, seconds_of_day / 60 % 60, 2);
-    out.push(b':');
-    write_padded(out, seconds_of_day % 60, 2);
-    out.push(b'.');
-    write_padded(out, ms_of_day % 1000, 3);
-    out.push(b'Z');
+    /// `YYYY-MM-DDTHH:MM:SS` of a Unix second.
+    fn date_time(&mut self, second: u64) {
+        let (year, month, day) = civil_from_days(second / 86_400);
+        let second_of_day = second % 86_400;
+        self.padded(year, 4);
+        self.put(b"-");
+        self.digits(month, 2);
+        self.put(b"-");
+        self.digits(day, 2);
+        self.put(b"T");
+        self.digits(second_of_day / 3600, 2);
+        self.put(b":");
+        self.digits(second_of_day / 60 % 60, 2);
+        self.put(b":");
+        self.digits(second_of_day % 60, 2);
+    }
+
+    /// `.mmmZ`
+    fn milliseconds(&mut self, time_ms: u64) {
+        self.put(b".");
+        self.digits(time_ms % 1000, 3);
+        self.put(b"Z");
+    }
 }
 
 /// `time_ms` as an RFC 3339 string (for the CLI's table).
 pub fn rfc3339_ms(time_ms: u64) -> String {
-    let mut out = Vec::with_capacity(24);
-    write_rfc3339_ms(&mut out, time_ms);
+    let mut text = Vec::with_capacity(32);
+    let mut cursor = Cursor::open(&mut text, 32);
+    cursor.rfc3339_ms(time_ms);
+    cursor.finish();
     // Only ASCII digits and punctuation were written.
-    String::from_utf8(out).unwrap_or_default()
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Runs `write` on a cursor over `room_bytes` of room at the end of `out`.
+#[cfg(test)]
+fn with_room(out: &mut Vec<u8>, room_bytes: usize, write: impl FnOnce(&mut Cursor<'_>)) {
+    let mut cursor = Cursor::open(out, room_bytes);
+    write(&mut cursor);
+    cursor.finish();
 }
 
 /// (year, month 1..=12, day 1..=31) of `days` since 1970-01-01 (proleptic Gregorian).
@@ -252,7 +388,7 @@ mod tests {
 
     fn json_string(text: &str) -> String {
         let mut out = Vec::new();
-        write_json_string(&mut out, text);
+        with_room(&mut out, text.len() + 2, |cursor| cursor.json_string(text));
         String::from_utf8(out).unwrap()
     }
 
@@ -275,6 +411,35 @@ mod tests {
         for (time_ms, expected) in cases {
             assert_eq!(rfc3339_ms(time_ms), expected, "time_ms {time_ms}");
         }
+    }
+
+    #[test]
+    fn time_text_reuses_a_second_and_follows_changes() {
+        let time_text = TimeText::new();
+        let times = [
+            1_795_410_721_123,
+            1_795_410_721_007,
+            999,
+            1_000,
+            1_001,
+            99_999,
+            100_000,
+            1_795_410_721_999,
+            1_795_410_722_000,
+            1_795_410_721_000,
+            0,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            u64::MAX,
+            1_795_410_721_500,
+        ];
+        for time_ms in times {
+            let mut out = Vec::new();
+            with_room(&mut out, 80, |cursor| time_text.write(cursor, time_ms));
+            let expected = format!("{}\",\"time_ms\":{time_ms}", rfc3339_ms(time_ms));
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        assert_eq!(rfc3339_ms(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
     }
 
     #[test]
@@ -323,21 +488,44 @@ mod tests {
 
     #[test]
     fn writes_integers() {
-        for value in [0, 7, 10, 99, 1000, 123_456_789, u64::MAX] {
+        for value in [0, 7, 9, 10, 99, 100, 1000, 123_456_789, 9_999_999_999_999_999_999, u64::MAX] {
             let mut out = Vec::new();
-            write_u64(&mut out, value);
+            with_room(&mut out, 20, |cursor| cursor.u64(value));
             assert_eq!(out, value.to_string().as_bytes());
         }
         let mut out = Vec::new();
-        write_padded(&mut out, 5, 3);
-        write_padded(&mut out, 12_345, 4);
-        write_padded(&mut out, 0, 2);
+        with_room(&mut out, 20, |cursor| {
+            cursor.padded(5, 3);
+            cursor.padded(12_345, 4);
+            cursor.padded(0, 2);
+        });
         assert_eq!(out, b"0051234500");
+    }
+
+    #[test]
+    fn longest_possible_event_fits() {
+        let op = Op::ALL.into_iter().max_by_key(|op| op.name().len()).unwrap();
+        let status = Status::ALL.into_iter().max_by_key(|status| status.name().len()).unwrap();
+        let text = "\u{0}\u{9f}\\";
+        let event = AuditEvent {
+            time_ms: u64::MAX,
+            token: text,
+            peer: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535".parse().unwrap(),
+            op,
+            id: Some(text),
+            owner: Some(text),
+            scope: Some(text),
+            version: Some(u64::MAX),
+            status,
+        };
+        let line = encode(&event, usize::MAX);
+        assert!(line.len() - 4 * json_string(text).len() > 280, "close to the bound: {line}");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap();
     }
 
     fn encode(event: &AuditEvent<'_>, shard: usize) -> String {
         let mut out = Vec::new();
-        encode_event(&mut out, shard, event);
+        encode_event(&mut out, shard, event, &TimeText::new());
         String::from_utf8(out).unwrap()
     }
 
@@ -388,6 +576,7 @@ mod tests {
         let peers = ["10.0.0.255:1", "[fe80::1%7]:65535", "[::ffff:192.168.1.1]:80", "0.0.0.0:0"];
         let mut out = Vec::new();
         let mut expected = Vec::new();
+        let time_text = TimeText::new();
         for (index, (op, status)) in Op::ALL.into_iter().zip(Status::ALL.into_iter().cycle()).enumerate() {
             let optional = |text: &'static str| (index % 2 == 0).then_some(text);
             let event = AuditEvent {
@@ -401,7 +590,7 @@ mod tests {
                 version: (index % 2 == 1).then_some(u64::MAX - index as u64),
                 status,
             };
-            encode_event(&mut out, index, &event);
+            encode_event(&mut out, index, &event, &time_text);
             expected.push((
                 event.time_ms,
                 event.token,

@@ -72,7 +72,7 @@ pub struct AuditEvent<'a> {
     pub id: Option<&'a str>,
     /// LIST's owner filter (`None` otherwise).
     pub owner: Option<&'a str>,
-    /// LIST's scope prefix filter (`None` otherwise).
+    /// LIST's scope filter (an exact scope; `None` otherwise).
     pub scope: Option<&'a str>,
     /// The version read or written, when known.
     pub version: Option<u64>,

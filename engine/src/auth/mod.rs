@@ -255,6 +255,12 @@ impl Session {
         self.principal.as_ref()
     }
 
+    /// True after a successful HELLO (or from the start on an open server), as of the last
+    /// request; a reload takes effect at the next [`Session::principal`].
+    pub fn is_authenticated(&self) -> bool {
+        self.principal.is_some()
+    }
+
     /// The principal this session acts as, looked up again if the tokens were reloaded since
     /// (a removed token ends the session's authentication).
     pub fn principal(&mut self, authenticator: &Authenticator) -> Option<&Arc<Principal>> {

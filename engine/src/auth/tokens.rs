@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::auth::{Acl, Permission, Principal, TokenHash};
+use crate::auth::{hash_token, Acl, Permission, Principal, TokenHash};
 use crate::error::EngineError;
 
 #[derive(Deserialize)]
@@ -32,10 +32,10 @@ struct TokenEntry {
     id: String,
     sha256: String,
     ops: Vec<String>,
-    #[serde(default)]
-    owners: Vec<String>,
-    #[serde(default)]
-    scopes: Vec<String>,
+    /// Absent: any owner. Present, it must not be empty (an empty list reads as "none").
+    owners: Option<Vec<String>>,
+    /// Absent: any scope.
+    scopes: Option<Vec<String>>,
 }
 
 /// The tokens in force: each token's hash and the principal it authenticates as.
@@ -116,6 +116,11 @@ impl TokenEntry {
             .filter(|bytes| bytes.len() == 32)
             .ok_or_else(|| format!("token {id:?}: sha256 must be 64 hex digits"))?;
         let hash: TokenHash = bytes.try_into().expect("checked length");
+        if hash == hash_token(b"") {
+            return Err(format!(
+                "token {id:?}: sha256 is that of the empty token, which every client without a token sends"
+            ));
+        }
         if self.ops.is_empty() {
             return Err(format!("token {id:?}: ops is empty (it could do nothing)"));
         }
@@ -130,20 +135,30 @@ impl TokenEntry {
                 .ok_or_else(|| format!("token {id:?}: unknown op {op:?} (known: {known}, *)"))?;
             permissions.push(permission);
         }
-        if self.owners.iter().any(String::is_empty) {
-            return Err(format!("token {id:?}: an empty owner (leave owners out to allow any)"));
+        let owners = restriction(&id, "owners", "owner", self.owners)?;
+        let scopes = restriction(&id, "scopes", "scope prefix", self.scopes)?;
+        Ok((hash, Principal { id, acl: Acl::new(&permissions, owners, scopes) }))
+    }
+}
+
+/// An `owners` or `scopes` list: absent means any (empty vector); present, it must name at
+/// least one non-empty value, so that `[]` or `[""]` cannot be misread as "none" or "any".
+fn restriction(id: &str, field: &str, item: &str, list: Option<Vec<String>>) -> Result<Vec<String>, String> {
+    match list {
+        None => Ok(Vec::new()),
+        Some(list) if list.is_empty() => {
+            Err(format!("token {id:?}: {field} is empty (leave it out to allow any {item})"))
         }
-        if self.scopes.iter().any(String::is_empty) {
-            return Err(format!("token {id:?}: an empty scope prefix (leave scopes out to allow any)"));
+        Some(list) if list.iter().any(String::is_empty) => {
+            Err(format!("token {id:?}: an empty {item} (leave {field} out to allow any)"))
         }
-        Ok((hash, Principal { id, acl: Acl::new(&permissions, self.owners, self.scopes) }))
+        Some(list) => Ok(list),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::hash_token;
 
     fn table(id: &str, token: &[u8], rest: &str) -> String {
         format!("[[token]]\nid = \"{id}\"\nsha256 = \"{}\"\n{rest}\n", hex::encode(hash_token(token)))
@@ -176,6 +191,9 @@ mod tests {
             (table("a", b"x", "ops = [\"read\"]") + &table("b", b"x", "ops = [\"read\"]"), "same sha256"),
             (table("a b", b"x", "ops = [\"read\"]"), "printable"),
             (table("a", b"x", "ops = [\"read\"]\nowners = [\"\"]"), "empty owner"),
+            (table("a", b"x", "ops = [\"read\"]\nowners = []"), "owners is empty"),
+            (table("a", b"x", "ops = [\"read\"]\nscopes = []"), "scopes is empty"),
+            (table("a", b"", "ops = [\"read\"]"), "empty token"),
             ("[[token]]\nid = \"a\"\nsha256 = \"abc\"\nops = [\"read\"]\n".to_owned(), "64 hex"),
             ("[[token]]\nid = \"a\"\nops = [\"read\"]\n".to_owned(), "sha256"),
             ("token = 3".to_owned(), "invalid type"),

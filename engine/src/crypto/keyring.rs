@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::master::{Argon2Cost, MasterKey, KEY_BYTES};
 use crate::crypto::nonce::{random_bytes, random_nonce, NONCE_BYTES};
-use crate::crypto::{open, seal, TAG_BYTES};
+use crate::crypto::{open, seal, Binding, TAG_BYTES};
 use crate::error::EngineError;
 use crate::storage::write_file_atomically;
 use crate::time::now_ms;
@@ -161,18 +161,18 @@ impl Keyring {
         self.active_key_id.load(Ordering::Acquire)
     }
 
-    /// Encrypts `buffer` in place with the active data key, binding it to `id` and `version`.
+    /// Encrypts `buffer` in place with the active data key, bound to `binding`.
     ///
     /// # Errors
     /// [`EngineError`] when the active key is spent and a new one cannot be persisted.
-    pub fn encrypt(&self, id: &str, version: u64, buffer: &mut [u8]) -> Result<Sealed, EngineError> {
+    pub fn encrypt(&self, binding: &Binding<'_>, buffer: &mut [u8]) -> Result<Sealed, EngineError> {
         loop {
             let key_id = self.active_key_id();
             let keys = self.keys.pin();
             let key = keys.get(&key_id).expect("the active key is in the ring");
             if key.encryptions.fetch_add(1, Ordering::Relaxed) < self.encryptions_max {
                 let nonce = random_nonce();
-                let tag = seal(&key.cipher, &nonce, id, version, key_id, buffer);
+                let tag = binding.with_associated_data(key_id, |aad| seal(&key.cipher, &nonce, aad, buffer));
                 return Ok(Sealed { key_id, nonce, tag });
             }
             drop(keys);
@@ -186,14 +186,16 @@ impl Keyring {
     /// [`EngineError::Decrypt`] for an unknown key id or a tag that does not verify.
     pub fn decrypt(
         &self,
-        id: &str,
-        version: u64,
+        binding: &Binding<'_>,
         sealed: &Sealed,
         buffer: &mut [u8],
     ) -> Result<(), EngineError> {
         let keys = self.keys.pin();
         let key = keys.get(&sealed.key_id).ok_or(EngineError::Decrypt { key_id: sealed.key_id })?;
-        open(&key.cipher, &sealed.nonce, id, version, sealed.key_id, buffer, &sealed.tag)
+        binding
+            .with_associated_data(sealed.key_id, |aad| {
+                open(&key.cipher, &sealed.nonce, aad, buffer, &sealed.tag)
+            })
             .map_err(|_| EngineError::Decrypt { key_id: sealed.key_id })
     }
 
@@ -239,10 +241,21 @@ fn master_cipher(master: &MasterKey) -> Aes256Gcm {
     Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(*master.bytes()))
 }
 
+/// The associated data of a wrapped data key: `context_bytes u16 | WRAP_CONTEXT | 0 u64 |
+/// key_id u32` (the layout records used in format version 1, kept so key rings still open).
+fn wrap_associated_data(key_id: u32) -> Vec<u8> {
+    let mut data = Vec::with_capacity(2 + WRAP_CONTEXT.len() + 12);
+    data.extend_from_slice(&(WRAP_CONTEXT.len() as u16).to_le_bytes());
+    data.extend_from_slice(WRAP_CONTEXT.as_bytes());
+    data.extend_from_slice(&0u64.to_le_bytes());
+    data.extend_from_slice(&key_id.to_le_bytes());
+    data
+}
+
 fn wrap_entry(master: &Aes256Gcm, key_id: u32, key: &[u8; KEY_BYTES]) -> [u8; ENTRY_BYTES] {
     let nonce = random_nonce();
     let mut wrapped = Zeroizing::new(*key);
-    let tag = seal(master, &nonce, WRAP_CONTEXT, 0, key_id, wrapped.as_mut());
+    let tag = seal(master, &nonce, &wrap_associated_data(key_id), wrapped.as_mut());
     let mut entry = [0u8; ENTRY_BYTES];
     entry[0..4].copy_from_slice(&key_id.to_le_bytes());
     entry[4..12].copy_from_slice(&now_ms().to_le_bytes());
@@ -258,7 +271,7 @@ fn unwrap_entry(master: &Aes256Gcm, entry: &[u8; ENTRY_BYTES]) -> Option<(u32, Z
     let tag: [u8; TAG_BYTES] = entry[56..72].try_into().ok()?;
     let mut key = Zeroizing::new([0u8; KEY_BYTES]);
     key.copy_from_slice(&entry[24..56]);
-    open(master, &nonce, WRAP_CONTEXT, 0, key_id, key.as_mut(), &tag).ok()?;
+    open(master, &nonce, &wrap_associated_data(key_id), key.as_mut(), &tag).ok()?;
     Some((key_id, key))
 }
 
@@ -355,6 +368,7 @@ impl RingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::test_binding;
 
     fn key_file(dir: &Path) -> PathBuf {
         let path = dir.join("master.key");
@@ -369,13 +383,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ring = Keyring::open(dir.path(), KeySource::KeyFile(key_file(dir.path()))).unwrap();
         let mut buffer = b"s3cr3t".to_vec();
-        let sealed = ring.encrypt("id", 1, &mut buffer).unwrap();
+        let sealed = ring.encrypt(&test_binding("id", 1), &mut buffer).unwrap();
         drop(ring);
 
         let ring = Keyring::open(dir.path(), KeySource::KeyFile(key_file(dir.path()))).unwrap();
         assert_eq!(ring.len(), 2);
         assert_eq!(ring.active_key_id(), 2);
-        ring.decrypt("id", 1, &sealed, &mut buffer).unwrap();
+        ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
         assert_eq!(buffer, b"s3cr3t");
     }
 
@@ -413,12 +427,12 @@ mod tests {
         let mut sealed = Vec::new();
         for version in 1..=7u64 {
             let mut buffer = version.to_le_bytes().to_vec();
-            sealed.push((ring.encrypt("id", version, &mut buffer).unwrap(), buffer));
+            sealed.push((ring.encrypt(&test_binding("id", version), &mut buffer).unwrap(), buffer));
         }
         assert_eq!(ring.len(), 3, "7 encryptions with a budget of 3 use 3 keys");
         assert_eq!(sealed.iter().filter(|(s, _)| s.key_id == 1).count(), 3);
         for (version, (seal, mut buffer)) in (1..=7u64).zip(sealed) {
-            ring.decrypt("id", version, &seal, &mut buffer).unwrap();
+            ring.decrypt(&test_binding("id", version), &seal, &mut buffer).unwrap();
             assert_eq!(buffer, version.to_le_bytes());
         }
     }

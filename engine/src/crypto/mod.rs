@@ -1,6 +1,8 @@
 //! Encryption of secrets at rest: AES-256-GCM with associated data that binds each ciphertext
-//! to its credential id, version and data key, so a blob cannot be replayed under another
-//! credential or version.
+//! to its credential's id, owner, scope, kind, version, expiry and grace period and to its
+//! data key ([`Binding`]). A blob cannot be replayed under another credential or version, and
+//! metadata edited at rest (say, an owner changed to move a credential within reach of another
+//! token, or an expiry pushed back) makes the secret fail to open instead of serving it.
 //!
 //! - [`master`]: the master key (key file or Argon2id passphrase).
 //! - [`keyring`]: data keys wrapped by the master key, persisted in `<data-dir>/keyring`.
@@ -20,27 +22,53 @@ pub use nonce::NONCE_BYTES;
 /// Bytes of a GCM authentication tag.
 pub const TAG_BYTES: usize = 16;
 
-/// Ids up to this length build their associated data on the stack.
-const AAD_INLINE_BYTES: usize = 320;
+/// Associated data up to this length is built on the stack.
+const AAD_INLINE_BYTES: usize = 1024;
 
-/// Calls `with` on the associated data of a credential version:
-/// `id_bytes u16 | id | version u64 | key_id u32`.
-fn with_associated_data<T>(id: &str, version: u64, key_id: u32, with: impl FnOnce(&[u8]) -> T) -> T {
-    let length = 2 + id.len() + 8 + 4;
-    let fill = |buffer: &mut [u8]| {
-        buffer[..2].copy_from_slice(&(id.len() as u16).to_le_bytes());
-        buffer[2..2 + id.len()].copy_from_slice(id.as_bytes());
-        buffer[2 + id.len()..10 + id.len()].copy_from_slice(&version.to_le_bytes());
-        buffer[10 + id.len()..length].copy_from_slice(&key_id.to_le_bytes());
-    };
-    if length <= AAD_INLINE_BYTES {
-        let mut inline = [0u8; AAD_INLINE_BYTES];
-        fill(&mut inline[..length]);
-        with(&inline[..length])
-    } else {
-        let mut heap = vec![0u8; length];
-        fill(&mut heap);
-        with(&heap)
+/// What a ciphertext is bound to: the credential version's identity and the metadata that
+/// decides who may read it and until when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub scope: &'a str,
+    pub kind: u8,
+    pub version: u64,
+    pub expires_at_ms: u64,
+    pub previous_grace_until_ms: u64,
+}
+
+impl Binding<'_> {
+    /// Calls `with` on the associated data for data key `key_id`: `id str16 | owner str16 |
+    /// scope str16 | kind u8 | version u64 | expires_at_ms u64 | previous_grace_until_ms u64 |
+    /// key_id u32` (little-endian; str16 = u16 length, then the bytes).
+    pub(crate) fn with_associated_data<T>(&self, key_id: u32, with: impl FnOnce(&[u8]) -> T) -> T {
+        let length = 3 * 2 + self.id.len() + self.owner.len() + self.scope.len() + 1 + 3 * 8 + 4;
+        let fill = |buffer: &mut [u8]| {
+            let mut at = 0;
+            let mut put = |bytes: &[u8]| {
+                buffer[at..at + bytes.len()].copy_from_slice(bytes);
+                at += bytes.len();
+            };
+            for text in [self.id, self.owner, self.scope] {
+                put(&(text.len() as u16).to_le_bytes());
+                put(text.as_bytes());
+            }
+            put(&[self.kind]);
+            put(&self.version.to_le_bytes());
+            put(&self.expires_at_ms.to_le_bytes());
+            put(&self.previous_grace_until_ms.to_le_bytes());
+            put(&key_id.to_le_bytes());
+        };
+        if length <= AAD_INLINE_BYTES {
+            let mut inline = [0u8; AAD_INLINE_BYTES];
+            fill(&mut inline[..length]);
+            with(&inline[..length])
+        } else {
+            let mut heap = vec![0u8; length];
+            fill(&mut heap);
+            with(&heap)
+        }
     }
 }
 
@@ -48,38 +76,44 @@ fn with_associated_data<T>(id: &str, version: u64, key_id: u32, with: impl FnOnc
 pub(crate) fn seal(
     cipher: &Aes256Gcm,
     nonce: &[u8; NONCE_BYTES],
-    id: &str,
-    version: u64,
-    key_id: u32,
+    associated_data: &[u8],
     buffer: &mut [u8],
 ) -> [u8; TAG_BYTES] {
     let nonce = Nonce::from(*nonce);
-    let tag = with_associated_data(id, version, key_id, |aad| {
-        cipher.encrypt_inout_detached(&nonce, aad, buffer.into())
-    })
-    .expect("AES-GCM encryption of a secret below 64 GiB cannot fail");
+    let tag = cipher
+        .encrypt_inout_detached(&nonce, associated_data, buffer.into())
+        .expect("AES-GCM encryption of a secret below 64 GiB cannot fail");
     tag.into()
 }
 
 /// Decrypts `buffer` in place after checking `tag`.
 ///
 /// # Errors
-/// When the tag does not verify: the ciphertext, its id, version or key id were altered, or
-/// the key is wrong. `buffer` is left unspecified (the caller must discard it).
+/// When the tag does not verify: the ciphertext or its associated data were altered, or the
+/// key is wrong. `buffer` is left unspecified (the caller must discard it).
 pub(crate) fn open(
     cipher: &Aes256Gcm,
     nonce: &[u8; NONCE_BYTES],
-    id: &str,
-    version: u64,
-    key_id: u32,
+    associated_data: &[u8],
     buffer: &mut [u8],
     tag: &[u8; TAG_BYTES],
 ) -> Result<(), aes_gcm::Error> {
     let nonce = Nonce::from(*nonce);
     let tag = Tag::from(*tag);
-    with_associated_data(id, version, key_id, |aad| {
-        cipher.decrypt_inout_detached(&nonce, aad, buffer.into(), &tag)
-    })
+    cipher.decrypt_inout_detached(&nonce, associated_data, buffer.into(), &tag)
+}
+
+#[cfg(test)]
+pub(crate) fn test_binding(id: &str, version: u64) -> Binding<'_> {
+    Binding {
+        id,
+        owner: "team-a",
+        scope: "prod",
+        kind: 0,
+        version,
+        expires_at_ms: 0,
+        previous_grace_until_ms: 0,
+    }
 }
 
 #[cfg(test)]
@@ -95,32 +129,53 @@ mod tests {
     fn seal_open_round_trip_and_binding() {
         let cipher = cipher();
         let nonce = nonce::random_nonce();
+        let binding = test_binding("db/password", 3);
         let mut buffer = b"top secret".to_vec();
-        let tag = seal(&cipher, &nonce, "db/password", 3, 1, &mut buffer);
+        let seal_as = |binding: &Binding<'_>, key_id: u32, buffer: &mut [u8]| {
+            binding.with_associated_data(key_id, |aad| seal(&cipher, &nonce, aad, buffer))
+        };
+        let open_as = |binding: &Binding<'_>, key_id: u32, buffer: &mut [u8], tag: &[u8; TAG_BYTES]| {
+            binding.with_associated_data(key_id, |aad| open(&cipher, &nonce, aad, buffer, tag))
+        };
+        let tag = seal_as(&binding, 1, &mut buffer);
         assert_ne!(&buffer, b"top secret");
         let sealed = buffer.clone();
 
-        open(&cipher, &nonce, "db/password", 3, 1, &mut buffer, &tag).unwrap();
+        open_as(&binding, 1, &mut buffer, &tag).unwrap();
         assert_eq!(&buffer, b"top secret");
 
-        // The same blob under another id, version or key id does not open.
-        for (id, version, key_id) in [("db/passwordx", 3, 1), ("db/password", 4, 1), ("db/password", 3, 2)] {
+        // The same blob under any other binding or key id does not open.
+        let others = [
+            Binding { id: "db/passwordx", ..binding },
+            Binding { owner: "team-b", ..binding },
+            Binding { scope: "prodx", ..binding },
+            // Moving bytes between fields changes the encoding too.
+            Binding { owner: "team-ap", scope: "rod", ..binding },
+            Binding { kind: 1, ..binding },
+            Binding { version: 4, ..binding },
+            Binding { expires_at_ms: 1, ..binding },
+            Binding { previous_grace_until_ms: 1, ..binding },
+        ];
+        for other in others {
             let mut moved = sealed.clone();
-            assert!(open(&cipher, &nonce, id, version, key_id, &mut moved, &tag).is_err());
+            assert!(open_as(&other, 1, &mut moved, &tag).is_err(), "{other:?}");
         }
+        let mut other_key = sealed.clone();
+        assert!(open_as(&binding, 2, &mut other_key, &tag).is_err());
         let mut tampered = sealed.clone();
         tampered[0] ^= 1;
-        assert!(open(&cipher, &nonce, "db/password", 3, 1, &mut tampered, &tag).is_err());
+        assert!(open_as(&binding, 1, &mut tampered, &tag).is_err());
     }
 
     #[test]
-    fn long_ids_use_heap_associated_data() {
+    fn long_fields_use_heap_associated_data() {
         let cipher = cipher();
         let nonce = nonce::random_nonce();
         let id = "x".repeat(1000);
+        let binding = test_binding(&id, 1);
         let mut buffer = b"secret".to_vec();
-        let tag = seal(&cipher, &nonce, &id, 1, 1, &mut buffer);
-        open(&cipher, &nonce, &id, 1, 1, &mut buffer, &tag).unwrap();
+        let tag = binding.with_associated_data(1, |aad| seal(&cipher, &nonce, aad, &mut buffer));
+        binding.with_associated_data(1, |aad| open(&cipher, &nonce, aad, &mut buffer, &tag)).unwrap();
         assert_eq!(&buffer, b"secret");
     }
 }

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use credshard_protocol::frame::{self, FrameError};
@@ -65,44 +65,41 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::R
 }
 
 /// Serves `stream` until the client hangs up, an I/O error occurs, or framing breaks. With
-/// TLS configured, the handshake comes first (bounded by a timeout).
-pub async fn serve(stream: TcpStream, context: Rc<ExecutorContext>) {
+/// TLS configured, the handshake comes first (bounded by a timeout); the connection limit
+/// counts connections from accept, handshakes included.
+pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
+    let metrics = context.metrics();
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    if context.all_metrics.connections_open() >= context.config.connections_max as u64 {
+        ExecutorMetrics::add(&metrics.connections_refused, 1);
+        if context.tls.is_none() {
+            // A TLS client could not read a plaintext error: it sees the connection close.
+            let mut out = BytesMut::new();
+            encode_error(Status::Unavailable, 0, 0, "too many connections", &mut out);
+            let _ = stream.write_all(&out).await;
+            let _ = stream.close().await;
+        }
+        return;
+    }
+    ExecutorMetrics::add(&metrics.connections_total, 1);
+    ExecutorMetrics::add(&metrics.connections_open, 1);
+    let mut connection = Connection::new(&context, peer);
     let result = match &context.tls {
-        None => serve_stream(stream, peer, &context).await,
+        None => connection.run(&mut stream).await,
         Some(acceptor) => {
             let handshake = acceptor.accept(stream);
             match select(Box::pin(handshake), Box::pin(glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT))).await {
-                Either::Left((Ok(tls), _)) => serve_stream(tls, peer, &context).await,
+                Either::Left((Ok(mut tls), _)) => connection.run(&mut tls).await,
                 Either::Left((Err(error), _)) => Err(error),
                 Either::Right(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
         }
     };
+    ExecutorMetrics::sub(&metrics.connections_open, 1);
     if let Err(error) = result {
         tracing::debug!(%error, %peer, "connection ended with an I/O error");
     }
-}
-
-async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    peer: SocketAddr,
-    context: &Rc<ExecutorContext>,
-) -> std::io::Result<()> {
-    let metrics = context.metrics();
-    if context.all_metrics.connections_open() >= context.config.connections_max as u64 {
-        ExecutorMetrics::add(&metrics.connections_refused, 1);
-        let mut out = BytesMut::new();
-        encode_error(Status::Unavailable, 0, 0, "too many connections", &mut out);
-        stream.write_all(&out).await?;
-        return stream.close().await;
-    }
-    ExecutorMetrics::add(&metrics.connections_total, 1);
-    ExecutorMetrics::add(&metrics.connections_open, 1);
-    let result = Connection::new(context, peer).run(&mut stream).await;
-    ExecutorMetrics::sub(&metrics.connections_open, 1);
-    result
 }
 
 struct Connection<'a> {
@@ -110,6 +107,8 @@ struct Connection<'a> {
     /// Who is connected: the authentication state and the address the audit log records.
     session: Session,
     peer: SocketAddr,
+    /// Until when an unauthenticated connection may stay (servers with tokens only).
+    auth_deadline: Option<Instant>,
     input: InputBuffer,
     output: BytesMut,
     output_has_secret: bool,
@@ -123,6 +122,8 @@ impl<'a> Connection<'a> {
             context,
             session: context.authenticator.session(),
             peer,
+            auth_deadline: (!context.authenticator.is_open())
+                .then(|| Instant::now() + Duration::from_millis(context.config.auth_timeout_ms)),
             input: InputBuffer::new(READ_CHUNK_BYTES),
             output: BytesMut::with_capacity(READ_CHUNK_BYTES),
             output_has_secret: false,
@@ -190,7 +191,27 @@ impl<'a> Connection<'a> {
             }
             let spare = self.input.spare(READ_CHUNK_BYTES);
             let read = if pending.is_empty() {
-                stream.read(spare).await
+                match self.auth_deadline.filter(|_| !self.session.is_authenticated()) {
+                    None => stream.read(spare).await,
+                    Some(deadline) => {
+                        let wait = Box::pin(glommio::timer::sleep(
+                            deadline.saturating_duration_since(Instant::now()),
+                        ));
+                        let read = match select(stream.read(spare), wait).await {
+                            Either::Left((read, _)) => Some(read),
+                            Either::Right(_) => None,
+                        };
+                        let Some(read) = read else {
+                            let message = "no successful HELLO in time; closing the connection";
+                            encode_error(Status::Unauthorized, 0, 0, message, &mut self.output);
+                            ExecutorMetrics::add(&self.context.metrics().unauthorized_total, 1);
+                            self.input.wipe();
+                            self.flush(stream).await?;
+                            return linger(stream).await;
+                        };
+                        read
+                    }
+                }
             } else {
                 match select(stream.read(spare), pending.next()).await {
                     Either::Left((read, _)) => read,

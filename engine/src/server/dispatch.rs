@@ -130,6 +130,9 @@ pub fn dispatch(
                     Ok(version) => (Some(*version), Status::Ok),
                     Err(error) => (None, error.status()),
                 };
+                if status == Status::Unauthorized {
+                    ExecutorMetrics::add(&metrics.unauthorized_total, 1);
+                }
                 auditor.record_id(&principal.id, op, id, version, status);
             });
             frame::finish(out, start);

@@ -19,6 +19,9 @@ use crate::server::router::{Router, WriteMessage};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
 use crate::store::Store;
 
+/// Flushes of the audit log at shutdown before giving up on connections that keep recording.
+const FINAL_AUDIT_FLUSHES_MAX: usize = 16;
+
 /// How often an idle executor checks whether it was asked to stop.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -123,9 +126,18 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         }
     }
     if let Some(audit) = audit {
-        if let Err(error) = audit.flush().await {
-            tracing::error!(%error, shard_id, "the audit log could not be written at shutdown");
+        // Connections still run while a flush waits for the disk and may record more: flush
+        // until nothing is left (the executor's tasks stop when this future returns).
+        for _ in 0..FINAL_AUDIT_FLUSHES_MAX {
+            if let Err(error) = audit.flush().await {
+                tracing::error!(%error, shard_id, "the audit log could not be written at shutdown");
+                break;
+            }
+            if audit.unwritten_bytes() == 0 {
+                break;
+            }
         }
+        publish_audit_counters(&audit, shared.metrics.executor(shard_id));
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! credshard-data-dir
-//! format_version 1
+//! format_version 2
 //! shards 2
 //! shard_hash fnv1a64
 //! generation 1
@@ -21,7 +21,9 @@ use crate::error::EngineError;
 use crate::storage::write_file_atomically;
 
 /// The data dir format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: record ciphertexts are bound to owner, scope, kind, expiry and grace besides id,
+/// version and key id (see `crypto::Binding`); format 1 records would not decrypt.
+pub const FORMAT_VERSION: u32 = 2;
 /// The only shard hash so far (see `keyspace.rs`).
 pub const SHARD_HASH: &str = "fnv1a64";
 const FIRST_LINE: &str = "credshard-data-dir";

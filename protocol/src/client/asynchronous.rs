@@ -25,6 +25,10 @@ use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
 use crate::op::stats::StatsReply;
 
+/// How long the TLS handshake may take.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Frames queued for the writer task; bounded so a stalled connection pushes back on callers.
 const OUTGOING_FRAMES_MAX: usize = 4096;
 
@@ -91,9 +95,11 @@ impl AsyncClient {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls.config()));
-        let stream = connector
-            .connect(tls.server_name().clone(), stream)
+        // A server that does not speak TLS would leave the handshake waiting forever.
+        let handshake = connector.connect(tls.server_name().clone(), stream);
+        let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
             .await
+            .map_err(|_| ClientError::Tls("the TLS handshake timed out".to_owned()))?
             .map_err(|error| ClientError::Tls(error.to_string()))?;
         let (read_half, write_half) = tokio::io::split(stream);
         Ok(AsyncClient::over(read_half, write_half))

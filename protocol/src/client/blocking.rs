@@ -66,6 +66,10 @@ impl Write for Transport {
     }
 }
 
+/// How long the TLS handshake may take.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Client {
     stream: Transport,
     read_buffer: BytesMut,
@@ -128,9 +132,12 @@ impl Client {
         let mut connection =
             rustls::ClientConnection::new(Arc::clone(tls.config()), tls.server_name().clone())
                 .map_err(|error| ClientError::Tls(error.to_string()))?;
+        // A server that does not speak TLS would leave the handshake waiting forever.
+        stream.set_read_timeout(Some(TLS_HANDSHAKE_TIMEOUT))?;
         while connection.is_handshaking() {
             connection.complete_io(&mut stream).map_err(|error| ClientError::Tls(error.to_string()))?;
         }
+        stream.set_read_timeout(None)?;
         Ok(Client::over(Transport::Tls(Box::new(rustls::StreamOwned::new(connection, stream)))))
     }
 

@@ -1,5 +1,6 @@
-//! HELLO: protocol version negotiation. The token field is reserved for authentication
-//! (the access-control issue); this version accepts any token, including an empty one.
+//! HELLO: protocol version negotiation and authentication. A server with a tokens file
+//! authenticates the connection with `token` (nothing else is answered before); a server
+//! without one accepts any token, including an empty one.
 
 use bytes::{BufMut, BytesMut};
 
