@@ -1,5 +1,6 @@
 //! The credshard engine: a thread-per-core credential server.
 //!
+//! - [`audit`]: the audit log (one batched JSON-lines file per executor) and its reader.
 //! - [`auth`]: tokens, ACLs and sessions (who may do what).
 //! - [`config`]: server settings with documented defaults (parsed by the CLI).
 //! - [`crypto`]: AES-256-GCM sealing, the master key and the key ring of data keys.

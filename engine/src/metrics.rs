@@ -31,11 +31,13 @@ pub struct ExecutorMetrics {
     /// in time), and BATCH_GET items refused.
     pub unauthorized_total: AtomicU64,
     /// This executor's audit log, copied from it every few milliseconds: events recorded,
-    /// events dropped (backlog past its hard limit), bytes written, failed writes or syncs.
+    /// events dropped (backlog past its hard limit), bytes written, failed writes or syncs,
+    /// fdatasyncs.
     pub audit_events: AtomicU64,
     pub audit_events_dropped: AtomicU64,
     pub audit_bytes_written: AtomicU64,
     pub audit_write_errors: AtomicU64,
+    pub audit_syncs: AtomicU64,
 }
 
 impl ExecutorMetrics {
@@ -94,6 +96,7 @@ impl Metrics {
             ("audit_events_dropped".to_owned(), sum(|m| &m.audit_events_dropped)),
             ("audit_bytes_written".to_owned(), sum(|m| &m.audit_bytes_written)),
             ("audit_write_errors".to_owned(), sum(|m| &m.audit_write_errors)),
+            ("audit_syncs".to_owned(), sum(|m| &m.audit_syncs)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

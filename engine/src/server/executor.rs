@@ -85,7 +85,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
                 flush_interval: Duration::from_millis(shared.config.audit_flush_ms),
                 ..AuditSettings::default()
             };
-            let dir = shared.config.data_dir.join("audit");
+            let dir = crate::audit::audit_dir(&shared.config.data_dir);
             match AuditLog::open(&dir, shard_id, settings).await {
                 Ok(audit) => {
                     audit.spawn_flusher();
@@ -148,6 +148,7 @@ fn publish_audit_counters(audit: &AuditLog, metrics: &ExecutorMetrics) {
     metrics.audit_events_dropped.store(audit.events_dropped(), Relaxed);
     metrics.audit_bytes_written.store(audit.bytes_written(), Relaxed);
     metrics.audit_write_errors.store(audit.write_errors(), Relaxed);
+    metrics.audit_syncs.store(audit.syncs(), Relaxed);
 }
 
 /// Executor 0 binds the configured address and publishes the bound one; the others wait for
