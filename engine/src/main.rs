@@ -479,9 +479,9 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
             tracing::info!(signal, "stopping");
             break;
         }
-        match server.reload_tokens() {
+        match server.reload() {
             Ok(count) if config.tokens.is_some() => tracing::info!(tokens = count, "tokens file reloaded"),
-            Ok(_) => tracing::info!("SIGHUP: no --tokens file to reload"),
+            Ok(_) => tracing::info!("SIGHUP: audit files reopened; no --tokens file to reload"),
             Err(error) => {
                 tracing::error!(%error, "tokens file NOT reloaded; the previous tokens stay in force")
             }

@@ -357,6 +357,49 @@ fn the_audit_log_records_allowed_and_refused_requests_and_no_secret() {
 }
 
 #[test]
+fn reload_reopens_the_audit_files_for_log_rotation() {
+    let server = TestServer::start_with(2, |_| {});
+    let audit_dir = server.data_dir.path().join("audit");
+    let mut client = server.client();
+    let lines = |path: &Path| std::fs::read_to_string(path).map_or(0, |text| text.lines().count());
+    let total = |suffix: &str| -> usize {
+        (0..2).map(|shard| lines(&audit_dir.join(format!("shard-{shard}.jsonl{suffix}")))).sum()
+    };
+    client.put(&put("before", b"x")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while total("") < 1 {
+        assert!(Instant::now() < deadline, "the first event was never written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for shard in 0..2 {
+        let path = audit_dir.join(format!("shard-{shard}.jsonl"));
+        std::fs::rename(&path, path.with_extension("jsonl.1")).unwrap();
+    }
+    server.handle.reload().unwrap();
+    // Keep writing until both executors have reopened: events then land in new files.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut index = 0;
+    while (0..2).any(|shard| !audit_dir.join(format!("shard-{shard}.jsonl")).exists()) {
+        assert!(Instant::now() < deadline, "the audit files were not reopened");
+        client.put(&put(&format!("after-{index}"), b"x")).unwrap();
+        index += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.get("before").unwrap();
+    let TestServer { handle, data_dir } = server;
+    handle.join().unwrap();
+    let rotated = std::fs::read_to_string(audit_dir.join("shard-0.jsonl.1")).unwrap()
+        + &std::fs::read_to_string(audit_dir.join("shard-1.jsonl.1")).unwrap();
+    let fresh = std::fs::read_to_string(audit_dir.join("shard-0.jsonl")).unwrap()
+        + &std::fs::read_to_string(audit_dir.join("shard-1.jsonl")).unwrap();
+    assert!(rotated.contains("\"before\"") && !fresh.contains("\"op\":\"PUT\",\"id\":\"before\""));
+    assert!(fresh.contains("\"op\":\"GET\",\"id\":\"before\""), "{fresh}");
+    // HELLO, PUT before, the PUTs after, GET: nothing lost or doubled.
+    assert_eq!(rotated.lines().count() + fresh.lines().count(), index + 3, "{rotated}{fresh}");
+    drop(data_dir);
+}
+
+#[test]
 fn audit_off_writes_no_audit_files() {
     let server = TestServer::start_with(1, |config| config.audit = credshard_engine::config::Switch::Off);
     server.client().put(&put("a", b"b")).unwrap();

@@ -226,6 +226,44 @@ impl AuditLog {
         &self.path
     }
 
+    /// For log rotation (SIGHUP): writes and syncs what is buffered to the current file, then
+    /// opens `<dir>/shard-<executor>.jsonl` afresh, creating it if an operator renamed the old
+    /// one away. Events recorded meanwhile wait in the buffer and go to the new file.
+    ///
+    /// # Errors
+    /// The write, sync or open error; the old file then stays in use.
+    pub async fn reopen(&self) -> std::io::Result<()> {
+        let mut writer = self.writer.lock().await;
+        let flushed = async {
+            self.write_pending(&mut writer).await?;
+            if self.unsynced.get() {
+                self.sync(&writer).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.note_outcome(&flushed);
+        flushed?;
+        let created = !self.path.exists();
+        let file = OpenOptions::new().read(true).write(true).create(true).buffered_open(&self.path).await?;
+        let mut end = file.file_size().await?;
+        if end > 0 && file.read_at(end - 1, 1).await?.first() != Some(&b'\n') {
+            end += file.write_at(vec![b'\n'], end).await? as u64;
+        }
+        if created {
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+        }
+        let old = std::mem::replace(&mut writer.file, file);
+        writer.end = end;
+        drop(writer);
+        if let Err(error) = old.close().await {
+            tracing::warn!(%error, "closing the rotated audit file failed");
+        }
+        Ok(())
+    }
+
     /// One flusher round: write what is buffered, sync if due; errors are counted and logged.
     async fn flush_due(&self) {
         let mut writer = self.writer.lock().await;

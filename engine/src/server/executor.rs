@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub authenticator: Arc<Authenticator>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Bumped by every reload (SIGHUP): executors reopen their audit files.
+    pub reloads: AtomicU64,
     pub stop: Arc<AtomicBool>,
     /// The address executor 0 bound, which the others bind too (it matters for port 0).
     pub bound_address: (Mutex<Option<SocketAddr>>, Condvar),
@@ -119,10 +121,21 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     report(Ok(address));
 
     // The executor ends when this future returns, dropping its listener and connections.
+    let mut reloads_seen = shared.reloads.load(Ordering::Acquire);
     while !shared.stop.load(Ordering::Acquire) {
         glommio::timer::sleep(STOP_POLL_INTERVAL).await;
         if let Some(audit) = &audit {
             publish_audit_counters(audit, shared.metrics.executor(shard_id));
+            let reloads = shared.reloads.load(Ordering::Acquire);
+            if reloads != reloads_seen {
+                reloads_seen = reloads;
+                match audit.reopen().await {
+                    Ok(()) => tracing::info!(path = %audit.path().display(), "audit file reopened"),
+                    Err(error) => {
+                        tracing::error!(%error, path = %audit.path().display(), "reopening the audit file failed; the old one stays in use")
+                    }
+                }
+            }
         }
     }
     if let Some(audit) = audit {

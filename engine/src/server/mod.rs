@@ -16,7 +16,7 @@ pub mod router;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ pub struct ServerHandle {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     authenticator: Arc<Authenticator>,
+    shared: Arc<executor::Shared>,
     stop: Arc<AtomicBool>,
     threads: Option<PoolThreadHandles<()>>,
 }
@@ -97,12 +98,14 @@ impl Server {
             metrics: Arc::clone(&metrics),
             authenticator: Arc::clone(&authenticator),
             tls,
+            reloads: AtomicU64::new(0),
             stop: Arc::clone(&stop),
             bound_address: (Mutex::new(None), Condvar::new()),
             logs,
             ready: Mutex::new(ready_sender),
         });
         let mesh = MeshBuilder::full(shard_count, config.shard_queue_max);
+        let handle_shared = Arc::clone(&shared);
         let threads = LocalExecutorPoolBuilder::new(placement(shard_count)?)
             .name("credshard")
             .io_memory(config.io_memory_bytes)
@@ -115,6 +118,7 @@ impl Server {
             store,
             metrics,
             authenticator,
+            shared: handle_shared,
             stop,
             threads: Some(threads),
         };
@@ -181,12 +185,16 @@ impl ServerHandle {
         &self.metrics
     }
 
-    /// Re-reads the tokens file (SIGHUP). Connections stay open; each one's next request is
-    /// checked against the new tokens. Returns how many tokens are now in force.
+    /// What SIGHUP does: asks every executor to reopen its audit file (within a few
+    /// milliseconds; for log rotation), and re-reads the tokens file. Connections stay open;
+    /// each one's next request is checked against the new tokens. Returns how many tokens are
+    /// now in force.
     ///
     /// # Errors
-    /// [`EngineError::Config`] for an unreadable or invalid file; the old tokens stay.
-    pub fn reload_tokens(&self) -> Result<usize, EngineError> {
+    /// [`EngineError::Config`] for an unreadable or invalid tokens file; the old tokens stay
+    /// (the audit files are reopened all the same).
+    pub fn reload(&self) -> Result<usize, EngineError> {
+        self.shared.reloads.fetch_add(1, Ordering::AcqRel);
         self.authenticator.reload()
     }
 
