@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# What access control costs: the GET-heavy loadgen row (get=90,put=10, pipeline 1, 50
+# connections, 256-byte values, 100,000 keys, --fsync never) against credshard with the audit
+# log off and on, over plain TCP and over TLS, with a token on every connection; redis-server
+# (persistence off) runs the same loadgen row for the ratio. Pinned: server on CPU 1
+# (--shards 1), loadgen on CPU 0 (--threads 1). The configurations run in turns, ROUNDS times,
+# so that slow drift of the machine spreads over all of them; the table gives each one's median.
+#
+#   bash bench/security_cost.sh            # prints a markdown table
+#
+# Environment knobs: ROUNDS (default 3), DURATION (seconds, default 8), KEEP_TMP=1.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-8}"
+SERVER_BIN="$ROOT/target/release/credshard"
+LOADGEN_BIN="$ROOT/target/release/credshard-loadgen"
+cargo build --release -q -p credshard-engine -p credshard-loadgen
+
+TMP="$(mktemp -d /tmp/credshard-security-cost.XXXXXX)"
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    if [ "${KEEP_TMP:-0}" != 1 ]; then rm -rf "$TMP"; else echo "kept $TMP" >&2; fi
+}
+trap cleanup EXIT
+
+# A self-signed certificate for localhost (CA:FALSE: rustls refuses a CA as an end entity).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+TOKEN_OUTPUT="$("$SERVER_BIN" token new --id loadgen --ops '*')"
+export CREDSHARD_TOKEN="$(sed -n 's/^token: //p' <<<"$TOKEN_OUTPUT")"
+sed -n '/^\[\[token\]\]/,$p' <<<"$TOKEN_OUTPUT" >"$TMP/tokens.toml"
+"$SERVER_BIN" keygen --out "$TMP/master.key" >/dev/null
+
+CONFIGS=(plain-audit-off plain-audit-on tls-audit-off tls-audit-on redis)
+LOADGEN_ARGS=(--threads 1 --connections 50 --pipeline 1 --mix get=90,put=10 --value-size 256
+    --keys 100000 --warmup 1 --duration "$DURATION")
+
+start_credshard() { # $1 = on|off, $2 = plain|tls; sets SERVER_PID and PORT
+    local data="$TMP/data-$RANDOM"
+    local tls=()
+    if [ "$2" = tls ]; then tls=(--tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem"); fi
+    taskset -c 1 "$SERVER_BIN" serve --listen 127.0.0.1:0 --shards 1 --fsync never --data-dir "$data" \
+        --key-file "$TMP/master.key" --tokens "$TMP/tokens.toml" --audit "$1" "${tls[@]}" \
+        >"$TMP/server.out" 2>"$TMP/server.err" &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        if grep -q '^listening on' "$TMP/server.out" 2>/dev/null; then break; fi
+        sleep 0.05
+    done
+    PORT="$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/server.out")"
+}
+
+run_one() { # $1 = config, $2 = round; prints ops/s
+    local config="$1" json="$TMP/$1-$2.json" target
+    case "$config" in
+        redis)
+            taskset -c 1 redis-server --port 6397 --bind 127.0.0.1 --save '' --appendonly no \
+                --dir "$TMP" >/dev/null 2>&1 &
+            SERVER_PID=$!
+            for _ in $(seq 100); do redis-cli -p 6397 ping >/dev/null 2>&1 && break; sleep 0.05; done
+            target=redis://127.0.0.1:6397 ;;
+        plain-audit-*) start_credshard "${config##*-}" plain; target="credshard://127.0.0.1:$PORT" ;;
+        tls-audit-*) start_credshard "${config##*-}" tls; target="credshards://localhost:$PORT" ;;
+    esac
+    local tls=()
+    if [[ "$config" == tls-* ]]; then tls=(--tls-ca "$TMP/cert.pem"); fi
+    taskset -c 0 "$LOADGEN_BIN" --target "$target" "${LOADGEN_ARGS[@]}" "${tls[@]}" --json "$json" \
+        >/dev/null 2>"$TMP/$config-$2.err" || { echo failed; kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; return; }
+    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(round(r['ops_per_sec']), r['p99_us'], r['errors'])" "$json"
+}
+
+declare -A RESULTS
+for round in $(seq "$ROUNDS"); do
+    for config in "${CONFIGS[@]}"; do
+        result="$(run_one "$config" "$round")"
+        RESULTS["$config"]+="$result;"
+        echo "round $round $config: $result" >&2
+    done
+done
+
+median() { # "ops p99 errors;..." field index -> median
+    tr ';' '\n' <<<"$1" | awk -v f="$2" 'NF { print $f }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+redis_ops="$(median "${RESULTS[redis]}" 1)"
+plain_off_ops="$(median "${RESULTS[plain-audit-off]}" 1)"
+echo "| configuration | ops/s (median of $ROUNDS) | p99 µs | vs audit off, plain | vs redis-server |"
+echo "|---|---:|---:|---:|---:|"
+for config in "${CONFIGS[@]}"; do
+    ops="$(median "${RESULTS[$config]}" 1)"
+    p99="$(median "${RESULTS[$config]}" 2)"
+    python3 -c "import sys; o,p,b,r=map(float,sys.argv[2:6]); print(f'| {sys.argv[1]} | {o:,.0f} | {p:.0f} | {o/b:.2f} | {o/r:.2f} |')" \
+        "$config" "$ops" "$p99" "$plain_off_ops" "$redis_ops"
+done
+echo
+echo "Every run: ${RESULTS[*]@K}" | tr -s ' ' >&2
