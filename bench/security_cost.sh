@@ -5,6 +5,10 @@
 # (persistence off) runs the same loadgen row for the ratio. Pinned: server on CPU 1
 # (--shards 1), loadgen on CPU 0 (--threads 1). The configurations run in turns, ROUNDS times,
 # so that slow drift of the machine spreads over all of them; the table gives each one's median.
+# Throughput on this shared 2-CPU machine moves by up to 25% from run to run, so each run also
+# reports the server's CPU time per operation (user + system, from /proc/PID/stat, over the
+# measured run only: keys are preloaded by an earlier short run). Time the server spends
+# descheduled does not count there, which makes it the steadier measure of what a feature costs.
 #
 #   bash bench/security_cost.sh            # prints a markdown table
 #
@@ -37,8 +41,9 @@ sed -n '/^\[\[token\]\]/,$p' <<<"$TOKEN_OUTPUT" >"$TMP/tokens.toml"
 "$SERVER_BIN" keygen --out "$TMP/master.key" >/dev/null
 
 CONFIGS=(plain-audit-off plain-audit-on tls-audit-off tls-audit-on redis)
+WARMUP=1
 LOADGEN_ARGS=(--threads 1 --connections 50 --pipeline 1 --mix get=90,put=10 --value-size 256
-    --keys 100000 --warmup 1 --duration "$DURATION")
+    --keys 100000 --warmup "$WARMUP")
 
 start_credshard() { # $1 = on|off, $2 = plain|tls; sets SERVER_PID and PORT
     local data="$TMP/data-$RANDOM"
@@ -55,7 +60,15 @@ start_credshard() { # $1 = on|off, $2 = plain|tls; sets SERVER_PID and PORT
     PORT="$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/server.out")"
 }
 
-run_one() { # $1 = config, $2 = round; prints ops/s
+cpu_ticks() { # user + system clock ticks of process $1
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+stop_server() {
+    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+}
+
+run_one() { # $1 = config, $2 = round; prints "ops/s p99_us cpu_us_per_op errors"
     local config="$1" json="$TMP/$1-$2.json" target
     case "$config" in
         redis)
@@ -69,10 +82,23 @@ run_one() { # $1 = config, $2 = round; prints ops/s
     esac
     local tls=()
     if [[ "$config" == tls-* ]]; then tls=(--tls-ca "$TMP/cert.pem"); fi
-    taskset -c 0 "$LOADGEN_BIN" --target "$target" "${LOADGEN_ARGS[@]}" "${tls[@]}" --json "$json" \
-        >/dev/null 2>"$TMP/$config-$2.err" || { echo failed; kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; return; }
-    kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
-    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(round(r['ops_per_sec']), r['p99_us'], r['errors'])" "$json"
+    # Preload every key (and warm up), then measure with --no-preload.
+    taskset -c 0 "$LOADGEN_BIN" --target "$target" "${LOADGEN_ARGS[@]}" "${tls[@]}" --duration 1 \
+        >/dev/null 2>"$TMP/$config-$2-preload.err" || { echo failed; stop_server; return; }
+    local before after
+    before="$(cpu_ticks "$SERVER_PID")"
+    taskset -c 0 "$LOADGEN_BIN" --target "$target" "${LOADGEN_ARGS[@]}" "${tls[@]}" --no-preload \
+        --duration "$DURATION" --json "$json" >/dev/null 2>"$TMP/$config-$2.err" || { echo failed; stop_server; return; }
+    after="$(cpu_ticks "$SERVER_PID")"
+    stop_server
+    python3 -c "
+import json, os, sys
+r = json.load(open(sys.argv[1]))
+# ops over the measured window, CPU over the whole run (warm-up included): scale to the window.
+ops_run = r['ops_per_sec'] * (r['duration_s'] + float(sys.argv[4]))
+cpu_us = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf('SC_CLK_TCK') * 1e6
+print(round(r['ops_per_sec']), r['p99_us'], round(cpu_us / ops_run, 2), r['errors'])
+" "$json" "$before" "$after" "$WARMUP"
 }
 
 declare -A RESULTS
@@ -88,14 +114,20 @@ median() { # "ops p99 errors;..." field index -> median
     tr ';' '\n' <<<"$1" | awk -v f="$2" 'NF { print $f }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
 redis_ops="$(median "${RESULTS[redis]}" 1)"
-plain_off_ops="$(median "${RESULTS[plain-audit-off]}" 1)"
-echo "| configuration | ops/s (median of $ROUNDS) | p99 µs | vs audit off, plain | vs redis-server |"
-echo "|---|---:|---:|---:|---:|"
+base_ops="$(median "${RESULTS[plain-audit-off]}" 1)"
+base_cpu="$(median "${RESULTS[plain-audit-off]}" 3)"
+echo "| configuration | ops/s | p99 µs | server CPU µs/op | CPU/op vs plain, audit off | ops/s vs plain, audit off | ops/s vs redis-server |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 for config in "${CONFIGS[@]}"; do
     ops="$(median "${RESULTS[$config]}" 1)"
     p99="$(median "${RESULTS[$config]}" 2)"
-    python3 -c "import sys; o,p,b,r=map(float,sys.argv[2:6]); print(f'| {sys.argv[1]} | {o:,.0f} | {p:.0f} | {o/b:.2f} | {o/r:.2f} |')" \
-        "$config" "$ops" "$p99" "$plain_off_ops" "$redis_ops"
+    cpu="$(median "${RESULTS[$config]}" 3)"
+    python3 -c "
+import sys
+name, o, p, c, bo, bc, r = sys.argv[1], *map(float, sys.argv[2:])
+print(f'| {name} | {o:,.0f} | {p:.0f} | {c:.2f} | {c / bc:.2f} | {o / bo:.2f} | {o / r:.2f} |')
+" "$config" "$ops" "$p99" "$cpu" "$base_ops" "$base_cpu" "$redis_ops"
 done
 echo
-echo "Every run: ${RESULTS[*]@K}" | tr -s ' ' >&2
+echo "Medians of $ROUNDS rounds. Every run (ops/s p99_us cpu_us_per_op errors):"
+for config in "${CONFIGS[@]}"; do echo "- $config: ${RESULTS[$config]}"; done

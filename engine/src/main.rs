@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use credshard_engine::auth::TokenSet;
+use credshard_engine::config::Switch;
 use credshard_engine::crypto::{Argon2Cost, KeySource, MasterKey};
 use credshard_engine::{Server, ServerConfig};
 use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
@@ -479,9 +480,12 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
             tracing::info!(signal, "stopping");
             break;
         }
+        if config.audit == Switch::On {
+            tracing::info!("SIGHUP: each executor reopens its audit file");
+        }
         match server.reload() {
             Ok(count) if config.tokens.is_some() => tracing::info!(tokens = count, "tokens file reloaded"),
-            Ok(_) => tracing::info!("SIGHUP: audit files reopened; no --tokens file to reload"),
+            Ok(_) => tracing::info!("SIGHUP: no --tokens file to reload"),
             Err(error) => {
                 tracing::error!(%error, "tokens file NOT reloaded; the previous tokens stay in force")
             }

@@ -25,6 +25,9 @@ pub struct ExecutorMetrics {
     pub log_bytes_written: AtomicU64,
     /// Snapshots of this executor's shard written while serving.
     pub snapshots_written: AtomicU64,
+    /// Reads that failed inside the server, e.g. a stored ciphertext that did not authenticate
+    /// (damaged storage, or metadata edited at rest); each is also logged with its id.
+    pub internal_errors: AtomicU64,
     /// HELLOs with an unknown token.
     pub auth_failures: AtomicU64,
     /// Requests answered UNAUTHORIZED (before HELLO, outside an ACL, a refused HELLO, no HELLO
@@ -90,6 +93,7 @@ impl Metrics {
             ("log_batches_committed".to_owned(), sum(|m| &m.log_batches_committed)),
             ("log_bytes_written".to_owned(), sum(|m| &m.log_bytes_written)),
             ("snapshots_written".to_owned(), sum(|m| &m.snapshots_written)),
+            ("internal_errors".to_owned(), sum(|m| &m.internal_errors)),
             ("auth_failures".to_owned(), sum(|m| &m.auth_failures)),
             ("unauthorized_total".to_owned(), sum(|m| &m.unauthorized_total)),
             ("audit_events".to_owned(), sum(|m| &m.audit_events)),

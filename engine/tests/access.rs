@@ -123,6 +123,10 @@ fn a_connection_that_does_not_authenticate_in_time_is_closed() {
     assert!(buffer.is_empty(), "then the connection closes");
     std::thread::sleep(Duration::from_millis(400));
     authenticated.ping(b"still here").unwrap();
+    // Past the deadline, a connection that did authenticate may fail a HELLO and retry.
+    assert_eq!(status_of(authenticated.hello(b"cst_wrong")), Status::Unauthorized);
+    authenticated.hello(READER).unwrap();
+    authenticated.ping(b"back").unwrap();
 }
 
 #[test]

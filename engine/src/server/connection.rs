@@ -5,7 +5,9 @@
 //! they finish, so responses can leave out of order); flush the output; then wait for more
 //! input or a finished write. A framing error is answered with an error frame, in-flight
 //! writes are answered, and the connection is closed. Buffers that held plaintext (PUT and
-//! ROTATE requests, GET and BATCH_GET responses) are wiped before they are reused.
+//! ROTATE requests, HELLO tokens, GET and BATCH_GET responses) are wiped before they are
+//! reused. On a server with tokens, a connection that has not authenticated within the auth
+//! timeout of connecting is answered UNAUTHORIZED and closed; once it has, it may stay.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -107,7 +109,8 @@ struct Connection<'a> {
     /// Who is connected: the authentication state and the address the audit log records.
     session: Session,
     peer: SocketAddr,
-    /// Until when an unauthenticated connection may stay (servers with tokens only).
+    /// Until when a connection that has never authenticated may stay (servers with tokens
+    /// only); cleared by the first successful HELLO.
     auth_deadline: Option<Instant>,
     input: InputBuffer,
     output: BytesMut,
@@ -168,7 +171,8 @@ impl<'a> Connection<'a> {
                 if let Some((write, outcome)) = waiting {
                     pending.push(outcome.map(move |outcome| (write, outcome)));
                 }
-                // PUT and ROTATE frames carry plaintext secrets: wipe them as they are consumed.
+                // PUT and ROTATE frames carry plaintext secrets, HELLO frames tokens: wipe them as
+                // they are consumed.
                 self.input.consume(frame_bytes, Op::from_u8(header.code).is_some_and(Op::carries_secret));
             }
 
@@ -189,9 +193,12 @@ impl<'a> Connection<'a> {
                 }
                 continue;
             }
+            if self.session.is_authenticated() {
+                self.auth_deadline = None;
+            }
             let spare = self.input.spare(READ_CHUNK_BYTES);
             let read = if pending.is_empty() {
-                match self.auth_deadline.filter(|_| !self.session.is_authenticated()) {
+                match self.auth_deadline {
                     None => stream.read(spare).await,
                     Some(deadline) => {
                         let wait = Box::pin(glommio::timer::sleep(

@@ -83,7 +83,9 @@ pub fn dispatch(
     if let Request::Hello(hello) = &request {
         return answer_hello(context, caller, &auditor, hello.protocol_version, hello.token, request_id, out);
     }
-    let Some(principal) = caller.session.principal(&context.authenticator).cloned() else {
+    // Borrowed, not cloned: every connection of a token shares its `Arc`, and touching the
+    // count on every read would bounce its cache line between cores.
+    let Some(principal) = caller.session.principal(&context.authenticator) else {
         auditor.record(ANONYMOUS, &request, None, Status::Unauthorized);
         let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
         return refuse(context, error, request_id, out);
@@ -96,8 +98,12 @@ pub fn dispatch(
     if op.is_write() {
         ExecutorMetrics::add(&metrics.writes_total, 1);
         let id = request.id().expect("writes name a credential");
-        let write =
-            WriteTicket { op, request_id, principal, audit_id: context.audit.is_some().then(|| id.into()) };
+        let write = WriteTicket {
+            op,
+            request_id,
+            principal: Arc::clone(principal),
+            audit_id: context.audit.is_some().then(|| id.into()),
+        };
         let shard_id = context.store.shard_for(id);
         if shard_id != context.router.shard_id() {
             ExecutorMetrics::add(&metrics.writes_forwarded, 1);
@@ -133,6 +139,9 @@ pub fn dispatch(
                 if status == Status::Unauthorized {
                     ExecutorMetrics::add(&metrics.unauthorized_total, 1);
                 }
+                if let Err(error) = result {
+                    note_internal(context, id, error);
+                }
                 auditor.record_id(&principal.id, op, id, version, status);
             });
             frame::finish(out, start);
@@ -156,6 +165,9 @@ pub fn dispatch(
             unreachable!("handled above")
         }
     };
+    if let (Err(error), Some(id)) = (&result, request.id()) {
+        note_internal(context, id, error);
+    }
     let (version, status) = audited_outcome(&result);
     if !matches!(request, Request::Ping(_) | Request::Stats) {
         auditor.record(&principal.id, &request, version, status);
@@ -212,6 +224,15 @@ fn encode_stats(context: &ExecutorContext, out: &mut BytesMut) {
     values.extend(context.all_metrics.report());
     let borrowed: Vec<(&str, u64)> = values.iter().map(|(name, value)| (name.as_str(), *value)).collect();
     StatsReply::encode(&borrowed, out);
+}
+
+/// Logs and counts an internal error on a credential: a ciphertext that fails to open means
+/// damaged storage or metadata edited at rest, which an operator must hear about.
+fn note_internal(context: &ExecutorContext, id: &str, error: &OpError) {
+    if let OpError::Internal(message) = error {
+        ExecutorMetrics::add(&context.metrics().internal_errors, 1);
+        tracing::error!(id, message, "a credential could not be served");
+    }
 }
 
 /// The version and status an outcome is audited with.
