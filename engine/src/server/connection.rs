@@ -168,6 +168,9 @@ impl<'a> Connection<'a> {
                         Some((write, outcome))
                     }
                 };
+                if self.auth_deadline.is_some() && self.session.is_authenticated() {
+                    self.auth_deadline = None;
+                }
                 if let Some((write, outcome)) = waiting {
                     pending.push(outcome.map(move |outcome| (write, outcome)));
                 }
@@ -192,9 +195,6 @@ impl<'a> Connection<'a> {
                     self.answer_write(finished);
                 }
                 continue;
-            }
-            if self.session.is_authenticated() {
-                self.auth_deadline = None;
             }
             let spare = self.input.spare(READ_CHUNK_BYTES);
             let read = if pending.is_empty() {
