@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compares credshard with redis-server under identical credshard-loadgen settings and writes
-# docs/performance-compare.md, with one overlay latency chart per configuration in docs/charts/
+# docs/performance-compare.md (and the same text into docs/performance.md, between the
+# "compare.sh" markers), with one overlay latency chart per configuration in docs/charts/
 # (`credshard-loadgen plot` of the four runs' JSON results, e.g. docs/charts/p1-c50-90-10.svg:
 # pipeline 1, 50 connections, get=90,put=10; unpinned ones are prefixed `unpinned-`).
 #
@@ -606,3 +607,9 @@ with open(env["OUT_DOC"], "w") as f:
 PY
 
 log "wrote $OUT_DOC (total ${ELAPSED_S}s)"
+
+# The full run also lands in docs/performance.md, between the markers, headings one level down.
+if [ "$QUICK" != 1 ]; then
+    python3 bench/splice_compare.py "$OUT_DOC" "$OUT_DIR/performance.md"
+    log "spliced into $OUT_DIR/performance.md"
+fi

@@ -12,13 +12,13 @@
 #
 #   bash bench/security_cost.sh            # prints a markdown table
 #
-# Environment knobs: ROUNDS (default 3), DURATION (seconds, default 8), KEEP_TMP=1.
+# Environment knobs: ROUNDS (default 5), DURATION (seconds, default 6), KEEP_TMP=1.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-ROUNDS="${ROUNDS:-3}"
-DURATION="${DURATION:-8}"
+ROUNDS="${ROUNDS:-5}"
+DURATION="${DURATION:-6}"
 SERVER_BIN="$ROOT/target/release/credshard"
 LOADGEN_BIN="$ROOT/target/release/credshard-loadgen"
 cargo build --release -q -p credshard-engine -p credshard-loadgen
@@ -113,21 +113,26 @@ done
 median() { # "ops p99 errors;..." field index -> median
     tr ';' '\n' <<<"$1" | awk -v f="$2" 'NF { print $f }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
-redis_ops="$(median "${RESULTS[redis]}" 1)"
-base_ops="$(median "${RESULTS[plain-audit-off]}" 1)"
-base_cpu="$(median "${RESULTS[plain-audit-off]}" 3)"
-echo "| configuration | ops/s | p99 µs | server CPU µs/op | CPU/op vs plain, audit off | ops/s vs plain, audit off | ops/s vs redis-server |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-for config in "${CONFIGS[@]}"; do
-    ops="$(median "${RESULTS[$config]}" 1)"
-    p99="$(median "${RESULTS[$config]}" 2)"
-    cpu="$(median "${RESULTS[$config]}" 3)"
-    python3 -c "
-import sys
-name, o, p, c, bo, bc, r = sys.argv[1], *map(float, sys.argv[2:])
-print(f'| {name} | {o:,.0f} | {p:.0f} | {c:.2f} | {c / bc:.2f} | {o / bo:.2f} | {o / r:.2f} |')
-" "$config" "$ops" "$p99" "$cpu" "$base_ops" "$base_cpu" "$redis_ops"
-done
-echo
-echo "Medians of $ROUNDS rounds. Every run (ops/s p99_us cpu_us_per_op errors):"
-for config in "${CONFIGS[@]}"; do echo "- $config: ${RESULTS[$config]}"; done
+# Each configuration against plain/audit off of the same round, then the median over rounds:
+# pairing within a round cancels most of the machine's drift between rounds.
+python3 - "$ROUNDS" "${CONFIGS[@]}" <<PY
+import statistics, sys
+rounds, configs = int(sys.argv[1]), sys.argv[2:]
+raw = {$(for config in "${CONFIGS[@]}"; do printf '"%s": "%s", ' "$config" "${RESULTS[$config]}"; done)}
+runs = {c: [tuple(map(float, r.split())) for r in raw[c].split(";") if r.strip() and r.strip() != "failed"] for c in configs}
+base = "plain-audit-off"
+med = lambda values: statistics.median(values) if values else float("nan")
+print(f"| configuration | ops/s | p99 µs | server CPU µs/op | CPU/op vs {base} (paired) | ops/s vs {base} (paired) | ops/s vs redis-server (paired) |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for c in configs:
+    n = min(len(runs[c]), len(runs[base]), len(runs["redis"]))
+    ops, p99, cpu = (med([r[i] for r in runs[c]]) for i in range(3))
+    cpu_ratio = med([runs[c][k][2] / runs[base][k][2] for k in range(n)])
+    ops_ratio = med([runs[c][k][0] / runs[base][k][0] for k in range(n)])
+    redis_ratio = med([runs[c][k][0] / runs["redis"][k][0] for k in range(n)])
+    print(f"| {c} | {ops:,.0f} | {p99:.0f} | {cpu:.2f} | {cpu_ratio:.2f} | {ops_ratio:.2f} | {redis_ratio:.2f} |")
+print()
+print(f"Medians of {rounds} rounds; ratios are medians of the per-round ratios. Every run (ops/s p99_us cpu_us_per_op errors):")
+for c in configs:
+    print(f"- {c}: " + "; ".join(" ".join(f"{v:g}" for v in r) for r in runs[c]))
+PY

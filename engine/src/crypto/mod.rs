@@ -23,7 +23,7 @@ pub use nonce::NONCE_BYTES;
 pub const TAG_BYTES: usize = 16;
 
 /// Associated data up to this length is built on the stack.
-const AAD_INLINE_BYTES: usize = 1024;
+const AAD_INLINE_BYTES: usize = 384;
 
 /// What a ciphertext is bound to: the credential version's identity and the metadata that
 /// decides who may read it and until when.
