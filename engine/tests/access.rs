@@ -559,3 +559,36 @@ fn cli_token_new_then_client_commands_and_audit_read_back() {
     assert_eq!(table.lines().filter(|line| line.contains("HELLO")).count(), 1, "{table}");
     assert!(!table.contains("cli-audit-secret") && !table.contains(&token), "{table}");
 }
+
+#[test]
+fn cli_over_tls_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = Certificate::new();
+    let key = dir.path().join("master.key");
+    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
+    let (tokens, cert, tls_key) = (tokens_file(dir.path()), certificate.cert(), certificate.key());
+    let args = [
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        tls_key.to_str().unwrap(),
+    ];
+    let server = ServeProcess::start(&dir.path().join("data"), &key, &args, |_| {});
+    let port = server.address.rsplit_once(':').unwrap().1;
+    let addr = format!("credshards://localhost:{port}");
+    let ca = cert.to_str().unwrap();
+    let admin = std::str::from_utf8(ADMIN).unwrap();
+    let put =
+        ["put", "billing/cli", "--owner", "billing", "--scope", "prod", "--addr", &addr, "--tls-ca", ca];
+    let stored = cli(&put, Some(admin), b"over-tls");
+    assert!(stored.status.success(), "{}", String::from_utf8_lossy(&stored.stderr));
+    let read = cli(&["get", "billing/cli", "--addr", &addr, "--tls-ca", ca], Some(admin), b"");
+    assert_eq!(read.stdout, b"over-tls\n", "{}", String::from_utf8_lossy(&read.stderr));
+    let no_ca = cli(&["get", "billing/cli", "--addr", &addr], Some(admin), b"");
+    assert!(String::from_utf8_lossy(&no_ca.stderr).contains("--tls-ca"), "{no_ca:?}");
+    let plain =
+        cli(&["get", "billing/cli", "--addr", &format!("credshard://127.0.0.1:{port}")], Some(admin), b"");
+    assert!(!plain.status.success(), "plaintext to a TLS server fails");
+}
