@@ -102,6 +102,14 @@ fn every_op_before_hello_is_unauthorized_and_the_connection_stays_usable() {
         assert_eq!(raw_status(&mut client, &request), Status::Unauthorized, "{:?}", request.op());
     }
     assert_eq!(server.store().len(), 0, "nothing was written");
+    // A malformed GET (a truncated body) is refused the same way before HELLO.
+    let mut raw = BytesMut::new();
+    let start = credshard_protocol::frame::begin(&mut raw, credshard_protocol::Op::Get as u8, 77);
+    raw.extend_from_slice(&[5, 0, b'a']);
+    credshard_protocol::frame::finish(&mut raw, start);
+    std::io::Write::write_all(client.stream_mut(), &raw).unwrap();
+    let frame = client.receive().unwrap();
+    assert_eq!((frame.request_id, frame.status), (77, Status::Unauthorized as u8));
     client.hello(ADMIN).unwrap();
     assert_eq!(client.put(&put_request).unwrap(), 1);
     assert_eq!(client.get("billing/db").unwrap().secret.expose(), b"pw-before-hello");

@@ -65,16 +65,23 @@ pub fn dispatch(
     let request_id = header.request_id;
     let body = &frame[header.body_range()];
     let now_ms = now_ms();
+    let auditor = Auditor { context, peer: caller.peer, now_ms };
     let request = match Request::decode(header.code, body, context.store.limits()) {
         Ok(request) => request,
         Err(error) => {
+            // Before authentication a known op is refused as such, malformed or not.
+            let known = Op::from_u8(header.code).filter(|op| *op != Op::Hello);
+            if let (Some(op), false) = (known, caller.session.is_authenticated()) {
+                auditor.record_id(ANONYMOUS, op, None, None, Status::Unauthorized);
+                let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
+                return refuse(context, error, request_id, out);
+            }
             ExecutorMetrics::add(&metrics.errors_total, 1);
             encode_error(error.status(), request_id, 0, &error.to_string(), out);
             return Dispatched::Answered { secret: false };
         }
     };
     let op = request.op();
-    let auditor = Auditor { context, peer: caller.peer, now_ms };
     if context.audit.as_ref().is_some_and(|audit| audit.is_backlogged()) && op != Op::Ping {
         // Fail closed: nothing is served that cannot be audited.
         let error = OpError::Unavailable("the audit log cannot be written; requests resume when it can");
