@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::process::{ServeProcess, BINARY};
+use common::process::{ProcessDirs, ServeProcess, BINARY};
 use common::{put, walk, TestServer};
 use credshard_engine::auth::hash_token;
 use credshard_engine::ServerConfig;
@@ -152,7 +152,7 @@ fn a_wrong_token_is_refused_and_ends_an_earlier_authentication() {
     let hello = Request::Hello(HelloRequest { protocol_version: PROTOCOL_VERSION + 1, token: ADMIN });
     assert_eq!(raw_status(&mut client, &hello), Status::UnsupportedVersion);
     let stats = Client::connect_with_token(server.address(), ADMIN).unwrap().stats().unwrap();
-    let value = |name: &str| stats.values.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap();
+    let value = |name: &str| stats.get(name).unwrap();
     assert!(value("auth_failures") >= 4, "{stats:?}");
     assert!(value("unauthorized_total") >= 5, "{stats:?}");
 }
@@ -320,7 +320,7 @@ fn the_audit_log_records_allowed_and_refused_requests_and_no_secret() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = admin.stats().unwrap();
-        let value = |name: &str| stats.values.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap();
+        let value = |name: &str| stats.get(name).unwrap();
         if value("audit_events") >= 10 && value("audit_bytes_written") > 0 {
             assert_eq!((value("audit_events_dropped"), value("audit_write_errors")), (0, 0));
             break;
@@ -439,12 +439,9 @@ fn a_non_loopback_listen_without_tokens_is_refused_at_start() {
 
 #[test]
 fn sighup_reloads_tokens_while_a_client_stays_connected() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
+    let ProcessDirs { dir, key, data_dir } = ProcessDirs::new();
     let tokens = dir.path().join("tokens.toml");
     std::fs::write(&tokens, table("app", READER, "ops = [\"read\"]")).unwrap();
-    let data_dir = dir.path().join("data");
     let server = ServeProcess::start(&data_dir, &key, &["--tokens", tokens.to_str().unwrap()], |_| {});
 
     let mut app = Client::connect_with_token(server.address.as_str(), READER).unwrap();
@@ -502,7 +499,7 @@ fn cli(args: &[&str], token: Option<&str>, stdin: &[u8]) -> std::process::Output
 
 #[test]
 fn cli_token_new_then_client_commands_and_audit_read_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let ProcessDirs { dir, key, data_dir } = ProcessDirs::new();
     let made =
         cli(&["token", "new", "--id", "deploy", "--ops", "read,write", "--owner", "deploy"], None, b"");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
@@ -516,9 +513,6 @@ fn cli_token_new_then_client_commands_and_audit_read_back() {
     let bad = cli(&["token", "new", "--id", "x", "--ops", "fly"], None, b"");
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown op"));
 
-    let key = dir.path().join("master.key");
-    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
-    let data_dir = dir.path().join("data");
     let mut server = ServeProcess::start(&data_dir, &key, &["--tokens", tokens.to_str().unwrap()], |_| {});
     let addr = server.address.clone();
     let secret = b"cli-audit-secret-7d1e";
@@ -570,10 +564,8 @@ fn cli_token_new_then_client_commands_and_audit_read_back() {
 
 #[test]
 fn cli_over_tls_with_a_token() {
-    let dir = tempfile::tempdir().unwrap();
+    let ProcessDirs { dir, key, data_dir } = ProcessDirs::new();
     let certificate = Certificate::new();
-    let key = dir.path().join("master.key");
-    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
     let (tokens, cert, tls_key) = (tokens_file(dir.path()), certificate.cert(), certificate.key());
     let args = [
         "--tokens",
@@ -583,7 +575,7 @@ fn cli_over_tls_with_a_token() {
         "--tls-key",
         tls_key.to_str().unwrap(),
     ];
-    let server = ServeProcess::start(&dir.path().join("data"), &key, &args, |_| {});
+    let server = ServeProcess::start(&data_dir, &key, &args, |_| {});
     let port = server.address.rsplit_once(':').unwrap().1;
     let addr = format!("credshards://localhost:{port}");
     let ca = cert.to_str().unwrap();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::process::ServeProcess;
+use common::process::{ProcessDirs, ServeProcess};
 use common::put;
 use credshard_protocol::Client;
 /// Kills per run; `bench/crash_loop.sh` runs 200 with CREDSHARD_CRASH_KILLS.
@@ -30,10 +30,7 @@ struct Known {
 
 #[test]
 fn every_acknowledged_write_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
-    let data_dir = dir.path().join("data");
+    let ProcessDirs { dir: _dir, key, data_dir } = ProcessDirs::new();
     let known: Arc<Mutex<HashMap<String, Known>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut total_acked = 0u64;
 

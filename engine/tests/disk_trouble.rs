@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::process::ServeProcess;
+use common::process::{ProcessDirs, ServeProcess};
 use common::put;
 use credshard_protocol::{Client, Status};
 const FILE_BYTES_LIMIT: u64 = 256 * 1024;
@@ -36,10 +36,7 @@ fn serve(data_dir: &std::path::Path, key: &std::path::Path, file_bytes_limit: Op
 
 #[test]
 fn a_failing_disk_refuses_writes_keeps_reads_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("master.key");
-    credshard_engine::crypto::MasterKey::generate().write_file(&key).unwrap();
-    let data_dir = dir.path().join("data");
+    let ProcessDirs { dir: _dir, key, data_dir } = ProcessDirs::new();
     let secret = vec![b'c'; 8 * 1024];
 
     let served = serve(&data_dir, &key, Some(FILE_BYTES_LIMIT));

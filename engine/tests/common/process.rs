@@ -1,10 +1,28 @@
 //! The real `credshard serve` binary as a child process, killed (SIGKILL) when dropped.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_credshard");
+
+/// A temp dir holding a fresh master key file, and the (not yet created) data dir a
+/// [`ServeProcess`] serves from; both are removed with the temp dir.
+pub struct ProcessDirs {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl ProcessDirs {
+    pub fn new() -> ProcessDirs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = dir.path().join("master.key");
+        credshard_engine::crypto::MasterKey::generate().write_file(&key).expect("write the master key");
+        let data_dir = dir.path().join("data");
+        ProcessDirs { dir, key, data_dir }
+    }
+}
 
 pub struct ServeProcess {
     pub child: Child,
