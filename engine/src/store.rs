@@ -126,9 +126,11 @@ impl Store {
         if state == VersionState::Retired {
             return Err(OpError::Retired);
         }
-        // A PUT may have moved the credential to another owner or scope: older versions are
-        // checked on their own.
-        check_access(record, acl)?;
+        // A PUT may have moved the credential to another owner or scope: an older version is
+        // checked on its own (the current one was checked above).
+        if !std::ptr::eq(record, entry.current()) {
+            check_access(record, acl)?;
+        }
         let start = out.len();
         record.metadata().encode(out);
         record.decrypt_into(&self.keyring, out).inspect_err(|_| out.truncate(start))?;
@@ -275,6 +277,7 @@ pub(crate) fn check_access(record: &Record, acl: &Acl) -> Result<(), OpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Permission;
     use crate::crypto::MasterKey;
     use crate::time::now_ms;
     use credshard_protocol::op::delete::DeleteRequest;
@@ -300,6 +303,26 @@ mod tests {
             labels: Labels::from_validated(EMPTY_LABELS),
             secret,
         }
+    }
+
+    #[test]
+    fn a_version_written_for_another_owner_stays_out_of_reach() {
+        let store = store(1);
+        let mut writer = store.claim_writer(0);
+        let now = now_ms();
+        let moved = PutRequest { owner: "new-owner", ..put("a", b"two", None) };
+        writer.put(&put("a", b"one", None), now, &Acl::everything()).unwrap();
+        writer.put(&moved, now, &Acl::everything()).unwrap();
+        let new_owner = Acl::new(&[Permission::Read], vec!["new-owner".to_owned()], Vec::new());
+        let old_owner = Acl::new(&[Permission::Read], vec!["owner".to_owned()], Vec::new());
+        let get = |version: u64, acl: &Acl| {
+            store.get(&GetRequest { id: "a", version }, now, acl, &mut BytesMut::new())
+        };
+        assert_eq!(get(0, &new_owner), Ok(2));
+        assert_eq!(get(2, &new_owner), Ok(2));
+        assert!(matches!(get(1, &new_owner), Err(OpError::Unauthorized(_))), "the old owner's version");
+        assert!(matches!(get(0, &old_owner), Err(OpError::Unauthorized(_))));
+        assert!(matches!(get(1, &old_owner), Err(OpError::Unauthorized(_))), "checked on the current");
     }
 
     #[test]

@@ -25,10 +25,6 @@ use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
 use crate::op::stats::StatsReply;
 
-/// How long the TLS handshake may take.
-#[cfg(feature = "tls")]
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Frames queued for the writer task; bounded so a stalled connection pushes back on callers.
 const OUTGOING_FRAMES_MAX: usize = 4096;
 
@@ -97,7 +93,7 @@ impl AsyncClient {
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls.config()));
         // A server that does not speak TLS would leave the handshake waiting forever.
         let handshake = connector.connect(tls.server_name().clone(), stream);
-        let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
+        let stream = tokio::time::timeout(crate::client::tls::HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| ClientError::Tls("the TLS handshake timed out".to_owned()))?
             .map_err(|error| ClientError::Tls(error.to_string()))?;

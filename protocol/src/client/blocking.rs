@@ -66,10 +66,6 @@ impl Write for Transport {
     }
 }
 
-/// How long the TLS handshake may take.
-#[cfg(feature = "tls")]
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 pub struct Client {
     stream: Transport,
     read_buffer: BytesMut,
@@ -133,7 +129,7 @@ impl Client {
             rustls::ClientConnection::new(Arc::clone(tls.config()), tls.server_name().clone())
                 .map_err(|error| ClientError::Tls(error.to_string()))?;
         // A server that does not speak TLS would leave the handshake waiting forever.
-        stream.set_read_timeout(Some(TLS_HANDSHAKE_TIMEOUT))?;
+        stream.set_read_timeout(Some(crate::client::tls::HANDSHAKE_TIMEOUT))?;
         while connection.is_handshaking() {
             connection.complete_io(&mut stream).map_err(|error| ClientError::Tls(error.to_string()))?;
         }

@@ -10,6 +10,10 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::error::ClientError;
 
+/// How long either client lets a TLS handshake take: a server that does not speak TLS would
+/// otherwise leave it waiting forever.
+pub(crate) const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How a client verifies the server: the CA certificates it trusts and the name the server's
 /// certificate must carry.
 #[derive(Clone)]
