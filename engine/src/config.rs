@@ -184,6 +184,13 @@ impl ServerConfig {
         if !(1..=1000).contains(&self.max_versions) {
             return fail(format!("--max-versions must be 1..=1000, got {}", self.max_versions));
         }
+        let grace_max = credshard_protocol::op::rotate::GRACE_PERIOD_SECONDS_MAX;
+        if self.grace_period_seconds > grace_max {
+            return fail(format!(
+                "--grace-period-seconds must be at most {grace_max} (100 years), got {}",
+                self.grace_period_seconds
+            ));
+        }
         if self.sweep_interval_ms == 0 {
             return fail("--sweep-interval-ms must be positive".to_owned());
         }

@@ -256,7 +256,8 @@ impl ShardWriter {
         Ok(version)
     }
 
-    /// Removes every credential whose expiry has passed; returns how many.
+    /// Removes every credential whose expiry has passed, and logs each removal; returns how
+    /// many.
     pub fn sweep_expired(&mut self, now_ms: u64) -> usize {
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
@@ -274,6 +275,11 @@ impl ShardWriter {
                 {
                     self.unindex_index_only(current);
                     map.remove(&*id);
+                    // Logged like a DELETE: a later PUT of the id starts again at version 1,
+                    // and replay must not let the swept versions shadow the new ones.
+                    if let Some(log) = &self.log {
+                        log.append(EntryType::Delete, id.as_bytes());
+                    }
                     swept += 1;
                 }
             }

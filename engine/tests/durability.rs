@@ -10,6 +10,7 @@ use credshard_engine::{Server, ServerConfig, ServerHandle};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{Client, Expiry, Status, VersionState};
 
+use common::process::{ProcessDirs, ServeProcess};
 use common::{ids_on_every_shard, put, walk};
 
 fn config(data_dir: &std::path::Path, shards: usize) -> ServerConfig {
@@ -185,6 +186,101 @@ fn a_torn_tail_is_cut_and_mid_log_corruption_stops_start_up() {
     );
 }
 
+/// The start offset of each batch in a log file (from the batch headers' payload lengths).
+fn batch_offsets(log: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut offset = 0;
+    while offset + 16 <= log.len() {
+        offsets.push(offset);
+        offset += 16 + u32::from_le_bytes(log[offset + 4..offset + 8].try_into().unwrap()) as usize;
+    }
+    offsets
+}
+
+#[test]
+fn damage_inside_the_last_batch_is_refused_not_dropped_as_a_torn_write() {
+    let dirs = ProcessDirs::new();
+    let stderr = dirs.dir.path().join("serve.stderr");
+    {
+        let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &["--shards", "1"], |_| {});
+        let mut client = Client::connect(server.address.as_str()).unwrap();
+        for index in 0..10 {
+            client.put(&put(&format!("acked-{index}"), b"value")).unwrap();
+        }
+    } // SIGKILL: every write above was acknowledged, so each is in a whole, synced batch.
+    let logs = log_files(&dirs.data_dir);
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let log = &logs[0];
+    let original = std::fs::read(log).unwrap();
+    let last_batch = *batch_offsets(&original).last().unwrap();
+
+    // One flipped bit in the last batch's payload: an acknowledged write damaged at rest.
+    let mut damaged = original.clone();
+    damaged[last_batch + 16 + 8] ^= 0x04;
+    std::fs::write(log, &damaged).unwrap();
+    let refused =
+        ServeProcess::try_start("127.0.0.1:0", &dirs.data_dir, &dirs.key, &["--shards", "1"], &stderr)
+            .err()
+            .expect("a damaged whole batch must stop start-up");
+    assert!(
+        refused.contains("not a torn write") && refused.contains(&log.display().to_string()),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read(log).unwrap(), damaged, "nothing was truncated or rewritten");
+
+    // The same batch cut short is what a crash during its write leaves (a write that was then
+    // never acknowledged): it is cut off, and the server starts with everything before it.
+    std::fs::write(log, &original[..original.len() - 3]).unwrap();
+    let server =
+        ServeProcess::try_start("127.0.0.1:0", &dirs.data_dir, &dirs.key, &["--shards", "1"], &stderr)
+            .expect("a torn tail is cut and the server starts");
+    let mut client = Client::connect(server.address.as_str()).unwrap();
+    for index in 0..9 {
+        assert!(client.get(&format!("acked-{index}")).is_ok(), "acked-{index}");
+    }
+    assert_eq!(client.get("acked-9").unwrap_err().status(), Some(Status::NotFound));
+}
+
+#[test]
+fn writes_after_an_expiry_sweep_survive_a_restart() {
+    let dirs = ProcessDirs::new();
+    let args = ["--shards", "2", "--sweep-interval-ms", "20"];
+    let ids = ids_on_every_shard(2, 2);
+    {
+        let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});
+        let mut client = Client::connect(server.address.as_str()).unwrap();
+        for id in &ids {
+            for version in 1..=2 {
+                let mut expiring = put(id, b"expiring");
+                expiring.expiry = Expiry::TtlMs(150);
+                assert_eq!(client.put(&expiring).unwrap(), version);
+            }
+        }
+        // Expired, then swept: the ids are gone (NOT_FOUND, not EXPIRED).
+        for id in &ids {
+            let mut polls = 0;
+            while client.get(id).err().and_then(|error| error.status()) != Some(Status::NotFound) {
+                polls += 1;
+                assert!(polls < 1_000, "{id} was never swept");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        // Written again from version 1 and acknowledged.
+        for id in &ids {
+            assert_eq!(client.put(&put(id, format!("{id} new 1").as_bytes())).unwrap(), 1);
+            assert_eq!(client.put(&put(id, format!("{id} new 2").as_bytes())).unwrap(), 2);
+        }
+    } // SIGKILL
+    let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});
+    let mut client = Client::connect(server.address.as_str()).unwrap();
+    for id in &ids {
+        let reply = client.get(id).unwrap_or_else(|error| panic!("{id} after the restart: {error}"));
+        assert_eq!((reply.metadata.version, reply.secret.expose()), (2, format!("{id} new 2").as_bytes()));
+        assert_eq!(client.get_version(id, 1).unwrap().secret.expose(), format!("{id} new 1").as_bytes());
+        assert_eq!(reply.metadata.expires_at_ms, None, "the new versions do not expire");
+    }
+}
+
 #[test]
 fn no_plaintext_secret_anywhere_in_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,7 +326,7 @@ fn base64_standard(bytes: &[u8]) -> String {
             text.push(ALPHABET[(word >> (18 - 6 * index) & 63) as usize] as char);
         }
     }
-    while text.len() % 4 != 0 {
+    while !text.len().is_multiple_of(4) {
         text.push('=');
     }
     text

@@ -241,9 +241,9 @@ fn list_pages_through_10000_credentials_of_one_owner_while_other_owners_write() 
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("noise-{}", writes % 500);
                 let mut request = put(&id, b"noise");
-                request.owner = if writes % 3 == 0 { "other-a" } else { "other-b" };
+                request.owner = if writes.is_multiple_of(3) { "other-a" } else { "other-b" };
                 client.put(&request).unwrap();
-                if writes % 7 == 0 {
+                if writes.is_multiple_of(7) {
                     let _ = client.delete(&id, None);
                 }
                 writes += 1;

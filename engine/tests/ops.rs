@@ -9,7 +9,9 @@ use bytes::BytesMut;
 use common::{ids_on_every_shard, put, TestServer};
 use credshard_protocol::client::ResponseFrame;
 use credshard_protocol::op::encode_error;
-use credshard_protocol::{encode_labels, ClientError, Expiry, Kind, Labels, Status, VersionState};
+use credshard_protocol::{
+    encode_labels, ClientError, Expiry, Kind, Labels, PutRequest, Status, VersionState,
+};
 
 fn status_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Status {
     result.expect_err("expected a server error").status().expect("a server status")
@@ -125,6 +127,41 @@ fn expiry_absolute_and_ttl() {
 }
 
 #[test]
+fn times_beyond_their_limits_are_refused_not_clamped() {
+    use credshard_protocol::op::put::{EXPIRES_AT_MS_MAX, TTL_MS_MAX};
+    use credshard_protocol::op::rotate::{RotateRequest, GRACE_PERIOD_SECONDS_MAX};
+    let server = TestServer::start(2);
+    let mut client = server.client();
+    let with_expiry = |id, expiry| PutRequest { expiry, ..put(id, b"x") };
+    for expiry in
+        [Expiry::AtUnixMs(EXPIRES_AT_MS_MAX + 1), Expiry::AtUnixMs(u64::MAX), Expiry::TtlMs(TTL_MS_MAX + 1)]
+    {
+        assert_eq!(status_of(client.put(&with_expiry("far", expiry))), Status::Malformed, "{expiry:?}");
+    }
+    assert_eq!(status_of(client.get("far")), Status::NotFound, "a refused PUT has no effect");
+    // At the limits, the stored expiry is exactly the one asked for.
+    client.put(&with_expiry("latest", Expiry::AtUnixMs(EXPIRES_AT_MS_MAX))).unwrap();
+    assert_eq!(client.get("latest").unwrap().metadata.expires_at_ms, Some(EXPIRES_AT_MS_MAX));
+    let before = credshard_engine::time::now_ms();
+    client.put(&with_expiry("longest", Expiry::TtlMs(TTL_MS_MAX))).unwrap();
+    let expires_at_ms = client.get("longest").unwrap().metadata.expires_at_ms.unwrap();
+    assert!((before + TTL_MS_MAX..=credshard_engine::time::now_ms() + TTL_MS_MAX).contains(&expires_at_ms));
+
+    let rotate = |grace_period_seconds| RotateRequest {
+        id: "longest",
+        expected_version: None,
+        grace_period_seconds: Some(grace_period_seconds),
+        secret: b"y",
+    };
+    for grace in [GRACE_PERIOD_SECONDS_MAX + 1, u64::MAX] {
+        assert_eq!(status_of(client.rotate(&rotate(grace))), Status::Malformed, "grace {grace}");
+    }
+    assert_eq!(client.rotate(&rotate(GRACE_PERIOD_SECONDS_MAX)).unwrap(), 2);
+    let versions = client.get_meta("longest").unwrap().versions;
+    assert_eq!(versions[1].state, VersionState::PreviousInGrace);
+}
+
+#[test]
 fn limits_are_enforced_and_the_connection_stays_usable() {
     let server = TestServer::start(2);
     let mut client = server.client();
@@ -146,6 +183,20 @@ fn limits_are_enforced_and_the_connection_stays_usable() {
     let max_secret = vec![9u8; 64 * 1024];
     assert_eq!(client.put(&put("max", &max_secret)).unwrap(), 1);
     assert_eq!(client.get("max").unwrap().secret.expose(), &max_secret[..]);
+}
+
+/// Reads every frame until the server closes; panics if it does not within 10 s.
+fn read_until_closed(stream: std::net::TcpStream) -> Vec<ResponseFrame> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buffer = BytesMut::new();
+    let mut bytes = Vec::new();
+    (&stream).read_to_end(&mut bytes).expect("the server closes the connection");
+    buffer.extend_from_slice(&bytes);
+    let mut frames = Vec::new();
+    while let Some(frame) = ResponseFrame::take(&mut buffer).unwrap() {
+        frames.push(frame);
+    }
+    frames
 }
 
 /// Sends raw bytes and reads every frame until the server closes or goes quiet.
@@ -219,15 +270,27 @@ fn framing_errors_answer_then_close_without_hurting_others() {
     let mut bystander = server.client();
     bystander.put(&put("kept", b"value")).unwrap();
 
-    // A length below the header size.
+    // A length below the header size: the frame has no request id, so the error names none,
+    // even when bytes that look like one follow the length field.
     let (frames, closed) = raw_exchange(&server, &header(3, 0x02, 21));
     assert!(closed);
-    assert_eq!((frames.len(), frames[0].status, frames[0].request_id), (1, Status::Malformed as u8, 21));
+    assert_eq!((frames.len(), frames[0].status, frames[0].request_id), (1, Status::Malformed as u8, 0));
 
-    // An oversized frame is refused as soon as its length arrives, before its body.
+    // An oversized frame is refused as soon as its header arrives, before its body, and names
+    // its request however the header was split into writes.
     let (frames, closed) = raw_exchange(&server, &header(2 << 20, 0x10, 22));
     assert!(closed);
     assert_eq!((frames[0].status, frames[0].request_id), (Status::TooLarge as u8, 22));
+    let frames = {
+        let oversized = header(2 << 20, 0x10, 25);
+        let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(&oversized[..4]).unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // let the length arrive on its own
+        stream.write_all(&oversized[4..]).unwrap();
+        read_until_closed(stream)
+    };
+    assert_eq!((frames[0].status, frames[0].request_id), (Status::TooLarge as u8, 25));
 
     // A valid request before the bad frame in the same write is still answered first.
     let mut bytes = header(6 + 3, 0x02, 23);

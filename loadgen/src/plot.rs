@@ -68,7 +68,7 @@ impl Series {
             .filter(|token| !token.is_empty())
             .map(|token| token.parse::<f64>().map_err(|_| format!("not a number: {token}")))
             .collect::<Result<_, _>>()?;
-        if numbers.len() < 4 || numbers.len() % 2 != 0 {
+        if numbers.len() < 4 || !numbers.len().is_multiple_of(2) {
             return Err("percentile_distribution is not a list of [percentile, latency] pairs".to_owned());
         }
         let points = numbers.chunks(2).map(|pair| (pair[0], pair[1] as u64)).collect();

@@ -44,21 +44,32 @@ impl Header {
 /// be closed after reporting them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// The length field is below 6: the frame is shorter than a header and has no request id.
     #[error("frame length field {length} is below the minimum of 6")]
     LengthTooSmall { length: u32 },
+    /// The frame exceeds the limit; its whole header was read, so its request id is known.
     #[error("frame of {frame_bytes} bytes exceeds the limit of {frame_bytes_max} bytes")]
-    TooLarge { frame_bytes: usize, frame_bytes_max: usize },
+    TooLarge { frame_bytes: usize, frame_bytes_max: usize, request_id: u32 },
+}
+
+impl FrameError {
+    /// The request id the error frame carries: the bad frame's own, or 0 when it has none.
+    pub fn request_id(&self) -> u32 {
+        match self {
+            FrameError::LengthTooSmall { .. } => 0,
+            FrameError::TooLarge { request_id, .. } => *request_id,
+        }
+    }
 }
 
 /// Looks at the front of `buffer`: `Ok(None)` if more bytes are needed, the header if a whole
 /// frame is buffered.
 ///
-/// The header's request id is also returned, via [`peek_request_id`], when framing fails, so
-/// that the error frame can name the offending request when it is known.
-///
 /// # Errors
-/// [`FrameError`] when the length field is below 6 or the frame exceeds `frame_bytes_max`.
-/// An oversized frame is rejected as soon as its length field arrives, before its body.
+/// [`FrameError::LengthTooSmall`] as soon as a length field below 6 arrives;
+/// [`FrameError::TooLarge`] as soon as the whole 10-byte header of a frame above
+/// `frame_bytes_max` arrives, before its body. Both are judged on the same bytes however the
+/// stream was split into reads, so the error (and its request id) never depends on timing.
 #[inline]
 pub fn check(buffer: &[u8], frame_bytes_max: usize) -> Result<Option<Header>, FrameError> {
     if buffer.len() < LENGTH_BYTES {
@@ -68,27 +79,18 @@ pub fn check(buffer: &[u8], frame_bytes_max: usize) -> Result<Option<Header>, Fr
     if (length as usize) < HEADER_BYTES - LENGTH_BYTES {
         return Err(FrameError::LengthTooSmall { length });
     }
+    if buffer.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    let request_id = u32::from_le_bytes([buffer[6], buffer[7], buffer[8], buffer[9]]);
     let frame_bytes = length as usize + LENGTH_BYTES;
     if frame_bytes > frame_bytes_max {
-        return Err(FrameError::TooLarge { frame_bytes, frame_bytes_max });
+        return Err(FrameError::TooLarge { frame_bytes, frame_bytes_max, request_id });
     }
     if buffer.len() < frame_bytes {
         return Ok(None);
     }
-    Ok(Some(Header {
-        code: buffer[4],
-        flags: buffer[5],
-        request_id: u32::from_le_bytes([buffer[6], buffer[7], buffer[8], buffer[9]]),
-        frame_bytes,
-    }))
-}
-
-/// The request id of a frame whose header is buffered, even if framing failed; 0 otherwise.
-pub fn peek_request_id(buffer: &[u8]) -> u32 {
-    if buffer.len() < HEADER_BYTES {
-        return 0;
-    }
-    u32::from_le_bytes([buffer[6], buffer[7], buffer[8], buffer[9]])
+    Ok(Some(Header { code: buffer[4], flags: buffer[5], request_id, frame_bytes }))
 }
 
 /// Appends a header with a zero length to `out`; returns the frame's start offset, to be
@@ -137,11 +139,24 @@ mod tests {
 
     #[test]
     fn framing_errors() {
+        // A short length is judged on the length field alone, and never names a request, even
+        // when bytes that look like a request id follow it.
         assert_eq!(check(&5u32.to_le_bytes(), 1024), Err(FrameError::LengthTooSmall { length: 5 }));
-        assert_eq!(
-            check(&2000u32.to_le_bytes(), 1024),
-            Err(FrameError::TooLarge { frame_bytes: 2004, frame_bytes_max: 1024 })
-        );
+        let mut short = 2u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&[0x11, 0, 7, 0, 0, 0]);
+        let error = check(&short, 1024).unwrap_err();
+        assert_eq!((error, error.request_id()), (FrameError::LengthTooSmall { length: 2 }, 0));
+        // An oversized frame waits for its whole header, then names its request.
+        let mut large = BytesMut::new();
+        let start = begin(&mut large, 0x10, 42);
+        large.put_slice(&[0; 1990]);
+        finish(&mut large, start);
+        for cut in 0..HEADER_BYTES {
+            assert_eq!(check(&large[..cut], 1024), Ok(None), "cut at {cut}");
+        }
+        let error = check(&large[..HEADER_BYTES], 1024).unwrap_err();
+        assert_eq!(error, FrameError::TooLarge { frame_bytes: 2000, frame_bytes_max: 1024, request_id: 42 });
+        assert_eq!(error.request_id(), 42);
         assert_eq!(check(&u32::MAX.to_le_bytes(), usize::MAX).unwrap(), None);
     }
 }

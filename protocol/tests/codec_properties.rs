@@ -8,6 +8,7 @@ use credshard_protocol::frame;
 use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
 use credshard_protocol::op::hello::HelloRequest;
+use credshard_protocol::op::put::{EXPIRES_AT_MS_MAX, TTL_MS_MAX};
 use credshard_protocol::op::stats::StatsReply;
 use credshard_protocol::wire::Reader;
 use credshard_protocol::{encode_labels, Expiry, Kind, Labels, Limits, PutRequest, Request};
@@ -23,7 +24,11 @@ fn kind() -> impl Strategy<Value = Kind> {
 }
 
 fn expiry() -> impl Strategy<Value = Expiry> {
-    prop_oneof![Just(Expiry::Never), (1u64..).prop_map(Expiry::AtUnixMs), (1u64..).prop_map(Expiry::TtlMs)]
+    prop_oneof![
+        Just(Expiry::Never),
+        (1..=EXPIRES_AT_MS_MAX).prop_map(Expiry::AtUnixMs),
+        (1..=TTL_MS_MAX).prop_map(Expiry::TtlMs)
+    ]
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +101,34 @@ fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8
 }
 
 proptest! {
+    #[test]
+    fn times_beyond_their_limits_never_decode(
+        put in owned_put(),
+        at_ms in EXPIRES_AT_MS_MAX + 1..,
+        ttl_ms in TTL_MS_MAX + 1..,
+        grace in credshard_protocol::op::rotate::GRACE_PERIOD_SECONDS_MAX + 1..,
+    ) {
+        let labels = BytesMut::new(); // no labels: only the times matter here
+        let limits = Limits::default();
+        for expiry in [Expiry::AtUnixMs(at_ms), Expiry::TtlMs(ttl_ms)] {
+            let request = PutRequest { expiry, ..put.request(&labels) };
+            let mut out = BytesMut::new();
+            Request::Put(request).encode(1, &mut out);
+            let header = frame::check(&out, limits.frame_bytes_max).unwrap().unwrap();
+            prop_assert!(Request::decode(header.code, &out[header.body_range()], &limits).is_err());
+        }
+        let rotate = credshard_protocol::op::rotate::RotateRequest {
+            id: &put.id,
+            expected_version: None,
+            grace_period_seconds: Some(grace),
+            secret: &put.secret,
+        };
+        let mut out = BytesMut::new();
+        Request::Rotate(rotate).encode(1, &mut out);
+        let header = frame::check(&out, limits.frame_bytes_max).unwrap().unwrap();
+        prop_assert!(Request::decode(header.code, &out[header.body_range()], &limits).is_err());
+    }
+
     #[test]
     fn put_round_trips(put in owned_put(), request_id in any::<u32>()) {
         let pairs: Vec<(&str, &str)> = put.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -413,14 +413,14 @@ mod tests {
     fn event(index: u64, id: &str) -> AuditEvent<'_> {
         AuditEvent {
             time_ms: 1_795_410_721_123 + index,
-            token: if index % 2 == 0 { "billing-reader" } else { "-" },
+            token: if index.is_multiple_of(2) { "billing-reader" } else { "-" },
             peer: "127.0.0.1:50000".parse().unwrap(),
             op: Op::Get,
             id: Some(id),
             owner: None,
             scope: None,
             version: Some(index),
-            status: if index % 2 == 0 { Status::Ok } else { Status::Unauthorized },
+            status: if index.is_multiple_of(2) { Status::Ok } else { Status::Unauthorized },
         }
     }
 

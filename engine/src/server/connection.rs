@@ -188,6 +188,12 @@ impl<'a> Connection<'a> {
                 self.finish_pending(&mut pending, stream).await?;
                 return linger(stream).await;
             }
+            // Writes that finished above may have made room under the in-flight limit for
+            // frames that are already buffered: take those before waiting for the socket,
+            // which may stay silent (the client has sent its whole pipeline).
+            if pending.len() < in_flight_max && self.frame_buffered(frame_bytes_max) {
+                continue;
+            }
 
             let may_read = self.input.len() < self.input_bytes_max || pending.is_empty();
             if !may_read {
@@ -247,6 +253,12 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// Whether the input holds a whole frame, or the start of one that breaks framing: either
+    /// way the request loop has something to take without reading.
+    fn frame_buffered(&self, frame_bytes_max: usize) -> bool {
+        !matches!(frame::check(self.input.filled(), frame_bytes_max), Ok(None))
+    }
+
     /// Waits for every write in flight, answers it, and flushes.
     async fn finish_pending<F, S>(
         &mut self,
@@ -275,9 +287,8 @@ impl<'a> Connection<'a> {
             FrameError::TooLarge { .. } => Status::TooLarge,
             FrameError::LengthTooSmall { .. } => Status::Malformed,
         };
-        let request_id = frame::peek_request_id(self.input.filled());
         let message = format!("{error}; closing the connection");
-        encode_error(status, request_id, 0, &message, &mut self.output);
+        encode_error(status, error.request_id(), 0, &message, &mut self.output);
         self.input.wipe();
     }
 

@@ -66,16 +66,23 @@ pub fn dispatch(
     let body = &frame[header.body_range()];
     let now_ms = now_ms();
     let auditor = Auditor { context, peer: caller.peer, now_ms };
-    let request = match Request::decode(header.code, body, context.store.limits()) {
+    let decoded = Request::decode(header.code, body, context.store.limits());
+    // Before authentication every known op but HELLO is refused as such, before anything else
+    // is checked: a client without a valid token learns nothing from the server's answers,
+    // not even whether its request would decode (docs/protocol.md, §8.7).
+    let unauthenticated_op = Op::from_u8(header.code)
+        .filter(|op| *op != Op::Hello && caller.session.principal(&context.authenticator).is_none());
+    if let Some(op) = unauthenticated_op {
+        match &decoded {
+            Ok(request) => auditor.record(ANONYMOUS, request, None, Status::Unauthorized),
+            Err(_) => auditor.record_id(ANONYMOUS, op, None, None, Status::Unauthorized),
+        }
+        let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
+        return refuse(context, error, request_id, out);
+    }
+    let request = match decoded {
         Ok(request) => request,
         Err(error) => {
-            // Before authentication a known op is refused as such, malformed or not.
-            let known = Op::from_u8(header.code).filter(|op| *op != Op::Hello);
-            if let (Some(op), false) = (known, caller.session.is_authenticated()) {
-                auditor.record_id(ANONYMOUS, op, None, None, Status::Unauthorized);
-                let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
-                return refuse(context, error, request_id, out);
-            }
             ExecutorMetrics::add(&metrics.errors_total, 1);
             encode_error(error.status(), request_id, 0, &error.to_string(), out);
             return Dispatched::Answered { secret: false };
@@ -91,7 +98,8 @@ pub fn dispatch(
         return answer_hello(context, caller, &auditor, hello.protocol_version, hello.token, request_id, out);
     }
     // Borrowed, not cloned: every connection of a token shares its `Arc`, and touching the
-    // count on every read would bounce its cache line between cores.
+    // count on every read would bounce its cache line between cores. (Checked above; a reload
+    // on another thread may have revoked the token since.)
     let Some(principal) = caller.session.principal(&context.authenticator) else {
         auditor.record(ANONYMOUS, &request, None, Status::Unauthorized);
         let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");

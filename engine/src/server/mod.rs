@@ -28,6 +28,7 @@ use crate::config::ServerConfig;
 use crate::crypto::{KeySource, Keyring};
 use crate::error::EngineError;
 use crate::metrics::Metrics;
+use crate::storage::lock::DataDirLock;
 use crate::storage::log::LogPlace;
 use crate::storage::recovery;
 use crate::store::Store;
@@ -46,6 +47,8 @@ pub struct ServerHandle {
     shared: Arc<executor::Shared>,
     stop: Arc<AtomicBool>,
     threads: Option<PoolThreadHandles<()>>,
+    /// Held for the server's life; released (last, after the executors stop) when dropped.
+    _data_dir_lock: DataDirLock,
 }
 
 impl Server {
@@ -66,6 +69,9 @@ impl Server {
             _ => return Err(EngineError::Config("--tls-cert and --tls-key go together".to_owned())),
         };
         std::fs::create_dir_all(&config.data_dir)?;
+        // Before anything else in the data dir is read or written: one server per data dir.
+        let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
+        refuse_taken_address(config.listen)?;
         let keyring = Keyring::open(&config.data_dir, key_source)?;
         let shard_count = config.shard_count();
         let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
@@ -121,6 +127,7 @@ impl Server {
             shared: handle_shared,
             stop,
             threads: Some(threads),
+            _data_dir_lock: data_dir_lock,
         };
         for _ in 0..shard_count {
             match ready.recv_timeout(START_TIMEOUT) {
@@ -138,6 +145,24 @@ impl Server {
             }
         }
         Ok(handle)
+    }
+}
+
+/// Refuses an address another process already listens on. The executors bind with
+/// SO_REUSEPORT (one listener each), which would let this server silently share the port with
+/// any other process of the same user, each getting a part of the connections. A probe bound
+/// without SO_REUSEPORT fails on a port that any other socket listens on.
+fn refuse_taken_address(listen: SocketAddr) -> Result<(), EngineError> {
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(listen) {
+        Ok(_probe) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(EngineError::Start(format!(
+            "{listen} is already in use by another process (another credshard, or any other server); \
+             refusing to share it"
+        ))),
+        Err(error) => Err(EngineError::Start(format!("cannot listen on {listen}: {error}"))),
     }
 }
 

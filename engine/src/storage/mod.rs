@@ -5,12 +5,14 @@
 //! - [`wal`]: the log format (batches of entries with CRC32C), parsing and torn-tail rules.
 //! - [`log`]: the running server's group-committed log writer (io_uring via glommio).
 //! - [`recovery`]: rebuilding the shards' maps from the logs at start, resharding, compaction.
+//! - [`lock`]: the data dir's lock, so that one data dir serves one server at a time.
 //!
 //! The storage seam the shards use is small: [`ShardStorage`] to append entries and learn when
 //! they are committed, and `recovery::recover` to fill the maps at start. The local log
 //! implements it; a PostgreSQL system of record can implement it without touching the shards,
 //! the protocol or the server.
 
+pub mod lock;
 pub mod log;
 pub mod manifest;
 pub mod recovery;

@@ -11,9 +11,13 @@
 //!
 //! The header CRC covers the first 12 header bytes; the payload CRC covers the payload. A batch
 //! is written with one write and made durable with one fdatasync before any of its writes is
-//! acknowledged, so a crash can only damage the last batch: recovery keeps every whole batch
-//! before the first damaged one and truncates the rest. A damaged batch followed by an intact
-//! one cannot come from a crash; it is corruption, and recovery refuses to guess.
+//! acknowledged, so a crash can only leave the last batch *torn*: its bytes end early (the
+//! header, or the payload its header announces, runs past the end of the file), or the file
+//! ends in zeros from a sector boundary on (a file system that extended the file before the
+//! data reached the disk). Recovery truncates a torn batch: none of its writes was
+//! acknowledged. Anything else that fails its checksum — a damaged batch followed by an intact
+//! one, or a last batch that is whole but does not match its checksum — cannot come from a
+//! crash: it is corruption of acknowledged writes, and recovery refuses to guess.
 
 /// Bytes of a batch header.
 pub const BATCH_HEADER_BYTES: usize = 16;
@@ -72,8 +76,12 @@ pub struct Corruption {
     pub reason: &'static str,
 }
 
-/// Parses a whole log. A damaged or incomplete final batch ends the log (its bytes are
-/// reported as not valid); damage followed by an intact batch is [`Corruption`].
+/// The unit a disk writes atomically: a crash leaves each such aligned block of a file wholly
+/// written or not at all.
+const SECTOR_BYTES: usize = 512;
+
+/// Parses a whole log. A torn final batch ends the log (its bytes are reported as not valid);
+/// any other damage is [`Corruption`].
 ///
 /// # Errors
 /// [`Corruption`] with the offset of the damaged batch.
@@ -90,11 +98,32 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, Corruption> {
                 if find_intact_batch(bytes, offset + 1).is_some() {
                     return Err(Corruption { offset, reason });
                 }
+                if !is_torn(bytes, offset) {
+                    return Err(Corruption {
+                        offset,
+                        reason: "the last batch is whole but fails its checksum (damage at rest, not a torn write)",
+                    });
+                }
                 break;
             }
         }
     }
     Ok(Parsed { entries, valid_bytes: offset })
+}
+
+/// Whether the damaged last batch at `offset` is what a crash during its write leaves: its
+/// bytes end early, or the file ends in zeros from a sector boundary within the batch on.
+fn is_torn(bytes: &[u8], offset: usize) -> bool {
+    let Some(header) = bytes.get(offset..offset + BATCH_HEADER_BYTES) else {
+        return true; // the header itself is incomplete
+    };
+    let field = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let header_intact = field(0) == MAGIC && field(12) == crc32c::crc32c(&header[..12]);
+    if header_intact && offset + BATCH_HEADER_BYTES + field(4) as usize > bytes.len() {
+        return true; // the payload the header announces runs past the end of the file
+    }
+    let zeros_from = bytes.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    zeros_from <= offset || zeros_from.next_multiple_of(SECTOR_BYTES) < bytes.len()
 }
 
 /// The payload of an intact batch at `offset` and the offset after it.
@@ -191,13 +220,50 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_last_batch_is_torn_but_damage_before_an_intact_batch_is_corruption() {
+    fn damage_inside_a_whole_last_batch_is_corruption_not_a_torn_write() {
         let (log, ends) = log(5);
-        let mut torn = log.clone();
-        torn[ends[3] + 20] ^= 0xFF; // inside the last batch
-        let parsed = parse(&torn).unwrap();
+        let mut damaged = log.clone();
+        damaged[ends[3] + 20] ^= 0xFF; // inside the last batch's payload
+        let error = parse(&damaged).unwrap_err();
+        assert_eq!(error.offset, ends[3]);
+        assert!(error.reason.contains("not a torn write"), "{error:?}");
+        let mut damaged_header = log.clone();
+        damaged_header[ends[3] + 9] ^= 0xFF; // the last batch's payload checksum field
+        assert_eq!(parse(&damaged_header).unwrap_err().offset, ends[3]);
+        // The same batch cut short is torn, whatever its last bytes hold.
+        let mut cut = damaged[..log.len() - 1].to_vec();
+        let parsed = parse(&cut).unwrap();
         assert_eq!((parsed.entries.len(), parsed.valid_bytes), (4, ends[3]));
+        cut.truncate(ends[3] + 7); // inside the header
+        assert_eq!(parse(&cut).unwrap().valid_bytes, ends[3]);
+    }
 
+    #[test]
+    fn a_last_batch_whose_tail_sectors_read_as_zeros_is_torn() {
+        // A big last batch whose final sectors never reached the disk: the file system extended
+        // the file, so they read back as zeros.
+        let mut log = Vec::new();
+        let mut payload = Vec::new();
+        encode_entry(EntryType::Record, &vec![0xAB; 4000], &mut payload);
+        log.extend(encode_batch(&payload));
+        let first_end = log.len();
+        let mut payload = Vec::new();
+        encode_entry(EntryType::Record, &vec![0xCD; 4000], &mut payload);
+        log.extend(encode_batch(&payload));
+        let mut unwritten = log.clone();
+        let sector = (first_end + 1000).next_multiple_of(SECTOR_BYTES);
+        unwritten[sector..].fill(0);
+        let parsed = parse(&unwritten).unwrap();
+        assert_eq!((parsed.entries.len(), parsed.valid_bytes), (1, first_end));
+        // Zeros that start off a sector boundary, up to the end, are damage, not a crash.
+        let mut zeroed_off_boundary = log.clone();
+        zeroed_off_boundary[log.len() - 3..].fill(0);
+        assert!(parse(&zeroed_off_boundary).is_err());
+    }
+
+    #[test]
+    fn damage_before_an_intact_batch_is_corruption() {
+        let (log, ends) = log(5);
         let mut corrupt = log.clone();
         corrupt[ends[1] + 20] ^= 0xFF; // inside batch 3 of 5
         assert_eq!(parse(&corrupt).unwrap_err().offset, ends[1]);

@@ -24,6 +24,27 @@ impl ProcessDirs {
     }
 }
 
+/// `credshard serve` on `listen` with its data dir and key file, stdout piped (the server
+/// prints its address there).
+fn serve_command(listen: &str, data_dir: &Path, key: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .arg("--key-file")
+        .arg(key)
+        .args(args)
+        .stdout(Stdio::piped());
+    // The server reads its settings from CREDSHARD_* too: the test's own environment must not
+    // change the server it starts.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CREDSHARD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 pub struct ServeProcess {
     pub child: Child,
     /// The address from the server's `listening on` line.
@@ -33,31 +54,53 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `credshard serve --listen 127.0.0.1:0 --data-dir DATA_DIR --key-file KEY` plus
     /// `args`; `adjust` may change the command further (limits, environment) before it runs.
+    ///
+    /// # Panics
+    /// If the server does not start.
     pub fn start(
         data_dir: &Path,
         key: &Path,
         args: &[&str],
         adjust: impl FnOnce(&mut Command),
     ) -> ServeProcess {
-        let mut command = Command::new(BINARY);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--key-file")
-            .arg(key)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        let mut command = serve_command("127.0.0.1:0", data_dir, key, args);
+        command.stderr(Stdio::null());
         adjust(&mut command);
+        ServeProcess::spawn(command)
+            .unwrap_or_else(|failure| panic!("credshard serve did not start: {failure}"))
+    }
+
+    /// Like [`ServeProcess::start`] on `listen`, but a server that refuses to start is an
+    /// answer, not a panic: `Err` holds its exit status and everything it wrote to stderr
+    /// (which goes to `stderr_path` while it runs, so a chatty server never blocks on a pipe).
+    pub fn try_start(
+        listen: &str,
+        data_dir: &Path,
+        key: &Path,
+        args: &[&str],
+        stderr_path: &Path,
+    ) -> Result<ServeProcess, String> {
+        let mut command = serve_command(listen, data_dir, key, args);
+        command.stderr(std::fs::File::create(stderr_path).expect("create the stderr file"));
+        ServeProcess::spawn(command).map_err(|status| {
+            let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+            format!("{status}; stderr: {stderr}")
+        })
+    }
+
+    /// Spawns `command` and reads the bound address from its first line; `Err` holds the exit
+    /// status of a server that ended without printing one.
+    fn spawn(mut command: Command) -> Result<ServeProcess, String> {
         let mut child = command.spawn().expect("spawn credshard serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let address = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
-        ServeProcess { child, address }
+        match line.trim().strip_prefix("listening on ") {
+            Some(address) => Ok(ServeProcess { address: address.to_owned(), child }),
+            None => {
+                let status = child.wait().expect("wait for credshard serve");
+                Err(format!("exited with {status} before listening (stdout {line:?})"))
+            }
+        }
     }
 
     pub fn pid(&self) -> i32 {

@@ -13,6 +13,15 @@ use crate::limits::Limits;
 use crate::op::labels::Labels;
 use crate::wire::{put_bytes32, put_opt_u64, put_str16, DecodeError, Reader};
 
+/// The latest absolute expiry a PUT may ask for: 9999-12-31T23:59:59.999Z, in Unix
+/// milliseconds. Later times are refused rather than clamped, so a stored expiry is always the
+/// one the client asked for, and every stored time prints as a four-digit year.
+pub const EXPIRES_AT_MS_MAX: u64 = 253_402_300_799_999;
+
+/// The longest time to live a PUT may ask for: 100 years (of 365.2425 days). Far below
+/// `EXPIRES_AT_MS_MAX - now`, so a TTL's expiry never overflows or needs clamping.
+pub const TTL_MS_MAX: u64 = 3_155_695_200_000;
+
 /// When a credential stops being served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Expiry {
@@ -98,8 +107,8 @@ impl<'a> PutRequest<'a> {
         let expiry_value = reader.u64("expiry_value")?;
         let expiry = match expiry_kind {
             0 if expiry_value == 0 => Expiry::Never,
-            1 if expiry_value > 0 => Expiry::AtUnixMs(expiry_value),
-            2 if expiry_value > 0 => Expiry::TtlMs(expiry_value),
+            1 if (1..=EXPIRES_AT_MS_MAX).contains(&expiry_value) => Expiry::AtUnixMs(expiry_value),
+            2 if (1..=TTL_MS_MAX).contains(&expiry_value) => Expiry::TtlMs(expiry_value),
             0..=2 => return Err(DecodeError::InvalidValue { field: "expiry_value", value: expiry_value }),
             other => return Err(DecodeError::InvalidValue { field: "expiry_kind", value: other.into() }),
         };

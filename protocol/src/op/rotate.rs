@@ -43,14 +43,20 @@ impl<'a> RotateRequest<'a> {
     }
 
     pub fn decode(reader: &mut Reader<'a>, limits: &Limits) -> Result<RotateRequest<'a>, DecodeError> {
-        Ok(RotateRequest {
-            id: reader.name16("id", limits.id_bytes_max)?,
-            expected_version: reader.opt_u64("expected_version")?,
-            grace_period_seconds: reader.opt_u64("grace_period_seconds")?,
-            secret: reader.bytes32("secret", limits.secret_bytes_max)?,
-        })
+        let id = reader.name16("id", limits.id_bytes_max)?;
+        let expected_version = reader.opt_u64("expected_version")?;
+        let grace_period_seconds = reader.opt_u64("grace_period_seconds")?;
+        if let Some(seconds) = grace_period_seconds.filter(|&seconds| seconds > GRACE_PERIOD_SECONDS_MAX) {
+            return Err(DecodeError::InvalidValue { field: "grace_period_seconds", value: seconds });
+        }
+        let secret = reader.bytes32("secret", limits.secret_bytes_max)?;
+        Ok(RotateRequest { id, expected_version, grace_period_seconds, secret })
     }
 }
+
+/// The longest grace period a ROTATE may ask for: 100 years (of 365.2425 days). Longer ones
+/// are refused rather than clamped, so a grace deadline is always the one asked for.
+pub const GRACE_PERIOD_SECONDS_MAX: u64 = 3_155_695_200;
 
 /// ROTATE answers like PUT: the new version (see [`super::put::PutReply`]).
 pub type RotateReply = super::put::PutReply;
