@@ -2,6 +2,12 @@
 //! connections write, then restarted on the same data dir, 20 times over. Every acknowledged
 //! write must be present with its version and secret; the only other state allowed is the one
 //! write per id that was in flight (sent, not acknowledged) when the process died.
+//!
+//! A third of the ids are written with a short time to live in every other round, so they
+//! expire and are swept (every 10 ms) between writes, and the write after a sweep starts
+//! again at version 1: an acknowledged write without expiry that follows a sweep must survive
+//! the restart too. An acknowledged write with a TTL may be gone after a restart only once its
+//! TTL has passed.
 
 mod common;
 
@@ -11,57 +17,117 @@ use std::time::Duration;
 
 use common::process::{ProcessDirs, ServeProcess};
 use common::put;
-use credshard_protocol::Client;
+use credshard_engine::time::now_ms;
+use credshard_protocol::{Client, Expiry, Status};
 /// Kills per run; `bench/crash_loop.sh` runs 200 with CREDSHARD_CRASH_KILLS.
 fn kills() -> usize {
     std::env::var("CREDSHARD_CRASH_KILLS").ok().and_then(|value| value.parse().ok()).unwrap_or(20)
 }
 const WRITERS: usize = 4;
 const IDS_PER_WRITER: usize = 25;
+/// The TTL of the expiring writes: shorter than one pass of a writer over its ids.
+const TTL_MS: u64 = 15;
+
+/// One acknowledged write: its version and secret, and for a write with a TTL, the latest time
+/// it can expire (its TTL after the acknowledgement).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Acked {
+    /// `None` when not known: a write with a TTL that was in flight at a kill, applied, and
+    /// found expired after the restart.
+    version: Option<u64>,
+    secret: String,
+    expired_by_ms: Option<u64>,
+}
+
+impl Acked {
+    /// Whether the server may have swept (or may report as expired) this write by now.
+    fn may_be_gone(&self, now_ms: u64) -> bool {
+        self.expired_by_ms.is_some_and(|expired_by_ms| now_ms >= expired_by_ms)
+    }
+
+    /// Whether `version` is what a write after this one can get: the next version, or 1 once
+    /// an expiring write may have been swept.
+    fn allows_next(acked: Option<&Acked>, version: u64, now_ms: u64) -> bool {
+        let Some(previous) = acked.map_or(Some(0), |acked| acked.version) else { return true };
+        version == previous + 1
+            || (version == 1
+                && acked.is_some_and(|acked| acked.expired_by_ms.is_some() && acked.may_be_gone(now_ms)))
+    }
+}
 
 /// What the test knows about one id.
 #[derive(Clone, Debug, Default)]
 struct Known {
-    /// The last acknowledged version and its secret.
-    acked: Option<(u64, String)>,
-    /// A write sent but not acknowledged when the server died.
-    in_flight: Option<String>,
+    acked: Option<Acked>,
+    /// A write sent but not acknowledged when the server died: its secret and TTL.
+    in_flight: Option<(String, Option<u64>)>,
 }
 
 #[test]
 fn every_acknowledged_write_survives_sigkill() {
     let ProcessDirs { dir: _dir, key, data_dir } = ProcessDirs::new();
     let known: Arc<Mutex<HashMap<String, Known>>> = Arc::new(Mutex::new(HashMap::new()));
-    let mut total_acked = 0u64;
+    let (mut total_acked, mut total_after_sweeps) = (0u64, 0u64);
+    // When the server was last killed: an in-flight write it applied was received before.
+    let mut killed_at_ms = 0;
 
     let kills = kills();
     for round in 0..=kills {
         // A small compaction threshold makes snapshots happen (and get killed) during the run.
-        let served =
-            ServeProcess::start(&data_dir, &key, &["--shards", "2", "--compact-log-bytes", "8192"], |_| {});
+        let served = ServeProcess::start(
+            &data_dir,
+            &key,
+            &["--shards", "2", "--compact-log-bytes", "8192", "--sweep-interval-ms", "10"],
+            |_| {},
+        );
         let address = served.address.clone();
         // Check everything known so far against the restarted server.
         let mut checker = Client::connect(address.as_str()).unwrap();
         for (id, state) in known.lock().unwrap().iter_mut() {
-            let stored = checker.get(id).ok().map(|reply| {
-                (reply.metadata.version, String::from_utf8(reply.secret.expose().to_vec()).unwrap())
-            });
-            match (&state.acked, stored) {
-                (None, None) => {}
-                (Some(acked), Some(stored)) if *acked == stored => {}
-                (acked, Some((version, secret))) if Some(&secret) == state.in_flight.as_ref() => {
-                    let previous = acked.as_ref().map_or(0, |(version, _)| *version);
-                    assert_eq!(
-                        version,
-                        previous + 1,
-                        "round {round}: {id}: the in-flight write has the next version"
-                    );
-                    state.acked = Some((version, secret));
+            let now = now_ms();
+            let stored = match checker.get(id) {
+                Ok(reply) => {
+                    Some((reply.metadata.version, String::from_utf8(reply.secret.expose().to_vec()).unwrap()))
                 }
-                (acked, stored) => panic!(
-                    "round {round}: {id}: acknowledged {acked:?}, stored {stored:?}, in flight {:?}",
-                    state.in_flight
-                ),
+                Err(error) => {
+                    let status = error.status();
+                    assert!(
+                        matches!(status, Some(Status::NotFound | Status::Expired)),
+                        "round {round}: {id}: {error}"
+                    );
+                    None
+                }
+            };
+            let acked = state.acked.as_ref();
+            let in_flight_applied = stored
+                .as_ref()
+                .filter(|(_, secret)| state.in_flight.as_ref().is_some_and(|(sent, _)| sent == secret));
+            if let Some((version, secret)) = in_flight_applied {
+                assert!(
+                    Acked::allows_next(acked, *version, now),
+                    "round {round}: {id}: the in-flight write has version {version} after {acked:?}"
+                );
+                let ttl_ms = state.in_flight.as_ref().and_then(|(_, ttl_ms)| *ttl_ms);
+                let expired_by_ms = ttl_ms.map(|ttl_ms| killed_at_ms + ttl_ms);
+                state.acked = Some(Acked { version: Some(*version), secret: secret.clone(), expired_by_ms });
+            } else {
+                match (acked, &stored) {
+                    (None, None) => {}
+                    (Some(acked), Some((version, secret)))
+                        if acked.version == Some(*version) && &acked.secret == secret => {}
+                    (Some(acked), None) if acked.may_be_gone(now) => {}
+                    (_, None) if state.in_flight.as_ref().is_some_and(|(_, ttl_ms)| ttl_ms.is_some()) => {
+                        // The in-flight write had a TTL: applied, then expired (and perhaps
+                        // swept) since, with a version the test cannot see.
+                        let (secret, ttl_ms) = state.in_flight.clone().expect("checked");
+                        let expired_by_ms = ttl_ms.map(|ttl_ms| killed_at_ms + ttl_ms);
+                        state.acked = Some(Acked { version: None, secret, expired_by_ms });
+                    }
+                    (acked, stored) => panic!(
+                        "round {round}: {id}: acknowledged {acked:?}, stored {stored:?}, in flight {:?}",
+                        state.in_flight
+                    ),
+                }
             }
             state.in_flight = None;
         }
@@ -75,34 +141,58 @@ fn every_acknowledged_write_survives_sigkill() {
                 let known = Arc::clone(&known);
                 let address = address.clone();
                 std::thread::spawn(move || {
-                    let Ok(mut client) = Client::connect(address.as_str()) else { return 0 };
-                    let mut acked = 0u64;
+                    let Ok(mut client) = Client::connect(address.as_str()) else { return (0, 0) };
+                    let (mut acked, mut after_sweeps) = (0u64, 0u64);
                     for attempt in 0.. {
-                        let id = format!("w{writer}-{}", attempt % IDS_PER_WRITER);
+                        let index = attempt % IDS_PER_WRITER;
+                        let id = format!("w{writer}-{index}");
                         let secret = format!("{id}#{round}.{attempt}");
-                        known.lock().unwrap().entry(id.clone()).or_default().in_flight = Some(secret.clone());
-                        match client.put(&put(&id, secret.as_bytes())) {
+                        // Every third id, in every other round (and pass over the ids): a write
+                        // that soon expires. The plain writes of the next round then follow a
+                        // sweep, on the restarted server or before the kill.
+                        let expiring = index % 3 == 0 && (round + attempt / IDS_PER_WRITER) % 2 == 0;
+                        let ttl_ms = expiring.then_some(TTL_MS);
+                        let mut request = put(&id, secret.as_bytes());
+                        request.expiry = ttl_ms.map_or(Expiry::Never, Expiry::TtlMs);
+                        known.lock().unwrap().entry(id.clone()).or_default().in_flight =
+                            Some((secret.clone(), ttl_ms));
+                        match client.put(&request) {
                             Ok(version) => {
+                                let now = now_ms();
                                 let mut known = known.lock().unwrap();
                                 let state = known.get_mut(&id).unwrap();
-                                let previous = state.acked.as_ref().map_or(0, |(version, _)| *version);
-                                assert_eq!(version, previous + 1, "{id}: versions go up by one");
-                                state.acked = Some((version, secret));
+                                assert!(
+                                    Acked::allows_next(state.acked.as_ref(), version, now),
+                                    "{id}: version {version} after {:?}",
+                                    state.acked
+                                );
+                                after_sweeps += u64::from(version == 1 && state.acked.is_some());
+                                state.acked = Some(Acked {
+                                    version: Some(version),
+                                    secret,
+                                    expired_by_ms: ttl_ms.map(|ttl_ms| now + ttl_ms),
+                                });
                                 state.in_flight = None;
                                 acked += 1;
                             }
-                            Err(_) => return acked, // the server died
+                            Err(_) => return (acked, after_sweeps), // the server died
                         }
                     }
-                    acked
+                    (acked, after_sweeps)
                 })
             })
             .collect();
         std::thread::sleep(Duration::from_millis(30 + (round as u64 * 7) % 40));
+        killed_at_ms = now_ms();
         drop(served); // SIGKILL, then wait
-        total_acked += writers.into_iter().map(|writer| writer.join().unwrap()).sum::<u64>();
+        for writer in writers {
+            let (acked, after_sweeps) = writer.join().unwrap();
+            total_acked += acked;
+            total_after_sweeps += after_sweeps;
+        }
     }
     assert!(total_acked > kills as u64 * 10, "the writers made progress: {total_acked} acknowledged writes");
+    assert!(total_after_sweeps > 0, "some writes came after their id was swept (version 1 again)");
     let snapshots = std::fs::read_dir(&data_dir)
         .unwrap()
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -113,5 +203,8 @@ fn every_acknowledged_write_survives_sigkill() {
         .filter(|path| path.extension().is_some_and(|extension| extension == "snapshot"))
         .count();
     assert!(snapshots > 0, "the small compaction threshold produced snapshots during the run");
-    println!("{kills} kills, {total_acked} acknowledged writes, all present after every restart; {snapshots} snapshot files");
+    println!(
+        "{kills} kills, {total_acked} acknowledged writes ({total_after_sweeps} after a sweep of their id), \
+         all present after every restart; {snapshots} snapshot files"
+    );
 }
