@@ -150,7 +150,8 @@ fn every_acknowledged_write_survives_sigkill() {
                         // Every third id, in every other round (and pass over the ids): a write
                         // that soon expires. The plain writes of the next round then follow a
                         // sweep, on the restarted server or before the kill.
-                        let expiring = index % 3 == 0 && (round + attempt / IDS_PER_WRITER) % 2 == 0;
+                        let expiring =
+                            index.is_multiple_of(3) && (round + attempt / IDS_PER_WRITER).is_multiple_of(2);
                         let ttl_ms = expiring.then_some(TTL_MS);
                         let mut request = put(&id, secret.as_bytes());
                         request.expiry = ttl_ms.map_or(Expiry::Never, Expiry::TtlMs);
