@@ -6,6 +6,14 @@ use std::path::PathBuf;
 
 use credshard_protocol::Limits;
 
+/// The largest `--frame-bytes-max` (256 MiB): requests, and the replies they cause, stay far
+/// from a frame length's u32 limit.
+pub const FRAME_BYTES_MAX_CEILING: usize = 256 << 20;
+
+/// The largest `--batch-reply-bytes-max` (1 GiB). A BATCH_GET reply is at most this, plus one
+/// GET reply, plus 1000 short error results: well inside a frame length's u32.
+pub const BATCH_REPLY_BYTES_MAX_CEILING: usize = 1 << 30;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerConfig {
     /// Address every executor listens on (SO_REUSEPORT). Port 0 picks a free port.
@@ -82,6 +90,24 @@ pub struct ServerConfig {
     /// within this many milliseconds of connecting is answered UNAUTHORIZED and closed.
     #[arg(long, env = "CREDSHARD_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
     pub auth_timeout_ms: u64,
+    /// A connection that sends no request for this many milliseconds while it has nothing in
+    /// flight is closed (after an UNAVAILABLE frame with request id 0), authenticated or not.
+    #[arg(long, env = "CREDSHARD_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub idle_timeout_ms: u64,
+    /// A connection whose replies the server cannot send for this many milliseconds (the
+    /// client does not read them) is closed.
+    #[arg(long, env = "CREDSHARD_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+    /// Bytes of secrets and metadata one BATCH_GET reply carries at most; ids past it are
+    /// answered TOO_LARGE in the reply (ask for them again). The first found id is always
+    /// served, so this is at least one largest GET reply.
+    #[arg(long, env = "CREDSHARD_BATCH_REPLY_BYTES_MAX", default_value_t = 4 << 20)]
+    pub batch_reply_bytes_max: usize,
+    /// Start with a new, empty key ring although the data dir already holds logs (its key ring
+    /// was lost): every credential already stored becomes unreadable. Without this flag such
+    /// a data dir is refused, so that a deleted key ring is never silently replaced.
+    #[arg(long, env = "CREDSHARD_CREATE_KEYRING")]
+    pub create_keyring: bool,
     /// TLS certificate chain (PEM). With --tls-key, clients must connect with TLS
     /// (`credshards://`).
     #[arg(long, env = "CREDSHARD_TLS_CERT", requires = "tls_key")]
@@ -130,6 +156,10 @@ impl Default for ServerConfig {
             io_memory_bytes: 1 << 20,
             tokens: None,
             auth_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            write_timeout_ms: 10_000,
+            batch_reply_bytes_max: 4 << 20,
+            create_keyring: false,
             tls_cert: None,
             tls_key: None,
             audit: Switch::On,
@@ -206,8 +236,27 @@ impl ServerConfig {
                 self.listen
             ));
         }
-        if self.audit_flush_ms == 0 || self.auth_timeout_ms == 0 {
-            return fail("--audit-flush-ms and --auth-timeout-ms must be positive".to_owned());
+        if [self.audit_flush_ms, self.auth_timeout_ms, self.idle_timeout_ms, self.write_timeout_ms]
+            .contains(&0)
+        {
+            return fail(
+                "--audit-flush-ms, --auth-timeout-ms, --idle-timeout-ms and --write-timeout-ms must be positive"
+                    .to_owned(),
+            );
+        }
+        // Every reply must fit a frame's u32 length field with room to spare: a limit that
+        // let one overflow would turn a client's request into a panic.
+        if self.frame_bytes_max > FRAME_BYTES_MAX_CEILING {
+            return fail(format!("--frame-bytes-max must be at most {FRAME_BYTES_MAX_CEILING}"));
+        }
+        let get_reply_bytes_max =
+            self.secret_bytes_max + self.labels_bytes_max + self.id_bytes_max + 3 * 256 + 64;
+        if !(get_reply_bytes_max..=BATCH_REPLY_BYTES_MAX_CEILING).contains(&self.batch_reply_bytes_max) {
+            return fail(format!(
+                "--batch-reply-bytes-max must be {get_reply_bytes_max}..={BATCH_REPLY_BYTES_MAX_CEILING} \
+                 (at least one largest GET reply at the other limits), got {}",
+                self.batch_reply_bytes_max
+            ));
         }
         Ok(())
     }

@@ -45,6 +45,9 @@ pub enum OpError {
     Retired,
     #[error("invalid list cursor")]
     InvalidCursor,
+    /// A BATCH_GET item that would take the reply past its byte limit.
+    #[error("batch reply full")]
+    ReplyFull,
     #[error("service unavailable: {0}")]
     Unavailable(&'static str),
     #[error("internal error: {0}")]
@@ -61,6 +64,7 @@ impl OpError {
             OpError::Expired => Status::Expired,
             OpError::Retired => Status::Retired,
             OpError::InvalidCursor => Status::Malformed,
+            OpError::ReplyFull => Status::TooLarge,
             OpError::Unavailable(_) => Status::Unavailable,
             OpError::Internal(_) => Status::Internal,
             OpError::Unauthorized(_) => Status::Unauthorized,
@@ -85,6 +89,9 @@ impl OpError {
             OpError::Expired => "credential expired",
             OpError::Retired => "version retired: its grace period has ended",
             OpError::InvalidCursor => "invalid list cursor: pass the next_cursor of the previous page",
+            OpError::ReplyFull => {
+                "the BATCH_GET reply reached its size limit before this id: ask for it again"
+            }
             OpError::Unavailable(message) | OpError::Internal(message) | OpError::Unauthorized(message) => {
                 message
             }

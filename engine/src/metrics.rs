@@ -10,6 +10,10 @@ pub struct ExecutorMetrics {
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Connections closed by a timeout: no HELLO in time, idle, or replies not read.
+    pub connections_timed_out: AtomicU64,
+    /// Connections closed after too many refused requests without authenticating.
+    pub connections_closed_refusals: AtomicU64,
     pub requests_total: AtomicU64,
     pub reads_total: AtomicU64,
     pub writes_total: AtomicU64,
@@ -83,6 +87,8 @@ impl Metrics {
             ("connections_open".to_owned(), sum(|m| &m.connections_open)),
             ("connections_total".to_owned(), sum(|m| &m.connections_total)),
             ("connections_refused".to_owned(), sum(|m| &m.connections_refused)),
+            ("connections_timed_out".to_owned(), sum(|m| &m.connections_timed_out)),
+            ("connections_closed_refusals".to_owned(), sum(|m| &m.connections_closed_refusals)),
             ("requests_total".to_owned(), sum(|m| &m.requests_total)),
             ("reads_total".to_owned(), sum(|m| &m.reads_total)),
             ("writes_total".to_owned(), sum(|m| &m.writes_total)),

@@ -15,6 +15,7 @@ use rkyv::{Archive, Serialize};
 use crate::crypto::keyring::Sealed;
 use crate::crypto::{Binding, Keyring, NONCE_BYTES, TAG_BYTES};
 use crate::error::{EngineError, OpError};
+use zeroize::Zeroizing;
 
 /// One version of a credential as archived.
 #[derive(Archive, Serialize, Debug)]
@@ -119,8 +120,9 @@ impl Record {
         fields: VersionFields,
         keyring: &Keyring,
     ) -> Result<Record, OpError> {
-        // The secret is copied once, into the buffer that becomes the ciphertext.
-        let mut ciphertext = credential.secret.to_vec();
+        // The secret is copied once, into the buffer that becomes the ciphertext; wiped if
+        // sealing fails and it is dropped still holding plaintext.
+        let mut ciphertext = Zeroizing::new(credential.secret.to_vec());
         let binding = Binding {
             id: credential.id,
             owner: credential.owner,
@@ -145,7 +147,7 @@ impl Record {
             key_id,
             nonce,
             tag,
-            ciphertext,
+            ciphertext: std::mem::take(&mut *ciphertext),
             labels: credential.labels.to_vec(),
             previous_grace_until_ms: fields.previous_grace_until_ms,
         };

@@ -21,6 +21,10 @@ use crate::keyspace::shard_for;
 use crate::record::Record;
 use crate::shard::{Shard, ShardWriter};
 
+/// Bytes a GET reply may need beyond a record's archive length (length prefixes, alignment
+/// padding the archive does not carry).
+const GET_REPLY_SLACK_BYTES: usize = 64;
+
 /// How versions age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lifecycle {
@@ -116,6 +120,19 @@ impl Store {
         acl: &Acl,
         out: &mut BytesMut,
     ) -> Result<u64, OpError> {
+        self.get_within(request, now_ms, acl, out, None)
+    }
+
+    /// [`Store::get`], refusing with [`OpError::ReplyFull`] (before decrypting anything) a
+    /// version whose reply could take more than `bytes_left`.
+    fn get_within(
+        &self,
+        request: &GetRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+        out: &mut BytesMut,
+        bytes_left: Option<usize>,
+    ) -> Result<u64, OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         check_access(entry.current(), acl)?;
@@ -130,6 +147,13 @@ impl Store {
         // checked on its own (the current one was checked above).
         if !std::ptr::eq(record, entry.current()) {
             check_access(record, acl)?;
+        }
+        // The archive holds the ciphertext (as long as the secret) and every metadata field:
+        // more than the reply needs, never less.
+        if bytes_left
+            .is_some_and(|bytes_left| record.archive_bytes().len() + GET_REPLY_SLACK_BYTES > bytes_left)
+        {
+            return Err(OpError::ReplyFull);
         }
         let start = out.len();
         record.metadata().encode(out);
@@ -171,21 +195,26 @@ impl Store {
 
     /// BATCH_GET: appends one result per id, in order (`status u8` then a GET reply body or an
     /// error body), and tells `each` every id's outcome. Returns whether any result holds a
-    /// secret.
+    /// secret. Once a secret is in the reply, an id whose result could take the reply past
+    /// `reply_bytes_max` is answered [`OpError::ReplyFull`] instead (so the first found id is
+    /// always served, and the reply stays bounded whatever the ids ask for).
     pub fn batch_get(
         &self,
         request: &BatchGetRequest<'_>,
         now_ms: u64,
         acl: &Acl,
         out: &mut BytesMut,
+        reply_bytes_max: usize,
         mut each: impl FnMut(&str, &Result<u64, OpError>),
     ) -> bool {
+        let start = out.len();
         out.put_u16_le(request.len() as u16);
         let mut any_secret = false;
         for id in request.ids() {
             let status_at = out.len();
             out.put_u8(Status::Ok as u8);
-            let result = self.get(&GetRequest { id, version: 0 }, now_ms, acl, out);
+            let bytes_left = any_secret.then(|| reply_bytes_max.saturating_sub(out.len() - start));
+            let result = self.get_within(&GetRequest { id, version: 0 }, now_ms, acl, out, bytes_left);
             each(id, &result);
             match result {
                 Ok(_) => any_secret = true,

@@ -310,14 +310,22 @@ fn print_table(entries: &[AuditEntry], out: &mut dyn Write) -> std::io::Result<(
     Ok(())
 }
 
-/// `text` with control characters escaped (`\u{1b}`).
+/// `text` with control characters and bidirectional formatting characters escaped
+/// (`\u{1b}`, `\u{202e}`): an id cannot drive the terminal, nor make a line read in another
+/// order than it is written (Trojan Source, CVE-2021-42574).
 fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    let escaped = |char: char| char.is_control() || is_bidirectional_formatting(char);
+    if !text.chars().any(escaped) {
         return text.to_owned();
     }
     text.chars()
-        .map(|char| if char.is_control() { char.escape_unicode().to_string() } else { char.into() })
+        .map(|char| if escaped(char) { char.escape_unicode().to_string() } else { char.into() })
         .collect()
+}
+
+/// The Unicode bidirectional embedding, override and isolate characters, and the marks.
+fn is_bidirectional_formatting(char: char) -> bool {
+    matches!(char, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -451,6 +459,8 @@ mod tests {
         );
         assert!(lines[1].starts_with("2026-11-23T03:12:01.123Z  0 "), "{out}");
         assert!(!out.contains('\u{1b}') && out.contains("evil\\u{1b}[2J"), "{out}");
+        assert_eq!(printable("db/\u{202E}txt.exe"), "db/\\u{202e}txt.exe", "bidi overrides are escaped");
+        assert_eq!(printable("a\u{2066}b\u{200F}"), "a\\u{2066}b\\u{200f}");
         let missing = args(&["--dir", dir.path().join("nothing").to_str().unwrap()]);
         assert!(run_with(&missing, NOW_MS, &mut Vec::new(), &mut Vec::new()).is_err());
     }

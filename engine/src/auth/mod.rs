@@ -233,7 +233,13 @@ impl Authenticator {
             Mode::Open(principal) => Some(Arc::clone(principal)),
             Mode::Tokens { .. } => None,
         };
-        Session { principal, token_hash: None, generation: self.generation() }
+        Session {
+            principal,
+            token_hash: None,
+            generation: self.generation(),
+            revoked_token_id: None,
+            unauthenticated_refusals: 0,
+        }
     }
 }
 
@@ -243,6 +249,10 @@ pub struct Session {
     /// The hash of the token the last successful HELLO presented.
     token_hash: Option<TokenHash>,
     generation: u64,
+    /// The id of this session's token after a reload removed it, for the audit log.
+    revoked_token_id: Option<Box<str>>,
+    /// Requests refused since the session was last authenticated (failed HELLOs included).
+    unauthenticated_refusals: u32,
 }
 
 impl Session {
@@ -252,7 +262,29 @@ impl Session {
         self.generation = authenticator.generation();
         self.principal = authenticator.resolve(&hash);
         self.token_hash = self.principal.as_ref().map(|_| hash);
+        if self.principal.is_some() {
+            self.revoked_token_id = None;
+            self.unauthenticated_refusals = 0;
+        }
         self.principal.as_ref()
+    }
+
+    /// Counts a request refused because the session is not authenticated; returns how many
+    /// there have been since it last was.
+    pub fn count_refusal(&mut self) -> u32 {
+        self.unauthenticated_refusals = self.unauthenticated_refusals.saturating_add(1);
+        self.unauthenticated_refusals
+    }
+
+    /// Requests refused since the session was last authenticated.
+    pub fn unauthenticated_refusals(&self) -> u32 {
+        self.unauthenticated_refusals
+    }
+
+    /// The token id the audit log records for this session while it is not authenticated:
+    /// that of its revoked token, if a reload removed it, else `"-"`.
+    pub fn unauthenticated_audit_id(&self) -> &str {
+        self.revoked_token_id.as_deref().unwrap_or("-")
     }
 
     /// True after a successful HELLO (or from the start on an open server), as of the last
@@ -267,7 +299,11 @@ impl Session {
         let generation = authenticator.generation();
         if generation != self.generation {
             self.generation = generation;
-            self.principal = self.token_hash.as_ref().and_then(|hash| authenticator.resolve(hash));
+            let resolved = self.token_hash.as_ref().and_then(|hash| authenticator.resolve(hash));
+            if let (None, Some(former)) = (&resolved, &self.principal) {
+                self.revoked_token_id = Some(former.id.as_str().into());
+            }
+            self.principal = resolved;
         }
         self.principal.as_ref()
     }

@@ -50,8 +50,14 @@ impl TokenSet {
     /// # Errors
     /// [`EngineError::Config`] naming the file and what is wrong with it.
     pub fn load(path: &Path) -> Result<TokenSet, EngineError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| EngineError::Config(format!("tokens file {}: {error}", path.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        let fail = |reason: String| EngineError::Config(format!("tokens file {}: {reason}", path.display()));
+        let mode = std::fs::metadata(path).map_err(|error| fail(error.to_string()))?.permissions().mode();
+        // Whoever can write the file can grant themselves every permission.
+        if mode & 0o022 != 0 {
+            return Err(fail(format!("writable by other users (mode {:o}): `chmod go-w` it", mode & 0o777)));
+        }
+        let text = std::fs::read_to_string(path).map_err(|error| fail(error.to_string()))?;
         TokenSet::parse(&text)
             .map_err(|reason| EngineError::Config(format!("tokens file {}: {reason}", path.display())))
     }
@@ -162,6 +168,20 @@ mod tests {
 
     fn table(id: &str, token: &[u8], rest: &str) -> String {
         format!("[[token]]\nid = \"{id}\"\nsha256 = \"{}\"\n{rest}\n", hex::encode(hash_token(token)))
+    }
+
+    #[test]
+    fn a_tokens_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, table("admin", b"t", "ops = [\"*\"]")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(TokenSet::load(&path).unwrap().len(), 1, "readable by others is fine: hashes only");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let Err(refused) = TokenSet::load(&path) else { panic!("group-writable is refused") };
+        let refused = refused.to_string();
+        assert!(refused.contains("writable by other users"), "{refused}");
     }
 
     #[test]

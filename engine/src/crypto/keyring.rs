@@ -110,7 +110,17 @@ impl Keyring {
     /// [`EngineError::Keyring`] for a damaged file, an unknown format version or a key source
     /// of the wrong kind, and I/O errors.
     pub fn open(data_dir: &Path, source: KeySource) -> Result<Keyring, EngineError> {
-        Keyring::open_with_budget(Some(data_dir.join("keyring")), source, DATA_KEY_ENCRYPTIONS_MAX)
+        Keyring::open_with_budget(Some(Keyring::path(data_dir)), source, DATA_KEY_ENCRYPTIONS_MAX)
+    }
+
+    /// Where the key ring of `data_dir` is.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("keyring")
+    }
+
+    /// Whether `data_dir` has a key ring.
+    pub fn exists(data_dir: &Path) -> bool {
+        Keyring::path(data_dir).exists()
     }
 
     /// A ring that lives in memory only (tests and benches).

@@ -59,7 +59,17 @@ impl MasterKey {
     /// # Errors
     /// [`EngineError::KeyFile`] when the file cannot be read or does not hold 64 hex digits.
     pub fn read_file(path: &Path) -> Result<MasterKey, EngineError> {
+        use std::os::unix::fs::PermissionsExt;
         let key_file_error = |reason: String| EngineError::KeyFile { path: path.to_owned(), reason };
+        let mode =
+            std::fs::metadata(path).map_err(|error| key_file_error(error.to_string()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(key_file_error(format!(
+                "readable or writable by other users (mode {:o}): `chmod 600` it; anyone who can read \
+                 it can decrypt every secret",
+                mode & 0o777
+            )));
+        }
         let mut text =
             Zeroizing::new(std::fs::read_to_string(path).map_err(|error| key_file_error(error.to_string()))?);
         let mut key = Zeroizing::new([0u8; KEY_BYTES]);
@@ -123,6 +133,12 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(MasterKey::read_file(&path).unwrap().bytes(), key.bytes());
         assert!(key.write_file(&path).is_err(), "an existing key file is never overwritten");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let Err(refused) = MasterKey::read_file(&path) else {
+            panic!("a key file others can read is refused")
+        };
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "not hex").unwrap();
         assert!(matches!(MasterKey::read_file(&path), Err(EngineError::KeyFile { .. })));
     }

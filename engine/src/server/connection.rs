@@ -10,6 +10,7 @@
 //! timeout of connecting is answered UNAUTHORIZED and closed; once it has, it may stay.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +29,9 @@ use zeroize::Zeroize;
 use crate::auth::Session;
 use crate::error::OpError;
 use crate::metrics::ExecutorMetrics;
-use crate::server::dispatch::{answer_write, dispatch, Caller, Dispatched, WriteTicket};
+use crate::server::dispatch::{
+    answer_write, dispatch, Caller, Dispatched, WriteTicket, UNAUTHENTICATED_REFUSALS_MAX,
+};
 use crate::server::executor::ExecutorContext;
 use crate::server::input::InputBuffer;
 use crate::server::router::WriteOutcome;
@@ -39,6 +42,15 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// before it closes, so that the client receives the error frame instead of a reset.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES_MAX: usize = 4 << 20;
+
+/// Unsent reply bytes above which the connection stops taking requests until they are
+/// flushed: a client that pipelines large reads without reading holds at most about this much
+/// (plus one reply) of the server's memory.
+const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
+
+/// The largest frame a connection that is not authenticated may send (a HELLO with the
+/// largest token is about 1 KiB).
+pub const UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 4 * 1024;
 
 /// How long a client has to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +84,12 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::R
 pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
     let metrics = context.metrics();
     let _ = stream.set_nodelay(true);
+    // glommio times a read or write from when it first has to wait and resets on progress:
+    // nothing received for the idle timeout, or nothing sent for the write timeout, ends the
+    // connection with a TimedOut error, at no cost on the path that does not wait.
+    let config = &context.config;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(config.idle_timeout_ms)));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(config.write_timeout_ms)));
     let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     if context.all_metrics.connections_open() >= context.config.connections_max as u64 {
         ExecutorMetrics::add(&metrics.connections_refused, 1);
@@ -109,8 +127,9 @@ struct Connection<'a> {
     /// Who is connected: the authentication state and the address the audit log records.
     session: Session,
     peer: SocketAddr,
-    /// Until when a connection that has never authenticated may stay (servers with tokens
-    /// only); cleared by the first successful HELLO.
+    /// Until when a connection that is not authenticated may stay (servers with tokens only):
+    /// set at accept and again when a reload revokes the session's token; cleared by a
+    /// successful HELLO. It bounds reads and flushes alike.
     auth_deadline: Option<Instant>,
     input: InputBuffer,
     output: BytesMut,
@@ -119,14 +138,28 @@ struct Connection<'a> {
     input_bytes_max: usize,
 }
 
+/// Why the connection stops taking requests before the client hangs up.
+enum Closing {
+    /// The byte stream broke framing; the error frame is in the output.
+    Framing,
+    /// A connection that is not authenticated sent too many refused requests.
+    Refusals,
+}
+
+/// What ended a wait for the client.
+enum Woken {
+    Read(std::io::Result<usize>),
+    Finished(Option<WriteDone>),
+    AuthDeadline,
+}
+
 impl<'a> Connection<'a> {
     fn new(context: &'a Rc<ExecutorContext>, peer: SocketAddr) -> Connection<'a> {
         Connection {
             context,
             session: context.authenticator.session(),
             peer,
-            auth_deadline: (!context.authenticator.is_open())
-                .then(|| Instant::now() + Duration::from_millis(context.config.auth_timeout_ms)),
+            auth_deadline: (!context.authenticator.is_open()).then(|| context.auth_deadline_from_now()),
             input: InputBuffer::new(READ_CHUNK_BYTES),
             output: BytesMut::with_capacity(READ_CHUNK_BYTES),
             output_has_secret: false,
@@ -134,22 +167,34 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// The largest frame this connection may send now: until it authenticates, only small
+    /// ones (a HELLO fits), so that connections without a token cannot hold much memory.
+    fn frame_bytes_max(&self) -> usize {
+        if self.session.is_authenticated() {
+            self.context.store.limits().frame_bytes_max
+        } else {
+            UNAUTHENTICATED_FRAME_BYTES_MAX
+        }
+    }
+
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
-        let frame_bytes_max = self.context.store.limits().frame_bytes_max;
         let in_flight_max = self.context.config.in_flight_max;
         let mut pending = FuturesUnordered::new();
-        let mut closing = false;
+        let mut closing = None;
         loop {
-            while !closing && pending.len() < in_flight_max {
-                let header = match frame::check(self.input.filled(), frame_bytes_max) {
+            let mut took_requests = false;
+            while closing.is_none() && pending.len() < in_flight_max && self.output.len() < OUTPUT_PAUSE_BYTES
+            {
+                let header = match frame::check(self.input.filled(), self.frame_bytes_max()) {
                     Ok(Some(header)) => header,
                     Ok(None) => break,
                     Err(error) => {
                         self.reject_framing(error);
-                        closing = true;
+                        closing = Some(Closing::Framing);
                         break;
                     }
                 };
+                took_requests = true;
                 let frame_bytes = header.frame_bytes;
                 let mut caller = Caller { session: &mut self.session, peer: self.peer };
                 let frame = &self.input.filled()[..frame_bytes];
@@ -168,15 +213,21 @@ impl<'a> Connection<'a> {
                         Some((write, outcome))
                     }
                 };
-                if self.auth_deadline.is_some() && self.session.is_authenticated() {
-                    self.auth_deadline = None;
-                }
                 if let Some((write, outcome)) = waiting {
                     pending.push(outcome.map(move |outcome| (write, outcome)));
                 }
                 // PUT and ROTATE frames carry plaintext secrets, HELLO frames tokens: wipe them as
                 // they are consumed.
                 self.input.consume(frame_bytes, Op::from_u8(header.code).is_some_and(Op::carries_secret));
+                if self.session.unauthenticated_refusals() >= UNAUTHENTICATED_REFUSALS_MAX {
+                    let message = "too many refused requests without authenticating; closing the connection";
+                    encode_error(Status::Unauthorized, 0, 0, message, &mut self.output);
+                    ExecutorMetrics::add(&self.context.metrics().connections_closed_refusals, 1);
+                    closing = Some(Closing::Refusals);
+                }
+            }
+            if took_requests {
+                self.track_authentication();
             }
 
             while let Some(Some(finished)) = pending.next().now_or_never() {
@@ -184,14 +235,19 @@ impl<'a> Connection<'a> {
             }
             self.flush(stream).await?;
 
-            if closing {
+            if let Some(closing) = closing {
+                if let Closing::Refusals = closing {
+                    self.input.wipe();
+                }
                 self.finish_pending(&mut pending, stream).await?;
                 return linger(stream).await;
             }
+            // Let the executor's other connections run between large requests.
+            glommio::yield_if_needed().await;
             // Writes that finished above may have made room under the in-flight limit for
             // frames that are already buffered: take those before waiting for the socket,
             // which may stay silent (the client has sent its whole pipeline).
-            if pending.len() < in_flight_max && self.frame_buffered(frame_bytes_max) {
+            if pending.len() < in_flight_max && self.frame_buffered() {
                 continue;
             }
 
@@ -202,50 +258,40 @@ impl<'a> Connection<'a> {
                 }
                 continue;
             }
-            let spare = self.input.spare(READ_CHUNK_BYTES);
-            let read = if pending.is_empty() {
-                match self.auth_deadline {
-                    None => stream.read(spare).await,
-                    Some(deadline) => {
-                        let wait = Box::pin(glommio::timer::sleep(
-                            deadline.saturating_duration_since(Instant::now()),
-                        ));
-                        let read = match select(stream.read(spare), wait).await {
-                            Either::Left((read, _)) => Some(read),
-                            Either::Right(_) => None,
-                        };
-                        let Some(read) = read else {
-                            let message = "no successful HELLO in time; closing the connection";
-                            encode_error(Status::Unauthorized, 0, 0, message, &mut self.output);
-                            ExecutorMetrics::add(&self.context.metrics().unauthorized_total, 1);
-                            self.input.wipe();
-                            self.flush(stream).await?;
-                            return linger(stream).await;
-                        };
-                        read
+            match self.wait(stream, &mut pending).await {
+                Woken::Finished(finished) => {
+                    if let Some(finished) = finished {
+                        self.answer_write(finished);
                     }
                 }
-            } else {
-                match select(stream.read(spare), pending.next()).await {
-                    Either::Left((read, _)) => read,
-                    Either::Right((finished, _)) => {
-                        if let Some(finished) = finished {
-                            self.answer_write(finished);
-                        }
-                        continue;
-                    }
+                Woken::AuthDeadline => {
+                    let message = "no successful HELLO in time; closing the connection";
+                    encode_error(Status::Unauthorized, 0, 0, message, &mut self.output);
+                    ExecutorMetrics::add(&self.context.metrics().unauthorized_total, 1);
+                    ExecutorMetrics::add(&self.context.metrics().connections_timed_out, 1);
+                    self.input.wipe();
+                    self.flush(stream).await?;
+                    return linger(stream).await;
                 }
-            };
-            match read {
-                Ok(0) => {
+                Woken::Read(Ok(0)) => {
                     // The client finished sending, perhaps mid-frame: nothing partial is
                     // applied, and writes already under way are still answered (a client
                     // that half-closed can read them).
                     self.input.wipe();
                     return self.finish_pending(&mut pending, stream).await;
                 }
-                Ok(read) => self.input.commit(read),
-                Err(error) => {
+                Woken::Read(Ok(read)) => self.input.commit(read),
+                Woken::Read(Err(error)) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    // The socket's read timeout: nothing arrived for --idle-timeout-ms.
+                    ExecutorMetrics::add(&self.context.metrics().connections_timed_out, 1);
+                    self.input.wipe();
+                    self.finish_pending(&mut pending, stream).await?;
+                    let message = "idle for too long; closing the connection";
+                    encode_error(Status::Unavailable, 0, 0, message, &mut self.output);
+                    self.flush(stream).await?;
+                    return linger(stream).await;
+                }
+                Woken::Read(Err(error)) => {
                     self.input.wipe();
                     return Err(error);
                 }
@@ -253,10 +299,56 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// Waits until the client sends something, a write in flight finishes, or the deadline of
+    /// a connection that is not authenticated passes.
+    async fn wait<S, F>(&mut self, stream: &mut S, pending: &mut FuturesUnordered<F>) -> Woken
+    where
+        S: AsyncRead + Unpin,
+        F: std::future::Future<Output = WriteDone>,
+    {
+        let read = stream.read(self.input.spare(READ_CHUNK_BYTES));
+        let finished = async {
+            if pending.is_empty() {
+                std::future::pending().await
+            } else {
+                pending.next().await
+            }
+        };
+        let deadline = self.auth_deadline;
+        let expired = async move {
+            match deadline {
+                Some(deadline) => {
+                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let (read, finished, expired) = (pin!(read), pin!(finished), pin!(expired));
+        match select(select(read, finished), expired).await {
+            Either::Left((Either::Left((read, _)), _)) => Woken::Read(read),
+            Either::Left((Either::Right((finished, _)), _)) => Woken::Finished(finished),
+            Either::Right(_) => Woken::AuthDeadline,
+        }
+    }
+
+    /// Keeps the auth deadline in step with the session after its requests: cleared once it
+    /// authenticates, armed again when a reload revoked its token, so that a revoked
+    /// connection does not live on.
+    fn track_authentication(&mut self) {
+        if self.context.authenticator.is_open() {
+            return;
+        }
+        match (self.session.is_authenticated(), self.auth_deadline) {
+            (true, Some(_)) => self.auth_deadline = None,
+            (false, None) => self.auth_deadline = Some(self.context.auth_deadline_from_now()),
+            _ => {}
+        }
+    }
+
     /// Whether the input holds a whole frame, or the start of one that breaks framing: either
     /// way the request loop has something to take without reading.
-    fn frame_buffered(&self, frame_bytes_max: usize) -> bool {
-        !matches!(frame::check(self.input.filled(), frame_bytes_max), Ok(None))
+    fn frame_buffered(&self) -> bool {
+        !matches!(frame::check(self.input.filled(), self.frame_bytes_max()), Ok(None))
     }
 
     /// Waits for every write in flight, answers it, and flushes.
@@ -292,15 +384,31 @@ impl<'a> Connection<'a> {
         self.input.wipe();
     }
 
+    /// Sends the output. The socket's write timeout (--write-timeout-ms) ends a connection
+    /// whose client does not read; the auth deadline bounds the flushes of one that is not
+    /// authenticated too.
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
         }
-        // A TLS stream buffers: flush pushes the records out.
-        let result = match stream.write_all(&self.output).await {
-            Ok(()) => stream.flush().await,
-            Err(error) => Err(error),
+        let send = async {
+            // A TLS stream buffers: flush pushes the records out.
+            stream.write_all(&self.output).await?;
+            stream.flush().await
         };
+        let result = match self.auth_deadline {
+            None => send.await,
+            Some(deadline) => {
+                let expired = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+                match select(pin!(send), pin!(expired)).await {
+                    Either::Left((result, _)) => result,
+                    Either::Right(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                }
+            }
+        };
+        if result.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::TimedOut) {
+            ExecutorMetrics::add(&self.context.metrics().connections_timed_out, 1);
+        }
         if self.output_has_secret {
             self.output.zeroize();
             self.output_has_secret = false;

@@ -27,6 +27,15 @@ use crate::time::now_ms;
 /// The token id audited for requests made before authenticating.
 const ANONYMOUS: &str = "-";
 
+/// Refused requests of a connection that is not authenticated that the audit log records;
+/// later ones are only counted (STATS `unauthorized_total`), so that a client without a token
+/// costs the audit log a small, bounded amount however much it sends. The connection closes
+/// it after [`UNAUTHENTICATED_REFUSALS_MAX`] refusals.
+pub const UNAUTHENTICATED_REFUSALS_AUDITED: u32 = 1;
+
+/// Refused requests after which a connection that is not authenticated is closed.
+pub const UNAUTHENTICATED_REFUSALS_MAX: u32 = 16;
+
 /// What became of a request.
 pub enum Dispatched {
     /// The response is in the output buffer; `secret` says whether it holds plaintext.
@@ -73,12 +82,8 @@ pub fn dispatch(
     let unauthenticated_op = Op::from_u8(header.code)
         .filter(|op| *op != Op::Hello && caller.session.principal(&context.authenticator).is_none());
     if let Some(op) = unauthenticated_op {
-        match &decoded {
-            Ok(request) => auditor.record(ANONYMOUS, request, None, Status::Unauthorized),
-            Err(_) => auditor.record_id(ANONYMOUS, op, None, None, Status::Unauthorized),
-        }
-        let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
-        return refuse(context, error, request_id, out);
+        let id = decoded.as_ref().ok().and_then(Request::id);
+        return refuse_unauthenticated(context, caller, &auditor, op, id, request_id, out);
     }
     let request = match decoded {
         Ok(request) => request,
@@ -100,11 +105,10 @@ pub fn dispatch(
     // Borrowed, not cloned: every connection of a token shares its `Arc`, and touching the
     // count on every read would bounce its cache line between cores. (Checked above; a reload
     // on another thread may have revoked the token since.)
-    let Some(principal) = caller.session.principal(&context.authenticator) else {
-        auditor.record(ANONYMOUS, &request, None, Status::Unauthorized);
-        let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
-        return refuse(context, error, request_id, out);
-    };
+    if caller.session.principal(&context.authenticator).is_none() {
+        return refuse_unauthenticated(context, caller, &auditor, op, request.id(), request_id, out);
+    }
+    let principal = caller.session.principal(&context.authenticator).expect("resolved just above");
     if !principal.acl.allows_op(op) {
         auditor.record(&principal.id, &request, None, Status::Unauthorized);
         return refuse(context, OpError::Unauthorized("this token may not use this op"), request_id, out);
@@ -146,7 +150,8 @@ pub fn dispatch(
         }
         Request::BatchGet(batch) => {
             ExecutorMetrics::add(&metrics.reads_total, batch.len() as u64);
-            let secret = context.store.batch_get(batch, now_ms, acl, out, |id, result| {
+            let reply_bytes_max = context.config.batch_reply_bytes_max;
+            let secret = context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, |id, result| {
                 let (version, status) = match result {
                     Ok(version) => (Some(*version), Status::Ok),
                     Err(error) => (None, error.status()),
@@ -218,7 +223,9 @@ fn answer_hello(
     }
     let Some(principal) = caller.session.hello(&context.authenticator, token) else {
         ExecutorMetrics::add(&context.metrics().auth_failures, 1);
-        auditor.record_id(ANONYMOUS, Op::Hello, None, None, Status::Unauthorized);
+        if caller.session.count_refusal() <= UNAUTHENTICATED_REFUSALS_AUDITED {
+            auditor.record_id(ANONYMOUS, Op::Hello, None, None, Status::Unauthorized);
+        }
         let error = OpError::Unauthorized("unknown token");
         return refuse(context, error, request_id, out);
     };
@@ -343,6 +350,25 @@ pub fn answer_write(
         }
         Err(error) => encode_op_error(context, error, write.request_id, out),
     }
+}
+
+/// Refuses a request (other than HELLO) of a session that is not authenticated: counted
+/// always, audited only within [`UNAUTHENTICATED_REFUSALS_AUDITED`], and as one entry even for
+/// a BATCH_GET (with the credential id of a request that names one).
+fn refuse_unauthenticated(
+    context: &ExecutorContext,
+    caller: &mut Caller<'_>,
+    auditor: &Auditor<'_>,
+    op: Op,
+    id: Option<&str>,
+    request_id: u32,
+    out: &mut BytesMut,
+) -> Dispatched {
+    if caller.session.count_refusal() <= UNAUTHENTICATED_REFUSALS_AUDITED {
+        auditor.record_id(caller.session.unauthenticated_audit_id(), op, id, None, Status::Unauthorized);
+    }
+    let error = OpError::Unauthorized("authenticate with HELLO and a valid token first");
+    refuse(context, error, request_id, out)
 }
 
 fn refuse(context: &ExecutorContext, error: OpError, request_id: u32, out: &mut BytesMut) -> Dispatched {

@@ -56,6 +56,11 @@ pub struct ExecutorContext {
 }
 
 impl ExecutorContext {
+    /// When a connection that is not authenticated from now on must have authenticated.
+    pub fn auth_deadline_from_now(&self) -> std::time::Instant {
+        std::time::Instant::now() + Duration::from_millis(self.config.auth_timeout_ms)
+    }
+
     /// This executor's counters.
     pub fn metrics(&self) -> &ExecutorMetrics {
         self.all_metrics.executor(self.router.shard_id())
@@ -177,9 +182,14 @@ fn bind(shared: &Shared, shard_id: usize) -> Result<TcpListener, String> {
         published.notify_all();
         return bound.map_err(|error| error.to_string());
     }
+    // Executor 0 may fail before it binds (its log or audit file), and then never publishes:
+    // wait only until the server is asked to stop, which start-up does on any failure.
     let mut address = slot.lock().expect("bound address lock");
     while address.is_none() {
-        address = published.wait(address).expect("bound address lock");
+        if shared.stop.load(Ordering::Acquire) {
+            return Err("the server stopped before executor 0 listened".to_owned());
+        }
+        address = published.wait_timeout(address, STOP_POLL_INTERVAL).expect("bound address lock").0;
     }
     TcpListener::bind(address.expect("published")).map_err(|error| error.to_string())
 }

@@ -72,6 +72,7 @@ impl Server {
         // Before anything else in the data dir is read or written: one server per data dir.
         let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         refuse_taken_address(config.listen)?;
+        refuse_lost_keyring(config)?;
         let keyring = Keyring::open(&config.data_dir, key_source)?;
         let shard_count = config.shard_count();
         let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
@@ -146,6 +147,23 @@ impl Server {
         }
         Ok(handle)
     }
+}
+
+/// Refuses a data dir that holds logs (so, perhaps, credentials) but no key ring: creating a
+/// fresh ring there would leave every stored secret unreadable and reuse its key ids. An
+/// operator who knows the ring is gone for good says so with `--create-keyring`.
+fn refuse_lost_keyring(config: &ServerConfig) -> Result<(), EngineError> {
+    let has_logs = crate::storage::manifest::Manifest::read(&config.data_dir)?.is_some();
+    if has_logs && !Keyring::exists(&config.data_dir) && !config.create_keyring {
+        return Err(EngineError::Start(format!(
+            "{} holds write-ahead logs but no key ring ({}): its credentials cannot be decrypted \
+             without it. Restore the key ring from a backup, or start with --create-keyring to \
+             begin a new one (every credential already stored stays unreadable)",
+            config.data_dir.display(),
+            Keyring::path(&config.data_dir).display()
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses an address another process already listens on. The executors bind with

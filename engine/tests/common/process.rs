@@ -106,6 +106,23 @@ impl ServeProcess {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
+
+    /// Stops the server with SIGTERM (it flushes its audit buffers) and waits for it.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill only sends a signal, to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+        self.child.wait().expect("wait for credshard serve")
+    }
+
+    /// The server's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
+        let kib: u64 =
+            line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).expect("VmRSS in kB");
+        kib * 1024
+    }
 }
 
 impl Drop for ServeProcess {

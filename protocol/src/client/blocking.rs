@@ -209,6 +209,15 @@ impl Client {
         self.run(client::hello(token))
     }
 
+    /// Bounds how long a call waits for the server's reply (`None`: forever, the default);
+    /// a call that waits longer fails with an I/O error of kind `WouldBlock` or `TimedOut`.
+    ///
+    /// # Errors
+    /// From the socket, e.g. a zero duration.
+    pub fn set_read_timeout(&mut self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.stream.socket().set_read_timeout(timeout)
+    }
+
     pub fn ping(&mut self, payload: &[u8]) -> Result<Bytes, ClientError> {
         self.run(client::ping(payload))
     }
