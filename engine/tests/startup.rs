@@ -45,10 +45,10 @@ fn serve_until_exit(dirs: &ProcessDirs, args: &[&str]) -> (bool, String) {
 #[test]
 fn an_executor_that_fails_before_listening_stops_the_server_with_an_error() {
     let dirs = ProcessDirs::new();
-    std::fs::create_dir_all(&dirs.data_dir).unwrap();
-    // Each executor opens <data-dir>/audit/shard-N.jsonl before it listens: a file where the
-    // audit dir belongs makes executor 0 (and the others) fail there.
-    std::fs::write(dirs.data_dir.join("audit"), b"not a directory").unwrap();
+    // Each executor opens <data-dir>/audit/shard-N.jsonl before it listens: a directory where
+    // shard 0's file belongs makes executor 0 fail there, while executor 1 goes on to wait for
+    // the address executor 0 would have bound.
+    std::fs::create_dir_all(dirs.data_dir.join("audit").join("shard-0.jsonl")).unwrap();
     let (succeeded, stderr) = serve_until_exit(&dirs, &["--shards", "2"]);
     assert!(!succeeded, "{stderr}");
     assert!(stderr.contains("audit log"), "the error names what failed: {stderr}");
