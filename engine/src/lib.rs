@@ -13,6 +13,7 @@
 //! - [`metrics`]: per-executor counters reported by STATS.
 //! - [`storage`]: files in the data dir.
 //! - [`time`]: Unix-millisecond clock.
+//! - [`wipe`]: growing buffers that may hold plaintext without leaving copies behind.
 //! - [`error`]: [`EngineError`] and [`OpError`].
 
 pub mod audit;
@@ -29,6 +30,7 @@ pub mod shard;
 pub mod storage;
 pub mod store;
 pub mod time;
+pub mod wipe;
 
 pub use config::ServerConfig;
 pub use error::{EngineError, OpError};

@@ -25,6 +25,9 @@ use crate::shard::{Shard, ShardWriter};
 /// padding the archive does not carry).
 const GET_REPLY_SLACK_BYTES: usize = 64;
 
+/// Bytes of a failed BATCH_GET result at most: detail u64, message str16 (1024 bytes at most).
+const ERROR_RESULT_BYTES_MAX: usize = 8 + 2 + 1024;
+
 /// How versions age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lifecycle {
@@ -155,6 +158,8 @@ impl Store {
         {
             return Err(OpError::ReplyFull);
         }
+        // Room for the whole reply first: the buffer must not move once it holds the plaintext.
+        crate::wipe::reserve(out, record.archive_bytes().len() + GET_REPLY_SLACK_BYTES);
         let start = out.len();
         record.metadata().encode(out);
         record.decrypt_into(&self.keyring, out).inspect_err(|_| out.truncate(start))?;
@@ -219,6 +224,7 @@ impl Store {
             match result {
                 Ok(_) => any_secret = true,
                 Err(error) => {
+                    crate::wipe::reserve(out, ERROR_RESULT_BYTES_MAX);
                     out[status_at] = error.status() as u8;
                     out.put_u64_le(error.detail());
                     put_str16(out, error.message());
@@ -260,6 +266,10 @@ impl Store {
         let more = more_in_some_shard || found.len() > limit;
         found.truncate(limit);
 
+        // A LIST page carries no secret, but earlier replies in the buffer may.
+        let item_bytes_max = self.limits.id_bytes_max + 2 * self.limits.name_bytes_max + 3 * 2 + 1 + 2 * 8;
+        let cursor_bytes_max = 4 + 5 + self.limits.name_bytes_max + self.limits.id_bytes_max;
+        crate::wipe::reserve(out, 2 + found.len() * item_bytes_max + cursor_bytes_max);
         out.put_u16_le(found.len() as u16);
         for (_, record) in &found {
             let credential = record.credential();

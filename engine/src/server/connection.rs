@@ -48,6 +48,9 @@ const LINGER_BYTES_MAX: usize = 4 << 20;
 /// (plus one reply) of the server's memory.
 const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
 
+/// A reply buffer grown above this is given back once flushed.
+const OUTPUT_KEPT_BYTES_MAX: usize = 1 << 20;
+
 /// The largest frame a connection that is not authenticated may send (a HELLO with the
 /// largest token is about 1 KiB).
 pub const UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 4 * 1024;
@@ -414,6 +417,10 @@ impl<'a> Connection<'a> {
             self.output_has_secret = false;
         }
         self.output.clear();
+        if self.output.capacity() > OUTPUT_KEPT_BYTES_MAX {
+            // A large reply (a BATCH_GET) is gone: do not keep its buffer for the connection's life.
+            self.output = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        }
         result
     }
 }

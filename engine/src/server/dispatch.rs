@@ -24,6 +24,11 @@ use crate::server::executor::ExecutorContext;
 use crate::server::router::WriteOutcome;
 use crate::time::now_ms;
 
+/// Room made in the reply buffer before any request: more than any reply but those of GET,
+/// BATCH_GET, LIST and PING (an error frame with its longest message, STATS, HELLO, a write's
+/// version).
+const REPLY_HEADROOM_BYTES: usize = 8 * 1024;
+
 /// The token id audited for requests made before authenticating.
 const ANONYMOUS: &str = "-";
 
@@ -73,6 +78,9 @@ pub fn dispatch(
     ExecutorMetrics::add(&metrics.requests_total, 1);
     let request_id = header.request_id;
     let body = &frame[header.body_range()];
+    // The reply buffer may hold secrets of earlier replies: it grows only by wiping moves.
+    // Ops whose replies can be larger (GET, BATCH_GET, LIST, PING) reserve more themselves.
+    crate::wipe::reserve(out, REPLY_HEADROOM_BYTES);
     let now_ms = now_ms();
     let auditor = Auditor { context, peer: caller.peer, now_ms };
     let decoded = Request::decode(header.code, body, context.store.limits());
@@ -137,6 +145,7 @@ pub fn dispatch(
     let start = frame::begin(out, Status::Ok as u8, request_id);
     let result = match &request {
         Request::Ping(payload) => {
+            crate::wipe::reserve(out, payload.len());
             out.put_slice(payload);
             Ok(None)
         }
@@ -245,6 +254,7 @@ fn encode_stats(context: &ExecutorContext, out: &mut BytesMut) {
     ];
     values.extend(context.all_metrics.report());
     let borrowed: Vec<(&str, u64)> = values.iter().map(|(name, value)| (name.as_str(), *value)).collect();
+    crate::wipe::reserve(out, 2 + borrowed.iter().map(|(name, _)| 2 + name.len() + 8).sum::<usize>());
     StatsReply::encode(&borrowed, out);
 }
 
@@ -334,6 +344,7 @@ pub fn answer_write(
     out: &mut BytesMut,
 ) {
     debug_assert!(write.op.is_write());
+    crate::wipe::reserve(out, REPLY_HEADROOM_BYTES);
     if let Some(id) = &write.audit_id {
         let (version, status) = match &outcome {
             Ok(version) => (Some(*version), Status::Ok),

@@ -61,7 +61,8 @@ impl InputBuffer {
                 self.end = length;
             }
             if self.bytes.len() - self.end < chunk_bytes {
-                self.bytes.resize(self.end + chunk_bytes, 0);
+                // A move to a bigger allocation must not leave a partial PUT behind.
+                crate::wipe::grow_vec(&mut self.bytes, self.end + chunk_bytes);
             }
         }
         &mut self.bytes[self.end..]
