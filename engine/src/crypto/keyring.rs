@@ -6,14 +6,24 @@
 //! processes; a key that reaches its budget is retired and a new one is added at run time.
 //! Old keys stay in the ring to decrypt what they encrypted.
 //!
-//! File layout (little-endian):
+//! File layout (little-endian), format version 2:
 //! ```text
 //! magic "CSKEYRNG" | format_version u32 | kdf u8 (1 key file, 2 argon2id) | salt [16] |
 //! memory_kib u32 | iterations u32 | lanes u32 | key_count u32 |
+//! header_nonce [12] | header_tag [16] |
 //! (key_id u32 | created_at_ms u64 | nonce [12] | wrapped_key [32] | tag [16])* | crc32c u32
 //! ```
 //! The CRC tells a damaged file from a wrong master key: with a good CRC, a key that does not
 //! unwrap means the master key is wrong.
+//!
+//! The header (everything before `header_nonce`) is authenticated with the master key: an
+//! AES-GCM tag over it as associated data. Someone who can write the data dir could otherwise
+//! plant a header with a cheap Argon2 cost (or no keys at all), so that the server derives its
+//! master key cheaply from the operator's passphrase and wraps a new data key with it, which
+//! would make offline guessing of the passphrase far cheaper. So the server refuses a ring with
+//! no keys or an Argon2 cost below [`ARGON2_COST_MIN`] before deriving anything from the file,
+//! and one whose header tag does not verify. A format 1 ring (no header tag) still opens under
+//! the same checks, and is rewritten as format 2 at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -30,10 +40,23 @@ use crate::storage::write_file_atomically;
 use crate::time::now_ms;
 
 const MAGIC: &[u8; 8] = b"CSKEYRNG";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// Rings of this older format (no header tag) are read, checked and rewritten.
+const FORMAT_VERSION_UNTAGGED: u32 = 1;
 const SALT_BYTES: usize = 16;
 const HEADER_BYTES: usize = 8 + 4 + 1 + SALT_BYTES + 4 + 4 + 4 + 4;
 const ENTRY_BYTES: usize = 4 + 8 + NONCE_BYTES + KEY_BYTES + TAG_BYTES;
+/// Bytes of the header's authentication (format 2): nonce and tag.
+const HEADER_SEAL_BYTES: usize = NONCE_BYTES + TAG_BYTES;
+
+/// The weakest Argon2id cost a key ring may record (OWASP's minimum for Argon2id: 19 MiB, 2
+/// passes); a weaker one is refused rather than used.
+pub const ARGON2_COST_MIN: Argon2Cost = Argon2Cost { memory_kib: 19 * 1024, iterations: 2, lanes: 1 };
+/// The costliest Argon2id parameters a ring may record: a planted header must not make the
+/// server exhaust its memory at start.
+const ARGON2_MEMORY_KIB_MAX: u32 = 4 << 20;
+const ARGON2_ITERATIONS_MAX: u32 = 64;
+const ARGON2_LANES_MAX: u32 = 64;
 /// The id under which wrapped keys are bound in their associated data.
 const WRAP_CONTEXT: &str = "credshard data key";
 
@@ -247,6 +270,32 @@ impl DataKey {
     }
 }
 
+/// Refuses Argon2id parameters below [`ARGON2_COST_MIN`] or above what a server can afford.
+fn check_cost(cost: Argon2Cost) -> Result<(), EngineError> {
+    let minimum = ARGON2_COST_MIN;
+    if cost.memory_kib < minimum.memory_kib
+        || cost.iterations < minimum.iterations
+        || cost.lanes < minimum.lanes
+    {
+        return Err(EngineError::Keyring(format!(
+            "the keyring records an Argon2id cost of {} KiB x {} passes x {} lanes, below the minimum of \
+             {} KiB x {} passes: refused (a weakened header would make guessing the passphrase cheap)",
+            cost.memory_kib, cost.iterations, cost.lanes, minimum.memory_kib, minimum.iterations
+        )));
+    }
+    if cost.memory_kib > ARGON2_MEMORY_KIB_MAX
+        || cost.iterations > ARGON2_ITERATIONS_MAX
+        || cost.lanes > ARGON2_LANES_MAX
+    {
+        return Err(EngineError::Keyring(format!(
+            "the keyring records an Argon2id cost of {} KiB x {} passes x {} lanes, above what this server \
+             derives ({ARGON2_MEMORY_KIB_MAX} KiB, {ARGON2_ITERATIONS_MAX} passes, {ARGON2_LANES_MAX} lanes)",
+            cost.memory_kib, cost.iterations, cost.lanes
+        )));
+    }
+    Ok(())
+}
+
 fn master_cipher(master: &MasterKey) -> Aes256Gcm {
     Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(*master.bytes()))
 }
@@ -295,6 +344,7 @@ impl RingFile {
             }
             KeySource::Key(master) => (master, Kdf::KeyFile, Argon2Cost::default()),
             KeySource::Passphrase(passphrase, cost) => {
+                check_cost(cost)?;
                 (MasterKey::from_passphrase(&passphrase, &salt, cost)?, Kdf::Argon2id, cost)
             }
         };
@@ -313,11 +363,16 @@ impl RingFile {
         let read_u32 =
             |offset: usize| u32::from_le_bytes(body[offset..offset + 4].try_into().expect("4 bytes"));
         let format_version = read_u32(8);
-        if format_version != FORMAT_VERSION {
-            return Err(EngineError::Keyring(format!(
-                "keyring format version {format_version} is not supported (this build reads version {FORMAT_VERSION})"
-            )));
-        }
+        let seal_bytes = match format_version {
+            FORMAT_VERSION => HEADER_SEAL_BYTES,
+            FORMAT_VERSION_UNTAGGED => 0,
+            _ => {
+                return Err(EngineError::Keyring(format!(
+                    "keyring format version {format_version} is not supported (this build reads versions \
+                     {FORMAT_VERSION_UNTAGGED} and {FORMAT_VERSION})"
+                )))
+            }
+        };
         let kdf = match body[12] {
             1 => Kdf::KeyFile,
             2 => Kdf::Argon2id,
@@ -326,10 +381,20 @@ impl RingFile {
         let salt: [u8; SALT_BYTES] = body[13..29].try_into().expect("salt bytes");
         let cost = Argon2Cost { memory_kib: read_u32(29), iterations: read_u32(33), lanes: read_u32(37) };
         let key_count = read_u32(41) as usize;
-        if body.len() != HEADER_BYTES + key_count * ENTRY_BYTES {
+        if body.len() != HEADER_BYTES + seal_bytes + key_count * ENTRY_BYTES {
             return Err(damaged("length does not match the key count"));
         }
-        let entries = body[HEADER_BYTES..]
+        // Checked before anything is derived from the header: a server writes a ring only
+        // with a key in it, and never records a cost below the minimum.
+        if key_count == 0 {
+            return Err(EngineError::Keyring(
+                "the keyring holds no data key: no server writes one like that, so it is refused".to_owned(),
+            ));
+        }
+        if kdf == Kdf::Argon2id {
+            check_cost(cost)?;
+        }
+        let entries = body[HEADER_BYTES + seal_bytes..]
             .chunks_exact(ENTRY_BYTES)
             .map(|chunk| chunk.try_into().expect("entry bytes"))
             .collect();
@@ -351,7 +416,17 @@ impl RingFile {
                 ))
             }
         };
-        Ok(RingFile { path, master: master_cipher(&master), kdf, salt, cost, entries })
+        let master = master_cipher(&master);
+        if seal_bytes > 0 {
+            let nonce: [u8; NONCE_BYTES] =
+                body[HEADER_BYTES..HEADER_BYTES + NONCE_BYTES].try_into().expect("nonce");
+            let tag: [u8; TAG_BYTES] =
+                body[HEADER_BYTES + NONCE_BYTES..HEADER_BYTES + HEADER_SEAL_BYTES].try_into().expect("tag");
+            // A wrong master key and a forged header look the same here.
+            open(&master, &nonce, &body[..HEADER_BYTES], &mut [], &tag)
+                .map_err(|_| EngineError::WrongMasterKey)?;
+        }
+        Ok(RingFile { path, master, kdf, salt, cost, entries })
     }
 
     fn persist(&self) -> Result<(), EngineError> {
@@ -365,6 +440,11 @@ impl RingFile {
         {
             bytes.extend_from_slice(&value.to_le_bytes());
         }
+        debug_assert_eq!(bytes.len(), HEADER_BYTES);
+        let nonce = random_nonce();
+        let tag = seal(&self.master, &nonce, &bytes.clone(), &mut []);
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(&tag);
         for entry in &self.entries {
             bytes.extend_from_slice(entry);
         }
@@ -414,7 +494,7 @@ mod tests {
     #[test]
     fn damaged_ring_and_wrong_source_kind_are_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let cost = Argon2Cost { memory_kib: 64, iterations: 1, lanes: 1 };
+        let cost = ARGON2_COST_MIN;
         let passphrase = || KeySource::Passphrase(Zeroizing::new(b"pass".to_vec()), cost);
         Keyring::open(dir.path(), passphrase()).unwrap();
         Keyring::open(dir.path(), passphrase()).expect("the same passphrase reopens");
@@ -425,10 +505,88 @@ mod tests {
 
         let path = dir.path().join("keyring");
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[HEADER_BYTES + 30] ^= 0xFF;
+        bytes[HEADER_BYTES + HEADER_SEAL_BYTES + 30] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
         let error = Keyring::open(dir.path(), passphrase()).unwrap_err();
         assert!(error.to_string().contains("damaged"), "{error}");
+    }
+
+    /// Rewrites the ring's header as `edit` says, with a CRC that matches again (an attacker
+    /// who can write the file can always fix the CRC).
+    fn tamper(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes.truncate(bytes.len() - 4);
+        edit(&mut bytes);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_planted_header_is_refused_before_the_passphrase_is_used_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        let passphrase = || KeySource::Passphrase(Zeroizing::new(b"pass".to_vec()), ARGON2_COST_MIN);
+        assert!(
+            Keyring::open(
+                dir.path(),
+                KeySource::Passphrase(
+                    Zeroizing::new(b"p".to_vec()),
+                    Argon2Cost { memory_kib: 8, iterations: 1, lanes: 1 }
+                )
+            )
+            .is_err(),
+            "a ring is never created below the minimum cost"
+        );
+        Keyring::open(dir.path(), passphrase()).unwrap();
+        let original = std::fs::read(&path).unwrap();
+
+        // A cheaper cost (8 KiB, one pass), the CRC fixed up: refused before deriving.
+        tamper(&path, |bytes| {
+            bytes[29..33].copy_from_slice(&8u32.to_le_bytes());
+            bytes[33..37].copy_from_slice(&1u32.to_le_bytes());
+        });
+        let error = Keyring::open(dir.path(), passphrase()).unwrap_err().to_string();
+        assert!(error.contains("below the minimum"), "{error}");
+
+        // A stronger-looking but different cost or salt: the header tag does not verify.
+        std::fs::write(&path, &original).unwrap();
+        tamper(&path, |bytes| bytes[33..37].copy_from_slice(&3u32.to_le_bytes()));
+        assert!(matches!(Keyring::open(dir.path(), passphrase()), Err(EngineError::WrongMasterKey)));
+
+        // No keys at all: refused.
+        std::fs::write(&path, &original).unwrap();
+        tamper(&path, |bytes| {
+            bytes.truncate(HEADER_BYTES + HEADER_SEAL_BYTES);
+            bytes[41..45].copy_from_slice(&0u32.to_le_bytes());
+        });
+        let error = Keyring::open(dir.path(), passphrase()).unwrap_err().to_string();
+        assert!(error.contains("holds no data key"), "{error}");
+
+        std::fs::write(&path, &original).unwrap();
+        assert_eq!(Keyring::open(dir.path(), passphrase()).unwrap().len(), 2, "the real ring still opens");
+    }
+
+    #[test]
+    fn a_format_1_ring_opens_and_is_rewritten_with_a_header_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring");
+        let master = MasterKey::from_bytes([4u8; KEY_BYTES]);
+        let ring =
+            Keyring::open(dir.path(), KeySource::Key(MasterKey::from_bytes([4u8; KEY_BYTES]))).unwrap();
+        let mut buffer = b"old".to_vec();
+        let sealed = ring.encrypt(&test_binding("id", 1), &mut buffer).unwrap();
+        drop(ring);
+        // The same ring as format 1 wrote it: no header tag.
+        tamper(&path, |bytes| {
+            bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+            bytes.drain(HEADER_BYTES..HEADER_BYTES + HEADER_SEAL_BYTES);
+        });
+        let ring = Keyring::open(dir.path(), KeySource::Key(master)).unwrap();
+        ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+        assert_eq!(buffer, b"old");
+        let rewritten = std::fs::read(&path).unwrap();
+        assert_eq!(u32::from_le_bytes(rewritten[8..12].try_into().unwrap()), FORMAT_VERSION);
     }
 
     #[test]
