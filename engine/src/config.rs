@@ -90,8 +90,8 @@ pub struct ServerConfig {
     /// within this many milliseconds of connecting is answered UNAUTHORIZED and closed.
     #[arg(long, env = "CREDSHARD_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
     pub auth_timeout_ms: u64,
-    /// A connection that sends no request for this many milliseconds while it has nothing in
-    /// flight is closed (after an UNAVAILABLE frame with request id 0), authenticated or not.
+    /// A connection from which nothing is received for this many milliseconds is closed (after
+    /// an UNAVAILABLE frame with request id 0), authenticated or not.
     #[arg(long, env = "CREDSHARD_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub idle_timeout_ms: u64,
     /// A connection whose replies the server cannot send for this many milliseconds (the
