@@ -113,10 +113,11 @@ pub fn dispatch(
     // Borrowed, not cloned: every connection of a token shares its `Arc`, and touching the
     // count on every read would bounce its cache line between cores. (Checked above; a reload
     // on another thread may have revoked the token since.)
-    if caller.session.principal(&context.authenticator).is_none() {
-        return refuse_unauthenticated(context, caller, &auditor, op, request.id(), request_id, out);
-    }
-    let principal = caller.session.principal(&context.authenticator).expect("resolved just above");
+    // Resolved once: a reload on another executor may revoke the token at any moment.
+    let principal = match caller.session.principal(&context.authenticator) {
+        Some(principal) => principal,
+        None => return refuse_unauthenticated(context, caller, &auditor, op, request.id(), request_id, out),
+    };
     if !principal.acl.allows_op(op) {
         auditor.record(&principal.id, &request, None, Status::Unauthorized);
         return refuse(context, OpError::Unauthorized("this token may not use this op"), request_id, out);
