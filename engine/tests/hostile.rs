@@ -29,14 +29,15 @@ use credshard_protocol::{Client, Request, Status};
 
 const ADMIN: &[u8] = b"cst_hostile-test-admin-token";
 
+/// A tokens file's `[[token]]` table for `token`, with id `id` and the ops in `ops` (TOML).
+fn token_table(id: &str, token: &[u8], ops: &str) -> String {
+    format!("[[token]]\nid = \"{id}\"\nsha256 = \"{}\"\nops = {ops}\n", hex::encode(hash_token(token)))
+}
+
 /// A tokens file with one admin token, beside the data dir.
 fn tokens_file(dirs: &ProcessDirs) -> PathBuf {
     let path = dirs.dir.path().join("tokens.toml");
-    let table = format!(
-        "[[token]]\nid = \"admin\"\nsha256 = \"{}\"\nops = [\"*\"]\n",
-        hex::encode(hash_token(ADMIN))
-    );
-    std::fs::write(&path, table).unwrap();
+    std::fs::write(&path, token_table("admin", ADMIN, "[\"*\"]")).unwrap();
     path
 }
 
@@ -192,11 +193,7 @@ fn a_connection_whose_token_a_reload_revoked_must_authenticate_again_in_time() {
     revoked.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     std::thread::sleep(Duration::from_millis(500)); // past the first auth deadline: it is cleared
     revoked.ping(b"ok").unwrap();
-    let other = format!(
-        "[[token]]\nid = \"other\"\nsha256 = \"{}\"\nops = [\"read\"]\n",
-        hex::encode(hash_token(b"cst_other"))
-    );
-    std::fs::write(&tokens, other).unwrap();
+    std::fs::write(&tokens, token_table("other", b"cst_other", "[\"read\"]")).unwrap();
     // SAFETY: kill only sends a signal, to our own child.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
     eventually("the reload revokes the token", || {
