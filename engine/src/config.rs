@@ -13,6 +13,8 @@ pub const FRAME_BYTES_MAX_CEILING: usize = 256 << 20;
 /// The largest `--batch-reply-bytes-max` (1 GiB). A BATCH_GET reply is at most this, plus one
 /// GET reply, plus 1000 short error results: well inside a frame length's u32.
 pub const BATCH_REPLY_BYTES_MAX_CEILING: usize = 1 << 30;
+/// The fastest `--rewrap-rate` (credentials re-encrypted per second per shard).
+pub const REWRAP_RATE_MAX: u32 = 1_000_000;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerConfig {
@@ -73,6 +75,10 @@ pub struct ServerConfig {
     /// How often each shard removes expired credentials from memory.
     #[arg(long, env = "CREDSHARD_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
+    /// After a data-key rotation, how many credentials per second each shard re-encrypts with
+    /// the new key (in the background, between requests).
+    #[arg(long, env = "CREDSHARD_REWRAP_RATE", default_value_t = 5000)]
+    pub rewrap_rate: u32,
     /// How long an idle executor spins before it sleeps, in microseconds. Spinning trades idle
     /// CPU for latency: a write forwarded to a sleeping executor waits for it to wake.
     #[arg(long, env = "CREDSHARD_SPIN_BEFORE_PARK_US", default_value_t = 0)]
@@ -152,6 +158,7 @@ impl Default for ServerConfig {
             max_versions: 10,
             grace_period_seconds: 24 * 60 * 60,
             sweep_interval_ms: 1000,
+            rewrap_rate: 5000,
             spin_before_park_us: 0,
             io_memory_bytes: 1 << 20,
             tokens: None,
@@ -223,6 +230,9 @@ impl ServerConfig {
         }
         if self.sweep_interval_ms == 0 {
             return fail("--sweep-interval-ms must be positive".to_owned());
+        }
+        if self.rewrap_rate == 0 || self.rewrap_rate > REWRAP_RATE_MAX {
+            return fail(format!("--rewrap-rate must be 1..={REWRAP_RATE_MAX}, got {}", self.rewrap_rate));
         }
         if self.in_flight_max == 0 || self.shard_queue_max == 0 || self.connections_max == 0 {
             return fail(

@@ -12,6 +12,7 @@ use credshard_engine::config::Switch;
 use credshard_engine::crypto::{Argon2Cost, KeySource, MasterKey};
 use credshard_engine::{Server, ServerConfig};
 use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
+use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{encode_labels, Client, ClientTls, Expiry, Kind, Labels, PutRequest};
@@ -156,6 +157,28 @@ enum Command {
         /// Only delete if the current version is V.
         #[arg(long)]
         if_version: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Rotate the data key (admin): new writes use a fresh key at once, and the server
+    /// re-encrypts every record on the older keys in the background, then drops them.
+    RotateKey {
+        /// Wait until no record is left on an older key.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Rewrap every data key under a new master key (admin). The server goes on serving; its
+    /// next start needs the new key (the old one is refused). Send it over TLS or from the
+    /// server's host.
+    Rekey {
+        /// The new master key file (from `credshard keygen`).
+        #[arg(long, required_unless_present = "new_passphrase_env", conflicts_with = "new_passphrase_env")]
+        new_key_file: Option<PathBuf>,
+        /// Name of an environment variable holding the new passphrase.
+        #[arg(long)]
+        new_passphrase_env: Option<String>,
         #[command(flatten)]
         connect: Connect,
     },
@@ -321,6 +344,53 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Delete { id, if_version, connect } => {
             let reply = connect_to(&connect)?.delete(&id, if_version)?;
             println!("deleted {id} (was version {})", reply.version);
+            Ok(())
+        }
+        Command::RotateKey { wait, connect } => {
+            let mut client = connect_to(&connect)?;
+            let reply = client.rotate_key()?;
+            println!("data key {} is now active ({} keys in the ring)", reply.key_id, reply.data_keys);
+            if wait {
+                loop {
+                    let stats = client.stats()?;
+                    let retiring = stats.get("data_keys_retiring").unwrap_or(0);
+                    if retiring == 0 {
+                        break;
+                    }
+                    eprintln!(
+                        "re-encrypting: {} versions so far, {retiring} keys retiring",
+                        stats.get("records_rewrapped").unwrap_or(0)
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                println!("every record is on data key {}; the older keys are dropped", reply.key_id);
+            }
+            Ok(())
+        }
+        Command::Rekey { new_key_file, new_passphrase_env, connect } => {
+            let data_keys = match (&new_key_file, &new_passphrase_env) {
+                (Some(path), _) => {
+                    let key = MasterKey::read_file(path)?;
+                    connect_to(&connect)?.rekey(&RekeyRequest::Key(key.bytes()))?.data_keys
+                }
+                (None, Some(variable)) => {
+                    let passphrase = Zeroizing::new(
+                        std::env::var(variable)
+                            .with_context(|| format!("environment variable {variable} is not set"))?,
+                    );
+                    if passphrase.is_empty() {
+                        bail!("environment variable {variable} is empty");
+                    }
+                    connect_to(&connect)?.rekey(&RekeyRequest::Passphrase(passphrase.as_bytes()))?.data_keys
+                }
+                (None, None) => bail!("give --new-key-file or --new-passphrase-env"),
+            };
+            let restart_with = match (&new_key_file, &new_passphrase_env) {
+                (Some(path), _) => format!("--key-file {}", path.display()),
+                (None, Some(variable)) => format!("--passphrase-env {variable} (holding the new passphrase)"),
+                (None, None) => unreachable!(),
+            };
+            println!("{data_keys} data keys rewrapped under the new master key; restart the server with {restart_with}");
             Ok(())
         }
         Command::Stats { connect } => {

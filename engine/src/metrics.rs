@@ -32,6 +32,11 @@ pub struct ExecutorMetrics {
     /// Reads that failed inside the server, e.g. a stored ciphertext that did not authenticate
     /// (damaged storage, or metadata edited at rest); each is also logged with its id.
     pub internal_errors: AtomicU64,
+    /// Kept versions re-encrypted with the active data key (data-key rotation).
+    pub records_rewrapped: AtomicU64,
+    /// Versions that could not be re-encrypted (their ciphertext does not open): their data
+    /// key stays in the ring; each is logged with its id.
+    pub rewrap_failures: AtomicU64,
     /// HELLOs with an unknown token.
     pub auth_failures: AtomicU64,
     /// Requests answered UNAUTHORIZED (before HELLO, outside an ACL, a refused HELLO, no HELLO
@@ -100,6 +105,8 @@ impl Metrics {
             ("log_bytes_written".to_owned(), sum(|m| &m.log_bytes_written)),
             ("snapshots_written".to_owned(), sum(|m| &m.snapshots_written)),
             ("internal_errors".to_owned(), sum(|m| &m.internal_errors)),
+            ("records_rewrapped".to_owned(), sum(|m| &m.records_rewrapped)),
+            ("rewrap_failures".to_owned(), sum(|m| &m.rewrap_failures)),
             ("auth_failures".to_owned(), sum(|m| &m.auth_failures)),
             ("unauthorized_total".to_owned(), sum(|m| &m.unauthorized_total)),
             ("audit_events".to_owned(), sum(|m| &m.audit_events)),

@@ -226,6 +226,36 @@ impl Record {
         }
     }
 
+    /// The data key this version's secret is sealed with.
+    pub fn key_id(&self) -> u32 {
+        self.credential().key_id.to_native()
+    }
+
+    /// The same version, its secret re-encrypted with the key ring's active key (a data-key
+    /// rotation). Every other field, and so the binding, is unchanged. The plaintext exists
+    /// only in a buffer wiped on drop.
+    ///
+    /// # Errors
+    /// [`OpError::Internal`] when the stored ciphertext does not open; [`OpError::Unavailable`]
+    /// when the ring cannot provide a key.
+    pub fn rewrap(&self, keyring: &Keyring) -> Result<Record, OpError> {
+        let credential = self.credential();
+        let mut secret = Zeroizing::new(credential.ciphertext.to_vec());
+        let sealed =
+            Sealed { key_id: credential.key_id.to_native(), nonce: credential.nonce, tag: credential.tag };
+        keyring
+            .decrypt(&self.binding(), &sealed, &mut secret)
+            .map_err(|_| OpError::Internal("stored ciphertext failed authentication"))?;
+        let fields = VersionFields {
+            version: credential.version.to_native(),
+            created_at_ms: credential.created_at_ms.to_native(),
+            updated_at_ms: credential.updated_at_ms.to_native(),
+            expires_at_ms: credential.expires_at_ms.to_native(),
+            previous_grace_until_ms: credential.previous_grace_until_ms.to_native(),
+        };
+        Record::seal(self.fields_with_secret(&secret), fields, keyring)
+    }
+
     /// What this version's ciphertext is bound to.
     fn binding(&self) -> Binding<'_> {
         let credential = self.credential();
@@ -358,5 +388,39 @@ mod tests {
         let record = Record::seal(CredentialFields::from(&put_request("x", b"s")), fields, &keyring).unwrap();
         assert!(!record.is_expired(99));
         assert!(record.is_expired(100));
+    }
+
+    #[test]
+    fn rewrap_moves_a_version_to_the_active_key_and_keeps_everything_else() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let fields = VersionFields { expires_at_ms: 99_000, previous_grace_until_ms: 5, ..fields(4) };
+        let record =
+            Record::seal(CredentialFields::from(&put_request("db/main", b"secret")), fields, &keyring)
+                .unwrap();
+        keyring.rotate().unwrap();
+        let rewrapped = record.rewrap(&keyring).unwrap();
+        assert_eq!((record.key_id(), rewrapped.key_id()), (1, 2));
+        assert_ne!(record.credential().ciphertext.as_slice(), rewrapped.credential().ciphertext.as_slice());
+        let (old, new) = (record.metadata(), rewrapped.metadata());
+        let fields_of = |m: MetadataRef<'_>| {
+            (
+                m.id.to_owned(),
+                m.owner.to_owned(),
+                m.scope.to_owned(),
+                m.kind,
+                m.version,
+                m.created_at_ms,
+                m.updated_at_ms,
+                m.expires_at_ms,
+            )
+        };
+        assert_eq!(fields_of(old), fields_of(new));
+        assert_eq!(rewrapped.credential().previous_grace_until_ms, 5);
+        let mut out = BytesMut::new();
+        rewrapped.decrypt_into(&keyring, &mut out).unwrap();
+        assert_eq!(&out[4..], b"secret");
+        // A record that does not open is not rewrapped.
+        let stranger = Keyring::in_memory(MasterKey::generate());
+        assert!(matches!(record.rewrap(&stranger), Err(OpError::Internal(_))));
     }
 }

@@ -161,6 +161,10 @@ impl ShardWriter {
         self.shard_id
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// Creates or replaces a credential; returns the new version. The replaced version stays
     /// readable (superseded) while kept.
     ///
@@ -287,6 +291,56 @@ impl ShardWriter {
         swept
     }
 
+    /// Ids of this shard's credentials with a kept version on a data key other than `active`
+    /// (the re-encryption's work list).
+    pub fn rewrap_candidates(&self, active_key_id: u32) -> Vec<Box<str>> {
+        let map = self.store.shard(self.shard_id).map.pin();
+        map.iter()
+            .filter(|(_, entry)| entry.versions().iter().any(|record| record.key_id() != active_key_id))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Re-encrypts, with the key ring's active key, every kept version of `id` that is on
+    /// another key, logging each as a REWRAP; versions, metadata and the index are unchanged.
+    /// Returns how many versions it re-encrypted (0 when the credential is gone or already
+    /// on the active key).
+    ///
+    /// # Errors
+    /// [`OpError::Unavailable`] while the log cannot be written or no key is available;
+    /// [`OpError::Internal`] for a version whose ciphertext does not open (it stays as it is,
+    /// and so does its key).
+    pub fn rewrap(&mut self, id: &str) -> Result<usize, OpError> {
+        let store = Arc::clone(&self.store);
+        let keyring = store.keyring();
+        let map = store.shard(self.shard_id).map.pin();
+        let Some(entry) = map.get(id) else { return Ok(0) };
+        let active_key_id = keyring.active_key_id();
+        if entry.versions().iter().all(|record| record.key_id() == active_key_id) {
+            return Ok(0);
+        }
+        self.check_writable()?;
+        let mut rewrapped = Vec::with_capacity(entry.versions().len());
+        for record in entry.versions() {
+            if record.key_id() == active_key_id {
+                rewrapped.push(Arc::clone(record));
+            } else {
+                rewrapped.push(Arc::new(record.rewrap(keyring)?));
+            }
+        }
+        let mut count = 0;
+        for (new, old) in rewrapped.iter().zip(entry.versions()) {
+            if !Arc::ptr_eq(new, old) {
+                if let Some(log) = &self.log {
+                    log.append(EntryType::Rewrap, new.archive_bytes());
+                }
+                count += 1;
+            }
+        }
+        map.insert(id.into(), Entry::new(rewrapped.into_boxed_slice()));
+        Ok(count)
+    }
+
     /// Installs `record` as the current version of `id` (see [`install_entry`]), logs it, and
     /// keeps the expiry set up to date.
     fn install(&mut self, id: &str, record: Record, live: Option<&Entry>, existing: Option<&Entry>) {
@@ -369,6 +423,20 @@ pub(crate) fn install_entry(
         index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
     }
     shard.map.pin().insert(id.into(), Entry::new(versions.into_boxed_slice()));
+}
+
+/// Replaces the kept version of `record`'s id and version with `record` (recovery of a
+/// logged REWRAP); does nothing when that version is no longer kept.
+pub(crate) fn replace_version(store: &Store, shard_id: usize, record: Arc<Record>) {
+    let map = store.shard(shard_id).map.pin();
+    let id: Box<str> = record.credential().id.as_str().into();
+    let Some(entry) = map.get(&*id) else { return };
+    let Some(position) = entry.versions().iter().position(|kept| kept.version() == record.version()) else {
+        return;
+    };
+    let mut versions = entry.versions().to_vec();
+    versions[position] = record;
+    map.insert(id, Entry::new(versions.into_boxed_slice()));
 }
 
 /// Removes `id` from the shard's map and index (recovery of a logged DELETE).

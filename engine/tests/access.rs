@@ -18,6 +18,7 @@ use credshard_protocol::op::batch_get::BatchGetRequest;
 use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::get::{GetMetaRequest, GetRequest};
 use credshard_protocol::op::hello::{HelloRequest, PROTOCOL_VERSION};
+use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::list::ListRequest;
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{AsyncClient, Client, ClientError, ClientTls, PutRequest, Request, Status};
@@ -87,6 +88,8 @@ fn every_op_but_hello<'a>(
         Request::BatchGet(*batch),
         Request::List(ListRequest { owner: "billing", scope: "", limit: 10, cursor: b"" }),
         Request::Stats,
+        Request::RotateKey,
+        Request::Rekey(RekeyRequest::Key(&[7; 32])),
     ]
 }
 
@@ -593,4 +596,20 @@ fn cli_over_tls_with_a_token() {
     let plain =
         cli(&["get", "billing/cli", "--addr", &format!("credshard://127.0.0.1:{port}")], Some(admin), b"");
     assert!(!plain.status.success(), "plaintext to a TLS server fails");
+}
+
+#[test]
+fn the_key_ops_need_the_admin_permission() {
+    let (server, _config) = guarded_server(|_| {});
+    let mut writer = Client::connect_with_token(server.address(), WRITER).unwrap();
+    for result in [writer.rotate_key().map(|_| ()), writer.rekey(&RekeyRequest::Key(&[3; 32])).map(|_| ())] {
+        match result {
+            Err(ClientError::Server { status: Status::Unauthorized, .. }) => {}
+            other => panic!("a writer token may not rotate keys: {other:?}"),
+        }
+    }
+    assert_eq!(server.store().keyring().active_key_id(), 1);
+    let mut admin = Client::connect_with_token(server.address(), ADMIN).unwrap();
+    assert_eq!(admin.rotate_key().unwrap().key_id, 2);
+    assert_eq!(admin.rekey(&RekeyRequest::Key(&[3; 32])).unwrap().data_keys, 2);
 }

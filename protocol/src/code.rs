@@ -25,11 +25,15 @@ pub enum Op {
     List = 0x16,
     /// Server counters.
     Stats = 0x20,
+    /// A new data key for new writes; records on older keys are re-encrypted in the background.
+    RotateKey = 0x21,
+    /// Every data key rewrapped under a new master key.
+    Rekey = 0x22,
 }
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 12] = [
         Op::Hello,
         Op::Ping,
         Op::Put,
@@ -40,6 +44,8 @@ impl Op {
         Op::BatchGet,
         Op::List,
         Op::Stats,
+        Op::RotateKey,
+        Op::Rekey,
     ];
 
     /// The op for a wire byte, or `None` for an unknown code.
@@ -55,6 +61,8 @@ impl Op {
             0x15 => Op::BatchGet,
             0x16 => Op::List,
             0x20 => Op::Stats,
+            0x21 => Op::RotateKey,
+            0x22 => Op::Rekey,
             _ => return None,
         })
     }
@@ -72,6 +80,8 @@ impl Op {
             Op::BatchGet => "BATCH_GET",
             Op::List => "LIST",
             Op::Stats => "STATS",
+            Op::RotateKey => "ROTATE_KEY",
+            Op::Rekey => "REKEY",
         }
     }
 
@@ -80,10 +90,10 @@ impl Op {
         matches!(self, Op::Put | Op::Delete | Op::Rotate)
     }
 
-    /// True for requests whose body carries a plaintext secret (PUT, ROTATE) or an access
-    /// token (HELLO).
+    /// True for requests whose body carries a plaintext secret (PUT, ROTATE), an access
+    /// token (HELLO) or key material (REKEY).
     pub fn carries_secret(self) -> bool {
-        matches!(self, Op::Put | Op::Rotate | Op::Hello)
+        matches!(self, Op::Put | Op::Rotate | Op::Hello | Op::Rekey)
     }
 }
 
@@ -243,7 +253,7 @@ mod tests {
         }
         assert_eq!(Op::from_u8(0xFF), None);
         let secret_bearing: Vec<Op> = Op::ALL.into_iter().filter(|op| op.carries_secret()).collect();
-        assert_eq!(secret_bearing, vec![Op::Hello, Op::Put, Op::Rotate]);
+        assert_eq!(secret_bearing, vec![Op::Hello, Op::Put, Op::Rotate, Op::Rekey]);
         assert_eq!(Status::from_u8(0xFF), None);
         for code in 0..=4u8 {
             let kind = Kind::from_u8(code).unwrap();

@@ -8,6 +8,7 @@ use credshard_protocol::frame;
 use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
 use credshard_protocol::op::hello::HelloRequest;
+use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::put::{EXPIRES_AT_MS_MAX, TTL_MS_MAX};
 use credshard_protocol::op::stats::StatsReply;
 use credshard_protocol::wire::Reader;
@@ -83,7 +84,8 @@ impl OwnedPut {
 }
 
 fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8> {
-    let request = match choice % 7 {
+    let key: [u8; 32] = std::array::from_fn(|index| put.secret.get(index).copied().unwrap_or(index as u8));
+    let request = match choice % 9 {
         0 => Request::Put(put.request(labels)),
         1 => Request::Get(GetRequest { id: &put.id, version: number }),
         2 => Request::GetMeta(GetMetaRequest { id: &put.id }),
@@ -93,6 +95,9 @@ fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8
             token: &put.secret[..put.secret.len().min(64)],
         }),
         5 => Request::Ping(&put.secret),
+        6 if put.secret.is_empty() => Request::RotateKey,
+        6 => Request::Rekey(RekeyRequest::Passphrase(&put.secret[..put.secret.len().min(1024)])),
+        7 => Request::Rekey(RekeyRequest::Key(&key)),
         _ => Request::Stats,
     };
     let mut out = BytesMut::new();

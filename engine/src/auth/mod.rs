@@ -85,7 +85,7 @@ impl Permission {
             Op::Rotate => Some(Permission::Rotate),
             Op::Delete => Some(Permission::Delete),
             Op::List => Some(Permission::List),
-            Op::Stats => Some(Permission::Admin),
+            Op::Stats | Op::RotateKey | Op::Rekey => Some(Permission::Admin),
         }
     }
 }

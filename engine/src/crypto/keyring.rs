@@ -1,32 +1,47 @@
 //! The key ring: AES-256 data keys that encrypt secrets, each wrapped (AES-256-GCM) by the
 //! master key and persisted in `<data-dir>/keyring`.
 //!
-//! A server adds a fresh data key every time it starts and makes it the active one, so the
-//! random-nonce budget of a key (2^32 encryptions, NIST SP 800-38D) is never shared between
-//! processes; a key that reaches its budget is retired and a new one is added at run time.
-//! Old keys stay in the ring to decrypt what they encrypted.
+//! One key is *active*: new secrets are sealed with it. The others are *retiring*: they still
+//! decrypt what they sealed, while the shards re-encrypt those records with the active key in
+//! the background ([`Keyring::report_clear`]); once every shard has a pass with nothing left on
+//! them, they are dropped from the file. Two operations rotate the hierarchy:
 //!
-//! File layout (little-endian), format version 2:
+//! - [`Keyring::rotate`] (ROTATE_KEY, and automatically when the active key's budget is spent):
+//!   a fresh active key; the previous one retires.
+//! - [`Keyring::rekey`] (REKEY): every data key rewrapped under a new master key; the file is
+//!   replaced atomically, so afterwards only the new master key opens it.
+//!
+//! **Encryption budget.** With random 96-bit nonces a key may seal at most 2^32 secrets (NIST
+//! SP 800-38D). The ring records, per key, how many encryptions have been *reserved*, in blocks
+//! of [`RESERVATION_BLOCK`]: a server reserves a block before using it, so after a crash at most
+//! the unused rest of one block is lost, and the count never goes backwards. A restarting
+//! server keeps the active key (reserving its next block) until the budget is spent, so the
+//! ring does not grow by one key per start.
+//!
+//! File layout (little-endian), format version 3:
 //! ```text
 //! magic "CSKEYRNG" | format_version u32 | kdf u8 (1 key file, 2 argon2id) | salt [16] |
 //! memory_kib u32 | iterations u32 | lanes u32 | key_count u32 |
-//! header_nonce [12] | header_tag [16] |
-//! (key_id u32 | created_at_ms u64 | nonce [12] | wrapped_key [32] | tag [16])* | crc32c u32
+//! (key_id u32 | state u8 (1 active, 2 retiring) | created_at_ms u64 | encryptions_reserved u64 |
+//!  nonce [12] | wrapped_key [32] | tag [16])* |
+//! file_nonce [12] | file_tag [16] | crc32c u32
 //! ```
-//! The CRC tells a damaged file from a wrong master key: with a good CRC, a key that does not
-//! unwrap means the master key is wrong.
+//! The CRC tells a damaged file from a wrong master key: with a good CRC, a file tag that does
+//! not verify means the master key is wrong (or the file was forged).
 //!
-//! The header (everything before `header_nonce`) is authenticated with the master key: an
-//! AES-GCM tag over it as associated data. Someone who can write the data dir could otherwise
+//! `file_tag` is an AES-GCM tag, under the master key, over everything before it: the header,
+//! and every key's state and reservation. Someone who can write the data dir could otherwise
 //! plant a header with a cheap Argon2 cost (or no keys at all), so that the server derives its
-//! master key cheaply from the operator's passphrase and wraps a new data key with it, which
-//! would make offline guessing of the passphrase far cheaper. So the server refuses a ring with
-//! no keys or an Argon2 cost below [`ARGON2_COST_MIN`] before deriving anything from the file,
-//! and one whose header tag does not verify. A format 1 ring (no header tag) still opens under
-//! the same checks, and is rewritten as format 2 at once.
+//! master key cheaply from the operator's passphrase; or lower a key's reservation so that it
+//! is used past its budget. So the server refuses a ring with no keys or an Argon2 cost below
+//! [`ARGON2_COST_MIN`] before deriving anything from the file, and one whose tag does not
+//! verify. Rings of formats 1 and 2 (no reservations; format 1 without any tag) still open
+//! under the same checks: their keys' use is unknown, so they all retire (their records are
+//! re-encrypted) and the ring is rewritten as format 3 at once.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use aes_gcm::{Aes256Gcm, KeyInit};
@@ -40,14 +55,20 @@ use crate::storage::write_file_atomically;
 use crate::time::now_ms;
 
 const MAGIC: &[u8; 8] = b"CSKEYRNG";
-const FORMAT_VERSION: u32 = 2;
-/// Rings of this older format (no header tag) are read, checked and rewritten.
+const FORMAT_VERSION: u32 = 3;
+/// Format 2: a tag over the header only, no key states or reservations.
+const FORMAT_VERSION_HEADER_TAG: u32 = 2;
+/// Format 1: no tag at all.
 const FORMAT_VERSION_UNTAGGED: u32 = 1;
 const SALT_BYTES: usize = 16;
 const HEADER_BYTES: usize = 8 + 4 + 1 + SALT_BYTES + 4 + 4 + 4 + 4;
-const ENTRY_BYTES: usize = 4 + 8 + NONCE_BYTES + KEY_BYTES + TAG_BYTES;
-/// Bytes of the header's authentication (format 2): nonce and tag.
-const HEADER_SEAL_BYTES: usize = NONCE_BYTES + TAG_BYTES;
+/// A wrapped key: nonce, ciphertext, tag.
+const WRAPPED_BYTES: usize = NONCE_BYTES + KEY_BYTES + TAG_BYTES;
+const ENTRY_BYTES: usize = 4 + 1 + 8 + 8 + WRAPPED_BYTES;
+/// An entry of formats 1 and 2: `key_id u32 | created_at_ms u64 | wrapped`.
+const OLD_ENTRY_BYTES: usize = 4 + 8 + WRAPPED_BYTES;
+/// Bytes of a nonce and tag that authenticate (format 3: the file; format 2: the header).
+const SEAL_BYTES: usize = NONCE_BYTES + TAG_BYTES;
 
 /// The weakest Argon2id cost a key ring may record (OWASP's minimum for Argon2id: 19 MiB, 2
 /// passes); a weaker one is refused rather than used.
@@ -62,15 +83,19 @@ const WRAP_CONTEXT: &str = "credshard data key";
 
 /// Encryptions a data key performs before it is retired (random 96-bit nonces).
 pub const DATA_KEY_ENCRYPTIONS_MAX: u64 = 1 << 32;
+/// Encryptions reserved (and persisted) at a time: a restart, or a crash, gives up at most
+/// this many of a key's budget, so a key survives 256 starts; a running server rewrites the
+/// ring once per this many encryptions.
+pub const RESERVATION_BLOCK: u64 = 1 << 24;
 
 /// Where the master key comes from.
 pub enum KeySource {
     /// A key file holding 64 hex digits.
     KeyFile(PathBuf),
-    /// A passphrase stretched with Argon2id; the cost applies when the ring is created (later
-    /// starts use the cost recorded in the ring).
+    /// A passphrase stretched with Argon2id; the cost applies when the ring is created or
+    /// rekeyed (later starts use the cost recorded in the ring).
     Passphrase(Zeroizing<Vec<u8>>, Argon2Cost),
-    /// A key already in memory (tests and benches); recorded like a key file.
+    /// A key already in memory (REKEY, tests and benches); recorded like a key file.
     Key(MasterKey),
 }
 
@@ -80,11 +105,22 @@ enum Kdf {
     Argon2id = 2,
 }
 
-/// A data key: the constructed cipher (key setup is done once) and its encryption count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyState {
+    Active = 1,
+    Retiring = 2,
+}
+
+/// A data key: the constructed cipher (key setup is done once), its encryption count and how
+/// far the ring has reserved it.
 pub struct DataKey {
     pub key_id: u32,
     cipher: Aes256Gcm,
+    /// Encryptions handed out, counted from 0 for the key's whole life (this process starts
+    /// from the previous reservation).
     encryptions: AtomicU64,
+    /// Encryptions below this count are reserved in the file.
+    reserved: AtomicU64,
 }
 
 /// The outcome of sealing a secret: which key, which nonce, and the tag.
@@ -95,22 +131,50 @@ pub struct Sealed {
     pub tag: [u8; TAG_BYTES],
 }
 
-/// What the ring persists, kept to rewrite the file when a key is added.
+/// One key as the file records it.
+#[derive(Clone, Copy)]
+struct RingEntry {
+    key_id: u32,
+    state: KeyState,
+    created_at_ms: u64,
+    reserved: u64,
+    wrapped: [u8; WRAPPED_BYTES],
+}
+
+/// What the ring persists, kept to rewrite the file.
 struct RingFile {
     path: Option<PathBuf>,
     master: Aes256Gcm,
     kdf: Kdf,
     salt: [u8; SALT_BYTES],
     cost: Argon2Cost,
-    /// Wrapped entries, already encoded.
-    entries: Vec<[u8; ENTRY_BYTES]>,
+    entries: Vec<RingEntry>,
+    /// Shards that finished a pass with no record on a retiring key in the current rotation
+    /// epoch (in memory: after a restart every shard checks again).
+    cleared: BTreeSet<usize>,
+}
+
+/// What [`Keyring::status`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyringStatus {
+    pub active_key_id: u32,
+    /// Keys in the file: the active one and those still retiring.
+    pub data_keys: usize,
+    pub retiring: usize,
 }
 
 pub struct Keyring {
-    /// Read without locks by every executor.
+    /// Read without locks by every executor. Keys dropped from the file stay here until the
+    /// process ends, so a read that fetched a record just before it was re-encrypted can
+    /// still open it.
     keys: papaya::HashMap<u32, DataKey>,
     active_key_id: AtomicU32,
     encryptions_max: u64,
+    /// Bumped by every rotation: a shard's report that it is clear counts only for the epoch
+    /// it scanned in.
+    rotation_epoch: AtomicU64,
+    /// Keys in the file (active and retiring), for STATS and the re-encryption tasks.
+    file_keys: AtomicUsize,
     file: Mutex<RingFile>,
 }
 
@@ -118,15 +182,15 @@ impl std::fmt::Debug for Keyring {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Keyring")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.file_keys.load(Ordering::Relaxed))
             .field("active_key_id", &self.active_key_id.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 impl Keyring {
-    /// Opens (or creates) `<data_dir>/keyring` with the master key from `source`, then adds
-    /// and persists a fresh active data key.
+    /// Opens (or creates) `<data_dir>/keyring` with the master key from `source`, keeps its
+    /// active key if it has budget left (reserving its next block), else adds a fresh one.
     ///
     /// # Errors
     /// [`EngineError::WrongMasterKey`] when the ring does not unwrap with the given key,
@@ -152,7 +216,8 @@ impl Keyring {
             .expect("an in-memory key ring cannot fail to open")
     }
 
-    /// As [`Keyring::open`], with a custom per-key encryption budget (tests use a small one).
+    /// As [`Keyring::open`], with a custom per-key encryption budget (tests use a small one;
+    /// reservations are then blocks of at most the budget).
     ///
     /// # Errors
     /// As [`Keyring::open`].
@@ -165,51 +230,113 @@ impl Keyring {
             Some(path) if path.exists() => Some(std::fs::read(path)?),
             _ => None,
         };
-        let file = match existing {
+        let (file, migrated) = match existing {
             Some(bytes) => RingFile::parse(path, &bytes, source)?,
-            None => RingFile::create(path, source)?,
+            None => (RingFile::create(path, source)?, false),
         };
         let keys = papaya::HashMap::new();
         for entry in &file.entries {
-            let (key_id, key) = unwrap_entry(&file.master, entry).ok_or(EngineError::WrongMasterKey)?;
-            keys.pin().insert(key_id, DataKey::new(key_id, &key));
+            let key =
+                unwrap_key(&file.master, entry.key_id, &entry.wrapped).ok_or(EngineError::WrongMasterKey)?;
+            keys.pin().insert(entry.key_id, DataKey::new(entry.key_id, &key, entry.reserved));
         }
-        let ring =
-            Keyring { keys, active_key_id: AtomicU32::new(0), encryptions_max, file: Mutex::new(file) };
-        let key_id = ring.add_key(&mut ring.file.lock().expect("keyring file lock"))?;
-        ring.active_key_id.store(key_id, Ordering::Release);
+        let ring = Keyring {
+            keys,
+            active_key_id: AtomicU32::new(0),
+            encryptions_max,
+            rotation_epoch: AtomicU64::new(0),
+            file_keys: AtomicUsize::new(0),
+            file: Mutex::new(file),
+        };
+        let mut file = ring.file.lock().expect("keyring file lock");
+        let reusable = file
+            .entries
+            .iter()
+            .find(|entry| entry.state == KeyState::Active)
+            .filter(|entry| entry.reserved < encryptions_max)
+            .map(|entry| entry.key_id);
+        match reusable {
+            Some(key_id) => {
+                ring.active_key_id.store(key_id, Ordering::Release);
+                ring.extend_reservation(&mut file, key_id)?;
+            }
+            None => {
+                ring.add_active_key(&mut file)?;
+            }
+        }
+        if migrated {
+            tracing::info!("key ring rewritten as format {FORMAT_VERSION}; its older keys retire");
+        }
+        ring.file_keys.store(file.entries.len(), Ordering::Release);
+        drop(file);
         Ok(ring)
     }
 
-    /// Number of data keys in the ring.
+    /// Data keys in the ring file (the active one and those still retiring).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.file_keys.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
     }
 
     pub fn active_key_id(&self) -> u32 {
         self.active_key_id.load(Ordering::Acquire)
     }
 
+    /// True while some key other than the active one is still in the file: records may still
+    /// need re-encrypting.
+    pub fn has_retiring(&self) -> bool {
+        self.len() > 1
+    }
+
+    /// The current rotation epoch (see [`Keyring::report_clear`]).
+    pub fn rotation_epoch(&self) -> u64 {
+        self.rotation_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> KeyringStatus {
+        let data_keys = self.len();
+        KeyringStatus {
+            active_key_id: self.active_key_id(),
+            data_keys,
+            retiring: data_keys.saturating_sub(1),
+        }
+    }
+
     /// Encrypts `buffer` in place with the active data key, bound to `binding`.
     ///
     /// # Errors
-    /// [`EngineError`] when the active key is spent and a new one cannot be persisted.
+    /// [`EngineError`] when the active key needs a reservation or a successor and the ring
+    /// cannot be persisted.
     pub fn encrypt(&self, binding: &Binding<'_>, buffer: &mut [u8]) -> Result<Sealed, EngineError> {
         loop {
             let key_id = self.active_key_id();
             let keys = self.keys.pin();
             let key = keys.get(&key_id).expect("the active key is in the ring");
-            if key.encryptions.fetch_add(1, Ordering::Relaxed) < self.encryptions_max {
+            let count = key.encryptions.fetch_add(1, Ordering::Relaxed);
+            if count < key.reserved.load(Ordering::Acquire) {
                 let nonce = random_nonce();
                 let tag = binding.with_associated_data(key_id, |aad| seal(&key.cipher, &nonce, aad, buffer));
                 return Ok(Sealed { key_id, nonce, tag });
             }
             drop(keys);
-            self.retire(key_id)?;
+            let mut file = self.file.lock().expect("keyring file lock");
+            // Another writer may have reserved the next block or rotated while this one waited.
+            let keys = self.keys.pin();
+            let reserved =
+                keys.get(&key_id).expect("the active key is in the ring").reserved.load(Ordering::Acquire);
+            drop(keys);
+            if self.active_key_id() != key_id || count < reserved {
+                continue;
+            }
+            if count < self.encryptions_max {
+                self.extend_reservation(&mut file, key_id)?;
+            } else {
+                self.rotate_locked(&mut file)?;
+                tracing::info!(retired_key_id = key_id, "data key reached its encryption budget; rotated");
+            }
         }
     }
 
@@ -232,41 +359,172 @@ impl Keyring {
             .map_err(|_| EngineError::Decrypt { key_id: sealed.key_id })
     }
 
-    /// Replaces a spent active key with a new one (once, however many writers race here).
-    fn retire(&self, spent_key_id: u32) -> Result<(), EngineError> {
+    /// Makes a fresh data key the active one; the previous active key retires (its records
+    /// are re-encrypted by the shards). Returns the new key's id.
+    ///
+    /// # Errors
+    /// When the ring cannot be persisted (nothing changes then).
+    pub fn rotate(&self) -> Result<u32, EngineError> {
         let mut file = self.file.lock().expect("keyring file lock");
-        if self.active_key_id() != spent_key_id {
-            return Ok(());
-        }
-        let key_id = self.add_key(&mut file)?;
-        self.active_key_id.store(key_id, Ordering::Release);
-        tracing::info!(
-            retired_key_id = spent_key_id,
-            key_id,
-            "data key reached its encryption budget; rotated"
-        );
-        Ok(())
+        let key_id = self.rotate_locked(&mut file)?;
+        tracing::info!(key_id, data_keys = file.entries.len(), "data key rotated");
+        Ok(key_id)
     }
 
-    /// Generates a data key, persists the ring with it, and adds it to the map.
-    fn add_key(&self, file: &mut RingFile) -> Result<u32, EngineError> {
-        let key_id = file.entries.len() as u32 + 1;
+    /// Rewraps every data key under the master key from `source` (a passphrase gets a fresh
+    /// salt) and replaces the file atomically: from then on only the new master key opens it.
+    /// Returns the number of keys rewrapped. The caller derives nothing on a shard's thread:
+    /// a passphrase costs an Argon2id derivation here.
+    ///
+    /// # Errors
+    /// An unreadable key file, a cost below the minimum, or a ring that cannot be persisted
+    /// (the old master key stays in force then).
+    pub fn rekey(&self, source: KeySource) -> Result<usize, EngineError> {
+        let mut salt = [0u8; SALT_BYTES];
+        random_bytes(&mut salt);
+        let (master, kdf, cost) = derive_master(source, &salt)?;
+        let master = master_cipher(&master);
+        let mut file = self.file.lock().expect("keyring file lock");
+        let mut entries = file.entries.clone();
+        for entry in &mut entries {
+            let key = unwrap_key(&file.master, entry.key_id, &entry.wrapped).ok_or(EngineError::Keyring(
+                "a data key no longer unwraps with the running master key".into(),
+            ))?;
+            entry.wrapped = wrap_key(&master, entry.key_id, &key);
+        }
+        let rekeyed = RingFile {
+            path: file.path.clone(),
+            master,
+            kdf,
+            salt,
+            cost,
+            entries,
+            cleared: std::mem::take(&mut file.cleared),
+        };
+        let persisted = rekeyed.persist();
+        let count = rekeyed.entries.len();
+        match persisted {
+            Ok(()) => {
+                *file = rekeyed;
+                tracing::info!(data_keys = count, "key ring rewrapped under a new master key");
+                Ok(count)
+            }
+            Err(error) => {
+                file.cleared = rekeyed.cleared;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// A shard reports a whole pass over its records, in rotation epoch `epoch`, that found
+    /// none on a retiring key, after everything it re-encrypted is durable. Once all
+    /// `shard_count` shards have done so in the current epoch, the retiring keys are dropped
+    /// from the file; their ids are returned. A report from an earlier epoch is ignored (a
+    /// rotation since may have retired the key the shard re-encrypted to).
+    ///
+    /// # Errors
+    /// When the ring cannot be persisted (the keys stay, and are dropped at a later report).
+    pub fn report_clear(
+        &self,
+        shard_id: usize,
+        epoch: u64,
+        shard_count: usize,
+    ) -> Result<Vec<u32>, EngineError> {
+        let mut file = self.file.lock().expect("keyring file lock");
+        if epoch != self.rotation_epoch() || !self.has_retiring() {
+            return Ok(Vec::new());
+        }
+        file.cleared.insert(shard_id);
+        if file.cleared.len() < shard_count {
+            return Ok(Vec::new());
+        }
+        let kept: Vec<RingEntry> =
+            file.entries.iter().filter(|entry| entry.state == KeyState::Active).copied().collect();
+        let dropped: Vec<u32> = file
+            .entries
+            .iter()
+            .filter(|entry| entry.state == KeyState::Retiring)
+            .map(|entry| entry.key_id)
+            .collect();
+        let before = std::mem::replace(&mut file.entries, kept);
+        if let Err(error) = file.persist() {
+            file.entries = before;
+            return Err(error.into());
+        }
+        self.file_keys.store(file.entries.len(), Ordering::Release);
+        tracing::info!(
+            ?dropped,
+            "no record is left on the retiring data keys; dropped them from the key ring"
+        );
+        Ok(dropped)
+    }
+
+    /// Retires the active key and adds a fresh active one (with the file lock held).
+    fn rotate_locked(&self, file: &mut RingFile) -> Result<u32, EngineError> {
+        let key_id = self.add_active_key(file)?;
+        self.file_keys.store(file.entries.len(), Ordering::Release);
+        Ok(key_id)
+    }
+
+    /// Generates a data key, records it as the active one (the previous active key retires)
+    /// with its first block reserved, persists the ring, and only then puts it in use.
+    fn add_active_key(&self, file: &mut RingFile) -> Result<u32, EngineError> {
+        let key_id = file.entries.iter().map(|entry| entry.key_id).max().unwrap_or(0) + 1;
         let mut key = Zeroizing::new([0u8; KEY_BYTES]);
         random_bytes(key.as_mut());
-        file.entries.push(wrap_entry(&file.master, key_id, &key));
-        if let Err(error) = file.persist() {
-            file.entries.pop();
-            return Err(error);
+        let reserved = RESERVATION_BLOCK.min(self.encryptions_max);
+        let before = file.entries.clone();
+        for entry in &mut file.entries {
+            entry.state = KeyState::Retiring;
         }
-        self.keys.pin().insert(key_id, DataKey::new(key_id, &key));
+        file.entries.push(RingEntry {
+            key_id,
+            state: KeyState::Active,
+            created_at_ms: now_ms(),
+            reserved,
+            wrapped: wrap_key(&file.master, key_id, &key),
+        });
+        if let Err(error) = file.persist() {
+            file.entries = before;
+            return Err(error.into());
+        }
+        let data_key = DataKey::new(key_id, &key, 0);
+        data_key.reserved.store(reserved, Ordering::Release);
+        self.keys.pin().insert(key_id, data_key);
+        self.active_key_id.store(key_id, Ordering::Release);
+        self.rotation_epoch.fetch_add(1, Ordering::AcqRel);
+        file.cleared.clear();
         Ok(key_id)
+    }
+
+    /// Reserves the next block of `key_id`'s budget in the file, then lets encryptions use it.
+    fn extend_reservation(&self, file: &mut RingFile, key_id: u32) -> Result<(), EngineError> {
+        let index = file
+            .entries
+            .iter()
+            .position(|entry| entry.key_id == key_id)
+            .expect("the active key is in the file");
+        let from = file.entries[index].reserved;
+        let to = from.saturating_add(RESERVATION_BLOCK).min(self.encryptions_max);
+        file.entries[index].reserved = to;
+        if let Err(error) = file.persist() {
+            file.entries[index].reserved = from;
+            return Err(error.into());
+        }
+        let keys = self.keys.pin();
+        let key = keys.get(&key_id).expect("the active key is in the ring");
+        // A fresh process starts counting where the last reservation ended.
+        key.encryptions.fetch_max(from, Ordering::AcqRel);
+        key.reserved.store(to, Ordering::Release);
+        Ok(())
     }
 }
 
 impl DataKey {
-    fn new(key_id: u32, key: &[u8; KEY_BYTES]) -> DataKey {
+    /// A key whose use so far is `used` encryptions (nothing of it reserved in this process).
+    fn new(key_id: u32, key: &[u8; KEY_BYTES], used: u64) -> DataKey {
         let cipher = Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(*key));
-        DataKey { key_id, cipher, encryptions: AtomicU64::new(0) }
+        DataKey { key_id, cipher, encryptions: AtomicU64::new(used), reserved: AtomicU64::new(used) }
     }
 }
 
@@ -296,12 +554,29 @@ fn check_cost(cost: Argon2Cost) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The master key of a new ring (or a rekey) and what its header records.
+fn derive_master(
+    source: KeySource,
+    salt: &[u8; SALT_BYTES],
+) -> Result<(MasterKey, Kdf, Argon2Cost), EngineError> {
+    Ok(match source {
+        KeySource::KeyFile(key_path) => {
+            (MasterKey::read_file(&key_path)?, Kdf::KeyFile, Argon2Cost::default())
+        }
+        KeySource::Key(master) => (master, Kdf::KeyFile, Argon2Cost::default()),
+        KeySource::Passphrase(passphrase, cost) => {
+            check_cost(cost)?;
+            (MasterKey::from_passphrase(&passphrase, salt, cost)?, Kdf::Argon2id, cost)
+        }
+    })
+}
+
 fn master_cipher(master: &MasterKey) -> Aes256Gcm {
     Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(*master.bytes()))
 }
 
 /// The associated data of a wrapped data key: `context_bytes u16 | WRAP_CONTEXT | 0 u64 |
-/// key_id u32` (the layout records used in format version 1, kept so key rings still open).
+/// key_id u32` (the layout of format 1, kept so older rings' keys unwrap as they are).
 fn wrap_associated_data(key_id: u32) -> Vec<u8> {
     let mut data = Vec::with_capacity(2 + WRAP_CONTEXT.len() + 12);
     data.extend_from_slice(&(WRAP_CONTEXT.len() as u16).to_le_bytes());
@@ -311,47 +586,52 @@ fn wrap_associated_data(key_id: u32) -> Vec<u8> {
     data
 }
 
-fn wrap_entry(master: &Aes256Gcm, key_id: u32, key: &[u8; KEY_BYTES]) -> [u8; ENTRY_BYTES] {
+fn wrap_key(master: &Aes256Gcm, key_id: u32, key: &[u8; KEY_BYTES]) -> [u8; WRAPPED_BYTES] {
     let nonce = random_nonce();
-    let mut wrapped = Zeroizing::new(*key);
-    let tag = seal(master, &nonce, &wrap_associated_data(key_id), wrapped.as_mut());
-    let mut entry = [0u8; ENTRY_BYTES];
-    entry[0..4].copy_from_slice(&key_id.to_le_bytes());
-    entry[4..12].copy_from_slice(&now_ms().to_le_bytes());
-    entry[12..24].copy_from_slice(&nonce);
-    entry[24..56].copy_from_slice(wrapped.as_ref());
-    entry[56..72].copy_from_slice(&tag);
-    entry
+    let mut sealed = Zeroizing::new(*key);
+    let tag = seal(master, &nonce, &wrap_associated_data(key_id), sealed.as_mut());
+    let mut wrapped = [0u8; WRAPPED_BYTES];
+    wrapped[..NONCE_BYTES].copy_from_slice(&nonce);
+    wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].copy_from_slice(sealed.as_ref());
+    wrapped[NONCE_BYTES + KEY_BYTES..].copy_from_slice(&tag);
+    wrapped
 }
 
-fn unwrap_entry(master: &Aes256Gcm, entry: &[u8; ENTRY_BYTES]) -> Option<(u32, Zeroizing<[u8; KEY_BYTES]>)> {
-    let key_id = u32::from_le_bytes(entry[0..4].try_into().ok()?);
-    let nonce: [u8; NONCE_BYTES] = entry[12..24].try_into().ok()?;
-    let tag: [u8; TAG_BYTES] = entry[56..72].try_into().ok()?;
+fn unwrap_key(
+    master: &Aes256Gcm,
+    key_id: u32,
+    wrapped: &[u8; WRAPPED_BYTES],
+) -> Option<Zeroizing<[u8; KEY_BYTES]>> {
+    let nonce: [u8; NONCE_BYTES] = wrapped[..NONCE_BYTES].try_into().ok()?;
+    let tag: [u8; TAG_BYTES] = wrapped[NONCE_BYTES + KEY_BYTES..].try_into().ok()?;
     let mut key = Zeroizing::new([0u8; KEY_BYTES]);
-    key.copy_from_slice(&entry[24..56]);
+    key.copy_from_slice(&wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES]);
     open(master, &nonce, &wrap_associated_data(key_id), key.as_mut(), &tag).ok()?;
-    Some((key_id, key))
+    Some(key)
 }
 
 impl RingFile {
     fn create(path: Option<PathBuf>, source: KeySource) -> Result<RingFile, EngineError> {
         let mut salt = [0u8; SALT_BYTES];
         random_bytes(&mut salt);
-        let (master, kdf, cost) = match source {
-            KeySource::KeyFile(key_path) => {
-                (MasterKey::read_file(&key_path)?, Kdf::KeyFile, Argon2Cost::default())
-            }
-            KeySource::Key(master) => (master, Kdf::KeyFile, Argon2Cost::default()),
-            KeySource::Passphrase(passphrase, cost) => {
-                check_cost(cost)?;
-                (MasterKey::from_passphrase(&passphrase, &salt, cost)?, Kdf::Argon2id, cost)
-            }
-        };
-        Ok(RingFile { path, master: master_cipher(&master), kdf, salt, cost, entries: Vec::new() })
+        let (master, kdf, cost) = derive_master(source, &salt)?;
+        Ok(RingFile {
+            path,
+            master: master_cipher(&master),
+            kdf,
+            salt,
+            cost,
+            entries: Vec::new(),
+            cleared: BTreeSet::new(),
+        })
     }
 
-    fn parse(path: Option<PathBuf>, bytes: &[u8], source: KeySource) -> Result<RingFile, EngineError> {
+    /// Parses a ring; the flag says it was of an older format (and must be rewritten).
+    fn parse(
+        path: Option<PathBuf>,
+        bytes: &[u8],
+        source: KeySource,
+    ) -> Result<(RingFile, bool), EngineError> {
         let damaged = |reason: &str| EngineError::Keyring(format!("keyring file is damaged: {reason}"));
         if bytes.len() < HEADER_BYTES + 4 || &bytes[..8] != MAGIC {
             return Err(damaged("bad magic or too short"));
@@ -363,13 +643,14 @@ impl RingFile {
         let read_u32 =
             |offset: usize| u32::from_le_bytes(body[offset..offset + 4].try_into().expect("4 bytes"));
         let format_version = read_u32(8);
-        let seal_bytes = match format_version {
-            FORMAT_VERSION => HEADER_SEAL_BYTES,
-            FORMAT_VERSION_UNTAGGED => 0,
+        let (entry_bytes, seal_bytes) = match format_version {
+            FORMAT_VERSION => (ENTRY_BYTES, SEAL_BYTES),
+            FORMAT_VERSION_HEADER_TAG => (OLD_ENTRY_BYTES, SEAL_BYTES),
+            FORMAT_VERSION_UNTAGGED => (OLD_ENTRY_BYTES, 0),
             _ => {
                 return Err(EngineError::Keyring(format!(
                     "keyring format version {format_version} is not supported (this build reads versions \
-                     {FORMAT_VERSION_UNTAGGED} and {FORMAT_VERSION})"
+                     {FORMAT_VERSION_UNTAGGED} to {FORMAT_VERSION})"
                 )))
             }
         };
@@ -381,7 +662,7 @@ impl RingFile {
         let salt: [u8; SALT_BYTES] = body[13..29].try_into().expect("salt bytes");
         let cost = Argon2Cost { memory_kib: read_u32(29), iterations: read_u32(33), lanes: read_u32(37) };
         let key_count = read_u32(41) as usize;
-        if body.len() != HEADER_BYTES + seal_bytes + key_count * ENTRY_BYTES {
+        if body.len() != HEADER_BYTES + seal_bytes + key_count * entry_bytes {
             return Err(damaged("length does not match the key count"));
         }
         // Checked before anything is derived from the header: a server writes a ring only
@@ -394,10 +675,6 @@ impl RingFile {
         if kdf == Kdf::Argon2id {
             check_cost(cost)?;
         }
-        let entries = body[HEADER_BYTES + seal_bytes..]
-            .chunks_exact(ENTRY_BYTES)
-            .map(|chunk| chunk.try_into().expect("entry bytes"))
-            .collect();
         let master = match (source, kdf) {
             (KeySource::KeyFile(key_path), Kdf::KeyFile) => MasterKey::read_file(&key_path)?,
             (KeySource::Key(master), Kdf::KeyFile) => master,
@@ -417,21 +694,60 @@ impl RingFile {
             }
         };
         let master = master_cipher(&master);
+        // Format 3 authenticates the whole file (after the entries), format 2 the header
+        // (before them). A wrong master key and a forged file look the same here.
+        let (entries_at, authenticated, seal_at) = match format_version {
+            FORMAT_VERSION => (HEADER_BYTES, body.len() - SEAL_BYTES, body.len() - SEAL_BYTES),
+            _ => (HEADER_BYTES + seal_bytes, HEADER_BYTES, HEADER_BYTES),
+        };
         if seal_bytes > 0 {
-            let nonce: [u8; NONCE_BYTES] =
-                body[HEADER_BYTES..HEADER_BYTES + NONCE_BYTES].try_into().expect("nonce");
+            let nonce: [u8; NONCE_BYTES] = body[seal_at..seal_at + NONCE_BYTES].try_into().expect("nonce");
             let tag: [u8; TAG_BYTES] =
-                body[HEADER_BYTES + NONCE_BYTES..HEADER_BYTES + HEADER_SEAL_BYTES].try_into().expect("tag");
-            // A wrong master key and a forged header look the same here.
-            open(&master, &nonce, &body[..HEADER_BYTES], &mut [], &tag)
+                body[seal_at + NONCE_BYTES..seal_at + SEAL_BYTES].try_into().expect("tag");
+            open(&master, &nonce, &body[..authenticated], &mut [], &tag)
                 .map_err(|_| EngineError::WrongMasterKey)?;
         }
-        Ok(RingFile { path, master, kdf, salt, cost, entries })
+        let mut entries = Vec::with_capacity(key_count);
+        let mut active = 0;
+        for chunk in body[entries_at..entries_at + key_count * entry_bytes].chunks_exact(entry_bytes) {
+            let key_id = u32::from_le_bytes(chunk[0..4].try_into().expect("4 bytes"));
+            let read_u64 = |at: usize| u64::from_le_bytes(chunk[at..at + 8].try_into().expect("8 bytes"));
+            let entry = if format_version == FORMAT_VERSION {
+                let state = match chunk[4] {
+                    1 => KeyState::Active,
+                    2 => KeyState::Retiring,
+                    other => return Err(damaged(&format!("unknown key state {other}"))),
+                };
+                active += usize::from(state == KeyState::Active);
+                RingEntry {
+                    key_id,
+                    state,
+                    created_at_ms: read_u64(5),
+                    reserved: read_u64(13),
+                    wrapped: chunk[21..].try_into().expect("wrapped bytes"),
+                }
+            } else {
+                // Their use is unknown: they retire, spent.
+                RingEntry {
+                    key_id,
+                    state: KeyState::Retiring,
+                    created_at_ms: read_u64(4),
+                    reserved: u64::MAX,
+                    wrapped: chunk[12..].try_into().expect("wrapped bytes"),
+                }
+            };
+            entries.push(entry);
+        }
+        if format_version == FORMAT_VERSION && active != 1 {
+            return Err(damaged(&format!("{active} active keys (a ring has exactly one)")));
+        }
+        let file = RingFile { path, master, kdf, salt, cost, entries, cleared: BTreeSet::new() };
+        Ok((file, format_version != FORMAT_VERSION))
     }
 
-    fn persist(&self) -> Result<(), EngineError> {
+    fn persist(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else { return Ok(()) };
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + self.entries.len() * ENTRY_BYTES + 4);
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + self.entries.len() * ENTRY_BYTES + SEAL_BYTES + 4);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         bytes.push(self.kdf as u8);
@@ -441,17 +757,20 @@ impl RingFile {
             bytes.extend_from_slice(&value.to_le_bytes());
         }
         debug_assert_eq!(bytes.len(), HEADER_BYTES);
+        for entry in &self.entries {
+            bytes.extend_from_slice(&entry.key_id.to_le_bytes());
+            bytes.push(entry.state as u8);
+            bytes.extend_from_slice(&entry.created_at_ms.to_le_bytes());
+            bytes.extend_from_slice(&entry.reserved.to_le_bytes());
+            bytes.extend_from_slice(&entry.wrapped);
+        }
         let nonce = random_nonce();
         let tag = seal(&self.master, &nonce, &bytes.clone(), &mut []);
         bytes.extend_from_slice(&nonce);
         bytes.extend_from_slice(&tag);
-        for entry in &self.entries {
-            bytes.extend_from_slice(entry);
-        }
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
-        write_file_atomically(path, &bytes)?;
-        Ok(())
+        write_file_atomically(path, &bytes)
     }
 }
 
@@ -468,19 +787,129 @@ mod tests {
         path
     }
 
+    /// The reservation of `key_id` as the file records it.
+    fn reserved_in_file(dir: &Path, key_id: u32) -> u64 {
+        let bytes = std::fs::read(dir.join("keyring")).unwrap();
+        let entries = &bytes[HEADER_BYTES..bytes.len() - SEAL_BYTES - 4];
+        let entry =
+            entries.chunks_exact(ENTRY_BYTES).find(|entry| entry[0..4] == key_id.to_le_bytes()).unwrap();
+        u64::from_le_bytes(entry[13..21].try_into().unwrap())
+    }
+
     #[test]
-    fn reopen_decrypts_old_keys_and_adds_a_new_one() {
+    fn reopen_keeps_the_active_key_and_reserves_its_next_block() {
         let dir = tempfile::tempdir().unwrap();
         let ring = Keyring::open(dir.path(), KeySource::KeyFile(key_file(dir.path()))).unwrap();
-        let mut buffer = b"s3cr3t".to_vec();
-        let sealed = ring.encrypt(&test_binding("id", 1), &mut buffer).unwrap();
+        let mut ciphertext = b"s3cr3t".to_vec();
+        let sealed = ring.encrypt(&test_binding("id", 1), &mut ciphertext).unwrap();
+        assert_eq!(reserved_in_file(dir.path(), 1), RESERVATION_BLOCK);
         drop(ring);
 
-        let ring = Keyring::open(dir.path(), KeySource::KeyFile(key_file(dir.path()))).unwrap();
-        assert_eq!(ring.len(), 2);
-        assert_eq!(ring.active_key_id(), 2);
+        for start in 2..=4u64 {
+            let ring = Keyring::open(dir.path(), KeySource::KeyFile(key_file(dir.path()))).unwrap();
+            assert_eq!((ring.len(), ring.active_key_id()), (1, 1), "no key is added per start");
+            assert_eq!(
+                reserved_in_file(dir.path(), 1),
+                start * RESERVATION_BLOCK,
+                "the count never goes back"
+            );
+            let mut buffer = ciphertext.clone();
+            ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+            assert_eq!(buffer, b"s3cr3t");
+        }
+    }
+
+    #[test]
+    fn a_key_spent_before_a_restart_is_replaced_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Some(dir.path().join("keyring"));
+        let open = || Keyring::open_with_budget(path.clone(), KeySource::KeyFile(key_file(dir.path())), 3);
+        let ring = open().unwrap();
+        let mut ciphertext = b"old".to_vec();
+        let sealed = ring.encrypt(&test_binding("id", 1), &mut ciphertext).unwrap();
+        drop(ring);
+        // The whole budget (3) was reserved by the first start: the second needs a new key.
+        let ring = open().unwrap();
+        assert_eq!((ring.len(), ring.active_key_id()), (2, 2));
+        assert!(ring.has_retiring());
+        let mut buffer = ciphertext.clone();
         ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
-        assert_eq!(buffer, b"s3cr3t");
+        assert_eq!(buffer, b"old");
+    }
+
+    #[test]
+    fn rotation_retires_the_old_key_until_every_shard_reports_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = || KeySource::KeyFile(key_file(dir.path()));
+        let ring = Keyring::open(dir.path(), source()).unwrap();
+        let mut ciphertext = b"on key 1".to_vec();
+        let sealed = ring.encrypt(&test_binding("id", 1), &mut ciphertext).unwrap();
+        let epoch = ring.rotation_epoch();
+        assert_eq!(ring.rotate().unwrap(), 2);
+        assert_eq!(ring.status(), KeyringStatus { active_key_id: 2, data_keys: 2, retiring: 1 });
+        assert_eq!(ring.rotation_epoch(), epoch + 1);
+        // A report from before the rotation does not count; one shard of two is not enough.
+        assert!(ring.report_clear(0, epoch, 2).unwrap().is_empty());
+        assert!(ring.report_clear(0, epoch + 1, 2).unwrap().is_empty());
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.report_clear(1, epoch + 1, 2).unwrap(), vec![1]);
+        assert_eq!(ring.status(), KeyringStatus { active_key_id: 2, data_keys: 1, retiring: 0 });
+        // The running process still opens what it fetched before; the file no longer has the key.
+        let mut buffer = ciphertext.clone();
+        ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+        drop(ring);
+        let ring = Keyring::open(dir.path(), source()).unwrap();
+        assert_eq!((ring.len(), ring.active_key_id()), (1, 2));
+        let mut buffer = ciphertext.clone();
+        assert!(matches!(
+            ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer),
+            Err(EngineError::Decrypt { key_id: 1 })
+        ));
+        // Ids are never reused after a key is dropped.
+        assert_eq!(ring.rotate().unwrap(), 3);
+    }
+
+    #[test]
+    fn rekey_rewraps_every_key_and_the_old_master_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_key = MasterKey::generate();
+        let old = || KeySource::Key(MasterKey::from_bytes(*old_key.bytes()));
+        let new_key = MasterKey::generate();
+        let new = || KeySource::Key(MasterKey::from_bytes(*new_key.bytes()));
+        let ring = Keyring::open(dir.path(), old()).unwrap();
+        ring.rotate().unwrap();
+        let mut ciphertext = b"kept".to_vec();
+        let sealed = ring.encrypt(&test_binding("id", 1), &mut ciphertext).unwrap();
+        assert_eq!(ring.rekey(new()).unwrap(), 2);
+        // The running ring goes on: it seals with the same data keys, and persists under the new key.
+        ring.rotate().unwrap();
+        drop(ring);
+        assert!(matches!(Keyring::open(dir.path(), old()), Err(EngineError::WrongMasterKey)));
+        let ring = Keyring::open(dir.path(), new()).unwrap();
+        assert_eq!(ring.len(), 3);
+        let mut buffer = ciphertext.clone();
+        ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+        assert_eq!(buffer, b"kept");
+
+        // To a passphrase: the kind recorded changes with it.
+        let passphrase =
+            || KeySource::Passphrase(Zeroizing::new(b"a new passphrase".to_vec()), ARGON2_COST_MIN);
+        ring.rekey(passphrase()).unwrap();
+        drop(ring);
+        let error = Keyring::open(dir.path(), new()).unwrap_err();
+        assert!(error.to_string().contains("--passphrase-env"), "{error}");
+        let ring = Keyring::open(dir.path(), passphrase()).unwrap();
+        let mut buffer = ciphertext.clone();
+        ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+        assert_eq!(buffer, b"kept");
+        // A weak cost is refused and the ring stays as it was.
+        let weak = KeySource::Passphrase(
+            Zeroizing::new(b"x".to_vec()),
+            Argon2Cost { memory_kib: 8, iterations: 1, lanes: 1 },
+        );
+        assert!(ring.rekey(weak).is_err());
+        drop(ring);
+        Keyring::open(dir.path(), passphrase()).unwrap();
     }
 
     #[test]
@@ -505,7 +934,7 @@ mod tests {
 
         let path = dir.path().join("keyring");
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[HEADER_BYTES + HEADER_SEAL_BYTES + 30] ^= 0xFF;
+        bytes[HEADER_BYTES + 30] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
         let error = Keyring::open(dir.path(), passphrase()).unwrap_err();
         assert!(error.to_string().contains("damaged"), "{error}");
@@ -554,39 +983,79 @@ mod tests {
         tamper(&path, |bytes| bytes[33..37].copy_from_slice(&3u32.to_le_bytes()));
         assert!(matches!(Keyring::open(dir.path(), passphrase()), Err(EngineError::WrongMasterKey)));
 
+        // A lowered reservation (so that a key could seal past its budget): the file tag fails.
+        std::fs::write(&path, &original).unwrap();
+        tamper(&path, |bytes| {
+            bytes[HEADER_BYTES + 13..HEADER_BYTES + 21].copy_from_slice(&0u64.to_le_bytes())
+        });
+        assert!(matches!(Keyring::open(dir.path(), passphrase()), Err(EngineError::WrongMasterKey)));
+
         // No keys at all: refused.
         std::fs::write(&path, &original).unwrap();
         tamper(&path, |bytes| {
-            bytes.truncate(HEADER_BYTES + HEADER_SEAL_BYTES);
+            let seal = bytes[bytes.len() - SEAL_BYTES..].to_vec();
+            bytes.truncate(HEADER_BYTES);
+            bytes.extend_from_slice(&seal);
             bytes[41..45].copy_from_slice(&0u32.to_le_bytes());
         });
         let error = Keyring::open(dir.path(), passphrase()).unwrap_err().to_string();
         assert!(error.contains("holds no data key"), "{error}");
 
         std::fs::write(&path, &original).unwrap();
-        assert_eq!(Keyring::open(dir.path(), passphrase()).unwrap().len(), 2, "the real ring still opens");
+        assert_eq!(Keyring::open(dir.path(), passphrase()).unwrap().len(), 1, "the real ring still opens");
+    }
+
+    /// Writes a ring as formats 1 and 2 did (72-byte entries; format 2 with a header tag) with
+    /// one data key, and returns a secret sealed with that key.
+    fn write_old_ring(path: &Path, format_version: u32, master: &MasterKey) -> (Sealed, Vec<u8>) {
+        let master = master_cipher(master);
+        let key = [9u8; KEY_BYTES];
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&format_version.to_le_bytes());
+        bytes.push(Kdf::KeyFile as u8);
+        bytes.extend_from_slice(&[5u8; SALT_BYTES]);
+        for value in [0u32, 0, 0, 1] {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        if format_version == FORMAT_VERSION_HEADER_TAG {
+            let nonce = random_nonce();
+            let tag = seal(&master, &nonce, &bytes.clone(), &mut []);
+            bytes.extend_from_slice(&nonce);
+            bytes.extend_from_slice(&tag);
+        }
+        bytes.extend_from_slice(&7u32.to_le_bytes());
+        bytes.extend_from_slice(&1_000u64.to_le_bytes());
+        bytes.extend_from_slice(&wrap_key(&master, 7, &key));
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(path, bytes).unwrap();
+        let cipher = Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(key));
+        let nonce = random_nonce();
+        let mut ciphertext = b"old".to_vec();
+        let tag =
+            test_binding("id", 1).with_associated_data(7, |aad| seal(&cipher, &nonce, aad, &mut ciphertext));
+        (Sealed { key_id: 7, nonce, tag }, ciphertext)
     }
 
     #[test]
-    fn a_format_1_ring_opens_and_is_rewritten_with_a_header_tag() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keyring");
-        let master = MasterKey::from_bytes([4u8; KEY_BYTES]);
-        let ring =
-            Keyring::open(dir.path(), KeySource::Key(MasterKey::from_bytes([4u8; KEY_BYTES]))).unwrap();
-        let mut buffer = b"old".to_vec();
-        let sealed = ring.encrypt(&test_binding("id", 1), &mut buffer).unwrap();
-        drop(ring);
-        // The same ring as format 1 wrote it: no header tag.
-        tamper(&path, |bytes| {
-            bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-            bytes.drain(HEADER_BYTES..HEADER_BYTES + HEADER_SEAL_BYTES);
-        });
-        let ring = Keyring::open(dir.path(), KeySource::Key(master)).unwrap();
-        ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
-        assert_eq!(buffer, b"old");
-        let rewritten = std::fs::read(&path).unwrap();
-        assert_eq!(u32::from_le_bytes(rewritten[8..12].try_into().unwrap()), FORMAT_VERSION);
+    fn format_1_and_2_rings_open_retire_their_keys_and_are_rewritten() {
+        for format_version in [FORMAT_VERSION_UNTAGGED, FORMAT_VERSION_HEADER_TAG] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keyring");
+            let master = MasterKey::from_bytes([4u8; KEY_BYTES]);
+            let (sealed, ciphertext) = write_old_ring(&path, format_version, &master);
+            let ring =
+                Keyring::open(dir.path(), KeySource::Key(MasterKey::from_bytes([4u8; KEY_BYTES]))).unwrap();
+            assert_eq!(ring.status(), KeyringStatus { active_key_id: 8, data_keys: 2, retiring: 1 });
+            let mut buffer = ciphertext.clone();
+            ring.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+            assert_eq!(buffer, b"old");
+            let rewritten = std::fs::read(&path).unwrap();
+            assert_eq!(u32::from_le_bytes(rewritten[8..12].try_into().unwrap()), FORMAT_VERSION);
+            drop(ring);
+            let ring = Keyring::open(dir.path(), KeySource::Key(master)).unwrap();
+            assert_eq!(ring.status(), KeyringStatus { active_key_id: 8, data_keys: 2, retiring: 1 });
+        }
     }
 
     #[test]
@@ -597,7 +1066,8 @@ mod tests {
             let mut buffer = version.to_le_bytes().to_vec();
             sealed.push((ring.encrypt(&test_binding("id", version), &mut buffer).unwrap(), buffer));
         }
-        assert_eq!(ring.len(), 3, "7 encryptions with a budget of 3 use 3 keys");
+        assert_eq!(ring.len(), 3, "7 encryptions with a budget of 3 use 3 keys (the older two retiring)");
+        assert_eq!(ring.active_key_id(), 3);
         assert_eq!(sealed.iter().filter(|(s, _)| s.key_id == 1).count(), 3);
         for (version, (seal, mut buffer)) in (1..=7u64).zip(sealed) {
             ring.decrypt(&test_binding("id", version), &seal, &mut buffer).unwrap();

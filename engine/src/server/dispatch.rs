@@ -11,13 +11,17 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use credshard_protocol::frame::{self, Header};
 use credshard_protocol::op::hello::{HelloReply, PROTOCOL_VERSION};
+use credshard_protocol::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use credshard_protocol::op::stats::StatsReply;
 use credshard_protocol::op::{encode_error, Request};
 use credshard_protocol::{Op, Status};
 use futures::channel::oneshot;
+use zeroize::Zeroizing;
 
 use crate::audit::AuditEvent;
 use crate::auth::{Principal, Session};
+use crate::crypto::{Argon2Cost, KeySource, MasterKey};
+use crate::error::EngineError;
 use crate::error::OpError;
 use crate::metrics::ExecutorMetrics;
 use crate::server::executor::ExecutorContext;
@@ -56,7 +60,9 @@ pub struct WriteTicket {
     pub op: Op,
     pub request_id: u32,
     pub principal: Arc<Principal>,
-    /// The credential id, kept only when the audit log is on.
+    /// Whether the answer is audited (the audit log is on).
+    pub audited: bool,
+    /// The credential id, kept only when the audit log is on (none for the key ops).
     pub audit_id: Option<Box<str>>,
 }
 
@@ -123,6 +129,9 @@ pub fn dispatch(
         return refuse(context, OpError::Unauthorized("this token may not use this op"), request_id, out);
     }
 
+    if let Request::RotateKey | Request::Rekey(_) = &request {
+        return key_admin(context, caller.peer, &request, principal, request_id, out);
+    }
     if op.is_write() {
         ExecutorMetrics::add(&metrics.writes_total, 1);
         let id = request.id().expect("writes name a credential");
@@ -130,6 +139,7 @@ pub fn dispatch(
             op,
             request_id,
             principal: Arc::clone(principal),
+            audited: context.audit.is_some(),
             audit_id: context.audit.is_some().then(|| id.into()),
         };
         let shard_id = context.store.shard_for(id);
@@ -191,7 +201,12 @@ pub fn dispatch(
             encode_stats(context, out);
             Ok(None)
         }
-        Request::Hello(_) | Request::Put(_) | Request::Delete(_) | Request::Rotate(_) => {
+        Request::Hello(_)
+        | Request::Put(_)
+        | Request::Delete(_)
+        | Request::Rotate(_)
+        | Request::RotateKey
+        | Request::Rekey(_) => {
             unreachable!("handled above")
         }
     };
@@ -248,10 +263,13 @@ fn answer_hello(
 }
 
 fn encode_stats(context: &ExecutorContext, out: &mut BytesMut) {
+    let keys = context.store.keyring().status();
     let mut values = vec![
         ("shards".to_owned(), context.store.shard_count() as u64),
         ("credentials".to_owned(), context.store.len() as u64),
-        ("data_keys".to_owned(), context.store.keyring().len() as u64),
+        ("data_keys".to_owned(), keys.data_keys as u64),
+        ("data_key_active".to_owned(), u64::from(keys.active_key_id)),
+        ("data_keys_retiring".to_owned(), keys.retiring as u64),
     ];
     values.extend(context.all_metrics.report());
     let borrowed: Vec<(&str, u64)> = values.iter().map(|(name, value)| (name.as_str(), *value)).collect();
@@ -344,23 +362,117 @@ pub fn answer_write(
     outcome: WriteOutcome,
     out: &mut BytesMut,
 ) {
-    debug_assert!(write.op.is_write());
+    debug_assert!(write.op.is_write() || matches!(write.op, Op::RotateKey | Op::Rekey));
     crate::wipe::reserve(out, REPLY_HEADROOM_BYTES);
-    if let Some(id) = &write.audit_id {
+    if write.audited {
         let (version, status) = match &outcome {
-            Ok(version) => (Some(*version), Status::Ok),
+            Ok(version) if write.op.is_write() => (Some(*version), Status::Ok),
+            Ok(_) => (None, Status::Ok),
             Err(error) => (None, error.status()),
         };
         let auditor = Auditor { context, peer, now_ms: now_ms() };
-        auditor.record_id(&write.principal.id, write.op, &**id, version, status);
+        auditor.record_id(&write.principal.id, write.op, write.audit_id.as_deref(), version, status);
     }
     match outcome {
-        Ok(version) => {
+        Ok(value) => {
             let start = frame::begin(out, Status::Ok as u8, write.request_id);
-            out.put_u64_le(version);
+            match write.op {
+                Op::RotateKey => {
+                    let (key_id, data_keys) = unpack_rotate_key(value);
+                    RotateKeyReply { key_id, data_keys }.encode(out);
+                }
+                Op::Rekey => RekeyReply { data_keys: value as u32 }.encode(out),
+                _ => out.put_u64_le(value),
+            }
             frame::finish(out, start);
         }
         Err(error) => encode_op_error(context, error, write.request_id, out),
+    }
+}
+
+/// ROTATE_KEY and REKEY: the key ring's file is rewritten and synced (and REKEY may derive a
+/// passphrase with Argon2id, which takes a second), so the work runs on glommio's blocking
+/// pool and the request is answered like a write, when it is done.
+fn key_admin(
+    context: &ExecutorContext,
+    peer: SocketAddr,
+    request: &Request<'_>,
+    principal: &Arc<Principal>,
+    request_id: u32,
+    out: &mut BytesMut,
+) -> Dispatched {
+    let op = request.op();
+    let write = WriteTicket {
+        op,
+        request_id,
+        principal: Arc::clone(principal),
+        audited: context.audit.is_some(),
+        audit_id: None,
+    };
+    let store = Arc::clone(&context.store);
+    let work: Box<dyn FnOnce() -> WriteOutcome + Send> = match request {
+        Request::RotateKey => Box::new(move || {
+            let key_id = store.keyring().rotate().map_err(|error| {
+                tracing::error!(%error, "ROTATE_KEY failed; the active data key is unchanged");
+                OpError::Unavailable("the key ring could not be written; the active data key is unchanged")
+            })?;
+            Ok(pack_rotate_key(key_id, store.keyring().len() as u32))
+        }),
+        Request::Rekey(rekey) => {
+            if context.tls.is_none() && !is_loopback(peer) {
+                let error = OpError::Unauthorized(
+                    "REKEY carries key material: send it over TLS, or from this host to a loopback address",
+                );
+                let auditor = Auditor { context, peer, now_ms: now_ms() };
+                auditor.record_id(&principal.id, op, None, None, Status::Unauthorized);
+                return refuse(context, error, request_id, out);
+            }
+            let source = match rekey {
+                RekeyRequest::Key(key) => KeySource::Key(MasterKey::from_bytes(**key)),
+                RekeyRequest::Passphrase(passphrase) => {
+                    KeySource::Passphrase(Zeroizing::new(passphrase.to_vec()), Argon2Cost::default())
+                }
+            };
+            Box::new(move || {
+                let data_keys = store.keyring().rekey(source).map_err(|error| {
+                    tracing::error!(%error, "REKEY failed; the previous master key stays in force");
+                    match error {
+                        EngineError::Keyring(_) | EngineError::Passphrase(_) => OpError::Unavailable(
+                            "the key ring could not be rewrapped; the previous master key stays in force",
+                        ),
+                        _ => OpError::Unavailable(
+                            "the key ring could not be written; the previous master key stays in force",
+                        ),
+                    }
+                })?;
+                Ok(data_keys as u64)
+            })
+        }
+        _ => unreachable!("only the key ops come here"),
+    };
+    let (reply, outcome) = oneshot::channel();
+    let done = glommio::executor().spawn_blocking(work);
+    glommio::spawn_local(async move {
+        let _ = reply.send(done.await);
+    })
+    .detach();
+    Dispatched::Pending { write, outcome }
+}
+
+/// ROTATE_KEY's outcome in a write's `u64`: the new key id (low half) and the ring's size.
+fn pack_rotate_key(key_id: u32, data_keys: u32) -> u64 {
+    u64::from(key_id) | u64::from(data_keys) << 32
+}
+
+fn unpack_rotate_key(value: u64) -> (u32, u32) {
+    (value as u32, (value >> 32) as u32)
+}
+
+/// True for a peer on this host's loopback interface (an IPv4-mapped one included).
+fn is_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(ip.is_loopback(), |ip| ip.is_loopback()),
     }
 }
 

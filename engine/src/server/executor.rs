@@ -107,6 +107,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     let router = Rc::new(Router::new(writer, senders));
     router.spawn_peer_tasks(receivers, *shared.store.limits());
     router.spawn_sweeper(Duration::from_millis(shared.config.sweep_interval_ms), Arc::clone(&shared.metrics));
+    router.spawn_rewrapper(shared.config.rewrap_rate, Arc::clone(&shared.metrics));
 
     let listener = match bind(&shared, shard_id) {
         Ok(listener) => listener,

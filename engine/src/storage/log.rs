@@ -86,6 +86,8 @@ pub struct ShardLog {
     pending: RefCell<Vec<u8>>,
     waiters: RefCell<Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)>>,
     failing: Cell<bool>,
+    /// The next commit syncs even in `--fsync never` mode (someone waits on durability).
+    sync_requested: Cell<bool>,
     doorbell: LocalSender<()>,
     /// Counters of this shard's executor (batches committed, snapshots written).
     metrics: Arc<Metrics>,
@@ -118,6 +120,7 @@ impl ShardLog {
             pending: RefCell::new(Vec::with_capacity(64 * 1024)),
             waiters: RefCell::new(Vec::new()),
             failing: Cell::new(false),
+            sync_requested: Cell::new(false),
             doorbell,
             metrics,
         });
@@ -130,11 +133,13 @@ impl ShardLog {
         self.place.manifest.segment_path(&self.place.data_dir, self.place.shard_id, self.sequence.get())
     }
 
-    /// Writes one batch and, in `Always` mode, syncs it.
-    async fn commit(&self, batch: &[u8]) -> std::io::Result<()> {
+    /// Writes one batch (if any) and, in `Always` mode or when `sync` says so, syncs it.
+    async fn commit(&self, batch: &[u8], sync: bool) -> std::io::Result<()> {
         let file = Rc::clone(&self.file.borrow());
-        write_all_at(&file, batch, self.end.get()).await?;
-        if self.settings.fsync == FsyncMode::Always {
+        if !batch.is_empty() {
+            write_all_at(&file, batch, self.end.get()).await?;
+        }
+        if sync || self.settings.fsync == FsyncMode::Always {
             file.fdatasync().await?;
         }
         Ok(())
@@ -148,6 +153,15 @@ impl ShardLog {
         }
         let sequence = self.sequence.get() + 1;
         let path = self.place.manifest.segment_path(&self.place.data_dir, self.place.shard_id, sequence);
+        if self.settings.fsync == FsyncMode::Never {
+            // A later durability request syncs only the active segment: sync this one before
+            // it stops being active.
+            let current = Rc::clone(&self.file.borrow());
+            if let Err(error) = current.fdatasync().await {
+                tracing::warn!(%error, "could not sync the log segment; compaction postponed");
+                return;
+            }
+        }
         let file = match open_segment(&path).await {
             Ok(file) => file,
             Err(error) => {
@@ -239,6 +253,12 @@ impl ShardStorage for ShardLog {
         let _ = self.doorbell.try_send(());
     }
 
+    fn when_durable(&self, reply: oneshot::Sender<WriteOutcome>) {
+        self.sync_requested.set(true);
+        self.waiters.borrow_mut().push((reply, Ok(0)));
+        let _ = self.doorbell.try_send(());
+    }
+
     fn is_failing(&self) -> bool {
         self.failing.get()
     }
@@ -269,7 +289,8 @@ async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
         loop {
             let payload = std::mem::take(&mut *log.pending.borrow_mut());
             let waiters = std::mem::take(&mut *log.waiters.borrow_mut());
-            if payload.is_empty() {
+            let sync = log.sync_requested.take();
+            if payload.is_empty() && !sync {
                 // Every waiter follows an append and is taken with it, so none should be left
                 // here; answer any rather than leave a client hanging.
                 for (reply, outcome) in waiters {
@@ -277,10 +298,10 @@ async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
                 }
                 break;
             }
-            let batch = encode_batch(&payload);
+            let batch = if payload.is_empty() { Vec::new() } else { encode_batch(&payload) };
             let mut waiters = Some(waiters);
             loop {
-                match log.commit(&batch).await {
+                match log.commit(&batch, sync).await {
                     Ok(()) => {
                         log.end.set(log.end.get() + batch.len() as u64);
                         let counters = log.metrics.executor(log.place.shard_id);

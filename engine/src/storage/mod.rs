@@ -36,6 +36,11 @@ pub trait ShardStorage {
     /// failure outcome if the commit fails).
     fn when_committed(&self, reply: oneshot::Sender<WriteOutcome>, outcome: WriteOutcome);
 
+    /// Sends `Ok(0)` on `reply` once every entry appended so far is on disk (synced, in any
+    /// fsync mode), or an error if that fails. A data-key rotation drops a retiring key only
+    /// after the records it re-encrypted are durable.
+    fn when_durable(&self, reply: oneshot::Sender<WriteOutcome>);
+
     /// True while commits fail: the shard must refuse new writes (reads go on).
     fn is_failing(&self) -> bool;
 }

@@ -11,7 +11,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::EngineError;
 use crate::record::Record;
-use crate::shard::{install_entry, remove_entry};
+use crate::shard::{install_entry, remove_entry, replace_version};
 use crate::storage::manifest::Manifest;
 use crate::storage::wal::{self, encode_batch, encode_entry, Entry, EntryType};
 use crate::store::Store;
@@ -252,6 +252,15 @@ fn replay(
                 Entry::Delete(id) => {
                     if store.shard_for(id) == shard_id {
                         remove_entry(store, shard_id, id);
+                    }
+                }
+                Entry::Rewrap(body) => {
+                    let mut bytes = AlignedVec::with_capacity(body.len());
+                    bytes.extend_from_slice(body);
+                    let record = Record::from_archive(bytes)?;
+                    if store.shard_for(record.credential().id.as_str()) == shard_id {
+                        // The version may be gone since (deleted, expired, or no longer kept).
+                        replace_version(store, shard_id, Arc::new(record));
                     }
                 }
             }

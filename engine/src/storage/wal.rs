@@ -7,6 +7,8 @@
 //! entry:  body_bytes u32 | entry_type u8 | body          (entries fill the payload back to back)
 //! types:  1 RECORD  body = a record's rkyv archive, verbatim (what the map holds)
 //!         2 DELETE  body = the credential id (UTF-8)
+//!         3 REWRAP  body = a record's archive that replaces the kept version of the same id
+//!                   and version (its secret re-encrypted with another data key)
 //! ```
 //!
 //! The header CRC covers the first 12 header bytes; the payload CRC covers the payload. A batch
@@ -32,6 +34,9 @@ pub const ENTRY_BODY_BYTES_MAX: usize = 16 << 20;
 pub enum EntryType {
     Record = 1,
     Delete = 2,
+    /// A kept version re-encrypted with another data key: same id and version, new
+    /// ciphertext (a data-key rotation).
+    Rewrap = 3,
 }
 
 /// One logged write, borrowed from the log's bytes.
@@ -39,6 +44,7 @@ pub enum EntryType {
 pub enum Entry<'a> {
     Record(&'a [u8]),
     Delete(&'a str),
+    Rewrap(&'a [u8]),
 }
 
 /// Appends one entry to a batch payload being built.
@@ -168,6 +174,7 @@ fn parse_payload<'a>(mut payload: &'a [u8], entries: &mut Vec<Entry<'a>>) -> Res
         let entry = match payload[4] {
             1 => Entry::Record(body),
             2 => Entry::Delete(std::str::from_utf8(body).map_err(|_| "delete entry id is not UTF-8")?),
+            3 => Entry::Rewrap(body),
             _ => return Err("unknown entry type"),
         };
         entries.push(entry);
@@ -202,9 +209,13 @@ mod tests {
         let mut payload = Vec::new();
         encode_entry(EntryType::Record, b"archive", &mut payload);
         encode_entry(EntryType::Delete, b"gone", &mut payload);
+        encode_entry(EntryType::Rewrap, b"again", &mut payload);
         let batch = encode_batch(&payload);
         let parsed = parse(&batch).unwrap();
-        assert_eq!(parsed.entries, vec![Entry::Record(b"archive"), Entry::Delete("gone")]);
+        assert_eq!(
+            parsed.entries,
+            vec![Entry::Record(b"archive"), Entry::Delete("gone"), Entry::Rewrap(b"again")]
+        );
         assert_eq!(parsed.valid_bytes, batch.len());
     }
 

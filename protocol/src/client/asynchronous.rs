@@ -20,6 +20,7 @@ use crate::op::batch_get::{BatchGetRequest, BatchItem};
 use crate::op::delete::DeleteReply;
 use crate::op::get::{GetMetaReply, GetReply};
 use crate::op::hello::HelloReply;
+use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
@@ -196,6 +197,17 @@ impl AsyncClient {
 
     pub async fn stats(&self) -> Result<StatsReply, ClientError> {
         self.run(client::stats()).await
+    }
+
+    /// ROTATE_KEY (admin): a new data key for new writes.
+    pub async fn rotate_key(&self) -> Result<RotateKeyReply, ClientError> {
+        self.run(client::rotate_key()).await
+    }
+
+    /// REKEY (admin): every data key rewrapped under a new master key. The request frame
+    /// holds the key material: send it over TLS or to a loopback address.
+    pub async fn rekey(&self, request: &RekeyRequest<'_>) -> Result<RekeyReply, ClientError> {
+        self.run(client::rekey(request)).await
     }
 }
 

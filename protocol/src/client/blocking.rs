@@ -15,6 +15,7 @@ use crate::op::batch_get::{BatchGetRequest, BatchItem};
 use crate::op::delete::DeleteReply;
 use crate::op::get::{GetMetaReply, GetReply};
 use crate::op::hello::HelloReply;
+use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
@@ -268,5 +269,16 @@ impl Client {
 
     pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
         self.run(client::stats())
+    }
+
+    /// ROTATE_KEY (admin): a new data key for new writes.
+    pub fn rotate_key(&mut self) -> Result<RotateKeyReply, ClientError> {
+        self.run(client::rotate_key())
+    }
+
+    /// REKEY (admin): every data key rewrapped under a new master key. The request frame
+    /// holds the key material: send it over TLS or to a loopback address.
+    pub fn rekey(&mut self, request: &RekeyRequest<'_>) -> Result<RekeyReply, ClientError> {
+        self.run(client::rekey(request))
     }
 }

@@ -19,6 +19,7 @@ use crate::op::batch_get::{decode_batch_reply, BatchGetRequest, BatchItem};
 use crate::op::delete::{DeleteReply, DeleteRequest};
 use crate::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
 use crate::op::hello::{HelloReply, HelloRequest, PROTOCOL_VERSION};
+use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::{PutReply, PutRequest};
 use crate::op::rotate::{RotateReply, RotateRequest};
@@ -134,4 +135,14 @@ pub fn list<'a>(request: &ListRequest<'a>) -> Call<'a, ListReply> {
 /// STATS.
 pub fn stats() -> Call<'static, StatsReply> {
     Call { request: Request::Stats, decode: StatsReply::decode }
+}
+
+/// ROTATE_KEY.
+pub fn rotate_key() -> Call<'static, RotateKeyReply> {
+    Call { request: Request::RotateKey, decode: RotateKeyReply::decode }
+}
+
+/// REKEY to a new master key or passphrase.
+pub fn rekey<'a>(request: &RekeyRequest<'a>) -> Call<'a, RekeyReply> {
+    Call { request: Request::Rekey(*request), decode: RekeyReply::decode }
 }

@@ -5,6 +5,7 @@ pub mod batch_get;
 pub mod delete;
 pub mod get;
 pub mod hello;
+pub mod keys;
 pub mod labels;
 pub mod list;
 pub mod metadata;
@@ -23,6 +24,7 @@ use batch_get::BatchGetRequest;
 use delete::DeleteRequest;
 use get::{GetMetaRequest, GetRequest};
 use hello::HelloRequest;
+use keys::RekeyRequest;
 use list::ListRequest;
 use put::PutRequest;
 use rotate::RotateRequest;
@@ -40,6 +42,8 @@ pub enum Request<'a> {
     BatchGet(BatchGetRequest<'a>),
     List(ListRequest<'a>),
     Stats,
+    RotateKey,
+    Rekey(RekeyRequest<'a>),
 }
 
 /// Why a well-framed request cannot be served.
@@ -82,6 +86,8 @@ impl<'a> Request<'a> {
             Op::BatchGet => BatchGetRequest::decode(&mut reader, limits).map(Request::BatchGet),
             Op::List => ListRequest::decode(&mut reader, limits).map(Request::List),
             Op::Stats => Ok(Request::Stats),
+            Op::RotateKey => Ok(Request::RotateKey),
+            Op::Rekey => RekeyRequest::decode(&mut reader).map(Request::Rekey),
         };
         let request = request.and_then(|request| reader.finish().map(|()| request));
         request.map_err(|error| RequestError::Decode { op, error })
@@ -99,6 +105,8 @@ impl<'a> Request<'a> {
             Request::BatchGet(_) => Op::BatchGet,
             Request::List(_) => Op::List,
             Request::Stats => Op::Stats,
+            Request::RotateKey => Op::RotateKey,
+            Request::Rekey(_) => Op::Rekey,
         }
     }
 
@@ -114,7 +122,9 @@ impl<'a> Request<'a> {
             | Request::Ping(_)
             | Request::BatchGet(_)
             | Request::List(_)
-            | Request::Stats => None,
+            | Request::Stats
+            | Request::RotateKey
+            | Request::Rekey(_) => None,
         }
     }
 
@@ -131,7 +141,8 @@ impl<'a> Request<'a> {
             Request::Rotate(rotate) => rotate.encode(out),
             Request::BatchGet(batch) => batch.encoded_body(out),
             Request::List(list) => list.encode(out),
-            Request::Stats => {}
+            Request::Stats | Request::RotateKey => {}
+            Request::Rekey(rekey) => rekey.encode(out),
         }
         frame::finish(out, start);
     }
