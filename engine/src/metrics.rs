@@ -50,6 +50,8 @@ pub struct ExecutorMetrics {
     pub audit_bytes_written: AtomicU64,
     pub audit_write_errors: AtomicU64,
     pub audit_syncs: AtomicU64,
+    /// Times a connection waited for a busy audit log to catch up before taking requests.
+    pub audit_waits: AtomicU64,
 }
 
 impl ExecutorMetrics {
@@ -114,6 +116,7 @@ impl Metrics {
             ("audit_bytes_written".to_owned(), sum(|m| &m.audit_bytes_written)),
             ("audit_write_errors".to_owned(), sum(|m| &m.audit_write_errors)),
             ("audit_syncs".to_owned(), sum(|m| &m.audit_syncs)),
+            ("audit_waits".to_owned(), sum(|m| &m.audit_waits)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

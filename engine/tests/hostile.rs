@@ -9,7 +9,9 @@
 //!   authenticate again in time;
 //! - reads of large secrets pipelined without reading hold a bounded amount of memory, and a
 //!   BATCH_GET reply is capped;
-//! - connections without a token cannot park large frames in memory.
+//! - connections without a token cannot park large frames in memory;
+//! - a client that records audit events faster than the log is written slows every client
+//!   down to what the log can write, and gets none of them refused.
 
 mod common;
 
@@ -298,4 +300,46 @@ fn connections_without_a_token_cannot_park_large_frames() {
     assert!(peak < 32 << 20, "RSS grew by {} MiB", peak >> 20);
     let mut admin = Client::connect_with_token(server.address.as_str(), ADMIN).unwrap();
     assert!(admin.ping(b"fine").is_ok());
+}
+
+#[test]
+fn a_client_that_outruns_the_audit_log_slows_everyone_down_but_gets_nobody_refused() {
+    let dirs = ProcessDirs::new();
+    // The audit log is written every 4 s: a client pipelining reads as fast as it can records
+    // more than half the backlog limit (8 MiB) in between.
+    let args = ["--shards", "1", "--audit-flush-ms", "4000"];
+    let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});
+    let mut honest = Client::connect(server.address.as_str()).unwrap();
+    honest.put(&put("kept", b"value")).unwrap();
+    let attack_for = Duration::from_secs(8);
+    let gets: Vec<Request<'_>> =
+        (0..2_000).map(|_| Request::Get(GetRequest { id: "missing", version: 0 })).collect();
+    let bytes = encoded(&gets);
+    let mut stream = TcpStream::connect(server.address.as_str()).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 1 << 20];
+        while reader.read(&mut buffer).is_ok_and(|read| read > 0) {}
+    });
+    let flood = std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < attack_for {
+            stream.write_all(&bytes).unwrap();
+        }
+        stream.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < attack_for {
+        match honest.get("kept") {
+            Ok(reply) => assert_eq!(reply.secret.expose(), b"value"),
+            Err(error) => panic!("an honest read was refused while another client flooded: {error}"),
+        }
+        answered += 1;
+    }
+    flood.join().unwrap();
+    drain.join().unwrap();
+    assert!(answered > 0);
+    assert!(stat(&mut honest, "audit_waits") > 0, "the flood did make the audit log busy");
+    assert_eq!(stat(&mut honest, "audit_events_dropped"), 0);
 }

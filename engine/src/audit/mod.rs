@@ -30,7 +30,10 @@
 //!
 //! Failure: when a write or sync fails (disk full, I/O error), the error is logged (at most
 //! once per 10 s), counted, the data stays buffered and the write is retried at the next
-//! flush interval; nothing is dropped silently. Once more than `backlog_bytes_max` bytes are
+//! flush interval; nothing is dropped silently. While the file is written fine but more than
+//! half of `backlog_bytes_max` waits (requests arrive faster than the flusher writes),
+//! [`AuditLog::is_busy`] is true and connections wait before taking more requests: a busy log
+//! slows requests down, it does not refuse them. Once more than `backlog_bytes_max` bytes are
 //! unwritten, [`AuditLog::is_backlogged`] is true and the server refuses requests
 //! (UNAVAILABLE: fail closed rather than serve unaudited). Past twice that, `record` drops
 //! events, counting them ([`AuditLog::events_dropped`]) and logging an error, so that a dead

@@ -154,6 +154,14 @@ impl AuditLog {
         }
     }
 
+    /// True while more than half of `backlog_bytes_max` is unwritten and the file is being
+    /// written fine: requests come faster than the log is written. Connections then wait
+    /// before they take more requests, so the flusher catches up instead of the server
+    /// refusing everyone (one busy client would otherwise push the log into its backlog).
+    pub fn is_busy(&self) -> bool {
+        !self.failing.get() && self.unwritten_bytes() > self.settings.backlog_bytes_max / 2
+    }
+
     /// True when the unwritten bytes exceed `backlog_bytes_max` (e.g. the disk is failing):
     /// the server then refuses requests with UNAVAILABLE rather than serve unaudited.
     pub fn is_backlogged(&self) -> bool {
@@ -561,6 +569,13 @@ mod tests {
             let settings = AuditSettings { backlog_bytes_max: 2_000, ..AuditSettings::default() };
             let log = AuditLog::open(&path, 0, settings).await.unwrap();
             let mut index = 0;
+            while !log.is_busy() && index < 1_000 {
+                log.record(&event(index, "db/main"));
+                index += 1;
+            }
+            // Busy (connections wait) from half the limit on, before anything is refused.
+            assert!(log.is_busy() && !log.is_backlogged(), "busy after {index} events");
+            assert!(log.unwritten_bytes() > 1_000);
             while !log.is_backlogged() && index < 1_000 {
                 log.record(&event(index, "db/main"));
                 index += 1;
@@ -603,6 +618,7 @@ mod tests {
             let unwritten = log.unwritten_bytes();
             assert!(log.flush().await.is_err());
             assert!(log.is_backlogged(), "a failed batch is still unwritten");
+            assert!(!log.is_busy(), "a failing log refuses requests: nobody waits for it");
             assert!(log.flush().await.is_err());
             assert_eq!(log.write_errors(), 2);
             assert_eq!((log.unwritten_bytes(), log.bytes_written()), (unwritten, 0), "nothing is dropped");

@@ -57,6 +57,8 @@ pub const UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 4 * 1024;
 
 /// How long a client has to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connection waiting for a busy audit log looks again.
+const AUDIT_CATCH_UP_POLL: Duration = Duration::from_millis(1);
 
 /// A write and its outcome (or its shard stopped before answering).
 type WriteDone = (WriteTicket, Result<WriteOutcome, oneshot::Canceled>);
@@ -185,6 +187,7 @@ impl<'a> Connection<'a> {
         let mut pending = FuturesUnordered::new();
         let mut closing = None;
         loop {
+            self.wait_for_busy_audit().await;
             let mut took_requests = false;
             while closing.is_none() && pending.len() < in_flight_max && self.output.len() < OUTPUT_PAUSE_BYTES
             {
@@ -331,6 +334,20 @@ impl<'a> Connection<'a> {
             Either::Left((Either::Left((read, _)), _)) => Woken::Read(read),
             Either::Left((Either::Right((finished, _)), _)) => Woken::Finished(finished),
             Either::Right(_) => Woken::AuthDeadline,
+        }
+    }
+
+    /// While the executor's audit log is busy (written fine, but behind), waits for it to
+    /// catch up before taking more requests: this connection, and every other, then slows
+    /// down to what the log can write instead of pushing it into its backlog, where every
+    /// client is refused.
+    async fn wait_for_busy_audit(&self) {
+        let Some(audit) = &self.context.audit else { return };
+        if audit.is_busy() {
+            ExecutorMetrics::add(&self.context.metrics().audit_waits, 1);
+            while audit.is_busy() {
+                glommio::timer::sleep(AUDIT_CATCH_UP_POLL).await;
+            }
         }
     }
 
