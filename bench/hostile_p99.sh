@@ -76,6 +76,6 @@ for mode in audit unread bigreply bigframe; do
   run "$mode" "$mode"
   sleep 3
 done
-for name in connections_timed_out connections_closed_refusals frames_rejected unauthorized_total audit_events_dropped; do
+for name in connections_timed_out connections_closed_refusals frames_rejected unauthorized_total audit_waits audit_events_dropped; do
   printf '%s %s\n' "$name" "$(stat_value "$name")"
 done

@@ -34,8 +34,8 @@ pub struct ExecutorMetrics {
     pub internal_errors: AtomicU64,
     /// Kept versions re-encrypted with the active data key (data-key rotation).
     pub records_rewrapped: AtomicU64,
-    /// Versions that could not be re-encrypted (their ciphertext does not open): their data
-    /// key stays in the ring; each is logged with its id.
+    /// Failed attempts to re-encrypt a credential (a version whose ciphertext does not open;
+    /// retried every 10 s): its data key stays in the ring; each is logged with its id.
     pub rewrap_failures: AtomicU64,
     /// HELLOs with an unknown token.
     pub auth_failures: AtomicU64,
