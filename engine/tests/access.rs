@@ -447,7 +447,11 @@ fn sighup_reloads_tokens_while_a_client_stays_connected() {
     let ProcessDirs { dir, key, data_dir } = ProcessDirs::new();
     let tokens = dir.path().join("tokens.toml");
     std::fs::write(&tokens, table("app", READER, "ops = [\"read\"]")).unwrap();
-    let server = ServeProcess::start(&data_dir, &key, &["--tokens", tokens.to_str().unwrap()], |_| {});
+    let stderr_path = dir.path().join("serve.stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let server = ServeProcess::start(&data_dir, &key, &["--tokens", tokens.to_str().unwrap()], |command| {
+        command.stderr(stderr);
+    });
 
     let mut app = Client::connect_with_token(server.address.as_str(), READER).unwrap();
     let write = credential("app/db", "app", "prod/app", b"v1");
@@ -470,7 +474,13 @@ fn sighup_reloads_tokens_while_a_client_stays_connected() {
     // An invalid file is refused and the tokens in force stay.
     std::fs::write(&tokens, "[[token]]\nid = 3\n").unwrap();
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
-    std::thread::sleep(Duration::from_millis(200));
+    // Once the server says it refused the file (not merely after a while), the old tokens
+    // must still be in force.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&stderr_path).unwrap().contains("tokens file NOT reloaded") {
+        assert!(Instant::now() < deadline, "the invalid tokens file was never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(app.get("app/db").unwrap().secret.expose(), b"v1");
 
     // Removing the token revokes it on the live connection.

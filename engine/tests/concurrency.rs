@@ -160,7 +160,9 @@ fn connections_land_on_both_executors_and_reads_cross_shards() {
     let on_0 = stats.get("executor.0.connections_total").unwrap();
     let on_1 = stats.get("executor.1.connections_total").unwrap();
     assert!(on_0 > 0 && on_1 > 0, "connections per executor: {on_0} and {on_1}");
-    assert!(stats.get("writes_forwarded").unwrap() > 0 || on_0 == 0 || on_1 == 0);
+    // The writer's one connection sits on one executor: the writes for the other shard went
+    // through the mesh.
+    assert!(stats.get("writes_forwarded").unwrap() > 0, "writes to both shards from one connection");
 }
 
 #[test]

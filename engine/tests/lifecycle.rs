@@ -70,14 +70,14 @@ fn rotate_keeps_the_previous_version_readable_for_its_grace_period_then_retires_
         (current.metadata.owner.as_str(), current.metadata.kind),
         ("team-a", credshard_protocol::Kind::ApiKey)
     );
-    // Inside the 1 s grace period the old secret is still served and GET_META says so. (Read
-    // before the state, so a stall past the deadline cannot make the pair inconsistent.)
-    let old = client.get_version("rotated", 1);
-    let state = client.get_meta("rotated").unwrap().versions[1].state;
-    if state == VersionState::PreviousInGrace {
-        assert_eq!(old.unwrap().secret.expose(), b"old secret");
-    }
-    // After it, the secret is refused but the metadata stays.
+    // Inside its grace period the old secret is still served and GET_META says so: checked on
+    // a credential rotated with an hour of grace, so that no stall of a slow machine can skip
+    // the check.
+    client.put(&put("in-grace", b"before")).unwrap();
+    client.rotate(&rotate("in-grace", b"after", Some(3600))).unwrap();
+    assert_eq!(client.get_version("in-grace", 1).unwrap().secret.expose(), b"before");
+    assert_eq!(client.get_meta("in-grace").unwrap().versions[1].state, VersionState::PreviousInGrace);
+    // After its 1 s grace, the secret of "rotated" v1 is refused but the metadata stays.
     assert!(eventually(
         || client.get_version("rotated", 1).err().and_then(|error| error.status()) == Some(Status::Retired)
     ));
@@ -114,7 +114,8 @@ fn expired_credentials_answer_expired_then_are_swept_from_memory() {
     let ids = ids_on_every_shard(2, 3);
     for id in &ids {
         let mut request = put(id, b"short-lived");
-        request.expiry = Expiry::TtlMs(200);
+        // Long enough that the first read below comes before it even on a slow machine.
+        request.expiry = Expiry::TtlMs(1_000);
         client.put(&request).unwrap();
     }
     client.put(&put("stays", b"forever")).unwrap();

@@ -307,7 +307,13 @@ fn framing_errors_answer_then_close_without_hurting_others() {
         let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
         stream.write_all(&request[..request.len() - 3]).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Once the server has ended that connection (only the bystander's is open), nothing of
+    // its half frame may have been applied.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while bystander.stats().unwrap().get("connections_open") != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "the half-written connection never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(status_of(bystander.get("half-written")), Status::NotFound);
 
     // Garbage of every shape, then the bystander still works.
@@ -338,13 +344,18 @@ fn error_frames_encode_detail_and_message() {
 #[test]
 fn connection_limit_refuses_with_unavailable() {
     let server = TestServer::start_with(2, |config| config.connections_max = 2);
-    let _first = server.client();
-    let _second = server.client();
+    let first = server.client();
+    let mut second = server.client();
     let (frames, closed) = raw_exchange(&server, &[]);
     assert!(closed);
     assert_eq!(frames[0].status, Status::Unavailable as u8);
-    drop(_first);
-    std::thread::sleep(Duration::from_millis(50));
+    drop(first);
+    // Wait for the server to see the close (not a fixed while), then a new client gets in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.stats().unwrap().get("connections_open") != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "the closed connection's slot never came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut third = server.client();
     assert_eq!(&third.ping(b"ok").unwrap()[..], b"ok", "a slot frees when a connection closes");
 }

@@ -11,6 +11,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Ports tried before giving up on starting redis-server.
+const REDIS_START_ATTEMPTS: usize = 5;
 /// How long redis-server may take to accept connections.
 const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,32 +29,41 @@ impl Drop for RedisServer {
     }
 }
 
-/// Starts `redis-server` on a free loopback port; `None` if it is not installed.
+/// Starts `redis-server` on a free loopback port; `None` if it is not installed (outside CI:
+/// CI installs it, so there its absence fails the test). The port is found by binding port 0
+/// and releasing it, so another test may take it first: then redis-server exits at once, and
+/// it is started again on another port.
 fn start_redis() -> Option<RedisServer> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = match Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(error) => panic!("cannot start redis-server: {error}"),
-    };
-    let mut server = RedisServer { child, port };
-    let started = Instant::now();
-    // Ready once it answers PING.
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            panic!("redis-server exited at once ({status}); port {port} taken?");
+    for _ in 0..REDIS_START_ATTEMPTS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = match Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                assert!(std::env::var_os("CI").is_none(), "CI installs redis-server, but it is not on PATH");
+                return None;
+            }
+            Err(error) => panic!("cannot start redis-server: {error}"),
+        };
+        let mut server = RedisServer { child, port };
+        let started = Instant::now();
+        // Ready once it answers PING.
+        loop {
+            if server.child.try_wait().unwrap().is_some() {
+                break; // exited at once: the port was taken meanwhile; try another
+            }
+            if ping(port) {
+                return Some(server);
+            }
+            assert!(started.elapsed() < REDIS_START_TIMEOUT, "redis-server not ready on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if ping(port) {
-            return Some(server);
-        }
-        assert!(started.elapsed() < REDIS_START_TIMEOUT, "redis-server not ready on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
     }
+    panic!("redis-server exited at once {REDIS_START_ATTEMPTS} times");
 }
 
 fn ping(port: u16) -> bool {
@@ -99,7 +110,7 @@ fn short_run_against_redis_server() {
 
 #[test]
 fn unreachable_redis_target_exits_2() {
-    let address = common::unreachable_address();
+    let (_guard, address) = common::unreachable_address();
     let output = Command::new(LOADGEN)
         .args(["--target", &format!("redis://{address}"), "--duration", "1"])
         .output()

@@ -176,7 +176,7 @@ fn deletes_make_not_found_an_outcome_not_an_error() {
 
 #[test]
 fn redis_only_ops_are_refused_before_connecting() {
-    let address = common::unreachable_address();
+    let (_guard, address) = common::unreachable_address();
     for mix in ["get=1,rotate=1", "get=1,delete=1", "batch_get:5=1"] {
         let output = Command::new(LOADGEN)
             .args(["--target", &format!("redis://{address}"), "--mix", mix])
@@ -189,7 +189,7 @@ fn redis_only_ops_are_refused_before_connecting() {
 
 #[test]
 fn unreachable_target_and_bad_arguments_exit_2() {
-    let address = common::unreachable_address();
+    let (_guard, address) = common::unreachable_address();
     let output = Command::new(LOADGEN)
         .args(["--target", &format!("credshard://{address}"), "--duration", "1"])
         .output()

@@ -15,10 +15,14 @@ pub fn number(json: &str, name: &str) -> f64 {
     value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
 }
 
-/// A loopback address nothing listens on.
-pub fn unreachable_address() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A loopback address nothing listens on, for as long as the guard lives: the guard holds
+/// 127.0.0.1:P, so no other test can take port P (binding 0.0.0.0:P conflicts with it), and
+/// the address returned is 127.0.0.2:P, where nothing listens. (Binding port 0 and dropping the
+/// listener would free P for any concurrent test to take.)
+pub fn unreachable_address() -> (std::net::TcpListener, std::net::SocketAddr) {
+    let guard = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = guard.local_addr().unwrap().port();
+    (guard, std::net::SocketAddr::from(([127, 0, 0, 2], port)))
 }
 
 /// Asserts the run failed with exit code 2 and a one-line message; returns the message.
