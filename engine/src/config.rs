@@ -16,6 +16,16 @@ pub const BATCH_REPLY_BYTES_MAX_CEILING: usize = 1 << 30;
 /// The fastest `--rewrap-rate` (credentials re-encrypted per second per shard).
 pub const REWRAP_RATE_MAX: u32 = 1_000_000;
 
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncMode {
+    /// After its batch is written and fdatasync'ed: acknowledged means on disk.
+    Always,
+    /// After its batch is written to the page cache: survives a process crash, not a power
+    /// loss or kernel crash.
+    Never,
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerConfig {
     /// Address every executor listens on (SO_REUSEPORT). Port 0 picks a free port.
@@ -40,7 +50,7 @@ pub struct ServerConfig {
     /// `never` once its batch is written to the page cache (survives a process crash, not a
     /// power loss).
     #[arg(long, env = "CREDSHARD_FSYNC", value_enum, default_value = "always")]
-    pub fsync: crate::storage::log::FsyncMode,
+    pub fsync: FsyncMode,
     /// A shard's log segment above this size triggers a snapshot of the shard, after which
     /// the older segments are deleted.
     #[arg(long, env = "CREDSHARD_COMPACT_LOG_BYTES", default_value_t = 64 << 20)]
@@ -146,7 +156,7 @@ impl Default for ServerConfig {
             shards: None,
             key_file: None,
             passphrase_env: None,
-            fsync: crate::storage::log::FsyncMode::Always,
+            fsync: FsyncMode::Always,
             compact_log_bytes: 64 << 20,
             frame_bytes_max: limits.frame_bytes_max,
             id_bytes_max: limits.id_bytes_max,

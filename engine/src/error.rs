@@ -98,3 +98,7 @@ impl OpError {
         }
     }
 }
+
+/// The outcome of a write (or of a key op answered like one): the version it created or
+/// removed.
+pub type WriteOutcome = Result<u64, OpError>;

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod files;
 pub mod index;
 pub mod keyspace;
 pub mod metrics;

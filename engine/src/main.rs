@@ -533,7 +533,7 @@ fn serve(config: ServerConfig) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "credshard listening"
     );
-    if config.fsync == credshard_engine::storage::log::FsyncMode::Never {
+    if config.fsync == credshard_engine::config::FsyncMode::Never {
         tracing::warn!("--fsync never: writes are acknowledged once in the page cache; a power loss or kernel crash can lose acknowledged writes");
     }
     // Scripts and tests read the bound address (useful with port 0) from this line.

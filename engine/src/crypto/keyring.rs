@@ -51,7 +51,7 @@ use crate::crypto::master::{Argon2Cost, MasterKey, KEY_BYTES};
 use crate::crypto::nonce::{random_bytes, random_nonce, NONCE_BYTES};
 use crate::crypto::{open, seal, Binding, TAG_BYTES};
 use crate::error::EngineError;
-use crate::storage::write_file_atomically;
+use crate::files::write_file_atomically;
 use crate::time::now_ms;
 
 const MAGIC: &[u8; 8] = b"CSKEYRNG";

@@ -28,13 +28,13 @@ use zeroize::Zeroize;
 
 use crate::auth::Session;
 use crate::error::OpError;
+use crate::error::WriteOutcome;
 use crate::metrics::ExecutorMetrics;
 use crate::server::dispatch::{
     answer_write, dispatch, Caller, Dispatched, WriteTicket, UNAUTHENTICATED_REFUSALS_MAX,
 };
 use crate::server::executor::ExecutorContext;
 use crate::server::input::InputBuffer;
-use crate::server::router::WriteOutcome;
 
 /// Bytes read per `read` call.
 const READ_CHUNK_BYTES: usize = 16 * 1024;

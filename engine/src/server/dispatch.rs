@@ -23,9 +23,9 @@ use crate::auth::{Principal, Session};
 use crate::crypto::{Argon2Cost, KeySource, MasterKey};
 use crate::error::EngineError;
 use crate::error::OpError;
+use crate::error::WriteOutcome;
 use crate::metrics::ExecutorMetrics;
 use crate::server::executor::ExecutorContext;
-use crate::server::router::WriteOutcome;
 use crate::time::now_ms;
 
 /// Room made in the reply buffer before any request: more than any reply but those of GET,

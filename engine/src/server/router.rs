@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{Acl, Principal};
-use crate::error::OpError;
+use crate::error::{OpError, WriteOutcome};
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::shard::ShardWriter;
 
@@ -26,9 +26,6 @@ const REWRAP_TICK: Duration = Duration::from_millis(10);
 const REWRAP_IDLE_CHECK: Duration = Duration::from_millis(200);
 /// The pause after a pass in which some credentials could not be re-encrypted.
 const REWRAP_RETRY_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The result of a write: the version it created or removed.
-pub type WriteOutcome = Result<u64, OpError>;
 
 /// A write travelling to the executor of the shard that owns it.
 pub struct WriteMessage {

@@ -29,9 +29,10 @@ use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::io::{BufferedFile, OpenOptions};
 
+use crate::config::FsyncMode;
 use crate::error::OpError;
+use crate::error::WriteOutcome;
 use crate::metrics::{ExecutorMetrics, Metrics};
-use crate::server::router::WriteOutcome;
 use crate::storage::manifest::Manifest;
 use crate::storage::recovery::ActiveSegment;
 use crate::storage::wal::{encode_batch, encode_entry, EntryType};
@@ -61,16 +62,6 @@ const SNAPSHOT_BATCH_BYTES: usize = 1 << 20;
 
 /// How long the committer waits before retrying a failed batch.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
-
-/// When a write is acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FsyncMode {
-    /// After its batch is written and fdatasync'ed: acknowledged means on disk.
-    Always,
-    /// After its batch is written to the page cache: survives a process crash, not a power
-    /// loss or kernel crash.
-    Never,
-}
 
 pub struct ShardLog {
     place: LogPlace,

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::EngineError;
-use crate::storage::write_file_atomically;
+use crate::files::write_file_atomically;
 
 /// The data dir format this build reads and writes.
 /// 2: record ciphertexts are bound to owner, scope, kind, expiry and grace besides id,
