@@ -14,8 +14,8 @@ use crate::audit::{AuditLog, AuditSettings};
 use crate::auth::Authenticator;
 use crate::config::{ServerConfig, Switch};
 use crate::metrics::{ExecutorMetrics, Metrics};
-use crate::server::connection;
 use crate::server::router::{Router, WriteMessage};
+use crate::server::{connection, maintenance};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
 use crate::store::Store;
 
@@ -106,8 +106,12 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     };
     let router = Rc::new(Router::new(writer, senders));
     router.spawn_peer_tasks(receivers, *shared.store.limits());
-    router.spawn_sweeper(Duration::from_millis(shared.config.sweep_interval_ms), Arc::clone(&shared.metrics));
-    router.spawn_rewrapper(shared.config.rewrap_rate, Arc::clone(&shared.metrics));
+    maintenance::spawn_sweeper(
+        &router,
+        Duration::from_millis(shared.config.sweep_interval_ms),
+        Arc::clone(&shared.metrics),
+    );
+    maintenance::spawn_rewrapper(&router, shared.config.rewrap_rate, Arc::clone(&shared.metrics));
 
     let listener = match bind(&shared, shard_id) {
         Ok(listener) => listener,

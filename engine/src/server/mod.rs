@@ -12,6 +12,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod executor;
 pub mod input;
+pub mod maintenance;
 pub mod router;
 pub mod tls;
 
