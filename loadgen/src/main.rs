@@ -18,6 +18,8 @@
 //! measured (the preload failed, every connection was lost, the JSON file could not be
 //! written), 2 for bad arguments or an unreachable target.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod client;
 mod distribution;

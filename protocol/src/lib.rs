@@ -11,6 +11,8 @@
 //! - [`client`]: a blocking client and a pipelining tokio client.
 //! - [`error`]: the [`ClientError`] every client call can return.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod code;
 pub mod error;

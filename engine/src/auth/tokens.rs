@@ -104,11 +104,10 @@ impl TokenSet {
     }
 }
 
-/// Equality of two hashes without a data-dependent branch or early exit.
+/// Equality of two hashes without a data-dependent branch or early exit (`subtle`).
 fn constant_time_eq(left: &TokenHash, right: &TokenHash) -> bool {
-    let difference = left.iter().zip(right).fold(0u8, |acc, (l, r)| acc | (l ^ r));
-    // `black_box` keeps the optimiser from turning the fold back into an early-exit compare.
-    std::hint::black_box(difference) == 0
+    use subtle::ConstantTimeEq;
+    left.ct_eq(right).into()
 }
 
 impl TokenEntry {
