@@ -334,7 +334,7 @@ impl Keyring {
             if count < self.encryptions_max {
                 self.extend_reservation(&mut file, key_id)?;
             } else {
-                self.rotate_locked(&mut file)?;
+                self.add_active_key(&mut file)?;
                 tracing::info!(retired_key_id = key_id, "data key reached its encryption budget; rotated");
             }
         }
@@ -366,7 +366,7 @@ impl Keyring {
     /// When the ring cannot be persisted (nothing changes then).
     pub fn rotate(&self) -> Result<u32, EngineError> {
         let mut file = self.file.lock().expect("keyring file lock");
-        let key_id = self.rotate_locked(&mut file)?;
+        let key_id = self.add_active_key(&mut file)?;
         tracing::info!(key_id, data_keys = file.entries.len(), "data key rotated");
         Ok(key_id)
     }
@@ -446,24 +446,13 @@ impl Keyring {
             .filter(|entry| entry.state == KeyState::Retiring)
             .map(|entry| entry.key_id)
             .collect();
-        let before = std::mem::replace(&mut file.entries, kept);
-        if let Err(error) = file.persist() {
-            file.entries = before;
-            return Err(error.into());
-        }
+        file.replace_entries(kept)?;
         self.file_keys.store(file.entries.len(), Ordering::Release);
         tracing::info!(
             ?dropped,
             "no record is left on the retiring data keys; dropped them from the key ring"
         );
         Ok(dropped)
-    }
-
-    /// Retires the active key and adds a fresh active one (with the file lock held).
-    fn rotate_locked(&self, file: &mut RingFile) -> Result<u32, EngineError> {
-        let key_id = self.add_active_key(file)?;
-        self.file_keys.store(file.entries.len(), Ordering::Release);
-        Ok(key_id)
     }
 
     /// Generates a data key, records it as the active one (the previous active key retires)
@@ -473,21 +462,19 @@ impl Keyring {
         let mut key = Zeroizing::new([0u8; KEY_BYTES]);
         random_bytes(key.as_mut());
         let reserved = RESERVATION_BLOCK.min(self.encryptions_max);
-        let before = file.entries.clone();
-        for entry in &mut file.entries {
+        let mut entries = file.entries.clone();
+        for entry in &mut entries {
             entry.state = KeyState::Retiring;
         }
-        file.entries.push(RingEntry {
+        entries.push(RingEntry {
             key_id,
             state: KeyState::Active,
             created_at_ms: now_ms(),
             reserved,
             wrapped: wrap_key(&file.master, key_id, &key),
         });
-        if let Err(error) = file.persist() {
-            file.entries = before;
-            return Err(error.into());
-        }
+        file.replace_entries(entries)?;
+        self.file_keys.store(file.entries.len(), Ordering::Release);
         let data_key = DataKey::new(key_id, &key, 0);
         data_key.reserved.store(reserved, Ordering::Release);
         self.keys.pin().insert(key_id, data_key);
@@ -504,18 +491,18 @@ impl Keyring {
             .iter()
             .position(|entry| entry.key_id == key_id)
             .expect("the active key is in the file");
-        let from = file.entries[index].reserved;
-        let to = from.saturating_add(RESERVATION_BLOCK).min(self.encryptions_max);
-        file.entries[index].reserved = to;
-        if let Err(error) = file.persist() {
-            file.entries[index].reserved = from;
-            return Err(error.into());
-        }
-        let keys = self.keys.pin();
-        let key = keys.get(&key_id).expect("the active key is in the ring");
-        // A fresh process starts counting where the last reservation ended.
-        key.encryptions.fetch_max(from, Ordering::AcqRel);
-        key.reserved.store(to, Ordering::Release);
+        let mut entries = file.entries.clone();
+        entries[index].reserved =
+            entries[index].reserved.saturating_add(RESERVATION_BLOCK).min(self.encryptions_max);
+        let to = entries[index].reserved;
+        file.replace_entries(entries)?;
+        // (A fresh process already counts from the last reservation: `DataKey::new` at open.)
+        self.keys
+            .pin()
+            .get(&key_id)
+            .expect("the active key is in the ring")
+            .reserved
+            .store(to, Ordering::Release);
         Ok(())
     }
 }
@@ -743,6 +730,17 @@ impl RingFile {
         }
         let file = RingFile { path, master, kdf, salt, cost, entries, cleared: BTreeSet::new() };
         Ok((file, format_version != FORMAT_VERSION))
+    }
+
+    /// Persists the ring with `entries` in place of its own, and keeps them only if that
+    /// succeeded (a failed write changes nothing).
+    fn replace_entries(&mut self, entries: Vec<RingEntry>) -> std::io::Result<()> {
+        let before = std::mem::replace(&mut self.entries, entries);
+        let persisted = self.persist();
+        if persisted.is_err() {
+            self.entries = before;
+        }
+        persisted
     }
 
     fn persist(&self) -> std::io::Result<()> {

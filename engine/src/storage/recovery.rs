@@ -224,9 +224,7 @@ fn replay(
         for entry in entries {
             match *entry {
                 Entry::Record(body) => {
-                    let mut bytes = AlignedVec::with_capacity(body.len());
-                    bytes.extend_from_slice(body);
-                    let record = Record::from_archive(bytes)?;
+                    let record = logged_record(body)?;
                     let id = record.credential().id.as_str().to_owned();
                     if store.shard_for(&id) != shard_id {
                         if same_layout {
@@ -255,9 +253,7 @@ fn replay(
                     }
                 }
                 Entry::Rewrap(body) => {
-                    let mut bytes = AlignedVec::with_capacity(body.len());
-                    bytes.extend_from_slice(body);
-                    let record = Record::from_archive(bytes)?;
+                    let record = logged_record(body)?;
                     if store.shard_for(record.credential().id.as_str()) == shard_id {
                         // The version may be gone since (deleted, expired, or no longer kept).
                         replace_version(store, shard_id, Arc::new(record));
@@ -267,6 +263,13 @@ fn replay(
         }
     }
     Ok(store.shard(shard_id).rebuild_index())
+}
+
+/// A record read back from a log entry's body (copied into an aligned buffer, validated).
+fn logged_record(body: &[u8]) -> Result<Record, EngineError> {
+    let mut bytes = AlignedVec::with_capacity(body.len());
+    bytes.extend_from_slice(body);
+    Record::from_archive(bytes)
 }
 
 /// Writes the current contents of every shard as `next`'s logs, switches the manifest to it,
