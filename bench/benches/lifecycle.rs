@@ -10,7 +10,8 @@ use bytes::BytesMut;
 use credshard_bench::{keyring, secret, SECRET_BYTES};
 use credshard_engine::auth::Acl;
 use credshard_engine::crypto::{KeySource, MasterKey};
-use credshard_engine::store::{Lifecycle, Store};
+use credshard_engine::data::{Lifecycle, ShardWriter, Store, Write};
+use credshard_engine::OpError;
 use credshard_engine::{Server, ServerConfig};
 use credshard_protocol::op::batch_get::BatchGetRequest;
 use credshard_protocol::op::get::GetRequest;
@@ -39,13 +40,20 @@ fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
     }
 }
 
+/// Submits a write to an in-memory writer (no log), whose outcome is known at once.
+fn apply(writer: &mut ShardWriter, write: Write<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
+    let (reply, mut outcome) = futures::channel::oneshot::channel();
+    writer.submit(write, now_ms, acl, reply);
+    outcome.try_recv().expect("not cancelled").expect("answered at once without a log")
+}
+
 fn in_process(criterion: &mut Criterion) {
     let secret = secret(SECRET_BYTES);
     let store = Arc::new(Store::new(1, keyring(), Limits::default(), Lifecycle::default()));
     let mut writer = store.claim_writer(0);
     let now = credshard_engine::time::now_ms();
     for index in 0..CREDENTIALS {
-        writer.put(&put(&id(index), &secret), now, &Acl::everything()).unwrap();
+        apply(&mut writer, Write::Put(&put(&id(index), &secret)), now, &Acl::everything()).unwrap();
     }
     let mut group = criterion.benchmark_group("lifecycle/store");
     let mut out = BytesMut::with_capacity(1 << 20);
@@ -70,7 +78,7 @@ fn in_process(criterion: &mut Criterion) {
                 grace_period_seconds: None,
                 secret: &secret,
             };
-            writer.rotate(black_box(&request), now, &Acl::everything()).unwrap()
+            apply(&mut writer, Write::Rotate(black_box(&request)), now, &Acl::everything()).unwrap()
         })
     });
 

@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use credshard_bench::{binding, fields, keyring, put_request, secret, SECRET_BYTES};
-use credshard_engine::record::{CredentialFields, Record};
+use credshard_engine::data::record::{CredentialFields, Record};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rkyv::util::AlignedVec;
 

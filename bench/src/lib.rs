@@ -9,7 +9,7 @@
 
 use bytes::BytesMut;
 use credshard_engine::crypto::{Binding, Keyring, MasterKey};
-use credshard_engine::record::VersionFields;
+use credshard_engine::data::record::VersionFields;
 use credshard_protocol::op::metadata::MetadataRef;
 use credshard_protocol::wire::put_bytes32;
 use credshard_protocol::{frame, Expiry, Kind, Labels, PutRequest, Request, Status};

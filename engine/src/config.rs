@@ -16,15 +16,7 @@ pub const BATCH_REPLY_BYTES_MAX_CEILING: usize = 1 << 30;
 /// The fastest `--rewrap-rate` (credentials re-encrypted per second per shard).
 pub const REWRAP_RATE_MAX: u32 = 1_000_000;
 
-/// When a write is acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FsyncMode {
-    /// After its batch is written and fdatasync'ed: acknowledged means on disk.
-    Always,
-    /// After its batch is written to the page cache: survives a process crash, not a power
-    /// loss or kernel crash.
-    Never,
-}
+pub use crate::storage::FsyncMode;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerConfig {
@@ -201,8 +193,8 @@ impl ServerConfig {
         }
     }
 
-    pub fn lifecycle(&self) -> crate::store::Lifecycle {
-        crate::store::Lifecycle {
+    pub fn lifecycle(&self) -> crate::data::Lifecycle {
+        crate::data::Lifecycle {
             max_versions: self.max_versions,
             grace_period_ms: self.grace_period_seconds.saturating_mul(1000),
         }

@@ -4,14 +4,11 @@
 //! - [`auth`]: tokens, ACLs and sessions (who may do what).
 //! - [`config`]: server settings with documented defaults (parsed by the CLI).
 //! - [`crypto`]: AES-256-GCM sealing, the master key and the key ring of data keys.
-//! - [`record`]: one credential version as a validated rkyv archive holding only ciphertext.
-//! - [`index`]: per-shard secondary indexes (owner, scope) that serve LIST page by page.
-//! - [`keyspace`]: the fixed hash that maps a credential id to its shard.
-//! - [`shard`]: one shard's wait-free map and its single writer.
-//! - [`store`]: all shards, the key ring and limits; the read path.
+//! - [`data`]: the data core: records, the shards' maps and indexes, the [`Store`] over
+//!   them (the read path) and each shard's single writer (the write path).
 //! - [`server`]: glommio executors, connections, request dispatch and cross-shard writes.
 //! - [`metrics`]: per-executor counters reported by STATS.
-//! - [`storage`]: files in the data dir.
+//! - [`storage`]: files in the data dir: the write-ahead logs, snapshots and recovery.
 //! - [`time`]: Unix-millisecond clock.
 //! - [`wipe`]: growing buffers that may hold plaintext without leaving copies behind.
 //! - [`error`]: [`EngineError`] and [`OpError`].
@@ -20,20 +17,16 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod data;
 pub mod error;
 pub mod files;
-pub mod index;
-pub mod keyspace;
 pub mod metrics;
-pub mod record;
 pub mod server;
-pub mod shard;
 pub mod storage;
-pub mod store;
 pub mod time;
 pub mod wipe;
 
 pub use config::ServerConfig;
+pub use data::Store;
 pub use error::{EngineError, OpError};
 pub use server::{Server, ServerHandle};
-pub use store::Store;

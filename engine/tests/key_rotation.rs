@@ -41,7 +41,7 @@ fn ids_per_shard(counts: &[usize]) -> Vec<String> {
     let mut index = 0;
     while left.iter().any(|&count| count > 0) {
         let id = format!("cred-{index}");
-        let shard = credshard_engine::keyspace::shard_for(&id, counts.len());
+        let shard = credshard_engine::data::keyspace::shard_for(&id, counts.len());
         if left[shard] > 0 {
             left[shard] -= 1;
             ids.push(id);

@@ -13,11 +13,12 @@ use glommio::net::TcpListener;
 use crate::audit::{AuditLog, AuditSettings};
 use crate::auth::Authenticator;
 use crate::config::{ServerConfig, Switch};
+use crate::data::Store;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::router::{Router, WriteMessage};
 use crate::server::{connection, maintenance};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
-use crate::store::Store;
+use crate::storage::Shards;
 
 /// Flushes of the audit log at shutdown before giving up on connections that keep recording.
 const FINAL_AUDIT_FLUSHES_MAX: usize = 16;
@@ -81,7 +82,14 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     let segment = place.segment.path.clone();
     let settings =
         LogSettings { fsync: shared.config.fsync, compact_log_bytes: shared.config.compact_log_bytes };
-    match ShardLog::open(place, settings, Arc::clone(&shared.store), Arc::clone(&shared.metrics)).await {
+    match ShardLog::open(
+        place,
+        settings,
+        Arc::clone(&shared.store) as Arc<dyn Shards>,
+        Arc::clone(&shared.metrics),
+    )
+    .await
+    {
         Ok(log) => writer.attach_log(log),
         Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),
     }

@@ -55,12 +55,7 @@ pub fn spawn_rewrapper(router: &Rc<Router>, records_per_second: u32, metrics: Ar
             let candidates = router.with_writer(|writer| writer.rewrap_candidates(active_key_id));
             if candidates.is_empty() {
                 let (reply, durable) = oneshot::channel();
-                router.with_writer(|writer| match writer.log() {
-                    Some(log) => log.when_durable(reply),
-                    None => {
-                        let _ = reply.send(Ok(0));
-                    }
-                });
+                router.with_writer(|writer| writer.when_durable(reply));
                 if let Ok(Ok(_)) = durable.await {
                     if let Err(error) = keyring.report_clear(router.shard_id(), epoch, store.shard_count()) {
                         tracing::warn!(%error, "could not drop the retiring data keys; retrying");

@@ -27,12 +27,12 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::crypto::{KeySource, Keyring};
+use crate::data::Store;
 use crate::error::EngineError;
 use crate::metrics::Metrics;
 use crate::storage::lock::DataDirLock;
 use crate::storage::log::LogPlace;
 use crate::storage::recovery;
-use crate::store::Store;
 
 /// How long `start` waits for every executor to report that it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,7 +77,7 @@ impl Server {
         let keyring = Keyring::open(&config.data_dir, key_source)?;
         let shard_count = config.shard_count();
         let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
-        let (manifest, segments, report) = recovery::recover(&config.data_dir, &store)?;
+        let (manifest, segments, report) = recovery::recover(&config.data_dir, &*store)?;
         tracing::info!(
             credentials = report.credentials,
             entries = report.entries_replayed,
@@ -204,15 +204,8 @@ fn placement(shard_count: usize) -> Result<PoolPlacement, EngineError> {
 
 /// The CPUs in this process's affinity mask, if it can be read.
 fn allowed_cpus() -> Option<Vec<usize>> {
-    // SAFETY: `set` is a zero-initialised local cpu_set_t of the size passed to the call, which
-    // only writes into it; CPU_ISSET reads within it for indices below CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return None;
-        }
-        Some((0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect())
-    }
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    Some((0..nix::sched::CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect())
 }
 
 impl ServerHandle {

@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 use std::sync::Arc;
 
 use crate::auth::{Acl, Principal};
+use crate::data::{ShardWriter, Write};
 use crate::error::{OpError, WriteOutcome};
-use crate::shard::ShardWriter;
 
 /// A write travelling to the executor of the shard that owns it.
 pub struct WriteMessage {
@@ -50,17 +50,10 @@ impl Router {
     /// outcome: at once for a refused write, once its log batch is committed for an applied one.
     /// `acl` is the caller's: the writer checks the credential's owner and scope against it.
     pub fn write(&self, request: &Request<'_>, now_ms: u64, acl: &Acl, reply: oneshot::Sender<WriteOutcome>) {
-        let mut writer = self.writer.borrow_mut();
-        let outcome = match request {
-            Request::Put(put) => writer.put(put, now_ms, acl),
-            Request::Delete(delete) => writer.delete(delete, now_ms, acl),
-            Request::Rotate(rotate) => writer.rotate(rotate, now_ms, acl),
-            _ => Err(OpError::Internal("not a write")),
-        };
-        match (outcome, writer.log()) {
-            (Ok(version), Some(log)) => log.when_committed(reply, Ok(version)),
-            (outcome, _) => {
-                let _ = reply.send(outcome);
+        match Write::of(request) {
+            Some(write) => self.writer.borrow_mut().submit(write, now_ms, acl, reply),
+            None => {
+                let _ = reply.send(Err(OpError::Internal("not a write")));
             }
         }
     }

@@ -29,15 +29,13 @@ use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::io::{BufferedFile, OpenOptions};
 
-use crate::config::FsyncMode;
 use crate::error::OpError;
 use crate::error::WriteOutcome;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::storage::manifest::Manifest;
 use crate::storage::recovery::ActiveSegment;
 use crate::storage::wal::{encode_batch, encode_entry, EntryType};
-use crate::storage::ShardStorage;
-use crate::store::Store;
+use crate::storage::{FsyncMode, ShardStorage, Shards};
 
 /// Where a shard's log lives.
 #[derive(Clone, Debug)]
@@ -66,7 +64,8 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 pub struct ShardLog {
     place: LogPlace,
     settings: LogSettings,
-    store: Arc<Store>,
+    /// The shards, read for snapshots.
+    shards: Arc<dyn Shards>,
     /// The active segment and its sequence number.
     file: RefCell<Rc<BufferedFile>>,
     sequence: Cell<u64>,
@@ -93,7 +92,7 @@ impl ShardLog {
     pub async fn open(
         place: LogPlace,
         settings: LogSettings,
-        store: Arc<Store>,
+        shards: Arc<dyn Shards>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Rc<ShardLog>> {
         let path = place.segment.path.clone();
@@ -104,7 +103,7 @@ impl ShardLog {
             sequence: Cell::new(place.segment.sequence),
             place,
             settings,
-            store,
+            shards,
             file: RefCell::new(Rc::new(file)),
             end: Cell::new(end),
             compacting: Cell::new(false),
@@ -192,13 +191,10 @@ impl ShardLog {
         let result = async {
             let mut offset = 0u64;
             let mut payload = Vec::with_capacity(SNAPSHOT_BATCH_BYTES + 64 * 1024);
-            // The guard is held across the writes: entries replaced meanwhile are reclaimed
-            // only after the snapshot, which is the price of not stopping the writer.
-            let map = self.store.shard(shard_id).map.pin();
-            for (_, entry) in map.iter() {
-                for record in entry.versions().iter().rev() {
-                    encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
-                }
+            // Holding the versions (not a guard on the map) lets the map reclaim what writes
+            // replace meanwhile.
+            for record in self.shards.kept_versions(shard_id) {
+                encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
                 if payload.len() >= SNAPSHOT_BATCH_BYTES {
                     let batch = encode_batch(&payload);
                     write_all_at(&file, &batch, offset).await?;
@@ -206,7 +202,6 @@ impl ShardLog {
                     payload.clear();
                 }
             }
-            drop(map);
             if !payload.is_empty() {
                 write_all_at(&file, &encode_batch(&payload), offset).await?;
             }

@@ -7,10 +7,12 @@
 //! - [`recovery`]: rebuilding the shards' maps from the logs at start, resharding, compaction.
 //! - [`lock`]: the data dir's lock, so that one data dir serves one server at a time.
 //!
-//! The storage seam the shards use is small: [`ShardStorage`] to append entries and learn when
-//! they are committed, and `recovery::recover` to fill the maps at start. The local log
-//! implements it; a PostgreSQL system of record can implement it without touching the shards,
-//! the protocol or the server.
+//! The seam between the shards and their storage is two traits, so that the arrow points one
+//! way (the data core calls storage; storage never names the data core's types):
+//! [`ShardStorage`], through which a shard's writer appends entries and learns when they are
+//! committed, and [`Shards`], through which storage reads the shards (snapshots, rewrites)
+//! and recovery replays the logs into them. The local log implements the first; a PostgreSQL
+//! system of record can implement it without touching the shards, the protocol or the server.
 
 pub mod lock;
 pub mod log;
@@ -18,10 +20,54 @@ pub mod manifest;
 pub mod recovery;
 pub mod wal;
 
+use std::sync::Arc;
+
 use futures::channel::oneshot;
 
-use crate::error::WriteOutcome;
+use crate::error::{EngineError, WriteOutcome};
 use crate::storage::wal::EntryType;
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncMode {
+    /// After its batch is written and fdatasync'ed: acknowledged means on disk.
+    Always,
+    /// After its batch is written to the page cache: survives a process crash, not a power
+    /// loss or kernel crash.
+    Never,
+}
+
+/// A kept version as storage sees it: the archived bytes it writes, and reads back at start.
+pub trait Archived: Send + Sync {
+    fn archive_bytes(&self) -> &[u8];
+}
+
+/// What storage needs of the shards it keeps: their contents for snapshots and rewrites, and
+/// a place to replay the logs into at start.
+pub trait Shards: Send + Sync {
+    fn shard_count(&self) -> usize;
+
+    /// Credentials held in all shards.
+    fn credentials(&self) -> usize;
+
+    /// Every kept version in shard `shard_id`, each credential's oldest first (the order
+    /// that replay turns back into the same kept versions).
+    fn kept_versions(&self, shard_id: usize) -> Vec<Arc<dyn Archived>>;
+
+    /// Replays logged entries, in order, into shard `shard_id` (empty before); returns the
+    /// versions it keeps. With `own_log`, `sources` is that shard's own log and an entry of
+    /// another shard is corruption; otherwise (the shard count changed) `sources` are every
+    /// old log and entries of other shards are skipped.
+    ///
+    /// # Errors
+    /// A record that fails validation, or an entry in the wrong shard's log.
+    fn replay(
+        &self,
+        shard_id: usize,
+        sources: &[&[wal::Entry<'_>]],
+        own_log: bool,
+    ) -> Result<usize, EngineError>;
+}
 
 /// Where a shard's writer sends its writes to make them durable. All calls come from the
 /// shard's own executor, in write order.

@@ -4,17 +4,12 @@
 //! generation of compact logs before the server starts.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use rkyv::util::AlignedVec;
-
 use crate::error::EngineError;
-use crate::record::Record;
-use crate::shard::{install_entry, remove_entry, replace_version};
 use crate::storage::manifest::Manifest;
 use crate::storage::wal::{self, encode_batch, encode_entry, Entry, EntryType};
-use crate::store::Store;
+use crate::storage::Shards;
 
 /// Logs bigger than this, holding more than twice the versions kept, are compacted at start.
 const COMPACT_LOG_BYTES_MIN: u64 = 64 << 20;
@@ -47,7 +42,7 @@ struct ShardLogs {
     obsolete: Vec<PathBuf>,
 }
 
-/// Fills `store` from the data dir's logs and returns the manifest the server must write to and
+/// Fills `shards` from the data dir's logs and returns the manifest the server must write to and
 /// each shard's active segment.
 ///
 /// # Errors
@@ -55,10 +50,10 @@ struct ShardLogs {
 /// names the file and offset); a record that fails validation; I/O errors.
 pub fn recover(
     data_dir: &Path,
-    store: &Store,
+    shards: &dyn Shards,
 ) -> Result<(Manifest, Vec<ActiveSegment>, Report), EngineError> {
     let started = Instant::now();
-    let shard_count = store.shard_count();
+    let shard_count = shards.shard_count();
     let Some(manifest) = Manifest::read(data_dir)? else {
         let manifest = Manifest { shard_count, generation: 1 };
         create_generation(data_dir, &manifest, &vec![Vec::new(); shard_count])?;
@@ -133,9 +128,12 @@ pub fn recover(
             .map(|shard_id| {
                 let parsed = &parsed;
                 scope.spawn(move || {
-                    let sources: Vec<&Vec<Entry<'_>>> =
-                        if same_layout { vec![&parsed[shard_id]] } else { parsed.iter().collect() };
-                    replay(store, shard_id, sources, same_layout)
+                    let sources: Vec<&[Entry<'_>]> = if same_layout {
+                        vec![&parsed[shard_id]]
+                    } else {
+                        parsed.iter().map(Vec::as_slice).collect()
+                    };
+                    shards.replay(shard_id, &sources, same_layout)
                 })
             })
             .collect();
@@ -144,7 +142,7 @@ pub fn recover(
             .map(|worker| worker.join().expect("replay panicked"))
             .sum::<Result<usize, EngineError>>()
     })?;
-    report.credentials = store.len();
+    report.credentials = shards.credentials();
 
     // Compact when the logs are big and mostly hold versions no longer kept.
     let oversized = report.log_bytes > COMPACT_LOG_BYTES_MIN && report.entries_replayed > 2 * kept_versions;
@@ -152,7 +150,7 @@ pub fn recover(
         manifest
     } else {
         let next = Manifest { shard_count, generation: manifest.generation + 1 };
-        rewrite(data_dir, store, &manifest, &next)?;
+        rewrite(data_dir, shards, &manifest, &next)?;
         report.rewritten = true;
         next
     };
@@ -209,80 +207,19 @@ fn truncate(path: &Path, length: u64) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Replays `sources` into shard `shard_id`; returns the number of versions the shard keeps.
-fn replay(
-    store: &Store,
-    shard_id: usize,
-    sources: Vec<&Vec<Entry<'_>>>,
-    same_layout: bool,
-) -> Result<usize, EngineError> {
-    // Size the map once instead of growing (and rehashing) it step by step.
-    let entries_total: usize = sources.iter().map(|entries| entries.len()).sum();
-    let expected = if same_layout { entries_total } else { entries_total / store.shard_count() };
-    store.shard(shard_id).map.pin().reserve(expected);
-    for entries in sources {
-        for entry in entries {
-            match *entry {
-                Entry::Record(body) => {
-                    let record = logged_record(body)?;
-                    let id = record.credential().id.as_str().to_owned();
-                    if store.shard_for(&id) != shard_id {
-                        if same_layout {
-                            return Err(EngineError::Corrupt(format!(
-                                "log of shard {shard_id} holds {id:?} of another shard"
-                            )));
-                        }
-                        continue;
-                    }
-                    let map = store.shard(shard_id).map.pin();
-                    let existing = map.get(id.as_str());
-                    // A snapshot is taken while writes go on into the next segment, so that
-                    // segment may repeat versions the snapshot already holds: skip them.
-                    if existing.is_some_and(|entry| entry.current().version() >= record.version()) {
-                        continue;
-                    }
-                    // The same history rule as at run time: the previous versions are kept
-                    // unless the credential had expired when this version was written.
-                    let written_at_ms = record.credential().updated_at_ms.to_native();
-                    let live = existing.filter(|entry| !entry.current().is_expired(written_at_ms));
-                    install_entry(store, shard_id, &id, Arc::new(record), live, existing, false);
-                }
-                Entry::Delete(id) => {
-                    if store.shard_for(id) == shard_id {
-                        remove_entry(store, shard_id, id);
-                    }
-                }
-                Entry::Rewrap(body) => {
-                    let record = logged_record(body)?;
-                    if store.shard_for(record.credential().id.as_str()) == shard_id {
-                        // The version may be gone since (deleted, expired, or no longer kept).
-                        replace_version(store, shard_id, Arc::new(record));
-                    }
-                }
-            }
-        }
-    }
-    Ok(store.shard(shard_id).rebuild_index())
-}
-
-/// A record read back from a log entry's body (copied into an aligned buffer, validated).
-fn logged_record(body: &[u8]) -> Result<Record, EngineError> {
-    let mut bytes = AlignedVec::with_capacity(body.len());
-    bytes.extend_from_slice(body);
-    Record::from_archive(bytes)
-}
-
 /// Writes the current contents of every shard as `next`'s logs, switches the manifest to it,
 /// and removes the previous generation.
-fn rewrite(data_dir: &Path, store: &Store, previous: &Manifest, next: &Manifest) -> Result<(), EngineError> {
+fn rewrite(
+    data_dir: &Path,
+    shards: &dyn Shards,
+    previous: &Manifest,
+    next: &Manifest,
+) -> Result<(), EngineError> {
     let mut files = vec![Vec::new(); next.shard_count];
     for (shard_id, file) in files.iter_mut().enumerate() {
         let mut payload = Vec::new();
-        for (_, entry) in store.shard(shard_id).map.pin().iter() {
-            // Oldest first, so replay rebuilds the same kept versions.
-            for record in entry.versions().iter().rev() {
-                encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
-            }
+        for record in shards.kept_versions(shard_id) {
+            encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
             if payload.len() >= REWRITE_BATCH_BYTES {
                 file.extend(encode_batch(&payload));
                 payload.clear();

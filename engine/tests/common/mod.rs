@@ -82,7 +82,7 @@ pub fn ids_on_every_shard(shards: usize, per_shard: usize) -> Vec<String> {
     let mut index = 0;
     while found.iter().any(|ids| ids.len() < per_shard) {
         let id = format!("cred-{index}");
-        let shard = credshard_engine::keyspace::shard_for(&id, shards);
+        let shard = credshard_engine::data::keyspace::shard_for(&id, shards);
         if found[shard].len() < per_shard {
             found[shard].push(id);
         }

@@ -1,112 +1,49 @@
-//! A shard: one wait-free map (papaya) from credential id to its kept versions, the
-//! secondary index that serves LIST, and the [`ShardWriter`] that is their only writer.
+//! The single writer of one shard, and [`ShardWriter::submit`], the one entry point of every
+//! client write (PUT, ROTATE, DELETE).
 //!
-//! Reads pin the map and work on the entry under the guard, from any executor. Writes happen
-//! only through the shard's `ShardWriter`, which the [`crate::store::Store`] hands out once
-//! and which cannot leave the executor that claimed it (it is `!Send`): versions and the
-//! write-ahead log are ordered without locks. Each write installs a new immutable
-//! [`Entry`]; kept versions are shared between entries by `Arc`.
+//! The [`Store`] hands each shard's writer out once, and it cannot leave the executor that
+//! claimed it (it is `!Send`): versions and the storage's order are kept without locks. A
+//! write is checked and applied to the shard's map, its entry is handed to the shard's
+//! [`ShardStorage`] (the embedded write-ahead log), and the outcome is sent once the storage
+//! has committed it. The background work of a shard (expiry sweeps, re-encryption) goes
+//! through the same writer.
 
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::rc::Rc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::rotate::RotateRequest;
-use credshard_protocol::{PutRequest, VersionState};
+use credshard_protocol::{PutRequest, Request};
+use futures::channel::oneshot;
 
+use super::record::{CredentialFields, Record, VersionFields};
+use super::replay::install_entry;
+use super::shard::Entry;
+use super::store::{check_access, Store};
 use crate::auth::Acl;
-use crate::error::OpError;
-use crate::index::ShardIndex;
-use crate::record::{CredentialFields, Record, VersionFields};
+use crate::error::{OpError, WriteOutcome};
 use crate::storage::wal::EntryType;
 use crate::storage::ShardStorage;
-use crate::store::{check_access, Store};
 
-/// What a shard's map holds for one credential: its kept versions, newest (current) first.
-#[derive(Debug)]
-pub struct Entry {
-    versions: Box<[Arc<Record>]>,
+/// A client write, as [`ShardWriter::submit`] takes it.
+#[derive(Clone, Copy, Debug)]
+pub enum Write<'a> {
+    Put(&'a PutRequest<'a>),
+    Rotate(&'a RotateRequest<'a>),
+    Delete(&'a DeleteRequest<'a>),
 }
 
-impl Entry {
-    fn new(versions: Box<[Arc<Record>]>) -> Entry {
-        assert!(!versions.is_empty(), "an entry keeps at least its current version");
-        debug_assert!(versions.windows(2).all(|pair| pair[0].version() > pair[1].version()), "newest first");
-        Entry { versions }
-    }
-
-    /// The version GET returns when no version is given.
-    pub fn current(&self) -> &Record {
-        &self.versions[0]
-    }
-
-    /// Kept versions, newest first.
-    pub fn versions(&self) -> &[Arc<Record>] {
-        &self.versions
-    }
-
-    /// The state of the kept version at `index` (0 is current), derived from the version that
-    /// replaced it: a ROTATE records the replaced version's grace deadline, a PUT records 0.
-    pub fn state(&self, index: usize, now_ms: u64) -> VersionState {
-        if index == 0 {
-            return VersionState::Current;
+impl<'a> Write<'a> {
+    /// The write a request asks for; `None` for a request that is not a write.
+    pub fn of(request: &'a Request<'a>) -> Option<Write<'a>> {
+        match request {
+            Request::Put(put) => Some(Write::Put(put)),
+            Request::Rotate(rotate) => Some(Write::Rotate(rotate)),
+            Request::Delete(delete) => Some(Write::Delete(delete)),
+            _ => None,
         }
-        match self.versions[index - 1].credential().previous_grace_until_ms.to_native() {
-            0 => VersionState::Superseded,
-            grace_until_ms if now_ms < grace_until_ms => VersionState::PreviousInGrace,
-            _ => VersionState::Retired,
-        }
-    }
-
-    /// A kept version by number (0 for current), with its state.
-    pub fn find(&self, version: u64, now_ms: u64) -> Option<(&Record, VersionState)> {
-        if version == 0 {
-            return Some((self.current(), VersionState::Current));
-        }
-        let index = self.versions.iter().position(|record| record.version() == version)?;
-        Some((&self.versions[index], self.state(index, now_ms)))
-    }
-}
-
-pub struct Shard {
-    pub shard_id: usize,
-    pub(crate) map: papaya::HashMap<Box<str>, Entry, ahash::RandomState>,
-    /// LIST's index. Written only by the shard's writer; read by LIST on any executor.
-    pub(crate) index: RwLock<ShardIndex>,
-}
-
-impl Shard {
-    pub(crate) fn new(shard_id: usize) -> Shard {
-        Shard {
-            shard_id,
-            map: papaya::HashMap::with_hasher(ahash::RandomState::new()),
-            index: RwLock::new(ShardIndex::default()),
-        }
-    }
-
-    /// Rebuilds the LIST index from the map in one sorted bulk build (after recovery, which
-    /// installs entries without maintaining it). Returns the number of kept versions.
-    pub(crate) fn rebuild_index(&self) -> usize {
-        let map = self.map.pin();
-        let mut versions = 0;
-        let keys = map.iter().map(|(id, entry)| {
-            versions += entry.versions().len();
-            let credential = entry.current().credential();
-            (credential.owner.as_str(), credential.scope.as_str(), &**id)
-        });
-        *self.index.write().expect("index lock") = ShardIndex::build(keys);
-        versions
-    }
-
-    /// Credentials held, expired ones not yet swept included.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -142,9 +79,32 @@ impl ShardWriter {
         self.log = Some(log);
     }
 
-    /// The attached log, if any.
-    pub fn log(&self) -> Option<&Rc<dyn ShardStorage>> {
-        self.log.as_ref()
+    /// Applies `write` and sends its outcome on `reply`: at once when it is refused (or the
+    /// shard has no storage), once the storage has committed it when it is applied. The
+    /// outcome of an applied write is its version (for DELETE, the version that was current).
+    pub fn submit(&mut self, write: Write<'_>, now_ms: u64, acl: &Acl, reply: oneshot::Sender<WriteOutcome>) {
+        let outcome = match write {
+            Write::Put(put) => self.put(put, now_ms, acl),
+            Write::Rotate(rotate) => self.rotate(rotate, now_ms, acl),
+            Write::Delete(delete) => self.delete(delete, now_ms, acl),
+        };
+        match (outcome, &self.log) {
+            (Ok(version), Some(log)) => log.when_committed(reply, Ok(version)),
+            (outcome, _) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Sends `Ok(0)` on `reply` once everything this writer has written is on disk (synced in
+    /// any fsync mode; at once without storage), or an error if that fails.
+    pub fn when_durable(&self, reply: oneshot::Sender<WriteOutcome>) {
+        match &self.log {
+            Some(log) => log.when_durable(reply),
+            None => {
+                let _ = reply.send(Ok(0));
+            }
+        }
     }
 
     /// Refuses writes while the log cannot be written (reads go on).
@@ -175,7 +135,7 @@ impl ShardWriter {
     /// [`OpError::VersionConflict`] when `expected_version` does not match,
     /// [`OpError::Unavailable`] when no data key is available, [`OpError::Unauthorized`] when
     /// the new owner and scope or those of the credential it replaces are outside `acl`.
-    pub fn put(&mut self, request: &PutRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
+    fn put(&mut self, request: &PutRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
         self.check_writable()?;
         if !acl.covers(request.owner, request.scope) {
             return Err(OpError::Unauthorized("this token may not write credentials of this owner or scope"));
@@ -209,7 +169,7 @@ impl ShardWriter {
     /// # Errors
     /// Not found, unauthorized (outside `acl`), expired, version conflict, unavailable (no
     /// data key).
-    pub fn rotate(&mut self, request: &RotateRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
+    fn rotate(&mut self, request: &RotateRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
         self.check_writable()?;
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
@@ -242,7 +202,7 @@ impl ShardWriter {
     /// [`OpError::NotFound`] for an absent credential, [`OpError::Unauthorized`] for one
     /// outside `acl`, [`OpError::VersionConflict`] when `expected_version` does not match the
     /// current version.
-    pub fn delete(&mut self, request: &DeleteRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
+    fn delete(&mut self, request: &DeleteRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
         self.check_writable()?;
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
@@ -384,73 +344,6 @@ impl ShardWriter {
         let credential = current.credential();
         let mut index = self.store.shard(self.shard_id).index.write().expect("index lock");
         index.remove(credential.owner.as_str(), credential.scope.as_str(), credential.id.as_str());
-    }
-}
-
-/// Swaps in a new entry for `id` holding `record` and up to `max_versions - 1` of the live
-/// entry's versions, and (with `maintain_index`) brings the shard's index up to date. Used by
-/// the writer and by recovery (which runs before any writer exists and rebuilds the index in
-/// bulk at the end).
-pub(crate) fn install_entry(
-    store: &Store,
-    shard_id: usize,
-    id: &str,
-    record: Arc<Record>,
-    live: Option<&Entry>,
-    existing: Option<&Entry>,
-    maintain_index: bool,
-) {
-    let max_versions = store.lifecycle().max_versions;
-    let previous_version = existing.map_or(0, |entry| entry.current().version());
-    assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
-    let mut versions = Vec::with_capacity(max_versions.min(live.map_or(0, |entry| entry.versions.len()) + 1));
-    versions.push(Arc::clone(&record));
-    if let Some(live) = live {
-        versions.extend(live.versions.iter().take(max_versions - 1).cloned());
-    }
-    let credential = record.credential();
-    let same_index_key = existing.is_some_and(|entry| {
-        let old = entry.current().credential();
-        old.owner == credential.owner && old.scope == credential.scope
-    });
-    let shard = store.shard(shard_id);
-    if maintain_index && !same_index_key {
-        let mut index = shard.index.write().expect("index lock");
-        if let Some(existing) = existing {
-            let old = existing.current().credential();
-            index.remove(old.owner.as_str(), old.scope.as_str(), id);
-        }
-        index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
-    }
-    shard.map.pin().insert(id.into(), Entry::new(versions.into_boxed_slice()));
-}
-
-/// Replaces the kept version of `record`'s id and version with `record` (recovery of a
-/// logged REWRAP); does nothing when that version is no longer kept.
-pub(crate) fn replace_version(store: &Store, shard_id: usize, record: Arc<Record>) {
-    let map = store.shard(shard_id).map.pin();
-    let id: Box<str> = record.credential().id.as_str().into();
-    let Some(entry) = map.get(&*id) else { return };
-    let Some(position) = entry.versions().iter().position(|kept| kept.version() == record.version()) else {
-        return;
-    };
-    let mut versions = entry.versions().to_vec();
-    versions[position] = record;
-    map.insert(id, Entry::new(versions.into_boxed_slice()));
-}
-
-/// Removes `id` from the shard's map and index (recovery of a logged DELETE).
-pub(crate) fn remove_entry(store: &Store, shard_id: usize, id: &str) {
-    let shard = store.shard(shard_id);
-    let map = shard.map.pin();
-    if let Some(entry) = map.get(id) {
-        let credential = entry.current().credential();
-        shard.index.write().expect("index lock").remove(
-            credential.owner.as_str(),
-            credential.scope.as_str(),
-            id,
-        );
-        map.remove(id);
     }
 }
 

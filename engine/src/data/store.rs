@@ -13,13 +13,14 @@ use credshard_protocol::op::list::{ListItemRef, ListRequest};
 use credshard_protocol::wire::{put_bytes32, put_str16};
 use credshard_protocol::{Limits, Status, VersionState};
 
+use super::index::{ListQuery, SortKey};
+use super::keyspace::shard_for;
+use super::record::Record;
+use super::shard::Shard;
+use super::writer::ShardWriter;
 use crate::auth::Acl;
 use crate::crypto::Keyring;
 use crate::error::OpError;
-use crate::index::{ListQuery, SortKey};
-use crate::keyspace::shard_for;
-use crate::record::Record;
-use crate::shard::{Shard, ShardWriter};
 
 /// Bytes a GET reply may need beyond a record's archive length (length prefixes, alignment
 /// padding the archive does not carry).
@@ -303,8 +304,9 @@ impl Store {
         }
     }
 }
+
 /// Refuses a record outside the caller's ACL.
-pub(crate) fn check_access(record: &Record, acl: &Acl) -> Result<(), OpError> {
+pub(super) fn check_access(record: &Record, acl: &Acl) -> Result<(), OpError> {
     let credential = record.credential();
     if acl.covers(credential.owner.as_str(), credential.scope.as_str()) {
         Ok(())
@@ -318,9 +320,17 @@ mod tests {
     use super::*;
     use crate::auth::Permission;
     use crate::crypto::MasterKey;
+    use crate::data::Write;
     use crate::time::now_ms;
     use credshard_protocol::op::delete::DeleteRequest;
     use credshard_protocol::{Expiry, Kind, Labels, PutRequest, EMPTY_LABELS};
+
+    /// Submits a write to an in-memory writer, whose outcome is known at once.
+    fn apply(writer: &mut ShardWriter, write: Write<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
+        let (reply, mut outcome) = futures::channel::oneshot::channel();
+        writer.submit(write, now_ms, acl, reply);
+        outcome.try_recv().expect("not cancelled").expect("answered at once without storage")
+    }
 
     fn store(shards: usize) -> Arc<Store> {
         Arc::new(Store::new(
@@ -350,8 +360,8 @@ mod tests {
         let mut writer = store.claim_writer(0);
         let now = now_ms();
         let moved = PutRequest { owner: "new-owner", ..put("a", b"two", None) };
-        writer.put(&put("a", b"one", None), now, &Acl::everything()).unwrap();
-        writer.put(&moved, now, &Acl::everything()).unwrap();
+        apply(&mut writer, Write::Put(&put("a", b"one", None)), now, &Acl::everything()).unwrap();
+        apply(&mut writer, Write::Put(&moved), now, &Acl::everything()).unwrap();
         let new_owner = Acl::new(&[Permission::Read], vec!["new-owner".to_owned()], Vec::new());
         let old_owner = Acl::new(&[Permission::Read], vec!["owner".to_owned()], Vec::new());
         let get = |version: u64, acl: &Acl| {
@@ -369,13 +379,19 @@ mod tests {
         let store = store(1);
         let mut writer = store.claim_writer(0);
         let now = now_ms();
-        assert_eq!(writer.put(&put("a", b"one", Some(0)), now, &Acl::everything()), Ok(1));
         assert_eq!(
-            writer.put(&put("a", b"two", Some(0)), now, &Acl::everything()),
+            apply(&mut writer, Write::Put(&put("a", b"one", Some(0))), now, &Acl::everything()),
+            Ok(1)
+        );
+        assert_eq!(
+            apply(&mut writer, Write::Put(&put("a", b"two", Some(0))), now, &Acl::everything()),
             Err(OpError::VersionConflict { current_version: 1 })
         );
-        assert_eq!(writer.put(&put("a", b"two", Some(1)), now, &Acl::everything()), Ok(2));
-        assert_eq!(writer.put(&put("a", b"three", None), now, &Acl::everything()), Ok(3));
+        assert_eq!(
+            apply(&mut writer, Write::Put(&put("a", b"two", Some(1))), now, &Acl::everything()),
+            Ok(2)
+        );
+        assert_eq!(apply(&mut writer, Write::Put(&put("a", b"three", None)), now, &Acl::everything()), Ok(3));
 
         let mut out = BytesMut::new();
         store.get(&GetRequest { id: "a", version: 0 }, now, &Acl::everything(), &mut out).unwrap();
@@ -394,11 +410,14 @@ mod tests {
 
         let delete = |expected_version| DeleteRequest { id: "a", expected_version };
         assert_eq!(
-            writer.delete(&delete(Some(2)), now, &Acl::everything()),
+            apply(&mut writer, Write::Delete(&delete(Some(2))), now, &Acl::everything()),
             Err(OpError::VersionConflict { current_version: 3 })
         );
-        assert_eq!(writer.delete(&delete(Some(3)), now, &Acl::everything()), Ok(3));
-        assert_eq!(writer.delete(&delete(None), now, &Acl::everything()), Err(OpError::NotFound));
+        assert_eq!(apply(&mut writer, Write::Delete(&delete(Some(3))), now, &Acl::everything()), Ok(3));
+        assert_eq!(
+            apply(&mut writer, Write::Delete(&delete(None)), now, &Acl::everything()),
+            Err(OpError::NotFound)
+        );
         assert!(store.is_empty());
     }
 
@@ -408,7 +427,7 @@ mod tests {
         let mut writer = store.claim_writer(0);
         let mut request = put("t", b"token", None);
         request.expiry = Expiry::TtlMs(1_000);
-        assert_eq!(writer.put(&request, 5_000, &Acl::everything()), Ok(1));
+        assert_eq!(apply(&mut writer, Write::Put(&request), 5_000, &Acl::everything()), Ok(1));
         let mut out = BytesMut::new();
         assert!(store.get(&GetRequest { id: "t", version: 0 }, 5_999, &Acl::everything(), &mut out).is_ok());
         assert_eq!(
@@ -420,7 +439,7 @@ mod tests {
             Err(OpError::Expired)
         );
         assert_eq!(
-            writer.put(&put("t", b"new", Some(0)), 6_000, &Acl::everything()),
+            apply(&mut writer, Write::Put(&put("t", b"new", Some(0))), 6_000, &Acl::everything()),
             Ok(2),
             "version numbers are not reused"
         );
@@ -431,8 +450,8 @@ mod tests {
         let store = store(1);
         let stranger = Keyring::in_memory(MasterKey::generate());
         let mut writer = store.claim_writer(0);
-        writer.put(&put("x", b"secret", None), now_ms(), &Acl::everything()).unwrap();
-        let fields = crate::record::VersionFields {
+        apply(&mut writer, Write::Put(&put("x", b"secret", None)), now_ms(), &Acl::everything()).unwrap();
+        let fields = crate::data::record::VersionFields {
             version: 2,
             created_at_ms: 1,
             updated_at_ms: 1,
@@ -441,7 +460,7 @@ mod tests {
         };
         let request = put("x", b"secret", None);
         let foreign =
-            Record::seal(crate::record::CredentialFields::from(&request), fields, &stranger).unwrap();
+            Record::seal(crate::data::record::CredentialFields::from(&request), fields, &stranger).unwrap();
         writer.install_for_test("x", foreign);
         let mut out = BytesMut::from(&b"prefix"[..]);
         let error = store

@@ -1,0 +1,184 @@
+//! The command line: every subcommand and its options (clap derive). The server's options
+//! are [`ServerConfig`]'s, defined beside their defaults in the engine.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use credshard_engine::ServerConfig;
+#[derive(Parser)]
+#[command(name = "credshard", version, about = "A thread-per-core encrypted credential store")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The environment variable the client subcommands read their access token from.
+pub const TOKEN_VARIABLE: &str = "CREDSHARD_TOKEN";
+
+/// Where the server is. The access token, if the server needs one, is read from the
+/// CREDSHARD_TOKEN environment variable.
+#[derive(clap::Args)]
+pub struct Connect {
+    /// Server address: HOST:PORT, or credshards://HOST:PORT for TLS.
+    #[arg(long, env = "CREDSHARD_ADDR", default_value = "127.0.0.1:7373")]
+    pub addr: String,
+    /// CA certificate (PEM) that signed the server's certificate; for credshards://.
+    #[arg(long, env = "CREDSHARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the host in --addr).
+    #[arg(long, env = "CREDSHARD_TLS_NAME")]
+    pub tls_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Print a new random token and the [[token]] table to add to the tokens file. Only the
+    /// table's sha256 is stored; the token is shown once.
+    New {
+        /// The token's id, as the audit log records it.
+        #[arg(long)]
+        id: String,
+        /// Ops it may use: read, read-meta, write, rotate, delete, list, admin, or * (all).
+        #[arg(long, value_delimiter = ',', required = true)]
+        ops: Vec<String>,
+        /// Owners whose credentials it may touch (default: any); repeatable.
+        #[arg(long = "owner")]
+        owners: Vec<String>,
+        /// Scope prefixes it may touch (default: any); repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServerConfig),
+    /// Write a new random master key file (mode 0600).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Access tokens for the tokens file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Read the audit log, filtered.
+    Audit(credshard_engine::audit::cli::AuditArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The subcommands that are a client of a running server.
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Store a secret read from standard input (one trailing newline is dropped).
+    Put {
+        id: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        scope: String,
+        /// generic, api-key, password, token or certificate.
+        #[arg(long, default_value = "generic")]
+        kind: String,
+        /// Expire this many seconds from now.
+        #[arg(long, conflicts_with = "expires_at_ms")]
+        ttl: Option<u64>,
+        /// Expire at this Unix time in milliseconds.
+        #[arg(long)]
+        expires_at_ms: Option<u64>,
+        /// Compare-and-set: only write if the current version is V (0: must not exist).
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// A label KEY=VALUE; repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Keep standard input byte for byte (do not drop a trailing newline).
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Print a secret (or, with --meta, its metadata).
+    Get {
+        id: String,
+        #[arg(long)]
+        meta: bool,
+        /// A given version instead of the current one.
+        #[arg(long, conflicts_with = "meta")]
+        version: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Store a new secret (from standard input) as a new version; the replaced version stays
+    /// readable for the grace period, then is retired.
+    Rotate {
+        id: String,
+        /// Grace period of the replaced version, in seconds (default: the server's, 24 h).
+        #[arg(long)]
+        grace: Option<u64>,
+        /// Compare-and-set: only rotate if the current version is V.
+        #[arg(long)]
+        if_version: Option<u64>,
+        /// Keep standard input byte for byte (do not drop a trailing newline).
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// List credentials by owner and/or scope (ids, versions, no secrets).
+    List {
+        #[arg(long, default_value = "")]
+        owner: String,
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Most items to print (all pages are fetched until then).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Print several secrets in one request, one line per id: `ID SECRET` or `ID error: ...`.
+    BatchGet {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Delete a credential and all its versions.
+    Delete {
+        id: String,
+        /// Only delete if the current version is V.
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Rotate the data key (admin): new writes use a fresh key at once, and the server
+    /// re-encrypts every record on the older keys in the background, then drops them.
+    RotateKey {
+        /// Wait until no record is left on an older key.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Rewrap every data key under a new master key (admin). The server goes on serving; its
+    /// next start needs the new key (the old one is refused). Send it over TLS or from the
+    /// server's host.
+    Rekey {
+        /// The new master key file (from `credshard keygen`).
+        #[arg(long, required_unless_present = "new_passphrase_env", conflicts_with = "new_passphrase_env")]
+        new_key_file: Option<PathBuf>,
+        /// Name of an environment variable holding the new passphrase.
+        #[arg(long)]
+        new_passphrase_env: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Print the server's counters.
+    Stats {
+        #[command(flatten)]
+        connect: Connect,
+    },
+}

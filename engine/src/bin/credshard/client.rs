@@ -1,0 +1,267 @@
+//! The client subcommands: each connects to a running server (the token from
+//! `CREDSHARD_TOKEN`, never from the command line), makes its requests and prints the replies.
+
+use std::io::{Read, Write};
+
+use anyhow::{bail, Context};
+use credshard_engine::crypto::MasterKey;
+use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
+use credshard_protocol::op::keys::RekeyRequest;
+use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
+use credshard_protocol::op::rotate::RotateRequest;
+use credshard_protocol::{encode_labels, Client, ClientTls, Expiry, Kind, Labels, PutRequest};
+use zeroize::Zeroizing;
+
+use crate::cli::{ClientCommand, Connect, TOKEN_VARIABLE};
+
+pub fn run(command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Put {
+            id,
+            owner,
+            scope,
+            kind,
+            ttl,
+            expires_at_ms,
+            if_version,
+            labels,
+            raw,
+            connect,
+        } => {
+            let kind = Kind::from_name(&kind).with_context(|| {
+                format!("unknown kind {kind:?} (generic, api-key, password, token, certificate)")
+            })?;
+            let pairs = labels
+                .iter()
+                .map(|label| {
+                    label.split_once('=').with_context(|| format!("label {label:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut encoded_labels = bytes::BytesMut::new();
+            encode_labels(&pairs, &mut encoded_labels);
+            let secret = read_secret(raw)?;
+            let expiry = match (ttl, expires_at_ms) {
+                (Some(seconds), _) => Expiry::TtlMs(seconds.saturating_mul(1000)),
+                (None, Some(at_ms)) => Expiry::AtUnixMs(at_ms),
+                (None, None) => Expiry::Never,
+            };
+            let request = PutRequest {
+                id: &id,
+                owner: &owner,
+                scope: &scope,
+                kind,
+                expected_version: if_version,
+                expiry,
+                labels: Labels::from_validated(&encoded_labels),
+                secret: &secret,
+            };
+            let version = connect_to(&connect)?.put(&request)?;
+            println!("{id} version {version}");
+            Ok(())
+        }
+        ClientCommand::Get { id, meta, version, connect } => {
+            let mut client = connect_to(&connect)?;
+            if meta {
+                let reply = client.get_meta(&id)?;
+                print_metadata(&reply.metadata);
+                for info in reply.versions {
+                    println!(
+                        "version {}: {} (written at {} ms)",
+                        info.version,
+                        info.state.name(),
+                        info.created_at_ms
+                    );
+                }
+                return Ok(());
+            }
+            let reply = client.get_version(&id, version.unwrap_or(0))?;
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(reply.secret.expose())?;
+            stdout.write_all(b"\n")?;
+            Ok(())
+        }
+        ClientCommand::Rotate { id, grace, if_version, raw, connect } => {
+            let secret = read_secret(raw)?;
+            let request = RotateRequest {
+                id: &id,
+                expected_version: if_version,
+                grace_period_seconds: grace,
+                secret: &secret,
+            };
+            let version = connect_to(&connect)?.rotate(&request)?;
+            println!("{id} version {version}");
+            Ok(())
+        }
+        ClientCommand::List { owner, scope, limit, connect } => {
+            if owner.is_empty() && scope.is_empty() {
+                bail!("give --owner, --scope or both");
+            }
+            let mut client = connect_to(&connect)?;
+            let mut cursor = Vec::new();
+            let mut printed = 0;
+            while printed < limit {
+                let page_limit = (limit - printed).min(LIST_PAGE_MAX as usize) as u16;
+                let request =
+                    ListRequest { owner: &owner, scope: &scope, limit: page_limit, cursor: &cursor };
+                let page = client.list(&request)?;
+                for item in &page.items {
+                    let expiry = item.expires_at_ms.map_or("never".to_owned(), |at_ms| at_ms.to_string());
+                    println!(
+                        "{} version {} owner {} scope {} kind {} expires_at_ms {expiry}",
+                        item.id,
+                        item.version,
+                        item.owner,
+                        item.scope,
+                        item.kind.name()
+                    );
+                }
+                printed += page.items.len();
+                if page.next_cursor.is_empty() {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+            Ok(())
+        }
+        ClientCommand::BatchGet { ids, connect } => {
+            if ids.len() > BATCH_IDS_MAX {
+                bail!("at most {BATCH_IDS_MAX} ids per batch");
+            }
+            let results = connect_to(&connect)?.batch_get(&ids)?;
+            let mut stdout = std::io::stdout().lock();
+            let mut failed = false;
+            for (id, result) in ids.iter().zip(results) {
+                match result {
+                    Ok(reply) => {
+                        write!(stdout, "{id} ")?;
+                        stdout.write_all(reply.secret.expose())?;
+                        writeln!(stdout)?;
+                    }
+                    Err(error) => {
+                        failed = true;
+                        writeln!(stdout, "{id} error: {error}")?;
+                    }
+                }
+            }
+            if failed {
+                bail!("some ids could not be read");
+            }
+            Ok(())
+        }
+        ClientCommand::Delete { id, if_version, connect } => {
+            let reply = connect_to(&connect)?.delete(&id, if_version)?;
+            println!("deleted {id} (was version {})", reply.version);
+            Ok(())
+        }
+        ClientCommand::RotateKey { wait, connect } => {
+            let mut client = connect_to(&connect)?;
+            let reply = client.rotate_key()?;
+            println!("data key {} is now active ({} keys in the ring)", reply.key_id, reply.data_keys);
+            if wait {
+                loop {
+                    let stats = client.stats()?;
+                    let retiring = stats.get("data_keys_retiring").unwrap_or(0);
+                    if retiring == 0 {
+                        break;
+                    }
+                    eprintln!(
+                        "re-encrypting: {} versions so far, {retiring} keys retiring",
+                        stats.get("records_rewrapped").unwrap_or(0)
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                println!("every record is on data key {}; the older keys are dropped", reply.key_id);
+            }
+            Ok(())
+        }
+        ClientCommand::Rekey { new_key_file, new_passphrase_env, connect } => {
+            let data_keys = match (&new_key_file, &new_passphrase_env) {
+                (Some(path), _) => {
+                    let key = MasterKey::read_file(path)?;
+                    connect_to(&connect)?.rekey(&RekeyRequest::Key(key.bytes()))?.data_keys
+                }
+                (None, Some(variable)) => {
+                    let passphrase = Zeroizing::new(
+                        std::env::var(variable)
+                            .with_context(|| format!("environment variable {variable} is not set"))?,
+                    );
+                    if passphrase.is_empty() {
+                        bail!("environment variable {variable} is empty");
+                    }
+                    connect_to(&connect)?.rekey(&RekeyRequest::Passphrase(passphrase.as_bytes()))?.data_keys
+                }
+                (None, None) => bail!("give --new-key-file or --new-passphrase-env"),
+            };
+            let restart_with = match (&new_key_file, &new_passphrase_env) {
+                (Some(path), _) => format!("--key-file {}", path.display()),
+                (None, Some(variable)) => format!("--passphrase-env {variable} (holding the new passphrase)"),
+                (None, None) => unreachable!(),
+            };
+            println!("{data_keys} data keys rewrapped under the new master key; restart the server with {restart_with}");
+            Ok(())
+        }
+        ClientCommand::Stats { connect } => {
+            for (name, value) in connect_to(&connect)?.stats()?.values {
+                println!("{name} {value}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_secret(raw: bool) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut secret = Zeroizing::new(Vec::new());
+    std::io::stdin().read_to_end(&mut secret).context("reading the secret from standard input")?;
+    if !raw {
+        for ending in [&b"\r\n"[..], b"\n"] {
+            if secret.ends_with(ending) {
+                let length = secret.len() - ending.len();
+                secret.truncate(length);
+                break;
+            }
+        }
+    }
+    Ok(secret)
+}
+
+fn connect_to(connect: &Connect) -> anyhow::Result<Client> {
+    // The token comes from the environment only: a command line is visible to other users.
+    let token = Zeroizing::new(std::env::var(TOKEN_VARIABLE).unwrap_or_default());
+    let (address, connected) = match connect.addr.strip_prefix("credshards://") {
+        Some(address) => {
+            let ca = connect.tls_ca.as_ref().context("credshards:// needs --tls-ca (or CREDSHARD_TLS_CA)")?;
+            let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+            let name =
+                connect.tls_name.as_deref().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+            let tls = ClientTls::from_ca_file(ca, name)?;
+            (address, Client::connect_tls_raw(address, &tls))
+        }
+        None => {
+            let address = connect.addr.strip_prefix("credshard://").unwrap_or(&connect.addr);
+            (address, Client::connect_raw(address))
+        }
+    };
+    let mut client = connected.with_context(|| format!("cannot reach credshard at {address}"))?;
+    client
+        .hello(token.as_bytes())
+        .with_context(|| format!("credshard at {address} refused the connection"))?;
+    Ok(client)
+}
+
+fn print_metadata(metadata: &credshard_protocol::op::metadata::Metadata) {
+    println!("id {}", metadata.id);
+    println!("owner {}", metadata.owner);
+    println!("scope {}", metadata.scope);
+    println!("kind {}", metadata.kind.name());
+    println!("version {}", metadata.version);
+    println!("created_at_ms {}", metadata.created_at_ms);
+    println!("updated_at_ms {}", metadata.updated_at_ms);
+    match metadata.expires_at_ms {
+        Some(at_ms) => println!("expires_at_ms {at_ms}"),
+        None => println!("expires_at_ms never"),
+    }
+    println!("key_id {}", metadata.key_id);
+    for (key, value) in &metadata.labels {
+        println!("label {key}={value}");
+    }
+}

@@ -1,0 +1,180 @@
+//! How logged writes come back at start: recovery (in `storage`) reads and checks the logs,
+//! and replays their entries through [`Store`]'s implementation of [`Shards`]. The writer
+//! installs entries through the same functions, so the history rules are written once.
+
+use std::sync::Arc;
+
+use rkyv::util::AlignedVec;
+
+use super::record::Record;
+use super::shard::Entry;
+use super::store::Store;
+use crate::error::EngineError;
+use crate::storage::wal;
+use crate::storage::{Archived, Shards};
+
+impl Archived for Record {
+    fn archive_bytes(&self) -> &[u8] {
+        Record::archive_bytes(self)
+    }
+}
+
+impl Shards for Store {
+    fn shard_count(&self) -> usize {
+        Store::shard_count(self)
+    }
+
+    fn credentials(&self) -> usize {
+        self.len()
+    }
+
+    fn kept_versions(&self, shard_id: usize) -> Vec<Arc<dyn Archived>> {
+        let map = self.shard(shard_id).map.pin();
+        let mut kept = Vec::with_capacity(map.len());
+        for (_, entry) in map.iter() {
+            // Oldest first, so replay rebuilds the same kept versions.
+            kept.extend(entry.versions().iter().rev().map(|record| Arc::clone(record) as Arc<dyn Archived>));
+        }
+        kept
+    }
+
+    fn replay(
+        &self,
+        shard_id: usize,
+        sources: &[&[wal::Entry<'_>]],
+        own_log: bool,
+    ) -> Result<usize, EngineError> {
+        replay(self, shard_id, sources, own_log)
+    }
+}
+
+/// Replays `sources` into shard `shard_id`; returns the number of versions the shard keeps.
+fn replay(
+    store: &Store,
+    shard_id: usize,
+    sources: &[&[wal::Entry<'_>]],
+    own_log: bool,
+) -> Result<usize, EngineError> {
+    // Size the map once instead of growing (and rehashing) it step by step.
+    let entries_total: usize = sources.iter().map(|entries| entries.len()).sum();
+    let expected = if own_log { entries_total } else { entries_total / store.shard_count() };
+    store.shard(shard_id).map.pin().reserve(expected);
+    for entries in sources {
+        for entry in entries.iter() {
+            match *entry {
+                wal::Entry::Record(body) => {
+                    let record = logged_record(body)?;
+                    let id = record.credential().id.as_str().to_owned();
+                    if store.shard_for(&id) != shard_id {
+                        if own_log {
+                            return Err(EngineError::Corrupt(format!(
+                                "log of shard {shard_id} holds {id:?} of another shard"
+                            )));
+                        }
+                        continue;
+                    }
+                    let map = store.shard(shard_id).map.pin();
+                    let existing = map.get(id.as_str());
+                    // A snapshot is taken while writes go on into the next segment, so that
+                    // segment may repeat versions the snapshot already holds: skip them.
+                    if existing.is_some_and(|entry| entry.current().version() >= record.version()) {
+                        continue;
+                    }
+                    // The same history rule as at run time: the previous versions are kept
+                    // unless the credential had expired when this version was written.
+                    let written_at_ms = record.credential().updated_at_ms.to_native();
+                    let live = existing.filter(|entry| !entry.current().is_expired(written_at_ms));
+                    install_entry(store, shard_id, &id, Arc::new(record), live, existing, false);
+                }
+                wal::Entry::Delete(id) => {
+                    if store.shard_for(id) == shard_id {
+                        remove_entry(store, shard_id, id);
+                    }
+                }
+                wal::Entry::Rewrap(body) => {
+                    let record = logged_record(body)?;
+                    if store.shard_for(record.credential().id.as_str()) == shard_id {
+                        // The version may be gone since (deleted, expired, or no longer kept).
+                        replace_version(store, shard_id, Arc::new(record));
+                    }
+                }
+            }
+        }
+    }
+    Ok(store.shard(shard_id).rebuild_index())
+}
+
+/// A record read back from a log entry's body (copied into an aligned buffer, validated).
+fn logged_record(body: &[u8]) -> Result<Record, EngineError> {
+    let mut bytes = AlignedVec::with_capacity(body.len());
+    bytes.extend_from_slice(body);
+    Record::from_archive(bytes)
+}
+
+/// Swaps in a new entry for `id` holding `record` and up to `max_versions - 1` of the live
+/// entry's versions, and (with `maintain_index`) brings the shard's index up to date. Used by
+/// the writer and by recovery (which runs before any writer exists and rebuilds the index in
+/// bulk at the end).
+pub(super) fn install_entry(
+    store: &Store,
+    shard_id: usize,
+    id: &str,
+    record: Arc<Record>,
+    live: Option<&Entry>,
+    existing: Option<&Entry>,
+    maintain_index: bool,
+) {
+    let max_versions = store.lifecycle().max_versions;
+    let previous_version = existing.map_or(0, |entry| entry.current().version());
+    assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
+    let mut versions =
+        Vec::with_capacity(max_versions.min(live.map_or(0, |entry| entry.versions().len()) + 1));
+    versions.push(Arc::clone(&record));
+    if let Some(live) = live {
+        versions.extend(live.versions().iter().take(max_versions - 1).cloned());
+    }
+    let credential = record.credential();
+    let same_index_key = existing.is_some_and(|entry| {
+        let old = entry.current().credential();
+        old.owner == credential.owner && old.scope == credential.scope
+    });
+    let shard = store.shard(shard_id);
+    if maintain_index && !same_index_key {
+        let mut index = shard.index.write().expect("index lock");
+        if let Some(existing) = existing {
+            let old = existing.current().credential();
+            index.remove(old.owner.as_str(), old.scope.as_str(), id);
+        }
+        index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
+    }
+    shard.map.pin().insert(id.into(), Entry::new(versions.into_boxed_slice()));
+}
+
+/// Replaces the kept version of `record`'s id and version with `record` (recovery of a
+/// logged REWRAP); does nothing when that version is no longer kept.
+fn replace_version(store: &Store, shard_id: usize, record: Arc<Record>) {
+    let map = store.shard(shard_id).map.pin();
+    let id: Box<str> = record.credential().id.as_str().into();
+    let Some(entry) = map.get(&*id) else { return };
+    let Some(position) = entry.versions().iter().position(|kept| kept.version() == record.version()) else {
+        return;
+    };
+    let mut versions = entry.versions().to_vec();
+    versions[position] = record;
+    map.insert(id, Entry::new(versions.into_boxed_slice()));
+}
+
+/// Removes `id` from the shard's map and index (recovery of a logged DELETE).
+fn remove_entry(store: &Store, shard_id: usize, id: &str) {
+    let shard = store.shard(shard_id);
+    let map = shard.map.pin();
+    if let Some(entry) = map.get(id) {
+        let credential = entry.current().credential();
+        shard.index.write().expect("index lock").remove(
+            credential.owner.as_str(),
+            credential.scope.as_str(),
+            id,
+        );
+        map.remove(id);
+    }
+}
