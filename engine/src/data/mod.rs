@@ -14,6 +14,8 @@
 
 pub mod index;
 pub mod keyspace;
+#[cfg(test)]
+mod model_test;
 pub mod record;
 mod replay;
 pub mod shard;

@@ -80,6 +80,12 @@ impl Store {
         shard_for(id, self.shards.len())
     }
 
+    /// The key ring, out of a store being thrown away (a restart in the model test).
+    #[cfg(test)]
+    pub(super) fn into_keyring(self) -> Keyring {
+        self.keyring
+    }
+
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
     }
