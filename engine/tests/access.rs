@@ -463,6 +463,7 @@ fn sighup_reloads_tokens_while_a_client_stays_connected() {
         table("app", READER, "ops = [\"read\", \"write\"]") + &table("admin", ADMIN, "ops = [\"*\"]");
     std::fs::write(&tokens, granted).unwrap();
     // SAFETY: kill only sends a signal to the child we started.
+    // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Client::connect_with_token(server.address.as_str(), ADMIN).is_err() {
@@ -473,6 +474,7 @@ fn sighup_reloads_tokens_while_a_client_stays_connected() {
 
     // An invalid file is refused and the tokens in force stay.
     std::fs::write(&tokens, "[[token]]\nid = 3\n").unwrap();
+    // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
     // Once the server says it refused the file (not merely after a while), the old tokens
     // must still be in force.
@@ -485,6 +487,7 @@ fn sighup_reloads_tokens_while_a_client_stays_connected() {
 
     // Removing the token revokes it on the live connection.
     std::fs::write(&tokens, table("admin", ADMIN, "ops = [\"*\"]")).unwrap();
+    // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while app.get("app/db").is_ok() {
@@ -548,6 +551,7 @@ fn cli_token_new_then_client_commands_and_audit_read_back() {
 
     // Stop cleanly (SIGTERM flushes the audit buffers), then read the log back.
     // SAFETY: kill only sends a signal to the child we started.
+    // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
     assert!(server.child.wait().unwrap().success());
     let data = data_dir.to_str().unwrap();

@@ -51,6 +51,7 @@ impl Served {
     /// SIGTERM, then the exit status and everything the server logged.
     fn stop(mut self) -> (std::process::ExitStatus, String) {
         // SAFETY: kill(2) with a child's pid we own and a valid signal number.
+        // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         let mut logs = String::new();

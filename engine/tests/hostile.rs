@@ -197,6 +197,7 @@ fn a_connection_whose_token_a_reload_revoked_must_authenticate_again_in_time() {
     revoked.ping(b"ok").unwrap();
     std::fs::write(&tokens, token_table("other", b"cst_other", "[\"read\"]")).unwrap();
     // SAFETY: kill only sends a signal, to our own child.
+    // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
     eventually("the reload revokes the token", || {
         revoked.ping(b"still?").err().and_then(|error| error.status()) == Some(Status::Unauthorized)

@@ -12,6 +12,8 @@
 //! - `replay`: recovery's replay of logged entries into the maps (the storage side of
 //!   recovery calls it through [`crate::storage::Shards`]).
 
+#[cfg(test)]
+mod crash_test;
 pub mod index;
 pub mod keyspace;
 #[cfg(test)]

@@ -61,13 +61,88 @@ const SNAPSHOT_BATCH_BYTES: usize = 1 << 20;
 /// How long the committer waits before retrying a failed batch.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
-pub struct ShardLog {
+/// The file operations the log is written with, so that a test can run it on a disk that
+/// loses what was not synced (see `data::crash_test`). [`Disk`] is the real one.
+#[allow(async_fn_in_trait)] // the log lives on one executor: its futures are never sent
+pub trait LogFs: 'static {
+    type File: LogFile;
+    /// Opens `path` for reading and writing, creating it if absent (`truncate`: emptied).
+    async fn open(&self, path: &Path, truncate: bool) -> std::io::Result<Self::File>;
+    /// Makes the directory's entries (created, renamed, removed files) durable.
+    fn sync_directory(&self, directory: &Path) -> std::io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()>;
+    fn remove(&self, path: &Path) -> std::io::Result<()>;
+    /// The paths of the files in `directory`.
+    fn list(&self, directory: &Path) -> std::io::Result<Vec<PathBuf>>;
+}
+
+/// An open file of a [`LogFs`].
+#[allow(async_fn_in_trait)]
+pub trait LogFile {
+    async fn size(&self) -> std::io::Result<u64>;
+    /// Writes some of `bytes` at `offset` (into the page cache); returns how many.
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> std::io::Result<usize>;
+    /// Makes the file's data durable.
+    async fn fdatasync(&self) -> std::io::Result<()>;
+    async fn close(self) -> std::io::Result<()>;
+}
+
+/// The data dir's disk, through io_uring (glommio `BufferedFile`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Disk;
+
+impl LogFs for Disk {
+    type File = BufferedFile;
+
+    async fn open(&self, path: &Path, truncate: bool) -> std::io::Result<BufferedFile> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(truncate);
+        Ok(options.buffered_open(path).await?)
+    }
+
+    fn sync_directory(&self, directory: &Path) -> std::io::Result<()> {
+        std::fs::File::open(directory)?.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn list(&self, directory: &Path) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(directory)?.map(|entry| entry.map(|entry| entry.path())).collect()
+    }
+}
+
+impl LogFile for BufferedFile {
+    async fn size(&self) -> std::io::Result<u64> {
+        Ok(self.file_size().await?)
+    }
+
+    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> std::io::Result<usize> {
+        Ok(BufferedFile::write_at(self, bytes, offset).await?)
+    }
+
+    async fn fdatasync(&self) -> std::io::Result<()> {
+        Ok(BufferedFile::fdatasync(self).await?)
+    }
+
+    async fn close(self) -> std::io::Result<()> {
+        Ok(BufferedFile::close(self).await?)
+    }
+}
+
+pub struct ShardLog<F: LogFs = Disk> {
+    fs: F,
     place: LogPlace,
     settings: LogSettings,
     /// The shards, read for snapshots.
     shards: Arc<dyn Shards>,
     /// The active segment and its sequence number.
-    file: RefCell<Rc<BufferedFile>>,
+    file: RefCell<Rc<F::File>>,
     sequence: Cell<u64>,
     /// Offset where the next batch goes.
     end: Cell<u64>,
@@ -83,7 +158,7 @@ pub struct ShardLog {
     metrics: Arc<Metrics>,
 }
 
-impl ShardLog {
+impl ShardLog<Disk> {
     /// Opens (or creates) the active segment for appending, and starts the committer on the
     /// current executor.
     ///
@@ -95,11 +170,28 @@ impl ShardLog {
         shards: Arc<dyn Shards>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Rc<ShardLog>> {
+        ShardLog::open_on(Disk, place, settings, shards, metrics).await
+    }
+}
+
+impl<F: LogFs> ShardLog<F> {
+    /// [`ShardLog::open`] on the file system `fs`.
+    ///
+    /// # Errors
+    /// I/O errors opening the file.
+    pub async fn open_on(
+        fs: F,
+        place: LogPlace,
+        settings: LogSettings,
+        shards: Arc<dyn Shards>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Rc<ShardLog<F>>> {
         let path = place.segment.path.clone();
-        let file = open_segment(&path).await?;
-        let end = file.file_size().await?;
+        let file = fs.open(&path, false).await?;
+        let end = file.size().await?;
         let (doorbell, rings) = local_channel::new_bounded(1);
         let log = Rc::new(ShardLog {
+            fs,
             sequence: Cell::new(place.segment.sequence),
             place,
             settings,
@@ -127,7 +219,7 @@ impl ShardLog {
     async fn commit(&self, batch: &[u8], sync: bool) -> std::io::Result<()> {
         let file = Rc::clone(&self.file.borrow());
         if !batch.is_empty() {
-            write_all_at(&file, batch, self.end.get()).await?;
+            write_all_at(&*file, batch, self.end.get()).await?;
         }
         if sync || self.settings.fsync == FsyncMode::Always {
             file.fdatasync().await?;
@@ -152,16 +244,16 @@ impl ShardLog {
                 return;
             }
         }
-        let file = match open_segment(&path).await {
+        let file = match self.fs.open(&path, false).await {
             Ok(file) => file,
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "could not start a new log segment; compaction postponed");
                 return;
             }
         };
-        if let Err(error) = sync_directory(&self.place.manifest.log_dir(&self.place.data_dir)) {
+        if let Err(error) = self.fs.sync_directory(&self.place.manifest.log_dir(&self.place.data_dir)) {
             tracing::warn!(%error, "could not sync the log directory; compaction postponed");
-            let _ = std::fs::remove_file(&path);
+            let _ = self.fs.remove(&path);
             return;
         }
         *self.file.borrow_mut() = Rc::new(file);
@@ -186,8 +278,7 @@ impl ShardLog {
         let mut temp_name = final_path.file_name().unwrap_or_default().to_owned();
         temp_name.push(".tmp");
         let temp_path = final_path.with_file_name(temp_name);
-        let file =
-            OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&temp_path).await?;
+        let file = self.fs.open(&temp_path, true).await?;
         let result = async {
             let mut offset = 0u64;
             let mut payload = Vec::with_capacity(SNAPSHOT_BATCH_BYTES + 64 * 1024);
@@ -205,22 +296,22 @@ impl ShardLog {
             if !payload.is_empty() {
                 write_all_at(&file, &encode_batch(&payload), offset).await?;
             }
-            file.fdatasync().await.map_err(std::io::Error::from)
+            file.fdatasync().await
         }
         .await;
         let _ = file.close().await;
         if let Err(error) = result {
-            let _ = std::fs::remove_file(&temp_path);
+            let _ = self.fs.remove(&temp_path);
             return Err(error);
         }
-        std::fs::rename(&temp_path, &final_path)?;
-        sync_directory(&manifest.log_dir(data_dir))?;
+        self.fs.rename(&temp_path, &final_path)?;
+        self.fs.sync_directory(&manifest.log_dir(data_dir))?;
         ExecutorMetrics::add(&self.metrics.executor(shard_id).snapshots_written, 1);
         // Everything before `sequence` is now in the snapshot.
-        let files = manifest.shard_files(data_dir, shard_id)?;
+        let files = manifest.shard_files_among(shard_id, self.fs.list(&manifest.log_dir(data_dir))?);
         for (old, path) in files.segments.iter().chain(files.snapshots.iter()) {
             if *old < sequence {
-                std::fs::remove_file(path)?;
+                self.fs.remove(path)?;
             }
         }
         tracing::info!(path = %final_path.display(), "snapshot written; older log segments removed");
@@ -228,7 +319,7 @@ impl ShardLog {
     }
 }
 
-impl ShardStorage for ShardLog {
+impl<F: LogFs> ShardStorage for ShardLog<F> {
     fn append(&self, entry_type: EntryType, body: &[u8]) {
         encode_entry(entry_type, body, &mut self.pending.borrow_mut());
         let _ = self.doorbell.try_send(());
@@ -250,11 +341,7 @@ impl ShardStorage for ShardLog {
     }
 }
 
-async fn open_segment(path: &Path) -> std::io::Result<BufferedFile> {
-    Ok(OpenOptions::new().read(true).write(true).create(true).buffered_open(path).await?)
-}
-
-async fn write_all_at(file: &BufferedFile, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+async fn write_all_at<File: LogFile + ?Sized>(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     let mut written = 0;
     while written < bytes.len() {
         let count = file.write_at(bytes[written..].to_vec(), offset + written as u64).await?;
@@ -266,11 +353,7 @@ async fn write_all_at(file: &BufferedFile, bytes: &[u8], offset: u64) -> std::io
     Ok(())
 }
 
-fn sync_directory(directory: &Path) -> std::io::Result<()> {
-    std::fs::File::open(directory)?.sync_all()
-}
-
-async fn committer(log: Rc<ShardLog>, rings: LocalReceiver<()>) {
+async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
     while rings.recv().await.is_some() {
         loop {
             let payload = std::mem::take(&mut *log.pending.borrow_mut());

@@ -68,10 +68,17 @@ impl Manifest {
     /// # Errors
     /// I/O errors reading the directory.
     pub fn shard_files(&self, data_dir: &Path, shard_id: usize) -> std::io::Result<ShardFiles> {
+        let paths = std::fs::read_dir(self.log_dir(data_dir))?
+            .map(|entry| entry.map(|entry| entry.path()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(self.shard_files_among(shard_id, paths))
+    }
+
+    /// [`Manifest::shard_files`] among the given paths of the log directory.
+    pub fn shard_files_among(&self, shard_id: usize, paths: Vec<PathBuf>) -> ShardFiles {
         let mut files = ShardFiles::default();
         let prefix = format!("shard-{shard_id}.");
-        for entry in std::fs::read_dir(self.log_dir(data_dir))? {
-            let path = entry?.path();
+        for path in paths {
             let Some(name) = path.file_name().and_then(|name| name.to_str()) else { continue };
             let Some(rest) = name.strip_prefix(&prefix) else { continue };
             let Some((sequence, kind)) = rest.split_once('.') else { continue };
@@ -84,7 +91,7 @@ impl Manifest {
         }
         files.segments.sort();
         files.snapshots.sort();
-        Ok(files)
+        files
     }
 
     /// Reads the manifest; `None` for a data dir that has none yet.
