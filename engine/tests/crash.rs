@@ -136,10 +136,13 @@ fn every_acknowledged_write_survives_sigkill() {
             break;
         }
 
+        // Writes acknowledged in this round: the kill waits for some, however slow the machine.
+        let round_acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writers: Vec<_> = (0..WRITERS)
             .map(|writer| {
                 let known = Arc::clone(&known);
                 let address = address.clone();
+                let round_acked = Arc::clone(&round_acked);
                 std::thread::spawn(move || {
                     let Ok(mut client) = Client::connect(address.as_str()) else { return (0, 0) };
                     let (mut acked, mut after_sweeps) = (0u64, 0u64);
@@ -159,6 +162,7 @@ fn every_acknowledged_write_survives_sigkill() {
                             Some((secret.clone(), ttl_ms));
                         match client.put(&request) {
                             Ok(version) => {
+                                round_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let now = now_ms();
                                 let mut known = known.lock().unwrap();
                                 let state = known.get_mut(&id).unwrap();
@@ -183,7 +187,14 @@ fn every_acknowledged_write_survives_sigkill() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(30 + (round as u64 * 7) % 40));
+        let waiting_since = std::time::Instant::now();
+        while round_acked.load(std::sync::atomic::Ordering::Relaxed) < 20
+            && waiting_since.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Then a varying moment, so kills land at different points of a write.
+        std::thread::sleep(Duration::from_millis(5 + (round as u64 * 7) % 40));
         killed_at_ms = now_ms();
         drop(served); // SIGKILL, then wait
         for writer in writers {
