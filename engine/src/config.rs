@@ -139,41 +139,16 @@ pub enum Switch {
     Off,
 }
 
+/// The defaults are the clap attributes above, written once: parsed from an empty command
+/// line with every `CREDSHARD_*` variable ignored (so a default never depends on the
+/// environment of the process that asks).
 impl Default for ServerConfig {
     fn default() -> Self {
-        let limits = Limits::default();
-        ServerConfig {
-            listen: "127.0.0.1:7373".parse().expect("valid default address"),
-            data_dir: PathBuf::from("./credshard-data"),
-            shards: None,
-            key_file: None,
-            passphrase_env: None,
-            fsync: FsyncMode::Always,
-            compact_log_bytes: 64 << 20,
-            frame_bytes_max: limits.frame_bytes_max,
-            id_bytes_max: limits.id_bytes_max,
-            secret_bytes_max: limits.secret_bytes_max,
-            labels_bytes_max: limits.labels_bytes_max,
-            connections_max: 10_000,
-            in_flight_max: 1024,
-            shard_queue_max: 1024,
-            max_versions: 10,
-            grace_period_seconds: 24 * 60 * 60,
-            sweep_interval_ms: 1000,
-            rewrap_rate: 5000,
-            spin_before_park_us: 0,
-            io_memory_bytes: 1 << 20,
-            tokens: None,
-            auth_timeout_ms: 10_000,
-            idle_timeout_ms: 300_000,
-            write_timeout_ms: 10_000,
-            batch_reply_bytes_max: 4 << 20,
-            create_keyring: false,
-            tls_cert: None,
-            tls_key: None,
-            audit: Switch::On,
-            audit_flush_ms: 5,
-        }
+        use clap::{Args, FromArgMatches};
+        let command =
+            ServerConfig::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(["defaults"]).expect("the defaults parse");
+        ServerConfig::from_arg_matches(&matches).expect("the defaults are a configuration")
     }
 }
 
@@ -286,11 +261,15 @@ mod tests {
     }
 
     #[test]
-    fn default_matches_the_command_line_defaults_and_validates() {
+    fn the_defaults_validate_and_agree_with_the_protocol_and_the_data_core() {
         let parsed = Command::try_parse_from(["credshard"]).unwrap().config;
         let default = ServerConfig::default();
         // Debug output covers every field; CREDSHARD_* variables are not set in tests.
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        assert_eq!(default.limits(), Limits::default(), "the protocol's default limits");
+        assert_eq!(default.lifecycle(), crate::data::Lifecycle::default());
+        assert_eq!(default.fsync, FsyncMode::Always, "acknowledged means on disk unless asked");
+        assert_eq!(default.audit, Switch::On);
         default.validate().unwrap();
         let too_small = ServerConfig { frame_bytes_max: 1024, ..ServerConfig::default() };
         assert!(too_small.validate().is_err());

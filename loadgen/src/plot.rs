@@ -45,51 +45,24 @@ impl Series {
         Series { label: label.to_owned(), points }
     }
 
-    /// The JSON array `[[percentile, latency_us], …]`.
-    pub fn json_points(&self) -> String {
-        let pairs: Vec<String> =
-            self.points.iter().map(|(percentile, value)| format!("[{percentile}, {value}]")).collect();
-        format!("[{}]", pairs.join(", "))
-    }
-
     /// Reads the `target` and `percentile_distribution` fields of a loadgen JSON file.
     ///
     /// # Errors
     /// A message naming the missing or malformed field.
     pub fn from_json(text: &str) -> Result<Series, String> {
-        let label = string_field(text, "target").ok_or("no \"target\" field")?;
-        let key = "\"percentile_distribution\":";
-        let start =
-            text.find(key).ok_or("no \"percentile_distribution\" field (a result of an older loadgen?)")?;
-        let rest = &text[start + key.len()..];
-        let end = rest.find("]]").ok_or("unterminated percentile_distribution")?;
-        let numbers: Vec<f64> = rest[..end]
-            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
-            .filter(|token| !token.is_empty())
-            .map(|token| token.parse::<f64>().map_err(|_| format!("not a number: {token}")))
-            .collect::<Result<_, _>>()?;
-        if numbers.len() < 4 || !numbers.len().is_multiple_of(2) {
-            return Err("percentile_distribution is not a list of [percentile, latency] pairs".to_owned());
+        let json: serde_json::Value =
+            serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
+        let label = json["target"].as_str().ok_or("no \"target\" field")?.to_owned();
+        let distribution = json
+            .get("percentile_distribution")
+            .ok_or("no \"percentile_distribution\" field (a result of an older loadgen?)")?;
+        let points: Vec<(f64, u64)> = serde_json::from_value(distribution.clone())
+            .map_err(|_| "percentile_distribution is not a list of [percentile, latency] pairs".to_owned())?;
+        if points.len() < 2 {
+            return Err("percentile_distribution has fewer than two points".to_owned());
         }
-        let points = numbers.chunks(2).map(|pair| (pair[0], pair[1] as u64)).collect();
         Ok(Series { label, points })
     }
-}
-
-/// The value of a string field of a flat JSON object (no escapes beyond `\"` and `\\`).
-fn string_field(text: &str, name: &str) -> Option<String> {
-    let key = format!("\"{name}\":");
-    let rest = text[text.find(&key)? + key.len()..].trim_start().strip_prefix('"')?;
-    let mut value = String::new();
-    let mut characters = rest.chars();
-    while let Some(character) = characters.next() {
-        match character {
-            '"' => return Some(value),
-            '\\' => value.push(characters.next()?),
-            other => value.push(other),
-        }
-    }
-    None
 }
 
 /// Nines of a percentile: log10(1 / (1 − p)), capped at [`NINES_MAX`].
@@ -227,12 +200,11 @@ mod tests {
         let series = Series::of("credshard://127.0.0.1:7373", &histogram);
         assert_eq!(series.points.len(), PERCENTILES.len());
         assert!(series.points.windows(2).all(|pair| pair[0].1 <= pair[1].1), "monotonic");
-        let json = format!(
-            "{{\n  \"target\": \"{}\",\n  \"percentile_distribution\": {}\n}}",
-            series.label,
-            series.json_points()
-        );
-        assert_eq!(Series::from_json(&json).unwrap(), series);
+        let json = serde_json::json!({"target": series.label, "percentile_distribution": series.points});
+        assert_eq!(Series::from_json(&json.to_string()).unwrap(), series);
+        let escaped = Series { label: "a \"quoted\"\nlabel".to_owned(), ..series.clone() };
+        let json = serde_json::json!({"target": escaped.label, "percentile_distribution": escaped.points});
+        assert_eq!(Series::from_json(&json.to_string()).unwrap(), escaped, "escapes in the label");
         let other = Series { label: "redis://x <&>".to_owned(), ..series.clone() };
         let chart = svg("GET latency", &[series, other]);
         assert_eq!(chart.matches("<polyline").count(), 2);

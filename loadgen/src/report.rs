@@ -333,89 +333,105 @@ fn counts_text(counts: &ErrorCounts) -> String {
     format!("{total} ({})", kinds.join(", "))
 }
 
-/// The JSON document: the agreed fields first, then extras.
-pub fn json(info: &RunInfo, summary: &Summary) -> String {
-    let all = Percentiles::of(&summary.all());
-    let mut out = String::from("{\n");
-    let mut field = |name: &str, value: String| {
-        let _ = writeln!(out, "  {}: {value},", json_string(name));
-    };
-    field("target", json_string(&info.target));
-    field("connections", info.connections.to_string());
-    field("pipeline", info.pipeline.to_string());
-    field("duration_s", format!("{:.3}", summary.duration.as_secs_f64()));
-    field("ops", all.ops.to_string());
-    field("ops_per_sec", format!("{:.1}", ops_per_second(all.ops, summary.duration)));
-    field("p50_us", all.p50_us.to_string());
-    field("p90_us", all.p90_us.to_string());
-    field("p99_us", all.p99_us.to_string());
-    field("p999_us", all.p999_us.to_string());
-    field("max_us", all.max_us.to_string());
-    field("errors", summary.errors_total().to_string());
-    field("errors_by_kind", json_counts(&summary.errors));
-    field("warmup_errors_by_kind", json_counts(&summary.warmup_errors));
-    field("server", json_string(&info.server));
-    field("shard_count", info.shard_count.to_string());
-    field("threads", info.threads.to_string());
-    field("warmup_s", format!("{:.3}", info.warmup.as_secs_f64()));
-    field("keys", info.keys.to_string());
-    field("value_size", info.value_size.to_string());
-    field("mix", json_string(&info.mix));
-    field("preload", info.preload.to_string());
-    field("distribution", json_string(&info.distribution));
-    field("rate", info.rate.map_or_else(|| "null".to_owned(), |rate| format!("{rate}")));
-    field("outcomes_by_kind", json_counts(&summary.outcomes));
-    field("batch_item_errors_by_kind", json_counts(&summary.batch_item_errors));
-    field("connections_lost", summary.connections_lost.to_string());
-    field("requests_abandoned", summary.requests_abandoned.to_string());
-    field("percentile_distribution", crate::plot::Series::of(&info.target, &summary.all()).json_points());
-    let per_op: Vec<String> = Op::ALL
-        .into_iter()
-        .filter(|op| !summary.per_op[op.index()].is_empty())
-        .map(|op| {
-            let row = Percentiles::of(&summary.per_op[op.index()]);
-            format!(
-                "{}: {{\"ops\": {}, \"ops_per_sec\": {:.1}, \"p50_us\": {}, \"p90_us\": {}, \"p99_us\": {}, \
-                 \"p999_us\": {}, \"max_us\": {}}}",
-                json_string(op.name()),
-                row.ops,
-                ops_per_second(row.ops, summary.duration),
-                row.p50_us,
-                row.p90_us,
-                row.p99_us,
-                row.p999_us,
-                row.max_us
-            )
-        })
-        .collect();
-    let _ = writeln!(out, "  \"per_op\": {{{}}}", per_op.join(", "));
-    out.push_str("}\n");
-    out
+/// One op's row (and the totals) in the JSON document.
+#[derive(serde::Serialize)]
+struct JsonRow {
+    ops: u64,
+    ops_per_sec: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
 }
 
-fn json_counts(counts: &ErrorCounts) -> String {
-    let pairs: Vec<String> =
-        counts.iter().map(|(kind, count)| format!("{}: {count}", json_string(kind))).collect();
-    format!("{{{}}}", pairs.join(", "))
-}
-
-/// A JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for character in text.chars() {
-        match character {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            control if u32::from(control) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(control));
-            }
-            other => out.push(other),
+impl JsonRow {
+    fn of(histogram: &Histogram<u64>, duration: Duration) -> JsonRow {
+        let row = Percentiles::of(histogram);
+        JsonRow {
+            ops: row.ops,
+            ops_per_sec: rounded(ops_per_second(row.ops, duration), 1),
+            p50_us: row.p50_us,
+            p90_us: row.p90_us,
+            p99_us: row.p99_us,
+            p999_us: row.p999_us,
+            max_us: row.max_us,
         }
     }
-    out.push('"');
-    out
+}
+
+/// The JSON document: the agreed fields first (in this order), then extras.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    target: &'a str,
+    connections: usize,
+    pipeline: usize,
+    duration_s: f64,
+    #[serde(flatten)]
+    all: JsonRow,
+    errors: u64,
+    errors_by_kind: &'a ErrorCounts,
+    warmup_errors_by_kind: &'a ErrorCounts,
+    server: &'a str,
+    shard_count: u16,
+    threads: usize,
+    warmup_s: f64,
+    keys: u64,
+    value_size: usize,
+    mix: &'a str,
+    preload: bool,
+    distribution: &'a str,
+    rate: Option<f64>,
+    outcomes_by_kind: &'a ErrorCounts,
+    batch_item_errors_by_kind: &'a ErrorCounts,
+    connections_lost: usize,
+    requests_abandoned: u64,
+    /// `[[percentile, latency_us], …]`
+    percentile_distribution: Vec<(f64, u64)>,
+    per_op: BTreeMap<&'static str, JsonRow>,
+}
+
+/// `value` rounded to `decimals` places (what the table prints).
+fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// The JSON document of a run.
+pub fn json(info: &RunInfo, summary: &Summary) -> String {
+    let report = JsonReport {
+        target: &info.target,
+        connections: info.connections,
+        pipeline: info.pipeline,
+        duration_s: rounded(summary.duration.as_secs_f64(), 3),
+        all: JsonRow::of(&summary.all(), summary.duration),
+        errors: summary.errors_total(),
+        errors_by_kind: &summary.errors,
+        warmup_errors_by_kind: &summary.warmup_errors,
+        server: &info.server,
+        shard_count: info.shard_count,
+        threads: info.threads,
+        warmup_s: rounded(info.warmup.as_secs_f64(), 3),
+        keys: info.keys,
+        value_size: info.value_size,
+        mix: &info.mix,
+        preload: info.preload,
+        distribution: &info.distribution,
+        rate: info.rate,
+        outcomes_by_kind: &summary.outcomes,
+        batch_item_errors_by_kind: &summary.batch_item_errors,
+        connections_lost: summary.connections_lost,
+        requests_abandoned: summary.requests_abandoned,
+        percentile_distribution: crate::plot::Series::of(&info.target, &summary.all()).points,
+        per_op: Op::ALL
+            .into_iter()
+            .filter(|op| !summary.per_op[op.index()].is_empty())
+            .map(|op| (op.name(), JsonRow::of(&summary.per_op[op.index()], summary.duration)))
+            .collect(),
+    };
+    let mut text = serde_json::to_string_pretty(&report).expect("a report serializes");
+    text.push('\n');
+    text
 }
 
 #[cfg(test)]
@@ -473,18 +489,15 @@ mod tests {
         assert!(table.contains("errors      1 (mismatch 1)"), "{table}");
         assert!(table.lines().any(|line| line.starts_with("all ")), "{table}");
 
-        let json = json(&info(), &summary);
-        for expected in [
-            "\"target\": \"credshard://127.0.0.1:7373\",",
-            "\"ops\": 101,",
-            "\"ops_per_sec\": 50.5,",
-            "\"duration_s\": 2.000,",
-            "\"max_us\": 500,",
-            "\"errors\": 1,",
-            "\"errors_by_kind\": {\"mismatch\": 1},",
-        ] {
-            assert!(json.contains(expected), "{expected} in {json}");
-        }
+        let json: serde_json::Value = serde_json::from_str(&json(&info(), &summary)).unwrap();
+        assert_eq!(json["target"], "credshard://127.0.0.1:7373");
+        assert_eq!(json["ops"], 101);
+        assert_eq!(json["ops_per_sec"], 50.5);
+        assert_eq!(json["duration_s"], 2.0);
+        assert_eq!(json["max_us"], 500);
+        assert_eq!(json["errors"], 1);
+        assert_eq!(json["errors_by_kind"], serde_json::json!({"mismatch": 1}));
+        assert_eq!(json["per_op"]["put"]["ops"], 1, "{json}");
     }
 
     #[test]
@@ -509,19 +522,19 @@ mod tests {
         assert!(table.contains("batch_get items failed: 2 (mismatch 2)"), "{table}");
         assert!(table.contains("not errors: 1 (not_found_after_delete 1)"), "{table}");
         assert!(table.contains("open loop at 2000 ops/s"), "{table}");
-        let json = json(&info, &summary);
-        for expected in [
-            "\"rate\": 2000,",
-            "\"distribution\": \"zipf:0.99\",",
-            "\"outcomes_by_kind\": {\"not_found_after_delete\": 1},",
-            "\"batch_item_errors_by_kind\": {\"mismatch\": 2},",
-        ] {
-            assert!(json.contains(expected), "{expected} in {json}");
-        }
+        let json: serde_json::Value = serde_json::from_str(&json(&info, &summary)).unwrap();
+        assert_eq!(json["rate"], 2000.0);
+        assert_eq!(json["distribution"], "zipf:0.99");
+        assert_eq!(json["outcomes_by_kind"], serde_json::json!({"not_found_after_delete": 1}));
+        assert_eq!(json["batch_item_errors_by_kind"], serde_json::json!({"mismatch": 2}));
     }
 
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    fn any_target_text_survives_the_json() {
+        let mut info = info();
+        info.target = "a\"b\\c\n\u{1}é".to_owned();
+        let json: serde_json::Value =
+            serde_json::from_str(&json(&info, &Summary::new(Duration::from_secs(1)))).unwrap();
+        assert_eq!(json["target"].as_str(), Some(info.target.as_str()));
     }
 }

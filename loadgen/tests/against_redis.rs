@@ -95,7 +95,7 @@ fn short_run_against_redis_server() {
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains(&format!("target      {target} (redis ")), "{table}");
     let json = std::fs::read_to_string(&json_path).unwrap();
-    assert!(json.contains(&format!("\"target\": \"{target}\"")), "{json}");
+    assert_eq!(common::report(&json)["target"].as_str(), Some(target.as_str()), "{json}");
     assert!(number(&json, "ops") > 0.0, "{json}");
     assert_eq!(number(&json, "errors"), 0.0, "verified reads and no server errors: {json}");
 

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use credshard_protocol::{Op, Status};
 
-use super::format::days_from_civil;
 use super::reader::{self, AuditEntry, Filter};
 
 /// Reads the audit log: every shard's file under `<data-dir>/audit`, merged by time.
@@ -192,72 +191,21 @@ fn parse_time(text: &str, now_ms: u64) -> anyhow::Result<u64> {
     parse_rfc3339(text).context("expected RFC 3339 UTC (2026-11-23T05:00:00Z), Unix ms, or a time ago (15m)")
 }
 
+/// RFC 3339 (a space may stand for the `T`, as its section 5.6 allows), or a date alone
+/// (midnight UTC), as Unix ms; parsed by the `time` crate.
 fn parse_rfc3339(text: &str) -> anyhow::Result<u64> {
-    let bytes = text.as_bytes();
-    let number = |range: std::ops::Range<usize>| -> anyhow::Result<u64> {
-        let digits = bytes.get(range).context("too short")?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            bail!("expected digits");
-        }
-        Ok(digits.iter().fold(0, |value, digit| value * 10 + u64::from(digit - b'0')))
+    let at = if text.len() == 10 {
+        let date_format = time::format_description::parse_borrowed::<2>("[year]-[month]-[day]")
+            .expect("a valid description");
+        time::Date::parse(text, &date_format)?.midnight().assume_utc()
+    } else {
+        let text = match text.as_bytes().get(10) {
+            Some(b' ') => format!("{}T{}", &text[..10], &text[11..]),
+            _ => text.to_owned(),
+        };
+        time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)?
     };
-    let expect = |index: usize, wanted: &[u8]| -> anyhow::Result<()> {
-        match bytes.get(index) {
-            Some(byte) if wanted.contains(byte) => Ok(()),
-            _ => bail!(
-                "expected {:?} at offset {index}",
-                wanted.iter().map(|&byte| byte as char).collect::<String>()
-            ),
-        }
-    };
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    expect(4, b"-")?;
-    expect(7, b"-")?;
-    let days = days_from_civil(year, month, day).context("not a date from 1970 on")?;
-    if bytes.len() == 10 {
-        return Ok(days * 86_400_000);
-    }
-    expect(10, b"Tt ")?;
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    expect(13, b":")?;
-    expect(16, b":")?;
-    if hour > 23 || minute > 59 || second > 60 {
-        bail!("time of day out of range");
-    }
-    let mut index = 19;
-    let mut millis = 0;
-    if bytes.get(index) == Some(&b'.') {
-        let digits = bytes[index + 1..].iter().take_while(|byte| byte.is_ascii_digit()).count();
-        if digits == 0 {
-            bail!("expected digits after '.'");
-        }
-        // Milliseconds: the first three digits, padded.
-        millis = bytes[index + 1..index + 1 + digits.min(3)]
-            .iter()
-            .chain(std::iter::repeat(&b'0'))
-            .take(3)
-            .fold(0, |value, digit| value * 10 + u64::from(digit - b'0'));
-        index += 1 + digits;
-    }
-    let offset_ms: i64 = match bytes.get(index) {
-        Some(b'Z' | b'z') if bytes.len() == index + 1 => 0,
-        Some(sign @ (b'+' | b'-')) if bytes.len() == index + 6 => {
-            expect(index + 3, b":")?;
-            let (hours, minutes) = (number(index + 1..index + 3)?, number(index + 4..index + 6)?);
-            if hours > 23 || minutes > 59 {
-                bail!("offset out of range");
-            }
-            let offset_ms = ((hours * 60 + minutes) * 60_000) as i64;
-            if *sign == b'+' {
-                offset_ms
-            } else {
-                -offset_ms
-            }
-        }
-        _ => bail!("expected 'Z' or an offset like +02:00 at the end"),
-    };
-    let local_ms = days * 86_400_000 + ((hour * 60 + minute) * 60 + second) * 1000 + millis;
-    u64::try_from(local_ms as i64 - offset_ms).context("before 1970")
+    u64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).context("before 1970")
 }
 
 /// An aligned table, one event per row. Client-chosen text (ids, token ids, filters) has its

@@ -6,13 +6,17 @@ use std::process::Output;
 
 pub const LOADGEN: &str = env!("CARGO_BIN_EXE_credshard-loadgen");
 
-/// The number after `"name":` in a flat JSON object.
-pub fn number(json: &str, name: &str) -> f64 {
-    let key = format!("\"{name}\":");
-    let start = json.find(&key).unwrap_or_else(|| panic!("{name} missing from {json}")) + key.len();
-    let value: String =
-        json[start..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
-    value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
+/// A loadgen JSON report, parsed.
+pub fn report(json: &str) -> serde_json::Value {
+    serde_json::from_str(json).unwrap_or_else(|error| panic!("{error}: {json}"))
+}
+
+/// The number at `path` (field names joined by dots, e.g. `per_op.get.ops`) of a loadgen
+/// JSON report.
+pub fn number(json: &str, path: &str) -> f64 {
+    let report = report(json);
+    let value = path.split('.').fold(&report, |value, name| &value[name]);
+    value.as_f64().unwrap_or_else(|| panic!("{path} is not a number in {json}"))
 }
 
 /// A loopback address nothing listens on, for as long as the guard lives: the guard holds
