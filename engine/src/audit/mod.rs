@@ -39,6 +39,7 @@
 //! events, counting them ([`AuditLog::events_dropped`]) and logging an error, so that a dead
 //! disk cannot exhaust memory.
 
+mod calendar;
 pub mod cli;
 mod format;
 pub mod reader;
