@@ -1,6 +1,5 @@
-//! The audit line encoder, by hand: RFC 3339 UTC time from Unix milliseconds (the civil date from
-//! `calendar`), decimal
-//! integers and JSON string escapes. No `fmt` machinery and no allocation beyond the buffer's
+//! The audit line encoder, by hand: RFC 3339 UTC time from Unix milliseconds (the civil date
+//! from `calendar`), decimal integers and JSON string escapes. No `fmt` machinery and no allocation beyond the buffer's
 //! growth, because [`encode_event`] runs on every request: it makes room for the line in the
 //! buffer once, stores bytes through a [`Cursor`] (indexed stores, no capacity check or
 //! `memcpy` call per short field), and trims the room to what was written. The date and time
