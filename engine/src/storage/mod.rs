@@ -17,6 +17,7 @@
 pub mod lock;
 pub mod log;
 pub mod manifest;
+pub mod postgres;
 pub mod recovery;
 pub mod wal;
 

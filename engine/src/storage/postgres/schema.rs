@@ -1,0 +1,91 @@
+//! The tables, and the versioned migrations that create them. credshard applies them itself
+//! at start, in one transaction under an advisory lock: instances that start together wait for
+//! each other, and each migration is applied exactly once.
+
+use deadpool_postgres::Client;
+
+use super::DbError;
+
+/// The advisory lock taken while migrating ("cred" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6372_6564;
+
+/// Every migration, in order; a migration is never edited once released, only followed.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "credentials, kept versions, change log, key ring",
+    "
+    CREATE TABLE credshard_keyring (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        generation bigint NOT NULL,
+        ring bytea NOT NULL
+    );
+    -- One row per credential: its current version and the columns LIST and expiry use.
+    CREATE TABLE credshard_credentials (
+        id text PRIMARY KEY,
+        version bigint NOT NULL CHECK (version > 0),
+        owner text NOT NULL,
+        scope text NOT NULL,
+        expires_at_ms bigint NOT NULL DEFAULT 0
+    );
+    CREATE INDEX credshard_credentials_owner ON credshard_credentials (owner, id);
+    CREATE INDEX credshard_credentials_scope ON credshard_credentials (scope text_pattern_ops, id);
+    CREATE INDEX credshard_credentials_expiry ON credshard_credentials (expires_at_ms)
+        WHERE expires_at_ms <> 0;
+    -- One row per kept version: the archived record, verbatim (ciphertext only).
+    CREATE TABLE credshard_versions (
+        id text NOT NULL REFERENCES credshard_credentials (id) ON DELETE CASCADE,
+        version bigint NOT NULL,
+        record bytea NOT NULL,
+        PRIMARY KEY (id, version)
+    );
+    -- Every committed change, in the transaction that made it; instances follow it.
+    CREATE TABLE credshard_changes (
+        seq bigserial PRIMARY KEY,
+        id text NOT NULL,
+        version bigint NOT NULL,
+        kind smallint NOT NULL,
+        at_ms bigint NOT NULL
+    );
+    CREATE INDEX credshard_changes_at ON credshard_changes (at_ms);
+    ",
+)];
+
+/// Applies the migrations the database does not have yet; returns how many it applied.
+///
+/// # Errors
+/// Database errors; [`DbError::Corrupt`] when the database has a migration this build does
+/// not know (a newer credshard migrated it: refuse rather than misread it).
+pub async fn migrate(client: &mut Client) -> Result<usize, DbError> {
+    let transaction = client.transaction().await?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS credshard_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    let applied: i32 = transaction
+        .query_one("SELECT coalesce(max(version), 0) FROM credshard_migrations", &[])
+        .await?
+        .get(0);
+    let known = MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
+    if applied > known {
+        return Err(DbError::Corrupt(format!(
+            "the database is at schema version {applied}, newer than this credshard knows ({known}): upgrade credshard"
+        )));
+    }
+    let mut count = 0;
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| *version > applied) {
+        transaction.batch_execute(sql).await?;
+        transaction
+            .execute("INSERT INTO credshard_migrations (version, name) VALUES ($1, $2)", &[version, name])
+            .await?;
+        tracing::info!(version, name, "applied a database migration");
+        count += 1;
+    }
+    transaction.commit().await?;
+    Ok(count)
+}

@@ -1,0 +1,94 @@
+//! A database of its own for each test, on the PostgreSQL server that `CREDSHARD_TEST_POSTGRES`
+//! names (default `host=127.0.0.1 port=5433 user=postgres`, the throwaway cluster `.ci/run`
+//! starts). Without a reachable server the test skips, saying so; in CI (`CI` set) it fails.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const DEFAULT_SERVER: &str = "host=127.0.0.1 port=5433 user=postgres";
+
+/// A database created for one test and dropped after it.
+pub struct TestDatabase {
+    server: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Settings that reach this test's database.
+    pub fn url(&self) -> String {
+        format!("{} dbname={}", self.server, self.name)
+    }
+
+    /// Runs SQL on this test's database (a fresh connection), returning the rows.
+    pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let url = self.url();
+        let sql = sql.to_owned();
+        on_runtime(async move {
+            let client = connect(&url).await.expect("connect to the test database");
+            client.query(sql.as_str(), &[]).await.expect("test query")
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let _ = std::panic::catch_unwind(|| {
+            on_runtime(async move {
+                if let Ok(client) = connect(&format!("{server} dbname=postgres")).await {
+                    let _ =
+                        client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            })
+        });
+    }
+}
+
+/// A new empty database named after `test`, or `None` (with the reason printed) when no
+/// PostgreSQL server is reachable outside CI.
+pub fn database(test: &str) -> Option<TestDatabase> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let server = std::env::var("CREDSHARD_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_SERVER.to_owned());
+    let name = format!(
+        "credshard_test_{}_{}_{}",
+        test.chars().filter(char::is_ascii_alphanumeric).take(24).collect::<String>().to_ascii_lowercase(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = format!("{server} dbname=postgres");
+    let created = on_runtime({
+        let name = name.clone();
+        async move {
+            let client = connect(&admin).await?;
+            client.batch_execute(&format!("CREATE DATABASE {name}")).await
+        }
+    });
+    match created {
+        Ok(()) => Some(TestDatabase { server, name }),
+        Err(error) if std::env::var_os("CI").is_some() => {
+            panic!("CI starts PostgreSQL for these tests, but {server:?} is not reachable: {error}")
+        }
+        Err(error) => {
+            eprintln!("skipping {test}: no PostgreSQL at {server:?} ({error}); set CREDSHARD_TEST_POSTGRES");
+            None
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Runs `future` on a runtime of its own, on a thread of its own (callers may be inside
+/// another runtime).
+pub fn on_runtime<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+    })
+    .join()
+    .expect("the test's database work panicked")
+}
