@@ -141,9 +141,71 @@ struct RingEntry {
     wrapped: [u8; WRAPPED_BYTES],
 }
 
+/// A key ring kept in a store that several servers share (the PostgreSQL store's database):
+/// each change is stored only if nobody changed the ring since it was read.
+pub trait SharedRing: Send + Sync {
+    /// The ring's bytes and generation, if one is stored.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn load(&self) -> std::io::Result<Option<(i64, Vec<u8>)>>;
+
+    /// Stores `bytes` if the stored generation is still `generation` (`None`: if none is
+    /// stored yet); returns false when another server changed it first.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    fn store(&self, generation: Option<i64>, bytes: &[u8]) -> std::io::Result<bool>;
+}
+
+/// Where a key ring is kept.
+#[derive(Clone)]
+pub enum RingPlace {
+    /// Nowhere (tests, benches): gone with the process.
+    Memory,
+    /// A file of its own (`<data-dir>/keyring`), replaced atomically.
+    File(PathBuf),
+    /// A store shared with other servers.
+    Shared(std::sync::Arc<dyn SharedRing>),
+}
+
+/// Why persisting the ring failed.
+#[derive(Debug)]
+enum PersistError {
+    Io(std::io::Error),
+    /// Another server changed the shared ring since it was read: read it again and retry.
+    Conflict,
+}
+
+impl From<PersistError> for EngineError {
+    fn from(error: PersistError) -> EngineError {
+        match error {
+            PersistError::Io(error) => EngineError::Io(error),
+            PersistError::Conflict => {
+                EngineError::Keyring("another server changed the shared key ring meanwhile".to_owned())
+            }
+        }
+    }
+}
+
+/// Tries of a change to a shared ring that other servers keep changing first.
+const SHARED_RING_TRIES: usize = 16;
+
+/// Refuses an operation not built for rings shared between servers yet.
+fn refuse_shared(file: &RingFile, what: &str) -> Result<(), EngineError> {
+    match file.place {
+        RingPlace::Shared(_) => Err(EngineError::Keyring(format!(
+            "{what} is not available yet when servers share the key ring (--store postgres)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// What the ring persists, kept to rewrite the file.
 struct RingFile {
-    path: Option<PathBuf>,
+    place: RingPlace,
+    /// The stored generation of a shared ring (`None`: not stored yet).
+    generation: Option<i64>,
     master: Aes256Gcm,
     kdf: Kdf,
     salt: [u8; SALT_BYTES],
@@ -200,6 +262,19 @@ impl Keyring {
         Keyring::open_with_budget(Some(Keyring::path(data_dir)), source, DATA_KEY_ENCRYPTIONS_MAX)
     }
 
+    /// Opens the ring kept in `shared`, creating it if no server has yet. Servers sharing it
+    /// see each other's keys: a record sealed with a key this one does not know yet makes it
+    /// read the ring again.
+    ///
+    /// # Errors
+    /// As [`Keyring::open`].
+    pub fn open_shared(
+        shared: std::sync::Arc<dyn SharedRing>,
+        source: KeySource,
+    ) -> Result<Keyring, EngineError> {
+        Keyring::open_in(RingPlace::Shared(shared), source, DATA_KEY_ENCRYPTIONS_MAX)
+    }
+
     /// Where the key ring of `data_dir` is.
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join("keyring")
@@ -226,13 +301,22 @@ impl Keyring {
         source: KeySource,
         encryptions_max: u64,
     ) -> Result<Keyring, EngineError> {
-        let existing = match &path {
-            Some(path) if path.exists() => Some(std::fs::read(path)?),
+        Keyring::open_in(path.map_or(RingPlace::Memory, RingPlace::File), source, encryptions_max)
+    }
+
+    fn open_in(place: RingPlace, source: KeySource, encryptions_max: u64) -> Result<Keyring, EngineError> {
+        let existing = match &place {
+            RingPlace::File(path) if path.exists() => Some((None, std::fs::read(path)?)),
+            RingPlace::Shared(shared) => shared.load()?.map(|(generation, bytes)| (Some(generation), bytes)),
             _ => None,
         };
         let (file, migrated) = match existing {
-            Some(bytes) => RingFile::parse(path, &bytes, source)?,
-            None => (RingFile::create(path, source)?, false),
+            Some((generation, bytes)) => {
+                let (mut file, migrated) = RingFile::parse(place, &bytes, source)?;
+                file.generation = generation;
+                (file, migrated)
+            }
+            None => (RingFile::create(place, source)?, false),
         };
         let keys = papaya::HashMap::new();
         for entry in &file.entries {
@@ -249,21 +333,7 @@ impl Keyring {
             file: Mutex::new(file),
         };
         let mut file = ring.file.lock().expect("keyring file lock");
-        let reusable = file
-            .entries
-            .iter()
-            .find(|entry| entry.state == KeyState::Active)
-            .filter(|entry| entry.reserved < encryptions_max)
-            .map(|entry| entry.key_id);
-        match reusable {
-            Some(key_id) => {
-                ring.active_key_id.store(key_id, Ordering::Release);
-                ring.extend_reservation(&mut file, key_id)?;
-            }
-            None => {
-                ring.add_active_key(&mut file)?;
-            }
-        }
+        ring.ensure_usable_active(&mut file)?;
         if migrated {
             tracing::info!("key ring rewritten as format {FORMAT_VERSION}; its older keys retire");
         }
@@ -331,10 +401,8 @@ impl Keyring {
             if self.active_key_id() != key_id || count < reserved {
                 continue;
             }
-            if count < self.encryptions_max {
-                self.extend_reservation(&mut file, key_id)?;
-            } else {
-                self.add_active_key(&mut file)?;
+            self.ensure_usable_active(&mut file)?;
+            if self.active_key_id() != key_id {
                 tracing::info!(retired_key_id = key_id, "data key reached its encryption budget; rotated");
             }
         }
@@ -351,7 +419,23 @@ impl Keyring {
         buffer: &mut [u8],
     ) -> Result<(), EngineError> {
         let keys = self.keys.pin();
-        let key = keys.get(&sealed.key_id).ok_or(EngineError::Decrypt { key_id: sealed.key_id })?;
+        let key = match keys.get(&sealed.key_id) {
+            Some(key) => key,
+            None => {
+                // Another server sharing the ring may have added it: read the ring again.
+                drop(keys);
+                let mut file = self.file.lock().expect("keyring file lock");
+                if !matches!(file.place, RingPlace::Shared(_)) {
+                    return Err(EngineError::Decrypt { key_id: sealed.key_id });
+                }
+                self.refresh(&mut file)?;
+                drop(file);
+                return match self.keys.pin().get(&sealed.key_id) {
+                    Some(_) => self.decrypt(binding, sealed, buffer),
+                    None => Err(EngineError::Decrypt { key_id: sealed.key_id }),
+                };
+            }
+        };
         binding
             .with_associated_data(sealed.key_id, |aad| {
                 open(&key.cipher, &sealed.nonce, aad, buffer, &sealed.tag)
@@ -366,7 +450,8 @@ impl Keyring {
     /// When the ring cannot be persisted (nothing changes then).
     pub fn rotate(&self) -> Result<u32, EngineError> {
         let mut file = self.file.lock().expect("keyring file lock");
-        let key_id = self.add_active_key(&mut file)?;
+        refuse_shared(&file, "data-key rotation")?;
+        let key_id = self.add_active_key(&mut file).map_err(EngineError::from)?;
         tracing::info!(key_id, data_keys = file.entries.len(), "data key rotated");
         Ok(key_id)
     }
@@ -385,6 +470,7 @@ impl Keyring {
         let (master, kdf, cost) = derive_master(source, &salt)?;
         let master = master_cipher(&master);
         let mut file = self.file.lock().expect("keyring file lock");
+        refuse_shared(&file, "rekeying")?;
         let mut entries = file.entries.clone();
         for entry in &mut entries {
             let key = unwrap_key(&file.master, entry.key_id, &entry.wrapped).ok_or(EngineError::Keyring(
@@ -392,8 +478,9 @@ impl Keyring {
             ))?;
             entry.wrapped = wrap_key(&master, entry.key_id, &key);
         }
-        let rekeyed = RingFile {
-            path: file.path.clone(),
+        let mut rekeyed = RingFile {
+            place: file.place.clone(),
+            generation: file.generation,
             master,
             kdf,
             salt,
@@ -411,7 +498,7 @@ impl Keyring {
             }
             Err(error) => {
                 file.cleared = rekeyed.cleared;
-                Err(error.into())
+                Err(EngineError::from(error))
             }
         }
     }
@@ -431,7 +518,12 @@ impl Keyring {
         shard_count: usize,
     ) -> Result<Vec<u32>, EngineError> {
         let mut file = self.file.lock().expect("keyring file lock");
-        if epoch != self.rotation_epoch() || !self.has_retiring() {
+        // Servers sharing a ring keep retiring keys: another one may still be sealing with
+        // one until it reads the ring again.
+        if epoch != self.rotation_epoch()
+            || !self.has_retiring()
+            || matches!(file.place, RingPlace::Shared(_))
+        {
             return Ok(Vec::new());
         }
         file.cleared.insert(shard_id);
@@ -446,7 +538,7 @@ impl Keyring {
             .filter(|entry| entry.state == KeyState::Retiring)
             .map(|entry| entry.key_id)
             .collect();
-        file.replace_entries(kept)?;
+        file.replace_entries(kept).map_err(EngineError::from)?;
         self.file_keys.store(file.entries.len(), Ordering::Release);
         tracing::info!(
             ?dropped,
@@ -457,7 +549,7 @@ impl Keyring {
 
     /// Generates a data key, records it as the active one (the previous active key retires)
     /// with its first block reserved, persists the ring, and only then puts it in use.
-    fn add_active_key(&self, file: &mut RingFile) -> Result<u32, EngineError> {
+    fn add_active_key(&self, file: &mut RingFile) -> Result<u32, PersistError> {
         let key_id = file.entries.iter().map(|entry| entry.key_id).max().unwrap_or(0) + 1;
         let mut key = Zeroizing::new([0u8; KEY_BYTES]);
         random_bytes(key.as_mut());
@@ -484,25 +576,84 @@ impl Keyring {
         Ok(key_id)
     }
 
-    /// Reserves the next block of `key_id`'s budget in the file, then lets encryptions use it.
-    fn extend_reservation(&self, file: &mut RingFile, key_id: u32) -> Result<(), EngineError> {
+    /// Reserves the next block of `key_id`'s budget in the file, then lets encryptions use it:
+    /// they count from where the ring's reservations ended (which, in a shared ring, another
+    /// server may have moved on) to the new end.
+    fn extend_reservation(&self, file: &mut RingFile, key_id: u32) -> Result<(), PersistError> {
         let index = file
             .entries
             .iter()
             .position(|entry| entry.key_id == key_id)
             .expect("the active key is in the file");
         let mut entries = file.entries.clone();
-        entries[index].reserved =
-            entries[index].reserved.saturating_add(RESERVATION_BLOCK).min(self.encryptions_max);
+        let from = entries[index].reserved;
+        entries[index].reserved = from.saturating_add(RESERVATION_BLOCK).min(self.encryptions_max);
         let to = entries[index].reserved;
         file.replace_entries(entries)?;
-        // (A fresh process already counts from the last reservation: `DataKey::new` at open.)
-        self.keys
-            .pin()
-            .get(&key_id)
-            .expect("the active key is in the ring")
-            .reserved
-            .store(to, Ordering::Release);
+        let keys = self.keys.pin();
+        let key = keys.get(&key_id).expect("the active key is in the ring");
+        key.encryptions.store(from, Ordering::Release);
+        key.reserved.store(to, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes sure the active key has budget reserved: the next block of it, or, once it is
+    /// spent, a fresh active key. A shared ring changed by another server meanwhile is read
+    /// again and the step retried (adopting a fresh active key another server added).
+    fn ensure_usable_active(&self, file: &mut RingFile) -> Result<(), EngineError> {
+        for _ in 0..SHARED_RING_TRIES {
+            let active = file.entries.iter().find(|entry| entry.state == KeyState::Active).copied();
+            let step = match active {
+                Some(entry) if entry.reserved < self.encryptions_max => {
+                    self.active_key_id.store(entry.key_id, Ordering::Release);
+                    self.extend_reservation(file, entry.key_id)
+                }
+                _ => self.add_active_key(file).map(|_| ()),
+            };
+            match step {
+                Ok(()) => return Ok(()),
+                Err(PersistError::Conflict) => self.refresh(file)?,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(PersistError::Conflict.into())
+    }
+
+    /// Reads a shared ring again, if another server changed it: its keys join this one's (keys
+    /// stay known until the process ends), and its active key becomes this one's.
+    fn refresh(&self, file: &mut RingFile) -> Result<(), EngineError> {
+        let RingPlace::Shared(shared) = &file.place else { return Ok(()) };
+        let Some((generation, bytes)) = shared.load()? else {
+            return Err(EngineError::Keyring("the shared key ring is gone from its store".to_owned()));
+        };
+        if file.generation == Some(generation) {
+            return Ok(());
+        }
+        let header = RingHeader::parse(&bytes)?;
+        if header.format_version != FORMAT_VERSION || header.kdf != file.kdf || header.salt != file.salt {
+            return Err(EngineError::Keyring(
+                "the shared key ring was rekeyed by another server: restart with the new master key"
+                    .to_owned(),
+            ));
+        }
+        let entries = header.entries(&bytes, &file.master)?;
+        let keys = self.keys.pin();
+        for entry in &entries {
+            if keys.get(&entry.key_id).is_none() {
+                let key = unwrap_key(&file.master, entry.key_id, &entry.wrapped)
+                    .ok_or(EngineError::WrongMasterKey)?;
+                keys.insert(entry.key_id, DataKey::new(entry.key_id, &key, entry.reserved));
+            }
+        }
+        drop(keys);
+        let active = entries.iter().find(|entry| entry.state == KeyState::Active).map(|entry| entry.key_id);
+        if let Some(active) = active.filter(|&active| active != self.active_key_id()) {
+            self.active_key_id.store(active, Ordering::Release);
+            self.rotation_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        file.entries = entries;
+        file.generation = Some(generation);
+        self.file_keys.store(file.entries.len(), Ordering::Release);
         Ok(())
     }
 }
@@ -597,29 +748,23 @@ fn unwrap_key(
     Some(key)
 }
 
-impl RingFile {
-    fn create(path: Option<PathBuf>, source: KeySource) -> Result<RingFile, EngineError> {
-        let mut salt = [0u8; SALT_BYTES];
-        random_bytes(&mut salt);
-        let (master, kdf, cost) = derive_master(source, &salt)?;
-        Ok(RingFile {
-            path,
-            master: master_cipher(&master),
-            kdf,
-            salt,
-            cost,
-            entries: Vec::new(),
-            cleared: BTreeSet::new(),
-        })
-    }
+/// A ring's header, read and checked before anything is derived from it.
+struct RingHeader {
+    format_version: u32,
+    kdf: Kdf,
+    salt: [u8; SALT_BYTES],
+    cost: Argon2Cost,
+    key_count: usize,
+    entry_bytes: usize,
+    seal_bytes: usize,
+}
 
-    /// Parses a ring; the flag says it was of an older format (and must be rewritten).
-    fn parse(
-        path: Option<PathBuf>,
-        bytes: &[u8],
-        source: KeySource,
-    ) -> Result<(RingFile, bool), EngineError> {
-        let damaged = |reason: &str| EngineError::Keyring(format!("keyring file is damaged: {reason}"));
+fn damaged(reason: &str) -> EngineError {
+    EngineError::Keyring(format!("keyring file is damaged: {reason}"))
+}
+
+impl RingHeader {
+    fn parse(bytes: &[u8]) -> Result<RingHeader, EngineError> {
         if bytes.len() < HEADER_BYTES + 4 || &bytes[..8] != MAGIC {
             return Err(damaged("bad magic or too short"));
         }
@@ -662,25 +807,13 @@ impl RingFile {
         if kdf == Kdf::Argon2id {
             check_cost(cost)?;
         }
-        let master = match (source, kdf) {
-            (KeySource::KeyFile(key_path), Kdf::KeyFile) => MasterKey::read_file(&key_path)?,
-            (KeySource::Key(master), Kdf::KeyFile) => master,
-            (KeySource::Passphrase(passphrase, _), Kdf::Argon2id) => {
-                MasterKey::from_passphrase(&passphrase, &salt, cost)?
-            }
-            (_, Kdf::KeyFile) => {
-                return Err(EngineError::Keyring(
-                    "this data dir's keyring was created with a key file; start with --key-file".to_owned(),
-                ))
-            }
-            (_, Kdf::Argon2id) => {
-                return Err(EngineError::Keyring(
-                    "this data dir's keyring was created with a passphrase; start with --passphrase-env"
-                        .to_owned(),
-                ))
-            }
-        };
-        let master = master_cipher(&master);
+        Ok(RingHeader { format_version, kdf, salt, cost, key_count, entry_bytes, seal_bytes })
+    }
+
+    /// The ring's entries, once its tag verifies under `master`.
+    fn entries(&self, bytes: &[u8], master: &Aes256Gcm) -> Result<Vec<RingEntry>, EngineError> {
+        let RingHeader { format_version, key_count, entry_bytes, seal_bytes, .. } = *self;
+        let body = &bytes[..bytes.len() - 4];
         // Format 3 authenticates the whole file (after the entries), format 2 the header
         // (before them). A wrong master key and a forged file look the same here.
         let (entries_at, authenticated, seal_at) = match format_version {
@@ -691,7 +824,7 @@ impl RingFile {
             let nonce: [u8; NONCE_BYTES] = body[seal_at..seal_at + NONCE_BYTES].try_into().expect("nonce");
             let tag: [u8; TAG_BYTES] =
                 body[seal_at + NONCE_BYTES..seal_at + SEAL_BYTES].try_into().expect("tag");
-            open(&master, &nonce, &body[..authenticated], &mut [], &tag)
+            open(master, &nonce, &body[..authenticated], &mut [], &tag)
                 .map_err(|_| EngineError::WrongMasterKey)?;
         }
         let mut entries = Vec::with_capacity(key_count);
@@ -728,13 +861,66 @@ impl RingFile {
         if format_version == FORMAT_VERSION && active != 1 {
             return Err(damaged(&format!("{active} active keys (a ring has exactly one)")));
         }
-        let file = RingFile { path, master, kdf, salt, cost, entries, cleared: BTreeSet::new() };
-        Ok((file, format_version != FORMAT_VERSION))
+        Ok(entries)
+    }
+}
+
+impl RingFile {
+    fn create(place: RingPlace, source: KeySource) -> Result<RingFile, EngineError> {
+        let mut salt = [0u8; SALT_BYTES];
+        random_bytes(&mut salt);
+        let (master, kdf, cost) = derive_master(source, &salt)?;
+        Ok(RingFile {
+            place,
+            generation: None,
+            master: master_cipher(&master),
+            kdf,
+            salt,
+            cost,
+            entries: Vec::new(),
+            cleared: BTreeSet::new(),
+        })
+    }
+
+    /// Parses a ring; the flag says it was of an older format (and must be rewritten).
+    fn parse(place: RingPlace, bytes: &[u8], source: KeySource) -> Result<(RingFile, bool), EngineError> {
+        let header = RingHeader::parse(bytes)?;
+        let master = match (source, header.kdf) {
+            (KeySource::KeyFile(key_path), Kdf::KeyFile) => MasterKey::read_file(&key_path)?,
+            (KeySource::Key(master), Kdf::KeyFile) => master,
+            (KeySource::Passphrase(passphrase, _), Kdf::Argon2id) => {
+                MasterKey::from_passphrase(&passphrase, &header.salt, header.cost)?
+            }
+            (_, Kdf::KeyFile) => {
+                return Err(EngineError::Keyring(
+                    "this data dir's keyring was created with a key file; start with --key-file".to_owned(),
+                ))
+            }
+            (_, Kdf::Argon2id) => {
+                return Err(EngineError::Keyring(
+                    "this data dir's keyring was created with a passphrase; start with --passphrase-env"
+                        .to_owned(),
+                ))
+            }
+        };
+        let master = master_cipher(&master);
+        let entries = header.entries(bytes, &master)?;
+        let file = RingFile {
+            place,
+            generation: None,
+            master,
+            kdf: header.kdf,
+            salt: header.salt,
+            cost: header.cost,
+            entries,
+            cleared: BTreeSet::new(),
+        };
+        Ok((file, header.format_version != FORMAT_VERSION))
     }
 
     /// Persists the ring with `entries` in place of its own, and keeps them only if that
     /// succeeded (a failed write changes nothing).
-    fn replace_entries(&mut self, entries: Vec<RingEntry>) -> std::io::Result<()> {
+    fn replace_entries(&mut self, entries: Vec<RingEntry>) -> Result<(), PersistError> {
         let before = std::mem::replace(&mut self.entries, entries);
         let persisted = self.persist();
         if persisted.is_err() {
@@ -743,8 +929,11 @@ impl RingFile {
         persisted
     }
 
-    fn persist(&self) -> std::io::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+    /// Writes the ring to its place; a shared ring only if nobody changed it since it was read.
+    fn persist(&mut self) -> Result<(), PersistError> {
+        if matches!(self.place, RingPlace::Memory) {
+            return Ok(());
+        }
         let mut bytes = Vec::with_capacity(HEADER_BYTES + self.entries.len() * ENTRY_BYTES + SEAL_BYTES + 4);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -768,7 +957,18 @@ impl RingFile {
         bytes.extend_from_slice(&tag);
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
-        write_file_atomically(path, &bytes)
+        match &self.place {
+            RingPlace::Memory => Ok(()),
+            RingPlace::File(path) => write_file_atomically(path, &bytes).map_err(PersistError::Io),
+            RingPlace::Shared(shared) => match shared.store(self.generation, &bytes) {
+                Ok(true) => {
+                    self.generation = Some(self.generation.map_or(1, |generation| generation + 1));
+                    Ok(())
+                }
+                Ok(false) => Err(PersistError::Conflict),
+                Err(error) => Err(PersistError::Io(error)),
+            },
+        }
     }
 }
 
@@ -1071,5 +1271,96 @@ mod tests {
             ring.decrypt(&test_binding("id", version), &seal, &mut buffer).unwrap();
             assert_eq!(buffer, version.to_le_bytes());
         }
+    }
+
+    /// A shared store in memory, that can be made to lose the next race.
+    #[derive(Default)]
+    struct MemoryShared {
+        stored: Mutex<Option<(i64, Vec<u8>)>>,
+        conflicts_to_inject: AtomicUsize,
+    }
+
+    impl SharedRing for MemoryShared {
+        fn load(&self) -> std::io::Result<Option<(i64, Vec<u8>)>> {
+            Ok(self.stored.lock().unwrap().clone())
+        }
+
+        fn store(&self, generation: Option<i64>, bytes: &[u8]) -> std::io::Result<bool> {
+            let mut stored = self.stored.lock().unwrap();
+            if self.conflicts_to_inject.load(Ordering::Relaxed) > 0 {
+                // Another server stores the same ring first: the generation moves on.
+                self.conflicts_to_inject.fetch_sub(1, Ordering::Relaxed);
+                if let Some((current, _)) = stored.as_mut() {
+                    *current += 1;
+                }
+                return Ok(false);
+            }
+            if stored.as_ref().map(|(current, _)| *current) != generation {
+                return Ok(false);
+            }
+            *stored = Some((generation.map_or(1, |generation| generation + 1), bytes.to_vec()));
+            Ok(true)
+        }
+    }
+
+    fn reserved_in(shared: &MemoryShared, master: &MasterKey, key_id: u32) -> u64 {
+        let (_, bytes) = shared.load().unwrap().unwrap();
+        let header = RingHeader::parse(&bytes).unwrap();
+        let entries = header.entries(&bytes, &master_cipher(master)).unwrap();
+        entries.iter().find(|entry| entry.key_id == key_id).unwrap().reserved
+    }
+
+    #[test]
+    fn servers_sharing_a_ring_use_the_same_keys_and_disjoint_reservations() {
+        let master = MasterKey::generate();
+        let shared = std::sync::Arc::new(MemoryShared::default());
+        let source = || KeySource::Key(MasterKey::from_bytes(*master.bytes()));
+        let first = Keyring::open_shared(shared.clone(), source()).unwrap();
+        assert_eq!(reserved_in(&shared, &master, 1), RESERVATION_BLOCK);
+        let second = Keyring::open_shared(shared.clone(), source()).unwrap();
+        assert_eq!(second.active_key_id(), first.active_key_id(), "one active key for both");
+        assert_eq!(reserved_in(&shared, &master, 1), 2 * RESERVATION_BLOCK, "the second took the next block");
+        let mut buffer = b"sealed by the first".to_vec();
+        let sealed = first.encrypt(&test_binding("id", 1), &mut buffer).unwrap();
+        second.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+        assert_eq!(buffer, b"sealed by the first");
+        // Rotation and rekeying would need every server's agreement: refused for now.
+        assert!(first.rotate().unwrap_err().to_string().contains("not available yet"));
+        let rekey = first.rekey(KeySource::Key(MasterKey::generate())).unwrap_err();
+        assert!(rekey.to_string().contains("not available yet"), "{rekey}");
+        assert_eq!(first.report_clear(0, first.rotation_epoch(), 1).unwrap(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_key_added_by_another_server_is_read_when_first_met() {
+        let master = MasterKey::generate();
+        let shared = std::sync::Arc::new(MemoryShared::default());
+        let source = || KeySource::Key(MasterKey::from_bytes(*master.bytes()));
+        let spender = Keyring::open_in(RingPlace::Shared(shared.clone()), source(), 3).unwrap();
+        let reader = Keyring::open_in(RingPlace::Shared(shared.clone()), source(), 3).unwrap();
+        // The spender uses key 1 up and adds key 2, which the reader has never seen.
+        let mut sealed = Vec::new();
+        for version in 1..=4u64 {
+            let mut buffer = version.to_le_bytes().to_vec();
+            sealed.push((spender.encrypt(&test_binding("id", version), &mut buffer).unwrap(), buffer));
+        }
+        assert!(sealed.iter().any(|(seal, _)| seal.key_id != 1), "a second key came into use");
+        for (version, (seal, mut buffer)) in (1..=4u64).zip(sealed) {
+            reader.decrypt(&test_binding("id", version), &seal, &mut buffer).unwrap();
+            assert_eq!(buffer, version.to_le_bytes());
+        }
+        assert_eq!(reader.active_key_id(), spender.active_key_id(), "and adopted as active");
+    }
+
+    #[test]
+    fn a_lost_race_for_the_shared_ring_is_retried_from_what_won() {
+        let master = MasterKey::generate();
+        let shared = std::sync::Arc::new(MemoryShared::default());
+        let source = || KeySource::Key(MasterKey::from_bytes(*master.bytes()));
+        let first = Keyring::open_shared(shared.clone(), source()).unwrap();
+        shared.conflicts_to_inject.store(2, Ordering::Relaxed);
+        let second = Keyring::open_shared(shared.clone(), source()).unwrap();
+        assert_eq!(second.active_key_id(), first.active_key_id());
+        assert_eq!(reserved_in(&shared, &master, 1), 2 * RESERVATION_BLOCK);
     }
 }
