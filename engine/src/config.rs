@@ -23,6 +23,19 @@ pub struct ServerConfig {
     /// Address every executor listens on (SO_REUSEPORT). Port 0 picks a free port.
     #[arg(long, env = "CREDSHARD_LISTEN", default_value = "127.0.0.1:7373")]
     pub listen: SocketAddr,
+    /// The system of record: unset, each shard's write-ahead log in the data dir (the
+    /// embedded default); or a PostgreSQL database (`postgres://USER@HOST:PORT/DB`, or
+    /// `host=… user=… dbname=…`) that several credshard instances share. The data dir then
+    /// holds no credentials (only the lock and the audit log).
+    #[arg(long, env = "CREDSHARD_STORE")]
+    pub store: Option<String>,
+    /// Connections to the database (`--store`), per instance.
+    #[arg(long, env = "CREDSHARD_STORE_CONNECTIONS", default_value_t = 16)]
+    pub store_connections: usize,
+    /// How often each shard reads the database's change log for other instances' writes,
+    /// in milliseconds (`--store`): the bound on how stale another instance's write can be.
+    #[arg(long, env = "CREDSHARD_FOLLOW_INTERVAL_MS", default_value_t = 10)]
+    pub follow_interval_ms: u64,
     /// Directory for the manifest, the write-ahead logs, the key ring and (unless a key is
     /// given) the generated master key.
     #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]

@@ -15,7 +15,7 @@ pub mod nonce;
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
-pub use keyring::{KeySource, Keyring};
+pub use keyring::{KeySource, Keyring, RingPlace, SharedRing};
 pub use master::{Argon2Cost, MasterKey, KEY_BYTES};
 pub use nonce::NONCE_BYTES;
 

@@ -27,4 +27,4 @@ pub mod writer;
 pub use record::Record;
 pub use shard::{Entry, Shard};
 pub use store::{Lifecycle, Store};
-pub use writer::{ShardWriter, Write};
+pub use writer::{Prepared, ShardWriter, Write};

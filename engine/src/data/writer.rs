@@ -47,6 +47,60 @@ impl<'a> Write<'a> {
     }
 }
 
+/// A write checked and sealed against a shard's state, not applied yet
+/// ([`ShardWriter::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    id: Box<str>,
+    /// The current version it was prepared against (0: the credential did not exist).
+    base_version: u64,
+    change: Change,
+}
+
+#[derive(Debug)]
+enum Change {
+    /// A new version; `keep_history`: the versions before it stay (false after an expiry).
+    Version {
+        record: Arc<Record>,
+        keep_history: bool,
+    },
+    Delete,
+}
+
+impl Prepared {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn base_version(&self) -> u64 {
+        self.base_version
+    }
+
+    /// The new version's record; `None` for a delete.
+    pub fn record(&self) -> Option<&Record> {
+        match &self.change {
+            Change::Version { record, .. } => Some(record),
+            Change::Delete => None,
+        }
+    }
+
+    /// The oldest version kept after this write, with `max_versions` kept at most.
+    pub fn keep_from_version(&self, max_versions: usize) -> u64 {
+        match &self.change {
+            Change::Version { record, keep_history: true } => {
+                (record.version() + 1).saturating_sub(max_versions as u64).max(1)
+            }
+            Change::Version { record, keep_history: false } => record.version(),
+            Change::Delete => 0,
+        }
+    }
+
+    /// What the client is told: the new version, or for a delete the version removed.
+    pub fn outcome(&self) -> u64 {
+        self.record().map_or(self.base_version, Record::version)
+    }
+}
+
 /// The single writer of one shard. Not `Send`: it stays on the executor that claimed it.
 pub struct ShardWriter {
     store: Arc<Store>,
@@ -83,11 +137,11 @@ impl ShardWriter {
     /// shard has no storage), once the storage has committed it when it is applied. The
     /// outcome of an applied write is its version (for DELETE, the version that was current).
     pub fn submit(&mut self, write: Write<'_>, now_ms: u64, acl: &Acl, reply: oneshot::Sender<WriteOutcome>) {
-        let outcome = match write {
-            Write::Put(put) => self.put(put, now_ms, acl),
-            Write::Rotate(rotate) => self.rotate(rotate, now_ms, acl),
-            Write::Delete(delete) => self.delete(delete, now_ms, acl),
-        };
+        let outcome = self.check_writable().and_then(|()| self.prepare(write, now_ms, acl)).map(|prepared| {
+            let outcome = prepared.outcome();
+            self.apply(prepared);
+            outcome
+        });
         match (outcome, &self.log) {
             (Ok(version), Some(log)) => log.when_committed(reply, Ok(version)),
             (outcome, _) => {
@@ -135,8 +189,7 @@ impl ShardWriter {
     /// [`OpError::VersionConflict`] when `expected_version` does not match,
     /// [`OpError::Unavailable`] when no data key is available, [`OpError::Unauthorized`] when
     /// the new owner and scope or those of the credential it replaces are outside `acl`.
-    fn put(&mut self, request: &PutRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
-        self.check_writable()?;
+    fn prepare_put(&self, request: &PutRequest<'_>, now_ms: u64, acl: &Acl) -> Result<Prepared, OpError> {
         if !acl.covers(request.owner, request.scope) {
             return Err(OpError::Unauthorized("this token may not write credentials of this owner or scope"));
         }
@@ -158,8 +211,11 @@ impl ShardWriter {
             previous_grace_until_ms: 0,
         };
         let record = Record::seal(CredentialFields::from(request), fields, store.keyring())?;
-        self.install(request.id, record, live, existing);
-        Ok(fields.version)
+        Ok(Prepared {
+            id: request.id.into(),
+            base_version: existing.map_or(0, |entry| entry.current().version()),
+            change: Change::Version { record: Arc::new(record), keep_history: live.is_some() },
+        })
     }
 
     /// Stores a new secret as a new version of a live credential, keeping its owner, scope,
@@ -169,8 +225,12 @@ impl ShardWriter {
     /// # Errors
     /// Not found, unauthorized (outside `acl`), expired, version conflict, unavailable (no
     /// data key).
-    fn rotate(&mut self, request: &RotateRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
-        self.check_writable()?;
+    fn prepare_rotate(
+        &self,
+        request: &RotateRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+    ) -> Result<Prepared, OpError> {
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
@@ -192,8 +252,11 @@ impl ShardWriter {
             previous_grace_until_ms: now_ms.saturating_add(grace_ms).max(1),
         };
         let record = Record::seal(current.fields_with_secret(request.secret), fields, store.keyring())?;
-        self.install(request.id, record, Some(entry), Some(entry));
-        Ok(fields.version)
+        Ok(Prepared {
+            id: request.id.into(),
+            base_version: current.version(),
+            change: Change::Version { record: Arc::new(record), keep_history: true },
+        })
     }
 
     /// Removes a credential and all its versions; returns the version that was current.
@@ -202,22 +265,115 @@ impl ShardWriter {
     /// [`OpError::NotFound`] for an absent credential, [`OpError::Unauthorized`] for one
     /// outside `acl`, [`OpError::VersionConflict`] when `expected_version` does not match the
     /// current version.
-    fn delete(&mut self, request: &DeleteRequest<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
-        self.check_writable()?;
-        let store = Arc::clone(&self.store);
-        let map = store.shard(self.shard_id).map.pin();
+    fn prepare_delete(
+        &self,
+        request: &DeleteRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+    ) -> Result<Prepared, OpError> {
+        let map = self.store.shard(self.shard_id).map.pin();
         let current = map.get(request.id).ok_or(OpError::NotFound)?.current();
         check_access(current, acl)?;
         let version = current.version();
         if request.expected_version.is_some() {
             check_expected(request.expected_version, if current.is_expired(now_ms) { 0 } else { version })?;
         }
-        self.unindex(current);
-        map.remove(request.id);
-        if let Some(log) = &self.log {
-            log.append(EntryType::Delete, request.id.as_bytes());
+        Ok(Prepared { id: request.id.into(), base_version: version, change: Change::Delete })
+    }
+
+    /// Checks `write` against the shard's current state (access, compare-and-set, expiry)
+    /// and seals its record, without applying it: [`ShardWriter::submit`] applies it at once;
+    /// with a shared database as the system of record the database decides first, and
+    /// [`ShardWriter::install_committed`] applies what it committed.
+    ///
+    /// # Errors
+    /// As the write would fail (see PUT, ROTATE and DELETE in docs/protocol.md).
+    pub fn prepare(&self, write: Write<'_>, now_ms: u64, acl: &Acl) -> Result<Prepared, OpError> {
+        match write {
+            Write::Put(put) => self.prepare_put(put, now_ms, acl),
+            Write::Rotate(rotate) => self.prepare_rotate(rotate, now_ms, acl),
+            Write::Delete(delete) => self.prepare_delete(delete, now_ms, acl),
         }
-        Ok(version)
+    }
+
+    /// Applies a prepared write to the map, the index and the expiry set, and appends it to
+    /// the log (if any).
+    fn apply(&mut self, prepared: Prepared) {
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let existing = map.get(&*prepared.id);
+        debug_assert_eq!(existing.map_or(0, |entry| entry.current().version()), prepared.base_version);
+        match prepared.change {
+            Change::Version { record, keep_history } => {
+                let live = existing.filter(|_| keep_history);
+                self.install(&prepared.id, record, live, existing);
+            }
+            Change::Delete => {
+                if let Some(entry) = existing {
+                    self.unindex(entry.current());
+                    map.remove(&*prepared.id);
+                }
+                if let Some(log) = &self.log {
+                    log.append(EntryType::Delete, prepared.id.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// Applies a write the shared database committed, unless the shard has moved on from the
+    /// version it was prepared against meanwhile (the change log brought a newer state).
+    pub fn install_committed(&mut self, prepared: Prepared) {
+        let current = self.cached_version(&prepared.id);
+        if current == prepared.base_version {
+            self.apply(prepared);
+        }
+    }
+
+    /// The current version the shard holds for `id` (0: none).
+    pub fn cached_version(&self, id: &str) -> u64 {
+        self.store.shard(self.shard_id).map.pin().get(id).map_or(0, |entry| entry.current().version())
+    }
+
+    /// Replaces the shard's state of `id` with `records` read from the shared database
+    /// (oldest first; empty: the credential is gone), unless the shard already holds a newer
+    /// version. `deleted_version` is the version a delete removed, when the change log said
+    /// so: a cached version above it is kept.
+    pub fn install_fetched(&mut self, id: &str, records: Vec<Record>, deleted_version: Option<u64>) {
+        let cached = self.cached_version(id);
+        let newest = records.last().map_or(0, Record::version);
+        if records.is_empty() {
+            if cached == 0 || deleted_version.is_some_and(|deleted| cached > deleted) {
+                return;
+            }
+        } else if cached > newest {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        if let Some(entry) = map.get(id) {
+            self.unindex(entry.current());
+            map.remove(id);
+        }
+        drop(map);
+        for record in records {
+            let map = store.shard(self.shard_id).map.pin();
+            let existing = map.get(id);
+            self.install(id, Arc::new(record), existing, existing);
+        }
+    }
+
+    /// Credentials whose expiry has passed, with their current versions (the shared
+    /// database's sweep removes each only from that version).
+    pub fn expired(&self, now_ms: u64) -> Vec<(Box<str>, u64)> {
+        let map = self.store.shard(self.shard_id).map.pin();
+        self.expiries
+            .iter()
+            .take_while(|(expires_at_ms, _)| *expires_at_ms <= now_ms)
+            .filter_map(|(_, id)| {
+                let entry = map.get(&**id)?;
+                entry.current().is_expired(now_ms).then(|| (id.clone(), entry.current().version()))
+            })
+            .collect()
     }
 
     /// Removes every credential whose expiry has passed, and logs each removal; returns how
@@ -303,14 +459,14 @@ impl ShardWriter {
 
     /// Installs `record` as the current version of `id` (see [`install_entry`]), logs it, and
     /// keeps the expiry set up to date.
-    fn install(&mut self, id: &str, record: Record, live: Option<&Entry>, existing: Option<&Entry>) {
+    fn install(&mut self, id: &str, record: Arc<Record>, live: Option<&Entry>, existing: Option<&Entry>) {
         if let Some(log) = &self.log {
             log.append(EntryType::Record, record.archive_bytes());
         }
         let old_expires_at_ms =
             existing.map_or(0, |entry| entry.current().credential().expires_at_ms.to_native());
         let expires_at_ms = record.credential().expires_at_ms.to_native();
-        install_entry(&self.store, self.shard_id, id, Arc::new(record), live, existing, true);
+        install_entry(&self.store, self.shard_id, id, record, live, existing, true);
         if old_expires_at_ms != expires_at_ms {
             if old_expires_at_ms != 0 {
                 self.expiries.remove(&(old_expires_at_ms, Box::from(id)));
@@ -327,7 +483,7 @@ impl ShardWriter {
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let existing = map.get(id);
-        self.install(id, record, existing, existing);
+        self.install(id, Arc::new(record), existing, existing);
     }
 
     /// Takes a removed credential out of the index and the expiry set.

@@ -147,6 +147,9 @@ pub fn dispatch(
             ExecutorMetrics::add(&metrics.writes_forwarded, 1);
             return Dispatched::Forward { shard_id, write, received_at_ms: now_ms };
         }
+        if context.router.through_database() {
+            return Dispatched::Forward { shard_id, write, received_at_ms: now_ms };
+        }
         let (reply, outcome) = oneshot::channel();
         context.router.write(&request, now_ms, &write.principal.acl, reply);
         return Dispatched::Pending { write, outcome };

@@ -16,9 +16,11 @@ use crate::config::{ServerConfig, Switch};
 use crate::data::Store;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::router::{Router, WriteMessage};
-use crate::server::{connection, maintenance};
+use crate::server::{connection, maintenance, postgres};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
+use crate::storage::postgres::Database;
 use crate::storage::Shards;
+use glommio::channels::local_channel;
 
 /// Flushes of the audit log at shutdown before giving up on connections that keep recording.
 const FINAL_AUDIT_FLUSHES_MAX: usize = 16;
@@ -39,8 +41,12 @@ pub struct Shared {
     /// The address executor 0 bound, which the others bind too (it matters for port 0).
     pub bound_address: (Mutex<Option<SocketAddr>>, Condvar),
     pub ready: Mutex<mpsc::Sender<Result<SocketAddr, String>>>,
-    /// Where each shard's write-ahead log is.
+    /// Where each shard's write-ahead log is (none with a shared database).
     pub logs: Vec<LogPlace>,
+    /// The shared database, when it is the system of record (`--store`).
+    pub database: Option<Database>,
+    /// The change-log position the shards follow the database from.
+    pub follow_from: i64,
 }
 
 /// What a connection on this executor can reach.
@@ -78,20 +84,28 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     };
     let shard_id = senders.peer_id();
     let mut writer = shared.store.claim_writer(shard_id);
-    let place = shared.logs[shard_id].clone();
-    let segment = place.segment.path.clone();
-    let settings =
-        LogSettings { fsync: shared.config.fsync, compact_log_bytes: shared.config.compact_log_bytes };
-    match ShardLog::open(
-        place,
-        settings,
-        Arc::clone(&shared.store) as Arc<dyn Shards>,
-        Arc::clone(&shared.metrics),
-    )
-    .await
-    {
-        Ok(log) => writer.attach_log(log),
-        Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),
+    let mut database_queue = None;
+    match &shared.database {
+        Some(_) => database_queue = Some(local_channel::new_bounded(shared.config.shard_queue_max)),
+        None => {
+            let place = shared.logs[shard_id].clone();
+            let segment = place.segment.path.clone();
+            let settings = LogSettings {
+                fsync: shared.config.fsync,
+                compact_log_bytes: shared.config.compact_log_bytes,
+            };
+            match ShardLog::open(
+                place,
+                settings,
+                Arc::clone(&shared.store) as Arc<dyn Shards>,
+                Arc::clone(&shared.metrics),
+            )
+            .await
+            {
+                Ok(log) => writer.attach_log(log),
+                Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),
+            }
+        }
     }
     let audit = match shared.config.audit {
         Switch::Off => None,
@@ -112,14 +126,22 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
             }
         }
     };
-    let router = Rc::new(Router::new(writer, senders));
+    let (queue, queued) = database_queue.unzip();
+    let router = Rc::new(Router::new(writer, senders, queue));
     router.spawn_peer_tasks(receivers, *shared.store.limits());
-    maintenance::spawn_sweeper(
-        &router,
-        Duration::from_millis(shared.config.sweep_interval_ms),
-        Arc::clone(&shared.metrics),
-    );
-    maintenance::spawn_rewrapper(&router, shared.config.rewrap_rate, Arc::clone(&shared.metrics));
+    let sweep_interval = Duration::from_millis(shared.config.sweep_interval_ms);
+    match (&shared.database, queued) {
+        (Some(database), Some(queued)) => {
+            postgres::spawn_writer(Rc::clone(&router), queued, database.clone(), *shared.store.limits());
+            let interval = Duration::from_millis(shared.config.follow_interval_ms);
+            postgres::spawn_follower(Rc::clone(&router), database.clone(), shared.follow_from, interval);
+            postgres::spawn_sweeper(Rc::clone(&router), database.clone(), sweep_interval);
+        }
+        _ => {
+            maintenance::spawn_sweeper(&router, sweep_interval, Arc::clone(&shared.metrics));
+            maintenance::spawn_rewrapper(&router, shared.config.rewrap_rate, Arc::clone(&shared.metrics));
+        }
+    }
 
     let listener = match bind(&shared, shard_id) {
         Ok(listener) => listener,

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod executor;
 pub mod input;
 pub mod maintenance;
+pub mod postgres;
 pub mod router;
 pub mod tls;
 
@@ -32,6 +33,7 @@ use crate::error::EngineError;
 use crate::metrics::Metrics;
 use crate::storage::lock::DataDirLock;
 use crate::storage::log::LogPlace;
+use crate::storage::postgres::Database;
 use crate::storage::recovery;
 
 /// How long `start` waits for every executor to report that it listens.
@@ -73,30 +75,23 @@ impl Server {
         // Before anything else in the data dir is read or written: one server per data dir.
         let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         refuse_taken_address(config.listen)?;
-        refuse_lost_keyring(config)?;
-        let keyring = Keyring::open(&config.data_dir, key_source)?;
+        let database = match &config.store {
+            Some(url) => Some(Database::open(url, config.store_connections)?),
+            None => None,
+        };
+        let keyring = match &database {
+            Some(database) => Keyring::open_shared(Arc::new(postgres::PgRing(database.clone())), key_source)?,
+            None => {
+                refuse_lost_keyring(config)?;
+                Keyring::open(&config.data_dir, key_source)?
+            }
+        };
         let shard_count = config.shard_count();
         let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
-        let (manifest, segments, report) = recovery::recover(&config.data_dir, &*store)?;
-        tracing::info!(
-            credentials = report.credentials,
-            entries = report.entries_replayed,
-            log_bytes = report.log_bytes,
-            torn_bytes_dropped = report.torn_bytes_dropped,
-            rewritten = report.rewritten,
-            elapsed_ms = report.elapsed_ms,
-            "recovered"
-        );
-        let logs = segments
-            .into_iter()
-            .enumerate()
-            .map(|(shard_id, segment)| LogPlace {
-                data_dir: config.data_dir.clone(),
-                manifest,
-                shard_id,
-                segment,
-            })
-            .collect();
+        let (logs, follow_from) = match &database {
+            Some(database) => (Vec::new(), postgres::load(database, &store)?),
+            None => (recover_logs(config, &store)?, 0),
+        };
         let metrics = Arc::new(Metrics::new(shard_count));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_sender, ready) = mpsc::channel();
@@ -110,6 +105,8 @@ impl Server {
             stop: Arc::clone(&stop),
             bound_address: (Mutex::new(None), Condvar::new()),
             logs,
+            database,
+            follow_from,
             ready: Mutex::new(ready_sender),
         });
         let mesh = MeshBuilder::full(shard_count, config.shard_queue_max);
@@ -200,6 +197,31 @@ fn placement(shard_count: usize) -> Result<PoolPlacement, EngineError> {
     } else {
         Ok(PoolPlacement::Fenced(shard_count, cpus))
     }
+}
+
+/// Recovers the shards from the data dir's logs; returns where each shard's log goes on.
+fn recover_logs(config: &ServerConfig, store: &Store) -> Result<Vec<LogPlace>, EngineError> {
+    let (manifest, segments, report) = recovery::recover(&config.data_dir, store)?;
+    tracing::info!(
+        credentials = report.credentials,
+        entries = report.entries_replayed,
+        log_bytes = report.log_bytes,
+        torn_bytes_dropped = report.torn_bytes_dropped,
+        rewritten = report.rewritten,
+        elapsed_ms = report.elapsed_ms,
+        "recovered"
+    );
+    let logs: Vec<LogPlace> = segments
+        .into_iter()
+        .enumerate()
+        .map(|(shard_id, segment)| LogPlace {
+            data_dir: config.data_dir.clone(),
+            manifest,
+            shard_id,
+            segment,
+        })
+        .collect();
+    Ok(logs)
 }
 
 /// The CPUs in this process's affinity mask, if it can be read.

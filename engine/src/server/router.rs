@@ -10,6 +10,7 @@ use std::rc::Rc;
 use credshard_protocol::{Op, Request};
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::LocalSender;
 use zeroize::Zeroizing;
 
 use std::sync::Arc;
@@ -20,26 +21,39 @@ use crate::error::{OpError, WriteOutcome};
 
 /// A write travelling to the executor of the shard that owns it.
 pub struct WriteMessage {
-    op: Op,
+    pub(crate) op: Op,
     /// The request body, re-decoded by the owner. It may hold a plaintext secret, so it is
     /// wiped when dropped.
-    body: Zeroizing<Vec<u8>>,
+    pub(crate) body: Zeroizing<Vec<u8>>,
     /// The time the request was received, so TTLs do not depend on which executor applies it.
-    received_at_ms: u64,
+    pub(crate) received_at_ms: u64,
     /// Who asked: the owner checks the write against this principal's ACL.
-    principal: Arc<Principal>,
-    reply: oneshot::Sender<WriteOutcome>,
+    pub(crate) principal: Arc<Principal>,
+    pub(crate) reply: oneshot::Sender<WriteOutcome>,
 }
 
 pub struct Router {
     shard_id: usize,
     writer: RefCell<ShardWriter>,
     senders: Senders<WriteMessage>,
+    /// With a shared database as the system of record: this shard's writes wait here for the
+    /// database writer (`server::postgres`), whichever executor they came from.
+    database_queue: Option<LocalSender<WriteMessage>>,
 }
 
 impl Router {
-    pub fn new(writer: ShardWriter, senders: Senders<WriteMessage>) -> Router {
-        Router { shard_id: writer.shard_id(), writer: RefCell::new(writer), senders }
+    pub fn new(
+        writer: ShardWriter,
+        senders: Senders<WriteMessage>,
+        database_queue: Option<LocalSender<WriteMessage>>,
+    ) -> Router {
+        Router { shard_id: writer.shard_id(), writer: RefCell::new(writer), senders, database_queue }
+    }
+
+    /// True when writes go through a shared database: every write then travels as a
+    /// [`WriteMessage`] ([`Router::forward`]), to this shard's queue or another's.
+    pub fn through_database(&self) -> bool {
+        self.database_queue.is_some()
     }
 
     pub fn shard_id(&self) -> usize {
@@ -68,10 +82,16 @@ impl Router {
         received_at_ms: u64,
         principal: Arc<Principal>,
     ) -> oneshot::Receiver<WriteOutcome> {
-        debug_assert_ne!(shard_id, self.shard_id);
         let (reply, outcome) = oneshot::channel();
         let body = Zeroizing::new(body.to_vec());
         let message = WriteMessage { op, body, received_at_ms, principal, reply };
+        if shard_id == self.shard_id {
+            let queue =
+                self.database_queue.as_ref().expect("own-shard writes travel only through the database");
+            // A closed queue (shutting down) drops the reply: the receiver reports it unavailable.
+            let _ = queue.send(message).await;
+            return outcome;
+        }
         // If the peer executor is gone (shutting down), the message and its reply sender are
         // dropped, and the receiver reports the write as unavailable.
         let _ = self.senders.send_to(shard_id, message).await;
@@ -94,6 +114,10 @@ impl Router {
             let router = Rc::clone(self);
             glommio::spawn_local(async move {
                 while let Some(message) = receiver.recv().await {
+                    if let Some(queue) = &router.database_queue {
+                        let _ = queue.send(message).await;
+                        continue;
+                    }
                     // The connection may have closed meanwhile; the outcome is then unread.
                     match Request::decode(message.op as u8, &message.body, &limits) {
                         Ok(request) => router.write(

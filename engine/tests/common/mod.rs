@@ -24,6 +24,15 @@ impl TestServer {
     }
 
     pub fn start_with(shards: usize, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        TestServer::try_start_with_key(shards, MasterKey::generate(), adjust).expect("server starts")
+    }
+
+    /// A server with the given master key (servers sharing a database need the same one).
+    pub fn try_start_with_key(
+        shards: usize,
+        key: MasterKey,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Result<TestServer, credshard_engine::EngineError> {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -32,8 +41,8 @@ impl TestServer {
             ..ServerConfig::default()
         };
         adjust(&mut config);
-        let handle = Server::start(&config, KeySource::Key(MasterKey::generate())).expect("server starts");
-        TestServer { handle, data_dir }
+        let handle = Server::start(&config, KeySource::Key(key))?;
+        Ok(TestServer { handle, data_dir })
     }
 
     pub fn address(&self) -> std::net::SocketAddr {

@@ -1,0 +1,198 @@
+//! Several credshard instances on one real PostgreSQL database (`--store`): a write on one is
+//! read on another, a compare-and-set race across instances has one winner per version, a
+//! restarted instance reads everything back, and neither the database nor the data dir holds
+//! a secret in the clear.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{put, TestServer};
+use credshard_engine::crypto::MasterKey;
+use credshard_protocol::op::rotate::RotateRequest;
+use credshard_protocol::{Client, Status};
+
+fn instance(url: &str, key: &[u8; 32]) -> TestServer {
+    instance_following_every(url, key, 10)
+}
+
+/// An instance that reads the change log every `follow_interval_ms`.
+fn instance_following_every(url: &str, key: &[u8; 32], follow_interval_ms: u64) -> TestServer {
+    let url = url.to_owned();
+    TestServer::try_start_with_key(2, MasterKey::from_bytes(*key), move |config| {
+        config.store = Some(url);
+        config.store_connections = 8;
+        config.follow_interval_ms = follow_interval_ms;
+    })
+    .expect("an instance on the database starts")
+}
+
+/// Waits until `check` holds on `client`, up to 10 s; returns how long that took.
+fn eventually(client: &mut Client, mut check: impl FnMut(&mut Client) -> bool) -> Duration {
+    let started = Instant::now();
+    while !check(client) {
+        assert!(started.elapsed() < Duration::from_secs(10), "not seen within 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
+fn secret_of(client: &mut Client, id: &str) -> Option<Vec<u8>> {
+    client.get(id).ok().map(|reply| reply.secret.expose().to_vec())
+}
+
+#[test]
+fn a_write_on_one_instance_is_read_on_the_other() {
+    let Some(database) = common::postgres::database("two_instances") else { return };
+    let key = *MasterKey::generate().bytes();
+    let (first, second) = (instance(&database.url(), &key), instance(&database.url(), &key));
+    let (mut on_first, mut on_second) = (first.client(), second.client());
+
+    let ids: Vec<String> = (0..20).map(|index| format!("shared/{index}")).collect();
+    for id in &ids {
+        assert_eq!(on_first.put(&put(id, id.as_bytes())).unwrap(), 1);
+        // Read-your-writes on the instance that acknowledged it, at once.
+        assert_eq!(secret_of(&mut on_first, id).as_deref(), Some(id.as_bytes()));
+    }
+    for id in &ids {
+        eventually(&mut on_second, |client| secret_of(client, id).as_deref() == Some(id.as_bytes()));
+    }
+    // The other way round, with a rotation.
+    let rotate =
+        RotateRequest { id: &ids[0], expected_version: Some(1), grace_period_seconds: None, secret: b"v2" };
+    assert_eq!(on_second.rotate(&rotate).unwrap(), 2);
+    eventually(&mut on_first, |client| secret_of(client, &ids[0]).as_deref() == Some(&b"v2"[..]));
+    assert_eq!(on_first.get_version(&ids[0], 1).unwrap().secret.expose(), ids[0].as_bytes(), "v1 in grace");
+    // A compare-and-set against what the other instance wrote is judged by the database.
+    let stale = credshard_protocol::PutRequest { expected_version: Some(1), ..put(&ids[1], b"x") };
+    let _ = on_first.get(&ids[1]);
+    assert_eq!(on_second.put(&put(&ids[1], b"v2 from second")).unwrap(), 2);
+    let refused = on_first.put(&stale).unwrap_err();
+    assert_eq!(refused.status(), Some(Status::VersionConflict), "{refused}");
+    // A delete on one is a delete on the other.
+    on_first.delete(&ids[2], None).unwrap();
+    eventually(&mut on_second, |client| {
+        client.get(&ids[2]).err().and_then(|error| error.status()) == Some(Status::NotFound)
+    });
+}
+
+#[test]
+fn a_compare_and_set_race_across_instances_has_one_winner_per_version() {
+    let Some(database) = common::postgres::database("cas_race") else { return };
+    let key = *MasterKey::generate().bytes();
+    // Followers that lag a second: each instance's view is mostly stale, so the database's
+    // conditional writes, not the caches, decide the race.
+    // The credential exists before the second instance starts, so both hold it from the start.
+    let first = instance_following_every(&database.url(), &key, 1000);
+    first.client().put(&put("contended", b"start")).unwrap();
+    let instances = [first, instance_following_every(&database.url(), &key, 1000)];
+    let wins: Arc<Mutex<BTreeMap<u64, usize>>> = Arc::default();
+    let stale_refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let racers: Vec<_> = instances
+        .iter()
+        .flat_map(|server| (0..3).map(move |racer| (server.address(), racer)))
+        .map(|(address, racer)| {
+            let (wins, stale_refusals) = (Arc::clone(&wins), Arc::clone(&stale_refusals));
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                for attempt in 0..30 {
+                    let Ok(meta) = client.get_meta("contended") else { continue };
+                    let secret = format!("{racer}.{attempt}");
+                    let request = credshard_protocol::PutRequest {
+                        expected_version: Some(meta.metadata.version),
+                        ..put("contended", secret.as_bytes())
+                    };
+                    match client.put(&request) {
+                        Ok(version) => *wins.lock().unwrap().entry(version).or_default() += 1,
+                        Err(error) => {
+                            assert!(
+                                matches!(error.status(), Some(Status::VersionConflict | Status::Unavailable)),
+                                "{error}"
+                            );
+                            stale_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer.join().unwrap();
+    }
+    let wins = wins.lock().unwrap();
+    assert!(wins.values().all(|&count| count == 1), "one winner per version: {wins:?}");
+    assert!(stale_refusals.load(std::sync::atomic::Ordering::Relaxed) > 0, "the instances really raced");
+    let last = *wins.keys().last().expect("some compare-and-set won");
+    assert_eq!(wins.len() as u64, last - 1, "every version from 2 to {last} won once: {wins:?}");
+    let rows = database.query("SELECT version FROM credshard_credentials WHERE id = 'contended'");
+    assert_eq!(rows[0].get::<_, i64>(0) as u64, last);
+}
+
+#[test]
+fn a_restarted_instance_reads_everything_and_no_secret_is_stored_in_the_clear() {
+    let Some(database) = common::postgres::database("restart_secret") else { return };
+    let key = *MasterKey::generate().bytes();
+    let secret = b"correct-horse-battery-staple-2f9c1e";
+    let data_dir = {
+        let first = instance(&database.url(), &key);
+        let mut client = first.client();
+        for index in 0..50 {
+            client.put(&put(&format!("kept/{index}"), format!("value {index}").as_bytes())).unwrap();
+        }
+        client.put(&put("the-secret", secret)).unwrap();
+        client.put(&put("the-secret", secret)).unwrap();
+        common::walk(first.data_dir.path())
+            .into_iter()
+            .map(|path| std::fs::read(&path).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    for bytes in &data_dir {
+        assert!(!bytes.windows(secret.len()).any(|window| window == secret), "a secret in the data dir");
+    }
+    let again = instance(&database.url(), &key);
+    let mut client = again.client();
+    for index in 0..50 {
+        assert_eq!(
+            client.get(&format!("kept/{index}")).unwrap().secret.expose(),
+            format!("value {index}").as_bytes()
+        );
+    }
+    assert_eq!(client.get_meta("the-secret").unwrap().metadata.version, 2);
+    assert_eq!(client.put(&put("the-secret", b"third")).unwrap(), 3, "versions go on after a restart");
+
+    // The database: raw, hex and base64 forms of the secret, in every table.
+    let dump = database.query(
+        "SELECT string_agg(encode(record, 'escape'), '') FROM credshard_versions
+         UNION ALL SELECT string_agg(encode(ring, 'escape'), '') FROM credshard_keyring
+         UNION ALL SELECT string_agg(id || owner || scope, '') FROM credshard_credentials",
+    );
+    let text: String = dump.iter().filter_map(|row| row.get::<_, Option<String>>(0)).collect();
+    let forms = [
+        String::from_utf8_lossy(secret).into_owned(),
+        secret.iter().map(|byte| format!("{byte:02x}")).collect(),
+        base64(secret),
+    ];
+    for form in &forms {
+        assert!(!text.contains(form.as_str()), "the database holds the secret as {form}");
+    }
+    // A key that does not open the shared ring is refused at start.
+    let wrong = TestServer::try_start_with_key(1, MasterKey::generate(), |config| {
+        config.store = Some(database.url());
+    });
+    assert!(wrong.is_err(), "a wrong master key must be refused");
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let value =
+            chunk.iter().fold(0u32, |value, &byte| value << 8 | u32::from(byte)) << (8 * (3 - chunk.len()));
+        for index in 0..chunk.len() + 1 {
+            out.push(ALPHABET[(value >> (18 - 6 * index) & 63) as usize] as char);
+        }
+    }
+    out
+}
