@@ -135,7 +135,15 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
             postgres::spawn_writer(Rc::clone(&router), queued, database.clone(), *shared.store.limits());
             let interval = Duration::from_millis(shared.config.follow_interval_ms);
             postgres::spawn_follower(Rc::clone(&router), database.clone(), shared.follow_from, interval);
-            postgres::spawn_sweeper(Rc::clone(&router), database.clone(), sweep_interval);
+            postgres::spawn_sweeper(
+                Rc::clone(&router),
+                database.clone(),
+                sweep_interval,
+                Arc::clone(&shared.metrics),
+            );
+            if shard_id == 0 {
+                postgres::spawn_change_log_trimmer(database.clone());
+            }
         }
         _ => {
             maintenance::spawn_sweeper(&router, sweep_interval, Arc::clone(&shared.metrics));

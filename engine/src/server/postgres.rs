@@ -25,12 +25,20 @@ use rkyv::util::AlignedVec;
 use crate::crypto::SharedRing;
 use crate::data::{Prepared, Record, Store, Write};
 use crate::error::{EngineError, OpError};
+use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::router::{Router, WriteMessage};
 use crate::storage::postgres::follow::Follower;
 use crate::storage::postgres::rows::{self, ChangeKind, Outcome, VersionWrite};
 use crate::storage::postgres::{Database, DbError};
 use crate::storage::wal;
 use crate::storage::Shards;
+
+/// How long change-log entries are kept: far longer than any follower lags (a follower that
+/// fell further behind, e.g. one cut off from the database, must re-read everything; see
+/// docs/operations.md).
+pub const CHANGES_KEPT: Duration = Duration::from_secs(15 * 60);
+/// How often an instance trims the change log.
+const TRIM_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Tries of a write whose shard keeps finding its view of the credential stale.
 const STALE_RETRIES: usize = 8;
@@ -300,8 +308,9 @@ pub fn spawn_follower(router: Rc<Router>, database: Database, from: i64, interva
 
 /// Removes this shard's expired credentials from the database (each only from the version
 /// this shard holds) every `interval`.
-pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration) {
+pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration, metrics: Arc<Metrics>) {
     glommio::spawn_local(async move {
+        let counters = metrics.executor(router.shard_id());
         loop {
             glommio::timer::sleep(interval).await;
             let now_ms = crate::time::now_ms();
@@ -315,7 +324,8 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration)
                     .await;
                 match deleted {
                     Ok(Outcome::Committed { .. }) => {
-                        router.with_writer(|writer| writer.install_fetched(&id, Vec::new(), Some(version)))
+                        router.with_writer(|writer| writer.install_fetched(&id, Vec::new(), Some(version)));
+                        ExecutorMetrics::add(&counters.expired_swept, 1);
                     }
                     Ok(Outcome::Stale) => {
                         let _ = refresh(&router, &database, &id, None).await;
@@ -325,6 +335,26 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration)
                         break;
                     }
                 }
+            }
+        }
+    })
+    .detach();
+}
+
+/// Trims change-log entries older than [`CHANGES_KEPT`] every minute (on one executor per
+/// instance; several instances trimming at once is harmless).
+pub fn spawn_change_log_trimmer(database: Database) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(TRIM_INTERVAL).await;
+            let before_ms = crate::time::now_ms().saturating_sub(CHANGES_KEPT.as_millis() as u64) as i64;
+            let trimmed = database
+                .run(move |pool| async move { rows::trim_changes(&pool.get().await?, before_ms).await })
+                .await;
+            match trimmed {
+                Ok(count) if count > 0 => tracing::debug!(count, "trimmed the change log"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "trimming the change log failed; retrying"),
             }
         }
     })
