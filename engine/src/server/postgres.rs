@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credshard_protocol::{Limits, Request};
-use glommio::channels::local_channel::LocalReceiver;
+use std::cell::{Cell, RefCell};
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rkyv::util::AlignedVec;
 
 use crate::crypto::SharedRing;
@@ -114,138 +116,277 @@ async fn refresh(
     Ok(())
 }
 
-/// Commits a prepared write in the database.
-async fn commit(
-    database: &Database,
-    prepared: &Prepared,
-    max_versions: usize,
-    at_ms: u64,
-) -> Result<Outcome, DbError> {
-    let id = prepared.id().to_owned();
-    let base_version = prepared.base_version() as i64;
-    let at_ms = at_ms as i64;
-    match prepared.record() {
-        None => database
-            .run(move |pool| async move { rows::delete(&pool.get().await?, &id, base_version, at_ms).await })
-            .await,
-        Some(record) => {
-            let credential = record.credential();
-            let owner = credential.owner.as_str().to_owned();
-            let scope = credential.scope.as_str().to_owned();
-            let expires_at_ms = credential.expires_at_ms.to_native() as i64;
-            let version = record.version() as i64;
-            let bytes = record.archive_bytes().to_vec();
-            let keep_from_version = prepared.keep_from_version(max_versions) as i64;
-            database
-                .run(move |pool| async move {
-                    let write = VersionWrite {
-                        id: &id,
-                        base_version,
-                        version,
-                        owner: &owner,
-                        scope: &scope,
-                        expires_at_ms,
-                        record: &bytes,
-                        keep_from_version,
-                        at_ms,
-                    };
-                    rows::write_version(&pool.get().await?, &write).await
-                })
-                .await
+/// Reads several credentials' kept versions in one query and installs each in its shard;
+/// `deleted` names those a delete removed (and from which version).
+async fn refresh_many(router: &Router, database: &Database, ids: Vec<(String, Option<u64>)>) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+    let rows = database.run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await }).await?;
+    let mut by_id: std::collections::HashMap<String, Vec<Record>> = std::collections::HashMap::new();
+    for (id, bytes) in &rows {
+        let record = record_from(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
+        by_id.entry(id.clone()).or_default().push(record);
+    }
+    for (id, deleted_version) in ids {
+        let records = by_id.remove(&id).unwrap_or_default();
+        router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
+    }
+    Ok(())
+}
+
+/// A prepared write as the database job needs it (owned, to cross to the database thread).
+struct Commit {
+    id: String,
+    base_version: i64,
+    /// `None` for a delete.
+    version: Option<NewVersion>,
+    at_ms: i64,
+}
+
+struct NewVersion {
+    version: i64,
+    owner: String,
+    scope: String,
+    expires_at_ms: i64,
+    record: Vec<u8>,
+    keep_from_version: i64,
+}
+
+impl Commit {
+    fn of(prepared: &Prepared, max_versions: usize, at_ms: u64) -> Commit {
+        Commit {
+            id: prepared.id().to_owned(),
+            base_version: prepared.base_version() as i64,
+            version: prepared.record().map(|record| {
+                let credential = record.credential();
+                NewVersion {
+                    version: record.version() as i64,
+                    owner: credential.owner.as_str().to_owned(),
+                    scope: credential.scope.as_str().to_owned(),
+                    expires_at_ms: credential.expires_at_ms.to_native() as i64,
+                    record: record.archive_bytes().to_vec(),
+                    keep_from_version: prepared.keep_from_version(max_versions) as i64,
+                }
+            }),
+            at_ms: at_ms as i64,
+        }
+    }
+
+    async fn run(&self, client: &impl deadpool_postgres::GenericClient) -> Result<Outcome, DbError> {
+        match &self.version {
+            None => rows::delete(client, &self.id, self.base_version, self.at_ms).await,
+            Some(new) => {
+                let write = VersionWrite {
+                    id: &self.id,
+                    base_version: self.base_version,
+                    version: new.version,
+                    owner: &new.owner,
+                    scope: &new.scope,
+                    expires_at_ms: new.expires_at_ms,
+                    record: &new.record,
+                    keep_from_version: new.keep_from_version,
+                    at_ms: self.at_ms,
+                };
+                rows::write_version(client, &write).await
+            }
         }
     }
 }
 
-/// Applies this shard's writes through the database: every round takes the writes waiting
-/// (one per credential; later ones for the same credential wait for the next round, so each
-/// is prepared against the outcome of the one before), commits them concurrently, installs
-/// what committed and answers. A write found stale re-reads its credential and goes again.
-pub fn spawn_writer(
+/// Commits a round of writes (distinct credentials) as one transaction: the statements are
+/// pipelined on one connection, in id order (so that rounds of different instances lock rows
+/// in the same order and cannot deadlock), and committed with one commit (one WAL flush). A
+/// stale write is a statement that changes nothing; any error fails the whole round.
+async fn commit_round(database: &Database, mut commits: Vec<Commit>) -> Result<Vec<Outcome>, DbError> {
+    let mut order: Vec<usize> = (0..commits.len()).collect();
+    order.sort_by(|&left, &right| commits[left].id.cmp(&commits[right].id));
+    let sorted: Vec<Commit> = {
+        let mut slots: Vec<Option<Commit>> = commits.drain(..).map(Some).collect();
+        order.iter().map(|&index| slots[index].take().expect("each once")).collect()
+    };
+    let outcomes = database
+        .run(move |pool| async move {
+            let mut client = pool.get().await?;
+            let transaction = client.transaction().await?;
+            let outcomes = futures::future::join_all(sorted.iter().map(|commit| commit.run(&transaction))).await;
+            let outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
+            transaction.commit().await?;
+            Ok(outcomes)
+        })
+        .await?;
+    // Back in the round's order.
+    let mut in_order = vec![Outcome::Stale; outcomes.len()];
+    for (position, &index) in order.iter().enumerate() {
+        in_order[index] = outcomes[position];
+    }
+    Ok(in_order)
+}
+
+/// Rounds of one shard's writes committing at once, at most.
+const ROUNDS_IN_FLIGHT: usize = 4;
+
+/// What a shard's database writer and its rounds share.
+struct Rounds {
     router: Rc<Router>,
-    queue: LocalReceiver<WriteMessage>,
     database: Database,
     limits: Limits,
-) {
+    max_versions: usize,
+    /// Writes not in a round yet, oldest first (retries go back to the front).
+    waiting: RefCell<VecDeque<(WriteMessage, usize)>>,
+    /// Credentials with a write in a round: their next write waits, so that it is prepared
+    /// against the outcome of this one.
+    in_flight: RefCell<HashSet<Box<str>>>,
+    rounds: Cell<usize>,
+    /// Rung when a round ends.
+    done: LocalSender<()>,
+}
+
+/// Applies this shard's writes through the database. A round takes the waiting writes (one
+/// per credential, none for a credential whose write is still committing), prepares them
+/// against the shard's map, and commits them as one transaction ([`commit_round`]); up to
+/// [`ROUNDS_IN_FLIGHT`] rounds commit at once. A committed write is installed and answered;
+/// a stale one re-reads its credential and waits for a later round.
+pub fn spawn_writer(router: Rc<Router>, queue: LocalReceiver<WriteMessage>, database: Database, limits: Limits) {
+    let (done, ended) = local_channel::new_bounded(ROUNDS_IN_FLIGHT);
+    let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
+    let rounds = Rc::new(Rounds {
+        router,
+        database,
+        limits,
+        max_versions,
+        waiting: RefCell::default(),
+        in_flight: RefCell::default(),
+        rounds: Cell::new(0),
+        done,
+    });
     glommio::spawn_local(async move {
-        let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
-        let mut waiting: VecDeque<(WriteMessage, usize)> = VecDeque::new();
+        let mut open = true;
         loop {
-            if waiting.is_empty() {
-                match queue.recv().await {
-                    Some(message) => waiting.push_back((message, 0)),
-                    None => return,
-                }
-            }
             while let Some(message) = futures::FutureExt::now_or_never(queue.recv()).flatten() {
-                waiting.push_back((message, 0));
+                rounds.waiting.borrow_mut().push_back((message, 0));
             }
-            let mut in_round = HashSet::new();
-            let mut later = VecDeque::new();
-            let mut round = Vec::new();
-            for (message, tries) in waiting.drain(..) {
-                let decoded = Request::decode(message.op as u8, &message.body, &limits);
-                let Ok(request) = decoded else {
-                    let _ = message.reply.send(Err(OpError::Internal("a write failed to decode")));
-                    continue;
-                };
-                let Some(write) = Write::of(&request) else {
-                    let _ = message.reply.send(Err(OpError::Internal("not a write")));
-                    continue;
-                };
-                let id: Box<str> = request.id().expect("writes name a credential").into();
-                if !in_round.insert(id.clone()) {
-                    later.push_back((message, tries));
-                    continue;
-                }
-                match router.with_writer(|writer| {
-                    writer.prepare(write, message.received_at_ms, &message.principal.acl)
-                }) {
-                    Ok(prepared) => round.push((message, tries, prepared)),
-                    Err(error) => {
-                        let _ = message.reply.send(Err(error));
-                    }
-                }
+            if rounds.rounds.get() < ROUNDS_IN_FLIGHT {
+                start_round(&rounds);
             }
-            let commits = round.iter().map(|(message, _, prepared)| {
-                commit(&database, prepared, max_versions, message.received_at_ms)
-            });
-            let outcomes = futures::future::join_all(commits).await;
-            let mut retry = VecDeque::new();
-            for ((message, tries, prepared), outcome) in round.into_iter().zip(outcomes) {
-                match outcome {
-                    Ok(Outcome::Committed { .. }) => {
-                        let version = prepared.outcome();
-                        router.with_writer(|writer| writer.install_committed(prepared));
-                        let _ = message.reply.send(Ok(version));
-                    }
-                    Ok(Outcome::Stale) if tries + 1 < STALE_RETRIES => {
-                        match refresh(&router, &database, prepared.id(), None).await {
-                            Ok(()) => retry.push_back((message, tries + 1)),
-                            Err(error) => {
-                                tracing::warn!(%error, "re-reading a credential from the database failed");
-                                let _ = message
-                                    .reply
-                                    .send(Err(OpError::Unavailable("the database is unavailable")));
-                            }
-                        }
-                    }
-                    Ok(Outcome::Stale) => {
-                        let _ = message.reply.send(Err(OpError::Unavailable(
-                            "other instances keep changing this credential; try again",
-                        )));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "a write to the database failed");
-                        let _ = message.reply.send(Err(OpError::Unavailable(
-                            "the database is unavailable; the write may or may not have committed",
-                        )));
-                    }
-                }
+            if !open && rounds.waiting.borrow().is_empty() && rounds.rounds.get() == 0 {
+                return;
             }
-            // Retries first, then the writes that waited behind this round, in order.
-            retry.extend(later);
-            waiting = retry;
+            // Until a write arrives or a round ends (which may free a credential or retry).
+            if open {
+                let next = std::pin::pin!(queue.recv());
+                let ended_round = std::pin::pin!(ended.recv());
+                match futures::future::select(next, ended_round).await {
+                    futures::future::Either::Left((Some(message), _)) => {
+                        rounds.waiting.borrow_mut().push_back((message, 0));
+                    }
+                    futures::future::Either::Left((None, _)) => open = false,
+                    futures::future::Either::Right(_) => {}
+                }
+            } else {
+                ended.recv().await;
+            }
         }
+    })
+    .detach();
+}
+
+/// Forms a round from the waiting writes and starts committing it.
+fn start_round(rounds: &Rc<Rounds>) {
+    let mut round = Vec::new();
+    let mut kept = VecDeque::new();
+    let mut in_round = HashSet::new();
+    let waiting = std::mem::take(&mut *rounds.waiting.borrow_mut());
+    for (message, tries) in waiting {
+        let decoded = Request::decode(message.op as u8, &message.body, &rounds.limits);
+        let Ok(request) = decoded else {
+            let _ = message.reply.send(Err(OpError::Internal("a write failed to decode")));
+            continue;
+        };
+        let Some(write) = Write::of(&request) else {
+            let _ = message.reply.send(Err(OpError::Internal("not a write")));
+            continue;
+        };
+        let id: Box<str> = request.id().expect("writes name a credential").into();
+        if rounds.in_flight.borrow().contains(&id) || !in_round.insert(id.clone()) {
+            kept.push_back((message, tries));
+            continue;
+        }
+        let prepared = rounds
+            .router
+            .with_writer(|writer| writer.prepare(write, message.received_at_ms, &message.principal.acl));
+        match prepared {
+            Ok(prepared) => round.push((message, tries, prepared)),
+            Err(error) => {
+                in_round.remove(&id);
+                let _ = message.reply.send(Err(error));
+            }
+        }
+    }
+    *rounds.waiting.borrow_mut() = kept;
+    if round.is_empty() {
+        return;
+    }
+    rounds.in_flight.borrow_mut().extend(in_round.iter().cloned());
+    rounds.rounds.set(rounds.rounds.get() + 1);
+    let rounds = Rc::clone(rounds);
+    glommio::spawn_local(async move {
+        let commits: Vec<Commit> = round
+            .iter()
+            .map(|(message, _, prepared)| Commit::of(prepared, rounds.max_versions, message.received_at_ms))
+            .collect();
+        let outcomes: Vec<Result<Outcome, DbError>> = match commit_round(&rounds.database, commits).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(error) => {
+                let message = error.to_string();
+                (0..round.len()).map(|_| Err(DbError::Unavailable(message.clone()))).collect()
+            }
+        };
+        let mut retry = Vec::new();
+        let mut stale = Vec::new();
+        for ((message, tries, prepared), outcome) in round.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(Outcome::Committed { .. }) => {
+                    let version = prepared.outcome();
+                    rounds.router.with_writer(|writer| writer.install_committed(prepared));
+                    let _ = message.reply.send(Ok(version));
+                }
+                Ok(Outcome::Stale) if tries + 1 < STALE_RETRIES => {
+                    stale.push((prepared.id().to_owned(), None));
+                    retry.push((message, tries + 1));
+                }
+                Ok(Outcome::Stale) => {
+                    let _ = message.reply.send(Err(OpError::Unavailable(
+                        "other instances keep changing this credential; try again",
+                    )));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a write to the database failed");
+                    let _ = message.reply.send(Err(OpError::Unavailable(
+                        "the database is unavailable; the write may or may not have committed",
+                    )));
+                }
+            }
+        }
+        // A stale view is read again (all of this round's in one query) before its write goes
+        // again; if that fails, the retry meets the same stale view until the database answers.
+        if let Err(error) = refresh_many(&rounds.router, &rounds.database, stale).await {
+            tracing::warn!(%error, "re-reading credentials from the database failed");
+        }
+        {
+            let mut waiting = rounds.waiting.borrow_mut();
+            for entry in retry.into_iter().rev() {
+                waiting.push_front(entry);
+            }
+        }
+        let mut in_flight = rounds.in_flight.borrow_mut();
+        for id in &in_round {
+            in_flight.remove(id);
+        }
+        drop(in_flight);
+        rounds.rounds.set(rounds.rounds.get() - 1);
+        let _ = rounds.done.try_send(());
     })
     .detach();
 }
@@ -288,18 +429,24 @@ pub fn spawn_follower(router: Rc<Router>, database: Database, from: i64, interva
                 }
             };
             let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
+            // The changes other instances made (versions this shard does not hold, deletes of
+            // what it holds), the last one per credential, re-read in one query.
+            let mut stale: std::collections::BTreeMap<String, Option<u64>> = std::collections::BTreeMap::new();
             for change in changes.into_iter().filter(|change| store.shard_for(&change.id) == shard_id) {
                 let cached = router.with_writer(|writer| writer.cached_version(&change.id));
                 let version = change.version as u64;
-                let (stale, deleted) = match change.kind {
-                    ChangeKind::Written => (cached < version, None),
-                    ChangeKind::Deleted => (cached != 0 && cached <= version, Some(version)),
-                };
-                if stale {
-                    if let Err(error) = refresh(&router, &database, &change.id, deleted).await {
-                        tracing::warn!(%error, id = change.id, "re-reading a changed credential failed");
+                match change.kind {
+                    ChangeKind::Written if cached < version => {
+                        stale.insert(change.id, None);
                     }
+                    ChangeKind::Deleted if cached != 0 && cached <= version => {
+                        stale.insert(change.id, Some(version));
+                    }
+                    _ => {}
                 }
+            }
+            if let Err(error) = refresh_many(&router, &database, stale.into_iter().collect()).await {
+                tracing::warn!(%error, "re-reading changed credentials failed; they stay as they were until they change again");
             }
         }
     })

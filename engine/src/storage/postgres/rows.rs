@@ -164,6 +164,19 @@ pub async fn credential(client: &impl GenericClient, id: &str) -> Result<Vec<(i6
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
+/// The kept versions of several credentials in one query, each credential's oldest first:
+/// (id, archived record).
+///
+/// # Errors
+/// Database errors.
+pub async fn credentials(client: &impl GenericClient, ids: &[String]) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    let statement = client
+        .prepare_cached("SELECT id, record FROM credshard_versions WHERE id = ANY($1) ORDER BY id, version")
+        .await?;
+    let rows = client.query(&statement, &[&ids]).await?;
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// Every kept version of every credential, each credential's oldest first: (id, archived
 /// record).
 ///
