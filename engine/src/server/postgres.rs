@@ -118,12 +118,17 @@ async fn refresh(
 
 /// Reads several credentials' kept versions in one query and installs each in its shard;
 /// `deleted` names those a delete removed (and from which version).
-async fn refresh_many(router: &Router, database: &Database, ids: Vec<(String, Option<u64>)>) -> Result<(), DbError> {
+async fn refresh_many(
+    router: &Router,
+    database: &Database,
+    ids: Vec<(String, Option<u64>)>,
+) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
     }
     let wanted: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
-    let rows = database.run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await }).await?;
+    let rows =
+        database.run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await }).await?;
     let mut by_id: std::collections::HashMap<String, Vec<Record>> = std::collections::HashMap::new();
     for (id, bytes) in &rows {
         let record = record_from(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
@@ -210,7 +215,8 @@ async fn commit_round(database: &Database, mut commits: Vec<Commit>) -> Result<V
         .run(move |pool| async move {
             let mut client = pool.get().await?;
             let transaction = client.transaction().await?;
-            let outcomes = futures::future::join_all(sorted.iter().map(|commit| commit.run(&transaction))).await;
+            let outcomes =
+                futures::future::join_all(sorted.iter().map(|commit| commit.run(&transaction))).await;
             let outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
             transaction.commit().await?;
             Ok(outcomes)
@@ -248,7 +254,12 @@ struct Rounds {
 /// against the shard's map, and commits them as one transaction ([`commit_round`]); up to
 /// [`ROUNDS_IN_FLIGHT`] rounds commit at once. A committed write is installed and answered;
 /// a stale one re-reads its credential and waits for a later round.
-pub fn spawn_writer(router: Rc<Router>, queue: LocalReceiver<WriteMessage>, database: Database, limits: Limits) {
+pub fn spawn_writer(
+    router: Rc<Router>,
+    queue: LocalReceiver<WriteMessage>,
+    database: Database,
+    limits: Limits,
+) {
     let (done, ended) = local_channel::new_bounded(ROUNDS_IN_FLIGHT);
     let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
     let rounds = Rc::new(Rounds {

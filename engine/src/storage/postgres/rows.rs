@@ -169,7 +169,10 @@ pub async fn credential(client: &impl GenericClient, id: &str) -> Result<Vec<(i6
 ///
 /// # Errors
 /// Database errors.
-pub async fn credentials(client: &impl GenericClient, ids: &[String]) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+pub async fn credentials(
+    client: &impl GenericClient,
+    ids: &[String],
+) -> Result<Vec<(String, Vec<u8>)>, DbError> {
     let statement = client
         .prepare_cached("SELECT id, record FROM credshard_versions WHERE id = ANY($1) ORDER BY id, version")
         .await?;
