@@ -329,6 +329,11 @@ impl ShardWriter {
         }
     }
 
+    /// The ids the shard holds.
+    pub fn cached_ids(&self) -> Vec<Box<str>> {
+        self.store.shard(self.shard_id).map.pin().iter().map(|(id, _)| id.clone()).collect()
+    }
+
     /// The current version the shard holds for `id` (0: none).
     pub fn cached_version(&self, id: &str) -> u64 {
         self.store.shard(self.shard_id).map.pin().get(id).map_or(0, |entry| entry.current().version())

@@ -409,8 +409,24 @@ pub fn spawn_follower(router: Rc<Router>, database: Database, from: i64, interva
     glommio::spawn_local(async move {
         let shard_id = router.shard_id();
         let mut follower = Some(Follower::after(from));
+        // Changed credentials whose re-read failed: tried again with the next poll.
+        let mut unread: std::collections::BTreeMap<String, Option<u64>> = std::collections::BTreeMap::new();
+        let mut last_poll = std::time::Instant::now();
         loop {
             glommio::timer::sleep(interval).await;
+            if last_poll.elapsed() > CHANGES_KEPT / 2 {
+                // Cut off for so long that the change log may have been trimmed past this
+                // shard's position: read the whole shard again instead.
+                match resync(&router, &database).await {
+                    Ok(from) => {
+                        follower = Some(Follower::after(from));
+                        unread.clear();
+                        last_poll = std::time::Instant::now();
+                    }
+                    Err(error) => tracing::warn!(%error, "re-reading the shard from the database failed; retrying"),
+                }
+                continue;
+            }
             let mut moved = follower.take().expect("the follower is put back after each poll");
             let polled = database
                 .run(move |pool| async move {
@@ -439,10 +455,11 @@ pub fn spawn_follower(router: Rc<Router>, database: Database, from: i64, interva
                     continue;
                 }
             };
+            last_poll = std::time::Instant::now();
             let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
             // The changes other instances made (versions this shard does not hold, deletes of
             // what it holds), the last one per credential, re-read in one query.
-            let mut stale: std::collections::BTreeMap<String, Option<u64>> = std::collections::BTreeMap::new();
+            let mut stale = std::mem::take(&mut unread);
             for change in changes.into_iter().filter(|change| store.shard_for(&change.id) == shard_id) {
                 let cached = router.with_writer(|writer| writer.cached_version(&change.id));
                 let version = change.version as u64;
@@ -456,12 +473,41 @@ pub fn spawn_follower(router: Rc<Router>, database: Database, from: i64, interva
                     _ => {}
                 }
             }
-            if let Err(error) = refresh_many(&router, &database, stale.into_iter().collect()).await {
-                tracing::warn!(%error, "re-reading changed credentials failed; they stay as they were until they change again");
+            let wanted: Vec<(String, Option<u64>)> = stale.iter().map(|(id, deleted)| (id.clone(), *deleted)).collect();
+            if let Err(error) = refresh_many(&router, &database, wanted).await {
+                tracing::warn!(%error, count = stale.len(), "re-reading changed credentials failed; retrying with the next poll");
+                unread = stale;
             }
         }
     })
     .detach();
+}
+
+/// Reads this shard's whole state from the database again (after an outage longer than the
+/// change log is kept); returns the change-log position to follow from.
+async fn resync(router: &Router, database: &Database) -> Result<i64, DbError> {
+    let from = database.run(|pool| async move { rows::last_change(&pool.get().await?).await }).await?;
+    let all = database.run(|pool| async move { rows::all_versions(&pool.get().await?).await }).await?;
+    let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
+    let shard_id = router.shard_id();
+    let mut by_id: std::collections::BTreeMap<String, Vec<Record>> = std::collections::BTreeMap::new();
+    for (id, bytes) in &all {
+        if store.shard_for(id) == shard_id {
+            let record = record_from(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
+            by_id.entry(id.clone()).or_default().push(record);
+        }
+    }
+    for id in router.with_writer(|writer| writer.cached_ids()) {
+        if !by_id.contains_key(&*id) {
+            router.with_writer(|writer| writer.install_fetched(&id, Vec::new(), None));
+        }
+    }
+    let count = by_id.len();
+    for (id, records) in by_id {
+        router.with_writer(|writer| writer.install_fetched(&id, records, None));
+    }
+    tracing::warn!(shard_id, credentials = count, "re-read the shard from the database after a long outage");
+    Ok(from)
 }
 
 /// Removes this shard's expired credentials from the database (each only from the version
