@@ -182,3 +182,23 @@ fn a_change_committed_late_below_the_watermark_is_followed_once() {
     assert_eq!(gaps_after, 0);
     assert!(first.iter().chain(&rest).all(|change| change.kind == ChangeKind::Written));
 }
+
+#[test]
+fn the_change_log_is_trimmed_up_to_the_first_entry_not_older_than_the_cut() {
+    let Some(database) = common::postgres::database("trim") else { return };
+    let instance = Database::open(&database.url(), 2).unwrap();
+    database.query(
+        "INSERT INTO credshard_changes (id, version, kind, at_ms)
+         SELECT 'c' || n, 1, 1, n * 100 FROM generate_series(1, 10) AS n",
+    );
+    let trimmed = instance
+        .run_blocking(|pool| async move { rows::trim_changes(&pool.get().await?, 450).await })
+        .unwrap();
+    assert_eq!(trimmed, 4, "entries written at 100..400 ms go");
+    let left = database.query("SELECT min(at_ms) FROM credshard_changes");
+    assert_eq!(left[0].get::<_, i64>(0), 500);
+    let all = instance
+        .run_blocking(|pool| async move { rows::trim_changes(&pool.get().await?, 10_000).await })
+        .unwrap();
+    assert_eq!(all, 6, "a cut after every entry trims them all");
+}

@@ -10,10 +10,11 @@ use super::DbError;
 const MIGRATION_LOCK: i64 = 0x6372_6564;
 
 /// Every migration, in order; a migration is never edited once released, only followed.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "credentials, kept versions, change log, key ring",
-    "
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "credentials, kept versions, change log, key ring",
+        "
     CREATE TABLE credshard_keyring (
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         generation bigint NOT NULL,
@@ -48,7 +49,17 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
     );
     CREATE INDEX credshard_changes_at ON credshard_changes (at_ms);
     ",
-)];
+    ),
+    (
+        2,
+        "change log trimmed by sequence, without an index on its time",
+        "
+    -- Every write maintained this index only for the trimming once a minute; the trim now
+    -- walks the primary key from the oldest entry instead.
+    DROP INDEX credshard_changes_at;
+    ",
+    ),
+];
 
 /// Applies the migrations the database does not have yet; returns how many it applied.
 ///
