@@ -140,16 +140,21 @@ impl Cluster {
         self.dir.path().join("data").display().to_string()
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// A PostgreSQL program, run as the `postgres` user when the tests run as root (initdb
+    /// and postgres refuse root).
+    fn command(&self, program: &str) -> std::process::Command {
         let path = self.bin.join(program);
-        let mut command = if is_root() {
+        if is_root() {
             let mut command = std::process::Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(&path);
             command
         } else {
             std::process::Command::new(&path)
-        };
-        let output = command.args(args).output().expect("run a PostgreSQL program");
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self.command(program).args(args).output().expect("run a PostgreSQL program");
         assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
 
@@ -179,15 +184,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.data();
-        let path = self.bin.join("pg_ctl");
-        let mut command = if is_root() {
-            let mut command = std::process::Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&path);
-            command
-        } else {
-            std::process::Command::new(&path)
-        };
-        let _ = command.args(["-D", &data, "-m", "immediate", "stop"]).output();
+        let _ = self.command("pg_ctl").args(["-D", &data, "-m", "immediate", "stop"]).output();
     }
 }
 

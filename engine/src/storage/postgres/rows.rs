@@ -126,58 +126,25 @@ pub async fn write_version(
     write: &VersionWrite<'_>,
 ) -> Result<Outcome, DbError> {
     assert!(write.version > write.base_version, "versions of a credential are strictly increasing");
-    let row = if write.base_version == 0 {
-        let statement = client.prepare_cached(INSERT_NEW).await?;
-        client
-            .query_opt(
-                &statement,
-                &[
-                    &write.id,
-                    &write.version,
-                    &write.owner,
-                    &write.scope,
-                    &write.expires_at_ms,
-                    &write.record,
-                    &write.at_ms,
-                ],
-            )
-            .await?
-    } else if write.keep_from_version <= 1 {
-        let statement = client.prepare_cached(UPDATE_KEEPING).await?;
-        client
-            .query_opt(
-                &statement,
-                &[
-                    &write.id,
-                    &write.version,
-                    &write.owner,
-                    &write.scope,
-                    &write.expires_at_ms,
-                    &write.record,
-                    &write.at_ms,
-                    &write.base_version,
-                ],
-            )
-            .await?
-    } else {
-        let statement = client.prepare_cached(UPDATE_EXISTING).await?;
-        client
-            .query_opt(
-                &statement,
-                &[
-                    &write.id,
-                    &write.version,
-                    &write.owner,
-                    &write.scope,
-                    &write.expires_at_ms,
-                    &write.record,
-                    &write.at_ms,
-                    &write.base_version,
-                    &write.keep_from_version,
-                ],
-            )
-            .await?
+    // $1..$7 in every statement; $8 the base version and $9 the trim, where used.
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &write.id,
+        &write.version,
+        &write.owner,
+        &write.scope,
+        &write.expires_at_ms,
+        &write.record,
+        &write.at_ms,
+        &write.base_version,
+        &write.keep_from_version,
+    ];
+    let (sql, used) = match (write.base_version, write.keep_from_version) {
+        (0, _) => (INSERT_NEW, 7),
+        (_, keep_from) if keep_from <= 1 => (UPDATE_KEEPING, 8),
+        _ => (UPDATE_EXISTING, 9),
     };
+    let statement = client.prepare_cached(sql).await?;
+    let row = client.query_opt(&statement, &parameters[..used]).await?;
     Ok(outcome(row))
 }
 
