@@ -52,6 +52,16 @@ pub struct ExecutorMetrics {
     pub audit_syncs: AtomicU64,
     /// Times a connection waited for a busy audit log to catch up before taking requests.
     pub audit_waits: AtomicU64,
+    /// With `--store`: rounds of writes committed as one transaction, the microseconds they
+    /// took in all (queue to commit), the writes they committed, the writes the database found
+    /// stale (re-read and retried), rounds that failed, and credentials re-read from the
+    /// database (other instances' changes, stale views, and resyncs).
+    pub db_rounds: AtomicU64,
+    pub db_round_us: AtomicU64,
+    pub db_writes_committed: AtomicU64,
+    pub db_writes_stale: AtomicU64,
+    pub db_round_failures: AtomicU64,
+    pub db_credentials_reread: AtomicU64,
 }
 
 impl ExecutorMetrics {
@@ -117,6 +127,12 @@ impl Metrics {
             ("audit_write_errors".to_owned(), sum(|m| &m.audit_write_errors)),
             ("audit_syncs".to_owned(), sum(|m| &m.audit_syncs)),
             ("audit_waits".to_owned(), sum(|m| &m.audit_waits)),
+            ("db_rounds".to_owned(), sum(|m| &m.db_rounds)),
+            ("db_round_us".to_owned(), sum(|m| &m.db_round_us)),
+            ("db_writes_committed".to_owned(), sum(|m| &m.db_writes_committed)),
+            ("db_writes_stale".to_owned(), sum(|m| &m.db_writes_stale)),
+            ("db_round_failures".to_owned(), sum(|m| &m.db_round_failures)),
+            ("db_credentials_reread".to_owned(), sum(|m| &m.db_credentials_reread)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

@@ -76,6 +76,15 @@ fn a_write_on_one_instance_is_read_on_the_other() {
     eventually(&mut on_second, |client| {
         client.get(&ids[2]).err().and_then(|error| error.status()) == Some(Status::NotFound)
     });
+    // STATS tells the database's part.
+    let (first_stats, second_stats) = (on_first.stats().unwrap(), on_second.stats().unwrap());
+    assert_eq!(first_stats.get("db_writes_committed"), Some(ids.len() as u64 + 1), "20 PUTs and a DELETE");
+    assert!(first_stats.get("db_rounds").unwrap() >= 1 && first_stats.get("db_round_us").unwrap() > 0);
+    // The refused CAS PUT was judged against a stale view (1) or, had A followed B's write
+    // already, refused before the database (0).
+    assert!(first_stats.get("db_writes_stale").unwrap() <= 1);
+    assert!(second_stats.get("db_credentials_reread").unwrap() >= ids.len() as u64, "B re-read A's writes");
+    assert!(first_stats.get("db_pool_connections").unwrap() >= 1);
 }
 
 #[test]

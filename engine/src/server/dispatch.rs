@@ -275,6 +275,13 @@ fn encode_stats(context: &ExecutorContext, out: &mut BytesMut) {
         ("data_keys_retiring".to_owned(), keys.retiring as u64),
     ];
     values.extend(context.all_metrics.report());
+    if let Some(database) = &context.database {
+        // Before the per-executor pairs, which come last.
+        let at = values.iter().position(|(name, _)| name.starts_with("executor.")).unwrap_or(values.len());
+        let (open, idle, waiting) = database.pool_status();
+        let pool = [("db_pool_connections", open), ("db_pool_idle", idle), ("db_pool_waiting", waiting)];
+        values.splice(at..at, pool.map(|(name, value)| (name.to_owned(), value as u64)));
+    }
     let borrowed: Vec<(&str, u64)> = values.iter().map(|(name, value)| (name.as_str(), *value)).collect();
     crate::wipe::reserve(out, 2 + borrowed.iter().map(|(name, _)| 2 + name.len() + 8).sum::<usize>());
     StatsReply::encode(&borrowed, out);

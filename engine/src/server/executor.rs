@@ -60,6 +60,8 @@ pub struct ExecutorContext {
     pub tls: Option<futures_rustls::TlsAcceptor>,
     /// This executor's audit log, when it is on.
     pub audit: Option<Rc<AuditLog>>,
+    /// The shared database, with `--store` (STATS reports its pool).
+    pub database: Option<Database>,
 }
 
 impl ExecutorContext {
@@ -132,9 +134,23 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
     let sweep_interval = Duration::from_millis(shared.config.sweep_interval_ms);
     match (&shared.database, queued) {
         (Some(database), Some(queued)) => {
-            postgres::spawn_writer(Rc::clone(&router), queued, database.clone(), *shared.store.limits());
+            let metrics = Arc::clone(&shared.metrics);
+            postgres::spawn_writer(
+                Rc::clone(&router),
+                queued,
+                database.clone(),
+                *shared.store.limits(),
+                metrics,
+            );
             let interval = Duration::from_millis(shared.config.follow_interval_ms);
-            postgres::spawn_follower(Rc::clone(&router), database.clone(), shared.follow_from, interval);
+            let metrics = Arc::clone(&shared.metrics);
+            postgres::spawn_follower(
+                Rc::clone(&router),
+                database.clone(),
+                shared.follow_from,
+                interval,
+                metrics,
+            );
             postgres::spawn_sweeper(
                 Rc::clone(&router),
                 database.clone(),
@@ -164,6 +180,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         authenticator: Arc::clone(&shared.authenticator),
         tls: shared.tls.clone().map(futures_rustls::TlsAcceptor::from),
         audit: audit.clone(),
+        database: shared.database.clone(),
     });
     glommio::spawn_local(accept_loop(listener, context)).detach();
     report(Ok(address));

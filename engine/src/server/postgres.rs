@@ -122,6 +122,7 @@ async fn refresh_many(
     router: &Router,
     database: &Database,
     ids: Vec<(String, Option<u64>)>,
+    counters: &ExecutorMetrics,
 ) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
@@ -134,10 +135,12 @@ async fn refresh_many(
         let record = record_from(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
         by_id.entry(id.clone()).or_default().push(record);
     }
+    let count = ids.len() as u64;
     for (id, deleted_version) in ids {
         let records = by_id.remove(&id).unwrap_or_default();
         router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
     }
+    ExecutorMetrics::add(&counters.db_credentials_reread, count);
     Ok(())
 }
 
@@ -248,6 +251,7 @@ const ROUND_WRITES_MAX: usize = 8;
 /// What a shard's database writer and its rounds share.
 struct Rounds {
     router: Rc<Router>,
+    metrics: Arc<Metrics>,
     database: Database,
     limits: Limits,
     max_versions: usize,
@@ -271,11 +275,13 @@ pub fn spawn_writer(
     queue: LocalReceiver<WriteMessage>,
     database: Database,
     limits: Limits,
+    metrics: Arc<Metrics>,
 ) {
     let (done, ended) = local_channel::new_bounded(ROUNDS_IN_FLIGHT);
     let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
     let rounds = Rc::new(Rounds {
         router,
+        metrics,
         database,
         limits,
         max_versions,
@@ -362,7 +368,15 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
             .iter()
             .map(|(message, _, prepared)| Commit::of(prepared, rounds.max_versions, message.received_at_ms))
             .collect();
-        let outcomes: Vec<Result<Outcome, DbError>> = match commit_round(&rounds.database, commits).await {
+        let started = std::time::Instant::now();
+        let committed = commit_round(&rounds.database, commits).await;
+        let counters = rounds.metrics.executor(rounds.router.shard_id());
+        ExecutorMetrics::add(&counters.db_rounds, 1);
+        ExecutorMetrics::add(&counters.db_round_us, started.elapsed().as_micros() as u64);
+        if committed.is_err() {
+            ExecutorMetrics::add(&counters.db_round_failures, 1);
+        }
+        let outcomes: Vec<Result<Outcome, DbError>> = match committed {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(error) => {
                 let message = error.to_string();
@@ -374,11 +388,13 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         for ((message, tries, prepared), outcome) in round.into_iter().zip(outcomes) {
             match outcome {
                 Ok(Outcome::Committed { .. }) => {
+                    ExecutorMetrics::add(&counters.db_writes_committed, 1);
                     let version = prepared.outcome();
                     rounds.router.with_writer(|writer| writer.install_committed(prepared));
                     let _ = message.reply.send(Ok(version));
                 }
                 Ok(Outcome::Stale) if tries + 1 < STALE_RETRIES => {
+                    ExecutorMetrics::add(&counters.db_writes_stale, 1);
                     stale.push((prepared.id().to_owned(), None));
                     retry.push((message, tries + 1));
                 }
@@ -397,7 +413,7 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         }
         // A stale view is read again (all of this round's in one query) before its write goes
         // again; if that fails, the retry meets the same stale view until the database answers.
-        if let Err(error) = refresh_many(&rounds.router, &rounds.database, stale).await {
+        if let Err(error) = refresh_many(&rounds.router, &rounds.database, stale, counters).await {
             tracing::warn!(%error, "re-reading credentials from the database failed");
         }
         {
@@ -421,9 +437,16 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
 /// Follows the change log for this executor's shard every `interval`: a change made by
 /// another instance (a version this shard does not hold yet, or a delete) re-reads the
 /// credential from the database.
-pub fn spawn_follower(router: Rc<Router>, database: Database, from: i64, interval: Duration) {
+pub fn spawn_follower(
+    router: Rc<Router>,
+    database: Database,
+    from: i64,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+) {
     glommio::spawn_local(async move {
         let shard_id = router.shard_id();
+        let counters = metrics.executor(shard_id);
         let mut follower = Some(Follower::after(from));
         // Changed credentials whose re-read failed: tried again with the next poll.
         let mut unread: std::collections::BTreeMap<String, Option<u64>> = std::collections::BTreeMap::new();
@@ -490,7 +513,7 @@ pub fn spawn_follower(router: Rc<Router>, database: Database, from: i64, interva
                 }
             }
             let wanted: Vec<(String, Option<u64>)> = stale.iter().map(|(id, deleted)| (id.clone(), *deleted)).collect();
-            if let Err(error) = refresh_many(&router, &database, wanted).await {
+            if let Err(error) = refresh_many(&router, &database, wanted, counters).await {
                 tracing::warn!(%error, count = stale.len(), "re-reading changed credentials failed; retrying with the next poll");
                 unread = stale;
             }

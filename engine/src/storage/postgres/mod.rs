@@ -64,6 +64,8 @@ impl From<deadpool_postgres::PoolError> for DbError {
 #[derive(Clone)]
 pub struct Database {
     jobs: tokio::sync::mpsc::Sender<Job>,
+    /// The pool, for its status (the database thread uses its own handle).
+    pool: Pool,
     /// Where the connection goes, with any password removed (for logs and errors).
     target: Arc<str>,
 }
@@ -111,6 +113,7 @@ impl Database {
             })
             .build()
             .map_err(|error| EngineError::Config(format!("--store: {error}")))?;
+        let status_pool = pool.clone();
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(QUEUE_DEPTH);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -127,13 +130,19 @@ impl Database {
                 });
             })
             .map_err(|error| EngineError::Start(format!("the database thread: {error}")))?;
-        let database = Database { jobs, target: target.into() };
+        let database = Database { jobs, pool: status_pool, target: target.into() };
         futures::executor::block_on(database.run(|pool| async move {
             let mut client = pool.get().await?;
             schema::migrate(&mut client).await
         }))
         .map_err(|error| EngineError::Start(format!("{}: {error}", database.target)))?;
         Ok(database)
+    }
+
+    /// The pool's connections: (open, idle, jobs waiting for one).
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let status = self.pool.status();
+        (status.size, status.available, status.waiting)
     }
 
     /// Where the database is (no password).
