@@ -1,10 +1,13 @@
 //! The PostgreSQL store when things fail, with a real PostgreSQL the test stops and starts:
 //! the database going away (cached reads go on, writes fail fast with UNAVAILABLE, and work
 //! again once it is back, without restarting credshard), an immediate (crash-like) stop of
-//! the database, and SIGKILL of a credshard process: no acknowledged write is lost.
+//! the database while writers write, and SIGKILL of a credshard process: no acknowledged
+//! write is lost.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::postgres::Cluster;
@@ -75,7 +78,7 @@ fn the_database_going_away_keeps_reads_and_fails_writes_fast_until_it_is_back() 
 }
 
 #[test]
-fn no_acknowledged_write_is_lost_to_an_immediate_database_stop_or_a_sigkill() {
+fn no_acknowledged_write_is_lost_to_an_immediate_database_stop_under_load_or_a_sigkill() {
     let Some(cluster) = Cluster::start("immediate_and_kill") else { return };
     let dirs = ProcessDirs::new();
     let url = cluster.url();
@@ -83,18 +86,48 @@ fn no_acknowledged_write_is_lost_to_an_immediate_database_stop_or_a_sigkill() {
         ServeProcess::start(&dirs.data_dir, &dirs.key, &["--shards", "2", "--store", &url], |_| {})
     };
     let served = serve(&dirs);
-    let mut client = Client::connect(served.address.as_str()).unwrap();
-    let mut acked = Vec::new();
-    for index in 0..200 {
-        let id = format!("acked/{index}");
-        client.put(&put(&id, id.as_bytes())).unwrap();
-        acked.push(id);
-    }
+    // Writers keep writing (a new id each time) while the database crashes and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (address, stop) = (served.address.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address.as_str()).unwrap();
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                for index in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("acked/{writer}/{index}");
+                    match client.put(&put(&id, id.as_bytes())) {
+                        Ok(_) => acked.push(id),
+                        Err(error) => {
+                            assert_eq!(error.status(), Some(Status::Unavailable), "{error}");
+                            refused += 1;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
     // The database stops as in a crash; its WAL brings back every committed write.
     cluster.stop("immediate");
+    std::thread::sleep(Duration::from_millis(200));
     cluster.start_again();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for writer in writers {
+        let (ids, count) = writer.join().unwrap();
+        acked.extend(ids);
+        refused += count;
+    }
+    assert!(acked.len() > 100, "the writers made progress: {}", acked.len());
+    assert!(refused > 0, "some writes met the stopped database");
     // credshard is killed outright; a new process reads everything from the database.
-    drop(client);
     drop(served); // SIGKILL
     let served = serve(&dirs);
     let mut client = Client::connect(served.address.as_str()).unwrap();
