@@ -36,6 +36,11 @@ pub struct ServerConfig {
     /// in milliseconds (`--store`): the bound on how stale another instance's write can be.
     #[arg(long, env = "CREDSHARD_FOLLOW_INTERVAL_MS", default_value_t = 10)]
     pub follow_interval_ms: u64,
+    /// How long the database's change log is kept, in seconds (`--store`; every instance
+    /// should use the same). An instance that could not read it for half this long re-reads
+    /// everything from the database when it can again.
+    #[arg(long, env = "CREDSHARD_CHANGE_LOG_RETENTION_S", default_value_t = 900)]
+    pub change_log_retention_s: u64,
     /// Directory for the manifest, the write-ahead logs, the key ring and (unless a key is
     /// given) the generated master key.
     #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]
@@ -194,6 +199,12 @@ impl ServerConfig {
     /// [`crate::EngineError::Config`] naming the offending setting.
     pub fn validate(&self) -> Result<(), crate::EngineError> {
         let fail = |message: String| Err(crate::EngineError::Config(message));
+        if self.store.is_some() && self.change_log_retention_s < 2 {
+            return fail(format!(
+                "--change-log-retention-s must be at least 2, got {}",
+                self.change_log_retention_s
+            ));
+        }
         let shards = self.shard_count();
         if !(1..=1024).contains(&shards) {
             return fail(format!("--shards must be 1..=1024, got {shards}"));

@@ -209,3 +209,41 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn an_instance_cut_off_longer_than_the_change_log_is_kept_reads_everything_again() {
+    let Some(database) = common::postgres::database("cut_off") else { return };
+    let key = *MasterKey::generate().bytes();
+    let retention = |config: &mut credshard_engine::ServerConfig| config.change_log_retention_s = 2;
+    let start = |url: String| {
+        TestServer::try_start_with_key(1, MasterKey::from_bytes(key), move |config| {
+            config.store = Some(url);
+            retention(config);
+        })
+        .expect("an instance starts")
+    };
+    let writer = start(database.url());
+    let mut on_writer = writer.client();
+    on_writer.put(&put("will-change", b"before")).unwrap();
+    on_writer.put(&put("will-go", b"here")).unwrap();
+    let proxy = common::postgres::CuttableProxy::to(database.server_address());
+    let cut_off = start(database.url_through(proxy.address));
+    let mut on_cut_off = cut_off.client();
+    assert_eq!(secret_of(&mut on_cut_off, "will-change").as_deref(), Some(&b"before"[..]));
+
+    proxy.cut();
+    on_writer.put(&put("will-change", b"after")).unwrap();
+    on_writer.delete("will-go", None).unwrap();
+    on_writer.put(&put("new", b"while cut off")).unwrap();
+    // Longer than the retention: the writer's instance trims those changes meanwhile.
+    std::thread::sleep(Duration::from_millis(2_600));
+    let trimmed = database.query("SELECT count(*) FROM credshard_changes");
+    assert_eq!(trimmed[0].get::<_, i64>(0), 0, "the change log was trimmed past the cut-off instance");
+    assert_eq!(secret_of(&mut on_cut_off, "will-change").as_deref(), Some(&b"before"[..]), "stale, cut off");
+    proxy.restore();
+    eventually(&mut on_cut_off, |client| secret_of(client, "will-change").as_deref() == Some(&b"after"[..]));
+    eventually(&mut on_cut_off, |client| secret_of(client, "new").as_deref() == Some(&b"while cut off"[..]));
+    eventually(&mut on_cut_off, |client| {
+        client.get("will-go").err().and_then(|error| error.status()) == Some(Status::NotFound)
+    });
+}

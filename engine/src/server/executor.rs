@@ -143,12 +143,14 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
                 metrics,
             );
             let interval = Duration::from_millis(shared.config.follow_interval_ms);
+            let retention = Duration::from_secs(shared.config.change_log_retention_s);
             let metrics = Arc::clone(&shared.metrics);
             postgres::spawn_follower(
                 Rc::clone(&router),
                 database.clone(),
                 shared.follow_from,
                 interval,
+                retention,
                 metrics,
             );
             postgres::spawn_sweeper(
@@ -158,7 +160,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
                 Arc::clone(&shared.metrics),
             );
             if shard_id == 0 {
-                postgres::spawn_change_log_trimmer(database.clone());
+                postgres::spawn_change_log_trimmer(database.clone(), retention);
             }
         }
         _ => {

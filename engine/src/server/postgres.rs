@@ -35,11 +35,7 @@ use crate::storage::postgres::{Database, DbError};
 use crate::storage::wal;
 use crate::storage::Shards;
 
-/// How long change-log entries are kept: far longer than any follower lags (a follower that
-/// fell further behind, e.g. one cut off from the database, must re-read everything; see
-/// docs/operations.md).
-pub const CHANGES_KEPT: Duration = Duration::from_secs(15 * 60);
-/// How often an instance trims the change log.
+/// How often an instance trims the change log, at most.
 const TRIM_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Tries of a write whose shard keeps finding its view of the credential stale.
@@ -437,11 +433,14 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
 /// Follows the change log for this executor's shard every `interval`: a change made by
 /// another instance (a version this shard does not hold yet, or a delete) re-reads the
 /// credential from the database.
+/// `retention` is how long the change log is kept (`--change-log-retention-s`): a shard that
+/// could not poll for half of it re-reads its whole state instead.
 pub fn spawn_follower(
     router: Rc<Router>,
     database: Database,
     from: i64,
     interval: Duration,
+    retention: Duration,
     metrics: Arc<Metrics>,
 ) {
     glommio::spawn_local(async move {
@@ -453,7 +452,7 @@ pub fn spawn_follower(
         let mut last_poll = std::time::Instant::now();
         loop {
             glommio::timer::sleep(interval).await;
-            if last_poll.elapsed() > CHANGES_KEPT / 2 {
+            if last_poll.elapsed() > retention / 2 {
                 // Cut off for so long that the change log may have been trimmed past this
                 // shard's position: read the whole shard again instead.
                 match resync(&router, &database).await {
@@ -584,13 +583,14 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
     .detach();
 }
 
-/// Trims change-log entries older than [`CHANGES_KEPT`] every minute (on one executor per
-/// instance; several instances trimming at once is harmless).
-pub fn spawn_change_log_trimmer(database: Database) {
+/// Trims change-log entries older than `retention` every minute (every quarter of the
+/// retention, if that is shorter), on one executor per instance; several instances trimming
+/// at once is harmless.
+pub fn spawn_change_log_trimmer(database: Database, retention: Duration) {
     glommio::spawn_local(async move {
         loop {
-            glommio::timer::sleep(TRIM_INTERVAL).await;
-            let before_ms = crate::time::now_ms().saturating_sub(CHANGES_KEPT.as_millis() as u64) as i64;
+            glommio::timer::sleep(TRIM_INTERVAL.min(retention / 4)).await;
+            let before_ms = crate::time::now_ms().saturating_sub(retention.as_millis() as u64) as i64;
             let trimmed = database
                 .run(move |pool| async move { rows::trim_changes(&pool.get().await?, before_ms).await })
                 .await;

@@ -19,6 +19,28 @@ impl TestDatabase {
         format!("{} dbname={}", self.server, self.name)
     }
 
+    /// The server's TCP address (`host` and `port` of its settings).
+    pub fn server_address(&self) -> std::net::SocketAddr {
+        let setting = |name: &str| {
+            self.server
+                .split_whitespace()
+                .find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+        };
+        let host = setting("host").unwrap_or("127.0.0.1");
+        let port: u16 = setting("port").unwrap_or("5432").parse().expect("a port number");
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).unwrap().next().unwrap()
+    }
+
+    /// Settings that reach this test's database through `address` (a proxy) instead.
+    pub fn url_through(&self, address: std::net::SocketAddr) -> String {
+        let rest: Vec<&str> = self
+            .server
+            .split_whitespace()
+            .filter(|pair| !pair.starts_with("host=") && !pair.starts_with("port="))
+            .collect();
+        format!("host={} port={} {} dbname={}", address.ip(), address.port(), rest.join(" "), self.name)
+    }
+
     /// Runs SQL on this test's database (a fresh connection), returning the rows.
     pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
         let url = self.url();
@@ -194,4 +216,57 @@ fn is_root() -> bool {
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// A TCP proxy to the database that a test can cut (every connection through it closed, new
+/// ones refused) and restore: one instance loses the database while others keep it.
+pub struct CuttableProxy {
+    pub address: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CuttableProxy {
+    pub fn to(target: std::net::SocketAddr) -> CuttableProxy {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+        let (accept_cut, accept_open) = (std::sync::Arc::clone(&cut), std::sync::Arc::clone(&open));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if accept_cut.load(Relaxed) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else { continue };
+                let mut open = accept_open.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                drop(open);
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CuttableProxy { address, cut, open }
+    }
+
+    /// Closes every connection through the proxy and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
