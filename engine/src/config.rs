@@ -29,6 +29,10 @@ pub struct ServerConfig {
     /// holds no credentials (only the lock and the audit log).
     #[arg(long, env = "CREDSHARD_STORE")]
     pub store: Option<String>,
+    /// CA certificates (PEM) that signed the database's certificate, for a `--store` that
+    /// asks for TLS (`sslmode=require`); the server's name is checked against the URL's host.
+    #[arg(long, env = "CREDSHARD_STORE_CA")]
+    pub store_ca: Option<PathBuf>,
     /// Connections to the database (`--store`), per instance.
     #[arg(long, env = "CREDSHARD_STORE_CONNECTIONS", default_value_t = 16)]
     pub store_connections: usize,

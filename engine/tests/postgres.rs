@@ -34,7 +34,7 @@ fn instances_starting_together_migrate_once() {
     let opened: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || Database::open(&url, 2))
+            std::thread::spawn(move || Database::open(&url, 2, None))
         })
         .collect();
     for handle in opened {
@@ -46,14 +46,15 @@ fn instances_starting_together_migrate_once() {
     assert_eq!(versions, known, "each migration recorded once");
     // A database from a newer credshard is refused, not misread.
     database.query("INSERT INTO credshard_migrations (version, name) VALUES (9999, 'from the future')");
-    let error = Database::open(&url, 1).unwrap_err().to_string();
+    let error = Database::open(&url, 1, None).unwrap_err().to_string();
     assert!(error.contains("newer than this credshard"), "{error}");
 }
 
 #[test]
 fn exactly_one_instance_wins_each_version() {
     let Some(database) = common::postgres::database("race") else { return };
-    let instances: Vec<Database> = (0..3).map(|_| Database::open(&database.url(), 4).unwrap()).collect();
+    let instances: Vec<Database> =
+        (0..3).map(|_| Database::open(&database.url(), 4, None).unwrap()).collect();
     let wins: Arc<Mutex<BTreeMap<i64, usize>>> = Arc::default();
     let stale = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = instances
@@ -106,7 +107,7 @@ fn exactly_one_instance_wins_each_version() {
 #[test]
 fn writes_and_deletes_happen_only_from_the_version_the_database_has() {
     let Some(database) = common::postgres::database("conditional") else { return };
-    let instance = Database::open(&database.url(), 2).unwrap();
+    let instance = Database::open(&database.url(), 2, None).unwrap();
     let outcomes = instance
         .run_blocking(|pool| async move {
             let client = pool.get().await?;
@@ -133,7 +134,7 @@ fn writes_and_deletes_happen_only_from_the_version_the_database_has() {
 #[test]
 fn the_key_ring_row_changes_only_from_the_generation_read() {
     let Some(database) = common::postgres::database("ring") else { return };
-    let instance = Database::open(&database.url(), 2).unwrap();
+    let instance = Database::open(&database.url(), 2, None).unwrap();
     let steps = instance
         .run_blocking(|pool| async move {
             let client = pool.get().await?;
@@ -155,7 +156,7 @@ fn the_key_ring_row_changes_only_from_the_generation_read() {
 #[test]
 fn a_change_committed_late_below_the_watermark_is_followed_once() {
     let Some(database) = common::postgres::database("follow") else { return };
-    let instance = Database::open(&database.url(), 4).unwrap();
+    let instance = Database::open(&database.url(), 4, None).unwrap();
     let (first, gaps_between, rest, gaps_after) = instance
         .run_blocking(|pool| async move {
             let (late, early, reader) = (pool.get().await?, pool.get().await?, pool.get().await?);
@@ -186,7 +187,7 @@ fn a_change_committed_late_below_the_watermark_is_followed_once() {
 #[test]
 fn the_change_log_is_trimmed_up_to_the_first_entry_not_older_than_the_cut() {
     let Some(database) = common::postgres::database("trim") else { return };
-    let instance = Database::open(&database.url(), 2).unwrap();
+    let instance = Database::open(&database.url(), 2, None).unwrap();
     database.query(
         "INSERT INTO credshard_changes (id, version, kind, at_ms)
          SELECT 'c' || n, 1, 1, n * 100 FROM generate_series(1, 10) AS n",

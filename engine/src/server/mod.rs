@@ -76,7 +76,7 @@ impl Server {
         let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         refuse_taken_address(config.listen)?;
         let database = match &config.store {
-            Some(url) => Some(Database::open(url, config.store_connections)?),
+            Some(url) => Some(Database::open(url, config.store_connections, config.store_ca.as_deref())?),
             None => None,
         };
         let keyring = match &database {

@@ -122,10 +122,19 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
     bin: std::path::PathBuf,
+    /// Server settings beyond the port and socket directory (`-c name=value …`).
+    settings: String,
 }
 
 impl Cluster {
     pub fn start(test: &str) -> Option<Cluster> {
+        Cluster::start_with(test, |_| String::new())
+    }
+
+    /// A cluster started with the server settings (`-c name=value …`) that `prepare` returns,
+    /// after it has put files in the cluster's directory (files there are handed to the
+    /// postgres user).
+    pub fn start_with(test: &str, prepare: impl FnOnce(&std::path::Path) -> String) -> Option<Cluster> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|versions| {
@@ -141,6 +150,7 @@ impl Cluster {
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");
+        let settings = prepare(dir.path());
         if is_root() {
             let status = std::process::Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -152,7 +162,7 @@ impl Cluster {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let cluster = Cluster { dir, port, bin };
+        let cluster = Cluster { dir, port, bin, settings };
         cluster.run("initdb", &["-D", &cluster.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
         cluster.start_again();
         Some(cluster)
@@ -183,9 +193,10 @@ impl Cluster {
     /// Starts the cluster (again).
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.settings
         );
         let log = self.dir.path().join("log").display().to_string();
         self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "start"]);

@@ -19,6 +19,7 @@
 pub mod follow;
 pub mod rows;
 pub mod schema;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -81,28 +82,50 @@ impl Database {
     /// `postgres://` URL or `key=value` settings), checks that the database answers, and
     /// applies pending migrations.
     ///
+    /// With `sslmode=require` in the URL, the connections use TLS, verifying the server's
+    /// certificate against the CA certificates in `ca` (required then); otherwise they are
+    /// plain (`ca` is refused without `sslmode=require`, so that nobody believes a plain
+    /// connection is protected).
+    ///
     /// # Errors
-    /// [`EngineError::Config`] for a URL that does not parse or asks for TLS (not built yet),
-    /// [`EngineError::Start`] when the database cannot be reached or migrated.
-    pub fn open(url: &str, connections: usize) -> Result<Database, EngineError> {
+    /// [`EngineError::Config`] for a URL that does not parse, TLS asked for without a CA or a
+    /// CA without TLS, an unreadable CA file; [`EngineError::Start`] when the database cannot
+    /// be reached or migrated.
+    pub fn open(
+        url: &str,
+        connections: usize,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Database, EngineError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|error| EngineError::Config(format!("--store: not a PostgreSQL URL: {error}")))?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(EngineError::Config(
-                "--store: sslmode=require asks for TLS to the database, which credshard does not speak yet; \
-                 use a local socket, a loopback address or an encrypting proxy"
-                    .to_owned(),
-            ));
-        }
+        let require_tls = config.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+        let tls = match (require_tls, ca) {
+            (true, Some(ca)) => Some(tls::MakeRustls::trusting(ca)?),
+            (true, None) => {
+                return Err(EngineError::Config(
+                    "--store asks for sslmode=require: give the CA that signed the database's certificate with --store-ca"
+                        .to_owned(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(EngineError::Config(
+                    "--store-ca is given but --store does not ask for TLS: add sslmode=require to it".to_owned(),
+                ))
+            }
+            (false, None) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
         let target = describe(&config);
         config.connect_timeout(CONNECT_TIMEOUT);
         config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
         config.application_name("credshard");
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -220,9 +243,18 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_nonsense_are_refused_before_connecting() {
-        let error = Database::open("postgres://app@db.internal/secrets?sslmode=require", 1).unwrap_err();
-        assert!(error.to_string().contains("TLS"), "{error}");
-        assert!(matches!(Database::open("not a url ===", 1), Err(EngineError::Config(_))));
+    fn tls_settings_and_nonsense_are_refused_before_connecting() {
+        let tls_without_ca = Database::open("postgres://app@db.internal/secrets?sslmode=require", 1, None);
+        assert!(tls_without_ca.unwrap_err().to_string().contains("--store-ca"));
+        let ca_without_tls =
+            Database::open("postgres://app@db.internal/secrets", 1, Some(std::path::Path::new("ca.pem")));
+        assert!(ca_without_tls.unwrap_err().to_string().contains("sslmode=require"));
+        let missing = Database::open(
+            "postgres://app@db.internal/s?sslmode=require",
+            1,
+            Some(std::path::Path::new("/nonexistent")),
+        );
+        assert!(missing.unwrap_err().to_string().contains("/nonexistent"));
+        assert!(matches!(Database::open("not a url ===", 1, None), Err(EngineError::Config(_))));
     }
 }
