@@ -243,6 +243,8 @@ const ROUNDS_IN_FLIGHT: usize = 8;
 /// connection (one database backend), so smaller rounds side by side use more of the
 /// database's CPUs, while each still shares one commit.
 const ROUND_WRITES_MAX: usize = 8;
+// BEGIN, the writes and COMMIT: within what the change-log follower waits for.
+const _: () = assert!(ROUND_WRITES_MAX as u64 + 2 <= crate::storage::postgres::TRANSACTION_STATEMENTS_MAX);
 
 /// What a shard's database writer and its rounds share.
 struct Rounds {

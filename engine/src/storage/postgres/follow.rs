@@ -7,7 +7,8 @@
 //! delivers each change exactly once: when it first appears, whether that fills a gap or
 //! extends the watermark. A gap that stays empty longer than [`GAP_PATIENCE`] is given up:
 //! a rolled-back insert leaves such a hole for ever, and none of our transactions may run
-//! that long (each is one statement under a statement timeout much shorter than this).
+//! that long (each holds at most [`TRANSACTION_STATEMENTS_MAX`] statements, each under the
+//! statement timeout; the patience is twice that).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,10 +16,12 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::GenericClient;
 
 use super::rows::{self, Change};
-use super::{DbError, STATEMENT_TIMEOUT_MS};
+use super::{DbError, STATEMENT_TIMEOUT_MS, TRANSACTION_STATEMENTS_MAX};
 
-/// How long a skipped sequence number is waited for (six statement timeouts).
-pub const GAP_PATIENCE: Duration = Duration::from_millis(6 * STATEMENT_TIMEOUT_MS);
+/// How long a skipped sequence number is waited for: twice the longest one of our
+/// transactions can take.
+pub const GAP_PATIENCE: Duration =
+    Duration::from_millis(2 * TRANSACTION_STATEMENTS_MAX * STATEMENT_TIMEOUT_MS);
 
 /// Where a follower is in the change log.
 #[derive(Debug)]

@@ -40,6 +40,10 @@ const POOL_WAIT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest any statement of ours may run (set on every session).
 pub const STATEMENT_TIMEOUT_MS: u64 = 5_000;
+/// The most statements one of our transactions holds (BEGIN and COMMIT included): with the
+/// statement timeout, this bounds how long a transaction can keep a change-log number
+/// uncommitted (see `follow::GAP_PATIENCE`).
+pub const TRANSACTION_STATEMENTS_MAX: u64 = 10;
 
 type Job = Box<dyn FnOnce(Pool) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
