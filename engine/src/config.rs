@@ -145,6 +145,11 @@ pub struct ServerConfig {
     /// TLS private key (PEM) for --tls-cert.
     #[arg(long, env = "CREDSHARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The server's own log on standard error: `text` (one readable line per event) or `json`
+    /// (one JSON object per line: timestamp, level, target, fields). Requests are not logged
+    /// (the audit log records them); no secret or token is ever logged. `RUST_LOG` filters.
+    #[arg(long, env = "CREDSHARD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// The audit log (`<data-dir>/audit/shard-N.jsonl`): every request that touches a
     /// credential or is refused, without secrets. `off` disables it.
     #[arg(long, env = "CREDSHARD_AUDIT", value_enum, default_value = "on")]
@@ -152,6 +157,13 @@ pub struct ServerConfig {
     /// How often each executor writes its buffered audit entries, in milliseconds.
     #[arg(long, env = "CREDSHARD_AUDIT_FLUSH_MS", default_value_t = 5)]
     pub audit_flush_ms: u64,
+}
+
+/// How the server's own log is written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// An on/off setting.

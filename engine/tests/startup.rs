@@ -98,3 +98,36 @@ fn limits_that_would_let_a_reply_overflow_its_frame_are_refused_and_large_batche
     assert_eq!(results.len(), 1000);
     assert_eq!(&client.ping(b"alive").unwrap()[..], b"alive");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_without_secrets() {
+    let dirs = ProcessDirs::new();
+    let stderr_path = dirs.dir.path().join("json.stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &["--log-format", "json"], |command| {
+        command.stderr(stderr);
+    });
+    let secret = b"json-log-secret-7d1f";
+    let mut client = Client::connect(server.address.as_str()).unwrap();
+    client.put(&put("logged/id", secret)).unwrap();
+    assert_eq!(client.get("logged/id").unwrap().secret.expose(), secret);
+    drop(client);
+    let address = server.address.clone();
+    let status = server.stop();
+    assert!(status.success(), "{status}");
+    let logged = std::fs::read_to_string(&stderr_path).unwrap();
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}")))
+        .collect();
+    let listening = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "credshard listening")
+        .unwrap_or_else(|| panic!("no start-up line in {logged}"));
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["address"].as_str(), Some(address.as_str()));
+    assert!(lines.iter().all(|line| line["timestamp"].is_string() && line["target"].is_string()));
+    assert!(!logged.contains("json-log-secret"), "a secret in the log");
+    assert!(!logged.contains("logged/id"), "requests are not logged (the audit log records them)");
+}

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context};
-use credshard_engine::config::Switch;
+use credshard_engine::config::{LogFormat, Switch};
 use credshard_engine::crypto::{Argon2Cost, KeySource, MasterKey};
 use credshard_engine::{Server, ServerConfig};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
@@ -13,12 +13,12 @@ use nix::sys::stat::{umask, Mode};
 use zeroize::Zeroizing;
 
 pub fn run(config: ServerConfig) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     // Refuse a bad configuration before anything is written to the data dir.
     config.validate()?;
     // Everything the server creates (data dir, logs, snapshots, key ring, audit files) is for
