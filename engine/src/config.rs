@@ -20,9 +20,19 @@ pub use crate::storage::FsyncMode;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServerConfig {
+    /// A TOML file of serve options (names as the flags without `--`: `listen = "…"`,
+    /// `store-connections = 32`); a flag or a `CREDSHARD_*` variable wins over the file, the
+    /// file over the default. Unknown names are refused. `credshard config check FILE` shows
+    /// the result.
+    #[arg(long, env = "CREDSHARD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address every executor listens on (SO_REUSEPORT). Port 0 picks a free port.
     #[arg(long, env = "CREDSHARD_LISTEN", default_value = "127.0.0.1:7373")]
     pub listen: SocketAddr,
+    /// Directory for the manifest, the write-ahead logs, the key ring and (unless a key is
+    /// given) the generated master key.
+    #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]
+    pub data_dir: PathBuf,
     /// The system of record: unset, each shard's write-ahead log in the data dir (the
     /// embedded default); or a PostgreSQL database (`postgres://USER@HOST:PORT/DB`, or
     /// `host=… user=… dbname=…`) that several credshard instances share. The data dir then
@@ -45,10 +55,6 @@ pub struct ServerConfig {
     /// everything from the database when it can again.
     #[arg(long, env = "CREDSHARD_CHANGE_LOG_RETENTION_S", default_value_t = 900)]
     pub change_log_retention_s: u64,
-    /// Directory for the manifest, the write-ahead logs, the key ring and (unless a key is
-    /// given) the generated master key.
-    #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]
-    pub data_dir: PathBuf,
     /// Shards, one glommio executor each, pinned one per CPU this process may use (taskset is
     /// honoured); more shards than such CPUs share them. Default: the number of CPUs.
     #[arg(long, env = "CREDSHARD_SHARDS")]

@@ -131,3 +131,35 @@ fn json_logs_are_one_object_per_line_without_secrets() {
     assert!(!logged.contains("json-log-secret"), "a secret in the log");
     assert!(!logged.contains("logged/id"), "requests are not logged (the audit log records them)");
 }
+
+#[test]
+fn serve_reads_a_config_file_and_config_check_shows_it() {
+    let dirs = ProcessDirs::new();
+    let file = dirs.dir.path().join("credshard.toml");
+    std::fs::write(&file, "shards = 1\nmax-versions = 2\nsweep_interval_ms = 250\n").unwrap();
+    let server =
+        ServeProcess::start(&dirs.data_dir, &dirs.key, &["--config", file.to_str().unwrap()], |_| {});
+    let mut client = Client::connect(server.address.as_str()).unwrap();
+    assert_eq!(client.stats().unwrap().get("shards"), Some(1), "shards from the file");
+    for secret in [&b"one"[..], b"two", b"three"] {
+        client.put(&put("kept", secret)).unwrap();
+    }
+    let versions = client.get_meta("kept").unwrap().versions;
+    assert_eq!(versions.len(), 2, "max-versions from the file");
+    drop(server);
+
+    let checked = Command::new(BINARY)
+        .args(["config", "check"])
+        .arg(&file)
+        .env_remove("CREDSHARD_SHARDS")
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let shown = String::from_utf8(checked.stdout).unwrap();
+    assert!(shown.contains("shards = 1  # file") && shown.contains("max-versions = 2  # file"), "{shown}");
+    assert!(shown.contains("listen = \"127.0.0.1:7373\"  # default"), "{shown}");
+    std::fs::write(&file, "shards = 1\nunknown = 3\n").unwrap();
+    let refused = Command::new(BINARY).args(["config", "check"]).arg(&file).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown setting \"unknown\""));
+}

@@ -64,8 +64,19 @@ pub enum Command {
     Token(TokenCommand),
     /// Read the audit log, filtered.
     Audit(credshard_engine::audit::cli::AuditArgs),
+    /// Configuration files for `serve --config`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file as `serve --config FILE` would read it (flags and CREDSHARD_*
+    /// variables of this shell win over it), and print the effective configuration, every
+    /// option with where its value came from; a store password is redacted.
+    Check { file: PathBuf },
 }
 
 /// The subcommands that are a client of a running server.
@@ -181,4 +192,65 @@ pub enum ClientCommand {
         #[command(flatten)]
         connect: Connect,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// docs/operations.md's table of serve options: (flag, environment variable, default).
+    fn documented() -> Vec<(String, String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let table = text.split("## Configuration").nth(1).unwrap().split("\n\n").nth(2).unwrap();
+        table
+            .lines()
+            .skip(2)
+            .map(|row| {
+                let cells: Vec<String> = row
+                    .split('|')
+                    .skip(1)
+                    .take(3)
+                    .map(|cell| cell.trim().trim_matches('`').to_owned())
+                    .collect();
+                (cells[0].clone(), cells[1].clone(), cells[2].clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_options_are_the_serve_options_with_their_names_and_defaults() {
+        let documented = documented();
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        let mut expected = Vec::new();
+        for argument in serve.get_arguments() {
+            let Some(long) = argument.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let env = argument.get_env().map(|env| env.to_string_lossy().into_owned()).unwrap_or_default();
+            let default: Vec<String> = argument
+                .get_default_values()
+                .iter()
+                .map(|value| value.to_string_lossy().into_owned())
+                .collect();
+            expected.push((format!("--{long}"), env, default.join(",")));
+        }
+        let flags =
+            |rows: &[(String, String, String)]| rows.iter().map(|row| row.0.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            flags(&documented),
+            flags(&expected),
+            "docs/operations.md lists every serve option, in order"
+        );
+        for ((flag, env, default), (_, expected_env, expected_default)) in documented.iter().zip(&expected) {
+            assert_eq!(env, expected_env, "{flag}: environment variable");
+            if !expected_default.is_empty() && expected_default != "false" {
+                assert_eq!(default, expected_default, "{flag}: default");
+            }
+        }
+    }
 }
