@@ -462,7 +462,6 @@ fn sighup_reloads_tokens_while_a_client_stays_connected() {
     let granted =
         table("app", READER, "ops = [\"read\", \"write\"]") + &table("admin", ADMIN, "ops = [\"*\"]");
     std::fs::write(&tokens, granted).unwrap();
-    // SAFETY: kill only sends a signal to the child we started.
     // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -550,7 +549,6 @@ fn cli_token_new_then_client_commands_and_audit_read_back() {
     }
 
     // Stop cleanly (SIGTERM flushes the audit buffers), then read the log back.
-    // SAFETY: kill only sends a signal to the child we started.
     // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGTERM) }, 0);
     assert!(server.child.wait().unwrap().success());

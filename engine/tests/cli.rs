@@ -44,13 +44,16 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        // A command that fails before reading its input (a bad flag) may exit before this
+        // write: a broken pipe then is its answer, not the test's failure.
+        if let Err(error) = child.stdin.take().unwrap().write_all(stdin) {
+            assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+        }
         child.wait_with_output().unwrap()
     }
 
     /// SIGTERM, then the exit status and everything the server logged.
     fn stop(mut self) -> (std::process::ExitStatus, String) {
-        // SAFETY: kill(2) with a child's pid we own and a valid signal number.
         // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();

@@ -196,7 +196,6 @@ fn a_connection_whose_token_a_reload_revoked_must_authenticate_again_in_time() {
     std::thread::sleep(Duration::from_millis(500)); // past the first auth deadline: it is cleared
     revoked.ping(b"ok").unwrap();
     std::fs::write(&tokens, token_table("other", b"cst_other", "[\"read\"]")).unwrap();
-    // SAFETY: kill only sends a signal, to our own child.
     // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
     assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGHUP) }, 0);
     eventually("the reload revokes the token", || {

@@ -109,7 +109,6 @@ impl ServeProcess {
 
     /// Stops the server with SIGTERM (it flushes its audit buffers) and waits for it.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill only sends a signal, to our own child.
         // SAFETY: kill(2) only sends a signal to a server process this test started; no memory is shared.
         assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
         self.child.wait().expect("wait for credshard serve")
