@@ -159,7 +159,18 @@ impl Record {
         Ok(record)
     }
 
-    /// Validates archived bytes (e.g. read back from disk) once and keeps them.
+    /// Validates archived bytes (read back from a log or a database, in any alignment) once and
+    /// keeps a copy in an aligned buffer.
+    ///
+    /// # Errors
+    /// [`EngineError::Record`] when the bytes are not a valid archive or break an invariant.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Record, EngineError> {
+        let mut aligned = AlignedVec::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        Record::from_archive(aligned)
+    }
+
+    /// Validates an archive already in an aligned buffer once and keeps it.
     ///
     /// # Errors
     /// [`EngineError::Record`] when the bytes are not a valid archive or break an invariant.

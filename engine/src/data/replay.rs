@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use rkyv::util::AlignedVec;
-
 use super::record::Record;
 use super::shard::Entry;
 use super::store::Store;
@@ -63,7 +61,7 @@ fn replay(
         for entry in entries.iter() {
             match *entry {
                 wal::Entry::Record(body) => {
-                    let record = logged_record(body)?;
+                    let record = Record::from_bytes(body)?;
                     let id = record.credential().id.as_str().to_owned();
                     if store.shard_for(&id) != shard_id {
                         if own_log {
@@ -92,7 +90,7 @@ fn replay(
                     }
                 }
                 wal::Entry::Rewrap(body) => {
-                    let record = logged_record(body)?;
+                    let record = Record::from_bytes(body)?;
                     if store.shard_for(record.credential().id.as_str()) == shard_id {
                         // The version may be gone since (deleted, expired, or no longer kept).
                         replace_version(store, shard_id, Arc::new(record));
@@ -102,13 +100,6 @@ fn replay(
         }
     }
     Ok(store.shard(shard_id).rebuild_index())
-}
-
-/// A record read back from a log entry's body (copied into an aligned buffer, validated).
-fn logged_record(body: &[u8]) -> Result<Record, EngineError> {
-    let mut bytes = AlignedVec::with_capacity(body.len());
-    bytes.extend_from_slice(body);
-    Record::from_archive(bytes)
 }
 
 /// Swaps in a new entry for `id` holding `record` and up to `max_versions - 1` of the live

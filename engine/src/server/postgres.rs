@@ -22,7 +22,6 @@ use credshard_protocol::{Limits, Request};
 use std::cell::{Cell, RefCell};
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use rkyv::util::AlignedVec;
 
 use crate::crypto::SharedRing;
 use crate::data::{Prepared, Record, Store, Write};
@@ -87,31 +86,6 @@ pub fn load(database: &Database, store: &Store) -> Result<i64, EngineError> {
     Ok(from)
 }
 
-fn record_from(bytes: &[u8]) -> Result<Record, EngineError> {
-    let mut aligned = AlignedVec::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    Record::from_archive(aligned)
-}
-
-/// Reads a credential's kept versions from the database and installs them in its shard.
-async fn refresh(
-    router: &Router,
-    database: &Database,
-    id: &str,
-    deleted_version: Option<u64>,
-) -> Result<(), DbError> {
-    let owned = id.to_owned();
-    let rows =
-        database.run(move |pool| async move { rows::credential(&pool.get().await?, &owned).await }).await?;
-    let records = rows
-        .iter()
-        .map(|(_, bytes)| record_from(bytes))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| DbError::Corrupt(error.to_string()))?;
-    router.with_writer(|writer| writer.install_fetched(id, records, deleted_version));
-    Ok(())
-}
-
 /// Reads several credentials' kept versions in one query and installs each in its shard;
 /// `deleted` names those a delete removed (and from which version).
 async fn refresh_many(
@@ -128,7 +102,7 @@ async fn refresh_many(
         database.run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await }).await?;
     let mut by_id: std::collections::HashMap<String, Vec<Record>> = std::collections::HashMap::new();
     for (id, bytes) in &rows {
-        let record = record_from(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
+        let record = Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
         by_id.entry(id.clone()).or_default().push(record);
     }
     let count = ids.len() as u64;
@@ -203,13 +177,9 @@ impl Commit {
 /// statements and COMMIT are pipelined on one connection (one round trip), in id order (so that rounds of different instances lock rows
 /// in the same order and cannot deadlock), and committed with one commit (one WAL flush). A
 /// stale write is a statement that changes nothing; any error fails the whole round.
-async fn commit_round(database: &Database, mut commits: Vec<Commit>) -> Result<Vec<Outcome>, DbError> {
-    let mut order: Vec<usize> = (0..commits.len()).collect();
-    order.sort_by(|&left, &right| commits[left].id.cmp(&commits[right].id));
-    let sorted: Vec<Commit> = {
-        let mut slots: Vec<Option<Commit>> = commits.drain(..).map(Some).collect();
-        order.iter().map(|&index| slots[index].take().expect("each once")).collect()
-    };
+async fn commit_round(database: &Database, commits: Vec<Commit>) -> Result<Vec<Outcome>, DbError> {
+    let mut sorted: Vec<(usize, Commit)> = commits.into_iter().enumerate().collect();
+    sorted.sort_by(|left, right| left.1.id.cmp(&right.1.id));
     let outcomes = database
         .run(move |pool| async move {
             let client = pool.get().await?;
@@ -218,7 +188,7 @@ async fn commit_round(database: &Database, mut commits: Vec<Commit>) -> Result<V
             rows::prepare_writes(&client).await?;
             let (begun, outcomes, committed) = futures::join!(
                 client.batch_execute("BEGIN"),
-                futures::future::join_all(sorted.iter().map(|commit| commit.run(&client))),
+                futures::future::join_all(sorted.iter().map(|(_, commit)| commit.run(&client))),
                 client.batch_execute("COMMIT"),
             );
             begun?;
@@ -226,15 +196,15 @@ async fn commit_round(database: &Database, mut commits: Vec<Commit>) -> Result<V
             // without an error: the statements' own results decide.
             let outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
             committed?;
-            Ok(outcomes)
+            // Back in the round's order.
+            let mut in_order = vec![Outcome::Stale; outcomes.len()];
+            for ((index, _), outcome) in sorted.iter().zip(outcomes) {
+                in_order[*index] = outcome;
+            }
+            Ok(in_order)
         })
         .await?;
-    // Back in the round's order.
-    let mut in_order = vec![Outcome::Stale; outcomes.len()];
-    for (position, &index) in order.iter().enumerate() {
-        in_order[index] = outcomes[position];
-    }
-    Ok(in_order)
+    Ok(outcomes)
 }
 
 /// Rounds of one shard's writes committing at once, at most.
@@ -533,7 +503,7 @@ async fn resync(router: &Router, database: &Database) -> Result<i64, DbError> {
     let mut by_id: std::collections::BTreeMap<String, Vec<Record>> = std::collections::BTreeMap::new();
     for (id, bytes) in &all {
         if store.shard_for(id) == shard_id {
-            let record = record_from(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
+            let record = Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
             by_id.entry(id.clone()).or_default().push(record);
         }
     }
@@ -572,7 +542,7 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
                         ExecutorMetrics::add(&counters.expired_swept, 1);
                     }
                     Ok(Outcome::Stale) => {
-                        let _ = refresh(&router, &database, &id, None).await;
+                        let _ = refresh_many(&router, &database, vec![(id.to_string(), None)], counters).await;
                     }
                     Err(error) => {
                         tracing::warn!(%error, "sweeping expired credentials from the database failed; retrying");
