@@ -40,7 +40,7 @@ pub struct VersionWrite<'a> {
     pub expires_at_ms: i64,
     /// The archived record, verbatim.
     pub record: &'a [u8],
-    /// Kept versions below this one are dropped in the same statement (1: none can be).
+    /// Kept versions below this one are dropped in the same statement.
     pub keep_from_version: i64,
     pub at_ms: i64,
 }
@@ -80,20 +80,6 @@ const UPDATE_EXISTING: &str = "
     INSERT INTO credshard_changes (id, version, kind, at_ms) SELECT id, $2, 1, $7 FROM kept
     RETURNING seq";
 
-/// [`UPDATE_EXISTING`] without the trim, for a write that keeps every version before it
-/// (one statement fewer for the database to run).
-const UPDATE_KEEPING: &str = "
-    WITH head AS (
-        UPDATE credshard_credentials
-        SET version = $2, owner = $3, scope = $4, expires_at_ms = $5
-        WHERE id = $1 AND version = $8
-        RETURNING id
-    ), kept AS (
-        INSERT INTO credshard_versions (id, version, record) SELECT id, $2, $6 FROM head RETURNING id
-    )
-    INSERT INTO credshard_changes (id, version, kind, at_ms) SELECT id, $2, 1, $7 FROM kept
-    RETURNING seq";
-
 const DELETE: &str = "
     WITH gone AS (
         DELETE FROM credshard_credentials WHERE id = $1 AND version = $2 RETURNING id, version
@@ -107,7 +93,7 @@ const DELETE: &str = "
 /// # Errors
 /// Database errors.
 pub async fn prepare_writes(client: &impl GenericClient) -> Result<(), DbError> {
-    for statement in [INSERT_NEW, UPDATE_EXISTING, UPDATE_KEEPING, DELETE] {
+    for statement in [INSERT_NEW, UPDATE_EXISTING, DELETE] {
         client.prepare_cached(statement).await?;
     }
     Ok(())
@@ -138,9 +124,8 @@ pub async fn write_version(
         &write.base_version,
         &write.keep_from_version,
     ];
-    let (sql, used) = match (write.base_version, write.keep_from_version) {
-        (0, _) => (INSERT_NEW, 7),
-        (_, keep_from) if keep_from <= 1 => (UPDATE_KEEPING, 8),
+    let (sql, used) = match write.base_version {
+        0 => (INSERT_NEW, 7),
         _ => (UPDATE_EXISTING, 9),
     };
     let statement = client.prepare_cached(sql).await?;
