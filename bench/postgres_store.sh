@@ -44,24 +44,24 @@ loadgen() { # target mix json
         --keys 10000 --value-size 256 --mix "$2" --threads 1 --json "$3" >/dev/null
 }
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+compare() { # mix: the same loadgen run against the store instance and the embedded one
+    local op=${1%%=*}
+    loadgen credshard://127.0.0.1:7501 "$1" "$TMP/$op-store.json"
+    loadgen credshard://127.0.0.1:7503 "$1" "$TMP/$op-embedded.json"
+    for run in "$op-store" "$op-embedded"; do
+        echo "$run: $(field "$TMP/$run.json" ops_per_sec) ops/s, p50 $(field "$TMP/$run.json" p50_us) us, p99 $(field "$TMP/$run.json" p99_us) us"
+    done
+}
 
 start a 7501 --store "$URL"
 start b 7502 --store "$URL"
 start embedded 7503 --fsync always
 
 echo "== GET of cached credentials (50 connections, P1, 10,000 keys, 256 B)"
-loadgen credshard://127.0.0.1:7501 get=100 "$TMP/get-store.json"
-loadgen credshard://127.0.0.1:7503 get=100 "$TMP/get-embedded.json"
-for run in get-store get-embedded; do
-    echo "$run: $(field "$TMP/$run.json" ops_per_sec) ops/s, p50 $(field "$TMP/$run.json" p50_us) us, p99 $(field "$TMP/$run.json" p99_us) us"
-done
+compare get=100
 
 echo "== PUT (50 connections, P1)"
-loadgen credshard://127.0.0.1:7501 put=100 "$TMP/put-store.json"
-loadgen credshard://127.0.0.1:7503 put=100 "$TMP/put-embedded.json"
-for run in put-store put-embedded; do
-    echo "$run: $(field "$TMP/$run.json" ops_per_sec) ops/s, p50 $(field "$TMP/$run.json" p50_us) us, p99 $(field "$TMP/$run.json" p99_us) us"
-done
+compare put=100
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 "$PGBIN/psql" -q -h 127.0.0.1 -p "$PGPORT" -U postgres -c \
     "CREATE TABLE IF NOT EXISTS bench_upsert (id text PRIMARY KEY, version bigint, record bytea)"
