@@ -3,6 +3,7 @@
 //! connection loss — is tested without the engine. Test-only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
@@ -26,41 +27,70 @@ pub enum Behaviour {
 
 type Store = Arc<Mutex<HashMap<String, (Vec<u8>, u64)>>>;
 
-/// Listens on an ephemeral loopback port; returns `HOST:PORT`.
-pub async fn start(behaviour: Behaviour) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake server");
-    let address = listener.local_addr().expect("local address").to_string();
-    let store = Store::default();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, store.clone(), behaviour));
-        }
-    });
-    address
+/// A running fake server (on its own thread and runtime, for the life of the test process).
+pub struct FakeServer {
+    /// `HOST:PORT`.
+    pub address: String,
+    most_in_one_read: Arc<AtomicUsize>,
 }
 
-async fn serve(mut stream: TcpStream, store: Store, behaviour: Behaviour) {
+impl FakeServer {
+    /// The most requests any connection had sent by the time of one read: how deep the
+    /// client's pipeline went.
+    pub fn most_requests_in_one_read(&self) -> usize {
+        self.most_in_one_read.load(Ordering::Relaxed)
+    }
+}
+
+/// Listens on an ephemeral loopback port.
+pub fn start(behaviour: Behaviour) -> FakeServer {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake server");
+    listener.set_nonblocking(true).expect("a non-blocking listener");
+    let address = listener.local_addr().expect("local address").to_string();
+    let most_in_one_read = Arc::new(AtomicUsize::new(0));
+    let most = most_in_one_read.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("a tokio listener");
+            let store = Store::default();
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, store.clone(), behaviour, most.clone()));
+            }
+        });
+    });
+    FakeServer { address, most_in_one_read }
+}
+
+async fn serve(mut stream: TcpStream, store: Store, behaviour: Behaviour, most: Arc<AtomicUsize>) {
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut output = BytesMut::with_capacity(64 * 1024);
     let mut served = 0;
     loop {
+        let mut in_this_read = 0;
+        let mut closing = false;
         while let Some(header) = frame::check(&input, usize::MAX).expect("the loadgen frames correctly") {
-            if let Behaviour::CloseAfter(requests) = behaviour {
-                if served == requests {
-                    return;
-                }
+            if behaviour == Behaviour::CloseAfter(served) {
+                // Answer what came before, then close.
+                closing = true;
+                break;
             }
             served += 1;
+            in_this_read += 1;
             let body = &input[header.body_range()];
             let request = Request::decode(header.code, body, &Limits::default()).expect("valid requests");
             answer(&request, header.request_id, &store, behaviour, &mut output);
             let _ = input.split_to(header.frame_bytes);
         }
+        most.fetch_max(in_this_read, Ordering::Relaxed);
         if !output.is_empty() {
             if stream.write_all(&output).await.is_err() {
                 return;
             }
             output.clear();
+        }
+        if closing {
+            return;
         }
         match stream.read_buf(&mut input).await {
             Ok(0) | Err(_) => return,

@@ -5,12 +5,15 @@
 //!
 //! - [`args`]: command-line arguments and their limits.
 //! - [`target`]: the `--target` URL.
-//! - [`redis`]: a minimal pipelining RESP2 client.
-//! - [`client`]: one connection (credshard or redis), the ops it sends, and failure kinds.
+//! - [`redis`]: a minimal RESP2 codec (replies parsed in place).
+//! - [`codec`]: the requests each op sends, encoded into a connection's write buffer, and how
+//!   its replies are judged in place; failure kinds.
+//! - [`connection`]: opening a connection (TCP, TLS) and its HELLO.
 //! - [`mix`]: the operation mix.
 //! - [`distribution`]: which key each request uses (uniform or zipf).
 //! - [`value`]: self-describing values, so every read is checked.
-//! - [`workload`]: connect, preload, the workers and the progress line.
+//! - [`workload`]: the client threads, one task per connection, the preload, the run and the
+//!   progress line.
 //! - [`report`]: latency recording, the final table and the JSON file.
 //! - [`plot`]: latency percentile charts as SVG (`--plot`, and `plot` to overlay JSON results).
 //!
@@ -21,7 +24,8 @@
 #![forbid(unsafe_code)]
 
 mod args;
-mod client;
+mod codec;
+mod connection;
 mod distribution;
 #[cfg(test)]
 mod fake_server;
@@ -36,7 +40,6 @@ mod workload;
 use std::fs::File;
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::error::ErrorKind;
 use clap::Parser;
@@ -46,7 +49,7 @@ use credshard_protocol::ClientTls;
 use crate::args::Args;
 use crate::report::RunInfo;
 use crate::target::Target;
-use crate::workload::Plan;
+use crate::workload::{Failed, Plan, Setup};
 
 /// Why the loadgen stopped without a full report.
 enum Exit {
@@ -137,7 +140,7 @@ struct PlotArgs {
 }
 
 /// The token (from CREDSHARD_TOKEN) and, for credshards://, the TLS settings.
-fn access(args: &Args) -> Result<client::Access, String> {
+fn access(args: &Args) -> Result<codec::Access, String> {
     let token = std::env::var("CREDSHARD_TOKEN").unwrap_or_default().into_bytes();
     let tls = match (&args.target, &args.tls_ca) {
         (Target::CredshardTls { host, .. }, Some(ca)) => {
@@ -148,7 +151,7 @@ fn access(args: &Args) -> Result<client::Access, String> {
         (_, Some(_)) => return Err("--tls-ca is only for credshards:// targets".to_owned()),
         (_, None) => None,
     };
-    Ok(client::Access { token, tls })
+    Ok(codec::Access { token, tls })
 }
 
 fn plot_files(arguments: impl Iterator<Item = String>) -> Result<(), Exit> {
@@ -181,12 +184,10 @@ enum Reported {
 }
 
 fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .map_err(|error| Exit::Failed(format!("cannot start the tokio runtime: {error}")))?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .min(args.connections);
     let plan = Plan {
         pipeline: args.pipeline,
         warmup: args.warmup,
@@ -198,26 +199,19 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
         rate: args.rate,
         progress: true,
     };
-
-    let access = access(args).map_err(Exit::Usage)?;
-    let (summary, hello) = runtime.block_on(async {
-        let (clients, hello) = client::connect_with(&args.target, &access, args.connections)
-            .await
-            .map_err(|error| Exit::Usage(format!("cannot connect to {}: {error}", args.target)))?;
-        if !args.no_preload {
-            let started = Instant::now();
-            workload::preload(&clients, &plan).await.map_err(Exit::Failed)?;
-            let seconds = started.elapsed().as_secs_f64();
-            eprintln!(
-                "preloaded {} keys of {} B in {seconds:.2} s ({:.0} writes/s)",
-                args.keys,
-                args.value_size,
-                args.keys as f64 / seconds.max(f64::MIN_POSITIVE)
-            );
-        }
-        Ok::<_, Exit>((workload::run(&clients, &plan).await, hello))
+    let setup = Setup {
+        target: args.target.clone(),
+        access: access(args).map_err(Exit::Usage)?,
+        connections: args.connections,
+        threads,
+        preload: !args.no_preload,
+        plan,
+    };
+    let outcome = workload::execute(setup).map_err(|failed| match failed {
+        Failed::Connect(error) => Exit::Usage(format!("cannot connect to {}: {error}", args.target)),
+        Failed::Preload(error) | Failed::Thread(error) => Exit::Failed(error),
     })?;
-    drop(runtime);
+    let (hello, summary) = (outcome.server, outcome.summary);
 
     let info = RunInfo {
         target: args.target.to_string(),

@@ -1,20 +1,15 @@
-//! A minimal pipelining RESP2 client, so that a stock `redis-server` can be loaded as the peer
-//! of credshard: commands go out as arrays of bulk strings, replies (simple string, error,
-//! integer, bulk, null, array) are parsed as they arrive.
+//! A minimal RESP2 codec, so that a stock `redis-server` can be loaded as the peer of
+//! credshard: commands go out as arrays of bulk strings, replies (simple string, error,
+//! integer, bulk, null, array) are parsed in place as they arrive, borrowing from the read
+//! buffer (only an array reply allocates, for its element list).
 //!
-//! One [`RedisClient`] is one connection shared by any number of tasks: a writer task sends
-//! the requests in the order they were queued (batching whatever is queued into one write),
-//! and a reader task hands each reply to the oldest request still waiting, as RESP replies
-//! come back in order. When the connection fails, every waiting request fails with
-//! [`RedisError::Io`].
+//! The connection itself is the workload's ([`crate::connection`]): one task per connection
+//! encodes a pipeline window into one buffer and hands each reply, in order, to the oldest
+//! request still waiting, as RESP replies come back in order.
 
-use std::fmt;
-use std::io::Write as _;
+use bytes::{BufMut, BytesMut};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use crate::value;
 
 /// Port a redis server listens on by default.
 pub const REDIS_PORT_DEFAULT: u16 = 6379;
@@ -26,49 +21,29 @@ pub const LINE_BYTES_MAX: usize = 64 << 10;
 pub const ARRAY_ELEMENTS_MAX: usize = 1 << 20;
 /// Deepest nesting of array replies.
 const ARRAY_DEPTH_MAX: usize = 8;
-/// Bytes the writer gathers from queued requests before it writes.
-const WRITE_BATCH_BYTES: usize = 64 << 10;
-/// Bytes read from the socket at a time (at least).
-const READ_CHUNK_BYTES: usize = 64 << 10;
 
-/// One parsed reply.
+/// One parsed reply, borrowing from the buffer it was parsed from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
+pub enum Reply<'a> {
+    Simple(&'a str),
+    Error(&'a str),
     Integer(i64),
-    Bulk(Vec<u8>),
+    Bulk(&'a [u8]),
     /// The null bulk string (`$-1`) or the null array (`*-1`).
     Null,
-    Array(Vec<Reply>),
-}
-
-/// Why a request failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RedisError {
-    /// The connection failed or was closed.
-    Io,
-    /// The reply did not parse, or was not of the type the command answers with.
-    Protocol(String),
-    /// The server answered with an error reply (`-ERR ...`).
-    Server(String),
-}
-
-impl fmt::Display for RedisError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RedisError::Io => write!(formatter, "the connection failed or was closed"),
-            RedisError::Protocol(message) => write!(formatter, "bad reply: {message}"),
-            RedisError::Server(message) => write!(formatter, "server error: {message}"),
-        }
-    }
+    Array(Vec<Reply<'a>>),
 }
 
 /// Appends the command `args` to `out` as a RESP array of bulk strings.
-pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
-    let _ = write!(out, "*{}\r\n", args.len());
+pub fn encode(args: &[&[u8]], out: &mut BytesMut) {
+    let mut digits = [0u8; 20];
+    out.put_u8(b'*');
+    out.extend_from_slice(value::decimal(args.len() as u64, &mut digits));
+    out.extend_from_slice(b"\r\n");
     for arg in args {
-        let _ = write!(out, "${}\r\n", arg.len());
+        out.put_u8(b'$');
+        out.extend_from_slice(value::decimal(arg.len() as u64, &mut digits));
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
@@ -79,11 +54,11 @@ pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
 ///
 /// # Errors
 /// A message if the bytes are not RESP2 or exceed a limit.
-pub fn parse(buffer: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+pub fn parse(buffer: &[u8]) -> Result<Option<(Reply<'_>, usize)>, String> {
     parse_at(buffer, 0)
 }
 
-fn parse_at(buffer: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, String> {
+fn parse_at(buffer: &[u8], depth: usize) -> Result<Option<(Reply<'_>, usize)>, String> {
     let Some((line, mut used)) = line(buffer)? else { return Ok(None) };
     let (kind, text) = line.split_first().ok_or("empty reply line")?;
     let reply = match kind {
@@ -99,7 +74,7 @@ fn parse_at(buffer: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, Strin
                     return Err("bulk string not followed by CRLF".to_owned());
                 }
                 used += length + 2;
-                Reply::Bulk(rest[..length].to_vec())
+                Reply::Bulk(&rest[..length])
             }
             length => return Err(format!("bulk length {length} out of range")),
         },
@@ -137,8 +112,8 @@ fn line(buffer: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
     }
 }
 
-fn utf8(text: &[u8]) -> Result<String, String> {
-    String::from_utf8(text.to_vec()).map_err(|_| "reply line is not UTF-8".to_owned())
+fn utf8(text: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(text).map_err(|_| "reply line is not UTF-8".to_owned())
 }
 
 fn integer(text: &[u8]) -> Result<i64, String> {
@@ -148,163 +123,18 @@ fn integer(text: &[u8]) -> Result<i64, String> {
         .ok_or_else(|| format!("`{}` is not an integer", String::from_utf8_lossy(text)))
 }
 
-/// A request on its way to the writer: the encoded command and where its reply goes.
-type Request = (Vec<u8>, oneshot::Sender<Result<Reply, RedisError>>);
-
-/// One pipelining connection to a redis server; clones share it.
-#[derive(Clone)]
-pub struct RedisClient {
-    requests: mpsc::UnboundedSender<Request>,
-}
-
-impl RedisClient {
-    /// Connects to `address` (`HOST:PORT`) and starts the writer and reader tasks.
-    ///
-    /// # Errors
-    /// The connection error.
-    pub async fn connect(address: &str) -> std::io::Result<RedisClient> {
-        let stream = TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        let (reader, writer) = stream.into_split();
-        let (requests, queued) = mpsc::unbounded_channel();
-        let (waiting, to_answer) = mpsc::unbounded_channel();
-        tokio::spawn(write_requests(writer, queued, waiting));
-        tokio::spawn(read_replies(reader, to_answer));
-        Ok(RedisClient { requests })
-    }
-
-    /// Sends the command `args` and waits for its reply; an error reply is an error.
-    ///
-    /// # Errors
-    /// [`RedisError::Io`] if the connection failed, [`RedisError::Protocol`] if the reply did
-    /// not parse, [`RedisError::Server`] for an error reply.
-    pub async fn call(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        let mut command = Vec::with_capacity(16 + args.iter().map(|arg| arg.len() + 16).sum::<usize>());
-        encode(args, &mut command);
-        let (reply_to, reply) = oneshot::channel();
-        self.requests.send((command, reply_to)).map_err(|_| RedisError::Io)?;
-        match reply.await {
-            Ok(Ok(Reply::Error(message))) => Err(RedisError::Server(message)),
-            Ok(result) => result,
-            Err(_dropped) => Err(RedisError::Io),
-        }
-    }
-
-    /// `GET key`: the value, or `None` if the key is missing.
-    ///
-    /// # Errors
-    /// As [`RedisClient::call`], and a protocol error for a reply that is not a bulk string.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, RedisError> {
-        match self.call(&[b"GET", key.as_bytes()]).await? {
-            Reply::Bulk(value) => Ok(Some(value)),
-            Reply::Null => Ok(None),
-            other => Err(unexpected("GET", &other)),
-        }
-    }
-
-    /// `SET key value`.
-    ///
-    /// # Errors
-    /// As [`RedisClient::call`], and a protocol error for a reply other than `+OK`.
-    pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), RedisError> {
-        match self.call(&[b"SET", key.as_bytes(), value]).await? {
-            Reply::Simple(ok) if ok == "OK" => Ok(()),
-            other => Err(unexpected("SET", &other)),
-        }
-    }
-
-    /// `INFO server`, reduced to "redis VERSION" (or "redis" if the reply does not say).
-    ///
-    /// # Errors
-    /// As [`RedisClient::call`] (an error reply here usually means authentication is needed).
-    pub async fn server_name(&self) -> Result<String, RedisError> {
-        let info = match self.call(&[b"INFO", b"server"]).await? {
-            Reply::Bulk(info) => info,
-            other => return Err(unexpected("INFO", &other)),
-        };
-        let info = String::from_utf8_lossy(&info);
-        let version = info.lines().find_map(|line| line.strip_prefix("redis_version:"));
-        Ok(version.map_or_else(|| "redis".to_owned(), |version| format!("redis {}", version.trim())))
-    }
-}
-
-fn unexpected(command: &str, reply: &Reply) -> RedisError {
-    let mut shown = format!("{reply:?}");
-    shown.truncate(80);
-    RedisError::Protocol(format!("unexpected reply to {command}: {shown}"))
-}
-
-/// Writes queued requests in order, each after its reply slot was queued for the reader.
-async fn write_requests(
-    mut writer: OwnedWriteHalf,
-    mut queued: mpsc::UnboundedReceiver<Request>,
-    waiting: mpsc::UnboundedSender<oneshot::Sender<Result<Reply, RedisError>>>,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
-    while let Some(mut request) = queued.recv().await {
-        batch.clear();
-        loop {
-            let (command, reply_to) = request;
-            if waiting.send(reply_to).is_err() {
-                return; // The reader ended: the connection is gone.
-            }
-            batch.extend_from_slice(&command);
-            if batch.len() >= WRITE_BATCH_BYTES {
-                break;
-            }
-            match queued.try_recv() {
-                Ok(next) => request = next,
-                Err(_) => break,
-            }
-        }
-        if writer.write_all(&batch).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Hands each reply to the oldest waiting request. Returning drops every request still
-/// waiting, which then fails with [`RedisError::Io`].
-async fn read_replies(
-    mut reader: OwnedReadHalf,
-    mut to_answer: mpsc::UnboundedReceiver<oneshot::Sender<Result<Reply, RedisError>>>,
-) {
-    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
-    let mut start = 0;
-    loop {
-        loop {
-            let parsed = parse(&buffer[start..]);
-            let reply = match parsed {
-                Ok(None) => break,
-                Ok(Some((reply, used))) => {
-                    start += used;
-                    Ok(reply)
-                }
-                Err(message) => Err(RedisError::Protocol(message)),
-            };
-            let failed = reply.is_err();
-            // A reply nobody asked for means the stream is out of step: give up on it.
-            let Some(reply_to) = to_answer.recv().await else { return };
-            let _ = reply_to.send(reply);
-            if failed {
-                return;
-            }
-        }
-        buffer.drain(..start);
-        start = 0;
-        buffer.reserve(READ_CHUNK_BYTES);
-        match reader.read_buf(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
+/// "redis VERSION" from an `INFO server` reply (or "redis" if it does not say).
+pub fn server_name(info: &[u8]) -> String {
+    let info = String::from_utf8_lossy(info);
+    let version = info.lines().find_map(|line| line.strip_prefix("redis_version:"));
+    version.map_or_else(|| "redis".to_owned(), |version| format!("redis {}", version.trim()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parsed(bytes: &[u8]) -> Reply {
+    fn parsed(bytes: &[u8]) -> Reply<'_> {
         let (reply, used) = parse(bytes).unwrap().unwrap();
         assert_eq!(used, bytes.len(), "{bytes:?}");
         reply
@@ -312,30 +142,26 @@ mod tests {
 
     #[test]
     fn commands_are_arrays_of_bulk_strings() {
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode(&[b"SET", b"loadgen-1", b"a\r\nb"], &mut out);
-        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$9\r\nloadgen-1\r\n$4\r\na\r\nb\r\n");
+        assert_eq!(&out[..], b"*3\r\n$3\r\nSET\r\n$9\r\nloadgen-1\r\n$4\r\na\r\nb\r\n");
         out.clear();
         encode(&[b"GET", b""], &mut out);
-        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n");
+        assert_eq!(&out[..], b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n");
     }
 
     #[test]
     fn every_reply_type_parses() {
-        assert_eq!(parsed(b"+OK\r\n"), Reply::Simple("OK".to_owned()));
-        assert_eq!(parsed(b"-ERR wrong type\r\n"), Reply::Error("ERR wrong type".to_owned()));
+        assert_eq!(parsed(b"+OK\r\n"), Reply::Simple("OK"));
+        assert_eq!(parsed(b"-ERR wrong type\r\n"), Reply::Error("ERR wrong type"));
         assert_eq!(parsed(b":-42\r\n"), Reply::Integer(-42));
-        assert_eq!(parsed(b"$5\r\nhe\r\no\r\n"), Reply::Bulk(b"he\r\no".to_vec()));
-        assert_eq!(parsed(b"$0\r\n\r\n"), Reply::Bulk(Vec::new()));
+        assert_eq!(parsed(b"$5\r\nhe\r\no\r\n"), Reply::Bulk(b"he\r\no"));
+        assert_eq!(parsed(b"$0\r\n\r\n"), Reply::Bulk(b""));
         assert_eq!(parsed(b"$-1\r\n"), Reply::Null);
         assert_eq!(parsed(b"*-1\r\n"), Reply::Null);
         assert_eq!(
             parsed(b"*3\r\n$1\r\na\r\n:1\r\n*1\r\n$-1\r\n"),
-            Reply::Array(vec![
-                Reply::Bulk(b"a".to_vec()),
-                Reply::Integer(1),
-                Reply::Array(vec![Reply::Null])
-            ])
+            Reply::Array(vec![Reply::Bulk(b"a"), Reply::Integer(1), Reply::Array(vec![Reply::Null])])
         );
     }
 
@@ -345,10 +171,7 @@ mod tests {
         for end in 0..whole.len() {
             assert_eq!(parse(&whole[..end]), Ok(None), "{:?}", &whole[..end]);
         }
-        assert_eq!(
-            parsed(whole),
-            Reply::Array(vec![Reply::Bulk(b"hello".to_vec()), Reply::Simple("OK".into())])
-        );
+        assert_eq!(parsed(whole), Reply::Array(vec![Reply::Bulk(b"hello"), Reply::Simple("OK")]));
     }
 
     #[test]
@@ -362,13 +185,7 @@ mod tests {
         }
         assert_eq!(
             replies,
-            [
-                Reply::Simple("OK".into()),
-                Reply::Bulk(b"abc".to_vec()),
-                Reply::Null,
-                Reply::Error("ERR x".into()),
-                Reply::Integer(7)
-            ]
+            [Reply::Simple("OK"), Reply::Bulk(b"abc"), Reply::Null, Reply::Error("ERR x"), Reply::Integer(7)]
         );
         assert_eq!(&stream[start..], b"$2\r\nx", "the partial reply stays");
     }
@@ -385,6 +202,7 @@ mod tests {
             b"$-2\r\n",
             b"$3\r\nabcde",
             b"*-5\r\n",
+            b"+\xff\r\n",
             bulk_too_long.as_bytes(),
             too_long.as_bytes(),
         ] {
@@ -394,46 +212,12 @@ mod tests {
         assert!(parse(nested.as_bytes()).is_err());
     }
 
-    /// Answers the first three commands (in whatever order they arrive) only once all three
-    /// are in, one byte per write to exercise partial reads; never answers a fourth.
-    async fn fake_server(listener: tokio::net::TcpListener) {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let (mut received, mut start, mut replies) = (Vec::new(), 0, Vec::new());
-        let mut chunk = [0u8; 1024];
-        let mut answered = 0;
-        while answered < 3 {
-            let read = socket.read(&mut chunk).await.unwrap();
-            assert!(read > 0);
-            received.extend_from_slice(&chunk[..read]);
-            while let Some((Reply::Array(command), used)) = parse(&received[start..]).unwrap() {
-                start += used;
-                answered += 1;
-                let reply: &[u8] = match &command[..] {
-                    [Reply::Bulk(get), Reply::Bulk(key)] if get == b"GET" && key == b"a" => b"$1\r\nA\r\n",
-                    [Reply::Bulk(get), _] if get == b"GET" => b"$-1\r\n",
-                    [Reply::Bulk(set), _, _] if set == b"SET" => b"+OK\r\n",
-                    _ => b"-ERR unknown command\r\n",
-                };
-                replies.extend_from_slice(reply);
-            }
-        }
-        for byte in replies {
-            // One byte at a time: every reply arrives in pieces.
-            socket.write_all(&[byte]).await.unwrap();
-        }
-        let _ = socket.read(&mut chunk).await;
-    }
-
-    #[tokio::test]
-    async fn the_client_pipelines_and_fails_waiting_requests_when_the_connection_closes() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(fake_server(listener));
-        let client = RedisClient::connect(&address).await.unwrap();
-        let (first, second, third) = tokio::join!(client.get("a"), client.get("b"), client.set("c", b"v"));
-        assert_eq!((first, second, third), (Ok(Some(b"A".to_vec())), Ok(None), Ok(())));
-        // The server reads the fourth command and closes without answering.
-        assert_eq!(client.call(&[b"PING"]).await, Err(RedisError::Io));
-        server.await.unwrap();
+    #[test]
+    fn the_server_name_comes_from_info() {
+        assert_eq!(
+            server_name(b"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n"),
+            "redis 7.0.15"
+        );
+        assert_eq!(server_name(b"# Server\r\n"), "redis");
     }
 }

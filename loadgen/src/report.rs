@@ -1,4 +1,4 @@
-//! What a run measured and how it is shown: the per-connection [`Recorder`] the workers write
+//! What a run measured and how it is shown: the per-thread [`Recorder`] the connections write
 //! to, the one-line progress each second, the final table and the JSON file.
 //!
 //! `ops` counts requests that succeeded inside the measured window (started at or after its
@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -28,15 +27,10 @@ pub fn latency_histogram() -> Histogram<u64> {
 /// value the loadgen did not write for that key).
 pub type ErrorCounts = BTreeMap<&'static str, u64>;
 
-/// One connection's measurements, shared by its pipeline workers and read by the reporter
-/// once a second. The lock is held for a few nanoseconds per reply; its only contender is the
-/// reporter, once a second.
-#[derive(Default)]
+/// One client thread's measurements, written by its connections (one thread, no lock) and
+/// sent to the reporter as a copy of the interval once a second and whole at the end.
+#[derive(Clone)]
 pub struct Recorder {
-    state: Mutex<Recorded>,
-}
-
-struct Recorded {
     /// Successful replies since the last progress line, warm-up included.
     interval: Histogram<u64>,
     /// Failed requests so far, warm-up included.
@@ -49,11 +43,13 @@ struct Recorded {
     outcomes: ErrorCounts,
     /// Failed items of measured `batch_get` requests, by kind.
     batch_item_errors: ErrorCounts,
+    /// Open loop: how late each measured request was sent after its intended time.
+    send_lateness: Histogram<u64>,
 }
 
-impl Default for Recorded {
+impl Default for Recorder {
     fn default() -> Self {
-        Recorded {
+        Recorder {
             interval: latency_histogram(),
             errors_total: 0,
             measured: std::array::from_fn(|_| latency_histogram()),
@@ -61,6 +57,7 @@ impl Default for Recorded {
             warmup_errors: ErrorCounts::new(),
             outcomes: ErrorCounts::new(),
             batch_item_errors: ErrorCounts::new(),
+            send_lateness: latency_histogram(),
         }
     }
 }
@@ -68,63 +65,68 @@ impl Default for Recorded {
 impl Recorder {
     /// Records one answered request. `measured` is false for requests outside the measured
     /// window (warm-up, or answered after its end).
-    pub fn record(&self, op: Op, latency_us: u64, error: Option<&'static str>, measured: bool) {
-        let mut state = self.state.lock().expect("recorder lock");
+    pub fn record(&mut self, op: Op, latency_us: u64, error: Option<&'static str>, measured: bool) {
         match error {
             None => {
-                record(&mut state.interval, latency_us);
+                record(&mut self.interval, latency_us);
                 if measured {
-                    record(&mut state.measured[op.index()], latency_us);
+                    record(&mut self.measured[op.index()], latency_us);
                 }
             }
             Some(kind) => {
-                state.errors_total += 1;
-                let counts = if measured { &mut state.errors } else { &mut state.warmup_errors };
+                self.errors_total += 1;
+                let counts = if measured { &mut self.errors } else { &mut self.warmup_errors };
                 *counts.entry(kind).or_default() += 1;
             }
         }
     }
 
     /// Counts a non-error outcome (e.g. `not_found_after_delete`) of a measured request.
-    pub fn record_outcome(&self, kind: &'static str, measured: bool) {
+    pub fn record_outcome(&mut self, kind: &'static str, measured: bool) {
         if measured {
-            *self.state.lock().expect("recorder lock").outcomes.entry(kind).or_default() += 1;
+            *self.outcomes.entry(kind).or_default() += 1;
         }
     }
 
     /// Counts a failed item of a measured `batch_get` (the request itself is recorded apart).
-    pub fn record_batch_item_error(&self, kind: &'static str, measured: bool) {
+    pub fn record_batch_item_error(&mut self, kind: &'static str, measured: bool) {
         if measured {
-            *self.state.lock().expect("recorder lock").batch_item_errors.entry(kind).or_default() += 1;
+            *self.batch_item_errors.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// Records that an open-loop request was sent `late_us` after its intended send time.
+    pub fn record_send_lateness(&mut self, late_us: u64, measured: bool) {
+        if measured {
+            record(&mut self.send_lateness, late_us);
         }
     }
 
     /// Moves the replies since the last call into `into`; returns the errors so far.
-    pub fn take_interval(&self, into: &mut Histogram<u64>) -> u64 {
-        let mut state = self.state.lock().expect("recorder lock");
-        into.add(&state.interval).expect("auto-resizing histograms add");
-        state.interval.reset();
-        state.errors_total
+    pub fn take_interval(&mut self, into: &mut Histogram<u64>) -> u64 {
+        into.add(&self.interval).expect("auto-resizing histograms add");
+        self.interval.reset();
+        self.errors_total
     }
 
-    /// Adds this connection's measured window to `summary`.
+    /// Adds this thread's measured window to `summary`.
     pub fn add_to(&self, summary: &mut Summary) {
-        let state = self.state.lock().expect("recorder lock");
-        for (total, connection) in summary.per_op.iter_mut().zip(&state.measured) {
+        for (total, connection) in summary.per_op.iter_mut().zip(&self.measured) {
             total.add(connection).expect("auto-resizing histograms add");
         }
-        for (kind, count) in &state.errors {
+        for (kind, count) in &self.errors {
             *summary.errors.entry(kind).or_default() += count;
         }
-        for (kind, count) in &state.warmup_errors {
+        for (kind, count) in &self.warmup_errors {
             *summary.warmup_errors.entry(kind).or_default() += count;
         }
-        for (kind, count) in &state.outcomes {
+        for (kind, count) in &self.outcomes {
             *summary.outcomes.entry(kind).or_default() += count;
         }
-        for (kind, count) in &state.batch_item_errors {
+        for (kind, count) in &self.batch_item_errors {
             *summary.batch_item_errors.entry(kind).or_default() += count;
         }
+        summary.send_lateness.add(&self.send_lateness).expect("auto-resizing histograms add");
     }
 }
 
@@ -151,6 +153,9 @@ pub struct Summary {
     pub connections_lost: usize,
     /// Requests still unanswered when the grace period after the run ended.
     pub requests_abandoned: u64,
+    /// Open loop: how late the measured requests were sent after their intended send times
+    /// (the client's own lateness, included in their latency; empty for a closed loop).
+    pub send_lateness: Histogram<u64>,
 }
 
 impl Summary {
@@ -164,6 +169,7 @@ impl Summary {
             batch_item_errors: ErrorCounts::new(),
             connections_lost: 0,
             requests_abandoned: 0,
+            send_lateness: latency_histogram(),
         }
     }
 
@@ -305,6 +311,14 @@ pub fn table(info: &RunInfo, summary: &Summary) -> String {
         );
     }
     let _ = writeln!(out);
+    if !summary.send_lateness.is_empty() {
+        let late = Percentiles::of(&summary.send_lateness);
+        let _ = writeln!(
+            out,
+            "sent late   p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs after the intended send times (the client's own delay, counted in the latencies above)",
+            late.p50_us, late.p99_us, late.p999_us, late.max_us
+        );
+    }
     let _ = writeln!(out, "errors      {}", counts_text(&summary.errors));
     if !summary.batch_item_errors.is_empty() {
         let _ = writeln!(out, "batch_get items failed: {}", counts_text(&summary.batch_item_errors));
@@ -386,9 +400,21 @@ struct JsonReport<'a> {
     batch_item_errors_by_kind: &'a ErrorCounts,
     connections_lost: usize,
     requests_abandoned: u64,
+    /// Open loop only: how late requests were sent after their intended times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    send_lateness: Option<JsonLateness>,
     /// `[[percentile, latency_us], …]`
     percentile_distribution: Vec<(f64, u64)>,
     per_op: BTreeMap<&'static str, JsonRow>,
+}
+
+/// Percentiles of the open loop's send lateness.
+#[derive(serde::Serialize)]
+struct JsonLateness {
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
 }
 
 /// `value` rounded to `decimals` places (what the table prints).
@@ -422,6 +448,15 @@ pub fn json(info: &RunInfo, summary: &Summary) -> String {
         batch_item_errors_by_kind: &summary.batch_item_errors,
         connections_lost: summary.connections_lost,
         requests_abandoned: summary.requests_abandoned,
+        send_lateness: info.rate.map(|_| {
+            let late = Percentiles::of(&summary.send_lateness);
+            JsonLateness {
+                p50_us: late.p50_us,
+                p99_us: late.p99_us,
+                p999_us: late.p999_us,
+                max_us: late.max_us,
+            }
+        }),
         percentile_distribution: crate::plot::Series::of(&info.target, &summary.all()).points,
         per_op: Op::ALL
             .into_iter()
@@ -458,8 +493,8 @@ mod tests {
 
     #[test]
     fn recorders_sum_into_a_summary() {
-        let first = Recorder::default();
-        let second = Recorder::default();
+        let mut first = Recorder::default();
+        let mut second = Recorder::default();
         for latency_us in 1..=100 {
             first.record(Op::Get, latency_us, None, true);
         }
@@ -502,7 +537,9 @@ mod tests {
 
     #[test]
     fn batch_items_and_outcomes_are_reported_apart() {
-        let recorder = Recorder::default();
+        let mut recorder = Recorder::default();
+        recorder.record_send_lateness(12, true);
+        recorder.record_send_lateness(40, false);
         recorder.record(Op::BatchGet, 9, Some("batch_item"), true);
         recorder.record_batch_item_error("mismatch", true);
         recorder.record_batch_item_error("mismatch", true);
@@ -522,11 +559,13 @@ mod tests {
         assert!(table.contains("batch_get items failed: 2 (mismatch 2)"), "{table}");
         assert!(table.contains("not errors: 1 (not_found_after_delete 1)"), "{table}");
         assert!(table.contains("open loop at 2000 ops/s"), "{table}");
+        assert!(table.contains("sent late   p50 12 µs"), "{table}");
         let json: serde_json::Value = serde_json::from_str(&json(&info, &summary)).unwrap();
         assert_eq!(json["rate"], 2000.0);
         assert_eq!(json["distribution"], "zipf:0.99");
         assert_eq!(json["outcomes_by_kind"], serde_json::json!({"not_found_after_delete": 1}));
         assert_eq!(json["batch_item_errors_by_kind"], serde_json::json!({"mismatch": 2}));
+        assert_eq!(json["send_lateness"]["max_us"], 12, "only measured sends count: {json}");
     }
 
     #[test]

@@ -91,13 +91,7 @@ impl AsyncClient {
     ) -> Result<AsyncClient, ClientError> {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls.config()));
-        // A server that does not speak TLS would leave the handshake waiting forever.
-        let handshake = connector.connect(tls.server_name().clone(), stream);
-        let stream = tokio::time::timeout(crate::client::tls::HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map_err(|_| ClientError::Tls("the TLS handshake timed out".to_owned()))?
-            .map_err(|error| ClientError::Tls(error.to_string()))?;
+        let stream = tls.handshake(stream).await?;
         let (read_half, write_half) = tokio::io::split(stream);
         Ok(AsyncClient::over(read_half, write_half))
     }

@@ -74,6 +74,24 @@ impl ClientTls {
         Ok(ClientTls { config: Arc::new(config), server_name })
     }
 
+    /// The TLS handshake over `stream` (a tokio TCP connection), verifying the server as this
+    /// says; a handshake that takes longer than 10 s fails.
+    ///
+    /// # Errors
+    /// [`ClientError::Tls`] for a failed or timed-out handshake (e.g. an untrusted certificate).
+    pub async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
+        // A server that does not speak TLS would leave the handshake waiting forever.
+        let handshake = connector.connect(self.server_name.clone(), stream);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| ClientError::Tls("the TLS handshake timed out".to_owned()))?
+            .map_err(|error| ClientError::Tls(error.to_string()))
+    }
+
     pub(crate) fn config(&self) -> &Arc<rustls::ClientConfig> {
         &self.config
     }
