@@ -1,5 +1,9 @@
-//! A stored credential version: the rkyv archive of a [`Credential`] in an aligned buffer,
-//! validated once when it is created or loaded and then read in place (zero copy).
+//! A stored credential version: the rkyv archive of a [`Credential`] in an aligned, shared
+//! buffer, validated once when it is created or loaded and then read in place (zero copy).
+//!
+//! A [`Record`] is a handle: the archive lives in one reference-counted allocation, its count
+//! beside its bytes, so a shard map entry reaches a version's bytes in one pointer hop (a GET
+//! is bound by such cache misses) and entries share versions by cloning handles.
 //!
 //! The archive holds only ciphertext: the secret is sealed with the key ring before the
 //! record is built, and decrypted only by [`Record::decrypt_into`], straight into the
@@ -11,6 +15,7 @@ use credshard_protocol::{Labels, PutRequest};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Serialize};
+use std::sync::Arc;
 
 use crate::crypto::keyring::Sealed;
 use crate::crypto::{Binding, Keyring, NONCE_BYTES, TAG_BYTES};
@@ -45,10 +50,22 @@ pub struct Credential {
     pub previous_grace_until_ms: u64,
 }
 
-/// The validated archive of one credential version.
+/// The validated archive of one credential version. Cloning shares the bytes.
+#[derive(Clone)]
 pub struct Record {
-    bytes: AlignedVec,
+    /// The archive, padded to whole chunks; immutable once built.
+    chunks: Arc<[Chunk]>,
+    /// Bytes of the archive (the rest of the last chunk is padding).
+    len: usize,
 }
+
+/// The unit of a record's buffer: 16-byte aligned, as rkyv's archives want.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Chunk([u8; CHUNK_BYTES]);
+
+const CHUNK_BYTES: usize = 16;
+const _: () = assert!(std::mem::size_of::<Chunk>() == CHUNK_BYTES && std::mem::align_of::<Chunk>() == 16);
 
 impl std::fmt::Debug for Record {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,7 +74,7 @@ impl std::fmt::Debug for Record {
             .debug_struct("Record")
             .field("id", &credential.id.as_str())
             .field("version", &credential.version.to_native())
-            .field("archive_bytes", &self.bytes.len())
+            .field("archive_bytes", &self.len)
             .finish()
     }
 }
@@ -165,35 +182,67 @@ impl Record {
     /// # Errors
     /// [`EngineError::Record`] when the bytes are not a valid archive or break an invariant.
     pub fn from_bytes(bytes: &[u8]) -> Result<Record, EngineError> {
-        let mut aligned = AlignedVec::with_capacity(bytes.len());
-        aligned.extend_from_slice(bytes);
-        Record::from_archive(aligned)
-    }
-
-    /// Validates an archive already in an aligned buffer once and keeps it.
-    ///
-    /// # Errors
-    /// [`EngineError::Record`] when the bytes are not a valid archive or break an invariant.
-    pub fn from_archive(bytes: AlignedVec) -> Result<Record, EngineError> {
-        let credential = rkyv::access::<ArchivedCredential, rancor::Error>(&bytes)
+        let chunks: Arc<[Chunk]> = bytes
+            .chunks(CHUNK_BYTES)
+            .map(|piece| {
+                let mut chunk = Chunk([0; CHUNK_BYTES]);
+                chunk.0[..piece.len()].copy_from_slice(piece);
+                chunk
+            })
+            .collect();
+        let record = Record { chunks, len: bytes.len() };
+        let credential = rkyv::access::<ArchivedCredential, rancor::Error>(record.archive_bytes())
             .map_err(|error| EngineError::Record(error.to_string()))?;
         if credential.version.to_native() == 0 || credential.id.is_empty() {
             return Err(EngineError::Record("version 0 or empty id".to_owned()));
         }
-        Ok(Record { bytes })
+        Ok(record)
+    }
+
+    /// Validates an archive built in an aligned buffer once and keeps a copy of it.
+    ///
+    /// # Errors
+    /// [`EngineError::Record`] when the bytes are not a valid archive or break an invariant.
+    pub fn from_archive(bytes: AlignedVec) -> Result<Record, EngineError> {
+        Record::from_bytes(&bytes)
+    }
+
+    /// Asks the CPU to start loading every cache line of the archive now: a GET reads the root
+    /// at its end, the strings at its start and the ciphertext between, and issued together
+    /// those misses overlap instead of following one another.
+    #[inline]
+    pub fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        for offset in (0..self.len).step_by(64) {
+            let line = self.archive_bytes()[offset..].as_ptr().cast::<i8>();
+            // SAFETY: a prefetch is a hint that never faults and changes no memory; `line`
+            // points into the archive anyway.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line) };
+        }
+    }
+
+    /// True when both are handles to the same bytes.
+    pub fn same_as(&self, other: &Record) -> bool {
+        Arc::ptr_eq(&self.chunks, &other.chunks)
     }
 
     /// The archived credential, read in place.
     #[inline]
     pub fn credential(&self) -> &ArchivedCredential {
-        // SAFETY: `bytes` passed `rkyv::access` validation in `from_archive`, the only
-        // constructor, and is never mutated afterwards (no `&mut` to it is ever handed out).
-        unsafe { rkyv::access_unchecked::<ArchivedCredential>(&self.bytes) }
+        // SAFETY: the bytes passed `rkyv::access` validation in `from_bytes`, the only
+        // constructor, at this same address (the shared buffer never moves) and are never
+        // mutated afterwards (no `&mut` to them is ever handed out).
+        unsafe { rkyv::access_unchecked::<ArchivedCredential>(self.archive_bytes()) }
     }
 
     /// The archive's bytes (what a log or database stores verbatim).
+    #[inline]
     pub fn archive_bytes(&self) -> &[u8] {
-        &self.bytes
+        let chunks: &[Chunk] = &self.chunks;
+        // SAFETY: `Chunk` is `repr(C)` over `[u8; 16]` (no padding, every bit pattern valid),
+        // so the chunks are `chunks.len() * 16` initialised bytes, and `len` never exceeds
+        // that (`from_bytes` made exactly enough chunks for `len` bytes).
+        unsafe { std::slice::from_raw_parts(chunks.as_ptr().cast::<u8>(), self.len) }
     }
 
     pub fn version(&self) -> u64 {

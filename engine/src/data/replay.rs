@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::record::Record;
-use super::shard::Entry;
+use super::shard::{Entry, Id};
 use super::store::Store;
 use crate::error::EngineError;
 use crate::storage::wal;
@@ -31,7 +31,7 @@ impl Shards for Store {
         let mut kept = Vec::with_capacity(map.len());
         for (_, entry) in map.iter() {
             // Oldest first, so replay rebuilds the same kept versions.
-            kept.extend(entry.versions().iter().rev().map(|record| Arc::clone(record) as Arc<dyn Archived>));
+            kept.extend(entry.versions().rev().map(|record| Arc::new(record.clone()) as Arc<dyn Archived>));
         }
         kept
     }
@@ -82,7 +82,7 @@ fn replay(
                     // unless the credential had expired when this version was written.
                     let written_at_ms = record.credential().updated_at_ms.to_native();
                     let live = existing.filter(|entry| !entry.current().is_expired(written_at_ms));
-                    install_entry(store, shard_id, &id, Arc::new(record), live, existing, false);
+                    install_entry(store, shard_id, &id, record, live, existing, false);
                 }
                 wal::Entry::Delete(id) => {
                     if store.shard_for(id) == shard_id {
@@ -93,7 +93,7 @@ fn replay(
                     let record = Record::from_bytes(body)?;
                     if store.shard_for(record.credential().id.as_str()) == shard_id {
                         // The version may be gone since (deleted, expired, or no longer kept).
-                        replace_version(store, shard_id, Arc::new(record));
+                        replace_version(store, shard_id, record);
                     }
                 }
             }
@@ -110,7 +110,7 @@ pub(super) fn install_entry(
     store: &Store,
     shard_id: usize,
     id: &str,
-    record: Arc<Record>,
+    record: Record,
     live: Option<&Entry>,
     existing: Option<&Entry>,
     maintain_index: bool,
@@ -118,13 +118,9 @@ pub(super) fn install_entry(
     let max_versions = store.lifecycle().max_versions;
     let previous_version = existing.map_or(0, |entry| entry.current().version());
     assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
-    let mut versions =
-        Vec::with_capacity(max_versions.min(live.map_or(0, |entry| entry.versions().len()) + 1));
-    versions.push(Arc::clone(&record));
-    if let Some(live) = live {
-        versions.extend(live.versions().iter().take(max_versions - 1).cloned());
-    }
-    let credential = record.credential();
+    let older = live.into_iter().flat_map(|live| live.versions().take(max_versions - 1).cloned());
+    let entry = Entry::new(std::iter::once(record).chain(older));
+    let credential = entry.current().credential();
     let same_index_key = existing.is_some_and(|entry| {
         let old = entry.current().credential();
         old.owner == credential.owner && old.scope == credential.scope
@@ -138,21 +134,21 @@ pub(super) fn install_entry(
         }
         index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
     }
-    shard.map.pin().insert(id.into(), Entry::new(versions.into_boxed_slice()));
+    shard.map.pin().insert(id.into(), entry);
 }
 
 /// Replaces the kept version of `record`'s id and version with `record` (recovery of a
 /// logged REWRAP); does nothing when that version is no longer kept.
-fn replace_version(store: &Store, shard_id: usize, record: Arc<Record>) {
+fn replace_version(store: &Store, shard_id: usize, record: Record) {
     let map = store.shard(shard_id).map.pin();
-    let id: Box<str> = record.credential().id.as_str().into();
+    let id = Id::from(record.credential().id.as_str());
     let Some(entry) = map.get(&*id) else { return };
-    let Some(position) = entry.versions().iter().position(|kept| kept.version() == record.version()) else {
+    let Some(position) = entry.versions().position(|kept| kept.version() == record.version()) else {
         return;
     };
-    let mut versions = entry.versions().to_vec();
+    let mut versions: Vec<Record> = entry.versions().cloned().collect();
     versions[position] = record;
-    map.insert(id, Entry::new(versions.into_boxed_slice()));
+    map.insert(id, Entry::new(versions));
 }
 
 /// Removes `id` from the shard's map and index (recovery of a logged DELETE).

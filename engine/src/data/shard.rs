@@ -5,7 +5,7 @@
 //! only through the shard's [`ShardWriter`](super::ShardWriter). Each write installs a new
 //! immutable [`Entry`]; kept versions are shared between entries by `Arc`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 use credshard_protocol::VersionState;
 
@@ -13,26 +13,54 @@ use super::index::ShardIndex;
 use super::record::Record;
 
 /// What a shard's map holds for one credential: its kept versions, newest (current) first.
+/// The current version's handle is held inline, so a GET goes from the map's node straight to
+/// the version's bytes.
 #[derive(Debug)]
 pub struct Entry {
-    versions: Box<[Arc<Record>]>,
+    current: Record,
+    /// Older kept versions, newest first (no allocation when there are none).
+    older: Box<[Record]>,
 }
 
 impl Entry {
-    pub(super) fn new(versions: Box<[Arc<Record>]>) -> Entry {
-        assert!(!versions.is_empty(), "an entry keeps at least its current version");
-        debug_assert!(versions.windows(2).all(|pair| pair[0].version() > pair[1].version()), "newest first");
-        Entry { versions }
+    /// An entry of `versions`, newest (current) first.
+    pub(super) fn new(versions: impl IntoIterator<Item = Record>) -> Entry {
+        let mut versions = versions.into_iter();
+        let current = versions.next().expect("an entry keeps at least its current version");
+        let entry = Entry { current, older: versions.collect() };
+        debug_assert!(
+            entry
+                .versions()
+                .zip(entry.versions().skip(1))
+                .all(|(newer, older)| newer.version() > older.version()),
+            "newest first"
+        );
+        entry
     }
 
     /// The version GET returns when no version is given.
+    #[inline]
     pub fn current(&self) -> &Record {
-        &self.versions[0]
+        &self.current
+    }
+
+    /// How many versions are kept.
+    pub fn version_count(&self) -> usize {
+        1 + self.older.len()
+    }
+
+    /// The kept version at `index`, newest (current, 0) first.
+    pub fn version(&self, index: usize) -> Option<&Record> {
+        match index {
+            0 => Some(&self.current),
+            _ => self.older.get(index - 1),
+        }
     }
 
     /// Kept versions, newest first.
-    pub fn versions(&self) -> &[Arc<Record>] {
-        &self.versions
+    pub fn versions(&self) -> impl DoubleEndedIterator<Item = &Record> + ExactSizeIterator + Clone + '_ {
+        (0..self.version_count())
+            .map(move |index| if index == 0 { &self.current } else { &self.older[index - 1] })
     }
 
     /// The state of the kept version at `index` (0 is current), derived from the version that
@@ -41,7 +69,8 @@ impl Entry {
         if index == 0 {
             return VersionState::Current;
         }
-        match self.versions[index - 1].credential().previous_grace_until_ms.to_native() {
+        let newer = self.version(index - 1).expect("a kept version");
+        match newer.credential().previous_grace_until_ms.to_native() {
             0 => VersionState::Superseded,
             grace_until_ms if now_ms < grace_until_ms => VersionState::PreviousInGrace,
             _ => VersionState::Retired,
@@ -53,14 +82,88 @@ impl Entry {
         if version == 0 {
             return Some((self.current(), VersionState::Current));
         }
-        let index = self.versions.iter().position(|record| record.version() == version)?;
-        Some((&self.versions[index], self.state(index, now_ms)))
+        let index = self.versions().position(|record| record.version() == version)?;
+        Some((self.version(index).expect("a kept version"), self.state(index, now_ms)))
+    }
+}
+
+/// Ids up to this long are held inline in the shard map's key.
+pub const INLINE_ID_BYTES: usize = 30;
+
+/// A credential id as a shard map key: an id of up to [`INLINE_ID_BYTES`] is held inline, so
+/// a lookup compares it without following a pointer (one cache miss fewer per GET, one
+/// allocation fewer per credential); a longer one is boxed. Hashes and compares as its `str`.
+#[derive(Clone)]
+pub struct Id(IdBytes);
+
+#[derive(Clone)]
+enum IdBytes {
+    Inline { len: u8, bytes: [u8; INLINE_ID_BYTES] },
+    Boxed(Box<str>),
+}
+
+impl Id {
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            IdBytes::Inline { len, bytes } => {
+                // SAFETY: `bytes[..len]` was copied from a `str` whole (`From<&str>`, the only
+                // constructor of this variant), so it is valid UTF-8.
+                unsafe { std::str::from_utf8_unchecked(&bytes[..usize::from(*len)]) }
+            }
+            IdBytes::Boxed(id) => id,
+        }
+    }
+}
+
+impl From<&str> for Id {
+    fn from(id: &str) -> Id {
+        if id.len() <= INLINE_ID_BYTES {
+            let mut bytes = [0u8; INLINE_ID_BYTES];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            Id(IdBytes::Inline { len: id.len() as u8, bytes })
+        } else {
+            Id(IdBytes::Boxed(id.into()))
+        }
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Id {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::hash::Hash for Id {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that a lookup by `&str` finds it.
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Id) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Id {}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(formatter)
     }
 }
 
 pub struct Shard {
     pub shard_id: usize,
-    pub(crate) map: papaya::HashMap<Box<str>, Entry, ahash::RandomState>,
+    pub(crate) map: papaya::HashMap<Id, Entry, ahash::RandomState>,
     /// LIST's index. Written only by the shard's writer; read by LIST on any executor.
     pub(crate) index: RwLock<ShardIndex>,
 }
@@ -80,7 +183,7 @@ impl Shard {
         let map = self.map.pin();
         let mut versions = 0;
         let keys = map.iter().map(|(id, entry)| {
-            versions += entry.versions().len();
+            versions += entry.version_count();
             let credential = entry.current().credential();
             (credential.owner.as_str(), credential.scope.as_str(), &**id)
         });
@@ -95,5 +198,32 @@ impl Shard {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn ids_inline_or_boxed_hash_and_compare_as_their_str() {
+        let hasher = ahash::RandomState::new();
+        let long = "x".repeat(INLINE_ID_BYTES + 1);
+        for text in ["", "a", "loadgen-12345", &"é".repeat(INLINE_ID_BYTES / 2), &long] {
+            let id = Id::from(text);
+            assert_eq!(id.as_str(), text);
+            assert_eq!(hasher.hash_one(&id), hasher.hash_one(text), "{text}");
+            assert_eq!(id, Id::from(text));
+        }
+        assert!(matches!(Id::from("a".repeat(INLINE_ID_BYTES).as_str()).0, IdBytes::Inline { .. }));
+        assert!(matches!(Id::from(long.as_str()).0, IdBytes::Boxed(_)));
+        assert_ne!(Id::from("ab"), Id::from("a"), "the length is part of an inline id");
+        // Found by `&str` in a map keyed by `Id`.
+        let map = papaya::HashMap::with_hasher(ahash::RandomState::new());
+        map.pin().insert(Id::from(long.as_str()), 1);
+        map.pin().insert(Id::from("short"), 2);
+        assert_eq!((map.pin().get(long.as_str()), map.pin().get("short")), (Some(&1), Some(&2)));
+        assert_eq!(map.pin().get("shor"), None);
     }
 }

@@ -133,6 +133,16 @@ impl Store {
         self.get_within(request, now_ms, acl, out, None)
     }
 
+    /// Starts loading what a GET of `id` will read (the map's slots, the entry and its current
+    /// version's bytes) into the cache, so that the GETs of one read overlap their misses
+    /// instead of each waiting on its own in turn. Changes nothing.
+    #[inline]
+    pub fn warm(&self, id: &str) {
+        if let Some(entry) = self.shards[self.shard_for(id)].map.pin().get(id) {
+            entry.current().prefetch();
+        }
+    }
+
     /// [`Store::get`], refusing with [`OpError::ReplyFull`] (before decrypting anything) a
     /// version whose reply could take more than `bytes_left`.
     fn get_within(
@@ -145,6 +155,7 @@ impl Store {
     ) -> Result<u64, OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        entry.current().prefetch();
         check_access(entry.current(), acl)?;
         if entry.current().is_expired(now_ms) {
             return Err(OpError::Expired);
@@ -192,8 +203,8 @@ impl Store {
             return Err(OpError::Expired);
         }
         entry.current().metadata().encode(out);
-        out.put_u16_le(entry.versions().len() as u16);
-        for (index, record) in entry.versions().iter().enumerate() {
+        out.put_u16_le(entry.version_count() as u16);
+        for (index, record) in entry.versions().enumerate() {
             let metadata = record.metadata();
             VersionInfo {
                 version: metadata.version,
@@ -250,7 +261,7 @@ impl Store {
     pub fn list(&self, request: &ListRequest<'_>, now_ms: u64, out: &mut BytesMut) -> Result<(), OpError> {
         let query = ListQuery::new(request)?;
         let limit = request.limit as usize;
-        let mut found: Vec<(SortKey, Arc<Record>)> = Vec::new();
+        let mut found: Vec<(SortKey, Record)> = Vec::new();
         let mut more_in_some_shard = false;
         for shard in self.shards.iter() {
             let index = shard.index.read().expect("index lock");
@@ -265,7 +276,7 @@ impl Store {
                 {
                     return false;
                 }
-                found.push((key, Arc::clone(&entry.versions()[0])));
+                found.push((key, entry.current().clone()));
                 true
             });
         }
@@ -313,6 +324,9 @@ impl Store {
 
 /// Refuses a record outside the caller's ACL.
 pub(super) fn check_access(record: &Record, acl: &Acl) -> Result<(), OpError> {
+    if acl.reaches_everything() {
+        return Ok(());
+    }
     let credential = record.credential();
     if acl.covers(credential.owner.as_str(), credential.scope.as_str()) {
         Ok(())

@@ -61,7 +61,7 @@ pub struct Prepared {
 enum Change {
     /// A new version; `keep_history`: the versions before it stay (false after an expiry).
     Version {
-        record: Arc<Record>,
+        record: Record,
         keep_history: bool,
     },
     Delete,
@@ -122,7 +122,7 @@ impl ShardWriter {
             .iter()
             .filter_map(|(id, entry)| {
                 let expires_at_ms = entry.current().credential().expires_at_ms.to_native();
-                (expires_at_ms != 0).then(|| (expires_at_ms, id.clone()))
+                (expires_at_ms != 0).then(|| (expires_at_ms, Box::from(id.as_str())))
             })
             .collect();
         ShardWriter { store, shard_id, expiries, log: None, _not_send: PhantomData }
@@ -214,7 +214,7 @@ impl ShardWriter {
         Ok(Prepared {
             id: request.id.into(),
             base_version: existing.map_or(0, |entry| entry.current().version()),
-            change: Change::Version { record: Arc::new(record), keep_history: live.is_some() },
+            change: Change::Version { record, keep_history: live.is_some() },
         })
     }
 
@@ -255,7 +255,7 @@ impl ShardWriter {
         Ok(Prepared {
             id: request.id.into(),
             base_version: current.version(),
-            change: Change::Version { record: Arc::new(record), keep_history: true },
+            change: Change::Version { record, keep_history: true },
         })
     }
 
@@ -331,7 +331,7 @@ impl ShardWriter {
 
     /// The ids the shard holds.
     pub fn cached_ids(&self) -> Vec<Box<str>> {
-        self.store.shard(self.shard_id).map.pin().iter().map(|(id, _)| id.clone()).collect()
+        self.store.shard(self.shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect()
     }
 
     /// The current version the shard holds for `id` (0: none).
@@ -363,7 +363,7 @@ impl ShardWriter {
         for record in records {
             let map = store.shard(self.shard_id).map.pin();
             let existing = map.get(id);
-            self.install(id, Arc::new(record), existing, existing);
+            self.install(id, record, existing, existing);
         }
     }
 
@@ -417,8 +417,8 @@ impl ShardWriter {
     pub fn rewrap_candidates(&self, active_key_id: u32) -> Vec<Box<str>> {
         let map = self.store.shard(self.shard_id).map.pin();
         map.iter()
-            .filter(|(_, entry)| entry.versions().iter().any(|record| record.key_id() != active_key_id))
-            .map(|(id, _)| id.clone())
+            .filter(|(_, entry)| entry.versions().any(|record| record.key_id() != active_key_id))
+            .map(|(id, _)| Box::from(id.as_str()))
             .collect()
     }
 
@@ -437,34 +437,34 @@ impl ShardWriter {
         let map = store.shard(self.shard_id).map.pin();
         let Some(entry) = map.get(id) else { return Ok(0) };
         let active_key_id = keyring.active_key_id();
-        if entry.versions().iter().all(|record| record.key_id() == active_key_id) {
+        if entry.versions().all(|record| record.key_id() == active_key_id) {
             return Ok(0);
         }
         self.check_writable()?;
-        let mut rewrapped = Vec::with_capacity(entry.versions().len());
+        let mut rewrapped = Vec::with_capacity(entry.version_count());
         for record in entry.versions() {
             if record.key_id() == active_key_id {
-                rewrapped.push(Arc::clone(record));
+                rewrapped.push(record.clone());
             } else {
-                rewrapped.push(Arc::new(record.rewrap(keyring)?));
+                rewrapped.push(record.rewrap(keyring)?);
             }
         }
         let mut count = 0;
         for (new, old) in rewrapped.iter().zip(entry.versions()) {
-            if !Arc::ptr_eq(new, old) {
+            if !new.same_as(old) {
                 if let Some(log) = &self.log {
                     log.append(EntryType::Rewrap, new.archive_bytes());
                 }
                 count += 1;
             }
         }
-        map.insert(id.into(), Entry::new(rewrapped.into_boxed_slice()));
+        map.insert(id.into(), Entry::new(rewrapped));
         Ok(count)
     }
 
     /// Installs `record` as the current version of `id` (see [`install_entry`]), logs it, and
     /// keeps the expiry set up to date.
-    fn install(&mut self, id: &str, record: Arc<Record>, live: Option<&Entry>, existing: Option<&Entry>) {
+    fn install(&mut self, id: &str, record: Record, live: Option<&Entry>, existing: Option<&Entry>) {
         if let Some(log) = &self.log {
             log.append(EntryType::Record, record.archive_bytes());
         }
@@ -488,7 +488,7 @@ impl ShardWriter {
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let existing = map.get(id);
-        self.install(id, Arc::new(record), existing, existing);
+        self.install(id, record, existing, existing);
     }
 
     /// Takes a removed credential out of the index and the expiry set.
