@@ -133,16 +133,6 @@ impl Store {
         self.get_within(request, now_ms, acl, out, None)
     }
 
-    /// Starts loading what a GET of `id` will read (the map's slots, the entry and its current
-    /// version's bytes) into the cache, so that the GETs of one read overlap their misses
-    /// instead of each waiting on its own in turn. Changes nothing.
-    #[inline]
-    pub fn warm(&self, id: &str) {
-        if let Some(entry) = self.shards[self.shard_for(id)].map.pin().get(id) {
-            entry.current().prefetch();
-        }
-    }
-
     /// [`Store::get`], refusing with [`OpError::ReplyFull`] (before decrypting anything) a
     /// version whose reply could take more than `bytes_left`.
     fn get_within(

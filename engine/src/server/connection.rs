@@ -188,7 +188,6 @@ impl<'a> Connection<'a> {
         let mut closing = None;
         loop {
             self.wait_for_busy_audit().await;
-            self.warm_buffered_gets();
             let mut took_requests = false;
             while closing.is_none() && pending.len() < in_flight_max && self.output.len() < OUTPUT_PAUSE_BYTES
             {
@@ -363,22 +362,6 @@ impl<'a> Connection<'a> {
             (true, Some(_)) => self.auth_deadline = None,
             (false, None) => self.auth_deadline = Some(self.context.auth_deadline_from_now()),
             _ => {}
-        }
-    }
-
-    /// Warms the cache for the GETs buffered now (see [`crate::data::Store::warm`]) before any
-    /// is answered. Looks at whole, well-framed GET frames only; answering is unchanged.
-    fn warm_buffered_gets(&self) {
-        let mut rest = self.input.filled();
-        let frame_bytes_max = self.frame_bytes_max();
-        while let Ok(Some(header)) = frame::check(rest, frame_bytes_max) {
-            if header.code == Op::Get as u8 {
-                let mut body = credshard_protocol::wire::Reader::new(&rest[header.body_range()]);
-                if let Ok(id) = body.str16("id", self.context.store.limits().id_bytes_max) {
-                    self.context.store.warm(id);
-                }
-            }
-            rest = &rest[header.frame_bytes..];
         }
     }
 
