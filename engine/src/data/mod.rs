@@ -5,6 +5,7 @@
 //! - [`record`]: one credential version as a validated rkyv archive holding only ciphertext.
 //! - [`shard`]: one shard's wait-free map of [`Entry`]s and its LIST index.
 //! - [`index`]: the per-shard secondary indexes (owner, scope) that serve LIST page by page.
+//! - `inline`: short byte strings held in place (the map's and the index's keys).
 //! - [`keyspace`]: the fixed hash that maps a credential id to its shard.
 //! - [`store`]: all shards, the key ring, the limits and the lifecycle; the read path.
 //! - [`writer`]: a shard's single writer and its [`ShardWriter::submit`], the entry point of
@@ -15,6 +16,7 @@
 #[cfg(test)]
 mod crash_test;
 pub mod index;
+mod inline;
 pub mod keyspace;
 #[cfg(test)]
 mod model_test;

@@ -10,6 +10,7 @@ use std::sync::RwLock;
 use credshard_protocol::VersionState;
 
 use super::index::ShardIndex;
+use super::inline::InlineBytes;
 use super::record::Record;
 
 /// What a shard's map holds for one credential: its kept versions, newest (current) first.
@@ -94,36 +95,20 @@ pub const INLINE_ID_BYTES: usize = 30;
 /// a lookup compares it without following a pointer (one cache miss fewer per GET, one
 /// allocation fewer per credential); a longer one is boxed. Hashes and compares as its `str`.
 #[derive(Clone)]
-pub struct Id(IdBytes);
-
-#[derive(Clone)]
-enum IdBytes {
-    Inline { len: u8, bytes: [u8; INLINE_ID_BYTES] },
-    Boxed(Box<str>),
-}
+pub struct Id(InlineBytes<INLINE_ID_BYTES>);
 
 impl Id {
+    #[inline]
     pub fn as_str(&self) -> &str {
-        match &self.0 {
-            IdBytes::Inline { len, bytes } => {
-                // SAFETY: `bytes[..len]` was copied from a `str` whole (`From<&str>`, the only
-                // constructor of this variant), so it is valid UTF-8.
-                unsafe { std::str::from_utf8_unchecked(&bytes[..usize::from(*len)]) }
-            }
-            IdBytes::Boxed(id) => id,
-        }
+        // SAFETY: an `Id` is made only by `From<&str>`, from a whole `str`, so its bytes are
+        // valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(self.0.as_bytes()) }
     }
 }
 
 impl From<&str> for Id {
     fn from(id: &str) -> Id {
-        if id.len() <= INLINE_ID_BYTES {
-            let mut bytes = [0u8; INLINE_ID_BYTES];
-            bytes[..id.len()].copy_from_slice(id.as_bytes());
-            Id(IdBytes::Inline { len: id.len() as u8, bytes })
-        } else {
-            Id(IdBytes::Boxed(id.into()))
-        }
+        Id(InlineBytes::from(id.as_bytes()))
     }
 }
 
@@ -216,8 +201,8 @@ mod tests {
             assert_eq!(hasher.hash_one(&id), hasher.hash_one(text), "{text}");
             assert_eq!(id, Id::from(text));
         }
-        assert!(matches!(Id::from("a".repeat(INLINE_ID_BYTES).as_str()).0, IdBytes::Inline { .. }));
-        assert!(matches!(Id::from(long.as_str()).0, IdBytes::Boxed(_)));
+        assert!(Id::from("a".repeat(INLINE_ID_BYTES).as_str()).0.is_inline());
+        assert!(!Id::from(long.as_str()).0.is_inline());
         assert_ne!(Id::from("ab"), Id::from("a"), "the length is part of an inline id");
         // Found by `&str` in a map keyed by `Id`.
         let map = papaya::HashMap::with_hasher(ahash::RandomState::new());
