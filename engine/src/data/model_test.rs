@@ -311,7 +311,7 @@ impl System {
                 .map(|shard_id| {
                     let log = MemoryLog::default();
                     for record in store.kept_versions(shard_id) {
-                        log.append(EntryType::Record, record.archive_bytes());
+                        log.append(EntryType::Record, record.bytes());
                     }
                     log.commit();
                     Rc::new(log)

@@ -1,9 +1,10 @@
 //! A stored credential version: the rkyv archive of a [`Credential`] in an aligned, shared
 //! buffer, validated once when it is created or loaded and then read in place (zero copy).
 //!
-//! A [`Record`] is a handle: the archive lives in one reference-counted allocation, its count
+//! A [`Record`] is a handle to an [`Archive`]: one reference-counted allocation, its count
 //! beside its bytes, so a shard map entry reaches a version's bytes in one pointer hop (a GET
-//! is bound by such cache misses) and entries share versions by cloning handles.
+//! is bound by such cache misses), entries share versions by cloning handles, and a snapshot
+//! collects handles instead of copies.
 //!
 //! The archive holds only ciphertext: the secret is sealed with the key ring before the
 //! record is built, and decrypted only by [`Record::decrypt_into`], straight into the
@@ -14,16 +15,15 @@ use credshard_protocol::op::metadata::MetadataRef;
 use credshard_protocol::{Labels, PutRequest};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
-use rkyv::{Archive, Serialize};
-use std::sync::Arc;
 
 use crate::crypto::keyring::Sealed;
 use crate::crypto::{Binding, Keyring, NONCE_BYTES, TAG_BYTES};
 use crate::error::{EngineError, OpError};
+use crate::storage::Archive;
 use zeroize::Zeroizing;
 
 /// One version of a credential as archived.
-#[derive(Archive, Serialize, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, Debug)]
 pub struct Credential {
     pub id: String,
     pub owner: String,
@@ -53,19 +53,8 @@ pub struct Credential {
 /// The validated archive of one credential version. Cloning shares the bytes.
 #[derive(Clone)]
 pub struct Record {
-    /// The archive, padded to whole chunks; immutable once built.
-    chunks: Arc<[Chunk]>,
-    /// Bytes of the archive (the rest of the last chunk is padding).
-    len: usize,
+    archive: Archive,
 }
-
-/// The unit of a record's buffer: 16-byte aligned, as rkyv's archives want.
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct Chunk([u8; CHUNK_BYTES]);
-
-const CHUNK_BYTES: usize = 16;
-const _: () = assert!(std::mem::size_of::<Chunk>() == CHUNK_BYTES && std::mem::align_of::<Chunk>() == 16);
 
 impl std::fmt::Debug for Record {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,7 +63,7 @@ impl std::fmt::Debug for Record {
             .debug_struct("Record")
             .field("id", &credential.id.as_str())
             .field("version", &credential.version.to_native())
-            .field("archive_bytes", &self.len)
+            .field("archive_bytes", &self.archive.bytes().len())
             .finish()
     }
 }
@@ -182,15 +171,7 @@ impl Record {
     /// # Errors
     /// [`EngineError::Record`] when the bytes are not a valid archive or break an invariant.
     pub fn from_bytes(bytes: &[u8]) -> Result<Record, EngineError> {
-        let chunks: Arc<[Chunk]> = bytes
-            .chunks(CHUNK_BYTES)
-            .map(|piece| {
-                let mut chunk = Chunk([0; CHUNK_BYTES]);
-                chunk.0[..piece.len()].copy_from_slice(piece);
-                chunk
-            })
-            .collect();
-        let record = Record { chunks, len: bytes.len() };
+        let record = Record { archive: Archive::copy_of(bytes) };
         let credential = rkyv::access::<ArchivedCredential, rancor::Error>(record.archive_bytes())
             .map_err(|error| EngineError::Record(error.to_string()))?;
         if credential.version.to_native() == 0 || credential.id.is_empty() {
@@ -213,8 +194,8 @@ impl Record {
     #[inline]
     pub fn prefetch(&self) {
         #[cfg(target_arch = "x86_64")]
-        for offset in (0..self.len).step_by(64) {
-            let line = self.archive_bytes()[offset..].as_ptr().cast::<i8>();
+        for line in self.archive_bytes().chunks(64) {
+            let line = line.as_ptr().cast::<i8>();
             // SAFETY: a prefetch is a hint that never faults and changes no memory; `line`
             // points into the archive anyway.
             unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line) };
@@ -223,7 +204,7 @@ impl Record {
 
     /// True when both are handles to the same bytes.
     pub fn same_as(&self, other: &Record) -> bool {
-        Arc::ptr_eq(&self.chunks, &other.chunks)
+        self.archive.same_as(&other.archive)
     }
 
     /// The archived credential, read in place.
@@ -238,11 +219,12 @@ impl Record {
     /// The archive's bytes (what a log or database stores verbatim).
     #[inline]
     pub fn archive_bytes(&self) -> &[u8] {
-        let chunks: &[Chunk] = &self.chunks;
-        // SAFETY: `Chunk` is `repr(C)` over `[u8; 16]` (no padding, every bit pattern valid),
-        // so the chunks are `chunks.len() * 16` initialised bytes, and `len` never exceeds
-        // that (`from_bytes` made exactly enough chunks for `len` bytes).
-        unsafe { std::slice::from_raw_parts(chunks.as_ptr().cast::<u8>(), self.len) }
+        self.archive.bytes()
+    }
+
+    /// The archive itself, to share with storage.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
     }
 
     pub fn version(&self) -> u64 {

@@ -2,20 +2,12 @@
 //! and replays their entries through [`Store`]'s implementation of [`Shards`]. The writer
 //! installs entries through the same functions, so the history rules are written once.
 
-use std::sync::Arc;
-
 use super::record::Record;
 use super::shard::{Entry, Id};
 use super::store::Store;
 use crate::error::EngineError;
 use crate::storage::wal;
-use crate::storage::{Archived, Shards};
-
-impl Archived for Record {
-    fn archive_bytes(&self) -> &[u8] {
-        Record::archive_bytes(self)
-    }
-}
+use crate::storage::{Archive, Shards};
 
 impl Shards for Store {
     fn shard_count(&self) -> usize {
@@ -26,12 +18,12 @@ impl Shards for Store {
         self.len()
     }
 
-    fn kept_versions(&self, shard_id: usize) -> Vec<Arc<dyn Archived>> {
+    fn kept_versions(&self, shard_id: usize) -> Vec<Archive> {
         let map = self.shard(shard_id).map.pin();
         let mut kept = Vec::with_capacity(map.len());
         for (_, entry) in map.iter() {
             // Oldest first, so replay rebuilds the same kept versions.
-            kept.extend(entry.versions().rev().map(|record| Arc::new(record.clone()) as Arc<dyn Archived>));
+            kept.extend(entry.versions().rev().map(|record| record.archive().clone()));
         }
         kept
     }

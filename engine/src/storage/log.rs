@@ -285,7 +285,7 @@ impl<F: LogFs> ShardLog<F> {
             // Holding the versions (not a guard on the map) lets the map reclaim what writes
             // replace meanwhile.
             for record in self.shards.kept_versions(shard_id) {
-                encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
+                encode_entry(EntryType::Record, record.bytes(), &mut payload);
                 if payload.len() >= SNAPSHOT_BATCH_BYTES {
                     let batch = encode_batch(&payload);
                     write_all_at(&file, &batch, offset).await?;

@@ -6,6 +6,8 @@
 //! - [`log`]: the running server's group-committed log writer (io_uring via glommio).
 //! - [`recovery`]: rebuilding the shards' maps from the logs at start, resharding, compaction.
 //! - [`lock`]: the data dir's lock, so that one data dir serves one server at a time.
+//! - [`archive`]: a version's archived bytes in one shared aligned buffer ([`Archive`]): what
+//!   the shards hold and what storage writes.
 //!
 //! The seam between the shards and their storage is two traits, so that the arrow points one
 //! way (the data core calls storage; storage never names the data core's types):
@@ -14,6 +16,7 @@
 //! and recovery replays the logs into them. The local log implements the first; a PostgreSQL
 //! system of record can implement it without touching the shards, the protocol or the server.
 
+pub mod archive;
 pub mod lock;
 pub mod log;
 pub mod manifest;
@@ -21,9 +24,9 @@ pub mod postgres;
 pub mod recovery;
 pub mod wal;
 
-use std::sync::Arc;
-
 use futures::channel::oneshot;
+
+pub use archive::Archive;
 
 use crate::error::{EngineError, WriteOutcome};
 use crate::storage::wal::EntryType;
@@ -38,11 +41,6 @@ pub enum FsyncMode {
     Never,
 }
 
-/// A kept version as storage sees it: the archived bytes it writes, and reads back at start.
-pub trait Archived: Send + Sync {
-    fn archive_bytes(&self) -> &[u8];
-}
-
 /// What storage needs of the shards it keeps: their contents for snapshots and rewrites, and
 /// a place to replay the logs into at start.
 pub trait Shards: Send + Sync {
@@ -53,7 +51,7 @@ pub trait Shards: Send + Sync {
 
     /// Every kept version in shard `shard_id`, each credential's oldest first (the order
     /// that replay turns back into the same kept versions).
-    fn kept_versions(&self, shard_id: usize) -> Vec<Arc<dyn Archived>>;
+    fn kept_versions(&self, shard_id: usize) -> Vec<Archive>;
 
     /// Replays logged entries, in order, into shard `shard_id` (empty before); returns the
     /// versions it keeps. With `own_log`, `sources` is that shard's own log and an entry of

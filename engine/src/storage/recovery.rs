@@ -219,7 +219,7 @@ fn rewrite(
     for (shard_id, file) in files.iter_mut().enumerate() {
         let mut payload = Vec::new();
         for record in shards.kept_versions(shard_id) {
-            encode_entry(EntryType::Record, record.archive_bytes(), &mut payload);
+            encode_entry(EntryType::Record, record.bytes(), &mut payload);
             if payload.len() >= REWRITE_BATCH_BYTES {
                 file.extend(encode_batch(&payload));
                 payload.clear();
