@@ -15,7 +15,7 @@ use crate::value;
 pub const CONNECTIONS_MAX: u64 = 4096;
 /// Most requests in flight on one connection.
 pub const PIPELINE_MAX: u64 = 1024;
-/// Most requests in flight in total (connections × pipeline): each is a task.
+/// Most requests in flight in total (connections × pipeline): each holds a slot's state.
 pub const IN_FLIGHT_MAX: u64 = 65_536;
 /// Largest value; a server rejects values above its own limit (64 KiB by default).
 pub const VALUE_BYTES_MAX: u64 = 1 << 20;
@@ -40,8 +40,8 @@ pub struct Args {
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=CONNECTIONS_MAX))]
     pub connections: usize,
 
-    /// Requests in flight per connection: one worker task per slot, each sending request after
-    /// request.
+    /// Requests in flight per connection: its task sends the next request as soon as a slot is
+    /// free (closed loop) or due (open loop), the requests of one turn in one write.
     #[arg(long, value_name = "D", default_value_t = 1,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=PIPELINE_MAX))]
     pub pipeline: usize,
@@ -79,14 +79,15 @@ pub struct Args {
     pub mix: Mix,
 
     /// Which key each request uses among --keys: uniform, or zipf:S (S > 0, e.g. zipf:0.99; key
-    /// 0 is the hottest). Each worker draws from its own fixed seed.
+    /// 0 is the hottest). Each connection draws from its own fixed seed.
     #[arg(long, value_name = "DIST", default_value = "uniform", value_parser = Distribution::parse)]
     pub distribution: Distribution,
 
-    /// Open loop: total target ops/s over every connection, divided evenly over the workers
-    /// (connections × pipeline), each sending at fixed intervals; latency is measured from each
-    /// request's intended send time, so a late worker's delays count. Without it, each worker
-    /// sends its next request when the last is answered (closed loop).
+    /// Open loop: total target ops/s over every connection, divided evenly over the
+    /// connections, each sending at fixed intervals (at most --pipeline in flight); latency is
+    /// measured from each request's intended send time, so any delay in sending counts, and the
+    /// report says how late the sends were. Without it, each connection sends a request as soon
+    /// as one of its --pipeline slots is free (closed loop).
     #[arg(long, value_name = "OPS", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
@@ -108,7 +109,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub tls_name: Option<String>,
 
-    /// Runtime worker threads [default: the number of CPUs].
+    /// Client threads, each a single-threaded runtime owning its share of the connections
+    /// [default: the number of CPUs, at most --connections].
     #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub threads: Option<usize>,
 }
