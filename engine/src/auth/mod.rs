@@ -122,13 +122,13 @@ impl Acl {
         Permission::for_op(op).is_none_or(|permission| self.allows(permission))
     }
 
-    /// True when a credential with this owner and scope is within reach.
     /// True when the ACL limits neither owners nor scopes.
     #[inline]
     pub fn reaches_everything(&self) -> bool {
         self.owners.is_empty() && self.scopes.is_empty()
     }
 
+    /// True when a credential with this owner and scope is within reach.
     pub fn covers(&self, owner: &str, scope: &str) -> bool {
         (self.owners.is_empty() || self.owners.iter().any(|allowed| allowed == owner))
             && (self.scopes.is_empty() || self.scopes.iter().any(|prefix| scope.starts_with(prefix.as_str())))

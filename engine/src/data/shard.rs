@@ -3,7 +3,8 @@
 //!
 //! Reads pin the map and work on the entry under the guard, from any executor. Writes happen
 //! only through the shard's [`ShardWriter`](super::ShardWriter). Each write installs a new
-//! immutable [`Entry`]; kept versions are shared between entries by `Arc`.
+//! immutable [`Entry`]; kept versions are shared between entries (a [`Record`] is a handle to
+//! shared bytes).
 
 use std::sync::RwLock;
 
