@@ -428,17 +428,13 @@ mod tests {
         credential(&mut body, "loadgen-2", &first); // key 1's value under key 2
         body.put_u8(Status::NotFound as u8);
         body.put_u64_le(0);
-        credential_protocol_message(&mut body, "credential not found");
+        credshard_protocol::wire::put_str16(&mut body, "credential not found");
         let (result, items) = judged(&mut codec, &asked(Op::BatchGet, 1, &[1, 2, 3]), Status::Ok, &body);
         assert_eq!(result, Ok(()));
         assert_eq!(items, [Failure::Mismatch, Failure::Server(Status::NotFound)]);
         // A count that does not match the request is a protocol error.
         let (result, _) = judged(&mut codec, &asked(Op::BatchGet, 1, &[1, 2]), Status::Ok, &body);
         assert_eq!(result, Err(Failure::Protocol));
-    }
-
-    fn credential_protocol_message(out: &mut BytesMut, message: &str) {
-        credshard_protocol::wire::put_str16(out, message);
     }
 
     #[test]

@@ -433,6 +433,8 @@ struct Window {
     end: Instant,
     give_up: Instant,
     mix: Mix,
+    /// The mix deletes keys: a NOT_FOUND is then an outcome, not an error.
+    deletes: bool,
     keys: KeyChooser,
     recorder: RefCell<Recorder>,
 }
@@ -453,6 +455,7 @@ async fn run(
         end,
         give_up: end + Duration::from_secs(GRACE_PERIOD_SECONDS),
         mix: plan.mix.clone(),
+        deletes: plan.mix.includes(Op::Delete),
         keys: KeyChooser::new(plan.distribution, plan.keys),
         recorder: RefCell::new(Recorder::default()),
     });
@@ -609,9 +612,10 @@ impl Driver {
     fn new(target: &Target, plan: &Plan, work: Work) -> Driver {
         let pipeline = plan.pipeline.max(1);
         let now = Instant::now();
+        let protocol = connection::protocol(target);
         Driver {
-            protocol: connection::protocol(target),
-            codec: Codec::new(connection::protocol(target), plan.value_size),
+            protocol,
+            codec: Codec::new(protocol, plan.value_size),
             slots: vec![Asked::default(); pipeline],
             started: vec![now; pipeline],
             busy: vec![false; pipeline],
@@ -859,7 +863,7 @@ fn record(
     // Open loop: every request scheduled in the window is measured, even one sent or answered
     // late, so a backlog is not hidden. Closed loop: answered within the window.
     let measured = started >= window.measure_start && (open_loop || finished <= window.end);
-    let deletes = window.mix.includes(Op::Delete);
+    let deletes = window.deletes;
     let mut recorder = window.recorder.borrow_mut();
     let mut not_found_after_delete = 0;
     let mut batch_failed = false;
