@@ -765,12 +765,9 @@ impl Driver {
         self.lost = true;
         let in_flight: Vec<usize> = (0..self.slots.len()).filter(|&slot| self.busy[slot]).collect();
         match &mut self.work {
-            Work::Preload { next, stride, keys, failed, first_failure, .. } => {
-                let unsent = keys.saturating_sub(*next).div_ceil(*stride);
-                *failed += in_flight.len() as u64 + unsent;
-                *next = *keys;
-                first_failure.get_or_insert_with(|| format!("the connection failed ({})", failure.kind()));
-            }
+            Work::Preload { .. } => self.work.fail_the_rest(in_flight.len() as u64, || {
+                format!("the connection failed ({})", failure.kind())
+            }),
             Work::Run { window, schedule, .. } => {
                 for busy in in_flight {
                     let op = self.slots[busy].op.expect("a busy slot has a request");
@@ -786,13 +783,9 @@ impl Driver {
     /// The wait for replies timed out.
     fn give_up(&mut self) {
         match &mut self.work {
-            Work::Preload { failed, first_failure, next, keys, stride, .. } => {
-                let unsent = keys.saturating_sub(*next).div_ceil(*stride);
-                *failed += self.in_flight as u64 + unsent;
-                *next = *keys;
-                first_failure
-                    .get_or_insert_with(|| format!("no reply within {PRELOAD_REQUEST_TIMEOUT_SECONDS} s"));
-            }
+            Work::Preload { .. } => self.work.fail_the_rest(self.in_flight as u64, || {
+                format!("no reply within {PRELOAD_REQUEST_TIMEOUT_SECONDS} s")
+            }),
             Work::Run { abandoned, .. } => *abandoned += self.in_flight as u64,
         }
         self.busy.fill(false);
@@ -801,6 +794,17 @@ impl Driver {
 }
 
 impl Work {
+    /// Preload: counts the `in_flight` PUTs and every one not sent yet as failed (`why` is the
+    /// first failure unless there was one already), and sends no more.
+    fn fail_the_rest(&mut self, in_flight: u64, why: impl FnOnce() -> String) {
+        if let Work::Preload { next, stride, keys, failed, first_failure, .. } = self {
+            let unsent = keys.saturating_sub(*next).div_ceil(*stride);
+            *failed += in_flight + unsent;
+            *next = *keys;
+            first_failure.get_or_insert_with(why);
+        }
+    }
+
     /// The next request, written into `asked`, if one is due at `now`; returns when it counts
     /// as sent (open loop: when it was due).
     fn next(&mut self, now: Instant, asked: &mut Asked) -> Option<Instant> {
