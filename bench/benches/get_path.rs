@@ -10,11 +10,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use credshard_bench::{keyring, secret, SECRET_BYTES};
+use credshard_bench::{apply, keyring, secret, stored_put, SECRET_BYTES};
 use credshard_engine::auth::Acl;
 use credshard_engine::data::{Lifecycle, Store, Write};
 use credshard_protocol::op::get::GetRequest;
-use credshard_protocol::{Expiry, Kind, Labels, Limits, PutRequest, EMPTY_LABELS};
+use credshard_protocol::Limits;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// GETs answered together in the batched case (a pipeline of 16).
@@ -31,20 +31,8 @@ fn store(credentials: usize) -> Arc<Store> {
     let mut writer = store.claim_writer(0);
     let now = credshard_engine::time::now_ms();
     for index in 0..credentials {
-        let id = id(index);
-        let put = PutRequest {
-            id: &id,
-            owner: "bench-owner",
-            scope: "prod",
-            kind: Kind::ApiKey,
-            expected_version: None,
-            expiry: Expiry::Never,
-            labels: Labels::from_validated(EMPTY_LABELS),
-            secret: &secret,
-        };
-        let (reply, mut outcome) = futures::channel::oneshot::channel();
-        writer.submit(Write::Put(&put), now, &Acl::everything(), reply);
-        outcome.try_recv().expect("not cancelled").expect("answered at once").expect("stored");
+        apply(&mut writer, Write::Put(&stored_put(&id(index), &secret)), now, &Acl::everything())
+            .expect("stored");
     }
     store
 }

@@ -7,44 +7,22 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use credshard_bench::{keyring, secret, SECRET_BYTES};
+use credshard_bench::{apply, keyring, secret, stored_put, SECRET_BYTES, STORED_OWNER};
 use credshard_engine::auth::Acl;
 use credshard_engine::crypto::{KeySource, MasterKey};
-use credshard_engine::data::{Lifecycle, ShardWriter, Store, Write};
-use credshard_engine::OpError;
+use credshard_engine::data::{Lifecycle, Store, Write};
 use credshard_engine::{Server, ServerConfig};
 use credshard_protocol::op::batch_get::BatchGetRequest;
 use credshard_protocol::op::get::GetRequest;
 use credshard_protocol::op::list::ListRequest;
 use credshard_protocol::op::rotate::RotateRequest;
-use credshard_protocol::{Client, Expiry, Kind, Labels, Limits, PutRequest, EMPTY_LABELS};
+use credshard_protocol::{Client, Limits};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const CREDENTIALS: usize = 10_000;
-const OWNER: &str = "bench-owner";
 
 fn id(index: usize) -> String {
     format!("bench/credential-{index:05}")
-}
-
-fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
-    PutRequest {
-        id,
-        owner: OWNER,
-        scope: "prod",
-        kind: Kind::ApiKey,
-        expected_version: None,
-        expiry: Expiry::Never,
-        labels: Labels::from_validated(EMPTY_LABELS),
-        secret,
-    }
-}
-
-/// Submits a write to an in-memory writer (no log), whose outcome is known at once.
-fn apply(writer: &mut ShardWriter, write: Write<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
-    let (reply, mut outcome) = futures::channel::oneshot::channel();
-    writer.submit(write, now_ms, acl, reply);
-    outcome.try_recv().expect("not cancelled").expect("answered at once without a log")
 }
 
 fn in_process(criterion: &mut Criterion) {
@@ -53,7 +31,7 @@ fn in_process(criterion: &mut Criterion) {
     let mut writer = store.claim_writer(0);
     let now = credshard_engine::time::now_ms();
     for index in 0..CREDENTIALS {
-        apply(&mut writer, Write::Put(&put(&id(index), &secret)), now, &Acl::everything()).unwrap();
+        apply(&mut writer, Write::Put(&stored_put(&id(index), &secret)), now, &Acl::everything()).unwrap();
     }
     let mut group = criterion.benchmark_group("lifecycle/store");
     let mut out = BytesMut::with_capacity(1 << 20);
@@ -95,7 +73,7 @@ fn in_process(criterion: &mut Criterion) {
     });
 
     group.throughput(Throughput::Elements(1000));
-    let list = ListRequest { owner: OWNER, scope: "", limit: 1000, cursor: b"" };
+    let list = ListRequest { owner: STORED_OWNER, scope: "", limit: 1000, cursor: b"" };
     group.bench_function("list_page_1000", |bencher| {
         bencher.iter(|| {
             out.clear();
@@ -121,7 +99,7 @@ fn over_tcp(criterion: &mut Criterion) {
     let secret = secret(SECRET_BYTES);
     let mut client = Client::connect(server.local_address()).unwrap();
     for index in 0..CREDENTIALS {
-        client.put(&put(&id(index), &secret)).unwrap();
+        client.put(&stored_put(&id(index), &secret)).unwrap();
     }
     let mut group = criterion.benchmark_group("lifecycle/tcp");
 
@@ -148,7 +126,7 @@ fn over_tcp(criterion: &mut Criterion) {
     });
 
     group.throughput(Throughput::Elements(1000));
-    let list = ListRequest { owner: OWNER, scope: "", limit: 1000, cursor: b"" };
+    let list = ListRequest { owner: STORED_OWNER, scope: "", limit: 1000, cursor: b"" };
     group.bench_function("list_page_1000", |bencher| bencher.iter(|| client.list(black_box(&list)).unwrap()));
     group.finish();
 

@@ -8,11 +8,14 @@
 //! - Engine inputs: an in-memory key ring ([`keyring`]) and version fields ([`fields`]).
 
 use bytes::BytesMut;
+use credshard_engine::auth::Acl;
 use credshard_engine::crypto::{Binding, Keyring, MasterKey};
 use credshard_engine::data::record::VersionFields;
+use credshard_engine::data::{ShardWriter, Write};
+use credshard_engine::OpError;
 use credshard_protocol::op::metadata::MetadataRef;
 use credshard_protocol::wire::put_bytes32;
-use credshard_protocol::{frame, Expiry, Kind, Labels, PutRequest, Request, Status};
+use credshard_protocol::{frame, Expiry, Kind, Labels, PutRequest, Request, Status, EMPTY_LABELS};
 
 /// Secret size of the headline benches: an API key or a small certificate bundle.
 pub const SECRET_BYTES: usize = 256;
@@ -116,6 +119,31 @@ pub fn get_reply_frame(secret: &[u8]) -> BytesMut {
     let mut out = BytesMut::new();
     encode_get_reply(&metadata(fields(4)), secret, &mut out);
     out
+}
+
+/// Owner of the credentials the in-process benches store.
+pub const STORED_OWNER: &str = "bench-owner";
+
+/// A plain PUT of `id` (owner [`STORED_OWNER`], scope `prod`, no labels, no expiry), as the
+/// in-process benches fill a store with.
+pub fn stored_put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
+    PutRequest {
+        id,
+        owner: STORED_OWNER,
+        scope: "prod",
+        kind: Kind::ApiKey,
+        expected_version: None,
+        expiry: Expiry::Never,
+        labels: Labels::from_validated(EMPTY_LABELS),
+        secret,
+    }
+}
+
+/// Submits a write to an in-memory writer (no log), whose outcome is known at once.
+pub fn apply(writer: &mut ShardWriter, write: Write<'_>, now_ms: u64, acl: &Acl) -> Result<u64, OpError> {
+    let (reply, mut outcome) = futures::channel::oneshot::channel();
+    writer.submit(write, now_ms, acl, reply);
+    outcome.try_recv().expect("not cancelled").expect("answered at once without a log")
 }
 
 /// A key ring in memory with a fresh random master key and one active data key.
