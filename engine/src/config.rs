@@ -29,6 +29,12 @@ pub struct ServerConfig {
     /// Address every executor listens on (SO_REUSEPORT). Port 0 picks a free port.
     #[arg(long, env = "CREDSHARD_LISTEN", default_value = "127.0.0.1:7373")]
     pub listen: SocketAddr,
+    /// Also speak the Redis protocol (RESP2, RESP3 after `HELLO 3`) on this address, so that
+    /// Redis clients and tools (redis-cli, redis-benchmark) read and write credentials through
+    /// the same shards, tokens, ACLs, audit log and encryption (docs/resp.md). Off unless
+    /// given. Port 0 picks a free port.
+    #[arg(long, env = "CREDSHARD_RESP_LISTEN")]
+    pub resp_listen: Option<SocketAddr>,
     /// Directory for the manifest, the write-ahead logs, the key ring and (unless a key is
     /// given) the generated master key.
     #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]
@@ -262,12 +268,16 @@ impl ServerConfig {
                 "--in-flight-max, --shard-queue-max and --connections-max must be positive".to_owned(),
             );
         }
-        if self.tokens.is_none() && !self.listen.ip().is_loopback() {
-            return fail(format!(
-                "refusing to listen on {} without --tokens: anyone who can reach it could read every \
-                 secret. Give a tokens file (see docs/security.md) or listen on a loopback address",
-                self.listen
-            ));
+        for listen in std::iter::once(self.listen).chain(self.resp_listen) {
+            if self.tokens.is_none() && !listen.ip().is_loopback() {
+                return fail(format!(
+                    "refusing to listen on {listen} without --tokens: anyone who can reach it could read \
+                     every secret. Give a tokens file (see docs/security.md) or listen on a loopback address"
+                ));
+            }
+        }
+        if self.resp_listen.is_some_and(|resp| resp.port() != 0 && resp == self.listen) {
+            return fail(format!("--resp-listen must differ from --listen ({})", self.listen));
         }
         if [self.audit_flush_ms, self.auth_timeout_ms, self.idle_timeout_ms, self.write_timeout_ms]
             .contains(&0)
@@ -331,6 +341,9 @@ mod tests {
             assert!(error.contains("without --tokens"), "{listen}: {error}");
             let guarded = ServerConfig { tokens: Some("tokens.toml".into()), ..open };
             guarded.validate().unwrap();
+            let resp = ServerConfig { resp_listen: Some(listen.parse().unwrap()), ..ServerConfig::default() };
+            let error = resp.validate().unwrap_err().to_string();
+            assert!(error.contains("without --tokens"), "--resp-listen {listen}: {error}");
         }
         let loopback = ServerConfig { listen: "[::1]:0".parse().unwrap(), ..ServerConfig::default() };
         loopback.validate().unwrap();

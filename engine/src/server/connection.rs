@@ -37,7 +37,7 @@ use crate::server::executor::ExecutorContext;
 use crate::server::input::InputBuffer;
 
 /// Bytes read per `read` call.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+pub(super) const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// After a framing error, how long and how much the server keeps reading (and discarding)
 /// before it closes, so that the client receives the error frame instead of a reset.
 const LINGER: Duration = Duration::from_millis(500);
@@ -46,10 +46,10 @@ const LINGER_BYTES_MAX: usize = 4 << 20;
 /// Unsent reply bytes above which the connection stops taking requests until they are
 /// flushed: a client that pipelines large reads without reading holds at most about this much
 /// (plus one reply) of the server's memory.
-const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
+pub(super) const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
 
 /// A reply buffer grown above this is given back once flushed.
-const OUTPUT_KEPT_BYTES_MAX: usize = 1 << 20;
+pub(super) const OUTPUT_KEPT_BYTES_MAX: usize = 1 << 20;
 
 /// The largest frame a connection that is not authenticated may send (a HELLO with the
 /// largest token is about 1 KiB).
@@ -61,13 +61,13 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const AUDIT_CATCH_UP_POLL: Duration = Duration::from_millis(1);
 
 /// A write and its outcome (or its shard stopped before answering).
-type WriteDone = (WriteTicket, Result<WriteOutcome, oneshot::Canceled>);
+pub(super) type WriteDone = (WriteTicket, Result<WriteOutcome, oneshot::Canceled>);
 
 /// Closes gracefully after a framing error: shut down the sending side (after a TLS
 /// close_notify), then discard what the client still sends for a while. Closing with unread
 /// input would make the kernel send a reset, which can destroy the error frame before the
 /// client reads it.
-async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<()> {
+pub(super) async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<()> {
     stream.close().await?;
     let drain = async {
         let mut discard = vec![0u8; READ_CHUNK_BYTES];
@@ -83,10 +83,19 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::R
     Ok(())
 }
 
+/// Which protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// credshard's binary protocol (`--listen`).
+    Native,
+    /// The Redis protocol (`--resp-listen`, see [`crate::server::resp`]).
+    Resp,
+}
+
 /// Serves `stream` until the client hangs up, an I/O error occurs, or framing breaks. With
 /// TLS configured, the handshake comes first (bounded by a timeout); the connection limit
-/// counts connections from accept, handshakes included.
-pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
+/// counts connections from accept, handshakes included, of both listeners.
+pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>, listener: Listener) {
     let metrics = context.metrics();
     let _ = stream.set_nodelay(true);
     // glommio times a read or write from when it first has to wait and resets on progress:
@@ -101,7 +110,10 @@ pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
         if context.tls.is_none() {
             // A TLS client could not read a plaintext error: it sees the connection close.
             let mut out = BytesMut::new();
-            encode_error(Status::Unavailable, 0, 0, "too many connections", &mut out);
+            match listener {
+                Listener::Native => encode_error(Status::Unavailable, 0, 0, "too many connections", &mut out),
+                Listener::Resp => out.extend_from_slice(b"-ERR max number of clients reached\r\n"),
+            }
             let _ = stream.write_all(&out).await;
             let _ = stream.close().await;
         }
@@ -109,13 +121,12 @@ pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
     }
     ExecutorMetrics::add(&metrics.connections_total, 1);
     ExecutorMetrics::add(&metrics.connections_open, 1);
-    let mut connection = Connection::new(&context, peer);
     let result = match &context.tls {
-        None => connection.run(&mut stream).await,
+        None => run(listener, &context, peer, &mut stream).await,
         Some(acceptor) => {
             let handshake = acceptor.accept(stream);
             match select(Box::pin(handshake), Box::pin(glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT))).await {
-                Either::Left((Ok(mut tls), _)) => connection.run(&mut tls).await,
+                Either::Left((Ok(mut tls), _)) => run(listener, &context, peer, &mut tls).await,
                 Either::Left((Err(error), _)) => Err(error),
                 Either::Right(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
@@ -124,6 +135,19 @@ pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>) {
     ExecutorMetrics::sub(&metrics.connections_open, 1);
     if let Err(error) = result {
         tracing::debug!(%error, %peer, "connection ended with an I/O error");
+    }
+}
+
+/// Runs the listener's protocol on an accepted (and, with TLS, handshaken) connection.
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    listener: Listener,
+    context: &Rc<ExecutorContext>,
+    peer: SocketAddr,
+    stream: &mut S,
+) -> std::io::Result<()> {
+    match listener {
+        Listener::Native => Connection::new(context, peer).run(stream).await,
+        Listener::Resp => crate::server::resp::RespConnection::new(context, peer).run(stream).await,
     }
 }
 
@@ -137,8 +161,7 @@ struct Connection<'a> {
     /// successful HELLO. It bounds reads and flushes alike.
     auth_deadline: Option<Instant>,
     input: InputBuffer,
-    output: BytesMut,
-    output_has_secret: bool,
+    output: Output,
     /// Input bytes above this stop reading until in-flight writes drain.
     input_bytes_max: usize,
 }
@@ -152,7 +175,7 @@ enum Closing {
 }
 
 /// What ended a wait for the client.
-enum Woken {
+pub(super) enum Woken {
     Read(std::io::Result<usize>),
     Finished(Option<WriteDone>),
     AuthDeadline,
@@ -166,8 +189,7 @@ impl<'a> Connection<'a> {
             peer,
             auth_deadline: (!context.authenticator.is_open()).then(|| context.auth_deadline_from_now()),
             input: InputBuffer::new(READ_CHUNK_BYTES),
-            output: BytesMut::with_capacity(READ_CHUNK_BYTES),
-            output_has_secret: false,
+            output: Output::new(),
             input_bytes_max: 2 * context.store.limits().frame_bytes_max,
         }
     }
@@ -187,9 +209,11 @@ impl<'a> Connection<'a> {
         let mut pending = FuturesUnordered::new();
         let mut closing = None;
         loop {
-            self.wait_for_busy_audit().await;
+            wait_for_busy_audit(self.context).await;
             let mut took_requests = false;
-            while closing.is_none() && pending.len() < in_flight_max && self.output.len() < OUTPUT_PAUSE_BYTES
+            while closing.is_none()
+                && pending.len() < in_flight_max
+                && self.output.bytes.len() < OUTPUT_PAUSE_BYTES
             {
                 let header = match frame::check(self.input.filled(), self.frame_bytes_max()) {
                     Ok(Some(header)) => header,
@@ -204,9 +228,10 @@ impl<'a> Connection<'a> {
                 let frame_bytes = header.frame_bytes;
                 let mut caller = Caller { session: &mut self.session, peer: self.peer };
                 let frame = &self.input.filled()[..frame_bytes];
-                let waiting = match dispatch(self.context, &mut caller, header, frame, &mut self.output) {
+                let waiting = match dispatch(self.context, &mut caller, header, frame, &mut self.output.bytes)
+                {
                     Dispatched::Answered { secret } => {
-                        self.output_has_secret |= secret;
+                        self.output.has_secret |= secret;
                         None
                     }
                     Dispatched::Pending { write, outcome } => Some((write, outcome)),
@@ -227,19 +252,19 @@ impl<'a> Connection<'a> {
                 self.input.consume(frame_bytes, Op::from_u8(header.code).is_some_and(Op::carries_secret));
                 if self.session.unauthenticated_refusals() >= UNAUTHENTICATED_REFUSALS_MAX {
                     let message = "too many refused requests without authenticating; closing the connection";
-                    encode_error(Status::Unauthorized, 0, 0, message, &mut self.output);
+                    encode_error(Status::Unauthorized, 0, 0, message, &mut self.output.bytes);
                     ExecutorMetrics::add(&self.context.metrics().connections_closed_refusals, 1);
                     closing = Some(Closing::Refusals);
                 }
             }
             if took_requests {
-                self.track_authentication();
+                track_authentication(self.context, &self.session, &mut self.auth_deadline);
             }
 
             while let Some(Some(finished)) = pending.next().now_or_never() {
                 self.answer_write(finished);
             }
-            self.flush(stream).await?;
+            self.output.flush(stream, self.auth_deadline, self.context.metrics()).await?;
 
             if let Some(closing) = closing {
                 if let Closing::Refusals = closing {
@@ -264,7 +289,7 @@ impl<'a> Connection<'a> {
                 }
                 continue;
             }
-            match self.wait(stream, &mut pending).await {
+            match wait(stream, &mut self.input, &mut pending, self.auth_deadline).await {
                 Woken::Finished(finished) => {
                     if let Some(finished) = finished {
                         self.answer_write(finished);
@@ -272,11 +297,11 @@ impl<'a> Connection<'a> {
                 }
                 Woken::AuthDeadline => {
                     let message = "no successful HELLO in time; closing the connection";
-                    encode_error(Status::Unauthorized, 0, 0, message, &mut self.output);
+                    encode_error(Status::Unauthorized, 0, 0, message, &mut self.output.bytes);
                     ExecutorMetrics::add(&self.context.metrics().unauthorized_total, 1);
                     ExecutorMetrics::add(&self.context.metrics().connections_timed_out, 1);
                     self.input.wipe();
-                    self.flush(stream).await?;
+                    self.output.flush(stream, self.auth_deadline, self.context.metrics()).await?;
                     return linger(stream).await;
                 }
                 Woken::Read(Ok(0)) => {
@@ -293,8 +318,8 @@ impl<'a> Connection<'a> {
                     self.input.wipe();
                     self.finish_pending(&mut pending, stream).await?;
                     let message = "idle for too long; closing the connection";
-                    encode_error(Status::Unavailable, 0, 0, message, &mut self.output);
-                    self.flush(stream).await?;
+                    encode_error(Status::Unavailable, 0, 0, message, &mut self.output.bytes);
+                    self.output.flush(stream, self.auth_deadline, self.context.metrics()).await?;
                     return linger(stream).await;
                 }
                 Woken::Read(Err(error)) => {
@@ -302,66 +327,6 @@ impl<'a> Connection<'a> {
                     return Err(error);
                 }
             }
-        }
-    }
-
-    /// Waits until the client sends something, a write in flight finishes, or the deadline of
-    /// a connection that is not authenticated passes.
-    async fn wait<S, F>(&mut self, stream: &mut S, pending: &mut FuturesUnordered<F>) -> Woken
-    where
-        S: AsyncRead + Unpin,
-        F: std::future::Future<Output = WriteDone>,
-    {
-        let read = stream.read(self.input.spare(READ_CHUNK_BYTES));
-        let finished = async {
-            if pending.is_empty() {
-                std::future::pending().await
-            } else {
-                pending.next().await
-            }
-        };
-        let deadline = self.auth_deadline;
-        let expired = async move {
-            match deadline {
-                Some(deadline) => {
-                    glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let (read, finished, expired) = (pin!(read), pin!(finished), pin!(expired));
-        match select(select(read, finished), expired).await {
-            Either::Left((Either::Left((read, _)), _)) => Woken::Read(read),
-            Either::Left((Either::Right((finished, _)), _)) => Woken::Finished(finished),
-            Either::Right(_) => Woken::AuthDeadline,
-        }
-    }
-
-    /// While the executor's audit log is busy (written fine, but behind), waits for it to
-    /// catch up before taking more requests: this connection, and every other, then slows
-    /// down to what the log can write instead of pushing it into its backlog, where every
-    /// client is refused.
-    async fn wait_for_busy_audit(&self) {
-        let Some(audit) = &self.context.audit else { return };
-        if audit.is_busy() {
-            ExecutorMetrics::add(&self.context.metrics().audit_waits, 1);
-            while audit.is_busy() {
-                glommio::timer::sleep(AUDIT_CATCH_UP_POLL).await;
-            }
-        }
-    }
-
-    /// Keeps the auth deadline in step with the session after its requests: cleared once it
-    /// authenticates, armed again when a reload revoked its token, so that a revoked
-    /// connection does not live on.
-    fn track_authentication(&mut self) {
-        if self.context.authenticator.is_open() {
-            return;
-        }
-        match (self.session.is_authenticated(), self.auth_deadline) {
-            (true, Some(_)) => self.auth_deadline = None,
-            (false, None) => self.auth_deadline = Some(self.context.auth_deadline_from_now()),
-            _ => {}
         }
     }
 
@@ -384,13 +349,13 @@ impl<'a> Connection<'a> {
         while let Some(finished) = pending.next().await {
             self.answer_write(finished);
         }
-        self.flush(stream).await
+        self.output.flush(stream, self.auth_deadline, self.context.metrics()).await
     }
 
     fn answer_write(&mut self, (write, outcome): WriteDone) {
         let outcome =
             outcome.unwrap_or(Err(OpError::Unavailable("the owning shard stopped before answering")));
-        answer_write(self.context, self.peer, &write, outcome, &mut self.output);
+        answer_write(self.context, self.peer, &write, outcome, &mut self.output.bytes);
     }
 
     fn reject_framing(&mut self, error: FrameError) {
@@ -400,23 +365,41 @@ impl<'a> Connection<'a> {
             FrameError::LengthTooSmall { .. } => Status::Malformed,
         };
         let message = format!("{error}; closing the connection");
-        encode_error(status, error.request_id(), 0, &message, &mut self.output);
+        encode_error(status, error.request_id(), 0, &message, &mut self.output.bytes);
         self.input.wipe();
+    }
+}
+
+/// The replies a connection has not sent yet, and whether they hold plaintext (then the buffer
+/// is wiped once they are sent).
+pub(super) struct Output {
+    pub bytes: BytesMut,
+    pub has_secret: bool,
+}
+
+impl Output {
+    pub fn new() -> Output {
+        Output { bytes: BytesMut::with_capacity(READ_CHUNK_BYTES), has_secret: false }
     }
 
     /// Sends the output. The socket's write timeout (--write-timeout-ms) ends a connection
     /// whose client does not read; the auth deadline bounds the flushes of one that is not
     /// authenticated too.
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
-        if self.output.is_empty() {
+    pub async fn flush<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        auth_deadline: Option<Instant>,
+        metrics: &ExecutorMetrics,
+    ) -> std::io::Result<()> {
+        if self.bytes.is_empty() {
             return Ok(());
         }
         let send = async {
             // A TLS stream buffers: flush pushes the records out.
-            stream.write_all(&self.output).await?;
+            stream.write_all(&self.bytes).await?;
             stream.flush().await
         };
-        let result = match self.auth_deadline {
+        let result = match auth_deadline {
             None => send.await,
             Some(deadline) => {
                 let expired = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
@@ -427,17 +410,83 @@ impl<'a> Connection<'a> {
             }
         };
         if result.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::TimedOut) {
-            ExecutorMetrics::add(&self.context.metrics().connections_timed_out, 1);
+            ExecutorMetrics::add(&metrics.connections_timed_out, 1);
         }
-        if self.output_has_secret {
-            self.output.zeroize();
-            self.output_has_secret = false;
+        if self.has_secret {
+            self.bytes.zeroize();
+            self.has_secret = false;
         }
-        self.output.clear();
-        if self.output.capacity() > OUTPUT_KEPT_BYTES_MAX {
+        self.bytes.clear();
+        if self.bytes.capacity() > OUTPUT_KEPT_BYTES_MAX {
             // A large reply (a BATCH_GET) is gone: do not keep its buffer for the connection's life.
-            self.output = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            self.bytes = BytesMut::with_capacity(READ_CHUNK_BYTES);
         }
         result
+    }
+}
+
+/// Waits until the client sends something (read into `input`), a write in flight finishes, or
+/// the deadline of a connection that is not authenticated passes.
+pub(super) async fn wait<S, F>(
+    stream: &mut S,
+    input: &mut InputBuffer,
+    pending: &mut FuturesUnordered<F>,
+    auth_deadline: Option<Instant>,
+) -> Woken
+where
+    S: AsyncRead + Unpin,
+    F: std::future::Future<Output = WriteDone>,
+{
+    let read = stream.read(input.spare(READ_CHUNK_BYTES));
+    let finished = async {
+        if pending.is_empty() {
+            std::future::pending().await
+        } else {
+            pending.next().await
+        }
+    };
+    let expired = async move {
+        match auth_deadline {
+            Some(deadline) => glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (read, finished, expired) = (pin!(read), pin!(finished), pin!(expired));
+    match select(select(read, finished), expired).await {
+        Either::Left((Either::Left((read, _)), _)) => Woken::Read(read),
+        Either::Left((Either::Right((finished, _)), _)) => Woken::Finished(finished),
+        Either::Right(_) => Woken::AuthDeadline,
+    }
+}
+
+/// While the executor's audit log is busy (written fine, but behind), waits for it to catch up
+/// before the connection takes more requests: this connection, and every other, then slows
+/// down to what the log can write instead of pushing it into its backlog, where every client
+/// is refused.
+pub(super) async fn wait_for_busy_audit(context: &ExecutorContext) {
+    let Some(audit) = &context.audit else { return };
+    if audit.is_busy() {
+        ExecutorMetrics::add(&context.metrics().audit_waits, 1);
+        while audit.is_busy() {
+            glommio::timer::sleep(AUDIT_CATCH_UP_POLL).await;
+        }
+    }
+}
+
+/// Keeps a connection's auth deadline in step with its session after its requests: cleared
+/// once it authenticates, armed again when a reload revoked its token, so that a revoked
+/// connection does not live on.
+pub(super) fn track_authentication(
+    context: &ExecutorContext,
+    session: &Session,
+    auth_deadline: &mut Option<Instant>,
+) {
+    if context.authenticator.is_open() {
+        return;
+    }
+    match (session.is_authenticated(), *auth_deadline) {
+        (true, Some(_)) => *auth_deadline = None,
+        (false, None) => *auth_deadline = Some(context.auth_deadline_from_now()),
+        _ => {}
     }
 }

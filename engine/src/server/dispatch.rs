@@ -486,6 +486,21 @@ fn is_loopback(peer: SocketAddr) -> bool {
     }
 }
 
+/// Refuses a request that a session sent before authenticating in another protocol (RESP), as
+/// [`dispatch`] refuses a native one: `op` is the native op it stands for, `id` the credential
+/// it names. The error frame goes to `out`.
+pub fn refuse_before_authentication(
+    context: &ExecutorContext,
+    caller: &mut Caller<'_>,
+    op: Op,
+    id: Option<&str>,
+    request_id: u32,
+    out: &mut BytesMut,
+) {
+    let auditor = Auditor { context, peer: caller.peer, now_ms: now_ms() };
+    refuse_unauthenticated(context, caller, &auditor, op, id, request_id, out);
+}
+
 /// Refuses a request (other than HELLO) of a session that is not authenticated: counted
 /// always, audited only within [`UNAUTHENTICATED_REFUSALS_AUDITED`], and as one entry even for
 /// a BATCH_GET (with the credential id of a request that names one).

@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::config::{ServerConfig, Switch};
 use crate::data::Store;
 use crate::metrics::{ExecutorMetrics, Metrics};
+use crate::server::connection::Listener;
 use crate::server::router::{Router, WriteMessage};
 use crate::server::{connection, maintenance, postgres};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
@@ -38,15 +39,31 @@ pub struct Shared {
     /// Bumped by every reload (SIGHUP): executors reopen their audit files.
     pub reloads: AtomicU64,
     pub stop: Arc<AtomicBool>,
-    /// The address executor 0 bound, which the others bind too (it matters for port 0).
-    pub bound_address: (Mutex<Option<SocketAddr>>, Condvar),
-    pub ready: Mutex<mpsc::Sender<Result<SocketAddr, String>>>,
+    /// The addresses executor 0 bound, which the others bind too (it matters for port 0).
+    pub bound: Bound,
+    pub bound_resp: Bound,
+    pub ready: Mutex<mpsc::Sender<Result<Listening, String>>>,
     /// Where each shard's write-ahead log is (none with a shared database).
     pub logs: Vec<LogPlace>,
     /// The shared database, when it is the system of record (`--store`).
     pub database: Option<Database>,
     /// The change-log position the shards follow the database from.
     pub follow_from: i64,
+}
+
+/// An address executor 0 bound and publishes to the others.
+#[derive(Default)]
+pub struct Bound {
+    address: Mutex<Option<SocketAddr>>,
+    published: Condvar,
+}
+
+/// Where an executor listens, as it reports once it does.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    pub native: SocketAddr,
+    /// With `--resp-listen`.
+    pub resp: Option<SocketAddr>,
 }
 
 /// What a connection on this executor can reach.
@@ -78,7 +95,7 @@ impl ExecutorContext {
 
 /// The body of one executor thread. Start-up failures are reported on `shared.ready`.
 pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
-    let report = |result: Result<SocketAddr, String>| {
+    let report = |result: Result<Listening, String>| {
         let _ = shared.ready.lock().expect("ready lock").send(result);
     };
     let Ok((senders, receivers)) = mesh.join().await else {
@@ -169,11 +186,27 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         }
     }
 
-    let listener = match bind(&shared, shard_id) {
+    let listener = match bind(&shared, shard_id, shared.config.listen, &shared.bound) {
         Ok(listener) => listener,
         Err(error) => return report(Err(format!("executor {shard_id} could not listen: {error}"))),
     };
-    let address = listener.local_addr().expect("a bound listener has an address");
+    let resp_listener = match shared.config.resp_listen {
+        None => None,
+        Some(resp) => match bind(&shared, shard_id, resp, &shared.bound_resp) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                return report(Err(format!(
+                    "executor {shard_id} could not listen for RESP on {resp}: {error}"
+                )))
+            }
+        },
+    };
+    let listening = Listening {
+        native: listener.local_addr().expect("a bound listener has an address"),
+        resp: resp_listener
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("a bound listener has an address")),
+    };
     let context = Rc::new(ExecutorContext {
         config: shared.config.clone(),
         store: Arc::clone(&shared.store),
@@ -184,8 +217,11 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         audit: audit.clone(),
         database: shared.database.clone(),
     });
-    glommio::spawn_local(accept_loop(listener, context)).detach();
-    report(Ok(address));
+    glommio::spawn_local(accept_loop(listener, Rc::clone(&context), Listener::Native)).detach();
+    if let Some(resp_listener) = resp_listener {
+        glommio::spawn_local(accept_loop(resp_listener, context, Listener::Resp)).detach();
+    }
+    report(Ok(listening));
 
     // The executor ends when this future returns, dropping its listener and connections.
     let mut reloads_seen = shared.reloads.load(Ordering::Acquire);
@@ -233,34 +269,37 @@ fn publish_audit_counters(audit: &AuditLog, metrics: &ExecutorMetrics) {
 
 /// Executor 0 binds the configured address and publishes the bound one; the others wait for
 /// it and bind the same address (SO_REUSEPORT), so the kernel spreads connections over all.
-fn bind(shared: &Shared, shard_id: usize) -> Result<TcpListener, String> {
-    let (slot, published) = &shared.bound_address;
+fn bind(
+    shared: &Shared,
+    shard_id: usize,
+    configured: SocketAddr,
+    bound: &Bound,
+) -> Result<TcpListener, String> {
     if shard_id == 0 {
-        let bound = TcpListener::bind(shared.config.listen);
-        let mut address = slot.lock().expect("bound address lock");
+        let listener = TcpListener::bind(configured);
+        let mut address = bound.address.lock().expect("bound address lock");
         // Publish even a failure (as the configured address) so the others do not wait forever.
-        *address =
-            Some(bound.as_ref().ok().and_then(|l| l.local_addr().ok()).unwrap_or(shared.config.listen));
-        published.notify_all();
-        return bound.map_err(|error| error.to_string());
+        *address = Some(listener.as_ref().ok().and_then(|l| l.local_addr().ok()).unwrap_or(configured));
+        bound.published.notify_all();
+        return listener.map_err(|error| error.to_string());
     }
     // Executor 0 may fail before it binds (its log or audit file), and then never publishes:
     // wait only until the server is asked to stop, which start-up does on any failure.
-    let mut address = slot.lock().expect("bound address lock");
+    let mut address = bound.address.lock().expect("bound address lock");
     while address.is_none() {
         if shared.stop.load(Ordering::Acquire) {
             return Err("the server stopped before executor 0 listened".to_owned());
         }
-        address = published.wait_timeout(address, STOP_POLL_INTERVAL).expect("bound address lock").0;
+        address = bound.published.wait_timeout(address, STOP_POLL_INTERVAL).expect("bound address lock").0;
     }
     TcpListener::bind(address.expect("published")).map_err(|error| error.to_string())
 }
 
-async fn accept_loop(listener: TcpListener, context: Rc<ExecutorContext>) {
+async fn accept_loop(listener: TcpListener, context: Rc<ExecutorContext>, kind: Listener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(connection::serve(stream, Rc::clone(&context))).detach();
+                glommio::spawn_local(connection::serve(stream, Rc::clone(&context), kind)).detach();
             }
             Err(error) => {
                 // E.g. out of file descriptors: back off instead of spinning.

@@ -5,6 +5,7 @@
 //! - [`connection`]: the per-connection loop with pipelining and out-of-order replies.
 //! - [`input`]: the connection's input buffer, read into without zeroing, wiped where sensitive.
 //! - [`dispatch`]: one request frame to one response frame; the read path.
+//! - [`resp`]: the Redis protocol listener, translated onto the same dispatch.
 //! - [`router`]: writes to the owning shard, locally or through the mesh.
 //! - [`tls`]: the rustls server configuration.
 
@@ -14,12 +15,13 @@ pub mod executor;
 pub mod input;
 pub mod maintenance;
 pub mod postgres;
+pub mod resp;
 pub mod router;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -44,6 +46,7 @@ pub struct Server;
 /// A running server. Dropping it stops the server.
 pub struct ServerHandle {
     local_address: SocketAddr,
+    resp_address: Option<SocketAddr>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     authenticator: Arc<Authenticator>,
@@ -75,6 +78,9 @@ impl Server {
         // Before anything else in the data dir is read or written: one server per data dir.
         let data_dir_lock = DataDirLock::acquire(&config.data_dir)?;
         refuse_taken_address(config.listen)?;
+        if let Some(resp) = config.resp_listen {
+            refuse_taken_address(resp)?;
+        }
         let database = match &config.store {
             Some(url) => Some(Database::open(url, config.store_connections, config.store_ca.as_deref())?),
             None => None,
@@ -103,7 +109,8 @@ impl Server {
             tls,
             reloads: AtomicU64::new(0),
             stop: Arc::clone(&stop),
-            bound_address: (Mutex::new(None), Condvar::new()),
+            bound: executor::Bound::default(),
+            bound_resp: executor::Bound::default(),
             logs,
             database,
             follow_from,
@@ -120,6 +127,7 @@ impl Server {
 
         let mut handle = ServerHandle {
             local_address: config.listen,
+            resp_address: config.resp_listen,
             store,
             metrics,
             authenticator,
@@ -130,7 +138,10 @@ impl Server {
         };
         for _ in 0..shard_count {
             match ready.recv_timeout(START_TIMEOUT) {
-                Ok(Ok(address)) => handle.local_address = address,
+                Ok(Ok(listening)) => {
+                    handle.local_address = listening.native;
+                    handle.resp_address = listening.resp;
+                }
                 Ok(Err(message)) => {
                     handle.stop_and_join();
                     return Err(EngineError::Start(message));
@@ -234,6 +245,11 @@ impl ServerHandle {
     /// The address clients connect to.
     pub fn local_address(&self) -> SocketAddr {
         self.local_address
+    }
+
+    /// Where the RESP listener listens (with `--resp-listen`).
+    pub fn resp_address(&self) -> Option<SocketAddr> {
+        self.resp_address
     }
 
     pub fn store(&self) -> &Arc<Store> {

@@ -26,7 +26,7 @@ pub struct MetadataRef<'a> {
     pub labels: Labels<'a>,
 }
 
-impl MetadataRef<'_> {
+impl<'a> MetadataRef<'a> {
     pub fn encode(&self, out: &mut BytesMut) {
         put_str16(out, self.id);
         put_str16(out, self.owner);
@@ -38,6 +38,23 @@ impl MetadataRef<'_> {
         out.put_u64_le(self.expires_at_ms);
         out.put_u32_le(self.key_id);
         out.put_slice(self.labels.encoded());
+    }
+
+    /// Reads metadata in place, borrowing its strings and labels from the reader's bytes
+    /// (for a server that re-reads its own replies; clients use [`Metadata::decode`]).
+    pub fn decode(reader: &mut Reader<'a>) -> Result<MetadataRef<'a>, DecodeError> {
+        Ok(MetadataRef {
+            id: reader.str16("id", usize::MAX)?,
+            owner: reader.str16("owner", usize::MAX)?,
+            scope: reader.str16("scope", usize::MAX)?,
+            kind: reader.u8("kind")?,
+            version: reader.u64("version")?,
+            created_at_ms: reader.u64("created_at_ms")?,
+            updated_at_ms: reader.u64("updated_at_ms")?,
+            expires_at_ms: reader.u64("expires_at_ms")?,
+            key_id: reader.u32("key_id")?,
+            labels: Labels::decode(reader, usize::MAX, usize::MAX)?,
+        })
     }
 }
 

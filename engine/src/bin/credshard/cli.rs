@@ -53,7 +53,7 @@ pub enum TokenCommand {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServerConfig),
+    Serve(Box<ServerConfig>),
     /// Write a new random master key file (mode 0600).
     Keygen {
         #[arg(long)]

@@ -44,7 +44,7 @@ fn fail(error: &anyhow::Error) -> ! {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(config) => serve::run(config),
+        Command::Serve(config) => serve::run(*config),
         Command::Keygen { out } => {
             MasterKey::generate().write_file(&out)?;
             println!(

@@ -50,6 +50,10 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     // Scripts and tests read the bound address (useful with port 0) from this line.
     println!("listening on {}", server.local_address());
+    if let Some(resp) = server.resp_address() {
+        tracing::info!(address = %resp, "RESP listener on");
+        println!("resp listening on {resp}");
+    }
     std::io::stdout().flush()?;
     if config.tokens.is_none() {
         tracing::warn!(
