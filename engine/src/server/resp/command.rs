@@ -85,6 +85,13 @@ pub const COMMANDS: &[Spec] = &[
     spec("credshard.stats", 1, &["admin"], NO_KEYS, Op::Stats),
 ];
 
+impl Spec {
+    /// Whether the command writes (its requests are committed before they are answered).
+    pub fn writes(&self) -> bool {
+        self.flags.contains(&"write")
+    }
+}
+
 /// The spec of a command named `name` (any case).
 pub fn find(name: &[u8]) -> Option<&'static Spec> {
     COMMANDS.iter().find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
@@ -815,25 +822,44 @@ fn write_hello(context: &ExecutorContext, reply: &mut Reply<'_>) {
     reply.array(0);
 }
 
+/// MGET: the secrets in order, a null for each id without one. As in Redis, an id the token
+/// may not read fails the whole command (`NOPERM`), and so does any other failure of an item.
 fn write_mget(reader: &mut Reader<'_>, reply: &mut Reply<'_>) {
     let count = reader.u16("count").expect("a BATCH_GET reply");
-    reply.array(count as usize);
+    let items = reader.clone();
     for _ in 0..count {
         let status = Status::from_u8(reader.u8("status").expect("a BATCH_GET reply")).expect("a status");
         if status == Status::Ok {
             MetadataRef::decode(reader).expect("a BATCH_GET item");
-            reply.bulk(reader.bytes32("secret", usize::MAX).expect("a BATCH_GET item"));
+            reader.bytes32("secret", usize::MAX).expect("a BATCH_GET item");
             continue;
         }
         let detail = reader.u64("detail").expect("a BATCH_GET item");
         let message = reader.str16("message", usize::MAX).expect("a BATCH_GET item");
         match status {
-            Status::NotFound | Status::Expired | Status::Retired => reply.null(),
-            Status::Unauthorized => reply.error("NOPERM", message),
+            Status::NotFound | Status::Expired | Status::Retired => {}
+            Status::Unauthorized => return reply.error("NOPERM", message),
+            Status::TooLarge => {
+                return reply
+                    .error("ERR", "the values take more than --batch-reply-bytes-max: ask for fewer keys")
+            }
             _ => {
                 let _ = detail;
-                reply.error(status.name(), message);
+                return reply.error(status.name(), message);
             }
+        }
+    }
+    let mut reader = items;
+    reply.array(count as usize);
+    for _ in 0..count {
+        let status = Status::from_u8(reader.u8("status").expect("checked")).expect("checked");
+        if status == Status::Ok {
+            MetadataRef::decode(&mut reader).expect("checked");
+            reply.bulk(reader.bytes32("secret", usize::MAX).expect("checked"));
+        } else {
+            reader.u64("detail").expect("checked");
+            reader.str16("message", usize::MAX).expect("checked");
+            reply.null();
         }
     }
 }

@@ -6,8 +6,9 @@
 //! ACLs, audit log and encryption; writes forwarded to their shard and group-committed the
 //! same way), and their native replies become the command's RESP reply. Replies leave in the
 //! order the commands came (Redis clients match them by position), so a command whose write is
-//! still being committed holds back the replies after it; commands are still read and started
-//! while it waits, so a pipeline of SETs is committed together.
+//! still being committed holds back the replies after it. Writes after it are still read and
+//! started while it waits, so a pipeline of SETs is committed together; a command that reads
+//! waits for the writes before it (a pipelined GET sees the SET before it, as in Redis).
 //!
 //! - [`parse`]: commands out of the input buffer, without copying.
 //! - [`reply`]: RESP2 and RESP3 replies.
@@ -150,6 +151,9 @@ impl<'a> RespConnection<'a> {
         loop {
             wait_for_busy_audit(self.context).await;
             let mut took_commands = false;
+            // A command that reads waits for the writes before it, as Redis clients expect: a
+            // GET pipelined after a SET of the same key sees the SET.
+            let mut after_writes = false;
             while closing.is_none()
                 && self.commands.queue.len() < in_flight_max
                 && self.output.bytes.len() < OUTPUT_PAUSE_BYTES
@@ -163,6 +167,13 @@ impl<'a> RespConnection<'a> {
                         break;
                     }
                 };
+                if !pending.is_empty() && !self.args.is_empty() {
+                    let name = &self.input.filled()[self.args[0].clone()];
+                    if !command::find(name).is_some_and(command::Spec::writes) {
+                        after_writes = true;
+                        break;
+                    }
+                }
                 took_commands = true;
                 if !self.args.is_empty() {
                     let args = Args { input: self.input.filled(), ranges: &self.args };
@@ -201,6 +212,12 @@ impl<'a> RespConnection<'a> {
                 };
             }
             glommio::yield_if_needed().await;
+            if after_writes {
+                if let Some(finished) = pending.next().await {
+                    self.commands.answer_write(finished);
+                }
+                continue;
+            }
             if self.commands.queue.len() < in_flight_max && self.command_buffered() {
                 continue;
             }
