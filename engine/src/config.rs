@@ -35,6 +35,12 @@ pub struct ServerConfig {
     /// given. Port 0 picks a free port.
     #[arg(long, env = "CREDSHARD_RESP_LISTEN")]
     pub resp_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (text format) at `GET /metrics` on this address, from a thread
+    /// of their own: requests by op and status, latency histograms, connections, bytes, write
+    /// queues, group commits and fsyncs, the audit log, the key ring (docs/operations.md,
+    /// "Metrics"). They hold no secret and no credential id. Off unless given.
+    #[arg(long, env = "CREDSHARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory for the manifest, the write-ahead logs, the key ring and (unless a key is
     /// given) the generated master key.
     #[arg(long, env = "CREDSHARD_DATA_DIR", default_value = "./credshard-data")]

@@ -1,7 +1,86 @@
-//! Counters reported by STATS. Each executor writes only its own cache-line-aligned block,
-//! so counting never bounces a line between cores; STATS sums the blocks.
+//! Counters and histograms reported by STATS and `/metrics`. Each executor writes only its own
+//! cache-line-aligned block, with plain loads and stores (no locked read-modify-write: a block
+//! has one writer), so counting never bounces a line between cores nor locks one; STATS and a
+//! scrape read the blocks from anywhere and sum them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use credshard_protocol::{Op, Status};
+
+/// Upper bounds of the request latency histogram's buckets, in nanoseconds (10 µs to 10 s);
+/// a last bucket holds the slower ones.
+pub const LATENCY_BOUNDS_NS: [u64; 19] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Upper bounds of the group-commit batch size histogram's buckets, in writes.
+pub const BATCH_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+/// Slots for requests by op: one per op, and a last one for unknown op codes.
+pub const OP_SLOTS: usize = Op::ALL.len() + 1;
+
+/// A histogram with `B` buckets (the bounds of all but the last are given when recording):
+/// per-bucket counts (not cumulative) and the sum of the recorded values.
+#[derive(Debug)]
+pub struct Histogram<const B: usize> {
+    counts: [AtomicU64; B],
+    sum: AtomicU64,
+}
+
+impl<const B: usize> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) }
+    }
+}
+
+impl<const B: usize> Histogram<B> {
+    /// Records `value` in the first bucket whose bound it does not exceed (`bounds` has `B - 1`
+    /// entries, ascending). Only the block's own executor records.
+    #[inline]
+    pub fn record(&self, value: u64, bounds: &[u64]) {
+        debug_assert_eq!(bounds.len() + 1, B);
+        let bucket = bounds.iter().position(|&bound| value <= bound).unwrap_or(B - 1);
+        ExecutorMetrics::add(&self.counts[bucket], 1);
+        ExecutorMetrics::add(&self.sum, value);
+    }
+
+    /// Per-bucket counts and the sum, as of now.
+    pub fn read(&self) -> ([u64; B], u64) {
+        (self.counts.each_ref().map(|count| count.load(Ordering::Relaxed)), self.sum.load(Ordering::Relaxed))
+    }
+}
+
+/// One op's requests on one executor: how many finished with each status, and how long they
+/// took (from when their bytes were read to when their reply was ready).
+#[derive(Debug, Default)]
+pub struct OpRequests {
+    pub by_status: [AtomicU64; Status::ALL.len()],
+    pub latency_ns: Histogram<{ LATENCY_BOUNDS_NS.len() + 1 }>,
+}
+
+/// The slot of an op code in [`ExecutorMetrics::requests`] (unknown codes share the last).
+pub fn op_slot(code: u8) -> usize {
+    Op::ALL.iter().position(|op| *op as u8 == code).unwrap_or(Op::ALL.len())
+}
 
 /// One executor's counters.
 #[derive(Default, Debug)]
@@ -62,17 +141,45 @@ pub struct ExecutorMetrics {
     pub db_writes_stale: AtomicU64,
     pub db_round_failures: AtomicU64,
     pub db_credentials_reread: AtomicU64,
+    /// With `--store`: how long rounds took, queue to commit.
+    pub db_round_latency_ns: Histogram<{ LATENCY_BOUNDS_NS.len() + 1 }>,
+    /// Requests by op (see [`op_slot`]), status and latency.
+    pub requests: [OpRequests; OP_SLOTS],
+    /// Bytes read from and written to clients' sockets (both listeners).
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Writes appended to this shard's log waiting for its next group commit (a gauge).
+    pub write_queue_depth: AtomicU64,
+    /// Writes (and durability waits) per group commit of this shard's log.
+    pub log_batch_writes: Histogram<{ BATCH_BOUNDS.len() + 1 }>,
+    /// How long each fdatasync of this shard's log took.
+    pub log_fsync_latency_ns: Histogram<{ LATENCY_BOUNDS_NS.len() + 1 }>,
+    /// Audit entries buffered and not yet written (a gauge, copied like the audit counters).
+    pub audit_backlog_bytes: AtomicU64,
 }
 
 impl ExecutorMetrics {
+    /// Adds to a counter of this block. Only the block's own executor writes it, so a plain
+    /// load and store (no locked read-modify-write) loses nothing; readers see each store whole.
     #[inline]
     pub fn add(counter: &AtomicU64, value: u64) {
-        counter.fetch_add(value, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(value), Ordering::Relaxed);
     }
 
+    /// Subtracts from a gauge of this block (its own executor only, as [`ExecutorMetrics::add`]).
     #[inline]
     pub fn sub(counter: &AtomicU64, value: u64) {
-        counter.fetch_sub(value, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed).wrapping_sub(value), Ordering::Relaxed);
+    }
+
+    /// Counts a finished request: its op code, the status code it was answered with, and how
+    /// long it took.
+    #[inline]
+    pub fn record_request(&self, op_code: u8, status_code: u8, elapsed: Duration) {
+        let requests = &self.requests[op_slot(op_code)];
+        let status = (status_code as usize).min(Status::ALL.len() - 1);
+        ExecutorMetrics::add(&requests.by_status[status], 1);
+        requests.latency_ns.record(elapsed.as_nanos().min(u64::MAX as u128) as u64, &LATENCY_BOUNDS_NS);
     }
 }
 
@@ -88,6 +195,11 @@ impl Metrics {
 
     pub fn executor(&self, index: usize) -> &ExecutorMetrics {
         &self.executors[index]
+    }
+
+    /// Every executor's block, in shard order.
+    pub fn executors(&self) -> &[ExecutorMetrics] {
+        &self.executors
     }
 
     /// Open connections across all executors.

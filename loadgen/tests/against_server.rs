@@ -200,3 +200,126 @@ fn unreachable_target_and_bad_arguments_exit_2() {
     let output = Command::new(LOADGEN).args(["--mix", "get=abc"]).output().unwrap();
     common::assert_exit_2_one_line(&output);
 }
+
+/// A Prometheus text exposition: every sample's name, labels (as `k="v"` text) and value.
+fn samples(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (name.to_owned(), labels.to_owned(), value.parse().unwrap_or_else(|_| panic!("{line}")))
+        })
+        .collect()
+}
+
+fn scrape(address: std::net::SocketAddr) -> Vec<(String, String, f64)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: credshard\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200") && head.contains("text/plain; version=0.0.4"), "{head}");
+    samples(body)
+}
+
+/// The sum of the samples named `name` whose labels contain `with`.
+fn total(samples: &[(String, String, f64)], name: &str, with: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, labels, _)| n == name && labels.contains(with))
+        .map(|(_, _, value)| value)
+        .sum()
+}
+
+#[test]
+fn metrics_add_up_to_the_loadgens_operations_on_both_listeners() {
+    let (server, data_dir) = common::start_credshard_with(|config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.resp_listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let metrics = server.metrics_address().unwrap();
+    let (connections, pipeline, keys) = (4.0, 4.0, 200.0);
+    let mut seen_get = 0.0;
+    let mut seen_put = 0.0;
+    let targets = [
+        format!("credshard://{}", server.local_address()),
+        format!("redis://{}", server.resp_address().unwrap()),
+    ];
+    for (run, target) in targets.iter().enumerate() {
+        let json_path = data_dir.path().join(format!("run-{run}.json"));
+        let mut child = Command::new(LOADGEN)
+            .args(["--target", target, "--connections", "4", "--pipeline", "4", "--duration", "2"])
+            .args(["--warmup", "0", "--keys", "200", "--mix", "get=80,put=20", "--threads", "1", "--json"])
+            .arg(&json_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A scrape in the middle of the run: counters already moving, never above the end's.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        let during = scrape(metrics);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "loadgen against {target} failed");
+        let after = scrape(metrics);
+        let json = std::fs::read_to_string(&json_path).unwrap();
+        assert_eq!(number(&json, "errors"), 0.0, "{json}");
+        let (get_ops, put_ops) = (number(&json, "per_op.get.ops"), number(&json, "per_op.put.ops"));
+
+        let get = total(&after, "credshard_requests_total", "op=\"get\"") - seen_get;
+        let put = total(&after, "credshard_requests_total", "op=\"put\"") - seen_put;
+        assert!(
+            total(&during, "credshard_requests_total", "op=\"get\"") - seen_get > 0.0,
+            "{target}: moving mid-run"
+        );
+        assert!(total(&during, "credshard_requests_total", "op=\"get\"") - seen_get <= get);
+        // The server answered every measured request and the preload's PUTs; besides, only the
+        // requests that straddle the window's start or end, which the loadgen leaves out (at
+        // most one pipeline per connection at each edge).
+        let in_flight = 2.0 * connections * pipeline;
+        assert!(
+            (get_ops..=get_ops + in_flight).contains(&get),
+            "{target}: server GETs {get}, loadgen {get_ops}"
+        );
+        let put_expected = put_ops + keys;
+        assert!(
+            (put_expected..=put_expected + in_flight).contains(&put),
+            "{target}: server PUTs {put}, loadgen {put_ops} + {keys}"
+        );
+        let ok = total(&after, "credshard_requests_total", "op=\"get\",status=\"ok\"")
+            + total(&after, "credshard_requests_total", "op=\"put\",status=\"ok\"");
+        assert_eq!(ok - seen_get - seen_put, get + put, "{target}: every GET and PUT answered OK");
+        seen_get += get;
+        seen_put += put;
+    }
+    // Each op's latency histogram counts its requests, and its buckets are cumulative.
+    let after = scrape(metrics);
+    for op in ["get", "put"] {
+        let label = format!("op=\"{op}\"");
+        let count = total(&after, "credshard_request_duration_seconds_count", &label);
+        assert_eq!(count, total(&after, "credshard_requests_total", &label), "{op}");
+        let buckets: Vec<f64> = after
+            .iter()
+            .filter(|(name, labels, _)| {
+                name == "credshard_request_duration_seconds_bucket" && labels.contains(&label)
+            })
+            .map(|(_, _, value)| *value)
+            .collect();
+        assert!(buckets.windows(2).all(|pair| pair[0] <= pair[1]), "{op}: {buckets:?}");
+        assert_eq!(buckets.last(), Some(&count), "{op}: +Inf holds every request");
+    }
+    assert!(total(&after, "credshard_received_bytes_total", "") > 0.0);
+    assert!(total(&after, "credshard_log_batch_writes_count", "") > 0.0);
+    assert_eq!(
+        total(&after, "credshard_log_batch_writes_sum", ""),
+        seen_put,
+        "every PUT was in one group commit"
+    );
+    assert_eq!(total(&after, "credshard_credentials", ""), keys);
+    assert_eq!(total(&after, "credshard_shards", ""), 2.0);
+    server.join().unwrap();
+}

@@ -211,6 +211,8 @@ impl<'a> Connection<'a> {
         loop {
             wait_for_busy_audit(self.context).await;
             let mut took_requests = false;
+            // One clock read per batch of requests taken: their latency counts from here.
+            let received_at = Instant::now();
             while closing.is_none()
                 && pending.len() < in_flight_max
                 && self.output.bytes.len() < OUTPUT_PAUSE_BYTES
@@ -226,7 +228,7 @@ impl<'a> Connection<'a> {
                 };
                 took_requests = true;
                 let frame_bytes = header.frame_bytes;
-                let mut caller = Caller { session: &mut self.session, peer: self.peer };
+                let mut caller = Caller { session: &mut self.session, peer: self.peer, received_at };
                 let frame = &self.input.filled()[..frame_bytes];
                 let waiting = match dispatch(self.context, &mut caller, header, frame, &mut self.output.bytes)
                 {
@@ -289,7 +291,9 @@ impl<'a> Connection<'a> {
                 }
                 continue;
             }
-            match wait(stream, &mut self.input, &mut pending, self.auth_deadline).await {
+            match wait(stream, &mut self.input, &mut pending, self.auth_deadline, self.context.metrics())
+                .await
+            {
                 Woken::Finished(finished) => {
                     if let Some(finished) = finished {
                         self.answer_write(finished);
@@ -409,8 +413,12 @@ impl Output {
                 }
             }
         };
-        if result.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::TimedOut) {
-            ExecutorMetrics::add(&metrics.connections_timed_out, 1);
+        match &result {
+            Ok(()) => ExecutorMetrics::add(&metrics.bytes_sent, self.bytes.len() as u64),
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                ExecutorMetrics::add(&metrics.connections_timed_out, 1)
+            }
+            Err(_) => {}
         }
         if self.has_secret {
             self.bytes.zeroize();
@@ -425,13 +433,14 @@ impl Output {
     }
 }
 
-/// Waits until the client sends something (read into `input`), a write in flight finishes, or
-/// the deadline of a connection that is not authenticated passes.
+/// Waits until the client sends something (read into `input`, and counted), a write in flight
+/// finishes, or the deadline of a connection that is not authenticated passes.
 pub(super) async fn wait<S, F>(
     stream: &mut S,
     input: &mut InputBuffer,
     pending: &mut FuturesUnordered<F>,
     auth_deadline: Option<Instant>,
+    metrics: &ExecutorMetrics,
 ) -> Woken
 where
     S: AsyncRead + Unpin,
@@ -453,7 +462,12 @@ where
     };
     let (read, finished, expired) = (pin!(read), pin!(finished), pin!(expired));
     match select(select(read, finished), expired).await {
-        Either::Left((Either::Left((read, _)), _)) => Woken::Read(read),
+        Either::Left((Either::Left((read, _)), _)) => {
+            if let Ok(bytes) = read {
+                ExecutorMetrics::add(&metrics.bytes_received, bytes as u64);
+            }
+            Woken::Read(read)
+        }
         Either::Left((Either::Right((finished, _)), _)) => Woken::Finished(finished),
         Either::Right(_) => Woken::AuthDeadline,
     }

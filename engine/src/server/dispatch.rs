@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use credshard_protocol::frame::{self, Header};
@@ -64,16 +65,41 @@ pub struct WriteTicket {
     pub audited: bool,
     /// The credential id, kept only when the audit log is on (none for the key ops).
     pub audit_id: Option<Box<str>>,
+    /// When the request's bytes were read (its latency is counted from there).
+    pub received_at: Instant,
 }
 
-/// Who sent a request, as the audit log records it.
+/// Who sent a request, as the audit log records it, and when its bytes were read.
 pub struct Caller<'a> {
     pub session: &'a mut Session,
     pub peer: SocketAddr,
+    pub received_at: Instant,
 }
 
-/// Handles the request in `frame` (a whole frame, header included).
+/// Handles the request in `frame` (a whole frame, header included), and counts it (by op,
+/// status and latency) once it is answered.
 pub fn dispatch(
+    context: &ExecutorContext,
+    caller: &mut Caller<'_>,
+    header: Header,
+    frame: &[u8],
+    out: &mut BytesMut,
+) -> Dispatched {
+    let start = out.len();
+    let dispatched = dispatch_request(context, caller, header, frame, out);
+    if let Dispatched::Answered { .. } = dispatched {
+        record_answer(context, header.code, out, start, caller.received_at);
+    }
+    dispatched
+}
+
+/// Counts the request of op `op_code` whose reply frame begins at `start` in `out`.
+fn record_answer(context: &ExecutorContext, op_code: u8, out: &[u8], start: usize, received_at: Instant) {
+    let status = out.get(start + frame::LENGTH_BYTES).copied().unwrap_or(Status::Internal as u8);
+    context.metrics().record_request(op_code, status, received_at.elapsed());
+}
+
+fn dispatch_request(
     context: &ExecutorContext,
     caller: &mut Caller<'_>,
     header: Header,
@@ -130,7 +156,7 @@ pub fn dispatch(
     }
 
     if let Request::RotateKey | Request::Rekey(_) = &request {
-        return key_admin(context, caller.peer, &request, principal, request_id, out);
+        return key_admin(context, caller.peer, caller.received_at, &request, principal, request_id, out);
     }
     if op.is_write() {
         ExecutorMetrics::add(&metrics.writes_total, 1);
@@ -141,6 +167,7 @@ pub fn dispatch(
             principal: Arc::clone(principal),
             audited: context.audit.is_some(),
             audit_id: context.audit.is_some().then(|| id.into()),
+            received_at: caller.received_at,
         };
         let shard_id = context.store.shard_for(id);
         if shard_id != context.router.shard_id() {
@@ -374,6 +401,7 @@ pub fn answer_write(
 ) {
     debug_assert!(write.op.is_write() || matches!(write.op, Op::RotateKey | Op::Rekey));
     crate::wipe::reserve(out, REPLY_HEADROOM_BYTES);
+    let start = out.len();
     if write.audited {
         let (version, status) = match &outcome {
             Ok(version) if write.op.is_write() => (Some(*version), Status::Ok),
@@ -398,6 +426,7 @@ pub fn answer_write(
         }
         Err(error) => encode_op_error(context, error, write.request_id, out),
     }
+    record_answer(context, write.op as u8, out, start, write.received_at);
 }
 
 /// ROTATE_KEY and REKEY: the key ring's file is rewritten and synced (and REKEY may derive a
@@ -406,6 +435,7 @@ pub fn answer_write(
 fn key_admin(
     context: &ExecutorContext,
     peer: SocketAddr,
+    received_at: Instant,
     request: &Request<'_>,
     principal: &Arc<Principal>,
     request_id: u32,
@@ -418,6 +448,7 @@ fn key_admin(
         principal: Arc::clone(principal),
         audited: context.audit.is_some(),
         audit_id: None,
+        received_at,
     };
     let store = Arc::clone(&context.store);
     let work: Box<dyn FnOnce() -> WriteOutcome + Send> = match request {
@@ -498,7 +529,9 @@ pub fn refuse_before_authentication(
     out: &mut BytesMut,
 ) {
     let auditor = Auditor { context, peer: caller.peer, now_ms: now_ms() };
+    let start = out.len();
     refuse_unauthenticated(context, caller, &auditor, op, id, request_id, out);
+    record_answer(context, op as u8, out, start, caller.received_at);
 }
 
 /// Refuses a request (other than HELLO) of a session that is not authenticated: counted

@@ -265,6 +265,7 @@ fn publish_audit_counters(audit: &AuditLog, metrics: &ExecutorMetrics) {
     metrics.audit_bytes_written.store(audit.bytes_written(), Relaxed);
     metrics.audit_write_errors.store(audit.write_errors(), Relaxed);
     metrics.audit_syncs.store(audit.syncs(), Relaxed);
+    metrics.audit_backlog_bytes.store(audit.unwritten_bytes() as u64, Relaxed);
 }
 
 /// Executor 0 binds the configured address and publishes the bound one; the others wait for

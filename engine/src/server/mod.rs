@@ -5,6 +5,7 @@
 //! - [`connection`]: the per-connection loop with pipelining and out-of-order replies.
 //! - [`input`]: the connection's input buffer, read into without zeroing, wiped where sensitive.
 //! - [`dispatch`]: one request frame to one response frame; the read path.
+//! - [`prometheus`]: `/metrics` for Prometheus, on a thread of its own.
 //! - [`resp`]: the Redis protocol listener, translated onto the same dispatch.
 //! - [`router`]: writes to the owning shard, locally or through the mesh.
 //! - [`tls`]: the rustls server configuration.
@@ -15,6 +16,7 @@ pub mod executor;
 pub mod input;
 pub mod maintenance;
 pub mod postgres;
+pub mod prometheus;
 pub mod resp;
 pub mod router;
 pub mod tls;
@@ -53,6 +55,8 @@ pub struct ServerHandle {
     shared: Arc<executor::Shared>,
     stop: Arc<AtomicBool>,
     threads: Option<PoolThreadHandles<()>>,
+    /// `/metrics`, with `--metrics-listen` (stopped before the executors).
+    exporter: Option<prometheus::Exporter>,
     /// Held for the server's life; released (last, after the executors stop) when dropped.
     _data_dir_lock: DataDirLock,
 }
@@ -134,6 +138,7 @@ impl Server {
             shared: handle_shared,
             stop,
             threads: Some(threads),
+            exporter: None,
             _data_dir_lock: data_dir_lock,
         };
         for _ in 0..shard_count {
@@ -151,6 +156,21 @@ impl Server {
                     let message =
                         handle.stop_and_join().unwrap_or_else(|| "an executor did not start".to_owned());
                     return Err(EngineError::Start(message));
+                }
+            }
+        }
+        if let Some(listen) = config.metrics_listen {
+            let database = handle.shared.database.clone();
+            match prometheus::Exporter::start(
+                listen,
+                Arc::clone(&handle.metrics),
+                Arc::clone(&handle.store),
+                database,
+            ) {
+                Ok(exporter) => handle.exporter = Some(exporter),
+                Err(error) => {
+                    handle.stop_and_join();
+                    return Err(error);
                 }
             }
         }
@@ -247,6 +267,11 @@ impl ServerHandle {
         self.local_address
     }
 
+    /// Where `/metrics` is served (with `--metrics-listen`).
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.exporter.as_ref().map(prometheus::Exporter::address)
+    }
+
     /// Where the RESP listener listens (with `--resp-listen`).
     pub fn resp_address(&self) -> Option<SocketAddr> {
         self.resp_address
@@ -291,6 +316,7 @@ impl ServerHandle {
 
     /// Stops and joins; returns the first executor failure.
     fn stop_and_join(&mut self) -> Option<String> {
+        self.exporter = None;
         self.request_stop();
         let threads = self.threads.take()?;
         threads.join_all().into_iter().find_map(|result| result.err().map(|error| error.to_string()))

@@ -340,7 +340,9 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         let committed = commit_round(&rounds.database, commits).await;
         let counters = rounds.metrics.executor(rounds.router.shard_id());
         ExecutorMetrics::add(&counters.db_rounds, 1);
-        ExecutorMetrics::add(&counters.db_round_us, started.elapsed().as_micros() as u64);
+        let elapsed = started.elapsed();
+        ExecutorMetrics::add(&counters.db_round_us, elapsed.as_micros() as u64);
+        counters.db_round_latency_ns.record(elapsed.as_nanos() as u64, &crate::metrics::LATENCY_BOUNDS_NS);
         if committed.is_err() {
             ExecutorMetrics::add(&counters.db_round_failures, 1);
         }

@@ -222,7 +222,11 @@ impl<F: LogFs> ShardLog<F> {
             write_all_at(&*file, batch, self.end.get()).await?;
         }
         if sync || self.settings.fsync == FsyncMode::Always {
+            let started = std::time::Instant::now();
             file.fdatasync().await?;
+            let elapsed = started.elapsed().as_nanos() as u64;
+            let metrics = self.metrics.executor(self.place.shard_id);
+            metrics.log_fsync_latency_ns.record(elapsed, &crate::metrics::LATENCY_BOUNDS_NS);
         }
         Ok(())
     }
@@ -327,12 +331,14 @@ impl<F: LogFs> ShardStorage for ShardLog<F> {
 
     fn when_committed(&self, reply: oneshot::Sender<WriteOutcome>, outcome: WriteOutcome) {
         self.waiters.borrow_mut().push((reply, outcome));
+        ExecutorMetrics::add(&self.metrics.executor(self.place.shard_id).write_queue_depth, 1);
         let _ = self.doorbell.try_send(());
     }
 
     fn when_durable(&self, reply: oneshot::Sender<WriteOutcome>) {
         self.sync_requested.set(true);
         self.waiters.borrow_mut().push((reply, Ok(0)));
+        ExecutorMetrics::add(&self.metrics.executor(self.place.shard_id).write_queue_depth, 1);
         let _ = self.doorbell.try_send(());
     }
 
@@ -359,6 +365,12 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
             let payload = std::mem::take(&mut *log.pending.borrow_mut());
             let waiters = std::mem::take(&mut *log.waiters.borrow_mut());
             let sync = log.sync_requested.take();
+            let counters = log.metrics.executor(log.place.shard_id);
+            // Every waiter taken here is answered below, once: it leaves the queue's depth then.
+            ExecutorMetrics::sub(&counters.write_queue_depth, waiters.len() as u64);
+            if !waiters.is_empty() {
+                counters.log_batch_writes.record(waiters.len() as u64, &crate::metrics::BATCH_BOUNDS);
+            }
             if payload.is_empty() && !sync {
                 // Every waiter follows an append and is taken with it, so none should be left
                 // here; answer any rather than leave a client hanging.
@@ -373,7 +385,6 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
                 match log.commit(&batch, sync).await {
                     Ok(()) => {
                         log.end.set(log.end.get() + batch.len() as u64);
-                        let counters = log.metrics.executor(log.place.shard_id);
                         ExecutorMetrics::add(&counters.log_batches_committed, 1);
                         ExecutorMetrics::add(&counters.log_bytes_written, batch.len() as u64);
                         if log.failing.replace(false) {

@@ -54,6 +54,10 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         tracing::info!(address = %resp, "RESP listener on");
         println!("resp listening on {resp}");
     }
+    if let Some(metrics) = server.metrics_address() {
+        tracing::info!(address = %metrics, "metrics at /metrics");
+        println!("metrics listening on {metrics}");
+    }
     std::io::stdout().flush()?;
     if config.tokens.is_none() {
         tracing::warn!(

@@ -109,6 +109,8 @@ struct Commands<'a> {
     front_seq: u32,
     /// Emptied slot buffers, for the next commands.
     spare: Vec<BytesMut>,
+    /// When the commands being taken were read (their latency counts from here).
+    received_at: Instant,
 }
 
 impl<'a> RespConnection<'a> {
@@ -130,6 +132,7 @@ impl<'a> RespConnection<'a> {
                 queue: VecDeque::new(),
                 front_seq: 0,
                 spare: Vec::new(),
+                received_at: Instant::now(),
             },
         }
     }
@@ -151,6 +154,7 @@ impl<'a> RespConnection<'a> {
         loop {
             wait_for_busy_audit(self.context).await;
             let mut took_commands = false;
+            self.commands.received_at = Instant::now();
             // A command that reads waits for the writes before it, as Redis clients expect: a
             // GET pipelined after a SET of the same key sees the SET.
             let mut after_writes = false;
@@ -228,7 +232,9 @@ impl<'a> RespConnection<'a> {
                 }
                 continue;
             }
-            match wait(stream, &mut self.input, &mut pending, self.auth_deadline).await {
+            match wait(stream, &mut self.input, &mut pending, self.auth_deadline, self.context.metrics())
+                .await
+            {
                 Woken::Finished(finished) => {
                     if let Some(finished) = finished {
                         self.commands.answer_write(finished);
@@ -293,7 +299,7 @@ impl Commands<'_> {
     async fn execute(&mut self, args: Args<'_>, pending: &mut FuturesUnordered<PendingWrite>) -> bool {
         let seq = self.next_seq();
         let context = self.context;
-        ExecutorMetrics::add(&context.metrics().requests_total, 1);
+        // Counted as the native requests it becomes (by dispatch); errors made here are counted here.
         let Some(spec) = command::find(args.get(0)) else {
             ExecutorMetrics::add(&context.metrics().errors_total, 1);
             let name = String::from_utf8_lossy(&args.get(0)[..args.get(0).len().min(64)]).into_owned();
@@ -316,7 +322,8 @@ impl Commands<'_> {
                 .then(|| std::str::from_utf8(args.get(1)).ok())
                 .flatten();
             let mut slot = self.slot(Some(Shape::Refused), false);
-            let mut caller = Caller { session: &mut self.session, peer: self.peer };
+            let mut caller =
+                Caller { session: &mut self.session, peer: self.peer, received_at: self.received_at };
             refuse_before_authentication(context, &mut caller, spec.op, id, seq, &mut slot.bytes);
             self.queue.push_back(slot);
             return false;
@@ -399,7 +406,8 @@ impl Commands<'_> {
         self.request.clear();
         request.encode(seq, &mut self.request);
         let header = frame::check(&self.request, usize::MAX).expect("a frame just encoded").expect("whole");
-        let mut caller = Caller { session: &mut self.session, peer: self.peer };
+        let mut caller =
+            Caller { session: &mut self.session, peer: self.peer, received_at: self.received_at };
         let context = self.context;
         match dispatch(context, &mut caller, header, &self.request, &mut slot.bytes) {
             Dispatched::Answered { .. } => {}
