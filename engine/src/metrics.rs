@@ -4,7 +4,7 @@
 //! scrape read the blocks from anywhere and sum them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use credshard_protocol::{Op, Status};
 
@@ -57,10 +57,16 @@ impl<const B: usize> Histogram<B> {
     /// entries, ascending). Only the block's own executor records.
     #[inline]
     pub fn record(&self, value: u64, bounds: &[u64]) {
+        self.record_n(value, 1, bounds);
+    }
+
+    /// Records `count` values of `value` at once.
+    #[inline]
+    pub fn record_n(&self, value: u64, count: u64, bounds: &[u64]) {
         debug_assert_eq!(bounds.len() + 1, B);
         let bucket = bounds.iter().position(|&bound| value <= bound).unwrap_or(B - 1);
-        ExecutorMetrics::add(&self.counts[bucket], 1);
-        ExecutorMetrics::add(&self.sum, value);
+        ExecutorMetrics::add(&self.counts[bucket], count);
+        ExecutorMetrics::add(&self.sum, value.wrapping_mul(count));
     }
 
     /// Per-bucket counts and the sum, as of now.
@@ -78,8 +84,12 @@ pub struct OpRequests {
 }
 
 /// The slot of an op code in [`ExecutorMetrics::requests`] (unknown codes share the last).
+#[inline]
 pub fn op_slot(code: u8) -> usize {
-    Op::ALL.iter().position(|op| *op as u8 == code).unwrap_or(Op::ALL.len())
+    match Op::from_u8(code) {
+        Some(op) => Op::ALL.iter().position(|known| *known == op).unwrap_or(Op::ALL.len()),
+        None => Op::ALL.len(),
+    }
 }
 
 /// One executor's counters.
@@ -172,14 +182,59 @@ impl ExecutorMetrics {
         counter.store(counter.load(Ordering::Relaxed).wrapping_sub(value), Ordering::Relaxed);
     }
 
-    /// Counts a finished request: its op code, the status code it was answered with, and how
-    /// long it took.
+    /// Counts a finished request by its op code and the status code it was answered with.
     #[inline]
-    pub fn record_request(&self, op_code: u8, status_code: u8, elapsed: Duration) {
-        let requests = &self.requests[op_slot(op_code)];
+    pub fn count_request(&self, op_code: u8, status_code: u8) {
         let status = (status_code as usize).min(Status::ALL.len() - 1);
-        ExecutorMetrics::add(&requests.by_status[status], 1);
-        requests.latency_ns.record(elapsed.as_nanos().min(u64::MAX as u128) as u64, &LATENCY_BOUNDS_NS);
+        ExecutorMetrics::add(&self.requests[op_slot(op_code)].by_status[status], 1);
+    }
+
+    /// Records how long `count` requests of one op slot took.
+    #[inline]
+    pub fn record_latency(&self, slot: usize, elapsed: Duration, count: u64) {
+        let nanos = elapsed.as_nanos().min(u64::MAX as u128) as u64;
+        self.requests[slot].latency_ns.record_n(nanos, count, &LATENCY_BOUNDS_NS);
+    }
+}
+
+/// The requests of one batch that a connection answers at once (reads, refusals), by op slot:
+/// their replies are sent together when the batch is done, so their latency (from when the
+/// batch was read) is recorded together then, with one clock read for the whole batch.
+pub struct AnsweredBatch {
+    received_at: Instant,
+    counts: [u32; OP_SLOTS],
+    total: u32,
+}
+
+impl AnsweredBatch {
+    /// A batch read now.
+    pub fn start() -> AnsweredBatch {
+        AnsweredBatch { received_at: Instant::now(), counts: [0; OP_SLOTS], total: 0 }
+    }
+
+    /// When the batch was read.
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// One request of op `op_code` answered in the batch.
+    #[inline]
+    pub fn add(&mut self, op_code: u8) {
+        self.counts[op_slot(op_code)] += 1;
+        self.total += 1;
+    }
+
+    /// Records the batch's latencies (its replies are ready now); the connection starts a new
+    /// batch when it next reads.
+    pub fn finish(&mut self, metrics: &ExecutorMetrics) {
+        if self.total > 0 {
+            let elapsed = self.received_at.elapsed();
+            for (slot, count) in self.counts.iter_mut().enumerate().filter(|(_, count)| **count > 0) {
+                metrics.record_latency(slot, elapsed, u64::from(*count));
+                *count = 0;
+            }
+            self.total = 0;
+        }
     }
 }
 

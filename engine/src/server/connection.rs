@@ -29,7 +29,7 @@ use zeroize::Zeroize;
 use crate::auth::Session;
 use crate::error::OpError;
 use crate::error::WriteOutcome;
-use crate::metrics::ExecutorMetrics;
+use crate::metrics::{AnsweredBatch, ExecutorMetrics};
 use crate::server::dispatch::{
     answer_write, dispatch, Caller, Dispatched, WriteTicket, UNAUTHENTICATED_REFUSALS_MAX,
 };
@@ -211,8 +211,9 @@ impl<'a> Connection<'a> {
         loop {
             wait_for_busy_audit(self.context).await;
             let mut took_requests = false;
-            // One clock read per batch of requests taken: their latency counts from here.
-            let received_at = Instant::now();
+            // The requests answered at once in this batch: their latency is recorded when
+            // the batch's replies are ready (one clock read at each end of the batch).
+            let mut batch = AnsweredBatch::start();
             while closing.is_none()
                 && pending.len() < in_flight_max
                 && self.output.bytes.len() < OUTPUT_PAUSE_BYTES
@@ -228,7 +229,7 @@ impl<'a> Connection<'a> {
                 };
                 took_requests = true;
                 let frame_bytes = header.frame_bytes;
-                let mut caller = Caller { session: &mut self.session, peer: self.peer, received_at };
+                let mut caller = Caller { session: &mut self.session, peer: self.peer, batch: &mut batch };
                 let frame = &self.input.filled()[..frame_bytes];
                 let waiting = match dispatch(self.context, &mut caller, header, frame, &mut self.output.bytes)
                 {
@@ -261,6 +262,7 @@ impl<'a> Connection<'a> {
             }
             if took_requests {
                 track_authentication(self.context, &self.session, &mut self.auth_deadline);
+                batch.finish(self.context.metrics());
             }
 
             while let Some(Some(finished)) = pending.next().now_or_never() {

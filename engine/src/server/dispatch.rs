@@ -25,7 +25,7 @@ use crate::crypto::{Argon2Cost, KeySource, MasterKey};
 use crate::error::EngineError;
 use crate::error::OpError;
 use crate::error::WriteOutcome;
-use crate::metrics::ExecutorMetrics;
+use crate::metrics::{AnsweredBatch, ExecutorMetrics};
 use crate::server::executor::ExecutorContext;
 use crate::time::now_ms;
 
@@ -69,11 +69,12 @@ pub struct WriteTicket {
     pub received_at: Instant,
 }
 
-/// Who sent a request, as the audit log records it, and when its bytes were read.
+/// Who sent a request, as the audit log records it, and the batch it was read in (whose
+/// latency the connection records once its replies are ready).
 pub struct Caller<'a> {
     pub session: &'a mut Session,
     pub peer: SocketAddr,
-    pub received_at: Instant,
+    pub batch: &'a mut AnsweredBatch,
 }
 
 /// Handles the request in `frame` (a whole frame, header included), and counts it (by op,
@@ -88,15 +89,16 @@ pub fn dispatch(
     let start = out.len();
     let dispatched = dispatch_request(context, caller, header, frame, out);
     if let Dispatched::Answered { .. } = dispatched {
-        record_answer(context, header.code, out, start, caller.received_at);
+        count_answer(context, header.code, out, start);
+        caller.batch.add(header.code);
     }
     dispatched
 }
 
 /// Counts the request of op `op_code` whose reply frame begins at `start` in `out`.
-fn record_answer(context: &ExecutorContext, op_code: u8, out: &[u8], start: usize, received_at: Instant) {
+fn count_answer(context: &ExecutorContext, op_code: u8, out: &[u8], start: usize) {
     let status = out.get(start + frame::LENGTH_BYTES).copied().unwrap_or(Status::Internal as u8);
-    context.metrics().record_request(op_code, status, received_at.elapsed());
+    context.metrics().count_request(op_code, status);
 }
 
 fn dispatch_request(
@@ -156,7 +158,15 @@ fn dispatch_request(
     }
 
     if let Request::RotateKey | Request::Rekey(_) = &request {
-        return key_admin(context, caller.peer, caller.received_at, &request, principal, request_id, out);
+        return key_admin(
+            context,
+            caller.peer,
+            caller.batch.received_at(),
+            &request,
+            principal,
+            request_id,
+            out,
+        );
     }
     if op.is_write() {
         ExecutorMetrics::add(&metrics.writes_total, 1);
@@ -167,7 +177,7 @@ fn dispatch_request(
             principal: Arc::clone(principal),
             audited: context.audit.is_some(),
             audit_id: context.audit.is_some().then(|| id.into()),
-            received_at: caller.received_at,
+            received_at: caller.batch.received_at(),
         };
         let shard_id = context.store.shard_for(id);
         if shard_id != context.router.shard_id() {
@@ -426,7 +436,8 @@ pub fn answer_write(
         }
         Err(error) => encode_op_error(context, error, write.request_id, out),
     }
-    record_answer(context, write.op as u8, out, start, write.received_at);
+    count_answer(context, write.op as u8, out, start);
+    context.metrics().record_latency(crate::metrics::op_slot(write.op as u8), write.received_at.elapsed(), 1);
 }
 
 /// ROTATE_KEY and REKEY: the key ring's file is rewritten and synced (and REKEY may derive a
@@ -531,7 +542,8 @@ pub fn refuse_before_authentication(
     let auditor = Auditor { context, peer: caller.peer, now_ms: now_ms() };
     let start = out.len();
     refuse_unauthenticated(context, caller, &auditor, op, id, request_id, out);
-    record_answer(context, op as u8, out, start, caller.received_at);
+    count_answer(context, op as u8, out, start);
+    caller.batch.add(op as u8);
 }
 
 /// Refuses a request (other than HELLO) of a session that is not authenticated: counted

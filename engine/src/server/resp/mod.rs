@@ -37,7 +37,7 @@ use zeroize::Zeroize;
 
 use crate::auth::Session;
 use crate::error::{OpError, WriteOutcome};
-use crate::metrics::ExecutorMetrics;
+use crate::metrics::{AnsweredBatch, ExecutorMetrics};
 use crate::server::connection::{
     linger, track_authentication, wait, wait_for_busy_audit, Output, Woken, WriteDone, OUTPUT_KEPT_BYTES_MAX,
     OUTPUT_PAUSE_BYTES, READ_CHUNK_BYTES, UNAUTHENTICATED_FRAME_BYTES_MAX,
@@ -109,8 +109,8 @@ struct Commands<'a> {
     front_seq: u32,
     /// Emptied slot buffers, for the next commands.
     spare: Vec<BytesMut>,
-    /// When the commands being taken were read (their latency counts from here).
-    received_at: Instant,
+    /// The native requests answered at once in the batch of commands being taken.
+    batch: AnsweredBatch,
 }
 
 impl<'a> RespConnection<'a> {
@@ -132,7 +132,7 @@ impl<'a> RespConnection<'a> {
                 queue: VecDeque::new(),
                 front_seq: 0,
                 spare: Vec::new(),
-                received_at: Instant::now(),
+                batch: AnsweredBatch::start(),
             },
         }
     }
@@ -154,7 +154,7 @@ impl<'a> RespConnection<'a> {
         loop {
             wait_for_busy_audit(self.context).await;
             let mut took_commands = false;
-            self.commands.received_at = Instant::now();
+            self.commands.batch = AnsweredBatch::start();
             // A command that reads waits for the writes before it, as Redis clients expect: a
             // GET pipelined after a SET of the same key sees the SET.
             let mut after_writes = false;
@@ -196,6 +196,7 @@ impl<'a> RespConnection<'a> {
             }
             if took_commands {
                 track_authentication(self.context, &self.commands.session, &mut self.auth_deadline);
+                self.commands.batch.finish(self.context.metrics());
             }
             while let Some(Some(finished)) = pending.next().now_or_never() {
                 self.commands.answer_write(finished);
@@ -322,8 +323,7 @@ impl Commands<'_> {
                 .then(|| std::str::from_utf8(args.get(1)).ok())
                 .flatten();
             let mut slot = self.slot(Some(Shape::Refused), false);
-            let mut caller =
-                Caller { session: &mut self.session, peer: self.peer, received_at: self.received_at };
+            let mut caller = Caller { session: &mut self.session, peer: self.peer, batch: &mut self.batch };
             refuse_before_authentication(context, &mut caller, spec.op, id, seq, &mut slot.bytes);
             self.queue.push_back(slot);
             return false;
@@ -406,8 +406,7 @@ impl Commands<'_> {
         self.request.clear();
         request.encode(seq, &mut self.request);
         let header = frame::check(&self.request, usize::MAX).expect("a frame just encoded").expect("whole");
-        let mut caller =
-            Caller { session: &mut self.session, peer: self.peer, received_at: self.received_at };
+        let mut caller = Caller { session: &mut self.session, peer: self.peer, batch: &mut self.batch };
         let context = self.context;
         match dispatch(context, &mut caller, header, &self.request, &mut slot.bytes) {
             Dispatched::Answered { .. } => {}
