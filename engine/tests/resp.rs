@@ -374,6 +374,8 @@ fn bad_resp_gets_an_error_and_a_close_and_disturbs_no_one_else() {
         let expected = expected.replace("expected ':'", "expected '$'");
         assert!(reply.starts_with(&expected), "{bytes:?}: {reply:?}");
     }
+    // QUIT: answered, then closed; nothing after it runs.
+    assert_eq!(exchange(resp, b"PING\r\nQUIT\r\nSET after quit\r\n"), "+PONG\r\n+OK\r\n");
     // Commands before the bad bytes are answered first; nothing after them is run.
     let reply = exchange(resp, b"PING\r\n*1\r\n$-5\r\nSET after bad\r\n");
     assert!(reply.starts_with("+PONG\r\n-ERR Protocol error"), "{reply:?}");
@@ -384,7 +386,7 @@ fn bad_resp_gets_an_error_and_a_close_and_disturbs_no_one_else() {
     assert!(reply.starts_with("-ERR ") && reply.ends_with("+PONG\r\n"), "{reply:?}");
     // A client that hangs up mid-command: nothing of it is applied.
     exchange(resp, b"*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n$10\r\nabc");
-    assert_eq!(query(&mut bystander, &["EXISTS", "half", "bg"]).unwrap(), Value::Int(0));
+    assert_eq!(query(&mut bystander, &["EXISTS", "half", "bg", "after"]).unwrap(), Value::Int(0));
     assert_eq!(query(&mut bystander, &["GET", "kept"]).unwrap(), bulk("safe"), "the bystander is unaffected");
 }
 
