@@ -83,8 +83,9 @@ pub struct ServerConfig {
     /// power loss).
     #[arg(long, env = "CREDSHARD_FSYNC", value_enum, default_value = "always")]
     pub fsync: FsyncMode,
-    /// A shard's log segment above this size triggers a snapshot of the shard, after which
-    /// the older segments are deleted.
+    /// A shard's log segment above this size, and above the size of the shard's last snapshot,
+    /// triggers a snapshot of the shard, after which the older segments are deleted (so a
+    /// snapshot never writes more than the log has since the last one).
     #[arg(long, env = "CREDSHARD_COMPACT_LOG_BYTES", default_value_t = 64 << 20)]
     pub compact_log_bytes: u64,
     /// Largest frame, header included, in bytes.

@@ -116,8 +116,9 @@ pub struct ExecutorMetrics {
     /// Group commits of this executor's shard log (writes_total / this = writes per batch).
     pub log_batches_committed: AtomicU64,
     pub log_bytes_written: AtomicU64,
-    /// Snapshots of this executor's shard written while serving.
+    /// Snapshots of this executor's shard written while serving, and their bytes.
     pub snapshots_written: AtomicU64,
+    pub snapshot_bytes_written: AtomicU64,
     /// Reads that failed inside the server, e.g. a stored ciphertext that did not authenticate
     /// (damaged storage, or metadata edited at rest); each is also logged with its id.
     pub internal_errors: AtomicU64,
@@ -283,6 +284,7 @@ impl Metrics {
             ("log_batches_committed".to_owned(), sum(|m| &m.log_batches_committed)),
             ("log_bytes_written".to_owned(), sum(|m| &m.log_bytes_written)),
             ("snapshots_written".to_owned(), sum(|m| &m.snapshots_written)),
+            ("snapshot_bytes_written".to_owned(), sum(|m| &m.snapshot_bytes_written)),
             ("internal_errors".to_owned(), sum(|m| &m.internal_errors)),
             ("records_rewrapped".to_owned(), sum(|m| &m.records_rewrapped)),
             ("rewrap_failures".to_owned(), sum(|m| &m.rewrap_failures)),

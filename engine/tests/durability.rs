@@ -378,3 +378,29 @@ fn snapshots_compact_the_log_while_serving_and_restore_exactly() {
     }
     server.join().unwrap();
 }
+
+#[test]
+fn snapshots_write_at_most_about_twice_what_the_log_does() {
+    // Kept versions make a snapshot far larger than --compact-log-bytes: each one must wait
+    // for the log to outgrow the last, or every 16 KiB of writes would rewrite all of them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1);
+    config.compact_log_bytes = 16 * 1024;
+    config.fsync = credshard_engine::config::FsyncMode::Never;
+    let server = Server::start(&config, KeySource::Key(MasterKey::from_bytes([6u8; 32]))).unwrap();
+    let mut client = Client::connect(server.local_address()).unwrap();
+    let ids: Vec<String> = (0..20).map(|index| format!("kept-{index}")).collect();
+    for version in 1..=80u64 {
+        for id in &ids {
+            let secret = format!("{id} {version} {}", "y".repeat(200));
+            assert_eq!(client.put(&put(id, secret.as_bytes())).unwrap(), version);
+        }
+    }
+    let stats = client.stats().unwrap();
+    let (snapshots, snapshot_bytes) =
+        (stats.get("snapshots_written").unwrap(), stats.get("snapshot_bytes_written").unwrap());
+    let log_bytes = stats.get("log_bytes_written").unwrap();
+    assert!(snapshots >= 2, "{stats:?}");
+    assert!(snapshot_bytes <= 2 * log_bytes, "snapshots wrote {snapshot_bytes} bytes for {log_bytes} of log");
+    server.join().unwrap();
+}

@@ -379,7 +379,11 @@ fn crash_once(data_dir: &Path, lies: Lies, crash_at: usize, seed: u64) -> Option
             let place =
                 LogPlace { data_dir: disk_root.clone(), manifest, shard_id: 0, segment: segments[0].clone() };
             // Small segments: segment switches and snapshots happen throughout the run.
-            let settings = LogSettings { fsync: FsyncMode::Always, compact_log_bytes: 3_000 };
+            let settings = LogSettings {
+                fsync: FsyncMode::Always,
+                compact_log_bytes: 3_000,
+                compact_past_snapshot: false,
+            };
             let log = ShardLog::open_on(
                 disk.clone(),
                 place,

@@ -112,6 +112,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
             let settings = LogSettings {
                 fsync: shared.config.fsync,
                 compact_log_bytes: shared.config.compact_log_bytes,
+                compact_past_snapshot: true,
             };
             match ShardLog::open(
                 place,

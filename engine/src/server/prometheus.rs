@@ -241,7 +241,7 @@ impl Collector for Scrape {
             }
         }
 
-        let counters: [(Described, Field); 24] = [
+        let counters: [(Described, Field); 25] = [
             (("credshard_connections_accepted", "Connections accepted (both listeners)", None), |m| {
                 &m.connections_total
             }),
@@ -295,6 +295,9 @@ impl Collector for Scrape {
             ),
             (("credshard_snapshots_written", "Shard snapshots written while serving", None), |m| {
                 &m.snapshots_written
+            }),
+            (("credshard_snapshot_written", "Bytes of shard snapshots written", Some(Unit::Bytes)), |m| {
+                &m.snapshot_bytes_written
             }),
             (
                 (
