@@ -90,6 +90,10 @@ pub trait LogFile {
     async fn close(self) -> std::io::Result<()>;
 }
 
+/// Writes up to this size are made with a direct `pwrite` (see [`LogFile::write_at`] for
+/// [`BufferedFile`]).
+const DIRECT_WRITE_BYTES_MAX: usize = 256 * 1024;
+
 /// The data dir's disk, through io_uring (glommio `BufferedFile`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Disk;
@@ -125,7 +129,19 @@ impl LogFile for BufferedFile {
         Ok(self.file_size().await?)
     }
 
+    /// Small writes (a group commit's batch) go straight to the page cache with `pwrite` on
+    /// the executor's thread: a buffered write through io_uring is handed to an io-wq worker
+    /// thread, which took ~490 µs per batch where the copy itself takes a few (the commit
+    /// cycle's largest part; docs/performance.md, "Durable writes"). Large ones (snapshot
+    /// batches) still go through the ring, so that copying them never holds up the executor.
     async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> std::io::Result<usize> {
+        if bytes.len() <= DIRECT_WRITE_BYTES_MAX {
+            use std::os::fd::{AsRawFd, FromRawFd};
+            // SAFETY: the descriptor is `self`'s, open for as long as `self` is borrowed here;
+            // the `File` made from it is never dropped (ManuallyDrop), so it does not close it.
+            let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.as_raw_fd()) });
+            return std::os::unix::fs::FileExt::write_at(&*file, &bytes, offset);
+        }
         Ok(BufferedFile::write_at(self, bytes, offset).await?)
     }
 
@@ -379,9 +395,42 @@ async fn write_all_at<File: LogFile + ?Sized>(file: &File, bytes: &[u8], offset:
     Ok(())
 }
 
+/// The longest a synced commit waits for the writers of the batch before it to write again.
+const GATHER_MAX: Duration = Duration::from_micros(500);
+
+/// Before a commit that syncs: waits (at most [`GATHER_MAX`]) until as many writes wait as the
+/// last batch answered plus those that were already waiting when it was answered. Without
+/// this, writers split into two groups that take turns (one gathers while the other's fsync
+/// runs), each commit carrying half of them; with it, the writers just answered, whose next
+/// writes are a round trip away, join the ones already waiting, as in one event-loop turn of
+/// Redis. Returns false when the log is shutting down.
+async fn gather<F: LogFs>(log: &ShardLog<F>, rings: &LocalReceiver<()>, target: usize) -> bool {
+    let deadline = std::time::Instant::now() + GATHER_MAX;
+    while log.waiters.borrow().len() < target {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let rang = rings.recv();
+        let timeout = glommio::timer::sleep(deadline - now);
+        match futures::future::select(std::pin::pin!(rang), std::pin::pin!(timeout)).await {
+            futures::future::Either::Left((None, _)) => return false,
+            futures::future::Either::Left((Some(()), _)) => {}
+            futures::future::Either::Right(_) => break,
+        }
+    }
+    true
+}
+
 async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
+    // How many writes the next synced commit waits for (see `gather`).
+    let mut gather_target = 0;
     while rings.recv().await.is_some() {
         loop {
+            let syncs = log.sync_requested.get() || log.settings.fsync == FsyncMode::Always;
+            if syncs && gather_target > 1 && !gather(&log, &rings, gather_target).await {
+                return;
+            }
             let payload = std::mem::take(&mut *log.pending.borrow_mut());
             let waiters = std::mem::take(&mut *log.waiters.borrow_mut());
             let sync = log.sync_requested.take();
@@ -410,7 +459,9 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
                         if log.failing.replace(false) {
                             tracing::warn!(path = %log.segment_path().display(), "the log is writable again; writes resume");
                         }
-                        for (reply, outcome) in waiters.take().unwrap_or_default() {
+                        let answered = waiters.take().unwrap_or_default();
+                        gather_target = answered.len() + log.waiters.borrow().len();
+                        for (reply, outcome) in answered {
                             let _ = reply.send(outcome);
                         }
                         log.maybe_compact().await;
