@@ -293,6 +293,18 @@ fn a_pipeline_is_answered_in_order_and_reads_see_the_writes_before_them() {
     }
     let batches = server.client().stats().unwrap().get("log_batches_committed").unwrap() - before;
     assert!(batches < ids.len() as u64 / 2, "{} pipelined writes in {batches} group commits", ids.len());
+    // A pipeline deeper than a connection may queue (its replies' memory is bounded): the
+    // server stops reading, answers what it holds, and takes the rest; nothing is lost.
+    let mut pipe = redis::pipe();
+    for round in 0..30 {
+        for id in &ids {
+            pipe.cmd("SET").arg(id).arg(format!("deep {round} {id}"));
+        }
+    }
+    let values: Vec<Value> = pipe.query(&mut redis).unwrap();
+    assert_eq!(values.len(), 30 * ids.len());
+    assert!(values.iter().all(|value| *value == Value::Okay));
+    assert_eq!(query(&mut redis, &["GET", &ids[7]]).unwrap(), bulk(&format!("deep 29 {}", ids[7])));
 }
 
 #[test]

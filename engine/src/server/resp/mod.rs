@@ -55,6 +55,13 @@ use reply::{Protocol, Reply};
 /// Arguments of one command: an MGET or DEL of the most ids a BATCH_GET takes, and then some.
 const ARGS_MAX: usize = BATCH_IDS_MAX + 24;
 
+/// Replies (native and RESP) the queued commands of one connection may hold before it stops
+/// taking more: about 128 commands waiting behind writes (each slot reserves 8 KiB).
+const QUEUED_BYTES_MAX: usize = 1 << 20;
+
+/// Emptied slot buffers a connection keeps for reuse.
+const SPARE_SLOTS_MAX: usize = 32;
+
 /// A write in flight and the command slot it answers (its request id).
 type PendingWrite = Join<Ready<WriteTicket>, oneshot::Receiver<WriteOutcome>>;
 
@@ -70,6 +77,8 @@ struct Slot {
     /// The protocol its reply is written in (HELLO changes it for the commands after it).
     protocol: Protocol,
     bytes: BytesMut,
+    /// The capacity of `bytes` counted in the queue's `queued_bytes`.
+    counted: usize,
 }
 
 /// Why the connection stops taking commands before the client hangs up.
@@ -107,8 +116,11 @@ struct Commands<'a> {
     /// The number of the queue's front command; each command's native requests carry its
     /// number as their request id, which is how a finished write finds its slot.
     front_seq: u32,
-    /// Emptied slot buffers, for the next commands.
+    /// Emptied slot buffers, for the next commands (at most [`SPARE_SLOTS_MAX`]).
     spare: Vec<BytesMut>,
+    /// The capacity of the queued slots' buffers (a write's slot holds its buffer until it is
+    /// committed): bounds what a client pipelining writes holds of the server's memory.
+    queued_bytes: usize,
     /// The native requests answered at once in the batch of commands being taken.
     batch: AnsweredBatch,
 }
@@ -132,6 +144,7 @@ impl<'a> RespConnection<'a> {
                 queue: VecDeque::new(),
                 front_seq: 0,
                 spare: Vec::new(),
+                queued_bytes: 0,
                 batch: AnsweredBatch::start(),
             },
         }
@@ -159,7 +172,7 @@ impl<'a> RespConnection<'a> {
             // GET pipelined after a SET of the same key sees the SET.
             let mut after_writes = false;
             while closing.is_none()
-                && self.commands.queue.len() < in_flight_max
+                && self.commands.has_room(in_flight_max)
                 && self.output.bytes.len() < OUTPUT_PAUSE_BYTES
             {
                 let taken = match parse::parse(self.input.filled(), &self.parse_limits(), &mut self.args) {
@@ -223,7 +236,7 @@ impl<'a> RespConnection<'a> {
                 }
                 continue;
             }
-            if self.commands.queue.len() < in_flight_max && self.command_buffered() {
+            if self.commands.has_room(in_flight_max) && self.command_buffered() {
                 continue;
             }
             let input_bytes_max = 2 * self.context.store.limits().frame_bytes_max;
@@ -325,7 +338,7 @@ impl Commands<'_> {
             let mut slot = self.slot(Some(Shape::Refused), false);
             let mut caller = Caller { session: &mut self.session, peer: self.peer, batch: &mut self.batch };
             refuse_before_authentication(context, &mut caller, spec.op, id, seq, &mut slot.bytes);
-            self.queue.push_back(slot);
+            self.enqueue(slot);
             return false;
         }
         // Only SET looks at the token before its request is dispatched.
@@ -372,8 +385,21 @@ impl Commands<'_> {
         };
         scratch.clear();
         self.scratch = scratch;
-        self.queue.push_back(slot);
+        self.enqueue(slot);
         quit
+    }
+
+    /// Puts a command's slot at the back of the queue.
+    fn enqueue(&mut self, mut slot: Slot) {
+        slot.counted = slot.bytes.capacity();
+        self.queued_bytes += slot.counted;
+        self.queue.push_back(slot);
+    }
+
+    /// Whether another command may be taken: the queue holds fewer than `in_flight_max`
+    /// commands and less than [`QUEUED_BYTES_MAX`] of their replies.
+    fn has_room(&self, in_flight_max: usize) -> bool {
+        self.queue.len() < in_flight_max && self.queued_bytes < QUEUED_BYTES_MAX
     }
 
     /// The number the next command read gets.
@@ -383,7 +409,7 @@ impl Commands<'_> {
 
     fn slot(&mut self, shape: Option<Shape>, authenticated: bool) -> Slot {
         let bytes = self.spare.pop().unwrap_or_default();
-        Slot { shape, parts_left: 0, authenticated, protocol: self.protocol, bytes }
+        Slot { shape, parts_left: 0, authenticated, protocol: self.protocol, bytes, counted: 0 }
     }
 
     /// Queues a reply made here (an error, a refusal).
@@ -391,7 +417,7 @@ impl Commands<'_> {
         let mut slot = self.slot(None, self.session.is_authenticated());
         let mut reply = Reply { out: &mut slot.bytes, protocol: slot.protocol };
         command::write_local(local, self.context, &mut self.name, &mut reply);
-        self.queue.push_back(slot);
+        self.enqueue(slot);
     }
 
     /// Dispatches one native request of command `seq`; its reply lands in `slot` now (reads)
@@ -434,12 +460,16 @@ impl Commands<'_> {
         let slot = &mut self.queue[index];
         answer_write(self.context, self.peer, &write, outcome, &mut slot.bytes);
         slot.parts_left -= 1;
+        // The reply may have grown the buffer.
+        self.queued_bytes = self.queued_bytes - slot.counted + slot.bytes.capacity();
+        slot.counted = slot.bytes.capacity();
     }
 
     /// Writes the replies of the commands at the front that are wholly answered, in order.
     fn drain(&mut self, output: &mut Output) {
         while self.queue.front().is_some_and(|slot| slot.parts_left == 0) {
             let mut slot = self.queue.pop_front().expect("checked");
+            self.queued_bytes -= slot.counted;
             self.front_seq = self.front_seq.wrapping_add(1);
             match &slot.shape {
                 None => {
@@ -455,7 +485,7 @@ impl Commands<'_> {
             // Native replies of reads hold plaintext.
             slot.bytes.zeroize();
             slot.bytes.clear();
-            if slot.bytes.capacity() <= OUTPUT_KEPT_BYTES_MAX {
+            if slot.bytes.capacity() <= OUTPUT_KEPT_BYTES_MAX && self.spare.len() < SPARE_SLOTS_MAX {
                 self.spare.push(slot.bytes);
             }
         }
