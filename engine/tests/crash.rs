@@ -28,21 +28,22 @@ const IDS_PER_WRITER: usize = 25;
 /// The TTL of the expiring writes: shorter than one pass of a writer over its ids.
 const TTL_MS: u64 = 15;
 
-/// One acknowledged write: its version and secret, and for a write with a TTL, the latest time
-/// it can expire (its TTL after the acknowledgement).
+/// One acknowledged write: its version and secret, and for a write with a TTL, the earliest
+/// time it can have expired: its TTL after it was sent (the server counts the TTL from when it
+/// received the write, which is after the send and before the acknowledgement).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Acked {
     /// `None` when not known: a write with a TTL that was in flight at a kill, applied, and
     /// found expired after the restart.
     version: Option<u64>,
     secret: String,
-    expired_by_ms: Option<u64>,
+    may_expire_from_ms: Option<u64>,
 }
 
 impl Acked {
     /// Whether the server may have swept (or may report as expired) this write by now.
     fn may_be_gone(&self, now_ms: u64) -> bool {
-        self.expired_by_ms.is_some_and(|expired_by_ms| now_ms >= expired_by_ms)
+        self.may_expire_from_ms.is_some_and(|from_ms| now_ms >= from_ms)
     }
 
     /// Whether `version` is what a write after this one can get: the next version, or 1 once
@@ -51,7 +52,7 @@ impl Acked {
         let Some(previous) = acked.map_or(Some(0), |acked| acked.version) else { return true };
         version == previous + 1
             || (version == 1
-                && acked.is_some_and(|acked| acked.expired_by_ms.is_some() && acked.may_be_gone(now_ms)))
+                && acked.is_some_and(|acked| acked.may_expire_from_ms.is_some() && acked.may_be_gone(now_ms)))
     }
 }
 
@@ -59,7 +60,8 @@ impl Acked {
 #[derive(Clone, Debug, Default)]
 struct Known {
     acked: Option<Acked>,
-    /// A write sent but not acknowledged when the server died: its secret and TTL.
+    /// A write sent but not acknowledged when the server died: its secret, and for one with a
+    /// TTL, the earliest time it can have expired (its TTL after it was sent).
     in_flight: Option<(String, Option<u64>)>,
 }
 
@@ -68,8 +70,6 @@ fn every_acknowledged_write_survives_sigkill() {
     let ProcessDirs { dir: _dir, key, data_dir } = ProcessDirs::new();
     let known: Arc<Mutex<HashMap<String, Known>>> = Arc::new(Mutex::new(HashMap::new()));
     let (mut total_acked, mut total_after_sweeps) = (0u64, 0u64);
-    // When the server was last killed: an in-flight write it applied was received before.
-    let mut killed_at_ms = 0;
 
     let kills = kills();
     for round in 0..=kills {
@@ -107,21 +107,25 @@ fn every_acknowledged_write_survives_sigkill() {
                     Acked::allows_next(acked, *version, now),
                     "round {round}: {id}: the in-flight write has version {version} after {acked:?}"
                 );
-                let ttl_ms = state.in_flight.as_ref().and_then(|(_, ttl_ms)| *ttl_ms);
-                let expired_by_ms = ttl_ms.map(|ttl_ms| killed_at_ms + ttl_ms);
-                state.acked = Some(Acked { version: Some(*version), secret: secret.clone(), expired_by_ms });
+                let may_expire_from_ms = state.in_flight.as_ref().and_then(|(_, from_ms)| *from_ms);
+                state.acked =
+                    Some(Acked { version: Some(*version), secret: secret.clone(), may_expire_from_ms });
             } else {
                 match (acked, &stored) {
                     (None, None) => {}
                     (Some(acked), Some((version, secret)))
                         if acked.version == Some(*version) && &acked.secret == secret => {}
                     (Some(acked), None) if acked.may_be_gone(now) => {}
-                    (_, None) if state.in_flight.as_ref().is_some_and(|(_, ttl_ms)| ttl_ms.is_some()) => {
+                    (_, None)
+                        if state
+                            .in_flight
+                            .as_ref()
+                            .is_some_and(|(_, from_ms)| from_ms.is_some_and(|from_ms| now >= from_ms)) =>
+                    {
                         // The in-flight write had a TTL: applied, then expired (and perhaps
                         // swept) since, with a version the test cannot see.
-                        let (secret, ttl_ms) = state.in_flight.clone().expect("checked");
-                        let expired_by_ms = ttl_ms.map(|ttl_ms| killed_at_ms + ttl_ms);
-                        state.acked = Some(Acked { version: None, secret, expired_by_ms });
+                        let (secret, may_expire_from_ms) = state.in_flight.clone().expect("checked");
+                        state.acked = Some(Acked { version: None, secret, may_expire_from_ms });
                     }
                     (acked, stored) => panic!(
                         "round {round}: {id}: acknowledged {acked:?}, stored {stored:?}, in flight {:?}",
@@ -158,8 +162,9 @@ fn every_acknowledged_write_survives_sigkill() {
                         let ttl_ms = expiring.then_some(TTL_MS);
                         let mut request = put(&id, secret.as_bytes());
                         request.expiry = ttl_ms.map_or(Expiry::Never, Expiry::TtlMs);
+                        let may_expire_from_ms = ttl_ms.map(|ttl_ms| now_ms() + ttl_ms);
                         known.lock().unwrap().entry(id.clone()).or_default().in_flight =
-                            Some((secret.clone(), ttl_ms));
+                            Some((secret.clone(), may_expire_from_ms));
                         match client.put(&request) {
                             Ok(version) => {
                                 round_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -172,11 +177,8 @@ fn every_acknowledged_write_survives_sigkill() {
                                     state.acked
                                 );
                                 after_sweeps += u64::from(version == 1 && state.acked.is_some());
-                                state.acked = Some(Acked {
-                                    version: Some(version),
-                                    secret,
-                                    expired_by_ms: ttl_ms.map(|ttl_ms| now + ttl_ms),
-                                });
+                                state.acked =
+                                    Some(Acked { version: Some(version), secret, may_expire_from_ms });
                                 state.in_flight = None;
                                 acked += 1;
                             }
@@ -195,7 +197,6 @@ fn every_acknowledged_write_survives_sigkill() {
         }
         // Then a varying moment, so kills land at different points of a write.
         std::thread::sleep(Duration::from_millis(5 + (round as u64 * 7) % 40));
-        killed_at_ms = now_ms();
         drop(served); // SIGKILL, then wait
         for writer in writers {
             let (acked, after_sweeps) = writer.join().unwrap();

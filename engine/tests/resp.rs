@@ -466,10 +466,38 @@ fn redis_cli_reads_and_writes_credentials() {
     // RESP3 (redis-cli -3): a map, printed as `key value` lines when not on a terminal.
     let meta = with(ADMIN, &["-3", "CREDSHARD.META", "billing:cli"]);
     assert!(meta.starts_with("id billing:cli\nowner billing\n") && meta.contains("\nversion 1\n"), "{meta}");
-    assert_eq!(
-        with(WRITER, &["DEL", "billing:cli", "billing:none"]),
-        "(integer) 1\n".replace("(integer) ", "")
-    );
+    assert_eq!(with(WRITER, &["DEL", "billing:cli", "billing:none"]), "1\n");
+    // Every other supported command once, as redis-cli prints its reply off a terminal.
+    let cases: &[(&[u8], &[&str], &str)] = &[
+        (ADMIN, &["PING"], "PONG\n"),
+        (ADMIN, &["ECHO", "hi"], "hi\n"),
+        (ADMIN, &["SET", "billing:ttl", "v", "EX", "100"], "OK\n"),
+        (ADMIN, &["EXISTS", "billing:ttl", "billing:none"], "1\n"),
+        (ADMIN, &["MGET", "billing:ttl", "billing:none"], "v\n\n"),
+        (ADMIN, &["PTTL", "billing:none"], "-2\n"),
+        (ADMIN, &["SELECT", "0"], "OK\n"),
+        (ADMIN, &["CLIENT", "SETNAME", "cli"], "OK\n"),
+        (ADMIN, &["CLIENT", "GETNAME"], "\n"),
+        (ADMIN, &["COMMAND", "COUNT"], "24\n"),
+        (ADMIN, &["CONFIG", "GET", "appendfsync"], "appendfsync\nalways\n"),
+        (ADMIN, &["HELLO", "2"], "server\ncredshard\n"),
+        (ADMIN, &["CREDSHARD.PUT", "api", "billing", "prod", "k1"], "1\n"),
+        (ADMIN, &["CREDSHARD.ROTATE", "api", "k2"], "2\n"),
+        (ADMIN, &["CREDSHARD.GET", "api", "VERSION", "1"], "k1\n"),
+        (ADMIN, &["CREDSHARD.LIST", "OWNER", "billing"], "\nid\napi\n"),
+        (ADMIN, &["CREDSHARD.DELETE", "api"], "2\n"),
+        (ADMIN, &["QUIT"], "OK\n"),
+        (READER, &["CREDSHARD.STATS"], "NOPERM this token may not use this op\n"),
+        (ADMIN, &["NOSUCH", "x"], "ERR unknown command 'NOSUCH' (COMMAND LIST names the supported ones)\n"),
+    ];
+    for (token, args, expected) in cases {
+        let out = with(token, args);
+        assert!(out.starts_with(expected), "{args:?}: {out:?}");
+    }
+    let stats = with(ADMIN, &["CREDSHARD.STATS"]);
+    assert!(stats.starts_with("shards\n2\n"), "{stats}");
+    let info = with(ADMIN, &["INFO"]);
+    assert!(info.starts_with("# credshard\r\nshards:2"), "{info:?}");
     drop(server);
 }
 
