@@ -86,10 +86,7 @@ pub struct OpRequests {
 /// The slot of an op code in [`ExecutorMetrics::requests`] (unknown codes share the last).
 #[inline]
 pub fn op_slot(code: u8) -> usize {
-    match Op::from_u8(code) {
-        Some(op) => Op::ALL.iter().position(|known| *known == op).unwrap_or(Op::ALL.len()),
-        None => Op::ALL.len(),
-    }
+    Op::ALL.iter().position(|op| *op as u8 == code).unwrap_or(Op::ALL.len())
 }
 
 /// One executor's counters.

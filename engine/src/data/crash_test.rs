@@ -260,7 +260,7 @@ impl LogFile for SimFile {
         Ok(self.disk.state.borrow().inodes[self.inode].data.len() as u64)
     }
 
-    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> std::io::Result<usize> {
+    async fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<usize> {
         self.disk.operation();
         self.disk.latency().await;
         let mut state = self.disk.state.borrow_mut();
@@ -269,9 +269,9 @@ impl LogFile for SimFile {
         if inode.data.len() < offset + bytes.len() {
             inode.data.resize(offset + bytes.len(), 0);
         }
-        inode.data[offset..offset + bytes.len()].copy_from_slice(&bytes);
+        inode.data[offset..offset + bytes.len()].copy_from_slice(bytes);
         let written = bytes.len();
-        inode.unsynced.push(Unsynced::Write { offset, bytes });
+        inode.unsynced.push(Unsynced::Write { offset, bytes: bytes.to_vec() });
         Ok(written)
     }
 

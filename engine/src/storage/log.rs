@@ -84,7 +84,7 @@ pub trait LogFs: 'static {
 pub trait LogFile {
     async fn size(&self) -> std::io::Result<u64>;
     /// Writes some of `bytes` at `offset` (into the page cache); returns how many.
-    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> std::io::Result<usize>;
+    async fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<usize>;
     /// Makes the file's data durable.
     async fn fdatasync(&self) -> std::io::Result<()>;
     async fn close(self) -> std::io::Result<()>;
@@ -134,15 +134,16 @@ impl LogFile for BufferedFile {
     /// thread, which took ~490 µs per batch where the copy itself takes a few (the commit
     /// cycle's largest part; docs/performance.md, "Durable writes"). Large ones (snapshot
     /// batches) still go through the ring, so that copying them never holds up the executor.
-    async fn write_at(&self, bytes: Vec<u8>, offset: u64) -> std::io::Result<usize> {
+    async fn write_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<usize> {
         if bytes.len() <= DIRECT_WRITE_BYTES_MAX {
             use std::os::fd::{AsRawFd, FromRawFd};
             // SAFETY: the descriptor is `self`'s, open for as long as `self` is borrowed here;
             // the `File` made from it is never dropped (ManuallyDrop), so it does not close it.
             let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.as_raw_fd()) });
-            return std::os::unix::fs::FileExt::write_at(&*file, &bytes, offset);
+            return std::os::unix::fs::FileExt::write_at(&*file, bytes, offset);
         }
-        Ok(BufferedFile::write_at(self, bytes, offset).await?)
+        // The ring owns what it writes until the write completes: only this path copies.
+        Ok(BufferedFile::write_at(self, bytes.to_vec(), offset).await?)
     }
 
     async fn fdatasync(&self) -> std::io::Result<()> {
@@ -386,7 +387,7 @@ impl<F: LogFs> ShardStorage for ShardLog<F> {
 async fn write_all_at<File: LogFile + ?Sized>(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     let mut written = 0;
     while written < bytes.len() {
-        let count = file.write_at(bytes[written..].to_vec(), offset + written as u64).await?;
+        let count = file.write_at(&bytes[written..], offset + written as u64).await?;
         if count == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the log file accepted no bytes"));
         }

@@ -834,7 +834,7 @@ fn write_mget(reader: &mut Reader<'_>, reply: &mut Reply<'_>) {
             reader.bytes32("secret", usize::MAX).expect("a BATCH_GET item");
             continue;
         }
-        let detail = reader.u64("detail").expect("a BATCH_GET item");
+        reader.u64("detail").expect("a BATCH_GET item");
         let message = reader.str16("message", usize::MAX).expect("a BATCH_GET item");
         match status {
             Status::NotFound | Status::Expired | Status::Retired => {}
@@ -843,10 +843,7 @@ fn write_mget(reader: &mut Reader<'_>, reply: &mut Reply<'_>) {
                 return reply
                     .error("ERR", "the values take more than --batch-reply-bytes-max: ask for fewer keys")
             }
-            _ => {
-                let _ = detail;
-                return reply.error(status.name(), message);
-            }
+            _ => return reply.error(status.name(), message),
         }
     }
     let mut reader = items;

@@ -360,7 +360,8 @@ impl Commands<'_> {
                 if let Shape::Hello { protocol, name, .. } = &shape {
                     // HELLO is answered at once: its protocol holds from its own reply on.
                     if slot.parts_left == 0
-                        && slot.bytes.get(4) == Some(&(credshard_protocol::Status::Ok as u8))
+                        && slot.bytes.get(frame::LENGTH_BYTES)
+                            == Some(&(credshard_protocol::Status::Ok as u8))
                     {
                         if let Some(protocol) = protocol {
                             self.protocol = *protocol;
