@@ -58,6 +58,11 @@ pub struct ServerConfig {
     /// Connections to the database (`--store`), per instance.
     #[arg(long, env = "CREDSHARD_STORE_CONNECTIONS", default_value_t = 16)]
     pub store_connections: usize,
+    /// Credentials this instance holds in memory at most (`--store`; split evenly across the
+    /// shards), decrypted only when read; past it, those least recently read are evicted and
+    /// read from the database again when asked for. 0 holds every credential.
+    #[arg(long, env = "CREDSHARD_CACHE_CAPACITY", default_value_t = 1_000_000)]
+    pub cache_capacity: usize,
     /// How often each shard reads the database's change log for other instances' writes,
     /// in milliseconds (`--store`): the bound on how stale another instance's write can be.
     #[arg(long, env = "CREDSHARD_FOLLOW_INTERVAL_MS", default_value_t = 10)]

@@ -149,6 +149,12 @@ pub struct ExecutorMetrics {
     pub db_writes_stale: AtomicU64,
     pub db_round_failures: AtomicU64,
     pub db_credentials_reread: AtomicU64,
+    /// With a bounded cache (`--cache-capacity`): credentials read without asking the
+    /// database, credentials read from it on a miss, and the queries that read them (each
+    /// takes every miss waiting at the time).
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_loads: AtomicU64,
     /// With `--store`: how long rounds took, queue to commit.
     pub db_round_latency_ns: Histogram<{ LATENCY_BOUNDS_NS.len() + 1 }>,
     /// Requests by op (see [`op_slot`]), status and latency.
@@ -299,6 +305,9 @@ impl Metrics {
             ("db_writes_stale".to_owned(), sum(|m| &m.db_writes_stale)),
             ("db_round_failures".to_owned(), sum(|m| &m.db_round_failures)),
             ("db_credentials_reread".to_owned(), sum(|m| &m.db_credentials_reread)),
+            ("cache_hits".to_owned(), sum(|m| &m.cache_hits)),
+            ("cache_misses".to_owned(), sum(|m| &m.cache_misses)),
+            ("cache_loads".to_owned(), sum(|m| &m.cache_loads)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

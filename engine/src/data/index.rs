@@ -103,6 +103,22 @@ impl<'a> ListQuery<'a> {
         Ok(ListQuery { owner: request.owner, scope: request.scope, after })
     }
 
+    /// The owner listed ("" for any).
+    pub fn owner(&self) -> &'a str {
+        self.owner
+    }
+
+    /// The scope listed ("" for any).
+    pub fn scope(&self) -> &'a str {
+        self.scope
+    }
+
+    /// The sort key the page starts after (none for the first page): (scope, id) by owner,
+    /// (id, "") by scope only.
+    pub fn after(&self) -> Option<&SortKey> {
+        self.after.as_ref()
+    }
+
     /// The cursor that resumes after `key`.
     pub fn cursor_after(&self, key: &SortKey, out: &mut BytesMut) {
         if self.owner.is_empty() {

@@ -6,6 +6,7 @@
 //! immutable [`Entry`]; kept versions are shared between entries (a [`Record`] is a handle to
 //! shared bytes).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use credshard_protocol::VersionState;
@@ -22,6 +23,9 @@ pub struct Entry {
     current: Record,
     /// Older kept versions, newest first (no allocation when there are none).
     older: Box<[Record]>,
+    /// Read since the cache's eviction clock last passed it (a bounded cache only, see
+    /// `ShardWriter`): set by readers on any executor, cleared by the shard's writer.
+    referenced: AtomicBool,
 }
 
 impl Entry {
@@ -29,7 +33,7 @@ impl Entry {
     pub(super) fn new(versions: impl IntoIterator<Item = Record>) -> Entry {
         let mut versions = versions.into_iter();
         let current = versions.next().expect("an entry keeps at least its current version");
-        let entry = Entry { current, older: versions.collect() };
+        let entry = Entry { current, older: versions.collect(), referenced: AtomicBool::new(true) };
         debug_assert!(
             entry
                 .versions()
@@ -38,6 +42,21 @@ impl Entry {
             "newest first"
         );
         entry
+    }
+
+    /// Marks the entry as read, for the eviction clock. A plain load first: the line is
+    /// written only when the bit was clear, so reads of a hot entry on several cores do not
+    /// bounce its cache line.
+    #[inline]
+    pub fn touch(&self) {
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Clears the read mark; returns whether it was set (the entry gets a second chance).
+    pub(super) fn take_reference(&self) -> bool {
+        self.referenced.swap(false, Ordering::Relaxed)
     }
 
     /// The version GET returns when no version is given.
@@ -152,6 +171,12 @@ pub struct Shard {
     pub(crate) map: papaya::HashMap<Id, Entry, ahash::RandomState>,
     /// LIST's index. Written only by the shard's writer; read by LIST on any executor.
     pub(crate) index: RwLock<ShardIndex>,
+    /// True while the map holds every credential of the shard, so that an id it lacks does
+    /// not exist: always with the embedded store; with a bounded cache until its first
+    /// eviction (or a start with more credentials than fit).
+    pub(crate) complete: AtomicBool,
+    /// Credentials evicted from a bounded cache (written by the shard's writer only).
+    pub(crate) evictions: AtomicU64,
 }
 
 impl Shard {
@@ -160,6 +185,8 @@ impl Shard {
             shard_id,
             map: papaya::HashMap::with_hasher(ahash::RandomState::new()),
             index: RwLock::new(ShardIndex::default()),
+            complete: AtomicBool::new(true),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -175,6 +202,12 @@ impl Shard {
         });
         *self.index.write().expect("index lock") = ShardIndex::build(keys);
         versions
+    }
+
+    /// Whether an id missing from the map may still exist (a bounded cache that has evicted).
+    #[inline]
+    pub fn is_partial(&self) -> bool {
+        !self.complete.load(Ordering::Acquire)
     }
 
     /// Credentials held, expired ones not yet swept included.

@@ -50,6 +50,18 @@ pub struct Store {
     limits: Limits,
     lifecycle: Lifecycle,
     writer_claimed: Box<[AtomicBool]>,
+    /// Credentials each shard's map may hold, with a shared database behind it (`None`: every
+    /// credential, the embedded store).
+    shard_capacity: Option<usize>,
+}
+
+/// One page of LIST read elsewhere than the shards' indexes (the shared database, when the
+/// shards hold only part of the credentials): at most the request's limit of items in sort
+/// order, and whether more follow.
+#[derive(Debug, Default)]
+pub struct ListPage {
+    pub items: Vec<(SortKey, Record)>,
+    pub more: bool,
 }
 
 impl Store {
@@ -64,7 +76,56 @@ impl Store {
             limits,
             lifecycle,
             writer_claimed: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
+            shard_capacity: None,
         }
+    }
+
+    /// Bounds the shards' maps to about `capacity` credentials in all (a cache in front of a
+    /// shared database): each shard's writer evicts past its share.
+    ///
+    /// # Panics
+    /// If `capacity` is 0.
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Store {
+        assert!(capacity > 0, "a cache holds at least one credential");
+        self.shard_capacity = Some(capacity.div_ceil(self.shards.len()));
+        self
+    }
+
+    /// Credentials each shard's map may hold (`None`: all of them).
+    pub fn shard_capacity(&self) -> Option<usize> {
+        self.shard_capacity
+    }
+
+    /// True when some shard holds only part of its credentials: an id missing from a map may
+    /// exist, and LIST must come from the database.
+    pub fn is_partial(&self) -> bool {
+        self.shards.iter().any(Shard::is_partial)
+    }
+
+    /// True when `id` is not in its shard's map but may exist (its shard is partial).
+    pub fn may_exist_uncached(&self, id: &str) -> bool {
+        let shard = &self.shards[self.shard_for(id)];
+        shard.is_partial() && !shard.map.pin().contains_key(id)
+    }
+
+    /// Of `ids`, those not in their shards' maps that may exist, and are not in `absent`
+    /// (found missing from the database already), without repeats.
+    pub fn uncached<'a>(&self, ids: impl Iterator<Item = &'a str>, absent: &[Box<str>]) -> Vec<Box<str>> {
+        let mut missing: Vec<Box<str>> = Vec::new();
+        for id in ids {
+            if self.may_exist_uncached(id)
+                && !absent.iter().any(|gone| &**gone == id)
+                && !missing.iter().any(|seen| &**seen == id)
+            {
+                missing.push(id.into());
+            }
+        }
+        missing
+    }
+
+    /// Credentials evicted from the shards' maps so far (a bounded cache).
+    pub fn cache_evictions(&self) -> u64 {
+        self.shards.iter().map(|shard| shard.evictions.load(Ordering::Relaxed)).sum()
     }
 
     pub fn shard_count(&self) -> usize {
@@ -146,6 +207,7 @@ impl Store {
         let map = self.shards[self.shard_for(request.id)].map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         entry.current().prefetch();
+        entry.touch();
         check_access(entry.current(), acl)?;
         if entry.current().is_expired(now_ms) {
             return Err(OpError::Expired);
@@ -188,6 +250,7 @@ impl Store {
     ) -> Result<u64, OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        entry.touch();
         check_access(entry.current(), acl)?;
         if entry.current().is_expired(now_ms) {
             return Err(OpError::Expired);
@@ -273,13 +336,33 @@ impl Store {
         found.sort_unstable_by(|left, right| left.0.cmp(&right.0));
         let more = more_in_some_shard || found.len() > limit;
         found.truncate(limit);
+        self.encode_list(&query, &ListPage { items: found, more }, out);
+        Ok(())
+    }
 
+    /// LIST from a page read elsewhere (see [`ListPage`]): appends its items and the cursor
+    /// of the next page, as [`Store::list`] does.
+    ///
+    /// # Errors
+    /// [`OpError::InvalidCursor`] for a cursor this query did not produce.
+    pub fn list_page(
+        &self,
+        request: &ListRequest<'_>,
+        page: &ListPage,
+        out: &mut BytesMut,
+    ) -> Result<(), OpError> {
+        let query = ListQuery::new(request)?;
+        self.encode_list(&query, page, out);
+        Ok(())
+    }
+
+    fn encode_list(&self, query: &ListQuery<'_>, page: &ListPage, out: &mut BytesMut) {
         // A LIST page carries no secret, but earlier replies in the buffer may.
         let item_bytes_max = self.limits.id_bytes_max + 2 * self.limits.name_bytes_max + 3 * 2 + 1 + 2 * 8;
         let cursor_bytes_max = 4 + 5 + self.limits.name_bytes_max + self.limits.id_bytes_max;
-        crate::wipe::reserve(out, 2 + found.len() * item_bytes_max + cursor_bytes_max);
-        out.put_u16_le(found.len() as u16);
-        for (_, record) in &found {
+        crate::wipe::reserve(out, 2 + page.items.len() * item_bytes_max + cursor_bytes_max);
+        out.put_u16_le(page.items.len() as u16);
+        for (_, record) in &page.items {
             let credential = record.credential();
             ListItemRef {
                 id: credential.id.as_str(),
@@ -292,11 +375,10 @@ impl Store {
             .encode(out);
         }
         let mut cursor = BytesMut::new();
-        if let (true, Some((key, _))) = (more, found.last()) {
+        if let (true, Some((key, _))) = (page.more, page.items.last()) {
             query.cursor_after(key, &mut cursor);
         }
         put_bytes32(out, &cursor);
-        Ok(())
     }
 
     /// Calls `visit` on every current record (snapshots, tests). Holds one shard's guard at a

@@ -8,9 +8,10 @@
 //! has committed it. The background work of a shard (expiry sweeps, re-encryption) goes
 //! through the same writer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use credshard_protocol::op::delete::DeleteRequest;
@@ -109,6 +110,10 @@ pub struct ShardWriter {
     expiries: BTreeSet<(u64, Box<str>)>,
     /// The shard's write-ahead log; `None` keeps the shard in memory only (tests, benches).
     log: Option<Rc<dyn ShardStorage>>,
+    /// With a bounded cache: the eviction clock, every cached id in the order it came in
+    /// (an id removed since may linger until the hand reaches it; see
+    /// [`ShardWriter::evict_past_capacity`]).
+    clock: VecDeque<Box<str>>,
     _not_send: PhantomData<Rc<()>>,
 }
 
@@ -125,7 +130,13 @@ impl ShardWriter {
                 (expires_at_ms != 0).then(|| (expires_at_ms, Box::from(id.as_str())))
             })
             .collect();
-        ShardWriter { store, shard_id, expiries, log: None, _not_send: PhantomData }
+        let clock = match store.shard_capacity() {
+            Some(_) => store.shard(shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect(),
+            None => VecDeque::new(),
+        };
+        let mut writer = ShardWriter { store, shard_id, expiries, log: None, clock, _not_send: PhantomData };
+        writer.evict_past_capacity();
+        writer
     }
 
     /// Logs every write from now on to `log`.
@@ -479,6 +490,44 @@ impl ShardWriter {
             if expires_at_ms != 0 {
                 self.expiries.insert((expires_at_ms, id.into()));
             }
+        }
+        if existing.is_none() && self.store.shard_capacity().is_some() {
+            self.clock.push_back(id.into());
+            self.evict_past_capacity();
+        }
+    }
+
+    /// With a bounded cache: evicts credentials until the shard holds no more than its share
+    /// of the capacity, by the CLOCK rule. The hand takes the oldest id in the clock; one read
+    /// since the hand last passed (see [`Entry::touch`]) buys it another turn, one that was
+    /// not read is evicted. A new entry starts marked, so it survives at least one full turn
+    /// of the clock. An evicted credential is read again from the database when asked for;
+    /// from the first eviction on, the shard is partial (a missing id may exist).
+    fn evict_past_capacity(&mut self) {
+        let Some(capacity) = self.store.shard_capacity() else { return };
+        let store = Arc::clone(&self.store);
+        let shard = store.shard(self.shard_id);
+        let map = shard.map.pin();
+        // Two turns of the hand always find an unmarked entry (the first clears the marks).
+        let mut turns_left = 2 * self.clock.len();
+        while map.len() > capacity && turns_left > 0 {
+            turns_left -= 1;
+            let Some(id) = self.clock.pop_front() else { break };
+            let Some(entry) = map.get(&*id) else { continue };
+            if entry.take_reference() {
+                self.clock.push_back(id);
+                continue;
+            }
+            // Partial before the entry goes: a reader that misses it then sees it may exist.
+            shard.complete.store(false, Ordering::Release);
+            self.unindex(entry.current());
+            map.remove(&*id);
+            shard.evictions.store(shard.evictions.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        // Ids removed (deleted, swept) and written again linger: drop them now and then.
+        if self.clock.len() > 2 * map.len() + 64 {
+            let mut seen = HashSet::new();
+            self.clock.retain(|id| map.contains_key(&**id) && seen.insert(id.clone()));
         }
     }
 

@@ -31,7 +31,7 @@ use crate::error::OpError;
 use crate::error::WriteOutcome;
 use crate::metrics::{AnsweredBatch, ExecutorMetrics};
 use crate::server::dispatch::{
-    answer_write, dispatch, Caller, Dispatched, WriteTicket, UNAUTHENTICATED_REFUSALS_MAX,
+    answer_write, dispatch, load_and_dispatch, Caller, Dispatched, WriteTicket, UNAUTHENTICATED_REFUSALS_MAX,
 };
 use crate::server::executor::ExecutorContext;
 use crate::server::input::InputBuffer;
@@ -231,8 +231,16 @@ impl<'a> Connection<'a> {
                 let frame_bytes = header.frame_bytes;
                 let mut caller = Caller { session: &mut self.session, peer: self.peer, batch: &mut batch };
                 let frame = &self.input.filled()[..frame_bytes];
-                let waiting = match dispatch(self.context, &mut caller, header, frame, &mut self.output.bytes)
-                {
+                let out = &mut self.output.bytes;
+                let dispatched = match dispatch(self.context, &mut caller, header, frame, out) {
+                    // A miss in a partial cache: this connection waits for the database read.
+                    Dispatched::Miss(miss) => {
+                        load_and_dispatch(self.context, &mut caller, header, frame, out, miss).await
+                    }
+                    dispatched => dispatched,
+                };
+                let waiting = match dispatched {
+                    Dispatched::Miss(_) => unreachable!("load_and_dispatch answers misses"),
                     Dispatched::Answered { secret } => {
                         self.output.has_secret |= secret;
                         None

@@ -54,7 +54,42 @@ pub enum Dispatched {
     Pending { write: WriteTicket, outcome: oneshot::Receiver<WriteOutcome> },
     /// A write for another shard: forward the frame's body to `shard_id`'s executor.
     Forward { shard_id: usize, write: WriteTicket, received_at_ms: u64 },
+    /// A read that needs the database first (a partial cache): nothing is in the output yet;
+    /// [`load_and_dispatch`] reads what is missing and answers.
+    Miss(Miss),
 }
+
+/// What a read found missing from a partial cache.
+#[derive(Debug)]
+pub enum Miss {
+    /// Credentials its shards do not hold (they may exist).
+    Ids(Vec<Box<str>>),
+    /// A LIST: its page comes from the database.
+    List,
+}
+
+/// What was read from the database for a request that missed, when it is dispatched again.
+#[derive(Debug, Default)]
+struct Fetched {
+    /// Not the first dispatch of this request (it is counted once).
+    again: bool,
+    /// Ids the database does not have: a miss on one of them is NOT_FOUND.
+    absent: Vec<Box<str>>,
+    /// A LIST's page.
+    list: Option<crate::data::ListPage>,
+    /// Why the database could not be read: the answer to a miss.
+    failure: Option<OpError>,
+}
+
+impl Fetched {
+    fn is_absent(&self, id: &str) -> bool {
+        self.absent.iter().any(|gone| &**gone == id)
+    }
+}
+
+/// Reads of a request that keep missing (what was read is evicted again before the request is
+/// served again) before it is answered UNAVAILABLE.
+const MISS_TRIES: usize = 4;
 
 /// A write on its way: what its answer, and its audit entry, need to know.
 pub struct WriteTicket {
@@ -86,8 +121,20 @@ pub fn dispatch(
     frame: &[u8],
     out: &mut BytesMut,
 ) -> Dispatched {
+    dispatch_fetched(context, caller, header, frame, out, &Fetched::default())
+}
+
+/// [`dispatch`] with what was read from the database for an earlier miss of this request.
+fn dispatch_fetched(
+    context: &ExecutorContext,
+    caller: &mut Caller<'_>,
+    header: Header,
+    frame: &[u8],
+    out: &mut BytesMut,
+    fetched: &Fetched,
+) -> Dispatched {
     let start = out.len();
-    let dispatched = dispatch_request(context, caller, header, frame, out);
+    let dispatched = dispatch_request(context, caller, header, frame, out, fetched);
     if let Dispatched::Answered { .. } = dispatched {
         count_answer(context, header.code, out, start);
         caller.batch.add(header.code);
@@ -107,9 +154,12 @@ fn dispatch_request(
     header: Header,
     frame: &[u8],
     out: &mut BytesMut,
+    fetched: &Fetched,
 ) -> Dispatched {
     let metrics = context.metrics();
-    ExecutorMetrics::add(&metrics.requests_total, 1);
+    if !fetched.again {
+        ExecutorMetrics::add(&metrics.requests_total, 1);
+    }
     let request_id = header.request_id;
     let body = &frame[header.body_range()];
     // The reply buffer may hold secrets of earlier replies: it grows only by wiping moves.
@@ -201,40 +251,92 @@ fn dispatch_request(
             Ok(None)
         }
         Request::Get(get) => {
-            ExecutorMetrics::add(&metrics.reads_total, 1);
-            context.store.get(get, now_ms, acl, out).map(Some)
+            count_read(context, fetched, 1);
+            match context.store.get(get, now_ms, acl, out) {
+                Err(OpError::NotFound) if may_miss(context, fetched, get.id) => {
+                    if let Some(error) = fetched.failure {
+                        Err(error)
+                    } else {
+                        frame::abandon(out, start);
+                        return Dispatched::Miss(Miss::Ids(vec![get.id.into()]));
+                    }
+                }
+                result => {
+                    count_hits(context, fetched, 1);
+                    result.map(Some)
+                }
+            }
         }
         Request::GetMeta(get_meta) => {
-            ExecutorMetrics::add(&metrics.reads_total, 1);
-            context.store.get_meta(get_meta, now_ms, acl, out).map(Some)
+            count_read(context, fetched, 1);
+            match context.store.get_meta(get_meta, now_ms, acl, out) {
+                Err(OpError::NotFound) if may_miss(context, fetched, get_meta.id) => {
+                    if let Some(error) = fetched.failure {
+                        Err(error)
+                    } else {
+                        frame::abandon(out, start);
+                        return Dispatched::Miss(Miss::Ids(vec![get_meta.id.into()]));
+                    }
+                }
+                result => {
+                    count_hits(context, fetched, 1);
+                    result.map(Some)
+                }
+            }
         }
         Request::BatchGet(batch) => {
-            ExecutorMetrics::add(&metrics.reads_total, batch.len() as u64);
-            let reply_bytes_max = context.config.batch_reply_bytes_max;
-            let secret = context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, |id, result| {
-                let (version, status) = match result {
-                    Ok(version) => (Some(*version), Status::Ok),
-                    Err(error) => (None, error.status()),
-                };
-                if status == Status::Unauthorized {
-                    ExecutorMetrics::add(&metrics.unauthorized_total, 1);
+            count_read(context, fetched, batch.len() as u64);
+            let missing = match context.store.shard_capacity() {
+                Some(_) => context.store.uncached(batch.ids(), &fetched.absent),
+                None => Vec::new(),
+            };
+            match (missing.is_empty(), fetched.failure) {
+                (false, Some(error)) => Err(error),
+                (false, None) => {
+                    count_hits(context, fetched, (batch.len() - missing.len()) as u64);
+                    frame::abandon(out, start);
+                    return Dispatched::Miss(Miss::Ids(missing));
                 }
-                if let Err(error) = result {
-                    note_internal(context, id, error);
+                (true, _) => {
+                    count_hits(context, fetched, batch.len() as u64);
+                    let reply_bytes_max = context.config.batch_reply_bytes_max;
+                    let secret =
+                        context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, |id, result| {
+                            let (version, status) = match result {
+                                Ok(version) => (Some(*version), Status::Ok),
+                                Err(error) => (None, error.status()),
+                            };
+                            if status == Status::Unauthorized {
+                                ExecutorMetrics::add(&metrics.unauthorized_total, 1);
+                            }
+                            if let Err(error) = result {
+                                note_internal(context, id, error);
+                            }
+                            auditor.record_id(&principal.id, op, id, version, status);
+                        });
+                    frame::finish(out, start);
+                    return Dispatched::Answered { secret };
                 }
-                auditor.record_id(&principal.id, op, id, version, status);
-            });
-            frame::finish(out, start);
-            return Dispatched::Answered { secret };
+            }
         }
         Request::List(list) => {
-            ExecutorMetrics::add(&metrics.reads_total, 1);
+            count_read(context, fetched, 1);
             let owner = Some(list.owner).filter(|owner| !owner.is_empty());
             let scope = Some(list.scope).filter(|scope| !scope.is_empty());
-            if acl.covers_list(owner, scope) {
+            if !acl.covers_list(owner, scope) {
+                Err(OpError::Unauthorized("this token may not list beyond its owners and scope prefixes"))
+            } else if !context.store.is_partial() {
                 context.store.list(list, now_ms, out).map(|()| None)
             } else {
-                Err(OpError::Unauthorized("this token may not list beyond its owners and scope prefixes"))
+                // A partial cache cannot list: the page comes from the database's indexes.
+                match (&fetched.list, fetched.failure) {
+                    (Some(page), _) => context.store.list_page(list, page, out).map(|()| None),
+                    (None, Some(error)) => Err(error),
+                    (None, None) => {
+                        frame::abandon(out, start);
+                        return Dispatched::Miss(Miss::List);
+                    }
+                }
             }
         }
         Request::Stats => {
@@ -267,6 +369,77 @@ fn dispatch_request(
             encode_op_error(context, error, request_id, out);
             Dispatched::Answered { secret: false }
         }
+    }
+}
+
+/// Counts a read (of `ids` credentials) once, on its first dispatch.
+fn count_read(context: &ExecutorContext, fetched: &Fetched, ids: u64) {
+    if !fetched.again {
+        ExecutorMetrics::add(&context.metrics().reads_total, ids);
+    }
+}
+
+/// Counts credentials read from a bounded cache without asking the database, on a read's
+/// first dispatch.
+fn count_hits(context: &ExecutorContext, fetched: &Fetched, ids: u64) {
+    if !fetched.again && context.store.shard_capacity().is_some() {
+        ExecutorMetrics::add(&context.metrics().cache_hits, ids);
+    }
+}
+
+/// Whether a read that found `id` missing must ask the database (a partial cache that may
+/// not hold it, and the database has not said it is absent).
+fn may_miss(context: &ExecutorContext, fetched: &Fetched, id: &str) -> bool {
+    !fetched.is_absent(id) && context.store.may_exist_uncached(id)
+}
+
+/// Serves a request that missed (see [`Dispatched::Miss`]): reads what it needs from the
+/// database (through the owning shards, see `Router::load`), then dispatches it again. A
+/// database that cannot be read makes the answer that error (audited and counted like any
+/// other); a request whose credentials keep being evicted before it is served is answered
+/// UNAVAILABLE after [`MISS_TRIES`] reads. Returns what [`dispatch`] returns, never `Miss`.
+pub async fn load_and_dispatch(
+    context: &ExecutorContext,
+    caller: &mut Caller<'_>,
+    header: Header,
+    frame: &[u8],
+    out: &mut BytesMut,
+    miss: Miss,
+) -> Dispatched {
+    let mut fetched = Fetched { again: true, ..Fetched::default() };
+    let mut miss = miss;
+    for _ in 0..MISS_TRIES {
+        let read = match miss {
+            Miss::Ids(ids) => {
+                context.router.load(&context.store, ids).await.map(|absent| fetched.absent.extend(absent))
+            }
+            Miss::List => list_page(context, header, frame).await.map(|page| fetched.list = Some(page)),
+        };
+        if let Err(error) = read {
+            fetched.failure = Some(error);
+        }
+        match dispatch_fetched(context, caller, header, frame, out, &fetched) {
+            Dispatched::Miss(again) => miss = again,
+            dispatched => return dispatched,
+        }
+    }
+    fetched.failure = Some(OpError::Unavailable("the cache is too small to hold this request's credentials"));
+    dispatch_fetched(context, caller, header, frame, out, &fetched)
+}
+
+/// A LIST page from the database, for the LIST request in `frame`.
+async fn list_page(
+    context: &ExecutorContext,
+    header: Header,
+    frame: &[u8],
+) -> Result<crate::data::ListPage, OpError> {
+    let Some(database) = &context.database else {
+        return Err(OpError::Internal("a partial cache without a database"));
+    };
+    let body = &frame[header.body_range()];
+    match Request::decode(header.code, body, context.store.limits()) {
+        Ok(Request::List(list)) => crate::server::postgres::list_page(database, &list, now_ms()).await,
+        _ => Err(OpError::Internal("a LIST miss of a request that is not a LIST")),
     }
 }
 
@@ -316,8 +489,15 @@ fn encode_stats(context: &ExecutorContext, out: &mut BytesMut) {
         // Before the per-executor pairs, which come last.
         let at = values.iter().position(|(name, _)| name.starts_with("executor.")).unwrap_or(values.len());
         let (open, idle, waiting) = database.pool_status();
-        let pool = [("db_pool_connections", open), ("db_pool_idle", idle), ("db_pool_waiting", waiting)];
-        values.splice(at..at, pool.map(|(name, value)| (name.to_owned(), value as u64)));
+        let capacity = context.store.shard_capacity().map_or(0, |shard| shard * context.store.shard_count());
+        let pool = [
+            ("db_pool_connections", open as u64),
+            ("db_pool_idle", idle as u64),
+            ("db_pool_waiting", waiting as u64),
+            ("cache_capacity", capacity as u64),
+            ("cache_evictions", context.store.cache_evictions()),
+        ];
+        values.splice(at..at, pool.map(|(name, value)| (name.to_owned(), value)));
     }
     let borrowed: Vec<(&str, u64)> = values.iter().map(|(name, value)| (name.as_str(), *value)).collect();
     crate::wipe::reserve(out, 2 + borrowed.iter().map(|(name, _)| 2 + name.len() + 8).sum::<usize>());

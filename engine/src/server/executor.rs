@@ -16,7 +16,7 @@ use crate::config::{ServerConfig, Switch};
 use crate::data::Store;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::connection::Listener;
-use crate::server::router::{Router, WriteMessage};
+use crate::server::router::{Router, ShardMessage};
 use crate::server::{connection, maintenance, postgres};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
 use crate::storage::postgres::Database;
@@ -94,7 +94,7 @@ impl ExecutorContext {
 }
 
 /// The body of one executor thread. Start-up failures are reported on `shared.ready`.
-pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
+pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMessage, Full>) {
     let report = |result: Result<Listening, String>| {
         let _ = shared.ready.lock().expect("ready lock").send(result);
     };
@@ -147,11 +147,27 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
         }
     };
     let (queue, queued) = database_queue.unzip();
-    let router = Rc::new(Router::new(writer, senders, queue));
+    // With a bounded cache, the loader's queue (misses read from the database).
+    let (load_queue, loads) = match (&shared.database, shared.store.shard_capacity()) {
+        (Some(_), Some(_)) => {
+            let (sender, receiver) = local_channel::new_bounded(shared.config.shard_queue_max);
+            (Some(sender), Some(receiver))
+        }
+        _ => (None, None),
+    };
+    let router = Rc::new(Router::new(writer, senders, queue, load_queue));
     router.spawn_peer_tasks(receivers, *shared.store.limits());
     let sweep_interval = Duration::from_millis(shared.config.sweep_interval_ms);
     match (&shared.database, queued) {
         (Some(database), Some(queued)) => {
+            let loader = loads.map(|loads| {
+                postgres::spawn_loader(
+                    Rc::clone(&router),
+                    loads,
+                    database.clone(),
+                    Arc::clone(&shared.metrics),
+                )
+            });
             let metrics = Arc::clone(&shared.metrics);
             postgres::spawn_writer(
                 Rc::clone(&router),
@@ -159,6 +175,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
                 database.clone(),
                 *shared.store.limits(),
                 metrics,
+                loader.clone(),
             );
             let interval = Duration::from_millis(shared.config.follow_interval_ms);
             let retention = Duration::from_secs(shared.config.change_log_retention_s);
@@ -170,6 +187,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<WriteMessage, Full>) {
                 interval,
                 retention,
                 metrics,
+                loader,
             );
             postgres::spawn_sweeper(
                 Rc::clone(&router),

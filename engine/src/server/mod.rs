@@ -97,7 +97,11 @@ impl Server {
             }
         };
         let shard_count = config.shard_count();
-        let store = Arc::new(Store::new(shard_count, keyring, config.limits(), config.lifecycle()));
+        let mut store = Store::new(shard_count, keyring, config.limits(), config.lifecycle());
+        if database.is_some() && config.cache_capacity > 0 {
+            store = store.with_cache_capacity(config.cache_capacity);
+        }
+        let store = Arc::new(store);
         let (logs, follow_from) = match &database {
             Some(database) => (Vec::new(), postgres::load(database, &store)?),
             None => (recover_logs(config, &store)?, 0),

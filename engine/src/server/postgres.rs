@@ -13,7 +13,7 @@
 //! - expiry: [`spawn_sweeper`] (removals are conditional deletes in the database);
 //! - start: [`PgRing`] (the key ring's row), [`load`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +24,10 @@ use std::cell::{Cell, RefCell};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::crypto::SharedRing;
-use crate::data::{Prepared, Record, Store, Write};
+use crate::data::{ListPage, Prepared, Record, Store, Write};
 use crate::error::{EngineError, OpError};
 use crate::metrics::{ExecutorMetrics, Metrics};
-use crate::server::router::{Router, WriteMessage};
+use crate::server::router::{LoadMessage, LoadOutcome, Router, WriteMessage};
 use crate::storage::postgres::follow::Follower;
 use crate::storage::postgres::rows::{self, ChangeKind, Outcome, VersionWrite};
 use crate::storage::postgres::{Database, DbError};
@@ -72,6 +72,23 @@ pub fn load(database: &Database, store: &Store) -> Result<i64, EngineError> {
     let from = database
         .run_blocking(|pool| async move { rows::last_change(&pool.get().await?).await })
         .map_err(fail)?;
+    if let Some(shard_capacity) = store.shard_capacity() {
+        let count = database
+            .run_blocking(|pool| async move { rows::credential_count(&pool.get().await?).await })
+            .map_err(fail)?;
+        if count as u64 > (shard_capacity * store.shard_count()) as u64 {
+            // More than fit: start empty, and read each credential when it is first asked for.
+            for shard_id in 0..store.shard_count() {
+                store.shard(shard_id).complete.store(false, std::sync::atomic::Ordering::Release);
+            }
+            tracing::info!(
+                credentials = count,
+                database = database.target(),
+                "more credentials than --cache-capacity: each is read when first asked for"
+            );
+            return Ok(from);
+        }
+    }
     let all = database
         .run_blocking(|pool| async move { rows::all_versions(&pool.get().await?).await })
         .map_err(fail)?;
@@ -112,6 +129,251 @@ async fn refresh_many(
     }
     ExecutorMetrics::add(&counters.db_credentials_reread, count);
     Ok(())
+}
+
+/// Queries of one shard's loader reading from the database at once, at most.
+const LOADS_IN_FLIGHT: usize = 4;
+/// Ids one load query reads, at most.
+const LOAD_IDS_MAX: usize = 256;
+
+/// One message's wait for its ids: answered when the last of them is read.
+struct LoadReply {
+    ids_left: usize,
+    absent: Vec<Box<str>>,
+    failure: Option<OpError>,
+    reply: Option<futures::channel::oneshot::Sender<LoadOutcome>>,
+}
+
+impl LoadReply {
+    /// One of the message's ids was read: `Ok(true)` found and installed, `Ok(false)` absent.
+    fn settle(&mut self, id: &str, found: Result<bool, OpError>) {
+        match found {
+            Ok(true) => {}
+            Ok(false) => self.absent.push(id.into()),
+            Err(error) => self.failure = Some(error),
+        }
+        self.ids_left -= 1;
+        if self.ids_left == 0 {
+            if let Some(reply) = self.reply.take() {
+                let absent = std::mem::take(&mut self.absent);
+                let _ = reply.send(self.failure.map_or(Ok(absent), Err));
+            }
+        }
+    }
+}
+
+/// An id being read: who waits for it, and whether the change log reported a change of it
+/// while it was being read (then the rows read may predate the change: it is read again).
+struct Loading {
+    waiters: Vec<Rc<RefCell<LoadReply>>>,
+    changed: bool,
+}
+
+/// A shard's loader, with a bounded cache: reads credentials its map misses from the
+/// database and installs them. Every id is read once however many wait for it (single
+/// flight), and the ids waiting when a query starts go in that one query (`= ANY($1)`), so
+/// misses group the way writes do.
+pub struct Loader {
+    router: Rc<Router>,
+    database: Database,
+    metrics: Arc<Metrics>,
+    loading: RefCell<HashMap<Box<str>, Loading>>,
+    /// Ids in `loading` not in a query yet, oldest first.
+    queued: RefCell<VecDeque<Box<str>>>,
+    in_flight: Cell<usize>,
+    /// Rung when a query ends.
+    done: LocalSender<()>,
+}
+
+impl Loader {
+    /// Takes a message's ids: those the shard holds (or that are not its) are settled at once.
+    fn accept(&self, message: LoadMessage) {
+        if message.ids.is_empty() {
+            let _ = message.reply.send(Ok(Vec::new()));
+            return;
+        }
+        let reply = Rc::new(RefCell::new(LoadReply {
+            ids_left: message.ids.len(),
+            absent: Vec::new(),
+            failure: None,
+            reply: Some(message.reply),
+        }));
+        let store = self.router.with_writer(|writer| Arc::clone(writer.store()));
+        for id in message.ids {
+            if !store.may_exist_uncached(&id) {
+                reply.borrow_mut().settle(&id, Ok(true));
+                continue;
+            }
+            let mut loading = self.loading.borrow_mut();
+            let entry = loading.entry(id.clone()).or_insert_with(|| {
+                self.queued.borrow_mut().push_back(id);
+                Loading { waiters: Vec::new(), changed: false }
+            });
+            entry.waiters.push(Rc::clone(&reply));
+        }
+    }
+
+    /// Makes the loader's loop start queries for what [`Loader::accept`] took outside it.
+    fn wake(&self) {
+        // A full channel already holds a wake-up.
+        let _ = self.done.try_send(());
+    }
+
+    /// Called by the change-log follower for every change of this shard: true if the id is
+    /// being read (the read is then repeated, so that what it installs is not older than the
+    /// change).
+    pub fn note_change(&self, id: &str) -> bool {
+        match self.loading.borrow_mut().get_mut(id) {
+            Some(loading) => {
+                loading.changed = true;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Starts this shard's loader, fed by `queue` (the router's load queue).
+pub fn spawn_loader(
+    router: Rc<Router>,
+    queue: LocalReceiver<LoadMessage>,
+    database: Database,
+    metrics: Arc<Metrics>,
+) -> Rc<Loader> {
+    let (done, ended) = local_channel::new_bounded(LOADS_IN_FLIGHT);
+    let loader = Rc::new(Loader {
+        router,
+        database,
+        metrics,
+        loading: RefCell::default(),
+        queued: RefCell::default(),
+        in_flight: Cell::new(0),
+        done,
+    });
+    let running = Rc::clone(&loader);
+    glommio::spawn_local(async move {
+        let loader = running;
+        loop {
+            while let Some(message) = futures::FutureExt::now_or_never(queue.recv()).flatten() {
+                loader.accept(message);
+            }
+            while loader.in_flight.get() < LOADS_IN_FLIGHT && !loader.queued.borrow().is_empty() {
+                start_load(&loader);
+            }
+            let next = std::pin::pin!(queue.recv());
+            let ended_load = std::pin::pin!(ended.recv());
+            match futures::future::select(next, ended_load).await {
+                futures::future::Either::Left((Some(message), _)) => loader.accept(message),
+                futures::future::Either::Left((None, _)) => return,
+                futures::future::Either::Right(_) => {}
+            }
+        }
+    })
+    .detach();
+    loader
+}
+
+/// Reads up to [`LOAD_IDS_MAX`] queued ids in one query, installs what it finds, and
+/// settles their waiters (an id the change log changed meanwhile is queued again instead).
+fn start_load(loader: &Rc<Loader>) {
+    let ids: Vec<Box<str>> = {
+        let mut queued = loader.queued.borrow_mut();
+        let take = queued.len().min(LOAD_IDS_MAX);
+        queued.drain(..take).collect()
+    };
+    loader.in_flight.set(loader.in_flight.get() + 1);
+    let loader = Rc::clone(loader);
+    glommio::spawn_local(async move {
+        let counters = loader.metrics.executor(loader.router.shard_id());
+        ExecutorMetrics::add(&counters.cache_loads, 1);
+        ExecutorMetrics::add(&counters.cache_misses, ids.len() as u64);
+        let wanted: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let read = loader
+            .database
+            .run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await })
+            .await;
+        let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
+        let read = read.and_then(|rows| {
+            for (id, bytes) in &rows {
+                let record =
+                    Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
+                by_id.entry(id.clone()).or_default().push(record);
+            }
+            Ok(())
+        });
+        if let Err(error) = &read {
+            tracing::warn!(%error, count = ids.len(), "reading credentials the cache missed failed");
+        }
+        for id in ids {
+            let waiters = {
+                let mut loading = loader.loading.borrow_mut();
+                let Some(state) = loading.get_mut(&id) else { continue };
+                if read.is_ok() && state.changed {
+                    state.changed = false;
+                    loader.queued.borrow_mut().push_back(id);
+                    continue;
+                }
+                loading.remove(&id).map(|state| state.waiters).unwrap_or_default()
+            };
+            let found = match &read {
+                Err(_) => {
+                    Err(OpError::Unavailable("the database is unavailable; the credential is not cached"))
+                }
+                Ok(()) => {
+                    let records = by_id.remove(&*id).unwrap_or_default();
+                    let found = !records.is_empty();
+                    if found {
+                        loader.router.with_writer(|writer| writer.install_fetched(&id, records, None));
+                    }
+                    Ok(found)
+                }
+            };
+            for waiter in waiters {
+                waiter.borrow_mut().settle(&id, found);
+            }
+        }
+        loader.in_flight.set(loader.in_flight.get() - 1);
+        let _ = loader.done.try_send(());
+    })
+    .detach();
+}
+
+/// One LIST page from the database (a partial cache cannot list): the request's limit of
+/// items after its cursor, and whether more follow.
+///
+/// # Errors
+/// [`OpError::InvalidCursor`] for a cursor this query did not make; [`OpError::Unavailable`]
+/// when the database cannot be read.
+pub async fn list_page(
+    database: &Database,
+    request: &credshard_protocol::op::list::ListRequest<'_>,
+    now_ms: u64,
+) -> Result<ListPage, OpError> {
+    let query = crate::data::index::ListQuery::new(request)?;
+    let by_owner = !query.owner().is_empty();
+    let owner = query.owner().to_owned();
+    let scope = query.scope().to_owned();
+    let after = query.after().map(|(first, second)| (first.to_string(), second.to_string()));
+    let limit = request.limit as usize;
+    let rows = database
+        .run(move |pool| async move {
+            let after = after.as_ref().map(|(first, second)| (first.as_str(), second.as_str()));
+            rows::list_page(&pool.get().await?, &owner, &scope, after, now_ms as i64, limit as i64 + 1).await
+        })
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "reading a LIST page from the database failed");
+            OpError::Unavailable("the database is unavailable; LIST needs it")
+        })?;
+    let more = rows.len() > limit;
+    let mut items = Vec::with_capacity(rows.len().min(limit));
+    for (scope, id, bytes) in rows.into_iter().take(limit) {
+        let record =
+            Record::from_bytes(&bytes).map_err(|_| OpError::Internal("a stored record failed validation"))?;
+        let key = if by_owner { (scope.into(), id.into()) } else { (id.into(), Box::from("")) };
+        items.push((key, record));
+    }
+    Ok(ListPage { items, more })
 }
 
 /// A prepared write as the database job needs it (owned, to cross to the database thread).
@@ -223,8 +485,14 @@ struct Rounds {
     database: Database,
     limits: Limits,
     max_versions: usize,
-    /// Writes not in a round yet, oldest first (retries go back to the front).
-    waiting: RefCell<VecDeque<(WriteMessage, usize)>>,
+    /// Writes not in a round yet, oldest first (retries go back to the front), with their
+    /// tries so far and whether their credential was just read from the database.
+    waiting: RefCell<VecDeque<(WriteMessage, usize, bool)>>,
+    /// With a bounded cache: reads a credential the shard does not hold before a write of it
+    /// is prepared (compare-and-set, ROTATE and DELETE need its current state).
+    loader: Option<Rc<Loader>>,
+    /// Writes waiting for such a read.
+    loading_writes: Cell<usize>,
     /// Credentials with a write in a round: their next write waits, so that it is prepared
     /// against the outcome of this one.
     in_flight: RefCell<HashSet<Box<str>>>,
@@ -244,6 +512,7 @@ pub fn spawn_writer(
     database: Database,
     limits: Limits,
     metrics: Arc<Metrics>,
+    loader: Option<Rc<Loader>>,
 ) {
     let (done, ended) = local_channel::new_bounded(ROUNDS_IN_FLIGHT);
     let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
@@ -254,6 +523,8 @@ pub fn spawn_writer(
         limits,
         max_versions,
         waiting: RefCell::default(),
+        loader,
+        loading_writes: Cell::new(0),
         in_flight: RefCell::default(),
         rounds: Cell::new(0),
         done,
@@ -262,10 +533,11 @@ pub fn spawn_writer(
         let mut open = true;
         loop {
             while let Some(message) = futures::FutureExt::now_or_never(queue.recv()).flatten() {
-                rounds.waiting.borrow_mut().push_back((message, 0));
+                rounds.waiting.borrow_mut().push_back((message, 0, false));
             }
             while rounds.rounds.get() < ROUNDS_IN_FLIGHT && start_round(&rounds) {}
-            if !open && rounds.waiting.borrow().is_empty() && rounds.rounds.get() == 0 {
+            let idle = rounds.rounds.get() == 0 && rounds.loading_writes.get() == 0;
+            if !open && rounds.waiting.borrow().is_empty() && idle {
                 return;
             }
             // Until a write arrives or a round ends (which may free a credential or retry).
@@ -274,7 +546,7 @@ pub fn spawn_writer(
                 let ended_round = std::pin::pin!(ended.recv());
                 match futures::future::select(next, ended_round).await {
                     futures::future::Either::Left((Some(message), _)) => {
-                        rounds.waiting.borrow_mut().push_back((message, 0));
+                        rounds.waiting.borrow_mut().push_back((message, 0, false));
                     }
                     futures::future::Either::Left((None, _)) => open = false,
                     futures::future::Either::Right(_) => {}
@@ -294,9 +566,10 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
     let mut kept = VecDeque::new();
     let mut in_round = HashSet::new();
     let waiting = std::mem::take(&mut *rounds.waiting.borrow_mut());
-    for (message, tries) in waiting {
+    let store = rounds.router.with_writer(|writer| Arc::clone(writer.store()));
+    for (message, tries, loaded) in waiting {
         if round.len() == ROUND_WRITES_MAX {
-            kept.push_back((message, tries));
+            kept.push_back((message, tries, loaded));
             continue;
         }
         let decoded = Request::decode(message.op as u8, &message.body, &rounds.limits);
@@ -310,8 +583,15 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         };
         let id: Box<str> = request.id().expect("writes name a credential").into();
         if rounds.in_flight.borrow().contains(&id) || !in_round.insert(id.clone()) {
-            kept.push_back((message, tries));
+            kept.push_back((message, tries, loaded));
             continue;
+        }
+        if let (false, Some(loader)) = (loaded, &rounds.loader) {
+            if store.may_exist_uncached(&id) {
+                in_round.remove(&id);
+                load_before_writing(rounds, loader, message, tries, id);
+                continue;
+            }
         }
         let prepared = rounds
             .router
@@ -388,8 +668,8 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         }
         {
             let mut waiting = rounds.waiting.borrow_mut();
-            for entry in retry.into_iter().rev() {
-                waiting.push_front(entry);
+            for (message, tries) in retry.into_iter().rev() {
+                waiting.push_front((message, tries, false));
             }
         }
         let mut in_flight = rounds.in_flight.borrow_mut();
@@ -404,6 +684,41 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
     true
 }
 
+/// Reads the credential of a write that the shard does not hold, then puts the write back at
+/// the front of the queue. Until then the credential counts as in flight, so that later
+/// writes of it wait behind this one (each credential's writes keep their order).
+fn load_before_writing(
+    rounds: &Rc<Rounds>,
+    loader: &Rc<Loader>,
+    message: WriteMessage,
+    tries: usize,
+    id: Box<str>,
+) {
+    let (reply, answer) = futures::channel::oneshot::channel();
+    loader.accept(LoadMessage { ids: vec![id.clone()], reply });
+    // Taken here rather than through the load queue: the loader's loop must look again.
+    loader.wake();
+    rounds.in_flight.borrow_mut().insert(id.clone());
+    rounds.loading_writes.set(rounds.loading_writes.get() + 1);
+    let rounds = Rc::clone(rounds);
+    glommio::spawn_local(async move {
+        let outcome = answer.await;
+        rounds.in_flight.borrow_mut().remove(&id);
+        rounds.loading_writes.set(rounds.loading_writes.get() - 1);
+        match outcome {
+            Ok(Ok(_)) => rounds.waiting.borrow_mut().push_front((message, tries, true)),
+            Ok(Err(error)) => {
+                let _ = message.reply.send(Err(error));
+            }
+            Err(_) => {
+                let _ = message.reply.send(Err(OpError::Unavailable("the shard stopped before answering")));
+            }
+        }
+        let _ = rounds.done.try_send(());
+    })
+    .detach();
+}
+
 /// Follows the change log for this executor's shard every `interval`: a change made by
 /// another instance (a version this shard does not hold yet, or a delete) re-reads the
 /// credential from the database.
@@ -416,6 +731,7 @@ pub fn spawn_follower(
     interval: Duration,
     retention: Duration,
     metrics: Arc<Metrics>,
+    loader: Option<Rc<Loader>>,
 ) {
     glommio::spawn_local(async move {
         let shard_id = router.shard_id();
@@ -429,7 +745,7 @@ pub fn spawn_follower(
             if last_poll.elapsed() > retention / 2 {
                 // Cut off for so long that the change log may have been trimmed past this
                 // shard's position: read the whole shard again instead.
-                match resync(&router, &database).await {
+                match resync(&router, &database, counters).await {
                     Ok(from) => {
                         follower = Some(Follower::after(from));
                         unread.clear();
@@ -473,7 +789,15 @@ pub fn spawn_follower(
             // what it holds), the last one per credential, re-read in one query.
             let mut stale = std::mem::take(&mut unread);
             for change in changes.into_iter().filter(|change| store.shard_for(&change.id) == shard_id) {
+                // Being read for a miss: the read is repeated, and installs the change.
+                if loader.as_ref().is_some_and(|loader| loader.note_change(&change.id)) {
+                    continue;
+                }
                 let cached = router.with_writer(|writer| writer.cached_version(&change.id));
+                // A partial cache follows only what it holds: the rest is read when asked for.
+                if cached == 0 && store.shard(shard_id).is_partial() {
+                    continue;
+                }
                 let version = change.version as u64;
                 match change.kind {
                     ChangeKind::Written if cached < version => {
@@ -497,8 +821,11 @@ pub fn spawn_follower(
 
 /// Reads this shard's whole state from the database again (after an outage longer than the
 /// change log is kept); returns the change-log position to follow from.
-async fn resync(router: &Router, database: &Database) -> Result<i64, DbError> {
+async fn resync(router: &Router, database: &Database, metrics: &ExecutorMetrics) -> Result<i64, DbError> {
     let from = database.run(|pool| async move { rows::last_change(&pool.get().await?).await }).await?;
+    if router.with_writer(|writer| writer.store().shard(router.shard_id()).is_partial()) {
+        return resync_partial(router, database, metrics, from).await;
+    }
     let all = database.run(|pool| async move { rows::all_versions(&pool.get().await?).await }).await?;
     let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
     let shard_id = router.shard_id();
@@ -522,6 +849,28 @@ async fn resync(router: &Router, database: &Database) -> Result<i64, DbError> {
     Ok(from)
 }
 
+/// [`resync`] of a partial cache: reads again only the credentials it holds (the rest are
+/// read when asked for), a query per [`LOAD_IDS_MAX`] of them.
+async fn resync_partial(
+    router: &Router,
+    database: &Database,
+    metrics: &ExecutorMetrics,
+    from: i64,
+) -> Result<i64, DbError> {
+    let cached: Vec<(String, Option<u64>)> =
+        router.with_writer(|writer| writer.cached_ids()).into_iter().map(|id| (id.into(), None)).collect();
+    for chunk in cached.chunks(LOAD_IDS_MAX) {
+        refresh_many(router, database, chunk.to_vec(), metrics).await?;
+    }
+    let shard_id = router.shard_id();
+    tracing::warn!(
+        shard_id,
+        credentials = cached.len(),
+        "re-read the cached credentials after a long outage"
+    );
+    Ok(from)
+}
+
 /// Removes this shard's expired credentials from the database (each only from the version
 /// this shard holds) every `interval`.
 pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration, metrics: Arc<Metrics>) {
@@ -530,7 +879,14 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
         loop {
             glommio::timer::sleep(interval).await;
             let now_ms = crate::time::now_ms();
-            let expired = router.with_writer(|writer| writer.expired(now_ms));
+            let mut expired = router.with_writer(|writer| writer.expired(now_ms));
+            if router.with_writer(|writer| writer.store().shard(router.shard_id()).is_partial()) {
+                // A partial cache sweeps what it does not hold from the database's expiry index.
+                match uncached_expired(&router, &database, now_ms).await {
+                    Ok(more) => expired.extend(more),
+                    Err(error) => tracing::warn!(%error, "reading expired credentials from the database failed"),
+                }
+            }
             for (id, version) in expired {
                 let owned = id.to_string();
                 let deleted = database
@@ -555,6 +911,25 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
         }
     })
     .detach();
+}
+
+/// Expired credentials of this shard that it does not hold, from the database (up to 1,000
+/// per sweep): (id, current version).
+async fn uncached_expired(
+    router: &Router,
+    database: &Database,
+    now_ms: u64,
+) -> Result<Vec<(Box<str>, u64)>, DbError> {
+    let rows = database
+        .run(move |pool| async move { rows::expired(&pool.get().await?, now_ms as i64, 1000).await })
+        .await?;
+    let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
+    let shard_id = router.shard_id();
+    Ok(rows
+        .into_iter()
+        .filter(|(id, _)| store.shard_for(id) == shard_id && store.may_exist_uncached(id))
+        .map(|(id, version)| (id.into(), version as u64))
+        .collect())
 }
 
 /// Trims change-log entries older than `retention` every minute (every quarter of the

@@ -418,7 +418,7 @@ impl Collector for Scrape {
         batches.encode_histogram::<NoLabelSet>(total, count, &buckets, None)?;
 
         if let Some(database) = &self.database {
-            let counters: [(&str, &str, Field); 5] = [
+            let counters: [(&str, &str, Field); 8] = [
                 (
                     "credshard_db_rounds",
                     "Rounds of writes committed to the database as one transaction",
@@ -434,11 +434,33 @@ impl Collector for Scrape {
                 ("credshard_db_credentials_reread", "Credentials re-read from the database", |m| {
                     &m.db_credentials_reread
                 }),
+                (
+                    "credshard_cache_hits",
+                    "Credentials read from the bounded cache without the database",
+                    |m| &m.cache_hits,
+                ),
+                (
+                    "credshard_cache_misses",
+                    "Credentials the bounded cache missed, read from the database",
+                    |m| &m.cache_misses,
+                ),
+                (
+                    "credshard_cache_loads",
+                    "Queries that read missed credentials (each takes every miss waiting)",
+                    |m| &m.cache_loads,
+                ),
             ];
             for (name, help, field) in counters {
                 let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 ConstCounter::new(sum(field)).encode(metric)?;
             }
+            let evictions = encoder.encode_descriptor(
+                "credshard_cache_evictions",
+                "Credentials evicted from the bounded cache",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(self.store.cache_evictions()).encode(evictions)?;
             let (open, idle, waiting) = database.pool_status();
             let pool = [
                 ("credshard_db_pool_connections", "Database connections open", open),

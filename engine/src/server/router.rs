@@ -16,8 +16,27 @@ use zeroize::Zeroizing;
 use std::sync::Arc;
 
 use crate::auth::{Acl, Principal};
-use crate::data::{ShardWriter, Write};
+use crate::data::{ShardWriter, Store, Write};
 use crate::error::{OpError, WriteOutcome};
+
+/// What travels between executors: writes for the shard that owns them, and, with a bounded
+/// cache, requests to read credentials the owner does not hold from the database.
+pub enum ShardMessage {
+    Write(WriteMessage),
+    Load(LoadMessage),
+}
+
+/// Credentials a reader missed in the owning shard's map: the owner reads them from the
+/// database (one query for all that are missing at once, one per id however many ask),
+/// installs them, and answers.
+pub struct LoadMessage {
+    pub(crate) ids: Vec<Box<str>>,
+    pub(crate) reply: oneshot::Sender<LoadOutcome>,
+}
+
+/// The ids the database does not have; every other id asked for was installed (it may be
+/// evicted again before it is read: the reader then asks again).
+pub type LoadOutcome = Result<Vec<Box<str>>, OpError>;
 
 /// A write travelling to the executor of the shard that owns it.
 pub struct WriteMessage {
@@ -35,19 +54,70 @@ pub struct WriteMessage {
 pub struct Router {
     shard_id: usize,
     writer: RefCell<ShardWriter>,
-    senders: Senders<WriteMessage>,
+    senders: Senders<ShardMessage>,
     /// With a shared database as the system of record: this shard's writes wait here for the
     /// database writer (`server::postgres`), whichever executor they came from.
     database_queue: Option<LocalSender<WriteMessage>>,
+    /// With a bounded cache: this shard's loads wait here for its loader.
+    load_queue: Option<LocalSender<LoadMessage>>,
 }
 
 impl Router {
     pub fn new(
         writer: ShardWriter,
-        senders: Senders<WriteMessage>,
+        senders: Senders<ShardMessage>,
         database_queue: Option<LocalSender<WriteMessage>>,
+        load_queue: Option<LocalSender<LoadMessage>>,
     ) -> Router {
-        Router { shard_id: writer.shard_id(), writer: RefCell::new(writer), senders, database_queue }
+        Router {
+            shard_id: writer.shard_id(),
+            writer: RefCell::new(writer),
+            senders,
+            database_queue,
+            load_queue,
+        }
+    }
+
+    /// Reads `ids` (each uncached in its shard) from the database into their shards: each
+    /// owner's loader gets its ids in one message; returns the ids the database does not have.
+    ///
+    /// # Errors
+    /// [`OpError::Unavailable`] when the database cannot be read (or a shard is stopping).
+    pub async fn load(&self, store: &Store, ids: Vec<Box<str>>) -> LoadOutcome {
+        let mut by_shard: Vec<(usize, Vec<Box<str>>)> = Vec::new();
+        for id in ids {
+            let shard_id = store.shard_for(&id);
+            match by_shard.iter_mut().find(|(owner, _)| *owner == shard_id) {
+                Some((_, ids)) => ids.push(id),
+                None => by_shard.push((shard_id, vec![id])),
+            }
+        }
+        let mut outcomes = Vec::with_capacity(by_shard.len());
+        for (shard_id, ids) in by_shard {
+            let (reply, outcome) = oneshot::channel();
+            let message = LoadMessage { ids, reply };
+            if shard_id == self.shard_id {
+                let Some(queue) = &self.load_queue else {
+                    return Err(OpError::Internal("a load without a bounded cache"));
+                };
+                // A closed queue (shutting down) drops the reply: reported unavailable below.
+                let _ = queue.send(message).await;
+            } else {
+                let _ = self.senders.send_to(shard_id, ShardMessage::Load(message)).await;
+            }
+            outcomes.push(outcome);
+        }
+        let mut absent = Vec::new();
+        for outcome in futures::future::join_all(outcomes).await {
+            match outcome {
+                Ok(Ok(gone)) => absent.extend(gone),
+                Ok(Err(error)) => return Err(error),
+                Err(oneshot::Canceled) => {
+                    return Err(OpError::Unavailable("the owning shard stopped before answering"))
+                }
+            }
+        }
+        Ok(absent)
     }
 
     /// True when writes go through a shared database: every write then travels as a
@@ -94,7 +164,7 @@ impl Router {
         }
         // If the peer executor is gone (shutting down), the message and its reply sender are
         // dropped, and the receiver reports the write as unavailable.
-        let _ = self.senders.send_to(shard_id, message).await;
+        let _ = self.senders.send_to(shard_id, ShardMessage::Write(message)).await;
         outcome
     }
 
@@ -107,13 +177,29 @@ impl Router {
     /// Serves writes that other executors send to this shard, until they hang up.
     pub fn spawn_peer_tasks(
         self: &Rc<Router>,
-        mut receivers: Receivers<WriteMessage>,
+        mut receivers: Receivers<ShardMessage>,
         limits: credshard_protocol::Limits,
     ) {
         for (_peer, receiver) in receivers.streams() {
             let router = Rc::clone(self);
             glommio::spawn_local(async move {
                 while let Some(message) = receiver.recv().await {
+                    let message = match message {
+                        ShardMessage::Write(message) => message,
+                        ShardMessage::Load(load) => {
+                            match &router.load_queue {
+                                Some(queue) => {
+                                    let _ = queue.send(load).await;
+                                }
+                                None => {
+                                    let _ = load
+                                        .reply
+                                        .send(Err(OpError::Internal("a load without a bounded cache")));
+                                }
+                            }
+                            continue;
+                        }
+                    };
                     if let Some(queue) = &router.database_queue {
                         let _ = queue.send(message).await;
                         continue;

@@ -52,6 +52,28 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Takes a lock with `lock_sql` (e.g. `LOCK TABLE …`) in a transaction of its own, and
+    /// holds it for `hold` on a thread of its own; returns once it is taken (join the thread
+    /// to wait for its release).
+    pub fn hold_lock(&self, lock_sql: &str, hold: Duration) -> std::thread::JoinHandle<()> {
+        let (url, lock_sql) = (self.url(), lock_sql.to_owned());
+        let (taken, is_taken) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            on_runtime(async move {
+                let client = connect(&url).await.expect("connect to the test database");
+                client.batch_execute("BEGIN").await.expect("BEGIN");
+                client.batch_execute(&lock_sql).await.expect("take the lock");
+                taken.send(()).unwrap();
+                tokio::time::sleep(hold).await;
+                client.batch_execute("COMMIT").await.expect("COMMIT");
+            })
+        });
+        is_taken.recv().expect("the lock is taken");
+        holder
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let (server, name) = (self.server.clone(), self.name.clone());

@@ -43,7 +43,7 @@ use crate::server::connection::{
     OUTPUT_PAUSE_BYTES, READ_CHUNK_BYTES, UNAUTHENTICATED_FRAME_BYTES_MAX,
 };
 use crate::server::dispatch::{
-    answer_write, dispatch, refuse_before_authentication, Caller, Dispatched, WriteTicket,
+    answer_write, dispatch, load_and_dispatch, refuse_before_authentication, Caller, Dispatched, WriteTicket,
     UNAUTHENTICATED_REFUSALS_MAX,
 };
 use crate::server::executor::ExecutorContext;
@@ -435,7 +435,14 @@ impl Commands<'_> {
         let header = frame::check(&self.request, usize::MAX).expect("a frame just encoded").expect("whole");
         let mut caller = Caller { session: &mut self.session, peer: self.peer, batch: &mut self.batch };
         let context = self.context;
-        match dispatch(context, &mut caller, header, &self.request, &mut slot.bytes) {
+        let dispatched = match dispatch(context, &mut caller, header, &self.request, &mut slot.bytes) {
+            Dispatched::Miss(miss) => {
+                load_and_dispatch(context, &mut caller, header, &self.request, &mut slot.bytes, miss).await
+            }
+            dispatched => dispatched,
+        };
+        match dispatched {
+            Dispatched::Miss(_) => unreachable!("load_and_dispatch answers misses"),
             Dispatched::Answered { .. } => {}
             Dispatched::Pending { write, outcome } => {
                 pending.push(join(ready(write), outcome));

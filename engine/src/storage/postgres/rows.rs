@@ -185,6 +185,80 @@ pub async fn all_versions(client: &impl GenericClient) -> Result<Vec<(String, Ve
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
+/// How many credentials the database holds.
+///
+/// # Errors
+/// Database errors.
+pub async fn credential_count(client: &impl GenericClient) -> Result<i64, DbError> {
+    Ok(client.query_one("SELECT count(*) FROM credshard_credentials", &[]).await?.get(0))
+}
+
+/// One LIST page from the credentials' indexes, in the order the shards' indexes give:
+/// by (scope, id) within `owner` (any scope, or only `scope`), or by id within `scope` when
+/// `owner` is empty; live credentials only (no expiry, or one after `now_ms`); up to `limit`
+/// rows after the sort key `after`. Each row: (scope, id, archived current record).
+///
+/// # Errors
+/// Database errors.
+pub async fn list_page(
+    client: &impl GenericClient,
+    owner: &str,
+    scope: &str,
+    after: Option<(&str, &str)>,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<(String, String, Vec<u8>)>, DbError> {
+    let (after_first, after_second) = after.unwrap_or(("", ""));
+    let first_page = after.is_none();
+    let rows = if owner.is_empty() {
+        let statement = client
+            .prepare_cached(
+                r#"SELECT c.scope, c.id, v.record FROM credshard_credentials c
+                   JOIN credshard_versions v ON v.id = c.id AND v.version = c.version
+                   WHERE c.scope = $1 AND (c.expires_at_ms = 0 OR c.expires_at_ms > $2)
+                     AND ($3 OR c.id COLLATE "C" > $4)
+                   ORDER BY c.id COLLATE "C" LIMIT $5"#,
+            )
+            .await?;
+        client.query(&statement, &[&scope, &now_ms, &first_page, &after_first, &limit]).await?
+    } else {
+        let statement = client
+            .prepare_cached(
+                r#"SELECT c.scope, c.id, v.record FROM credshard_credentials c
+                   JOIN credshard_versions v ON v.id = c.id AND v.version = c.version
+                   WHERE c.owner = $1 AND ($2 = '' OR c.scope = $2)
+                     AND (c.expires_at_ms = 0 OR c.expires_at_ms > $3)
+                     AND ($4 OR (c.scope COLLATE "C", c.id COLLATE "C") > ($5, $6))
+                   ORDER BY c.scope COLLATE "C", c.id COLLATE "C" LIMIT $7"#,
+            )
+            .await?;
+        client
+            .query(&statement, &[&owner, &scope, &now_ms, &first_page, &after_first, &after_second, &limit])
+            .await?
+    };
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
+}
+
+/// Up to `limit` credentials whose expiry is at or before `now_ms`, soonest first: (id,
+/// current version).
+///
+/// # Errors
+/// Database errors.
+pub async fn expired(
+    client: &impl GenericClient,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, DbError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT id, version FROM credshard_credentials
+             WHERE expires_at_ms <> 0 AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&now_ms, &limit]).await?;
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// One committed change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {

@@ -59,6 +59,20 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     DROP INDEX credshard_changes_at;
     ",
     ),
+    (
+        3,
+        "LIST pages in byte order from the indexes",
+        r#"
+    -- LIST sorts by (scope, id) within an owner and by id within a scope, in byte order (as
+    -- the shards' own indexes do), and pages with a cursor: indexes in exactly that order.
+    DROP INDEX credshard_credentials_owner;
+    DROP INDEX credshard_credentials_scope;
+    CREATE INDEX credshard_credentials_owner_list
+        ON credshard_credentials (owner, scope COLLATE "C", id COLLATE "C");
+    CREATE INDEX credshard_credentials_scope_list
+        ON credshard_credentials (scope, id COLLATE "C");
+    "#,
+    ),
 ];
 
 /// Applies the migrations the database does not have yet; returns how many it applied.
