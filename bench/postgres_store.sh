@@ -6,7 +6,11 @@
 #     the same kind of statement (one single-row INSERT ... ON CONFLICT per transaction) on the
 #     same database as the ceiling;
 #   - A->B visibility: a write acknowledged by instance A, read on instance B (bench binary
-#     `visibility`), idle and while a loadgen run writes on A.
+#     `visibility`), idle and while a loadgen run writes on A;
+#   - the bounded cache: GET against an instance whose --cache-capacity holds a tenth of the
+#     keys, uniform (nearly every GET a miss read from the database) and zipf:0.99 (the hit
+#     ratio CLOCK reaches, from the instance's STATS, beside the best any cache of that size
+#     can do on that distribution: the probability mass of its hottest keys).
 # The database is a private cluster with durable settings (fsync on, synchronous_commit on).
 #
 #   bash bench/postgres_store.sh            (builds release binaries first)
@@ -39,9 +43,11 @@ start() { # name port extra-args...
     for _ in $(seq 100); do grep -q "listening on" "$TMP/$name.out" 2>/dev/null && return; sleep 0.1; done
     echo "$name did not start:" >&2; cat "$TMP/$name.err" >&2; exit 1
 }
-loadgen() { # target mix json
-    "$BIN/credshard-loadgen" --target "$1" --connections 50 --pipeline 1 --duration 5 --warmup 1 \
-        --keys 10000 --value-size 256 --mix "$2" --threads 1 --json "$3" >/dev/null
+loadgen() { # target mix json [extra loadgen args...]
+    local target=$1 mix=$2 json=$3
+    shift 3
+    "$BIN/credshard-loadgen" --target "$target" --connections 50 --pipeline 1 --duration 5 --warmup 1 \
+        --keys 10000 --value-size 256 --mix "$mix" --threads 1 --json "$json" "$@" >/dev/null
 }
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 compare() { # mix: the same loadgen run against the store instance and the embedded one
@@ -82,3 +88,18 @@ sleep 1
 echo -n "under a PUT load on A: "
 "$BIN/visibility" 127.0.0.1:7501 127.0.0.1:7502 500
 wait $load
+
+echo "== the bounded cache: an instance with --cache-capacity 1000 (a tenth of the 10,000 keys)"
+start c 7504 --store "$URL" --cache-capacity 1000
+stat() { "$BIN/credshard" stats --addr 127.0.0.1:7504 | awk -v name="$1" '$1 == name { print $2 }'; }
+for distribution in uniform zipf:0.99; do
+    hits0=$(stat cache_hits) misses0=$(stat cache_misses) loads0=$(stat cache_loads)
+    loadgen credshard://127.0.0.1:7504 get=100 "$TMP/cache-$distribution.json" --no-preload --distribution "$distribution"
+    hits=$(( $(stat cache_hits) - hits0 )) misses=$(( $(stat cache_misses) - misses0 )) loads=$(( $(stat cache_loads) - loads0 ))
+    run="$TMP/cache-$distribution.json"
+    echo "GET $distribution: $(field "$run" ops_per_sec) ops/s, p50 $(field "$run" p50_us) us, p99 $(field "$run" p99_us) us;" \
+        "hits $hits, misses $misses ($(python3 -c "print(f'{$hits / max(1, $hits + $misses):.3f}')") hit ratio), $loads queries"
+done
+python3 -c "
+weights = [k ** -0.99 for k in range(1, 10001)]
+print(f'best possible hit ratio of a 1,000-credential cache on zipf:0.99 over 10,000 keys: {sum(weights[:1000]) / sum(weights):.3f}')"

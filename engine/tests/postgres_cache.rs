@@ -26,8 +26,23 @@ fn cached_instance(url: &str, key: &[u8; 32]) -> TestServer {
         config.store = Some(url);
         config.store_connections = 8;
         config.cache_capacity = CAPACITY;
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .expect("an instance on the database starts")
+}
+
+/// The value of the sample `name` (without labels) on the instance's `/metrics`.
+fn scraped(server: &TestServer, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.handle.metrics_address().unwrap()).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: credshard\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let line = response
+        .lines()
+        .find(|line| line.split(' ').next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
 }
 
 fn id(index: usize) -> String {
@@ -210,6 +225,10 @@ fn concurrent_misses_of_one_credential_make_one_query() {
     let delta = |name: &str| after.get(name).unwrap() - before.get(name).unwrap();
     assert_eq!(delta("cache_misses"), 1, "twelve readers, one credential read: {after:?}");
     assert_eq!(delta("cache_loads"), 1, "{after:?}");
+    // /metrics counts the same (nothing has run since STATS).
+    for name in ["cache_hits", "cache_misses", "cache_loads", "cache_evictions"] {
+        assert_eq!(scraped(&server, &format!("credshard_{name}_total")), after.get(name).unwrap(), "{name}");
+    }
 }
 
 #[test]
