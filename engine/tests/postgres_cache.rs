@@ -263,3 +263,90 @@ fn a_database_that_cannot_be_read_fails_a_miss_fast_and_hits_go_on() {
     }
     assert_eq!(client.get(&evicted).unwrap().secret.expose(), evicted.as_bytes());
 }
+
+#[test]
+fn writers_read_their_own_writes_while_readers_keep_the_cache_churning() {
+    let Some(database) = common::postgres::database("cache_churn") else { return };
+    let key = *MasterKey::generate().bytes();
+    let server = cached_instance(&database.url(), &key);
+    let ids: Vec<String> = (0..CREDENTIALS).map(id).collect();
+    let mut client = server.client();
+    for id in &ids {
+        client.put(&put(id, b"0")).unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let groups: Vec<Vec<String>> = ids.chunks(CREDENTIALS / 4).map(<[String]>::to_vec).collect();
+    // Readers of every group: their misses load credentials while the writers' commits of
+    // the same credentials are in flight, and their loads evict what the writers wrote.
+    let readers: Vec<_> = groups
+        .iter()
+        .cloned()
+        .map(|group| {
+            let (address, stop) = (server.address(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for id in &group {
+                        client.get(id).unwrap();
+                        reads += 1;
+                    }
+                    client.batch_get(&group[..10]).unwrap().into_iter().for_each(|item| {
+                        item.unwrap();
+                    });
+                }
+                reads
+            })
+        })
+        .collect();
+    // One writer per group, the only writer of its credentials: what it was acknowledged
+    // is what it reads next, on the same instance.
+    let writers: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
+            let address = server.address();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(3);
+                let mut round = 1u64;
+                while Instant::now() < deadline {
+                    for id in &group {
+                        let secret = format!("{id} #{round}");
+                        let version = match round % 3 {
+                            0 => {
+                                let rotate = RotateRequest {
+                                    id,
+                                    expected_version: Some(round),
+                                    grace_period_seconds: None,
+                                    secret: secret.as_bytes(),
+                                };
+                                client.rotate(&rotate).unwrap()
+                            }
+                            _ => {
+                                let request = PutRequest {
+                                    expected_version: Some(round),
+                                    ..put(id, secret.as_bytes())
+                                };
+                                client
+                                    .put(&request)
+                                    .unwrap_or_else(|error| panic!("{id} from {round}: {error}"))
+                            }
+                        };
+                        assert_eq!(version, round + 1, "{id}");
+                        let read = client.get(id).unwrap();
+                        assert_eq!(read.metadata.version, round + 1, "{id}: read its own write");
+                        assert_eq!(read.secret.expose(), secret.as_bytes(), "{id}");
+                    }
+                    round += 1;
+                }
+                round
+            })
+        })
+        .collect();
+    let rounds: Vec<u64> = writers.into_iter().map(|writer| writer.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: usize = readers.into_iter().map(|reader| reader.join().unwrap()).sum();
+    let stats = client.stats().unwrap();
+    assert!(rounds.iter().all(|rounds| *rounds > 2), "every writer wrote its credentials twice: {rounds:?}");
+    assert!(reads > CREDENTIALS && stats.get("cache_evictions").unwrap() > CREDENTIALS as u64, "{stats:?}");
+}

@@ -135,7 +135,7 @@ impl ShardWriter {
             None => VecDeque::new(),
         };
         let mut writer = ShardWriter { store, shard_id, expiries, log: None, clock, _not_send: PhantomData };
-        writer.evict_past_capacity();
+        writer.evict_past_capacity(None);
         writer
     }
 
@@ -318,6 +318,7 @@ impl ShardWriter {
             Change::Version { record, keep_history } => {
                 let live = existing.filter(|_| keep_history);
                 self.install(&prepared.id, record, live, existing);
+                self.evict_past_capacity(Some(&prepared.id));
             }
             Change::Delete => {
                 if let Some(entry) = existing {
@@ -376,6 +377,8 @@ impl ShardWriter {
             let existing = map.get(id);
             self.install(id, record, existing, existing);
         }
+        // Once every kept version is in: evicting between them could drop the older ones.
+        self.evict_past_capacity(Some(id));
     }
 
     /// Credentials whose expiry has passed, with their current versions (the shared
@@ -493,7 +496,6 @@ impl ShardWriter {
         }
         if existing.is_none() && self.store.shard_capacity().is_some() {
             self.clock.push_back(id.into());
-            self.evict_past_capacity();
         }
     }
 
@@ -503,7 +505,8 @@ impl ShardWriter {
     /// not read is evicted. A new entry starts marked, so it survives at least one full turn
     /// of the clock. An evicted credential is read again from the database when asked for;
     /// from the first eviction on, the shard is partial (a missing id may exist).
-    fn evict_past_capacity(&mut self) {
+    /// `keep` (the credential just installed) is never the one evicted.
+    fn evict_past_capacity(&mut self, keep: Option<&str>) {
         let Some(capacity) = self.store.shard_capacity() else { return };
         let store = Arc::clone(&self.store);
         let shard = store.shard(self.shard_id);
@@ -514,7 +517,7 @@ impl ShardWriter {
             turns_left -= 1;
             let Some(id) = self.clock.pop_front() else { break };
             let Some(entry) = map.get(&*id) else { continue };
-            if entry.take_reference() {
+            if entry.take_reference() || keep == Some(&*id) {
                 self.clock.push_back(id);
                 continue;
             }

@@ -89,7 +89,7 @@ impl Fetched {
 
 /// Reads of a request that keep missing (what was read is evicted again before the request is
 /// served again) before it is answered UNAVAILABLE.
-const MISS_TRIES: usize = 4;
+pub(crate) const MISS_TRIES: usize = 4;
 
 /// A write on its way: what its answer, and its audit entry, need to know.
 pub struct WriteTicket {
@@ -298,22 +298,50 @@ fn dispatch_request(
                     return Dispatched::Miss(Miss::Ids(missing));
                 }
                 (true, _) => {
-                    count_hits(context, fetched, batch.len() as u64);
                     let reply_bytes_max = context.config.batch_reply_bytes_max;
+                    let record_item = |id: &str, result: &Result<u64, OpError>| {
+                        let (version, status) = match result {
+                            Ok(version) => (Some(*version), Status::Ok),
+                            Err(error) => (None, error.status()),
+                        };
+                        if status == Status::Unauthorized {
+                            ExecutorMetrics::add(&metrics.unauthorized_total, 1);
+                        }
+                        if let Err(error) = result {
+                            note_internal(context, id, error);
+                        }
+                        auditor.record_id(&principal.id, op, id, version, status);
+                    };
+                    if context.store.shard_capacity().is_none() {
+                        let secret =
+                            context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, record_item);
+                        frame::finish(out, start);
+                        return Dispatched::Answered { secret };
+                    }
+                    // A bounded cache: an id evicted between the check above and its read is
+                    // read from the database, and the request answered again (nothing of this
+                    // attempt is audited or counted).
+                    let mut outcomes: Vec<Result<u64, OpError>> = Vec::with_capacity(batch.len());
                     let secret =
-                        context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, |id, result| {
-                            let (version, status) = match result {
-                                Ok(version) => (Some(*version), Status::Ok),
-                                Err(error) => (None, error.status()),
-                            };
-                            if status == Status::Unauthorized {
-                                ExecutorMetrics::add(&metrics.unauthorized_total, 1);
-                            }
-                            if let Err(error) = result {
-                                note_internal(context, id, error);
-                            }
-                            auditor.record_id(&principal.id, op, id, version, status);
+                        context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, |_, result| {
+                            outcomes.push(*result);
                         });
+                    let results: Vec<(&str, Result<u64, OpError>)> = batch.ids().zip(outcomes).collect();
+                    let late: Vec<Box<str>> = results
+                        .iter()
+                        .filter(|(id, result)| {
+                            *result == Err(OpError::NotFound) && may_miss(context, fetched, id)
+                        })
+                        .map(|(id, _)| Box::<str>::from(*id))
+                        .collect();
+                    if !late.is_empty() && fetched.failure.is_none() {
+                        frame::abandon(out, start);
+                        return Dispatched::Miss(Miss::Ids(late));
+                    }
+                    count_hits(context, fetched, batch.len() as u64);
+                    for (id, result) in &results {
+                        record_item(id, result);
+                    }
                     frame::finish(out, start);
                     return Dispatched::Answered { secret };
                 }
@@ -326,7 +354,14 @@ fn dispatch_request(
             if !acl.covers_list(owner, scope) {
                 Err(OpError::Unauthorized("this token may not list beyond its owners and scope prefixes"))
             } else if !context.store.is_partial() {
-                context.store.list(list, now_ms, out).map(|()| None)
+                let listed = context.store.list(list, now_ms, out).map(|()| None);
+                if context.store.is_partial() {
+                    // A shard evicted for the first time while the page was read: the page
+                    // may lack what it evicted. It comes from the database instead.
+                    frame::abandon(out, start);
+                    return Dispatched::Miss(Miss::List);
+                }
+                listed
             } else {
                 // A partial cache cannot list: the page comes from the database's indexes.
                 match (&fetched.list, fetched.failure) {

@@ -123,7 +123,14 @@ async fn refresh_many(
         by_id.entry(id.clone()).or_default().push(record);
     }
     let count = ids.len() as u64;
+    let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
     for (id, deleted_version) in ids {
+        // A partial cache installs an id it does not hold only through its loader, which the
+        // follower tells about changes: rows read here may already be older than a change
+        // the follower skipped (it skips what the shard does not hold).
+        if store.may_exist_uncached(&id) {
+            continue;
+        }
         let records = by_id.remove(&id).unwrap_or_default();
         router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
     }
@@ -167,7 +174,13 @@ impl LoadReply {
 struct Loading {
     waiters: Vec<Rc<RefCell<LoadReply>>>,
     changed: bool,
+    /// Reads repeated because of a change, so far.
+    rereads: usize,
 }
+
+/// Reads of an id repeated because the change log keeps reporting changes of it, before its
+/// waiters are answered UNAVAILABLE.
+const LOAD_REREADS_MAX: usize = 8;
 
 /// A shard's loader, with a bounded cache: reads credentials its map misses from the
 /// database and installs them. Every id is read once however many wait for it (single
@@ -207,7 +220,7 @@ impl Loader {
             let mut loading = self.loading.borrow_mut();
             let entry = loading.entry(id.clone()).or_insert_with(|| {
                 self.queued.borrow_mut().push_back(id);
-                Loading { waiters: Vec::new(), changed: false }
+                Loading { waiters: Vec::new(), changed: false, rereads: 0 }
             });
             entry.waiters.push(Rc::clone(&reply));
         }
@@ -308,12 +321,23 @@ fn start_load(loader: &Rc<Loader>) {
             let waiters = {
                 let mut loading = loader.loading.borrow_mut();
                 let Some(state) = loading.get_mut(&id) else { continue };
-                if read.is_ok() && state.changed {
+                let changed = read.is_ok() && state.changed;
+                if changed && state.rereads < LOAD_REREADS_MAX {
                     state.changed = false;
+                    state.rereads += 1;
                     loader.queued.borrow_mut().push_back(id);
                     continue;
                 }
-                loading.remove(&id).map(|state| state.waiters).unwrap_or_default()
+                let waiters = loading.remove(&id).map(|state| state.waiters).unwrap_or_default();
+                if changed {
+                    // Nothing installed: what was read may predate a change.
+                    let error = OpError::Unavailable("this credential keeps changing; try again");
+                    for waiter in waiters {
+                        waiter.borrow_mut().settle(&id, Err(error));
+                    }
+                    continue;
+                }
+                waiters
             };
             let found = match &read {
                 Err(_) => {
@@ -478,6 +502,17 @@ const ROUND_WRITES_MAX: usize = 8;
 // BEGIN, the writes and COMMIT: within what the change-log follower waits for.
 const _: () = assert!(ROUND_WRITES_MAX as u64 + 2 <= crate::storage::postgres::TRANSACTION_STATEMENTS_MAX);
 
+/// What reading a write's credential from the database (a partial cache) found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loaded {
+    /// Not read (the shard held it, or it has not been read yet).
+    No,
+    /// The database does not have it: the write creates it (the database still decides).
+    Absent,
+    /// Read and installed this many times (it may be evicted again before it is prepared).
+    Found(usize),
+}
+
 /// What a shard's database writer and its rounds share.
 struct Rounds {
     router: Rc<Router>,
@@ -486,8 +521,8 @@ struct Rounds {
     limits: Limits,
     max_versions: usize,
     /// Writes not in a round yet, oldest first (retries go back to the front), with their
-    /// tries so far and whether their credential was just read from the database.
-    waiting: RefCell<VecDeque<(WriteMessage, usize, bool)>>,
+    /// tries so far and what reading their credential from the database found.
+    waiting: RefCell<VecDeque<(WriteMessage, usize, Loaded)>>,
     /// With a bounded cache: reads a credential the shard does not hold before a write of it
     /// is prepared (compare-and-set, ROTATE and DELETE need its current state).
     loader: Option<Rc<Loader>>,
@@ -533,7 +568,7 @@ pub fn spawn_writer(
         let mut open = true;
         loop {
             while let Some(message) = futures::FutureExt::now_or_never(queue.recv()).flatten() {
-                rounds.waiting.borrow_mut().push_back((message, 0, false));
+                rounds.waiting.borrow_mut().push_back((message, 0, Loaded::No));
             }
             while rounds.rounds.get() < ROUNDS_IN_FLIGHT && start_round(&rounds) {}
             let idle = rounds.rounds.get() == 0 && rounds.loading_writes.get() == 0;
@@ -546,7 +581,7 @@ pub fn spawn_writer(
                 let ended_round = std::pin::pin!(ended.recv());
                 match futures::future::select(next, ended_round).await {
                     futures::future::Either::Left((Some(message), _)) => {
-                        rounds.waiting.borrow_mut().push_back((message, 0, false));
+                        rounds.waiting.borrow_mut().push_back((message, 0, Loaded::No));
                     }
                     futures::future::Either::Left((None, _)) => open = false,
                     futures::future::Either::Right(_) => {}
@@ -586,10 +621,20 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
             kept.push_back((message, tries, loaded));
             continue;
         }
-        if let (false, Some(loader)) = (loaded, &rounds.loader) {
-            if store.may_exist_uncached(&id) {
+        if let Some(loader) = &rounds.loader {
+            if loaded != Loaded::Absent && store.may_exist_uncached(&id) {
                 in_round.remove(&id);
-                load_before_writing(rounds, loader, message, tries, id);
+                let reads = match loaded {
+                    Loaded::Found(reads) => reads,
+                    _ => 0,
+                };
+                if reads >= crate::server::dispatch::MISS_TRIES {
+                    let error =
+                        OpError::Unavailable("the cache is too small to hold this write's credential");
+                    let _ = message.reply.send(Err(error));
+                } else {
+                    load_before_writing(rounds, loader, message, tries, reads, id);
+                }
                 continue;
             }
         }
@@ -636,6 +681,14 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         let mut retry = Vec::new();
         let mut stale = Vec::new();
         for ((message, tries, prepared), outcome) in round.into_iter().zip(outcomes) {
+            // A load of this credential that started before the commit may have read the old
+            // state: it reads again (the commit is not installed if the credential was evicted
+            // meanwhile, and the load must not install what it replaced).
+            if !matches!(outcome, Ok(Outcome::Stale)) {
+                if let Some(loader) = &rounds.loader {
+                    loader.note_change(prepared.id());
+                }
+            }
             match outcome {
                 Ok(Outcome::Committed { .. }) => {
                     ExecutorMetrics::add(&counters.db_writes_committed, 1);
@@ -669,7 +722,7 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         {
             let mut waiting = rounds.waiting.borrow_mut();
             for (message, tries) in retry.into_iter().rev() {
-                waiting.push_front((message, tries, false));
+                waiting.push_front((message, tries, Loaded::No));
             }
         }
         let mut in_flight = rounds.in_flight.borrow_mut();
@@ -692,6 +745,7 @@ fn load_before_writing(
     loader: &Rc<Loader>,
     message: WriteMessage,
     tries: usize,
+    reads: usize,
     id: Box<str>,
 ) {
     let (reply, answer) = futures::channel::oneshot::channel();
@@ -706,7 +760,10 @@ fn load_before_writing(
         rounds.in_flight.borrow_mut().remove(&id);
         rounds.loading_writes.set(rounds.loading_writes.get() - 1);
         match outcome {
-            Ok(Ok(_)) => rounds.waiting.borrow_mut().push_front((message, tries, true)),
+            Ok(Ok(absent)) => {
+                let loaded = if absent.contains(&id) { Loaded::Absent } else { Loaded::Found(reads + 1) };
+                rounds.waiting.borrow_mut().push_front((message, tries, loaded));
+            }
             Ok(Err(error)) => {
                 let _ = message.reply.send(Err(error));
             }
