@@ -247,3 +247,45 @@ fn an_instance_cut_off_longer_than_the_change_log_is_kept_reads_everything_again
         client.get("will-go").err().and_then(|error| error.status()) == Some(Status::NotFound)
     });
 }
+
+#[test]
+fn a_data_key_rotated_on_one_instance_is_adopted_by_the_others() {
+    let Some(database) = common::postgres::database("shared_rotation") else { return };
+    let key = *MasterKey::generate().bytes();
+    let (first, second) = (instance(&database.url(), &key), instance(&database.url(), &key));
+    let (mut on_first, mut on_second) = (first.client(), second.client());
+    on_second.put(&put("before", b"sealed with key 1")).unwrap();
+    let rotated = on_first.rotate_key().unwrap();
+    assert_eq!(rotated.key_id, 2);
+    assert_eq!(on_first.stats().unwrap().get("data_key_active"), Some(2), "at once on the rotating one");
+    // The other reads the ring again every second and adopts the new active key.
+    let took = eventually(&mut on_second, |client| client.stats().unwrap().get("data_key_active") == Some(2));
+    assert!(took < Duration::from_secs(5), "adopted in {took:?}");
+    on_second.put(&put("after", b"sealed with key 2")).unwrap();
+    for client in [&mut on_first, &mut on_second] {
+        eventually(client, |client| secret_of(client, "after").as_deref() == Some(&b"sealed with key 2"[..]));
+        assert_eq!(secret_of(client, "before").as_deref(), Some(&b"sealed with key 1"[..]));
+    }
+    // Rotations on both at once: each wins a key id of its own.
+    let (first_address, second_address) = (first.address(), second.address());
+    let racers = [first_address, second_address].map(|address| {
+        std::thread::spawn(move || Client::connect(address).unwrap().rotate_key().unwrap().key_id)
+    });
+    let mut won: Vec<u32> = racers.into_iter().map(|racer| racer.join().unwrap()).collect();
+    won.sort();
+    assert_eq!(won, vec![3, 4]);
+    // An instance started now opens the ring with every key and reads everything.
+    let third = instance(&database.url(), &key);
+    let mut on_third = third.client();
+    assert_eq!(on_third.stats().unwrap().get("data_key_active"), Some(4));
+    assert_eq!(
+        on_third.stats().unwrap().get("data_keys"),
+        Some(4),
+        "retiring keys are kept in a shared ring"
+    );
+    assert_eq!(secret_of(&mut on_third, "before").as_deref(), Some(&b"sealed with key 1"[..]));
+    assert_eq!(secret_of(&mut on_third, "after").as_deref(), Some(&b"sealed with key 2"[..]));
+    // REKEY stays refused while the ring is shared.
+    let refused = on_first.rekey(&credshard_protocol::op::keys::RekeyRequest::Key(&[7; 32])).unwrap_err();
+    assert_eq!(refused.status(), Some(Status::Unavailable), "{refused}");
+}

@@ -444,16 +444,38 @@ impl Keyring {
     }
 
     /// Makes a fresh data key the active one; the previous active key retires (its records
-    /// are re-encrypted by the shards). Returns the new key's id.
+    /// are re-encrypted by the shards; in a shared ring they stay on it, and it is kept).
+    /// Returns the new key's id. A shared ring another server changed meanwhile is read again
+    /// and the rotation retried on top of it, so key ids never collide; the other servers
+    /// adopt the new active key when they next read the ring ([`Keyring::refresh_shared`]).
     ///
     /// # Errors
     /// When the ring cannot be persisted (nothing changes then).
     pub fn rotate(&self) -> Result<u32, EngineError> {
         let mut file = self.file.lock().expect("keyring file lock");
-        refuse_shared(&file, "data-key rotation")?;
-        let key_id = self.add_active_key(&mut file).map_err(EngineError::from)?;
-        tracing::info!(key_id, data_keys = file.entries.len(), "data key rotated");
-        Ok(key_id)
+        for _ in 0..SHARED_RING_TRIES {
+            match self.add_active_key(&mut file) {
+                Ok(key_id) => {
+                    tracing::info!(key_id, data_keys = file.entries.len(), "data key rotated");
+                    return Ok(key_id);
+                }
+                Err(PersistError::Conflict) => self.refresh(&mut file)?,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(PersistError::Conflict.into())
+    }
+
+    /// Reads a shared ring again if another server changed it (a rotation, a reservation):
+    /// its new keys become known and its active key this server's. Returns the active key id
+    /// afterwards. Does nothing for a ring of this server's own.
+    ///
+    /// # Errors
+    /// The store cannot be read, or the ring was rekeyed under another master key.
+    pub fn refresh_shared(&self) -> Result<u32, EngineError> {
+        let mut file = self.file.lock().expect("keyring file lock");
+        self.refresh(&mut file)?;
+        Ok(self.active_key_id())
     }
 
     /// Rewraps every data key under the master key from `source` (a passphrase gets a fresh
@@ -1324,11 +1346,36 @@ mod tests {
         let sealed = first.encrypt(&test_binding("id", 1), &mut buffer).unwrap();
         second.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
         assert_eq!(buffer, b"sealed by the first");
-        // Rotation and rekeying would need every server's agreement: refused for now.
-        assert!(first.rotate().unwrap_err().to_string().contains("not available yet"));
+        // Rekeying would leave the other servers unable to read the ring: refused.
         let rekey = first.rekey(KeySource::Key(MasterKey::generate())).unwrap_err();
         assert!(rekey.to_string().contains("not available yet"), "{rekey}");
         assert_eq!(first.report_clear(0, first.rotation_epoch(), 1).unwrap(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_rotation_of_a_shared_ring_reaches_every_server_without_colliding_key_ids() {
+        let master = MasterKey::generate();
+        let shared = std::sync::Arc::new(MemoryShared::default());
+        let source = || KeySource::Key(MasterKey::from_bytes(*master.bytes()));
+        let first = Keyring::open_shared(shared.clone(), source()).unwrap();
+        let second = Keyring::open_shared(shared.clone(), source()).unwrap();
+        let mut old = b"sealed before".to_vec();
+        let sealed_before = second.encrypt(&test_binding("old", 1), &mut old).unwrap();
+        assert_eq!(first.rotate().unwrap(), 2);
+        // The second rotates without having read the first's rotation: it loses the race,
+        // reads the ring again and rotates on top of it, to a key id of its own (and once
+        // more after an injected lost race).
+        shared.conflicts_to_inject.store(1, Ordering::Relaxed);
+        assert_eq!(second.rotate().unwrap(), 3);
+        assert_eq!(first.refresh_shared().unwrap(), 3, "the first adopts the second's active key");
+        let mut new = b"sealed after".to_vec();
+        let sealed_after = first.encrypt(&test_binding("new", 1), &mut new).unwrap();
+        assert_eq!(sealed_after.key_id, 3);
+        second.decrypt(&test_binding("new", 1), &sealed_after, &mut new).unwrap();
+        assert_eq!(new, b"sealed after");
+        first.decrypt(&test_binding("old", 1), &sealed_before, &mut old).unwrap();
+        assert_eq!(old, b"sealed before", "retiring keys stay in a shared ring");
+        assert_eq!(first.status().data_keys, 3);
     }
 
     #[test]

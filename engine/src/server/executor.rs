@@ -197,6 +197,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMessage, Full>) {
             );
             if shard_id == 0 {
                 postgres::spawn_change_log_trimmer(database.clone(), retention);
+                postgres::spawn_ring_follower(Arc::clone(&shared.store));
             }
         }
         _ => {

@@ -989,6 +989,31 @@ async fn uncached_expired(
         .collect())
 }
 
+/// How often an instance reads the shared key ring again, for another instance's rotation.
+pub const RING_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads the shared key ring again every [`RING_FOLLOW_INTERVAL`] (on glommio's blocking
+/// pool: the store's read blocks), so that a data key another instance rotated in becomes this
+/// instance's active key within about that long. One executor per instance runs it.
+pub fn spawn_ring_follower(store: Arc<Store>) {
+    glommio::spawn_local(async move {
+        let mut active = store.keyring().active_key_id();
+        loop {
+            glommio::timer::sleep(RING_FOLLOW_INTERVAL).await;
+            let reading = Arc::clone(&store);
+            match glommio::executor().spawn_blocking(move || reading.keyring().refresh_shared()).await {
+                Ok(now_active) if now_active != active => {
+                    tracing::info!(key_id = now_active, "adopted the data key another instance rotated in");
+                    active = now_active;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "reading the shared key ring failed; retrying"),
+            }
+        }
+    })
+    .detach();
+}
+
 /// Trims change-log entries older than `retention` every minute (every quarter of the
 /// retention, if that is shorter), on one executor per instance; several instances trimming
 /// at once is harmless.
