@@ -79,11 +79,25 @@ fn the_database_going_away_keeps_reads_and_fails_writes_fast_until_it_is_back() 
 
 #[test]
 fn no_acknowledged_write_is_lost_to_an_immediate_database_stop_under_load_or_a_sigkill() {
-    let Some(cluster) = Cluster::start("immediate_and_kill") else { return };
+    immediate_stop_and_sigkill("immediate_and_kill", &[]);
+}
+
+/// The same with a cache that holds 50 credentials: most writes are of credentials the shard
+/// does not hold (read from the database first), and the restarted process starts empty and
+/// reads each acknowledged credential on a miss.
+#[test]
+fn no_acknowledged_write_is_lost_to_an_immediate_database_stop_or_a_sigkill_with_a_small_cache() {
+    immediate_stop_and_sigkill("immediate_and_kill_cached", &["--cache-capacity", "50"]);
+}
+
+fn immediate_stop_and_sigkill(test: &str, extra_args: &[&str]) {
+    let Some(cluster) = Cluster::start(test) else { return };
     let dirs = ProcessDirs::new();
     let url = cluster.url();
     let serve = |dirs: &ProcessDirs| {
-        ServeProcess::start(&dirs.data_dir, &dirs.key, &["--shards", "2", "--store", &url], |_| {})
+        let mut args = vec!["--shards", "2", "--store", &url];
+        args.extend_from_slice(extra_args);
+        ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {})
     };
     let served = serve(&dirs);
     // Writers keep writing (a new id each time) while the database crashes and comes back.
