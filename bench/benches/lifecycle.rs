@@ -68,7 +68,7 @@ fn in_process(criterion: &mut Criterion) {
     group.bench_function("batch_get_100", |bencher| {
         bencher.iter(|| {
             out.clear();
-            store.batch_get(black_box(&batch), now, &Acl::everything(), &mut out, usize::MAX, |_, _| {})
+            store.batch_get(black_box(&batch), now, &Acl::everything(), &mut out, usize::MAX, &[], |_, _| {})
         })
     });
 

@@ -27,6 +27,7 @@ fn cached_instance(url: &str, key: &[u8; 32]) -> TestServer {
         config.store_connections = 8;
         config.cache_capacity = CAPACITY;
         config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.resp_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .expect("an instance on the database starts")
 }
@@ -349,4 +350,47 @@ fn writers_read_their_own_writes_while_readers_keep_the_cache_churning() {
     let stats = client.stats().unwrap();
     assert!(rounds.iter().all(|rounds| *rounds > 2), "every writer wrote its credentials twice: {rounds:?}");
     assert!(reads > CREDENTIALS && stats.get("cache_evictions").unwrap() > CREDENTIALS as u64, "{stats:?}");
+}
+
+#[test]
+fn redis_clients_read_and_write_evicted_credentials() {
+    let Some(database) = common::postgres::database("cache_resp") else { return };
+    let key = *MasterKey::generate().bytes();
+    let server = cached_instance(&database.url(), &key);
+    let mut client = server.client();
+    let ids: Vec<String> = (0..CREDENTIALS).map(id).collect();
+    for id in &ids {
+        client.put(&put(id, id.as_bytes())).unwrap();
+    }
+    let evicted: Vec<String> =
+        ids.iter().filter(|id| server.store().may_exist_uncached(id)).take(3).cloned().collect();
+    assert_eq!(evicted.len(), 3);
+    let address = server.handle.resp_address().unwrap();
+    let mut redis = redis::Client::open(format!("redis://{address}/")).unwrap().get_connection().unwrap();
+    let value: Vec<u8> = redis::cmd("GET").arg(&evicted[0]).query(&mut redis).unwrap();
+    assert_eq!(value, evicted[0].as_bytes());
+    let values: Vec<Option<Vec<u8>>> =
+        redis::cmd("MGET").arg(&evicted[1]).arg("cached/none").arg(&evicted[2]).query(&mut redis).unwrap();
+    assert_eq!(
+        values,
+        vec![Some(evicted[1].as_bytes().to_vec()), None, Some(evicted[2].as_bytes().to_vec())]
+    );
+    // A pipelined SET of an evicted credential, then its GET: the GET reads the SET.
+    let target = ids.iter().find(|id| server.store().may_exist_uncached(id)).unwrap().clone();
+    let (set, got): (String, Vec<u8>) = redis::pipe()
+        .cmd("SET")
+        .arg(&target)
+        .arg("set over RESP")
+        .cmd("GET")
+        .arg(&target)
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!((set.as_str(), got.as_slice()), ("OK", &b"set over RESP"[..]));
+    let meta = client.get_meta(&target).unwrap().metadata;
+    assert_eq!(meta.version, 2, "the SET replaced version 1");
+    assert_eq!(
+        (meta.owner.as_str(), meta.scope.as_str()),
+        ("team-a", "prod"),
+        "and kept its owner and scope"
+    );
 }

@@ -28,5 +28,5 @@ pub mod writer;
 
 pub use record::Record;
 pub use shard::{Entry, Shard};
-pub use store::{Lifecycle, ListPage, Store};
+pub use store::{Fetched, Lifecycle, ListPage, Store};
 pub use writer::{Prepared, ShardWriter, Write};

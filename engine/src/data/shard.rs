@@ -44,6 +44,20 @@ impl Entry {
         entry
     }
 
+    /// An entry of the kept versions read from a shared database (oldest first), as the shard
+    /// would hold them: the newest `max_versions`.
+    ///
+    /// # Panics
+    /// If `records` is empty.
+    pub fn of_fetched(records: &[Record], max_versions: usize) -> Entry {
+        Entry::new(records.iter().rev().take(max_versions).cloned())
+    }
+
+    /// A copy of the entry (its versions are shared handles).
+    pub fn snapshot(&self) -> Entry {
+        Entry::new(self.versions().cloned())
+    }
+
     /// Marks the entry as read, for the eviction clock. A plain load first: the line is
     /// written only when the bit was clear, so reads of a hot entry on several cores do not
     /// bounce its cache line.

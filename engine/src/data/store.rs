@@ -16,7 +16,7 @@ use credshard_protocol::{Limits, Status, VersionState};
 use super::index::{ListQuery, SortKey};
 use super::keyspace::shard_for;
 use super::record::Record;
-use super::shard::Shard;
+use super::shard::{Entry, Shard};
 use super::writer::ShardWriter;
 use crate::auth::Acl;
 use crate::crypto::Keyring;
@@ -54,6 +54,11 @@ pub struct Store {
     /// credential, the embedded store).
     shard_capacity: Option<usize>,
 }
+
+/// Credentials read from the shared database for one request, by id: the request is served
+/// from these where its shard's map no longer holds them (a small cache may evict what it
+/// just read before the request gets to it).
+pub type Fetched = [(Box<str>, Arc<Entry>)];
 
 /// One page of LIST read elsewhere than the shards' indexes (the shared database, when the
 /// shards hold only part of the credentials): at most the request's limit of items in sort
@@ -110,11 +115,17 @@ impl Store {
 
     /// Of `ids`, those not in their shards' maps that may exist, and are not in `absent`
     /// (found missing from the database already), without repeats.
-    pub fn uncached<'a>(&self, ids: impl Iterator<Item = &'a str>, absent: &[Box<str>]) -> Vec<Box<str>> {
+    pub fn uncached<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+        absent: &[Box<str>],
+        fetched: &Fetched,
+    ) -> Vec<Box<str>> {
         let mut missing: Vec<Box<str>> = Vec::new();
         for id in ids {
             if self.may_exist_uncached(id)
                 && !absent.iter().any(|gone| &**gone == id)
+                && !fetched.iter().any(|(read, _)| &**read == id)
                 && !missing.iter().any(|seen| &**seen == id)
             {
                 missing.push(id.into());
@@ -191,7 +202,22 @@ impl Store {
         acl: &Acl,
         out: &mut BytesMut,
     ) -> Result<u64, OpError> {
-        self.get_within(request, now_ms, acl, out, None)
+        self.get_within(request, now_ms, acl, out, None, &[])
+    }
+
+    /// [`Store::get`], from `fetched` if the shard's map does not hold the credential.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    pub fn get_fetched(
+        &self,
+        request: &GetRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+        out: &mut BytesMut,
+        fetched: &Fetched,
+    ) -> Result<u64, OpError> {
+        self.get_within(request, now_ms, acl, out, None, fetched)
     }
 
     /// [`Store::get`], refusing with [`OpError::ReplyFull`] (before decrypting anything) a
@@ -203,9 +229,10 @@ impl Store {
         acl: &Acl,
         out: &mut BytesMut,
         bytes_left: Option<usize>,
+        fetched: &Fetched,
     ) -> Result<u64, OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
-        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let entry = map.get(request.id).or_else(|| find(fetched, request.id)).ok_or(OpError::NotFound)?;
         entry.current().prefetch();
         entry.touch();
         check_access(entry.current(), acl)?;
@@ -248,8 +275,23 @@ impl Store {
         acl: &Acl,
         out: &mut BytesMut,
     ) -> Result<u64, OpError> {
+        self.get_meta_fetched(request, now_ms, acl, out, &[])
+    }
+
+    /// [`Store::get_meta`], from `fetched` if the shard's map does not hold the credential.
+    ///
+    /// # Errors
+    /// As [`Store::get_meta`].
+    pub fn get_meta_fetched(
+        &self,
+        request: &GetMetaRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+        out: &mut BytesMut,
+        fetched: &Fetched,
+    ) -> Result<u64, OpError> {
         let map = self.shards[self.shard_for(request.id)].map.pin();
-        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let entry = map.get(request.id).or_else(|| find(fetched, request.id)).ok_or(OpError::NotFound)?;
         entry.touch();
         check_access(entry.current(), acl)?;
         if entry.current().is_expired(now_ms) {
@@ -273,7 +315,11 @@ impl Store {
     /// error body), and tells `each` every id's outcome. Returns whether any result holds a
     /// secret. Once a secret is in the reply, an id whose result could take the reply past
     /// `reply_bytes_max` is answered [`OpError::ReplyFull`] instead (so the first found id is
-    /// always served, and the reply stays bounded whatever the ids ask for).
+    /// always served, and the reply stays bounded whatever the ids ask for). An id the shard's
+    /// map lacks is served from `fetched` if it is there.
+    // The request, its clock and caller, the reply and its bound, what was read for it, and
+    // the per-id callback: each is the call's own, none belongs in a struct of the store's.
+    #[allow(clippy::too_many_arguments)]
     pub fn batch_get(
         &self,
         request: &BatchGetRequest<'_>,
@@ -281,6 +327,7 @@ impl Store {
         acl: &Acl,
         out: &mut BytesMut,
         reply_bytes_max: usize,
+        fetched: &Fetched,
         mut each: impl FnMut(&str, &Result<u64, OpError>),
     ) -> bool {
         let start = out.len();
@@ -290,7 +337,8 @@ impl Store {
             let status_at = out.len();
             out.put_u8(Status::Ok as u8);
             let bytes_left = any_secret.then(|| reply_bytes_max.saturating_sub(out.len() - start));
-            let result = self.get_within(&GetRequest { id, version: 0 }, now_ms, acl, out, bytes_left);
+            let result =
+                self.get_within(&GetRequest { id, version: 0 }, now_ms, acl, out, bytes_left, fetched);
             each(id, &result);
             match result {
                 Ok(_) => any_secret = true,
@@ -392,6 +440,11 @@ impl Store {
             }
         }
     }
+}
+
+/// The entry for `id` among `fetched`.
+fn find<'a>(fetched: &'a Fetched, id: &str) -> Option<&'a Entry> {
+    fetched.iter().find(|(read, _)| &**read == id).map(|(_, entry)| &**entry)
 }
 
 /// Refuses a record outside the caller's ACL.

@@ -355,29 +355,28 @@ impl ShardWriter {
     /// (oldest first; empty: the credential is gone), unless the shard already holds a newer
     /// version. `deleted_version` is the version a delete removed, when the change log said
     /// so: a cached version above it is kept.
-    pub fn install_fetched(&mut self, id: &str, records: Vec<Record>, deleted_version: Option<u64>) {
+    pub fn install_fetched(&mut self, id: &str, mut records: Vec<Record>, deleted_version: Option<u64>) {
         let cached = self.cached_version(id);
-        let newest = records.last().map_or(0, Record::version);
-        if records.is_empty() {
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let Some(newest) = records.pop() else {
             if cached == 0 || deleted_version.is_some_and(|deleted| cached > deleted) {
                 return;
             }
-        } else if cached > newest {
+            if let Some(entry) = map.get(id) {
+                self.unindex(entry.current());
+                map.remove(id);
+            }
+            return;
+        };
+        if cached >= newest.version() {
             return;
         }
-        let store = Arc::clone(&self.store);
-        let map = store.shard(self.shard_id).map.pin();
-        if let Some(entry) = map.get(id) {
-            self.unindex(entry.current());
-            map.remove(id);
-        }
-        drop(map);
-        for record in records {
-            let map = store.shard(self.shard_id).map.pin();
-            let existing = map.get(id);
-            self.install(id, record, existing, existing);
-        }
-        // Once every kept version is in: evicting between them could drop the older ones.
+        // One entry holding every kept version, put in the map at once: a reader on another
+        // executor sees the state before or the state after, never the older versions alone.
+        let older = (!records.is_empty()).then(|| Entry::new(records.into_iter().rev()));
+        let existing = map.get(id);
+        self.install(id, newest, older.as_ref(), existing);
         self.evict_past_capacity(Some(id));
     }
 

@@ -75,6 +75,8 @@ struct Fetched {
     again: bool,
     /// Ids the database does not have: a miss on one of them is NOT_FOUND.
     absent: Vec<Box<str>>,
+    /// The others, as read: served from here if their shard evicted them again meanwhile.
+    found: Vec<(Box<str>, Arc<crate::data::Entry>)>,
     /// A LIST's page.
     list: Option<crate::data::ListPage>,
     /// Why the database could not be read: the answer to a miss.
@@ -82,8 +84,8 @@ struct Fetched {
 }
 
 impl Fetched {
-    fn is_absent(&self, id: &str) -> bool {
-        self.absent.iter().any(|gone| &**gone == id)
+    fn was_read(&self, id: &str) -> bool {
+        self.absent.iter().any(|gone| &**gone == id) || self.found.iter().any(|(read, _)| &**read == id)
     }
 }
 
@@ -252,7 +254,7 @@ fn dispatch_request(
         }
         Request::Get(get) => {
             count_read(context, fetched, 1);
-            match context.store.get(get, now_ms, acl, out) {
+            match context.store.get_fetched(get, now_ms, acl, out, &fetched.found) {
                 Err(OpError::NotFound) if may_miss(context, fetched, get.id) => {
                     if let Some(error) = fetched.failure {
                         Err(error)
@@ -269,7 +271,7 @@ fn dispatch_request(
         }
         Request::GetMeta(get_meta) => {
             count_read(context, fetched, 1);
-            match context.store.get_meta(get_meta, now_ms, acl, out) {
+            match context.store.get_meta_fetched(get_meta, now_ms, acl, out, &fetched.found) {
                 Err(OpError::NotFound) if may_miss(context, fetched, get_meta.id) => {
                     if let Some(error) = fetched.failure {
                         Err(error)
@@ -287,7 +289,7 @@ fn dispatch_request(
         Request::BatchGet(batch) => {
             count_read(context, fetched, batch.len() as u64);
             let missing = match context.store.shard_capacity() {
-                Some(_) => context.store.uncached(batch.ids(), &fetched.absent),
+                Some(_) => context.store.uncached(batch.ids(), &fetched.absent, &fetched.found),
                 None => Vec::new(),
             };
             match (missing.is_empty(), fetched.failure) {
@@ -313,8 +315,15 @@ fn dispatch_request(
                         auditor.record_id(&principal.id, op, id, version, status);
                     };
                     if context.store.shard_capacity().is_none() {
-                        let secret =
-                            context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, record_item);
+                        let secret = context.store.batch_get(
+                            batch,
+                            now_ms,
+                            acl,
+                            out,
+                            reply_bytes_max,
+                            &[],
+                            record_item,
+                        );
                         frame::finish(out, start);
                         return Dispatched::Answered { secret };
                     }
@@ -322,10 +331,17 @@ fn dispatch_request(
                     // read from the database, and the request answered again (nothing of this
                     // attempt is audited or counted).
                     let mut outcomes: Vec<Result<u64, OpError>> = Vec::with_capacity(batch.len());
-                    let secret =
-                        context.store.batch_get(batch, now_ms, acl, out, reply_bytes_max, |_, result| {
+                    let secret = context.store.batch_get(
+                        batch,
+                        now_ms,
+                        acl,
+                        out,
+                        reply_bytes_max,
+                        &fetched.found,
+                        |_, result| {
                             outcomes.push(*result);
-                        });
+                        },
+                    );
                     let results: Vec<(&str, Result<u64, OpError>)> = batch.ids().zip(outcomes).collect();
                     let late: Vec<Box<str>> = results
                         .iter()
@@ -425,7 +441,7 @@ fn count_hits(context: &ExecutorContext, fetched: &Fetched, ids: u64) {
 /// Whether a read that found `id` missing must ask the database (a partial cache that may
 /// not hold it, and the database has not said it is absent).
 fn may_miss(context: &ExecutorContext, fetched: &Fetched, id: &str) -> bool {
-    !fetched.is_absent(id) && context.store.may_exist_uncached(id)
+    !fetched.was_read(id) && context.store.may_exist_uncached(id)
 }
 
 /// Serves a request that missed (see [`Dispatched::Miss`]): reads what it needs from the
@@ -445,9 +461,10 @@ pub async fn load_and_dispatch(
     let mut miss = miss;
     for _ in 0..MISS_TRIES {
         let read = match miss {
-            Miss::Ids(ids) => {
-                context.router.load(&context.store, ids).await.map(|absent| fetched.absent.extend(absent))
-            }
+            Miss::Ids(ids) => context.router.load(&context.store, ids).await.map(|read| {
+                fetched.absent.extend(read.absent);
+                fetched.found.extend(read.found);
+            }),
             Miss::List => list_page(context, header, frame).await.map(|page| fetched.list = Some(page)),
         };
         if let Err(error) = read {

@@ -24,10 +24,10 @@ use std::cell::{Cell, RefCell};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::crypto::SharedRing;
-use crate::data::{ListPage, Prepared, Record, Store, Write};
+use crate::data::{Entry, ListPage, Prepared, Record, Store, Write};
 use crate::error::{EngineError, OpError};
 use crate::metrics::{ExecutorMetrics, Metrics};
-use crate::server::router::{LoadMessage, LoadOutcome, Router, WriteMessage};
+use crate::server::router::{LoadMessage, LoadOutcome, LoadedCredentials, Router, WriteMessage};
 use crate::storage::postgres::follow::Follower;
 use crate::storage::postgres::rows::{self, ChangeKind, Outcome, VersionWrite};
 use crate::storage::postgres::{Database, DbError};
@@ -143,27 +143,36 @@ const LOADS_IN_FLIGHT: usize = 4;
 /// Ids one load query reads, at most.
 const LOAD_IDS_MAX: usize = 256;
 
+/// Ids one load query reads: [`LOAD_IDS_MAX`], but in a cache so small that the loads in
+/// flight could fill it, no more than a share that leaves half of it alone (otherwise the
+/// ids a query installs evict each other before their readers get to them).
+fn load_ids_max(router: &Router) -> usize {
+    let capacity = router.with_writer(|writer| writer.store().shard_capacity()).unwrap_or(usize::MAX);
+    LOAD_IDS_MAX.min(capacity / (2 * LOADS_IN_FLIGHT)).max(1)
+}
+
 /// One message's wait for its ids: answered when the last of them is read.
 struct LoadReply {
     ids_left: usize,
-    absent: Vec<Box<str>>,
+    loaded: LoadedCredentials,
     failure: Option<OpError>,
     reply: Option<futures::channel::oneshot::Sender<LoadOutcome>>,
 }
 
 impl LoadReply {
-    /// One of the message's ids was read: `Ok(true)` found and installed, `Ok(false)` absent.
-    fn settle(&mut self, id: &str, found: Result<bool, OpError>) {
+    /// One of the message's ids was read: `Ok(Some(entry))` found (and installed), `Ok(None)`
+    /// absent.
+    fn settle(&mut self, id: &str, found: Result<Option<Arc<Entry>>, OpError>) {
         match found {
-            Ok(true) => {}
-            Ok(false) => self.absent.push(id.into()),
+            Ok(Some(entry)) => self.loaded.found.push((id.into(), entry)),
+            Ok(None) => self.loaded.absent.push(id.into()),
             Err(error) => self.failure = Some(error),
         }
         self.ids_left -= 1;
         if self.ids_left == 0 {
             if let Some(reply) = self.reply.take() {
-                let absent = std::mem::take(&mut self.absent);
-                let _ = reply.send(self.failure.map_or(Ok(absent), Err));
+                let loaded = std::mem::take(&mut self.loaded);
+                let _ = reply.send(self.failure.map_or(Ok(loaded), Err));
             }
         }
     }
@@ -188,6 +197,8 @@ const LOAD_REREADS_MAX: usize = 8;
 /// misses group the way writes do.
 pub struct Loader {
     router: Rc<Router>,
+    /// Versions kept per credential (what an entry read for a waiter holds).
+    max_versions: usize,
     database: Database,
     metrics: Arc<Metrics>,
     loading: RefCell<HashMap<Box<str>, Loading>>,
@@ -202,19 +213,26 @@ impl Loader {
     /// Takes a message's ids: those the shard holds (or that are not its) are settled at once.
     fn accept(&self, message: LoadMessage) {
         if message.ids.is_empty() {
-            let _ = message.reply.send(Ok(Vec::new()));
+            let _ = message.reply.send(Ok(LoadedCredentials::default()));
             return;
         }
         let reply = Rc::new(RefCell::new(LoadReply {
             ids_left: message.ids.len(),
-            absent: Vec::new(),
+            loaded: LoadedCredentials::default(),
             failure: None,
             reply: Some(message.reply),
         }));
         let store = self.router.with_writer(|writer| Arc::clone(writer.store()));
         for id in message.ids {
             if !store.may_exist_uncached(&id) {
-                reply.borrow_mut().settle(&id, Ok(true));
+                // Held now (or known not to exist): answered from the shard's map.
+                let held = store
+                    .shard(store.shard_for(&id))
+                    .map
+                    .pin()
+                    .get(&*id)
+                    .map(|entry| Arc::new(entry.snapshot()));
+                reply.borrow_mut().settle(&id, Ok(held));
                 continue;
             }
             let mut loading = self.loading.borrow_mut();
@@ -254,8 +272,10 @@ pub fn spawn_loader(
     metrics: Arc<Metrics>,
 ) -> Rc<Loader> {
     let (done, ended) = local_channel::new_bounded(LOADS_IN_FLIGHT);
+    let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
     let loader = Rc::new(Loader {
         router,
+        max_versions,
         database,
         metrics,
         loading: RefCell::default(),
@@ -291,7 +311,7 @@ pub fn spawn_loader(
 fn start_load(loader: &Rc<Loader>) {
     let ids: Vec<Box<str>> = {
         let mut queued = loader.queued.borrow_mut();
-        let take = queued.len().min(LOAD_IDS_MAX);
+        let take = queued.len().min(load_ids_max(&loader.router));
         queued.drain(..take).collect()
     };
     loader.in_flight.set(loader.in_flight.get() + 1);
@@ -345,15 +365,17 @@ fn start_load(loader: &Rc<Loader>) {
                 }
                 Ok(()) => {
                     let records = by_id.remove(&*id).unwrap_or_default();
-                    let found = !records.is_empty();
-                    if found {
+                    if records.is_empty() {
+                        Ok(None)
+                    } else {
+                        let entry = Arc::new(Entry::of_fetched(&records, loader.max_versions));
                         loader.router.with_writer(|writer| writer.install_fetched(&id, records, None));
+                        Ok(Some(entry))
                     }
-                    Ok(found)
                 }
             };
             for waiter in waiters {
-                waiter.borrow_mut().settle(&id, found);
+                waiter.borrow_mut().settle(&id, found.clone());
             }
         }
         loader.in_flight.set(loader.in_flight.get() - 1);
@@ -760,8 +782,9 @@ fn load_before_writing(
         rounds.in_flight.borrow_mut().remove(&id);
         rounds.loading_writes.set(rounds.loading_writes.get() - 1);
         match outcome {
-            Ok(Ok(absent)) => {
-                let loaded = if absent.contains(&id) { Loaded::Absent } else { Loaded::Found(reads + 1) };
+            Ok(Ok(read)) => {
+                let loaded =
+                    if read.absent.contains(&id) { Loaded::Absent } else { Loaded::Found(reads + 1) };
                 rounds.waiting.borrow_mut().push_front((message, tries, loaded));
             }
             Ok(Err(error)) => {

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use std::sync::Arc;
 
 use crate::auth::{Acl, Principal};
-use crate::data::{ShardWriter, Store, Write};
+use crate::data::{Entry, ShardWriter, Store, Write};
 use crate::error::{OpError, WriteOutcome};
 
 /// What travels between executors: writes for the shard that owns them, and, with a bounded
@@ -34,9 +34,16 @@ pub struct LoadMessage {
     pub(crate) reply: oneshot::Sender<LoadOutcome>,
 }
 
-/// The ids the database does not have; every other id asked for was installed (it may be
-/// evicted again before it is read: the reader then asks again).
-pub type LoadOutcome = Result<Vec<Box<str>>, OpError>;
+/// What a load read: the ids the database does not have, and the others' kept versions (also
+/// installed in their shard, which may evict them again before the reader gets to them: the
+/// reader is served from these then).
+#[derive(Default)]
+pub struct LoadedCredentials {
+    pub absent: Vec<Box<str>>,
+    pub found: Vec<(Box<str>, Arc<Entry>)>,
+}
+
+pub type LoadOutcome = Result<LoadedCredentials, OpError>;
 
 /// A write travelling to the executor of the shard that owns it.
 pub struct WriteMessage {
@@ -107,17 +114,20 @@ impl Router {
             }
             outcomes.push(outcome);
         }
-        let mut absent = Vec::new();
+        let mut loaded = LoadedCredentials::default();
         for outcome in futures::future::join_all(outcomes).await {
             match outcome {
-                Ok(Ok(gone)) => absent.extend(gone),
+                Ok(Ok(part)) => {
+                    loaded.absent.extend(part.absent);
+                    loaded.found.extend(part.found);
+                }
                 Ok(Err(error)) => return Err(error),
                 Err(oneshot::Canceled) => {
                     return Err(OpError::Unavailable("the owning shard stopped before answering"))
                 }
             }
         }
-        Ok(absent)
+        Ok(loaded)
     }
 
     /// True when writes go through a shared database: every write then travels as a

@@ -341,6 +341,23 @@ impl Commands<'_> {
             self.enqueue(slot);
             return false;
         }
+        // SET keeps a live credential's owner, scope and kind, which it reads from the shard
+        // before its PUT is made: a credential a partial cache does not hold is read first.
+        if spec.name == "set" && args.len() > 1 {
+            if let Ok(id) = std::str::from_utf8(args.get(1)) {
+                for _ in 0..crate::server::dispatch::MISS_TRIES {
+                    if !context.store.may_exist_uncached(id) {
+                        break;
+                    }
+                    match context.router.load(&context.store, vec![id.into()]).await {
+                        Ok(read) if !read.absent.is_empty() => break,
+                        Ok(_) => {}
+                        // The PUT reads it again, and fails the same way if it cannot.
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
         // Only SET looks at the token before its request is dispatched.
         let principal =
             if spec.name == "set" { self.session.principal(&context.authenticator).cloned() } else { None };
