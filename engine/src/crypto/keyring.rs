@@ -473,8 +473,15 @@ impl Keyring {
     /// # Errors
     /// The store cannot be read, or the ring was rekeyed under another master key.
     pub fn refresh_shared(&self) -> Result<u32, EngineError> {
+        let shared = match &self.file.lock().expect("keyring file lock").place {
+            RingPlace::Shared(shared) => std::sync::Arc::clone(shared),
+            _ => return Ok(self.active_key_id()),
+        };
+        // Read without the lock: encryptions and decryptions on the executors take it, and a
+        // slow or unreachable database must not stall them.
+        let loaded = shared.load()?;
         let mut file = self.file.lock().expect("keyring file lock");
-        self.refresh(&mut file)?;
+        self.adopt(&mut file, loaded)?;
         Ok(self.active_key_id())
     }
 
@@ -645,10 +652,17 @@ impl Keyring {
     /// stay known until the process ends), and its active key becomes this one's.
     fn refresh(&self, file: &mut RingFile) -> Result<(), EngineError> {
         let RingPlace::Shared(shared) = &file.place else { return Ok(()) };
-        let Some((generation, bytes)) = shared.load()? else {
+        let loaded = shared.load()?;
+        self.adopt(file, loaded)
+    }
+
+    /// Takes a shared ring's stored state, as read, if it is newer than this server's.
+    fn adopt(&self, file: &mut RingFile, loaded: Option<(i64, Vec<u8>)>) -> Result<(), EngineError> {
+        let Some((generation, bytes)) = loaded else {
             return Err(EngineError::Keyring("the shared key ring is gone from its store".to_owned()));
         };
-        if file.generation == Some(generation) {
+        // Generations only grow: a ring read before another refresh took a newer one is old.
+        if file.generation.is_some_and(|known| known >= generation) {
             return Ok(());
         }
         let header = RingHeader::parse(&bytes)?;

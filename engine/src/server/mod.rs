@@ -66,8 +66,11 @@ pub struct ServerHandle {
 /// timer on every turn of the executor's loop) by walking one bucket of a hash table whose
 /// size follows the completion queue's: 128 entries give it 8 buckets, so with 10,000 idle
 /// connections each cancel walked ~1,250 polls (`io_poll_find`, 19% of the server's time in
-/// `perf`). 4,096 entries give it 256 buckets (the kernel's most).
-const RING_DEPTH: usize = 4096;
+/// `perf`). 1,024 entries give it 64. Not more: glommio also preempts a busy executor after
+/// this many completions (its other trigger is a 100 ms timer), and 4,096 (256 buckets, the
+/// kernel's most), measured slightly better with idle connections, would make a busy
+/// executor's turns far longer for every other connection.
+const RING_DEPTH: usize = 1024;
 
 impl Server {
     /// Opens the key ring in the data dir and starts one executor per shard.

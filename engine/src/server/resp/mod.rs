@@ -345,16 +345,33 @@ impl Commands<'_> {
         // before its PUT is made: a credential a partial cache does not hold is read first.
         if spec.name == "set" && args.len() > 1 {
             if let Ok(id) = std::str::from_utf8(args.get(1)) {
+                let mut unread = None;
                 for _ in 0..crate::server::dispatch::MISS_TRIES {
                     if !context.store.may_exist_uncached(id) {
+                        unread = None;
                         break;
                     }
                     match context.router.load(&context.store, vec![id.into()]).await {
-                        Ok(read) if !read.absent.is_empty() => break,
-                        Ok(_) => {}
-                        // The PUT reads it again, and fails the same way if it cannot.
-                        Err(_) => break,
+                        Ok(read) if !read.absent.is_empty() => {
+                            unread = None;
+                            break;
+                        }
+                        Ok(_) => {
+                            unread =
+                                Some(OpError::Unavailable("the credential could not be held in the cache"))
+                        }
+                        Err(error) => {
+                            unread = Some(error);
+                            break;
+                        }
                     }
+                }
+                // Without the credential's state the SET would give it a new owner and scope:
+                // refused instead (a retry may succeed).
+                if let Some(error) = unread {
+                    ExecutorMetrics::add(&context.metrics().errors_total, 1);
+                    self.push_local(&Local::error(error.status().name(), error.message().to_owned()));
+                    return false;
                 }
             }
         }
