@@ -254,35 +254,23 @@ fn dispatch_request(
         }
         Request::Get(get) => {
             count_read(context, fetched, 1);
-            match context.store.get_fetched(get, now_ms, acl, out, &fetched.found) {
-                Err(OpError::NotFound) if may_miss(context, fetched, get.id) => {
-                    if let Some(error) = fetched.failure {
-                        Err(error)
-                    } else {
-                        frame::abandon(out, start);
-                        return Dispatched::Miss(Miss::Ids(vec![get.id.into()]));
-                    }
-                }
-                result => {
-                    count_hits(context, fetched, 1);
-                    result.map(Some)
+            let read = context.store.get_fetched(get, now_ms, acl, out, &fetched.found);
+            match hit_or_miss(context, fetched, get.id, read) {
+                Some(result) => result,
+                None => {
+                    frame::abandon(out, start);
+                    return Dispatched::Miss(Miss::Ids(vec![get.id.into()]));
                 }
             }
         }
         Request::GetMeta(get_meta) => {
             count_read(context, fetched, 1);
-            match context.store.get_meta_fetched(get_meta, now_ms, acl, out, &fetched.found) {
-                Err(OpError::NotFound) if may_miss(context, fetched, get_meta.id) => {
-                    if let Some(error) = fetched.failure {
-                        Err(error)
-                    } else {
-                        frame::abandon(out, start);
-                        return Dispatched::Miss(Miss::Ids(vec![get_meta.id.into()]));
-                    }
-                }
-                result => {
-                    count_hits(context, fetched, 1);
-                    result.map(Some)
+            let read = context.store.get_meta_fetched(get_meta, now_ms, acl, out, &fetched.found);
+            match hit_or_miss(context, fetched, get_meta.id, read) {
+                Some(result) => result,
+                None => {
+                    frame::abandon(out, start);
+                    return Dispatched::Miss(Miss::Ids(vec![get_meta.id.into()]));
                 }
             }
         }
@@ -297,7 +285,7 @@ fn dispatch_request(
                 (false, None) => {
                     count_hits(context, fetched, (batch.len() - missing.len()) as u64);
                     frame::abandon(out, start);
-                    return Dispatched::Miss(Miss::Ids(missing));
+                    return Dispatched::Miss(Miss::Ids(unread_ids(batch, fetched)));
                 }
                 (true, _) => {
                     let reply_bytes_max = context.config.batch_reply_bytes_max;
@@ -343,16 +331,12 @@ fn dispatch_request(
                         },
                     );
                     let results: Vec<(&str, Result<u64, OpError>)> = batch.ids().zip(outcomes).collect();
-                    let late: Vec<Box<str>> = results
-                        .iter()
-                        .filter(|(id, result)| {
-                            *result == Err(OpError::NotFound) && may_miss(context, fetched, id)
-                        })
-                        .map(|(id, _)| Box::<str>::from(*id))
-                        .collect();
-                    if !late.is_empty() && fetched.failure.is_none() {
+                    let late = results.iter().any(|(id, result)| {
+                        *result == Err(OpError::NotFound) && may_miss(context, fetched, id)
+                    });
+                    if late && fetched.failure.is_none() {
                         frame::abandon(out, start);
-                        return Dispatched::Miss(Miss::Ids(late));
+                        return Dispatched::Miss(Miss::Ids(unread_ids(batch, fetched)));
                     }
                     count_hits(context, fetched, batch.len() as u64);
                     for (id, result) in &results {
@@ -435,6 +419,40 @@ fn count_read(context: &ExecutorContext, fetched: &Fetched, ids: u64) {
 fn count_hits(context: &ExecutorContext, fetched: &Fetched, ids: u64) {
     if !fetched.again && context.store.shard_capacity().is_some() {
         ExecutorMetrics::add(&context.metrics().cache_hits, ids);
+    }
+}
+
+/// The ids of a BATCH_GET that missed, to read: all it names that were not read for it yet
+/// (not only the missing ones), so that its next dispatch is served from what was read even
+/// if the cache evicts any of them meanwhile.
+fn unread_ids(
+    batch: &credshard_protocol::op::batch_get::BatchGetRequest<'_>,
+    fetched: &Fetched,
+) -> Vec<Box<str>> {
+    let mut unread: Vec<Box<str>> = Vec::new();
+    for id in batch.ids() {
+        if !fetched.was_read(id) && !unread.iter().any(|seen| &**seen == id) {
+            unread.push(id.into());
+        }
+    }
+    unread
+}
+
+/// What a read of one credential answers: its result (counted as a hit), or `None` when it
+/// missed in a partial cache and must ask the database first (or, when the database could not
+/// be read, that failure).
+fn hit_or_miss(
+    context: &ExecutorContext,
+    fetched: &Fetched,
+    id: &str,
+    read: Result<u64, OpError>,
+) -> Option<Result<Option<u64>, OpError>> {
+    match read {
+        Err(OpError::NotFound) if may_miss(context, fetched, id) => fetched.failure.map(Err),
+        read => {
+            count_hits(context, fetched, 1);
+            Some(read.map(Some))
+        }
     }
 }
 
