@@ -5,31 +5,13 @@
 
 mod common;
 
-use common::postgres::TestDatabase;
-use common::TestServer;
-
-/// A server on a database of its own; the database outlives it.
-struct OnDatabase {
-    server: TestServer,
-    _database: TestDatabase,
-}
-
-impl std::ops::Deref for OnDatabase {
-    type Target = TestServer;
-    fn deref(&self) -> &TestServer {
-        &self.server
-    }
-}
+use common::postgres::OnDatabase;
 
 fn start_with(shards: usize, adjust: impl FnOnce(&mut credshard_engine::ServerConfig)) -> Option<OnDatabase> {
-    let database = common::postgres::database("lifecycle_cached")?;
-    let url = database.url();
-    let server = TestServer::start_with(shards, move |config| {
-        config.store = Some(url);
+    common::postgres::start_on_database("lifecycle_cached", shards, |config| {
         config.cache_capacity = 4;
         adjust(config);
-    });
-    Some(OnDatabase { server, _database: database })
+    })
 }
 
 include!("cases/lifecycle.rs");

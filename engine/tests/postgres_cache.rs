@@ -46,6 +46,15 @@ fn scraped(server: &TestServer, name: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
 }
 
+/// Writes [`CREDENTIALS`] credentials, each with its id as its secret; returns the ids.
+fn fill(client: &mut Client) -> Vec<String> {
+    let ids: Vec<String> = (0..CREDENTIALS).map(id).collect();
+    for id in &ids {
+        client.put(&put(id, id.as_bytes())).unwrap();
+    }
+    ids
+}
+
 fn id(index: usize) -> String {
     format!("cached/{index:04}")
 }
@@ -199,10 +208,7 @@ fn concurrent_misses_of_one_credential_make_one_query() {
     let key = *MasterKey::generate().bytes();
     let server = cached_instance(&database.url(), &key);
     let mut client = server.client();
-    let ids: Vec<String> = (0..CREDENTIALS).map(id).collect();
-    for id in &ids {
-        client.put(&put(id, id.as_bytes())).unwrap();
-    }
+    let ids = fill(&mut client);
     let target = ids.iter().find(|id| server.store().may_exist_uncached(id)).expect("an evicted id").clone();
     let before = client.stats().unwrap();
     // The versions table locked: the load blocks in the database, so every reader arrives
@@ -240,10 +246,7 @@ fn a_database_that_cannot_be_read_fails_a_miss_fast_and_hits_go_on() {
     let url = database.url_through(proxy.address);
     let server = cached_instance(&url, &key);
     let mut client = server.client();
-    let ids: Vec<String> = (0..CREDENTIALS).map(id).collect();
-    for id in &ids {
-        client.put(&put(id, id.as_bytes())).unwrap();
-    }
+    let ids = fill(&mut client);
     let cached =
         ids.iter().rev().find(|id| !server.store().may_exist_uncached(id)).expect("a cached id").clone();
     let evicted = ids.iter().find(|id| server.store().may_exist_uncached(id)).expect("an evicted id").clone();
@@ -358,10 +361,7 @@ fn redis_clients_read_and_write_evicted_credentials() {
     let key = *MasterKey::generate().bytes();
     let server = cached_instance(&database.url(), &key);
     let mut client = server.client();
-    let ids: Vec<String> = (0..CREDENTIALS).map(id).collect();
-    for id in &ids {
-        client.put(&put(id, id.as_bytes())).unwrap();
-    }
+    let ids = fill(&mut client);
     let evicted: Vec<String> =
         ids.iter().filter(|id| server.store().may_exist_uncached(id)).take(3).cloned().collect();
     assert_eq!(evicted.len(), 3);

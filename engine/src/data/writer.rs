@@ -356,9 +356,9 @@ impl ShardWriter {
     /// version. `deleted_version` is the version a delete removed, when the change log said
     /// so: a cached version above it is kept.
     pub fn install_fetched(&mut self, id: &str, mut records: Vec<Record>, deleted_version: Option<u64>) {
-        let mut cached = self.cached_version(id);
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
+        let mut cached = map.get(id).map_or(0, |entry| entry.current().version());
         if !records.is_empty() && deleted_version.is_some_and(|deleted| cached != 0 && cached <= deleted) {
             // What the shard holds was deleted, and what was read is a credential created
             // since (its versions start again at 1): the old one goes first.

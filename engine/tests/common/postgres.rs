@@ -7,6 +7,35 @@ use std::time::Duration;
 
 const DEFAULT_SERVER: &str = "host=127.0.0.1 port=5433 user=postgres";
 
+/// A server on a database of its own; the database outlives it.
+pub struct OnDatabase {
+    server: super::TestServer,
+    _database: TestDatabase,
+}
+
+impl std::ops::Deref for OnDatabase {
+    type Target = super::TestServer;
+    fn deref(&self) -> &super::TestServer {
+        &self.server
+    }
+}
+
+/// A server with `shards` shards on a new database named after `test`, configured by
+/// `adjust` after `--store`; `None` (with the reason printed) as [`database`] says.
+pub fn start_on_database(
+    test: &str,
+    shards: usize,
+    adjust: impl FnOnce(&mut credshard_engine::ServerConfig),
+) -> Option<OnDatabase> {
+    let database = database(test)?;
+    let url = database.url();
+    let server = super::TestServer::start_with(shards, move |config| {
+        config.store = Some(url);
+        adjust(config);
+    });
+    Some(OnDatabase { server, _database: database })
+}
+
 /// A database created for one test and dropped after it.
 pub struct TestDatabase {
     server: String,
