@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use credshard_engine::storage::postgres::follow::Follower;
-use credshard_engine::storage::postgres::rows::{self, ChangeKind, Outcome, VersionWrite};
+use credshard_engine::storage::postgres::rows::{self, ChangeKind, Outcome, RowWrite, VersionWrite};
 use credshard_engine::storage::postgres::schema::MIGRATIONS;
 use credshard_engine::storage::postgres::Database;
 
@@ -129,6 +129,254 @@ fn writes_and_deletes_happen_only_from_the_version_the_database_has() {
     let kept = database.query("SELECT version, record FROM credshard_versions WHERE id = 'x'");
     assert_eq!(kept.len(), 1, "the delete took the old versions with it");
     assert_eq!(kept[0].get::<_, Vec<u8>>(1), b"anew");
+}
+
+#[test]
+fn a_round_commits_creates_updates_and_deletes_in_one_statement_each_on_its_own_condition() {
+    let Some(database) = common::postgres::database("round") else { return };
+    let instance = Database::open(&database.url(), 2, None).unwrap();
+    let (first, second) = instance
+        .run_blocking(|pool| async move {
+            let client = pool.get().await?;
+            let first = rows::commit(
+                &client,
+                &[
+                    RowWrite::Version(write("a", 0, b"a1")),
+                    RowWrite::Version(write("b", 0, b"b1")),
+                    RowWrite::Version(write("c", 0, b"c1")),
+                ],
+            )
+            .await?;
+            let second = rows::commit(
+                &client,
+                &[
+                    RowWrite::Version(write("a", 1, b"a2")),                     // applies
+                    RowWrite::Version(write("b", 5, b"stale")),                  // b is at 1
+                    RowWrite::Delete { id: "c", base_version: 1, at_ms: 2_000 }, // applies
+                    RowWrite::Delete { id: "nothing", base_version: 1, at_ms: 2_000 },
+                    RowWrite::Version(write("d", 0, b"d1")), // applies
+                    RowWrite::Version(write("e", 3, b"never created")),
+                ],
+            )
+            .await?;
+            Ok((first, second))
+        })
+        .unwrap();
+    let committed = |outcomes: &[Outcome]| {
+        outcomes.iter().map(|outcome| matches!(outcome, Outcome::Committed { .. })).collect::<Vec<_>>()
+    };
+    assert_eq!(committed(&first), [true, true, true]);
+    assert_eq!(committed(&second), [true, false, true, false, true, false]);
+    let seqs: Vec<i64> = first
+        .iter()
+        .chain(&second)
+        .filter_map(|outcome| match outcome {
+            Outcome::Committed { seq } => Some(*seq),
+            Outcome::Stale => None,
+        })
+        .collect();
+    let mut distinct = seqs.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "each committed write has its own change-log entry: {seqs:?}");
+    let heads = database.query("SELECT id, version FROM credshard_credentials ORDER BY id");
+    let heads: Vec<(String, i64)> = heads.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(heads, [("a".to_owned(), 2), ("b".to_owned(), 1), ("d".to_owned(), 1)]);
+    let kept = database.query("SELECT id, version, record FROM credshard_versions ORDER BY id, version");
+    let kept: Vec<(String, i64, Vec<u8>)> =
+        kept.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    assert_eq!(
+        kept,
+        [
+            ("a".to_owned(), 1, b"a1".to_vec()),
+            ("a".to_owned(), 2, b"a2".to_vec()),
+            ("b".to_owned(), 1, b"b1".to_vec()),
+            ("d".to_owned(), 1, b"d1".to_vec()),
+        ],
+        "the deleted credential's versions went with it, the stale writes wrote nothing"
+    );
+    let changes = database.query("SELECT id, version, kind FROM credshard_changes ORDER BY seq");
+    let changes: Vec<(String, i64, i16)> =
+        changes.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
+    assert_eq!(
+        changes,
+        [
+            ("a".to_owned(), 1, 1),
+            ("b".to_owned(), 1, 1),
+            ("c".to_owned(), 1, 1),
+            ("a".to_owned(), 2, 1),
+            ("c".to_owned(), 1, 2),
+            ("d".to_owned(), 1, 1),
+        ]
+    );
+}
+
+#[test]
+fn rounds_over_the_same_credentials_in_different_orders_from_three_instances_have_one_winner_per_version() {
+    let Some(database) = common::postgres::database("rounds_race") else { return };
+    let instances: Vec<Database> =
+        (0..3).map(|_| Database::open(&database.url(), 4, None).unwrap()).collect();
+    const IDS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+    // Per credential: (versions acknowledged, deletes acknowledged).
+    let acked: Arc<Mutex<BTreeMap<String, (usize, usize)>>> = Arc::default();
+    let races_lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stale_writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = instances
+        .iter()
+        .flat_map(|instance| (0..2).map(move |writer| (instance.clone(), writer)))
+        .enumerate()
+        .map(|(number, (instance, _))| {
+            let (acked, races_lost) = (Arc::clone(&acked), Arc::clone(&races_lost));
+            let stale_writes = Arc::clone(&stale_writes);
+            std::thread::spawn(move || {
+                for attempt in 0..30 {
+                    // Each writer takes the ids in its own rotation, every third round deletes
+                    // one: rounds lock rows in different orders.
+                    let order: Vec<&str> =
+                        (0..IDS.len()).map(|i| IDS[(i + number + attempt) % IDS.len()]).collect();
+                    let delete = (attempt % 3 == 0).then_some(order[0]);
+                    let committed = instance
+                        .run_blocking(move |pool| async move {
+                            let client = pool.get().await?;
+                            let mut bases = Vec::new();
+                            for id in &order {
+                                bases
+                                    .push(rows::credential(&client, id).await?.last().map_or(0, |(v, _)| *v));
+                            }
+                            let record = format!("record {number}.{attempt}").into_bytes();
+                            let writes: Vec<RowWrite<'_>> = order
+                                .iter()
+                                .zip(&bases)
+                                .map(|(id, &base)| match delete {
+                                    Some(deleted) if deleted == *id && base > 0 => {
+                                        RowWrite::Delete { id, base_version: base, at_ms: 1_000 }
+                                    }
+                                    _ => RowWrite::Version(write(id, base, &record)),
+                                })
+                                .collect();
+                            let outcomes = match rows::commit(&client, &writes).await {
+                                Err(error) if rows::lost_a_race(&error) => return Ok(None),
+                                outcomes => outcomes?,
+                            };
+                            let stale = outcomes.iter().filter(|outcome| **outcome == Outcome::Stale).count();
+                            Ok(Some((
+                                stale,
+                                writes
+                                    .iter()
+                                    .zip(outcomes)
+                                    .filter(|(_, outcome)| matches!(outcome, Outcome::Committed { .. }))
+                                    .map(|(write, _)| match write {
+                                        RowWrite::Version(write) => (write.id.to_owned(), false),
+                                        RowWrite::Delete { id, .. } => ((*id).to_owned(), true),
+                                    })
+                                    .collect::<Vec<_>>(),
+                            )))
+                        })
+                        .expect("a round either commits, changes nothing, or loses a race");
+                    match committed {
+                        Some((stale, won)) => {
+                            stale_writes.fetch_add(stale, std::sync::atomic::Ordering::Relaxed);
+                            let mut acked = acked.lock().unwrap();
+                            for (id, deleted) in won {
+                                let counts = acked.entry(id).or_default();
+                                if deleted {
+                                    counts.1 += 1;
+                                } else {
+                                    counts.0 += 1;
+                                }
+                            }
+                        }
+                        None => {
+                            races_lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    // The change log, per credential in commit order, is one valid history: each version one
+    // above the last (a delete ends a life, and the next one starts again at 1), each delete
+    // of the version then current; and it holds exactly what the writers were told committed.
+    let acked = acked.lock().unwrap();
+    let mut history: BTreeMap<String, (i64, usize, usize)> = BTreeMap::new();
+    for row in database.query("SELECT id, version, kind FROM credshard_changes ORDER BY seq") {
+        let (id, version, kind): (String, i64, i16) = (row.get(0), row.get(1), row.get(2));
+        let (current, written, deleted) = history.entry(id.clone()).or_default();
+        if kind == 1 {
+            assert_eq!(version, *current + 1, "{id}: version {version} follows {current}");
+            *current = version;
+            *written += 1;
+        } else {
+            assert_eq!(version, *current, "{id}: a delete of the current version");
+            *current = 0;
+            *deleted += 1;
+        }
+    }
+    for (id, (written, deleted)) in acked.iter() {
+        let (_, in_log_written, in_log_deleted) = history[id];
+        assert_eq!((in_log_written, in_log_deleted), (*written, *deleted), "{id}: acknowledged = committed");
+    }
+    assert_eq!(history.len(), acked.len());
+    for row in database.query("SELECT id, version FROM credshard_credentials") {
+        let (id, version): (String, i64) = (row.get(0), row.get(1));
+        assert_eq!(history[&id].0, version, "{id}: the head is the history's last version");
+    }
+    let orphans = database.query(
+        "SELECT count(*) FROM credshard_versions v
+         WHERE NOT EXISTS (SELECT 1 FROM credshard_credentials c WHERE c.id = v.id)",
+    );
+    assert_eq!(orphans[0].get::<_, i64>(0), 0, "a delete takes every kept version with it");
+    assert!(acked.values().any(|(_, deleted)| *deleted > 0), "deletes raced too");
+    assert!(stale_writes.load(std::sync::atomic::Ordering::Relaxed) > 0, "the rounds really raced");
+    eprintln!(
+        "rounds that lost a race (and changed nothing): {}",
+        races_lost.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn a_round_that_deadlocks_changes_nothing_and_is_known_as_a_lost_race() {
+    let Some(database) = common::postgres::database("deadlock") else { return };
+    let instance = Database::open(&database.url(), 4, None).unwrap();
+    let (round, a_after) = instance
+        .run_blocking(|pool| async move {
+            let (other, ours) = (pool.get().await?, pool.get().await?);
+            rows::commit(
+                &ours,
+                &[RowWrite::Version(write("a", 0, b"a1")), RowWrite::Version(write("b", 0, b"b1"))],
+            )
+            .await?;
+            // Another transaction holds b; our round takes a and waits for b; the other then
+            // waits for a. Ours detects the deadlock first (its timeout is the shorter).
+            ours.batch_execute("SET deadlock_timeout = '50ms'").await?;
+            other
+                .batch_execute("BEGIN; UPDATE credshard_credentials SET expires_at_ms = 0 WHERE id = 'b'")
+                .await?;
+            let writes = [RowWrite::Version(write("a", 1, b"a2")), RowWrite::Version(write("b", 1, b"b2"))];
+            let (round, other_done) = futures::join!(rows::commit(&ours, &writes), async {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                other
+                    .batch_execute("UPDATE credshard_credentials SET expires_at_ms = 0 WHERE id = 'a'")
+                    .await?;
+                other.batch_execute("COMMIT").await
+            });
+            other_done?;
+            let a_after = rows::credential(&ours, "a").await?;
+            Ok((round, a_after))
+        })
+        .unwrap();
+    let error = round.expect_err("the round deadlocked");
+    assert!(rows::lost_a_race(&error), "{error}");
+    assert_eq!(
+        a_after.iter().map(|(version, _)| *version).collect::<Vec<_>>(),
+        [1],
+        "nothing of it committed"
+    );
+    assert!(!rows::lost_a_race(&credshard_engine::storage::postgres::DbError::Unavailable(
+        "down".to_owned()
+    )));
 }
 
 #[test]

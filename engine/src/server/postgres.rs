@@ -29,7 +29,7 @@ use crate::error::{EngineError, OpError};
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::router::{LoadMessage, LoadOutcome, LoadedCredentials, Router, WriteMessage};
 use crate::storage::postgres::follow::Follower;
-use crate::storage::postgres::rows::{self, ChangeKind, Outcome, VersionWrite};
+use crate::storage::postgres::rows::{self, ChangeKind, Outcome, RowWrite, VersionWrite};
 use crate::storage::postgres::{Database, DbError};
 use crate::storage::wal;
 use crate::storage::Shards;
@@ -460,69 +460,51 @@ impl Commit {
         }
     }
 
-    async fn run(&self, client: &impl deadpool_postgres::GenericClient) -> Result<Outcome, DbError> {
+    fn row(&self) -> RowWrite<'_> {
         match &self.version {
-            None => rows::delete(client, &self.id, self.base_version, self.at_ms).await,
-            Some(new) => {
-                let write = VersionWrite {
-                    id: &self.id,
-                    base_version: self.base_version,
-                    version: new.version,
-                    owner: &new.owner,
-                    scope: &new.scope,
-                    expires_at_ms: new.expires_at_ms,
-                    record: &new.record,
-                    keep_from_version: new.keep_from_version,
-                    at_ms: self.at_ms,
-                };
-                rows::write_version(client, &write).await
-            }
+            None => RowWrite::Delete { id: &self.id, base_version: self.base_version, at_ms: self.at_ms },
+            Some(new) => RowWrite::Version(VersionWrite {
+                id: &self.id,
+                base_version: self.base_version,
+                version: new.version,
+                owner: &new.owner,
+                scope: &new.scope,
+                expires_at_ms: new.expires_at_ms,
+                record: &new.record,
+                keep_from_version: new.keep_from_version,
+                at_ms: self.at_ms,
+            }),
         }
     }
 }
 
-/// Commits a round of writes (distinct credentials) as one transaction: BEGIN, the
-/// statements and COMMIT are pipelined on one connection (one round trip), in id order (so that rounds of different instances lock rows
-/// in the same order and cannot deadlock), and committed with one commit (one WAL flush). A
-/// stale write is a statement that changes nothing; any error fails the whole round.
+/// Commits a round of writes (distinct credentials) as one statement ([`rows::commit`]):
+/// one round trip, one transaction, one commit (one WAL flush). A stale write is one the
+/// statement did not apply. A round that lost a race with another instance's (a deadlock, a
+/// serialization failure) changed nothing: each of its writes is then stale, and goes again
+/// after its credential is read again.
 async fn commit_round(database: &Database, commits: Vec<Commit>) -> Result<Vec<Outcome>, DbError> {
-    let mut sorted: Vec<(usize, Commit)> = commits.into_iter().enumerate().collect();
-    sorted.sort_by(|left, right| left.1.id.cmp(&right.1.id));
-    let outcomes = database
+    database
         .run(move |pool| async move {
             let client = pool.get().await?;
-            // Prepared first, so that every statement below goes out on its first poll:
-            // BEGIN, the statements and COMMIT then leave in that order, in one round trip.
-            rows::prepare_writes(&client).await?;
-            let (begun, outcomes, committed) = futures::join!(
-                client.batch_execute("BEGIN"),
-                futures::future::join_all(sorted.iter().map(|(_, commit)| commit.run(&client))),
-                client.batch_execute("COMMIT"),
-            );
-            begun?;
-            // A failed statement aborts the transaction, and COMMIT then rolls it back
-            // without an error: the statements' own results decide.
-            let outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
-            committed?;
-            // Back in the round's order.
-            let mut in_order = vec![Outcome::Stale; outcomes.len()];
-            for ((index, _), outcome) in sorted.iter().zip(outcomes) {
-                in_order[*index] = outcome;
+            let writes: Vec<RowWrite<'_>> = commits.iter().map(Commit::row).collect();
+            match rows::commit(&client, &writes).await {
+                Err(error) if rows::lost_a_race(&error) => {
+                    tracing::debug!(%error, "a round of writes lost a race; its writes go again");
+                    Ok(vec![Outcome::Stale; writes.len()])
+                }
+                committed => committed,
             }
-            Ok(in_order)
         })
-        .await?;
-    Ok(outcomes)
+        .await
 }
 
 /// Rounds of one shard's writes committing at once, at most.
 const ROUNDS_IN_FLIGHT: usize = 8;
-/// Writes in one round, at most: a round's statements run one after another on one
-/// connection (one database backend), so smaller rounds side by side use more of the
-/// database's CPUs, while each still shares one commit.
+/// Writes in one round, at most: a round is one statement on one connection (one database
+/// backend), so smaller rounds side by side use more of the database's CPUs, while each
+/// still shares one commit.
 const ROUND_WRITES_MAX: usize = 8;
-// BEGIN, the writes and COMMIT: within what the change-log follower waits for.
-const _: () = assert!(ROUND_WRITES_MAX as u64 + 2 <= crate::storage::postgres::TRANSACTION_STATEMENTS_MAX);
 
 /// What reading a write's credential from the database (a partial cache) found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -951,8 +933,11 @@ async fn resync_partial(
     Ok(from)
 }
 
+/// Expired credentials deleted by one statement, at most.
+const SWEEP_ROUND_MAX: usize = 256;
+
 /// Removes this shard's expired credentials from the database (each only from the version
-/// this shard holds) every `interval`.
+/// this shard holds, up to [`SWEEP_ROUND_MAX`] per statement) every `interval`.
 pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration, metrics: Arc<Metrics>) {
     glommio::spawn_local(async move {
         let counters = metrics.executor(router.shard_id());
@@ -967,25 +952,41 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
                     Err(error) => tracing::warn!(%error, "reading expired credentials from the database failed"),
                 }
             }
-            for (id, version) in expired {
-                let owned = id.to_string();
+            for chunk in expired.chunks(SWEEP_ROUND_MAX) {
+                let deletes: Vec<(String, i64)> =
+                    chunk.iter().map(|(id, version)| (id.to_string(), *version as i64)).collect();
                 let deleted = database
                     .run(move |pool| async move {
-                        rows::delete(&pool.get().await?, &owned, version as i64, now_ms as i64).await
+                        let writes: Vec<RowWrite<'_>> = deletes
+                            .iter()
+                            .map(|(id, base_version)| RowWrite::Delete {
+                                id,
+                                base_version: *base_version,
+                                at_ms: now_ms as i64,
+                            })
+                            .collect();
+                        rows::commit(&pool.get().await?, &writes).await
                     })
                     .await;
-                match deleted {
-                    Ok(Outcome::Committed { .. }) => {
-                        router.with_writer(|writer| writer.install_fetched(&id, Vec::new(), Some(version)));
-                        ExecutorMetrics::add(&counters.expired_swept, 1);
-                    }
-                    Ok(Outcome::Stale) => {
-                        let _ = refresh_many(&router, &database, vec![(id.to_string(), None)], counters).await;
-                    }
+                let outcomes = match deleted {
+                    Ok(outcomes) => outcomes,
                     Err(error) => {
                         tracing::warn!(%error, "sweeping expired credentials from the database failed; retrying");
                         break;
                     }
+                };
+                let mut stale = Vec::new();
+                for ((id, version), outcome) in chunk.iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Committed { .. } => {
+                            router.with_writer(|writer| writer.install_fetched(id, Vec::new(), Some(*version)));
+                            ExecutorMetrics::add(&counters.expired_swept, 1);
+                        }
+                        Outcome::Stale => stale.push((id.to_string(), None)),
+                    }
+                }
+                if !stale.is_empty() {
+                    let _ = refresh_many(&router, &database, stale, counters).await;
                 }
             }
         }

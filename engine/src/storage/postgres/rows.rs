@@ -1,6 +1,6 @@
-//! The statements the store runs. Each write is one statement (a data-modifying CTE), so it
-//! is atomic and costs one round trip, and each is conditional on the version the writer
-//! based it on: of several instances writing one credential at once exactly one wins each
+//! The statements the store runs. A round of writes is one statement (a data-modifying CTE
+//! over arrays), so it is atomic and costs one round trip and one commit, and each write in
+//! it is conditional on the version the writer based it on: of several instances writing one credential at once exactly one wins each
 //! version, and the others learn that their view was stale.
 
 use deadpool_postgres::GenericClient;
@@ -54,86 +54,157 @@ pub enum Outcome {
     Stale,
 }
 
-const INSERT_NEW: &str = "
-    WITH head AS (
+/// One change of a round: a new version, or a delete.
+#[derive(Clone, Copy, Debug)]
+pub enum RowWrite<'a> {
+    Version(VersionWrite<'a>),
+    /// Removes the credential and every kept version, if its current version is
+    /// `base_version`.
+    Delete {
+        id: &'a str,
+        base_version: i64,
+        at_ms: i64,
+    },
+}
+
+impl RowWrite<'_> {
+    fn id(&self) -> &str {
+        match self {
+            RowWrite::Version(write) => write.id,
+            RowWrite::Delete { id, .. } => id,
+        }
+    }
+}
+
+/// A whole round of writes of distinct credentials as one statement (so one transaction and
+/// one commit, with no BEGIN and COMMIT round trips): each row of the input arrays is one
+/// write, conditional on its base version. Base 0 creates the credential (if no other
+/// instance did first); version 0 deletes it with every kept version; anything else moves it
+/// from its base version to the new one and drops kept versions below `keep_from`. Each
+/// write that happened appends its change-log entry, and returns `(id, seq)`; a write whose
+/// base the database did not agree with changes nothing and returns nothing.
+///
+/// The `id = ANY($1)` conditions keep every access on the primary keys (the input's size is
+/// unknown to a generic plan, which might otherwise scan a small table).
+const COMMIT_ROUND: &str = "
+    WITH input AS MATERIALIZED (
+        SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+                             $6::int8[], $7::bytea[], $8::int8[], $9::int8[])
+            AS i(id, base, version, owner, scope, expires_at_ms, record, keep_from, at_ms)
+    ), created AS (
         INSERT INTO credshard_credentials (id, version, owner, scope, expires_at_ms)
-        VALUES ($1, $2, $3, $4, $5)
+        SELECT id, version, owner, scope, expires_at_ms FROM input WHERE base = 0
         ON CONFLICT (id) DO NOTHING
         RETURNING id
+    ), updated AS (
+        UPDATE credshard_credentials c
+        SET version = i.version, owner = i.owner, scope = i.scope, expires_at_ms = i.expires_at_ms
+        FROM input i
+        WHERE c.id = ANY($1) AND c.id = i.id AND i.base <> 0 AND i.version <> 0 AND c.version = i.base
+        RETURNING c.id
+    ), removed AS (
+        DELETE FROM credshard_credentials c USING input i
+        WHERE c.id = ANY($1) AND c.id = i.id AND i.version = 0 AND c.version = i.base
+        RETURNING c.id
+    ), written AS (
+        SELECT id FROM created UNION ALL SELECT id FROM updated
     ), kept AS (
-        INSERT INTO credshard_versions (id, version, record) SELECT id, $2, $6 FROM head RETURNING id
+        INSERT INTO credshard_versions (id, version, record)
+        SELECT i.id, i.version, i.record FROM input i JOIN written w ON w.id = i.id
+    ), trimmed AS (
+        DELETE FROM credshard_versions v USING input i JOIN updated u ON u.id = i.id
+        WHERE v.id = ANY($1) AND v.id = i.id AND v.version < i.keep_from
+    ), purged AS (
+        DELETE FROM credshard_versions v USING removed r WHERE v.id = ANY($1) AND v.id = r.id
     )
-    INSERT INTO credshard_changes (id, version, kind, at_ms) SELECT id, $2, 1, $7 FROM kept
-    RETURNING seq";
+    INSERT INTO credshard_changes (id, version, kind, at_ms)
+    SELECT i.id, CASE WHEN i.version = 0 THEN i.base ELSE i.version END,
+           CASE WHEN i.version = 0 THEN 2 ELSE 1 END, i.at_ms
+    FROM input i WHERE i.id IN (SELECT id FROM written UNION ALL SELECT id FROM removed)
+    ORDER BY i.id
+    RETURNING id, seq";
 
-const UPDATE_EXISTING: &str = "
-    WITH head AS (
-        UPDATE credshard_credentials
-        SET version = $2, owner = $3, scope = $4, expires_at_ms = $5
-        WHERE id = $1 AND version = $8
-        RETURNING id
-    ), kept AS (
-        INSERT INTO credshard_versions (id, version, record) SELECT id, $2, $6 FROM head RETURNING id
-    ), dropped AS (
-        DELETE FROM credshard_versions v USING head WHERE v.id = head.id AND v.version < $9
-    )
-    INSERT INTO credshard_changes (id, version, kind, at_ms) SELECT id, $2, 1, $7 FROM kept
-    RETURNING seq";
-
-const DELETE: &str = "
-    WITH gone AS (
-        DELETE FROM credshard_credentials WHERE id = $1 AND version = $2 RETURNING id, version
-    )
-    INSERT INTO credshard_changes (id, version, kind, at_ms) SELECT id, version, 2, $3 FROM gone
-    RETURNING seq";
-
-/// Prepares (once per connection) every statement a write may use, so that a pipeline of
-/// writes sends each on its first poll.
+/// Commits `writes` (distinct credentials) as one statement; returns each one's outcome, in
+/// order. A statement that fails changes nothing (it is its own transaction), unless the
+/// connection broke while it committed.
 ///
 /// # Errors
 /// Database errors.
-pub async fn prepare_writes(client: &impl GenericClient) -> Result<(), DbError> {
-    for statement in [INSERT_NEW, UPDATE_EXISTING, DELETE] {
-        client.prepare_cached(statement).await?;
+///
+/// # Panics
+/// If two writes name one credential, or a version does not follow its base.
+pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Result<Vec<Outcome>, DbError> {
+    let count = writes.len();
+    let mut ids = Vec::with_capacity(count);
+    let (mut bases, mut versions, mut expiries, mut keeps, mut times) = (
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+    );
+    let (mut owners, mut scopes) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    let mut records: Vec<&[u8]> = Vec::with_capacity(count);
+    for write in writes {
+        match *write {
+            RowWrite::Version(write) => {
+                assert!(
+                    write.version > write.base_version,
+                    "versions of a credential are strictly increasing"
+                );
+                ids.push(write.id);
+                bases.push(write.base_version);
+                versions.push(write.version);
+                owners.push(write.owner);
+                scopes.push(write.scope);
+                expiries.push(write.expires_at_ms);
+                records.push(write.record);
+                keeps.push(write.keep_from_version);
+                times.push(write.at_ms);
+            }
+            RowWrite::Delete { id, base_version, at_ms } => {
+                ids.push(id);
+                bases.push(base_version);
+                versions.push(0);
+                owners.push("");
+                scopes.push("");
+                expiries.push(0);
+                records.push(&[]);
+                keeps.push(0);
+                times.push(at_ms);
+            }
+        }
     }
-    Ok(())
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), count, "a round writes each credential once");
+    let statement = client.prepare_cached(COMMIT_ROUND).await?;
+    let rows = client
+        .query(&statement, &[&ids, &bases, &versions, &owners, &scopes, &expiries, &records, &keeps, &times])
+        .await?;
+    let committed: std::collections::HashMap<String, i64> =
+        rows.into_iter().map(|row| (row.get(0), row.get(1))).collect();
+    Ok(writes
+        .iter()
+        .map(|write| committed.get(write.id()).map_or(Outcome::Stale, |&seq| Outcome::Committed { seq }))
+        .collect())
 }
 
-fn outcome(row: Option<tokio_postgres::Row>) -> Outcome {
-    row.map_or(Outcome::Stale, |row| Outcome::Committed { seq: row.get(0) })
-}
-
-/// Writes a new version if the database's current version is `write.base_version`.
+/// Writes a new version if the database's current version is `write.base_version` (a round
+/// of one).
 ///
 /// # Errors
-/// Database errors (the write may or may not have committed when the connection broke).
+/// Database errors.
 pub async fn write_version(
     client: &impl GenericClient,
     write: &VersionWrite<'_>,
 ) -> Result<Outcome, DbError> {
-    assert!(write.version > write.base_version, "versions of a credential are strictly increasing");
-    // $1..$7 in every statement; $8 the base version and $9 the trim, where used.
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
-        &write.id,
-        &write.version,
-        &write.owner,
-        &write.scope,
-        &write.expires_at_ms,
-        &write.record,
-        &write.at_ms,
-        &write.base_version,
-        &write.keep_from_version,
-    ];
-    let (sql, used) = match write.base_version {
-        0 => (INSERT_NEW, 7),
-        _ => (UPDATE_EXISTING, 9),
-    };
-    let statement = client.prepare_cached(sql).await?;
-    let row = client.query_opt(&statement, &parameters[..used]).await?;
-    Ok(outcome(row))
+    Ok(commit(client, &[RowWrite::Version(*write)]).await?[0])
 }
 
-/// Removes a credential and its versions if its current version is `base_version`.
+/// Removes a credential and its versions if its current version is `base_version` (a round
+/// of one).
 ///
 /// # Errors
 /// Database errors.
@@ -143,8 +214,18 @@ pub async fn delete(
     base_version: i64,
     at_ms: i64,
 ) -> Result<Outcome, DbError> {
-    let statement = client.prepare_cached(DELETE).await?;
-    Ok(outcome(client.query_opt(&statement, &[&id, &base_version, &at_ms]).await?))
+    Ok(commit(client, &[RowWrite::Delete { id, base_version, at_ms }]).await?[0])
+}
+
+/// Whether a failed statement lost a race with another transaction (a deadlock, or a
+/// serialization failure as CockroachDB reports contention): it changed nothing, and trying
+/// again is right.
+pub fn lost_a_race(error: &DbError) -> bool {
+    let DbError::Query(error) = error else { return false };
+    error.code().is_some_and(|code| {
+        *code == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+            || *code == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 /// The kept versions of one credential, oldest first: (version, archived record).
