@@ -84,9 +84,10 @@ impl RowWrite<'_> {
 /// write that happened appends its change-log entry, and returns `(id, seq)`; a write whose
 /// base the database did not agree with changes nothing and returns nothing.
 ///
-/// The `id = ANY($1)` conditions keep every access on the primary keys (the input's size is
-/// unknown to a generic plan, which might otherwise scan a small table).
-const COMMIT_ROUND: &str = "
+/// The `id = ANY($1)` conditions let every access use the primary keys; that the plan does
+/// (a generic plan made while the tables were small chose to scan them) is the session's
+/// `enable_seqscan = off` (see `Database::open`).
+pub const COMMIT_ROUND: &str = "
     WITH input AS MATERIALIZED (
         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
                              $6::int8[], $7::bytea[], $8::int8[], $9::int8[])
