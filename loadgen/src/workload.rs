@@ -429,6 +429,8 @@ async fn preload(
 
 /// What every connection of one thread shares during the run.
 struct Window {
+    /// When the connections start sending (the warm-up's start).
+    start: Instant,
     measure_start: Instant,
     end: Instant,
     give_up: Instant,
@@ -451,6 +453,7 @@ async fn run(
     let measure_start = start + plan.warmup;
     let end = measure_start + plan.duration;
     let window = Rc::new(Window {
+        start,
         measure_start,
         end,
         give_up: end + Duration::from_secs(GRACE_PERIOD_SECONDS),
@@ -675,6 +678,15 @@ impl Driver {
                     return Wake::GiveUp;
                 }
                 match schedule {
+                    // Closed loop, woken early (the task's timer is set short of the start):
+                    // the first requests go at the start.
+                    None if now < window.start => {
+                        if window.start.saturating_duration_since(now) <= SPIN_WITHIN {
+                            Wake::Spin
+                        } else {
+                            Wake::At(window.start - SPIN_WITHIN)
+                        }
+                    }
                     // A free slot and a request still to send: it is due later (issue sent
                     // every one due by now).
                     Some(schedule) if sending && !self.free.is_empty() => {
@@ -821,6 +833,9 @@ impl Work {
             }
             Work::Run { window, random, schedule, sent, .. } => {
                 let started = match schedule {
+                    // Not before the start: a request sent earlier is in neither the warm-up
+                    // nor the window, so the server would answer it without the run counting it.
+                    None if now < window.start => return None,
                     None if now < window.end => now,
                     None => return None,
                     Some(schedule) => {
