@@ -210,6 +210,38 @@ fn a_round_commits_creates_updates_and_deletes_in_one_statement_each_on_its_own_
     );
 }
 
+/// Migration 4 replaced the versions' foreign key by a trigger per statement: a credential
+/// deleted by any statement (here a plain DELETE, as builds older than the migration send)
+/// still takes its versions with it, so the id can be created again from version 1.
+#[test]
+fn a_credential_deleted_by_any_statement_takes_its_versions_with_it() {
+    let Some(database) = common::postgres::database("cascade") else { return };
+    let instance = Database::open(&database.url(), 2, None).unwrap();
+    let commit = |writes: Vec<(&'static str, i64, &'static [u8])>| {
+        instance
+            .run_blocking(move |pool| async move {
+                let client = pool.get().await?;
+                let writes: Vec<RowWrite> = writes
+                    .iter()
+                    .map(|&(id, base, record)| RowWrite::Version(write(id, base, record)))
+                    .collect();
+                rows::commit(&client, &writes).await
+            })
+            .unwrap()
+    };
+    commit(vec![("a", 0, b"a1"), ("b", 0, b"b1")]);
+    commit(vec![("a", 1, b"a2")]);
+    database.query("DELETE FROM credshard_credentials WHERE id = 'a'");
+    let kept = database.query("SELECT id, version FROM credshard_versions ORDER BY id, version");
+    let kept: Vec<(String, i64)> = kept.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(kept, [("b".to_owned(), 1)], "a's versions went with it, b's stayed");
+    let again = commit(vec![("a", 0, b"a again")]);
+    assert!(matches!(again[0], Outcome::Committed { .. }), "{again:?}");
+    let kept = database.query("SELECT version, record FROM credshard_versions WHERE id = 'a'");
+    let kept: Vec<(i64, Vec<u8>)> = kept.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(kept, [(1, b"a again".to_vec())]);
+}
+
 /// The round statement is prepared once per connection and its generic plan kept: planned
 /// while the tables are small it must still reach the rows through the primary keys (a plan
 /// that scans a table of a few hundred credentials is cheap then, and costs a scan of every

@@ -79,10 +79,11 @@ impl RowWrite<'_> {
 /// A whole round of writes of distinct credentials as one statement (so one transaction and
 /// one commit, with no BEGIN and COMMIT round trips): each row of the input arrays is one
 /// write, conditional on its base version. Base 0 creates the credential (if no other
-/// instance did first); version 0 deletes it with every kept version; anything else moves it
-/// from its base version to the new one and drops kept versions below `keep_from`. Each
-/// write that happened appends its change-log entry, and returns `(id, seq)`; a write whose
-/// base the database did not agree with changes nothing and returns nothing.
+/// instance did first); version 0 deletes it (migration 4's trigger takes its kept versions);
+/// anything else moves it from its base version to the new one and drops kept versions below
+/// `keep_from`. Each write that happened appends its change-log entry, and returns
+/// `(id, seq)`; a write whose base the database did not agree with changes nothing and
+/// returns nothing.
 ///
 /// The `id = ANY($1)` conditions let every access use the primary keys; that the plan does
 /// (a generic plan made while the tables were small chose to scan them) is the session's
@@ -115,8 +116,6 @@ pub const COMMIT_ROUND: &str = "
     ), trimmed AS (
         DELETE FROM credshard_versions v USING input i JOIN updated u ON u.id = i.id
         WHERE v.id = ANY($1) AND v.id = i.id AND v.version < i.keep_from
-    ), purged AS (
-        DELETE FROM credshard_versions v USING removed r WHERE v.id = ANY($1) AND v.id = r.id
     )
     INSERT INTO credshard_changes (id, version, kind, at_ms)
     SELECT i.id, CASE WHEN i.version = 0 THEN i.base ELSE i.version END,
