@@ -289,3 +289,80 @@ fn a_data_key_rotated_on_one_instance_is_adopted_by_the_others() {
     let refused = on_first.rekey(&credshard_protocol::op::keys::RekeyRequest::Key(&[7; 32])).unwrap_err();
     assert_eq!(refused.status(), Some(Status::Unavailable), "{refused}");
 }
+
+/// A follower re-reads only the versions above the one it holds, and still ends up holding
+/// exactly what the writer holds: every kept version readable by number, the trimmed ones
+/// gone. A credential deleted and created again within one poll is read whole (its versions
+/// start again at 1: what the follower held of the old one must not stay).
+#[test]
+fn a_follower_reading_only_new_versions_holds_every_kept_version_as_the_writer_does() {
+    let Some(database) = common::postgres::database("follow_newer") else { return };
+    let key = *MasterKey::generate().bytes();
+    let start = |follow_interval_ms: u64| {
+        let url = database.url();
+        TestServer::try_start_with_key(2, MasterKey::from_bytes(key), move |config| {
+            config.store = Some(url);
+            config.store_connections = 4;
+            config.follow_interval_ms = follow_interval_ms;
+            config.max_versions = 3;
+        })
+        .expect("an instance on the database starts")
+    };
+    // The follower polls every 300 ms: a delete and what follows it land in one poll.
+    let (writer, follower) = (start(10), start(300));
+    let (mut on_writer, mut on_follower) = (writer.client(), follower.client());
+    let version_of = |client: &mut Client, id: &str, version: u64| {
+        client
+            .get_version(id, version)
+            .map(|reply| reply.secret.expose().to_vec())
+            .map_err(|error| error.status())
+    };
+    let ids = ["kept/a", "kept/b", "again/c"];
+    for id in ids {
+        assert_eq!(on_writer.put(&put(id, format!("{id} 1").as_bytes())).unwrap(), 1);
+    }
+    for id in ids {
+        eventually(&mut on_follower, |client| secret_of(client, id).is_some());
+    }
+    // One new version at a time, then several within one poll.
+    for version in 2..=7u64 {
+        for id in &ids[..2] {
+            assert_eq!(on_writer.put(&put(id, format!("{id} {version}").as_bytes())).unwrap(), version);
+        }
+        if version <= 4 {
+            let expected = format!("{} {version}", ids[0]).into_bytes();
+            eventually(&mut on_follower, |client| {
+                secret_of(client, ids[0]).as_deref() == Some(&expected[..])
+            });
+        }
+    }
+    // Deleted and created again past the version the follower holds, within one poll.
+    for version in 2..=3u64 {
+        assert_eq!(on_writer.put(&put(ids[2], format!("{} {version}", ids[2]).as_bytes())).unwrap(), version);
+    }
+    let expected = format!("{} 3", ids[2]).into_bytes();
+    eventually(&mut on_follower, |client| secret_of(client, ids[2]).as_deref() == Some(&expected[..]));
+    on_writer.delete(ids[2], None).unwrap();
+    for version in 1..=5u64 {
+        assert_eq!(
+            on_writer.put(&put(ids[2], format!("{} new {version}", ids[2]).as_bytes())).unwrap(),
+            version
+        );
+    }
+    for id in ids {
+        let newest = secret_of(&mut on_writer, id);
+        eventually(&mut on_follower, |client| secret_of(client, id) == newest);
+    }
+    for id in ids {
+        for version in 1..=8 {
+            assert_eq!(
+                version_of(&mut on_follower, id, version),
+                version_of(&mut on_writer, id, version),
+                "{id} version {version}"
+            );
+        }
+    }
+    assert_eq!(version_of(&mut on_follower, ids[0], 5).unwrap(), b"kept/a 5", "kept: the newest three");
+    assert!(version_of(&mut on_follower, ids[0], 4).is_err(), "trimmed past --max-versions");
+    assert_eq!(version_of(&mut on_follower, ids[2], 3).unwrap(), b"again/c new 3", "the new credential's");
+}

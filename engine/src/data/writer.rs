@@ -351,6 +351,20 @@ impl ShardWriter {
         self.store.shard(self.shard_id).map.pin().get(id).map_or(0, |entry| entry.current().version())
     }
 
+    /// The versions `oldest..=newest` the shard holds for `id`, oldest first (shared bytes,
+    /// no copy).
+    pub fn cached_records(&self, id: &str, oldest: u64, newest: u64) -> Vec<Record> {
+        let map = self.store.shard(self.shard_id).map.pin();
+        map.get(id).map_or_else(Vec::new, |entry| {
+            entry
+                .versions()
+                .rev()
+                .filter(|record| (oldest..=newest).contains(&record.version()))
+                .cloned()
+                .collect()
+        })
+    }
+
     /// Replaces the shard's state of `id` with `records` read from the shared database
     /// (oldest first; empty: the credential is gone), unless the shard already holds a newer
     /// version. `deleted_version` is the version a delete removed, when the change log said

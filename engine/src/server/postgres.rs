@@ -103,8 +103,11 @@ pub fn load(database: &Database, store: &Store) -> Result<i64, EngineError> {
     Ok(from)
 }
 
-/// Reads several credentials' kept versions in one query and installs each in its shard;
-/// `deleted` names those a delete removed (and from which version).
+/// Reads several credentials' kept versions in one round trip and installs each in its
+/// shard; `deleted` names those a delete removed (and from which version). A credential the
+/// shard holds and no delete touched is read from the version it holds up (usually one new
+/// version, where reading every kept version again cost the database ten rows per write at
+/// the default `--max-versions`); the others are read whole.
 async fn refresh_many(
     router: &Router,
     database: &Database,
@@ -114,25 +117,77 @@ async fn refresh_many(
     if ids.is_empty() {
         return Ok(());
     }
-    let wanted: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
-    let rows =
-        database.run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await }).await?;
-    let mut by_id: std::collections::HashMap<String, Vec<Record>> = std::collections::HashMap::new();
-    for (id, bytes) in &rows {
-        let record = Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
-        by_id.entry(id.clone()).or_default().push(record);
-    }
     let count = ids.len() as u64;
-    let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
+    let (mut whole, mut newer_than) = (Vec::new(), Vec::new());
     for (id, deleted_version) in ids {
-        // A partial cache installs an id it does not hold only through its loader, which the
-        // follower tells about changes: rows read here may already be older than a change
-        // the follower skipped (it skips what the shard does not hold).
-        if store.may_exist_uncached(&id) {
+        let cached = router.with_writer(|writer| writer.cached_version(&id));
+        match deleted_version {
+            None if cached != 0 => newer_than.push((id, cached)),
+            _ => whole.push((id, deleted_version)),
+        }
+    }
+    let whole_ids: Vec<String> = whole.iter().map(|(id, _)| id.clone()).collect();
+    let (newer_ids, after): (Vec<String>, Vec<i64>) =
+        newer_than.iter().map(|(id, cached)| (id.clone(), *cached as i64)).unzip();
+    let held: HashMap<String, u64> = newer_than.into_iter().collect();
+    let (rows, newer) = database
+        .run(move |pool| async move {
+            let client = pool.get().await?;
+            // Both queries pipelined on one connection.
+            let whole = async {
+                if whole_ids.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    rows::credentials(&client, &whole_ids).await
+                }
+            };
+            let newer = async {
+                if newer_ids.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    rows::newer_versions(&client, &newer_ids, &after).await
+                }
+            };
+            futures::try_join!(whole, newer)
+        })
+        .await?;
+    let parse = |bytes: &[u8]| Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()));
+    let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
+    for (id, bytes) in &rows {
+        by_id.entry(id.clone()).or_default().push(parse(bytes)?);
+    }
+    let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
+    // A partial cache installs an id it does not hold only through its loader, which the
+    // follower tells about changes: rows read here may already be older than a change the
+    // follower skipped (it skips what the shard does not hold).
+    for (id, deleted_version) in whole {
+        if !store.may_exist_uncached(&id) {
+            let records = by_id.remove(&id).unwrap_or_default();
+            router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
+        }
+    }
+    for changed in newer {
+        if store.may_exist_uncached(&changed.id) {
             continue;
         }
-        let records = by_id.remove(&id).unwrap_or_default();
-        router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
+        let mut fetched = Vec::with_capacity(changed.records.len());
+        for bytes in &changed.records {
+            fetched.push(parse(bytes)?);
+        }
+        router.with_writer(|writer| {
+            // What the shard held when asked (and the database still keeps), then what is
+            // new: the whole kept state, as a full read would have given it.
+            let records = match changed.oldest_kept {
+                Some(oldest) => {
+                    let held = held.get(&changed.id).copied().unwrap_or(0);
+                    let mut records = writer.cached_records(&changed.id, oldest.max(1) as u64, held);
+                    records.extend(fetched);
+                    records
+                }
+                None => Vec::new(),
+            };
+            writer.install_fetched(&changed.id, records, None);
+        });
     }
     ExecutorMetrics::add(&counters.db_credentials_reread, count);
     Ok(())
@@ -862,8 +917,10 @@ pub fn spawn_follower(
                 }
                 let version = change.version as u64;
                 match change.kind {
+                    // A delete seen in this batch stays: the credential may have been created
+                    // again since, and must then be read whole.
                     ChangeKind::Written if cached < version => {
-                        stale.insert(change.id, None);
+                        stale.entry(change.id).or_insert(None);
                     }
                     ChangeKind::Deleted if cached != 0 && cached <= version => {
                         stale.insert(change.id, Some(version));

@@ -256,6 +256,52 @@ pub async fn credentials(
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
+/// What changed of credentials an instance already holds: for each `(id, after)`, the kept
+/// versions above `after`, oldest first, and the oldest version the database keeps (`None`:
+/// the credential is gone), read in one snapshot. A follower that holds version `after`
+/// reads only what is new instead of every kept version again.
+///
+/// # Errors
+/// Database errors.
+pub async fn newer_versions(
+    client: &impl GenericClient,
+    ids: &[String],
+    after: &[i64],
+) -> Result<Vec<NewerVersions>, DbError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT w.id, (SELECT min(k.version) FROM credshard_versions k WHERE k.id = w.id), v.record
+             FROM unnest($1::text[], $2::int8[]) AS w(id, after)
+             LEFT JOIN credshard_versions v ON v.id = w.id AND v.version > w.after
+             ORDER BY w.id, v.version",
+        )
+        .await?;
+    let mut newer: Vec<NewerVersions> = Vec::with_capacity(ids.len());
+    for row in client.query(&statement, &[&ids, &after]).await? {
+        let id: String = row.get(0);
+        let record: Option<Vec<u8>> = row.get(2);
+        match newer.last_mut() {
+            Some(last) if last.id == id => last.records.extend(record),
+            _ => newer.push(NewerVersions {
+                id,
+                oldest_kept: row.get(1),
+                records: record.into_iter().collect(),
+            }),
+        }
+    }
+    Ok(newer)
+}
+
+/// One credential's answer to [`newer_versions`].
+#[derive(Debug)]
+pub struct NewerVersions {
+    pub id: String,
+    /// The oldest version the database keeps; `None` when the credential is gone.
+    pub oldest_kept: Option<i64>,
+    /// Archived records of the versions above the one asked from, oldest first.
+    pub records: Vec<Vec<u8>>,
+}
+
 /// Every kept version of every credential, each credential's oldest first: (id, archived
 /// record).
 ///
