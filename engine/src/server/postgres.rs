@@ -1027,6 +1027,12 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
                     .await;
                 let outcomes = match deleted {
                     Ok(outcomes) => outcomes,
+                    // Another instance swept (or wrote) the same credentials at once: each is
+                    // read again, as a stale one is.
+                    Err(error) if rows::lost_a_race(&error) => {
+                        tracing::debug!(%error, "a sweep lost a race with another instance's statement");
+                        vec![Outcome::Stale; chunk.len()]
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "sweeping expired credentials from the database failed; retrying");
                         break;
