@@ -366,3 +366,44 @@ fn a_follower_reading_only_new_versions_holds_every_kept_version_as_the_writer_d
     assert!(version_of(&mut on_follower, ids[0], 4).is_err(), "trimmed past --max-versions");
     assert_eq!(version_of(&mut on_follower, ids[2], 3).unwrap(), b"again/c new 3", "the new credential's");
 }
+
+/// A write judged stale is followed by a re-read of its credential from the version the
+/// instance holds up; when the database has other versions under that number (deleted and
+/// created again since, which this instance never followed), the credential is read whole,
+/// so no version of the old one stays beside the new one's.
+#[test]
+fn a_stale_write_over_a_credential_created_again_reads_it_whole() {
+    let Some(database) = common::postgres::database("created_again") else { return };
+    let key = *MasterKey::generate().bytes();
+    let start = |follow_interval_ms: u64| {
+        let url = database.url();
+        TestServer::try_start_with_key(2, MasterKey::from_bytes(key), move |config| {
+            config.store = Some(url);
+            config.store_connections = 4;
+            config.follow_interval_ms = follow_interval_ms;
+        })
+        .expect("an instance on the database starts")
+    };
+    let writer = start(10);
+    let mut on_writer = writer.client();
+    let id = "again/d";
+    for version in 1..=3u64 {
+        assert_eq!(on_writer.put(&put(id, format!("old {version}").as_bytes())).unwrap(), version);
+    }
+    // Loads the three versions at start, then follows only once a minute: it never sees the
+    // delete.
+    let stale = start(60_000);
+    let mut on_stale = stale.client();
+    assert_eq!(secret_of(&mut on_stale, id).as_deref(), Some(&b"old 3"[..]));
+    on_writer.delete(id, None).unwrap();
+    for version in 1..=5u64 {
+        assert_eq!(on_writer.put(&put(id, format!("new {version}").as_bytes())).unwrap(), version);
+    }
+    // Prepared against version 3, refused by the database, read again, and written as 6.
+    assert_eq!(on_stale.put(&put(id, b"new 6")).unwrap(), 6);
+    for version in 1..=6u64 {
+        let on_stale = on_stale.get_version(id, version).map(|reply| reply.secret.expose().to_vec());
+        let expected = format!("new {version}").into_bytes();
+        assert_eq!(on_stale.ok().as_deref(), Some(&expected[..]), "version {version}");
+    }
+}

@@ -352,17 +352,23 @@ impl ShardWriter {
     }
 
     /// The versions `oldest..=newest` the shard holds for `id`, oldest first (shared bytes,
-    /// no copy).
-    pub fn cached_records(&self, id: &str, oldest: u64, newest: u64) -> Vec<Record> {
+    /// no copy); empty unless the shard's version `newest` is archived as `newest_bytes`
+    /// (then what it holds up to there is what the database holds).
+    pub fn cached_records(&self, id: &str, oldest: u64, newest: u64, newest_bytes: &[u8]) -> Vec<Record> {
         let map = self.store.shard(self.shard_id).map.pin();
-        map.get(id).map_or_else(Vec::new, |entry| {
-            entry
-                .versions()
-                .rev()
-                .filter(|record| (oldest..=newest).contains(&record.version()))
-                .cloned()
-                .collect()
-        })
+        let Some(entry) = map.get(id) else { return Vec::new() };
+        if !entry
+            .versions()
+            .any(|record| record.version() == newest && record.archive_bytes() == newest_bytes)
+        {
+            return Vec::new();
+        }
+        entry
+            .versions()
+            .rev()
+            .filter(|record| (oldest..=newest).contains(&record.version()))
+            .cloned()
+            .collect()
     }
 
     /// Replaces the shard's state of `id` with `records` read from the shared database

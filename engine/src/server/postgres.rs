@@ -166,28 +166,58 @@ async fn refresh_many(
             router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
         }
     }
+    // Read whole after all: what the shard held is not what the database has under that
+    // version (deleted and created again since).
+    let mut replaced = Vec::new();
     for changed in newer {
         if store.may_exist_uncached(&changed.id) {
             continue;
         }
-        let mut fetched = Vec::with_capacity(changed.records.len());
+        let held = held.get(&changed.id).copied().unwrap_or(0);
+        let Some(oldest) = changed.oldest_kept else {
+            // Gone from the database.
+            router.with_writer(|writer| writer.install_fetched(&changed.id, Vec::new(), None));
+            continue;
+        };
+        let mut records = Vec::with_capacity(changed.records.len());
         for bytes in &changed.records {
-            fetched.push(parse(bytes)?);
+            records.push(parse(bytes)?);
         }
-        router.with_writer(|writer| {
-            // What the shard held when asked (and the database still keeps), then what is
-            // new: the whole kept state, as a full read would have given it.
-            let records = match changed.oldest_kept {
-                Some(oldest) => {
-                    let held = held.get(&changed.id).copied().unwrap_or(0);
-                    let mut records = writer.cached_records(&changed.id, oldest.max(1) as u64, held);
-                    records.extend(fetched);
-                    records
-                }
-                None => Vec::new(),
-            };
-            writer.install_fetched(&changed.id, records, None);
+        if oldest > held as i64 {
+            // Everything the shard held was trimmed since: what was read is all there is.
+            router.with_writer(|writer| writer.install_fetched(&changed.id, records, None));
+            continue;
+        }
+        let installed = router.with_writer(|writer| {
+            // What the shard held when asked (if the database still has it under that
+            // version), then what is new: the whole kept state, as a full read gives it.
+            let Some(first) = records.first().filter(|first| first.version() == held) else { return false };
+            let mut kept =
+                writer.cached_records(&changed.id, oldest.max(1) as u64, held, first.archive_bytes());
+            if kept.is_empty() {
+                return false;
+            }
+            kept.extend(records.drain(1..));
+            writer.install_fetched(&changed.id, kept, None);
+            true
         });
+        if !installed {
+            replaced.push((changed.id, Some(held)));
+        }
+    }
+    if !replaced.is_empty() {
+        let ids: Vec<String> = replaced.iter().map(|(id, _)| id.clone()).collect();
+        let rows = database
+            .run(move |pool| async move { rows::credentials(&pool.get().await?, &ids).await })
+            .await?;
+        let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
+        for (id, bytes) in &rows {
+            by_id.entry(id.clone()).or_default().push(parse(bytes)?);
+        }
+        for (id, deleted_version) in replaced {
+            let records = by_id.remove(&id).unwrap_or_default();
+            router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
+        }
     }
     ExecutorMetrics::add(&counters.db_credentials_reread, count);
     Ok(())

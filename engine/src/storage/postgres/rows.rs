@@ -257,9 +257,11 @@ pub async fn credentials(
 }
 
 /// What changed of credentials an instance already holds: for each `(id, after)`, the kept
-/// versions above `after`, oldest first, and the oldest version the database keeps (`None`:
-/// the credential is gone), read in one snapshot. A follower that holds version `after`
-/// reads only what is new instead of every kept version again.
+/// versions from `after` up, oldest first, and the oldest version the database keeps
+/// (`None`: the credential is gone), read in one snapshot. An instance that holds version
+/// `after` reads only what is new instead of every kept version again; version `after`
+/// itself comes too, so it can tell that what it holds is still what the database has (a
+/// credential deleted and created again has different versions under the same numbers).
 ///
 /// # Errors
 /// Database errors.
@@ -272,7 +274,7 @@ pub async fn newer_versions(
         .prepare_cached(
             "SELECT w.id, (SELECT min(k.version) FROM credshard_versions k WHERE k.id = w.id), v.record
              FROM unnest($1::text[], $2::int8[]) AS w(id, after)
-             LEFT JOIN credshard_versions v ON v.id = w.id AND v.version > w.after
+             LEFT JOIN credshard_versions v ON v.id = w.id AND v.version >= w.after
              ORDER BY w.id, v.version",
         )
         .await?;
@@ -298,7 +300,7 @@ pub struct NewerVersions {
     pub id: String,
     /// The oldest version the database keeps; `None` when the credential is gone.
     pub oldest_kept: Option<i64>,
-    /// Archived records of the versions above the one asked from, oldest first.
+    /// Archived records of the versions from the one asked from up, oldest first.
     pub records: Vec<Vec<u8>>,
 }
 
