@@ -1039,6 +1039,11 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
                     Err(error) => tracing::warn!(%error, "reading expired credentials from the database failed"),
                 }
             }
+            // In id order, which instances sweeping the same credentials share (fewer
+            // deadlocks between their statements), and each credential once, as a statement
+            // requires (the held and the uncached lists do not overlap today).
+            expired.sort_unstable();
+            expired.dedup_by(|later, first| later.0 == first.0);
             for chunk in expired.chunks(SWEEP_ROUND_MAX) {
                 let deletes: Vec<(String, i64)> =
                     chunk.iter().map(|(id, version)| (id.to_string(), *version as i64)).collect();
