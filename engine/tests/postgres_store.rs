@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{put, TestServer};
 use credshard_engine::crypto::MasterKey;
+use credshard_engine::ServerConfig;
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{Client, Status};
 
@@ -20,11 +21,17 @@ fn instance(url: &str, key: &[u8; 32]) -> TestServer {
 
 /// An instance that reads the change log every `follow_interval_ms`.
 fn instance_following_every(url: &str, key: &[u8; 32], follow_interval_ms: u64) -> TestServer {
+    instance_with(url, key, |config| config.follow_interval_ms = follow_interval_ms)
+}
+
+/// An instance on the database, following every 10 ms unless `adjust` says otherwise.
+fn instance_with(url: &str, key: &[u8; 32], adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let url = url.to_owned();
     TestServer::try_start_with_key(2, MasterKey::from_bytes(*key), move |config| {
         config.store = Some(url);
         config.store_connections = 8;
-        config.follow_interval_ms = follow_interval_ms;
+        config.follow_interval_ms = 10;
+        adjust(config);
     })
     .expect("an instance on the database starts")
 }
@@ -214,7 +221,7 @@ fn base64(bytes: &[u8]) -> String {
 fn an_instance_cut_off_longer_than_the_change_log_is_kept_reads_everything_again() {
     let Some(database) = common::postgres::database("cut_off") else { return };
     let key = *MasterKey::generate().bytes();
-    let retention = |config: &mut credshard_engine::ServerConfig| config.change_log_retention_s = 2;
+    let retention = |config: &mut ServerConfig| config.change_log_retention_s = 2;
     let start = |url: String| {
         TestServer::try_start_with_key(1, MasterKey::from_bytes(key), move |config| {
             config.store = Some(url);
@@ -299,14 +306,10 @@ fn a_follower_reading_only_new_versions_holds_every_kept_version_as_the_writer_d
     let Some(database) = common::postgres::database("follow_newer") else { return };
     let key = *MasterKey::generate().bytes();
     let start = |follow_interval_ms: u64| {
-        let url = database.url();
-        TestServer::try_start_with_key(2, MasterKey::from_bytes(key), move |config| {
-            config.store = Some(url);
-            config.store_connections = 4;
+        instance_with(&database.url(), &key, |config| {
             config.follow_interval_ms = follow_interval_ms;
             config.max_versions = 3;
         })
-        .expect("an instance on the database starts")
     };
     // The follower polls every 300 ms: a delete and what follows it land in one poll.
     let (writer, follower) = (start(10), start(300));
@@ -375,16 +378,7 @@ fn a_follower_reading_only_new_versions_holds_every_kept_version_as_the_writer_d
 fn a_stale_write_over_a_credential_created_again_reads_it_whole() {
     let Some(database) = common::postgres::database("created_again") else { return };
     let key = *MasterKey::generate().bytes();
-    let start = |follow_interval_ms: u64| {
-        let url = database.url();
-        TestServer::try_start_with_key(2, MasterKey::from_bytes(key), move |config| {
-            config.store = Some(url);
-            config.store_connections = 4;
-            config.follow_interval_ms = follow_interval_ms;
-        })
-        .expect("an instance on the database starts")
-    };
-    let writer = start(10);
+    let writer = instance(&database.url(), &key);
     let mut on_writer = writer.client();
     let id = "again/d";
     for version in 1..=3u64 {
@@ -392,7 +386,7 @@ fn a_stale_write_over_a_credential_created_again_reads_it_whole() {
     }
     // Loads the three versions at start, then follows only once a minute: it never sees the
     // delete.
-    let stale = start(60_000);
+    let stale = instance_following_every(&database.url(), &key, 60_000);
     let mut on_stale = stale.client();
     assert_eq!(secret_of(&mut on_stale, id).as_deref(), Some(&b"old 3"[..]));
     on_writer.delete(id, None).unwrap();

@@ -103,6 +103,40 @@ pub fn load(database: &Database, store: &Store) -> Result<i64, EngineError> {
     Ok(from)
 }
 
+/// Parses an archived record read from the database.
+fn parse_record(bytes: &[u8]) -> Result<Record, DbError> {
+    Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))
+}
+
+/// Rows of [`rows::credentials`] (id, archived record; oldest first) by credential.
+fn group_records(rows: &[(String, Vec<u8>)]) -> Result<HashMap<String, Vec<Record>>, DbError> {
+    let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
+    for (id, bytes) in rows {
+        by_id.entry(id.clone()).or_default().push(parse_record(bytes)?);
+    }
+    Ok(by_id)
+}
+
+/// Installs credentials read whole (`rows` of [`rows::credentials`]), each with the delete
+/// the change log told of, if any. A partial cache installs an id it does not hold only
+/// through its loader, which the follower tells about changes: rows read here may already be
+/// older than a change the follower skipped (it skips what the shard does not hold).
+fn install_whole(
+    router: &Router,
+    store: &Store,
+    rows: &[(String, Vec<u8>)],
+    ids: Vec<(String, Option<u64>)>,
+) -> Result<(), DbError> {
+    let mut by_id = group_records(rows)?;
+    for (id, deleted_version) in ids {
+        if !store.may_exist_uncached(&id) {
+            let records = by_id.remove(&id).unwrap_or_default();
+            router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
+        }
+    }
+    Ok(())
+}
+
 /// Reads several credentials' kept versions in one round trip and installs each in its
 /// shard; `deleted` names those a delete removed (and from which version). A credential the
 /// shard holds and no delete touched is read from the version it holds up (usually one new
@@ -151,21 +185,8 @@ async fn refresh_many(
             futures::try_join!(whole, newer)
         })
         .await?;
-    let parse = |bytes: &[u8]| Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()));
-    let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
-    for (id, bytes) in &rows {
-        by_id.entry(id.clone()).or_default().push(parse(bytes)?);
-    }
     let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
-    // A partial cache installs an id it does not hold only through its loader, which the
-    // follower tells about changes: rows read here may already be older than a change the
-    // follower skipped (it skips what the shard does not hold).
-    for (id, deleted_version) in whole {
-        if !store.may_exist_uncached(&id) {
-            let records = by_id.remove(&id).unwrap_or_default();
-            router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
-        }
-    }
+    install_whole(router, &store, &rows, whole)?;
     // Read whole after all: what the shard held is not what the database has under that
     // version (deleted and created again since).
     let mut replaced = Vec::new();
@@ -181,7 +202,7 @@ async fn refresh_many(
         };
         let mut records = Vec::with_capacity(changed.records.len());
         for bytes in &changed.records {
-            records.push(parse(bytes)?);
+            records.push(parse_record(bytes)?);
         }
         if oldest > held as i64 {
             // Everything the shard held was trimmed since: what was read is all there is.
@@ -210,14 +231,7 @@ async fn refresh_many(
         let rows = database
             .run(move |pool| async move { rows::credentials(&pool.get().await?, &ids).await })
             .await?;
-        let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
-        for (id, bytes) in &rows {
-            by_id.entry(id.clone()).or_default().push(parse(bytes)?);
-        }
-        for (id, deleted_version) in replaced {
-            let records = by_id.remove(&id).unwrap_or_default();
-            router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
-        }
+        install_whole(router, &store, &rows, replaced)?;
     }
     ExecutorMetrics::add(&counters.db_credentials_reread, count);
     Ok(())
@@ -410,15 +424,7 @@ fn start_load(loader: &Rc<Loader>) {
             .database
             .run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await })
             .await;
-        let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
-        let read = read.and_then(|rows| {
-            for (id, bytes) in &rows {
-                let record =
-                    Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
-                by_id.entry(id.clone()).or_default().push(record);
-            }
-            Ok(())
-        });
+        let mut read = read.and_then(|rows| group_records(&rows));
         if let Err(error) = &read {
             tracing::warn!(%error, count = ids.len(), "reading credentials the cache missed failed");
         }
@@ -444,11 +450,11 @@ fn start_load(loader: &Rc<Loader>) {
                 }
                 waiters
             };
-            let found = match &read {
+            let found = match &mut read {
                 Err(_) => {
                     Err(OpError::Unavailable("the database is unavailable; the credential is not cached"))
                 }
-                Ok(()) => {
+                Ok(by_id) => {
                     let records = by_id.remove(&*id).unwrap_or_default();
                     if records.is_empty() {
                         Ok(None)
@@ -981,7 +987,7 @@ async fn resync(router: &Router, database: &Database, metrics: &ExecutorMetrics)
     let mut by_id: std::collections::BTreeMap<String, Vec<Record>> = std::collections::BTreeMap::new();
     for (id, bytes) in &all {
         if store.shard_for(id) == shard_id {
-            let record = Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
+            let record = parse_record(bytes)?;
             by_id.entry(id.clone()).or_default().push(record);
         }
     }
