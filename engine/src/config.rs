@@ -120,6 +120,11 @@ pub struct ServerConfig {
     /// How long a version replaced by ROTATE stays readable, unless the request says.
     #[arg(long, env = "CREDSHARD_GRACE_PERIOD_SECONDS", default_value_t = 24 * 60 * 60)]
     pub grace_period_seconds: u64,
+    /// How long a deleted credential stays recoverable with UNDELETE before it is purged,
+    /// unless the DELETE says (0: DELETE purges at once). Not with `--store` yet: there DELETE
+    /// always purges.
+    #[arg(long, env = "CREDSHARD_RECOVERY_WINDOW_SECONDS", default_value_t = 7 * 24 * 60 * 60)]
+    pub recovery_window_seconds: u64,
     /// How often each shard removes expired credentials from memory.
     #[arg(long, env = "CREDSHARD_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
@@ -230,6 +235,9 @@ impl ServerConfig {
         crate::data::Lifecycle {
             max_versions: self.max_versions,
             grace_period_ms: self.grace_period_seconds.saturating_mul(1000),
+            recovery_window_ms: self.recovery_window_seconds.saturating_mul(1000),
+            // The PostgreSQL store's rows do not hold deletions and purged versions yet.
+            recoverable_deletes: self.store.is_none(),
         }
     }
 
@@ -267,6 +275,13 @@ impl ServerConfig {
             return fail(format!(
                 "--grace-period-seconds must be at most {grace_max} (100 years), got {}",
                 self.grace_period_seconds
+            ));
+        }
+        let window_max = credshard_protocol::op::delete::RECOVERY_WINDOW_SECONDS_MAX;
+        if self.recovery_window_seconds > window_max {
+            return fail(format!(
+                "--recovery-window-seconds must be at most {window_max} (365 days), got {}",
+                self.recovery_window_seconds
             ));
         }
         if self.sweep_interval_ms == 0 {

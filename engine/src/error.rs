@@ -35,6 +35,12 @@ pub enum EngineError {
 pub enum OpError {
     #[error("credential not found")]
     NotFound,
+    /// Deleted and recoverable with UNDELETE until `purge_at_ms` (answered `NOT_FOUND`).
+    #[error("credential deleted")]
+    Deleted { purge_at_ms: u64 },
+    /// The version's ciphertext was erased by DESTROY (answered `NOT_FOUND`).
+    #[error("version destroyed")]
+    Destroyed,
     #[error("version not kept")]
     VersionNotFound,
     #[error("version conflict")]
@@ -59,7 +65,9 @@ pub enum OpError {
 impl OpError {
     pub fn status(&self) -> Status {
         match self {
-            OpError::NotFound | OpError::VersionNotFound => Status::NotFound,
+            OpError::NotFound | OpError::VersionNotFound | OpError::Deleted { .. } | OpError::Destroyed => {
+                Status::NotFound
+            }
             OpError::VersionConflict { .. } => Status::VersionConflict,
             OpError::Expired => Status::Expired,
             OpError::Retired => Status::Retired,
@@ -75,6 +83,7 @@ impl OpError {
     pub fn detail(&self) -> u64 {
         match self {
             OpError::VersionConflict { current_version } => *current_version,
+            OpError::Deleted { purge_at_ms } => *purge_at_ms,
             _ => 0,
         }
     }
@@ -82,6 +91,10 @@ impl OpError {
     pub fn message(&self) -> &'static str {
         match self {
             OpError::NotFound => "credential not found",
+            OpError::Deleted { .. } => {
+                "credential deleted: UNDELETE restores it until detail (Unix ms), when it is purged"
+            }
+            OpError::Destroyed => "version destroyed: its secret was erased, only its metadata is kept",
             OpError::VersionNotFound => "version not found or no longer kept",
             OpError::VersionConflict { .. } => {
                 "version conflict: detail holds the current version (0: absent)"

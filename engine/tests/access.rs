@@ -78,7 +78,7 @@ fn every_op_but_hello<'a>(
         Request::Put(*put_request),
         Request::Get(GetRequest { id: "billing/db", version: 0 }),
         Request::GetMeta(GetMetaRequest { id: "billing/db" }),
-        Request::Delete(DeleteRequest { id: "billing/db", expected_version: None }),
+        Request::Delete(DeleteRequest::new("billing/db", None)),
         Request::Rotate(RotateRequest {
             id: "billing/db",
             expected_version: None,

@@ -192,7 +192,7 @@ impl Codec {
                         grace_period_seconds: None,
                         secret: &self.value,
                     }),
-                    Op::Delete => Request::Delete(DeleteRequest { id, expected_version: None }),
+                    Op::Delete => Request::Delete(DeleteRequest::new(id, None)),
                     Op::BatchGet => {
                         self.ids.resize_with(asked.batch.len(), String::new);
                         for (id, &key_index) in self.ids.iter_mut().zip(&asked.batch) {

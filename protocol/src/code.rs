@@ -15,7 +15,7 @@ pub enum Op {
     Get = 0x11,
     /// Read a credential's metadata only; never decrypts.
     GetMeta = 0x12,
-    /// Remove a credential and all its versions.
+    /// Take a credential out of service: recoverable for a window, or purged at once.
     Delete = 0x13,
     /// A new secret as a new version; the replaced one stays readable for a grace period.
     Rotate = 0x14,
@@ -23,6 +23,10 @@ pub enum Op {
     BatchGet = 0x15,
     /// Ids by owner and/or scope, one page at a time.
     List = 0x16,
+    /// Bring a deleted credential back within its recovery window.
+    Undelete = 0x17,
+    /// Erase one version's ciphertext for good, keeping its metadata.
+    Destroy = 0x18,
     /// Server counters.
     Stats = 0x20,
     /// A new data key for new writes; records on older keys are re-encrypted in the background.
@@ -33,7 +37,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 14] = [
         Op::Hello,
         Op::Ping,
         Op::Put,
@@ -43,6 +47,8 @@ impl Op {
         Op::Rotate,
         Op::BatchGet,
         Op::List,
+        Op::Undelete,
+        Op::Destroy,
         Op::Stats,
         Op::RotateKey,
         Op::Rekey,
@@ -60,6 +66,8 @@ impl Op {
             0x14 => Op::Rotate,
             0x15 => Op::BatchGet,
             0x16 => Op::List,
+            0x17 => Op::Undelete,
+            0x18 => Op::Destroy,
             0x20 => Op::Stats,
             0x21 => Op::RotateKey,
             0x22 => Op::Rekey,
@@ -79,6 +87,8 @@ impl Op {
             Op::Rotate => "ROTATE",
             Op::BatchGet => "BATCH_GET",
             Op::List => "LIST",
+            Op::Undelete => "UNDELETE",
+            Op::Destroy => "DESTROY",
             Op::Stats => "STATS",
             Op::RotateKey => "ROTATE_KEY",
             Op::Rekey => "REKEY",
@@ -87,7 +97,7 @@ impl Op {
 
     /// True for ops that change state (and so run on the owning shard's executor).
     pub fn is_write(self) -> bool {
-        matches!(self, Op::Put | Op::Delete | Op::Rotate)
+        matches!(self, Op::Put | Op::Delete | Op::Rotate | Op::Undelete | Op::Destroy)
     }
 
     /// True for requests whose body carries a plaintext secret (PUT, ROTATE), an access
@@ -213,6 +223,8 @@ pub enum VersionState {
     Retired = 2,
     /// Replaced by a plain PUT; readable while kept.
     Superseded = 3,
+    /// Its ciphertext was erased by DESTROY: metadata only, whatever it was before.
+    Destroyed = 4,
 }
 
 impl VersionState {
@@ -223,6 +235,7 @@ impl VersionState {
             1 => VersionState::PreviousInGrace,
             2 => VersionState::Retired,
             3 => VersionState::Superseded,
+            4 => VersionState::Destroyed,
             _ => return None,
         })
     }
@@ -234,6 +247,7 @@ impl VersionState {
             VersionState::PreviousInGrace => "previous-in-grace",
             VersionState::Retired => "retired",
             VersionState::Superseded => "superseded",
+            VersionState::Destroyed => "destroyed",
         }
     }
 }

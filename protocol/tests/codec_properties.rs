@@ -89,7 +89,7 @@ fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8
         0 => Request::Put(put.request(labels)),
         1 => Request::Get(GetRequest { id: &put.id, version: number }),
         2 => Request::GetMeta(GetMetaRequest { id: &put.id }),
-        3 => Request::Delete(DeleteRequest { id: &put.id, expected_version: put.expected_version }),
+        3 => Request::Delete(DeleteRequest::new(&put.id, put.expected_version)),
         4 => Request::Hello(HelloRequest {
             protocol_version: number as u16,
             token: &put.secret[..put.secret.len().min(64)],

@@ -41,6 +41,7 @@ pub enum Permission {
     /// PUT.
     Write = 1 << 2,
     Rotate = 1 << 3,
+    /// DELETE, UNDELETE and DESTROY.
     Delete = 1 << 4,
     List = 1 << 5,
     /// STATS.
@@ -83,7 +84,7 @@ impl Permission {
             Op::GetMeta => Some(Permission::ReadMeta),
             Op::Put => Some(Permission::Write),
             Op::Rotate => Some(Permission::Rotate),
-            Op::Delete => Some(Permission::Delete),
+            Op::Delete | Op::Undelete | Op::Destroy => Some(Permission::Delete),
             Op::List => Some(Permission::List),
             Op::Stats | Op::RotateKey | Op::Rekey => Some(Permission::Admin),
         }

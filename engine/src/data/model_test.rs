@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use credshard_protocol::op::delete::DeleteRequest;
+use credshard_protocol::op::delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
 use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetRequest};
 use credshard_protocol::op::list::{ListReply, ListRequest};
 use credshard_protocol::op::rotate::RotateRequest;
@@ -34,7 +34,8 @@ use crate::storage::{ShardStorage, Shards};
 
 const IDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
 const OWNERS: [&str; 2] = ["alice", "bob"];
-const LIFECYCLE: Lifecycle = Lifecycle { max_versions: 3, grace_period_ms: 1_500 };
+const LIFECYCLE: Lifecycle =
+    Lifecycle { max_versions: 3, grace_period_ms: 1_500, recovery_window_ms: 2_000, recoverable_deletes: true };
 const START_MS: u64 = 1_000_000;
 
 /// A shard's log in memory: appended entries wait in `pending` until a commit moves them,
@@ -79,7 +80,9 @@ impl ShardStorage for MemoryLog {
 enum Op {
     Put { id: usize, owner: usize, expected: Option<u64>, ttl_ms: Option<u64> },
     Rotate { id: usize, expected: Option<u64>, grace_seconds: Option<u64> },
-    Delete { id: usize, expected: Option<u64> },
+    Delete { id: usize, expected: Option<u64>, purge: bool, window_seconds: Option<u64> },
+    Undelete { id: usize },
+    Destroy { id: usize, version: u64 },
     Get { id: usize, version: u64 },
     Meta { id: usize },
     List { owner: usize },
@@ -91,7 +94,11 @@ enum Op {
 impl Op {
     fn id(&self) -> Option<usize> {
         match *self {
-            Op::Put { id, .. } | Op::Rotate { id, .. } | Op::Delete { id, .. } => Some(id),
+            Op::Put { id, .. }
+            | Op::Rotate { id, .. }
+            | Op::Delete { id, .. }
+            | Op::Undelete { id }
+            | Op::Destroy { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -105,7 +112,15 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(id, owner, expected, ttl_ms)| Op::Put { id, owner, expected, ttl_ms }),
         2 => (id.clone(), expected.clone(), proptest::option::weighted(0.5, 0..3u64))
             .prop_map(|(id, expected, grace_seconds)| Op::Rotate { id, expected, grace_seconds }),
-        1 => (id.clone(), expected).prop_map(|(id, expected)| Op::Delete { id, expected }),
+        2 => (id.clone(), expected, proptest::bool::weighted(0.3), proptest::option::weighted(0.3, 1..4u64))
+            .prop_map(|(id, expected, purge, window_seconds)| Op::Delete {
+                id,
+                expected,
+                purge,
+                window_seconds: window_seconds.filter(|_| !purge),
+            }),
+        1 => id.clone().prop_map(|id| Op::Undelete { id }),
+        1 => (id.clone(), 1..5u64).prop_map(|(id, version)| Op::Destroy { id, version }),
         4 => (id.clone(), 0..5u64).prop_map(|(id, version)| Op::Get { id, version }),
         1 => id.prop_map(|id| Op::Meta { id }),
         1 => (0..OWNERS.len()).prop_map(|owner| Op::List { owner }),
@@ -124,6 +139,8 @@ struct Version {
     expires_at_ms: u64,
     /// Set on the version that replaced this one's predecessor by ROTATE (0 for PUT).
     previous_grace_until_ms: u64,
+    /// Erased by DESTROY.
+    destroyed: bool,
 }
 
 /// The lifecycle rules, written as plainly as possible: credential id to kept versions,
@@ -131,6 +148,19 @@ struct Version {
 #[derive(Clone, Debug, Default)]
 struct Model {
     credentials: BTreeMap<usize, Vec<Version>>,
+    /// Deleted credentials (still in `credentials`) and when each is purged.
+    deleted: BTreeMap<usize, u64>,
+    /// The last version of every purged id.
+    purged: BTreeMap<usize, u64>,
+}
+
+/// What a sweep purged, to put back if a restart loses the uncommitted purge.
+#[derive(Clone, Debug)]
+struct Purged {
+    id: usize,
+    versions: Vec<Version>,
+    purge_at_ms: Option<u64>,
+    tombstone_before: Option<u64>,
 }
 
 fn expired(version: &Version, now_ms: u64) -> bool {
@@ -147,12 +177,63 @@ fn conflict(expected: Option<u64>, current_version: u64) -> Result<(), OpError> 
 impl Model {
     fn put(&mut self, id: usize, new: Version, expected: Option<u64>, now_ms: u64) -> Result<u64, OpError> {
         let existing = self.credentials.get(&id);
-        let live = existing.filter(|versions| !expired(&versions[0], now_ms));
+        let deleted = self.deleted.contains_key(&id);
+        let live = existing.filter(|versions| !expired(&versions[0], now_ms) && !deleted);
         conflict(expected, live.map_or(0, |versions| versions[0].version))?;
-        let version = existing.map_or(0, |versions| versions[0].version) + 1;
+        let last = existing.map_or(self.purged.get(&id).copied().unwrap_or(0), |versions| versions[0].version);
+        let version = last + 1;
         let mut versions = vec![Version { version, ..new }];
         versions.extend(live.into_iter().flatten().take(LIFECYCLE.max_versions - 1).cloned());
         self.credentials.insert(id, versions);
+        self.deleted.remove(&id);
+        Ok(version)
+    }
+
+    fn check_not_deleted(&self, id: usize) -> Result<(), OpError> {
+        match self.deleted.get(&id) {
+            Some(&purge_at_ms) => Err(OpError::Deleted { purge_at_ms }),
+            None => Ok(()),
+        }
+    }
+
+    fn purge(&mut self, id: usize) -> Purged {
+        let versions = self.credentials.remove(&id).expect("a purged credential exists");
+        let tombstone_before = self.purged.get(&id).copied();
+        self.purged.insert(id, tombstone_before.unwrap_or(0).max(versions[0].version));
+        Purged { id, versions, purge_at_ms: self.deleted.remove(&id), tombstone_before }
+    }
+
+    fn unpurge(&mut self, purged: Purged) {
+        self.credentials.insert(purged.id, purged.versions);
+        if let Some(purge_at_ms) = purged.purge_at_ms {
+            self.deleted.insert(purged.id, purge_at_ms);
+        }
+        match purged.tombstone_before {
+            Some(version) => self.purged.insert(purged.id, version),
+            None => self.purged.remove(&purged.id),
+        };
+    }
+
+    fn undelete(&mut self, id: usize, now_ms: u64) -> Result<u64, OpError> {
+        let current = &self.credentials.get(&id).ok_or(OpError::NotFound)?[0];
+        if expired(current, now_ms) {
+            return Err(OpError::Expired);
+        }
+        let version = current.version;
+        self.deleted.remove(&id);
+        Ok(version)
+    }
+
+    fn destroy(&mut self, id: usize, version: u64, now_ms: u64) -> Result<u64, OpError> {
+        let current = &self.credentials.get(&id).ok_or(OpError::NotFound)?[0];
+        self.check_not_deleted(id)?;
+        if expired(current, now_ms) {
+            return Err(OpError::Expired);
+        }
+        let versions = self.credentials.get_mut(&id).expect("checked above");
+        let kept = versions.iter_mut().find(|kept| kept.version == version).ok_or(OpError::VersionNotFound)?;
+        kept.destroyed = true;
+        kept.secret.clear();
         Ok(version)
     }
 
@@ -164,7 +245,9 @@ impl Model {
         grace_seconds: Option<u64>,
         now_ms: u64,
     ) -> Result<u64, OpError> {
-        let versions = self.credentials.get_mut(&id).ok_or(OpError::NotFound)?;
+        self.credentials.get(&id).ok_or(OpError::NotFound)?;
+        self.check_not_deleted(id)?;
+        let versions = self.credentials.get_mut(&id).expect("checked above");
         let current = versions[0].clone();
         if expired(&current, now_ms) {
             return Err(OpError::Expired);
@@ -175,6 +258,7 @@ impl Model {
             version: current.version + 1,
             secret,
             previous_grace_until_ms: (now_ms + grace_ms).max(1),
+            destroyed: false,
             ..current
         };
         versions.insert(0, new);
@@ -182,17 +266,37 @@ impl Model {
         Ok(current.version + 1)
     }
 
-    fn delete(&mut self, id: usize, expected: Option<u64>, now_ms: u64) -> Result<u64, OpError> {
+    fn delete(
+        &mut self,
+        id: usize,
+        expected: Option<u64>,
+        purge: bool,
+        window_seconds: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, OpError> {
         let current = &self.credentials.get(&id).ok_or(OpError::NotFound)?[0];
-        let version = current.version;
-        if expected.is_some() {
-            conflict(expected, if expired(current, now_ms) { 0 } else { version })?;
+        if !purge {
+            self.check_not_deleted(id)?;
         }
-        self.credentials.remove(&id);
+        let version = current.version;
+        let expired = expired(current, now_ms);
+        if expected.is_some() {
+            let deleted = self.deleted.contains_key(&id);
+            conflict(expected, if expired || deleted { 0 } else { version })?;
+        }
+        if purge || expired {
+            self.purge(id);
+        } else {
+            let window_ms = window_seconds.map_or(LIFECYCLE.recovery_window_ms, |seconds| seconds * 1000);
+            self.deleted.insert(id, now_ms + window_ms);
+        }
         Ok(version)
     }
 
     fn state(versions: &[Version], index: usize, now_ms: u64) -> VersionState {
+        if versions[index].destroyed {
+            return VersionState::Destroyed;
+        }
         if index == 0 {
             return VersionState::Current;
         }
@@ -205,6 +309,7 @@ impl Model {
 
     fn get(&self, id: usize, version: u64, now_ms: u64) -> Result<(u64, Vec<u8>), OpError> {
         let versions = self.credentials.get(&id).ok_or(OpError::NotFound)?;
+        self.check_not_deleted(id)?;
         if expired(&versions[0], now_ms) {
             return Err(OpError::Expired);
         }
@@ -213,14 +318,17 @@ impl Model {
         } else {
             versions.iter().position(|kept| kept.version == version).ok_or(OpError::VersionNotFound)?
         };
-        if Model::state(versions, index, now_ms) == VersionState::Retired {
-            return Err(OpError::Retired);
+        match Model::state(versions, index, now_ms) {
+            VersionState::Retired => return Err(OpError::Retired),
+            VersionState::Destroyed => return Err(OpError::Destroyed),
+            _ => {}
         }
         Ok((versions[index].version, versions[index].secret.clone()))
     }
 
     fn meta(&self, id: usize, now_ms: u64) -> Result<Vec<(u64, VersionState)>, OpError> {
         let versions = self.credentials.get(&id).ok_or(OpError::NotFound)?;
+        self.check_not_deleted(id)?;
         if expired(&versions[0], now_ms) {
             return Err(OpError::Expired);
         }
@@ -232,20 +340,25 @@ impl Model {
     fn list(&self, owner: usize, now_ms: u64) -> Vec<String> {
         self.credentials
             .iter()
-            .filter(|(_, versions)| versions[0].owner == owner && !expired(&versions[0], now_ms))
+            .filter(|(id, versions)| {
+                versions[0].owner == owner && !expired(&versions[0], now_ms) && !self.deleted.contains_key(id)
+            })
             .map(|(id, _)| IDS[*id].to_owned())
             .collect()
     }
 
-    /// Removes the expired credentials and returns them.
-    fn sweep(&mut self, now_ms: u64) -> Vec<(usize, Vec<Version>)> {
+    /// Purges the expired credentials and the deleted ones past their purge time; returns
+    /// what it purged.
+    fn sweep(&mut self, now_ms: u64) -> Vec<Purged> {
         let swept: Vec<usize> = self
             .credentials
             .iter()
-            .filter(|(_, versions)| expired(&versions[0], now_ms))
+            .filter(|(id, versions)| {
+                expired(&versions[0], now_ms) || self.deleted.get(id).is_some_and(|&purge_at| purge_at <= now_ms)
+            })
             .map(|(id, _)| *id)
             .collect();
-        swept.into_iter().map(|id| (id, self.credentials.remove(&id).expect("listed above"))).collect()
+        swept.into_iter().map(|id| self.purge(id)).collect()
     }
 }
 
@@ -310,8 +423,8 @@ impl System {
             (0..shards)
                 .map(|shard_id| {
                     let log = MemoryLog::default();
-                    for record in store.kept_versions(shard_id) {
-                        log.append(EntryType::Record, record.bytes());
+                    for item in store.snapshot_items(shard_id) {
+                        item.encode(&mut log.pending.borrow_mut());
                     }
                     log.commit();
                     Rc::new(log)
@@ -335,7 +448,7 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
     // Sweeps whose removals are appended to a shard's log but not committed yet: a restart
     // loses them (the credentials come back, still expired); an applied write to the same
     // shard commits them.
-    let mut uncommitted: Vec<(usize, usize, Vec<Version>)> = Vec::new();
+    let mut uncommitted: Vec<(usize, Purged)> = Vec::new();
     let mut now_ms = START_MS;
     let acl = Acl::everything();
     for (step, op) in ops.iter().enumerate() {
@@ -362,6 +475,7 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                     owner,
                     expires_at_ms: expiry.resolve(now_ms),
                     previous_grace_until_ms: 0,
+                    destroyed: false,
                 };
                 prop_assert_eq!(&real, &model.put(id, new, expected, now_ms), "step {}: {:?}", step, op);
                 commits = real.is_ok();
@@ -378,10 +492,27 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&real, &expected_outcome, "step {}: {:?}", step, op);
                 commits = real.is_ok();
             }
-            Op::Delete { id, expected } => {
-                let request = DeleteRequest { id: IDS[id], expected_version: expected };
+            Op::Delete { id, expected, purge, window_seconds } => {
+                let request = DeleteRequest {
+                    purge,
+                    recovery_window_seconds: window_seconds,
+                    ..DeleteRequest::new(IDS[id], expected)
+                };
                 let real = system.submit(IDS[id], Write::Delete(&request), now_ms);
-                prop_assert_eq!(&real, &model.delete(id, expected, now_ms), "step {}: {:?}", step, op);
+                let expected_outcome = model.delete(id, expected, purge, window_seconds, now_ms);
+                prop_assert_eq!(&real, &expected_outcome, "step {}: {:?}", step, op);
+                commits = real.is_ok();
+            }
+            Op::Undelete { id } => {
+                let request = UndeleteRequest { id: IDS[id] };
+                let real = system.submit(IDS[id], Write::Undelete(&request), now_ms);
+                prop_assert_eq!(&real, &model.undelete(id, now_ms), "step {}: {:?}", step, op);
+                commits = real.is_ok();
+            }
+            Op::Destroy { id, version } => {
+                let request = DestroyRequest { id: IDS[id], version };
+                let real = system.submit(IDS[id], Write::Destroy(&request), now_ms);
+                prop_assert_eq!(&real, &model.destroy(id, version, now_ms), "step {}: {:?}", step, op);
                 commits = real.is_ok();
             }
             Op::Get { id, version } => {
@@ -426,21 +557,20 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 let removed = model.sweep(now_ms);
                 prop_assert_eq!(swept, removed.len(), "step {}: {:?}", step, op);
                 let shards = system.store.shard_count();
-                uncommitted.extend(
-                    removed.into_iter().map(|(id, versions)| (shard_for(IDS[id], shards), id, versions)),
-                );
+                uncommitted.extend(removed.into_iter().map(|purged| (shard_for(IDS[purged.id], shards), purged)));
             }
             Op::Advance { ms } => now_ms += ms,
             Op::Restart { shards } => {
                 system = system.restart(shards);
-                for (_, id, versions) in uncommitted.drain(..) {
-                    model.credentials.insert(id, versions);
+                // Put back newest purge last undone first.
+                for (_, purged) in uncommitted.drain(..).rev() {
+                    model.unpurge(purged);
                 }
             }
         }
         if let (true, Some(id)) = (commits, op.id()) {
             let shard_id = system.store.shard_for(IDS[id]);
-            uncommitted.retain(|(shard, _, _)| *shard != shard_id);
+            uncommitted.retain(|(shard, _)| *shard != shard_id);
         }
     }
     Ok(())
@@ -480,9 +610,21 @@ fn a_known_history_replays_identically() {
         Op::Restart { shards: 3 },
         Op::Put { id: 1, owner: 1, expected: Some(0), ttl_ms: None },
         Op::List { owner: 1 },
-        Op::Delete { id: 0, expected: Some(2) },
+        Op::Delete { id: 0, expected: Some(2), purge: false, window_seconds: None },
+        Op::Get { id: 0, version: 0 },
         Op::Restart { shards: 1 },
+        Op::Undelete { id: 0 },
+        Op::Destroy { id: 0, version: 1 },
+        Op::Meta { id: 0 },
+        Op::Get { id: 0, version: 1 },
+        Op::Delete { id: 0, expected: None, purge: false, window_seconds: Some(1) },
+        Op::Advance { ms: 1_000 },
+        Op::Sweep,
+        Op::Restart { shards: 2 },
         Op::Put { id: 0, owner: 0, expected: Some(0), ttl_ms: None },
+        Op::Delete { id: 2, expected: None, purge: true, window_seconds: None },
+        Op::Restart { shards: 3 },
+        Op::Put { id: 2, owner: 0, expected: Some(0), ttl_ms: None },
     ];
     run(2, &ops).unwrap();
 }

@@ -50,6 +50,9 @@ pub struct Credential {
     pub previous_grace_until_ms: u64,
 }
 
+/// The key id of a destroyed version: no data key (the ring's ids start at 1), no ciphertext.
+pub const DESTROYED_KEY_ID: u32 = 0;
+
 /// The validated archive of one credential version. Cloning shares the bytes.
 #[derive(Clone)]
 pub struct Record {
@@ -268,9 +271,43 @@ impl Record {
         }
     }
 
-    /// The data key this version's secret is sealed with.
+    /// The data key this version's secret is sealed with ([`DESTROYED_KEY_ID`] once destroyed).
     pub fn key_id(&self) -> u32 {
         self.credential().key_id.to_native()
+    }
+
+    /// True for a version whose ciphertext DESTROY erased.
+    #[inline]
+    pub fn is_destroyed(&self) -> bool {
+        self.key_id() == DESTROYED_KEY_ID
+    }
+
+    /// The same version with its ciphertext erased for good (DESTROY): every metadata field
+    /// stays, the ciphertext, nonce and tag are gone, and the key id is [`DESTROYED_KEY_ID`].
+    ///
+    /// # Errors
+    /// [`OpError::Internal`] if archiving fails.
+    pub fn destroyed(&self) -> Result<Record, OpError> {
+        let credential = self.credential();
+        let husk = Credential {
+            id: credential.id.as_str().to_owned(),
+            owner: credential.owner.as_str().to_owned(),
+            scope: credential.scope.as_str().to_owned(),
+            kind: credential.kind,
+            version: credential.version.to_native(),
+            created_at_ms: credential.created_at_ms.to_native(),
+            updated_at_ms: credential.updated_at_ms.to_native(),
+            expires_at_ms: credential.expires_at_ms.to_native(),
+            key_id: DESTROYED_KEY_ID,
+            nonce: [0; NONCE_BYTES],
+            tag: [0; TAG_BYTES],
+            ciphertext: Vec::new(),
+            labels: credential.labels.as_slice().to_vec(),
+            previous_grace_until_ms: credential.previous_grace_until_ms.to_native(),
+        };
+        let bytes = rkyv::to_bytes::<rancor::Error>(&husk)
+            .map_err(|_| OpError::Internal("archiving a destroyed version failed"))?;
+        Record::from_archive(bytes).map_err(|_| OpError::Internal("a destroyed version failed validation"))
     }
 
     /// The same version, its secret re-encrypted with the key ring's active key (a data-key
@@ -430,6 +467,26 @@ mod tests {
         let record = Record::seal(CredentialFields::from(&put_request("x", b"s")), fields, &keyring).unwrap();
         assert!(!record.is_expired(99));
         assert!(record.is_expired(100));
+    }
+
+    #[test]
+    fn a_destroyed_version_keeps_its_metadata_and_holds_no_ciphertext() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let secret = b"correct-horse-battery-staple";
+        let fields = VersionFields { expires_at_ms: 99_000, previous_grace_until_ms: 5, ..fields(4) };
+        let record =
+            Record::seal(CredentialFields::from(&put_request("db/main", secret)), fields, &keyring).unwrap();
+        let husk = record.destroyed().unwrap();
+        assert!(husk.is_destroyed() && !record.is_destroyed());
+        let ciphertext = record.credential().ciphertext.as_slice();
+        assert!(!husk.archive_bytes().windows(ciphertext.len()).any(|window| window == ciphertext));
+        assert!(husk.credential().ciphertext.is_empty());
+        let (old, new) = (record.metadata(), husk.metadata());
+        assert_eq!((old.id, old.owner, old.version, old.expires_at_ms), (new.id, new.owner, new.version, new.expires_at_ms));
+        assert_eq!(husk.credential().previous_grace_until_ms, 5);
+        assert_eq!(Record::from_bytes(husk.archive_bytes()).unwrap().key_id(), DESTROYED_KEY_ID);
+        let mut out = BytesMut::new();
+        assert!(husk.decrypt_into(&keyring, &mut out).is_err(), "nothing to open");
     }
 
     #[test]

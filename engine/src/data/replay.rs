@@ -7,7 +7,9 @@ use super::shard::{Entry, Id};
 use super::store::Store;
 use crate::error::EngineError;
 use crate::storage::wal;
-use crate::storage::{Archive, Shards};
+use super::shard::Deletion;
+use crate::storage::wal::EntryType;
+use crate::storage::{Shards, SnapshotItem};
 
 impl Shards for Store {
     fn shard_count(&self) -> usize {
@@ -18,14 +20,28 @@ impl Shards for Store {
         self.len()
     }
 
-    fn kept_versions(&self, shard_id: usize) -> Vec<Archive> {
-        let map = self.shard(shard_id).map.pin();
-        let mut kept = Vec::with_capacity(map.len());
-        for (_, entry) in map.iter() {
+    fn snapshot_items(&self, shard_id: usize) -> Vec<SnapshotItem> {
+        let shard = self.shard(shard_id);
+        let map = shard.map.pin();
+        let mut items = Vec::with_capacity(map.len());
+        for (id, entry) in map.iter() {
             // Oldest first, so replay rebuilds the same kept versions.
-            kept.extend(entry.versions().rev().map(|record| record.archive().clone()));
+            items.extend(entry.versions().rev().map(|record| SnapshotItem::Record(record.archive().clone())));
+            if let Some(deletion) = entry.deletion() {
+                let body = wal::soft_delete_body(
+                    id,
+                    entry.current().version(),
+                    deletion.deleted_at_ms,
+                    deletion.purge_at_ms,
+                );
+                items.push(SnapshotItem::Entry(EntryType::SoftDelete, body));
+            }
         }
-        kept
+        drop(map);
+        for (id, &version) in shard.purged.lock().expect("purged lock").iter() {
+            items.push(SnapshotItem::Entry(EntryType::Purge, wal::version_body(id, version)));
+        }
+        items
     }
 
     fn replay(
@@ -70,15 +86,41 @@ fn replay(
                     if existing.is_some_and(|entry| entry.current().version() >= record.version()) {
                         continue;
                     }
+                    // Nor versions of a credential purged since (the purge follows them).
+                    if existing.is_none() && record.version() <= store.shard(shard_id).purged_version(&id) {
+                        continue;
+                    }
                     // The same history rule as at run time: the previous versions are kept
-                    // unless the credential had expired when this version was written.
+                    // unless the credential had expired or was deleted when this version was
+                    // written.
                     let written_at_ms = record.credential().updated_at_ms.to_native();
-                    let live = existing.filter(|entry| !entry.current().is_expired(written_at_ms));
+                    let live = existing
+                        .filter(|entry| !entry.current().is_expired(written_at_ms) && !entry.is_deleted());
                     install_entry(store, shard_id, &id, record, live, existing, false);
                 }
                 wal::Entry::Delete(id) => {
                     if store.shard_for(id) == shard_id {
                         remove_entry(store, shard_id, id);
+                    }
+                }
+                wal::Entry::SoftDelete { id, version, deleted_at_ms, purge_at_ms } => {
+                    if store.shard_for(id) == shard_id {
+                        set_deletion(store, shard_id, id, version, Some(Deletion { deleted_at_ms, purge_at_ms }));
+                    }
+                }
+                wal::Entry::Undelete { id, version } => {
+                    if store.shard_for(id) == shard_id {
+                        set_deletion(store, shard_id, id, version, None);
+                    }
+                }
+                wal::Entry::Purge { id, version } => {
+                    if store.shard_for(id) == shard_id {
+                        let shard = store.shard(shard_id);
+                        let current = shard.map.pin().get(id).map(|entry| entry.current().version());
+                        if current.is_some_and(|current| current <= version) {
+                            remove_entry(store, shard_id, id);
+                        }
+                        shard.note_purged(id, version);
                     }
                 }
                 wal::Entry::Rewrap(body) => {
@@ -113,18 +155,23 @@ pub(super) fn install_entry(
     let older = live.into_iter().flat_map(|live| live.versions().take(max_versions - 1).cloned());
     let entry = Entry::new(std::iter::once(record).chain(older));
     let credential = entry.current().credential();
-    let same_index_key = existing.is_some_and(|entry| {
+    // A deleted credential is out of the index: writing it again puts it back.
+    let same_index_key = existing.filter(|entry| !entry.is_deleted()).is_some_and(|entry| {
         let old = entry.current().credential();
         old.owner == credential.owner && old.scope == credential.scope
     });
     let shard = store.shard(shard_id);
     if maintain_index && !same_index_key {
         let mut index = shard.index.write().expect("index lock");
-        if let Some(existing) = existing {
+        if let Some(existing) = existing.filter(|entry| !entry.is_deleted()) {
             let old = existing.current().credential();
             index.remove(old.owner.as_str(), old.scope.as_str(), id);
         }
         index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
+    }
+    if existing.is_none() && store.lifecycle().recoverable_deletes {
+        // The purged id lives again: its versions carry the count on from here.
+        shard.purged.lock().expect("purged lock").remove(id);
     }
     shard.map.pin().insert(id.into(), entry);
 }
@@ -140,7 +187,17 @@ fn replace_version(store: &Store, shard_id: usize, record: Record) {
     };
     let mut versions: Vec<Record> = entry.versions().cloned().collect();
     versions[position] = record;
-    map.insert(id, Entry::new(versions));
+    map.insert(id, Entry::new(versions).with_deletion(entry.deletion()));
+}
+
+/// Marks `id` deleted (`Some`) or live again (`None`) if its current version is `version`
+/// (recovery of a logged SOFT_DELETE or UNDELETE; the index is rebuilt after replay).
+fn set_deletion(store: &Store, shard_id: usize, id: &str, version: u64, deletion: Option<Deletion>) {
+    let map = store.shard(shard_id).map.pin();
+    let Some(entry) = map.get(id) else { return };
+    if entry.current().version() == version {
+        map.insert(id.into(), entry.snapshot().with_deletion(deletion));
+    }
 }
 
 /// Removes `id` from the shard's map and index (recovery of a logged DELETE).

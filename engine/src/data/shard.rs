@@ -7,7 +7,8 @@
 //! shared bytes).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
 
 use credshard_protocol::VersionState;
 
@@ -26,6 +27,15 @@ pub struct Entry {
     /// Read since the cache's eviction clock last passed it (a bounded cache only, see
     /// `ShardWriter`): set by readers on any executor, cleared by the shard's writer.
     referenced: AtomicBool,
+    /// Set while the credential is deleted and recoverable: readers treat it as absent.
+    deletion: Option<Box<Deletion>>,
+}
+
+/// When a credential was deleted, and when it is purged unless UNDELETE brings it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    pub deleted_at_ms: u64,
+    pub purge_at_ms: u64,
 }
 
 impl Entry {
@@ -33,7 +43,8 @@ impl Entry {
     pub(super) fn new(versions: impl IntoIterator<Item = Record>) -> Entry {
         let mut versions = versions.into_iter();
         let current = versions.next().expect("an entry keeps at least its current version");
-        let entry = Entry { current, older: versions.collect(), referenced: AtomicBool::new(true) };
+        let entry =
+            Entry { current, older: versions.collect(), referenced: AtomicBool::new(true), deletion: None };
         debug_assert!(
             entry
                 .versions()
@@ -55,7 +66,25 @@ impl Entry {
 
     /// A copy of the entry (its versions are shared handles).
     pub fn snapshot(&self) -> Entry {
-        Entry::new(self.versions().cloned())
+        Entry::new(self.versions().cloned()).with_deletion(self.deletion())
+    }
+
+    /// The same versions, deleted (`Some`) or live (`None`).
+    pub(super) fn with_deletion(mut self, deletion: Option<Deletion>) -> Entry {
+        self.deletion = deletion.map(Box::new);
+        self
+    }
+
+    /// `Some` while the credential is deleted and recoverable.
+    #[inline]
+    pub fn deletion(&self) -> Option<Deletion> {
+        self.deletion.as_deref().copied()
+    }
+
+    /// True while the credential is deleted and recoverable.
+    #[inline]
+    pub fn is_deleted(&self) -> bool {
+        self.deletion.is_some()
     }
 
     /// Marks the entry as read, for the eviction clock. A plain load first: the line is
@@ -98,9 +127,13 @@ impl Entry {
             .map(move |index| if index == 0 { &self.current } else { &self.older[index - 1] })
     }
 
-    /// The state of the kept version at `index` (0 is current), derived from the version that
-    /// replaced it: a ROTATE records the replaced version's grace deadline, a PUT records 0.
+    /// The state of the kept version at `index` (0 is current): destroyed if DESTROY erased
+    /// it, otherwise derived from the version that replaced it: a ROTATE records the replaced
+    /// version's grace deadline, a PUT records 0.
     pub fn state(&self, index: usize, now_ms: u64) -> VersionState {
+        if self.version(index).is_some_and(Record::is_destroyed) {
+            return VersionState::Destroyed;
+        }
         if index == 0 {
             return VersionState::Current;
         }
@@ -115,7 +148,7 @@ impl Entry {
     /// A kept version by number (0 for current), with its state.
     pub fn find(&self, version: u64, now_ms: u64) -> Option<(&Record, VersionState)> {
         if version == 0 {
-            return Some((self.current(), VersionState::Current));
+            return Some((self.current(), self.state(0, now_ms)));
         }
         let index = self.versions().position(|record| record.version() == version)?;
         Some((self.version(index).expect("a kept version"), self.state(index, now_ms)))
@@ -191,6 +224,10 @@ pub struct Shard {
     pub(crate) complete: AtomicBool,
     /// Credentials evicted from a bounded cache (written by the shard's writer only).
     pub(crate) evictions: AtomicU64,
+    /// The last version of each purged credential (DELETE with purge, the end of a recovery
+    /// window, an expiry sweep), so that one written again continues after it: a version
+    /// number never names two writes of one id. Written by replay and the shard's writer.
+    pub(crate) purged: Mutex<HashMap<Box<str>, u64>>,
 }
 
 impl Shard {
@@ -201,6 +238,7 @@ impl Shard {
             index: RwLock::new(ShardIndex::default()),
             complete: AtomicBool::new(true),
             evictions: AtomicU64::new(0),
+            purged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -209,13 +247,30 @@ impl Shard {
     pub(crate) fn rebuild_index(&self) -> usize {
         let map = self.map.pin();
         let mut versions = 0;
-        let keys = map.iter().map(|(id, entry)| {
+        let keys = map.iter().filter_map(|(id, entry)| {
             versions += entry.version_count();
+            // A deleted credential is out of LIST until UNDELETE brings it back.
             let credential = entry.current().credential();
-            (credential.owner.as_str(), credential.scope.as_str(), &**id)
+            (!entry.is_deleted()).then(|| (credential.owner.as_str(), credential.scope.as_str(), &**id))
         });
         *self.index.write().expect("index lock") = ShardIndex::build(keys);
         versions
+    }
+
+    /// The last version of `id` before it was purged (0: never purged, or never existed).
+    pub(crate) fn purged_version(&self, id: &str) -> u64 {
+        self.purged.lock().expect("purged lock").get(id).copied().unwrap_or(0)
+    }
+
+    /// Remembers that `id` was purged at `version` (keeps the higher of two).
+    pub(crate) fn note_purged(&self, id: &str, version: u64) {
+        let mut purged = self.purged.lock().expect("purged lock");
+        match purged.get_mut(id) {
+            Some(last) => *last = (*last).max(version),
+            None => {
+                purged.insert(id.into(), version);
+            }
+        }
     }
 
     /// Whether an id missing from the map may still exist (a bounded cache that has evicted).

@@ -36,11 +36,23 @@ pub struct Lifecycle {
     pub max_versions: usize,
     /// How long a version replaced by ROTATE stays readable, unless the request says.
     pub grace_period_ms: u64,
+    /// How long a deleted credential stays recoverable, unless the DELETE says (0: DELETE
+    /// purges at once).
+    pub recovery_window_ms: u64,
+    /// Whether DELETE may keep a credential recoverable and purged ids keep their last
+    /// version (so a credential written again continues after it). Off for the PostgreSQL
+    /// store, whose rows hold neither yet: there DELETE purges and versions start again at 1.
+    pub recoverable_deletes: bool,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Lifecycle { max_versions: 10, grace_period_ms: 24 * 60 * 60 * 1000 }
+        Lifecycle {
+            max_versions: 10,
+            grace_period_ms: 24 * 60 * 60 * 1000,
+            recovery_window_ms: 7 * 24 * 60 * 60 * 1000,
+            recoverable_deletes: true,
+        }
     }
 }
 
@@ -236,12 +248,12 @@ impl Store {
         entry.current().prefetch();
         entry.touch();
         check_access(entry.current(), acl)?;
-        if entry.current().is_expired(now_ms) {
-            return Err(OpError::Expired);
-        }
+        check_live(entry, now_ms)?;
         let (record, state) = entry.find(request.version, now_ms).ok_or(OpError::VersionNotFound)?;
-        if state == VersionState::Retired {
-            return Err(OpError::Retired);
+        match state {
+            VersionState::Retired => return Err(OpError::Retired),
+            VersionState::Destroyed => return Err(OpError::Destroyed),
+            _ => {}
         }
         // A PUT may have moved the credential to another owner or scope: an older version is
         // checked on its own (the current one was checked above).
@@ -294,9 +306,7 @@ impl Store {
         let entry = map.get(request.id).or_else(|| find(fetched, request.id)).ok_or(OpError::NotFound)?;
         entry.touch();
         check_access(entry.current(), acl)?;
-        if entry.current().is_expired(now_ms) {
-            return Err(OpError::Expired);
-        }
+        check_live(entry, now_ms)?;
         entry.current().metadata().encode(out);
         out.put_u16_le(entry.version_count() as u16);
         for (index, record) in entry.versions().enumerate() {
@@ -373,6 +383,7 @@ impl Store {
                 let current = entry.current();
                 let credential = current.credential();
                 if current.is_expired(now_ms)
+                    || entry.is_deleted()
                     || !query.matches(credential.owner.as_str(), credential.scope.as_str())
                 {
                     return false;
@@ -445,6 +456,19 @@ impl Store {
 /// The entry for `id` among `fetched`.
 fn find<'a>(fetched: &'a Fetched, id: &str) -> Option<&'a Entry> {
     fetched.iter().find(|(read, _)| &**read == id).map(|(_, entry)| &**entry)
+}
+
+/// Refuses a deleted or expired credential (in that order: a deleted one says until when it
+/// can be restored).
+#[inline]
+fn check_live(entry: &Entry, now_ms: u64) -> Result<(), OpError> {
+    if let Some(deletion) = entry.deletion() {
+        return Err(OpError::Deleted { purge_at_ms: deletion.purge_at_ms });
+    }
+    if entry.current().is_expired(now_ms) {
+        return Err(OpError::Expired);
+    }
+    Ok(())
 }
 
 /// Refuses a record outside the caller's ACL.
@@ -553,17 +577,31 @@ mod tests {
             Err(OpError::NotFound)
         );
 
-        let delete = |expected_version| DeleteRequest { id: "a", expected_version };
+        let delete = |expected_version| DeleteRequest::new("a", expected_version);
         assert_eq!(
             apply(&mut writer, Write::Delete(&delete(Some(2))), now, &Acl::everything()),
             Err(OpError::VersionConflict { current_version: 3 })
         );
         assert_eq!(apply(&mut writer, Write::Delete(&delete(Some(3))), now, &Acl::everything()), Ok(3));
+        let purge_at_ms = now + Lifecycle::default().recovery_window_ms;
         assert_eq!(
             apply(&mut writer, Write::Delete(&delete(None)), now, &Acl::everything()),
-            Err(OpError::NotFound)
+            Err(OpError::Deleted { purge_at_ms }),
+            "deleted once, recoverable"
         );
+        assert_eq!(
+            store.get(&GetRequest { id: "a", version: 0 }, now, &Acl::everything(), &mut out),
+            Err(OpError::Deleted { purge_at_ms })
+        );
+        let purge = DeleteRequest { purge: true, ..delete(None) };
+        assert_eq!(apply(&mut writer, Write::Delete(&purge), now, &Acl::everything()), Ok(3));
         assert!(store.is_empty());
+        assert_eq!(apply(&mut writer, Write::Delete(&purge), now, &Acl::everything()), Err(OpError::NotFound));
+        assert_eq!(
+            apply(&mut writer, Write::Put(&put("a", b"again", Some(0))), now, &Acl::everything()),
+            Ok(4),
+            "a purged id's versions go on from where they were"
+        );
     }
 
     #[test]

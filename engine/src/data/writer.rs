@@ -14,18 +14,18 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use credshard_protocol::op::delete::DeleteRequest;
+use credshard_protocol::op::delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{PutRequest, Request};
 use futures::channel::oneshot;
 
 use super::record::{CredentialFields, Record, VersionFields};
 use super::replay::install_entry;
-use super::shard::Entry;
+use super::shard::{Deletion, Entry};
 use super::store::{check_access, Store};
 use crate::auth::Acl;
 use crate::error::{OpError, WriteOutcome};
-use crate::storage::wal::EntryType;
+use crate::storage::wal::{self, EntryType};
 use crate::storage::ShardStorage;
 
 /// A client write, as [`ShardWriter::submit`] takes it.
@@ -34,6 +34,8 @@ pub enum Write<'a> {
     Put(&'a PutRequest<'a>),
     Rotate(&'a RotateRequest<'a>),
     Delete(&'a DeleteRequest<'a>),
+    Undelete(&'a UndeleteRequest<'a>),
+    Destroy(&'a DestroyRequest<'a>),
 }
 
 impl<'a> Write<'a> {
@@ -43,6 +45,8 @@ impl<'a> Write<'a> {
             Request::Put(put) => Some(Write::Put(put)),
             Request::Rotate(rotate) => Some(Write::Rotate(rotate)),
             Request::Delete(delete) => Some(Write::Delete(delete)),
+            Request::Undelete(undelete) => Some(Write::Undelete(undelete)),
+            Request::Destroy(destroy) => Some(Write::Destroy(destroy)),
             _ => None,
         }
     }
@@ -65,7 +69,17 @@ enum Change {
         record: Record,
         keep_history: bool,
     },
+    /// Removed at once with every version (a purge).
     Delete,
+    /// Kept, unreadable, until UNDELETE or its purge time.
+    SoftDelete(Deletion),
+    /// A deleted credential served again.
+    Undelete,
+    /// A kept version replaced by its destroyed husk (same version, no ciphertext).
+    Destroy(Record),
+    /// Nothing to change (UNDELETE of a live credential, DESTROY of a destroyed version);
+    /// the client is told `outcome`.
+    Nothing { outcome: u64 },
 }
 
 impl Prepared {
@@ -77,12 +91,17 @@ impl Prepared {
         self.base_version
     }
 
-    /// The new version's record; `None` for a delete.
+    /// The new version's record; `None` for anything but a new version.
     pub fn record(&self) -> Option<&Record> {
         match &self.change {
             Change::Version { record, .. } => Some(record),
-            Change::Delete => None,
+            _ => None,
         }
+    }
+
+    /// True for a purge: the credential and its versions removed at once.
+    pub fn is_purge(&self) -> bool {
+        matches!(self.change, Change::Delete)
     }
 
     /// The oldest version kept after this write, with `max_versions` kept at most.
@@ -92,13 +111,18 @@ impl Prepared {
                 (record.version() + 1).saturating_sub(max_versions as u64).max(1)
             }
             Change::Version { record, keep_history: false } => record.version(),
-            Change::Delete => 0,
+            _ => 0,
         }
     }
 
-    /// What the client is told: the new version, or for a delete the version removed.
+    /// What the client is told: the new version; for DESTROY the version destroyed; for
+    /// DELETE and UNDELETE the current version.
     pub fn outcome(&self) -> u64 {
-        self.record().map_or(self.base_version, Record::version)
+        match &self.change {
+            Change::Version { record, .. } | Change::Destroy(record) => record.version(),
+            Change::Nothing { outcome } => *outcome,
+            _ => self.base_version,
+        }
     }
 }
 
@@ -108,6 +132,9 @@ pub struct ShardWriter {
     shard_id: usize,
     /// (expires_at_ms, id) of every credential with an expiry, for the sweeper.
     expiries: BTreeSet<(u64, Box<str>)>,
+    /// (purge_at_ms, id) of every deleted credential, for the sweeper (an id undeleted or
+    /// purged since may linger: the sweep checks the entry).
+    purges: BTreeSet<(u64, Box<str>)>,
     /// The shard's write-ahead log; `None` keeps the shard in memory only (tests, benches).
     log: Option<Rc<dyn ShardStorage>>,
     /// With a bounded cache: the eviction clock, every cached id in the order it came in
@@ -130,11 +157,18 @@ impl ShardWriter {
                 (expires_at_ms != 0).then(|| (expires_at_ms, Box::from(id.as_str())))
             })
             .collect();
+        let purges = store
+            .shard(shard_id)
+            .map
+            .pin()
+            .iter()
+            .filter_map(|(id, entry)| Some((entry.deletion()?.purge_at_ms, Box::from(id.as_str()))))
+            .collect();
         let clock = match store.shard_capacity() {
             Some(_) => store.shard(shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect(),
             None => VecDeque::new(),
         };
-        let mut writer = ShardWriter { store, shard_id, expiries, log: None, clock, _not_send: PhantomData };
+        let mut writer = ShardWriter { store, shard_id, expiries, purges, log: None, clock, _not_send: PhantomData };
         writer.evict_past_capacity(None);
         writer
     }
@@ -193,8 +227,9 @@ impl ShardWriter {
     /// Creates or replaces a credential; returns the new version. The replaced version stays
     /// readable (superseded) while kept.
     ///
-    /// An expired credential counts as absent for compare-and-set (`expected_version` 0
-    /// succeeds) and its history is dropped, but its version number is not reused.
+    /// An expired or deleted credential counts as absent for compare-and-set
+    /// (`expected_version` 0 succeeds) and its history is dropped (a deleted one can no longer
+    /// be restored), but its version number is not reused; nor is a purged one's.
     ///
     /// # Errors
     /// [`OpError::VersionConflict`] when `expected_version` does not match,
@@ -211,10 +246,14 @@ impl ShardWriter {
         if let Some(entry) = existing {
             check_access(entry.current(), acl)?;
         }
-        let live = existing.filter(|entry| !entry.current().is_expired(now_ms));
+        let live = existing.filter(|entry| !entry.current().is_expired(now_ms) && !entry.is_deleted());
         check_expected(request.expected_version, live.map_or(0, |entry| entry.current().version()))?;
+        let last_version = match existing {
+            Some(entry) => entry.current().version(),
+            None => self.purged_version(request.id),
+        };
         let fields = VersionFields {
-            version: existing.map_or(0, |entry| entry.current().version()) + 1,
+            version: last_version + 1,
             created_at_ms: live
                 .map_or(now_ms, |entry| entry.current().credential().created_at_ms.to_native()),
             updated_at_ms: now_ms,
@@ -247,6 +286,7 @@ impl ShardWriter {
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
         check_access(current, acl)?;
+        check_not_deleted(entry)?;
         if current.is_expired(now_ms) {
             return Err(OpError::Expired);
         }
@@ -270,12 +310,16 @@ impl ShardWriter {
         })
     }
 
-    /// Removes a credential and all its versions; returns the version that was current.
+    /// Deletes a credential: kept, unreadable, for its recovery window (the request's or the
+    /// server's), or purged at once with every version when the request says so, the window
+    /// is 0, the credential has expired, or the store cannot keep deletions. Returns the
+    /// version that was current.
     ///
     /// # Errors
     /// [`OpError::NotFound`] for an absent credential, [`OpError::Unauthorized`] for one
-    /// outside `acl`, [`OpError::VersionConflict`] when `expected_version` does not match the
-    /// current version.
+    /// outside `acl`, [`OpError::Deleted`] for one already deleted (unless purging),
+    /// [`OpError::VersionConflict`] when `expected_version` does not match the current version
+    /// (0 when expired or deleted).
     fn prepare_delete(
         &self,
         request: &DeleteRequest<'_>,
@@ -283,13 +327,87 @@ impl ShardWriter {
         acl: &Acl,
     ) -> Result<Prepared, OpError> {
         let map = self.store.shard(self.shard_id).map.pin();
-        let current = map.get(request.id).ok_or(OpError::NotFound)?.current();
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let current = entry.current();
         check_access(current, acl)?;
-        let version = current.version();
-        if request.expected_version.is_some() {
-            check_expected(request.expected_version, if current.is_expired(now_ms) { 0 } else { version })?;
+        if !request.purge {
+            check_not_deleted(entry)?;
         }
-        Ok(Prepared { id: request.id.into(), base_version: version, change: Change::Delete })
+        let version = current.version();
+        let expired = current.is_expired(now_ms);
+        if request.expected_version.is_some() {
+            check_expected(request.expected_version, if expired || entry.is_deleted() { 0 } else { version })?;
+        }
+        let lifecycle = self.store.lifecycle();
+        let window_ms = request
+            .recovery_window_seconds
+            .map_or(lifecycle.recovery_window_ms, |seconds| seconds.saturating_mul(1000));
+        let change = if request.purge || window_ms == 0 || expired || !lifecycle.recoverable_deletes {
+            Change::Delete
+        } else {
+            Change::SoftDelete(Deletion { deleted_at_ms: now_ms, purge_at_ms: now_ms.saturating_add(window_ms) })
+        };
+        Ok(Prepared { id: request.id.into(), base_version: version, change })
+    }
+
+    /// Serves a deleted credential again, as it was (its versions and their states); a live
+    /// one is left as it is. Returns the current version.
+    ///
+    /// # Errors
+    /// [`OpError::NotFound`] for an absent (or purged) credential, [`OpError::Unauthorized`]
+    /// for one outside `acl`, [`OpError::Expired`] for one that has expired.
+    fn prepare_undelete(
+        &self,
+        request: &UndeleteRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+    ) -> Result<Prepared, OpError> {
+        let map = self.store.shard(self.shard_id).map.pin();
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let current = entry.current();
+        check_access(current, acl)?;
+        if current.is_expired(now_ms) {
+            return Err(OpError::Expired);
+        }
+        let change = match entry.is_deleted() {
+            true => Change::Undelete,
+            false => Change::Nothing { outcome: current.version() },
+        };
+        Ok(Prepared { id: request.id.into(), base_version: current.version(), change })
+    }
+
+    /// Erases one kept version's ciphertext for good, keeping its metadata (its state becomes
+    /// destroyed); a version destroyed already is left as it is. Returns that version.
+    ///
+    /// # Errors
+    /// [`OpError::NotFound`] for an absent credential, [`OpError::Unauthorized`] for one (or
+    /// that version) outside `acl`, [`OpError::Deleted`], [`OpError::Expired`],
+    /// [`OpError::VersionNotFound`] for a version not kept.
+    fn prepare_destroy(
+        &self,
+        request: &DestroyRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+    ) -> Result<Prepared, OpError> {
+        let map = self.store.shard(self.shard_id).map.pin();
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let current = entry.current();
+        check_access(current, acl)?;
+        check_not_deleted(entry)?;
+        if current.is_expired(now_ms) {
+            return Err(OpError::Expired);
+        }
+        let record = entry
+            .versions()
+            .find(|record| record.version() == request.version)
+            .ok_or(OpError::VersionNotFound)?;
+        check_access(record, acl)?;
+        let change = match record.is_destroyed() {
+            true => Change::Nothing { outcome: request.version },
+            false => Change::Destroy(record.destroyed()?),
+        };
+        // The reply names the destroyed version; the base is what is current.
+        Ok(Prepared { id: request.id.into(), base_version: current.version(), change })
     }
 
     /// Checks `write` against the shard's current state (access, compare-and-set, expiry)
@@ -304,6 +422,8 @@ impl ShardWriter {
             Write::Put(put) => self.prepare_put(put, now_ms, acl),
             Write::Rotate(rotate) => self.prepare_rotate(rotate, now_ms, acl),
             Write::Delete(delete) => self.prepare_delete(delete, now_ms, acl),
+            Write::Undelete(undelete) => self.prepare_undelete(undelete, now_ms, acl),
+            Write::Destroy(destroy) => self.prepare_destroy(destroy, now_ms, acl),
         }
     }
 
@@ -322,13 +442,75 @@ impl ShardWriter {
             }
             Change::Delete => {
                 if let Some(entry) = existing {
-                    self.unindex(entry.current());
-                    map.remove(&*prepared.id);
-                }
-                if let Some(log) = &self.log {
-                    log.append(EntryType::Delete, prepared.id.as_bytes());
+                    self.purge(&prepared.id, entry);
                 }
             }
+            Change::SoftDelete(deletion) => {
+                let entry = existing.expect("a deleted credential exists");
+                if !entry.is_deleted() {
+                    self.unindex_index_only(entry.current());
+                }
+                map.insert(prepared.id.as_ref().into(), entry.snapshot().with_deletion(Some(deletion)));
+                self.purges.insert((deletion.purge_at_ms, prepared.id.clone()));
+                if let Some(log) = &self.log {
+                    let body = wal::soft_delete_body(
+                        &prepared.id,
+                        prepared.base_version,
+                        deletion.deleted_at_ms,
+                        deletion.purge_at_ms,
+                    );
+                    log.append(EntryType::SoftDelete, &body);
+                }
+            }
+            Change::Undelete => {
+                let entry = existing.expect("an undeleted credential exists");
+                let credential = entry.current().credential();
+                self.store.shard(self.shard_id).index.write().expect("index lock").insert(
+                    credential.owner.as_str(),
+                    credential.scope.as_str(),
+                    &prepared.id,
+                );
+                map.insert(prepared.id.as_ref().into(), entry.snapshot().with_deletion(None));
+                if let Some(log) = &self.log {
+                    log.append(EntryType::Undelete, &wal::version_body(&prepared.id, prepared.base_version));
+                }
+            }
+            Change::Destroy(husk) => {
+                let entry = existing.expect("a destroyed version's credential exists");
+                let versions: Vec<Record> = entry
+                    .versions()
+                    .map(|record| if record.version() == husk.version() { husk.clone() } else { record.clone() })
+                    .collect();
+                map.insert(prepared.id.as_ref().into(), Entry::new(versions).with_deletion(entry.deletion()));
+                if let Some(log) = &self.log {
+                    log.append(EntryType::Rewrap, husk.archive_bytes());
+                }
+            }
+            Change::Nothing { .. } => {}
+        }
+    }
+
+    /// Removes `id` (held as `entry`) and every version for good, logs it, and (where purges
+    /// are remembered) keeps its last version so that a later write continues after it.
+    fn purge(&mut self, id: &str, entry: &Entry) {
+        let version = entry.current().version();
+        self.unindex(entry.current());
+        self.store.shard(self.shard_id).map.pin().remove(id);
+        if self.store.lifecycle().recoverable_deletes {
+            self.store.shard(self.shard_id).note_purged(id, version);
+            if let Some(log) = &self.log {
+                log.append(EntryType::Purge, &wal::version_body(id, version));
+            }
+        } else if let Some(log) = &self.log {
+            log.append(EntryType::Delete, id.as_bytes());
+        }
+    }
+
+    /// The last version of `id` before it was purged (0 when purges are not remembered).
+    fn purged_version(&self, id: &str) -> u64 {
+        match self.store.lifecycle().recoverable_deletes {
+            true => self.store.shard(self.shard_id).purged_version(id),
+            false => 0,
         }
     }
 
@@ -423,8 +605,8 @@ impl ShardWriter {
             .collect()
     }
 
-    /// Removes every credential whose expiry has passed, and logs each removal; returns how
-    /// many.
+    /// Purges every credential whose expiry has passed, and every deleted one whose recovery
+    /// window has ended, and logs each purge; returns how many.
     pub fn sweep_expired(&mut self, now_ms: u64) -> usize {
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
@@ -440,13 +622,20 @@ impl ShardWriter {
                 if current.credential().expires_at_ms.to_native() == expires_at_ms
                     && current.is_expired(now_ms)
                 {
-                    self.unindex_index_only(current);
-                    map.remove(&*id);
-                    // Logged like a DELETE: a later PUT of the id starts again at version 1,
-                    // and replay must not let the swept versions shadow the new ones.
-                    if let Some(log) = &self.log {
-                        log.append(EntryType::Delete, id.as_bytes());
-                    }
+                    self.purge(&id, entry);
+                    swept += 1;
+                }
+            }
+        }
+        while let Some(first) = self.purges.first() {
+            if first.0 > now_ms {
+                break;
+            }
+            let (purge_at_ms, id) = self.purges.pop_first().expect("checked above");
+            // Undeleted, written again or deleted again since: purge only what is still due.
+            if let Some(entry) = map.get(&*id) {
+                if entry.deletion().is_some_and(|deletion| deletion.purge_at_ms == purge_at_ms) {
+                    self.purge(&id, entry);
                     swept += 1;
                 }
             }
@@ -459,7 +648,9 @@ impl ShardWriter {
     pub fn rewrap_candidates(&self, active_key_id: u32) -> Vec<Box<str>> {
         let map = self.store.shard(self.shard_id).map.pin();
         map.iter()
-            .filter(|(_, entry)| entry.versions().any(|record| record.key_id() != active_key_id))
+            .filter(|(_, entry)| {
+                entry.versions().any(|record| record.key_id() != active_key_id && !record.is_destroyed())
+            })
             .map(|(id, _)| Box::from(id.as_str()))
             .collect()
     }
@@ -479,13 +670,13 @@ impl ShardWriter {
         let map = store.shard(self.shard_id).map.pin();
         let Some(entry) = map.get(id) else { return Ok(0) };
         let active_key_id = keyring.active_key_id();
-        if entry.versions().all(|record| record.key_id() == active_key_id) {
+        if entry.versions().all(|record| record.key_id() == active_key_id || record.is_destroyed()) {
             return Ok(0);
         }
         self.check_writable()?;
         let mut rewrapped = Vec::with_capacity(entry.version_count());
         for record in entry.versions() {
-            if record.key_id() == active_key_id {
+            if record.key_id() == active_key_id || record.is_destroyed() {
                 rewrapped.push(record.clone());
             } else {
                 rewrapped.push(record.rewrap(keyring)?);
@@ -500,7 +691,7 @@ impl ShardWriter {
                 count += 1;
             }
         }
-        map.insert(id.into(), Entry::new(rewrapped));
+        map.insert(id.into(), Entry::new(rewrapped).with_deletion(entry.deletion()));
         Ok(count)
     }
 
@@ -585,6 +776,14 @@ impl ShardWriter {
         let credential = current.credential();
         let mut index = self.store.shard(self.shard_id).index.write().expect("index lock");
         index.remove(credential.owner.as_str(), credential.scope.as_str(), credential.id.as_str());
+    }
+}
+
+/// Refuses a deleted credential, naming when it is purged.
+fn check_not_deleted(entry: &Entry) -> Result<(), OpError> {
+    match entry.deletion() {
+        Some(deletion) => Err(OpError::Deleted { purge_at_ms: deletion.purge_at_ms }),
+        None => Ok(()),
     }
 }
 

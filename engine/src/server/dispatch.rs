@@ -381,6 +381,8 @@ fn dispatch_request(
         Request::Hello(_)
         | Request::Put(_)
         | Request::Delete(_)
+        | Request::Undelete(_)
+        | Request::Destroy(_)
         | Request::Rotate(_)
         | Request::RotateKey
         | Request::Rekey(_) => {

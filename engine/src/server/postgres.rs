@@ -513,6 +513,20 @@ pub async fn list_page(
     Ok(ListPage { items, more })
 }
 
+/// Why the PostgreSQL store cannot take `write` yet, if it cannot: its rows hold no deletion
+/// state, so DELETE purges (and must not be asked to keep a recovery window), and there is
+/// nothing to UNDELETE or DESTROY.
+fn not_in_the_database_yet(write: &Write<'_>) -> Option<&'static str> {
+    match write {
+        Write::Delete(delete) if delete.recovery_window_seconds.is_some() => {
+            Some("the PostgreSQL store does not keep deleted credentials yet: DELETE purges, without a recovery window")
+        }
+        Write::Undelete(_) => Some("the PostgreSQL store does not keep deleted credentials yet: nothing to UNDELETE"),
+        Write::Destroy(_) => Some("the PostgreSQL store does not support DESTROY yet"),
+        _ => None,
+    }
+}
+
 /// A prepared write as the database job needs it (owned, to cross to the database thread).
 struct Commit {
     id: String,
@@ -711,6 +725,10 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
             let _ = message.reply.send(Err(OpError::Internal("not a write")));
             continue;
         };
+        if let Some(refusal) = not_in_the_database_yet(&write) {
+            let _ = message.reply.send(Err(OpError::Unavailable(refusal)));
+            continue;
+        }
         let id: Box<str> = request.id().expect("writes name a credential").into();
         if rounds.in_flight.borrow().contains(&id) || !in_round.insert(id.clone()) {
             kept.push_back((message, tries, loaded));

@@ -317,8 +317,8 @@ impl<F: LogFs> ShardLog<F> {
             let mut payload = Vec::with_capacity(SNAPSHOT_BATCH_BYTES + 64 * 1024);
             // Holding the versions (not a guard on the map) lets the map reclaim what writes
             // replace meanwhile.
-            for record in self.shards.kept_versions(shard_id) {
-                encode_entry(EntryType::Record, record.bytes(), &mut payload);
+            for item in self.shards.snapshot_items(shard_id) {
+                item.encode(&mut payload);
                 if payload.len() >= SNAPSHOT_BATCH_BYTES {
                     let batch = encode_batch(&payload);
                     write_all_at(&file, &batch, offset).await?;

@@ -41,6 +41,24 @@ pub enum FsyncMode {
     Never,
 }
 
+/// One entry of a snapshot (or of a log rewritten after a change of shard count).
+pub enum SnapshotItem {
+    /// A kept version: a RECORD entry of its archive, shared with the shard.
+    Record(Archive),
+    /// Any other entry (SOFT_DELETE, PURGE) and its body.
+    Entry(EntryType, Vec<u8>),
+}
+
+impl SnapshotItem {
+    /// Appends the item as a log entry to a batch payload being built.
+    pub fn encode(&self, payload: &mut Vec<u8>) {
+        match self {
+            SnapshotItem::Record(archive) => wal::encode_entry(EntryType::Record, archive.bytes(), payload),
+            SnapshotItem::Entry(entry_type, body) => wal::encode_entry(*entry_type, body, payload),
+        }
+    }
+}
+
 /// What storage needs of the shards it keeps: their contents for snapshots and rewrites, and
 /// a place to replay the logs into at start.
 pub trait Shards: Send + Sync {
@@ -49,9 +67,10 @@ pub trait Shards: Send + Sync {
     /// Credentials held in all shards.
     fn credentials(&self) -> usize;
 
-    /// Every kept version in shard `shard_id`, each credential's oldest first (the order
-    /// that replay turns back into the same kept versions).
-    fn kept_versions(&self, shard_id: usize) -> Vec<Archive>;
+    /// What replay needs to rebuild shard `shard_id` as it is: every kept version, each
+    /// credential's oldest first, each deleted credential's deletion after its versions, and
+    /// the last version of every purged id.
+    fn snapshot_items(&self, shard_id: usize) -> Vec<SnapshotItem>;
 
     /// Replays logged entries, in order, into shard `shard_id` (empty before); returns the
     /// versions it keeps. With `own_log`, `sources` is that shard's own log and an entry of

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::error::EngineError;
 use crate::storage::manifest::Manifest;
-use crate::storage::wal::{self, encode_batch, encode_entry, Entry, EntryType};
+use crate::storage::wal::{self, encode_batch, Entry};
 use crate::storage::Shards;
 
 /// Logs bigger than this, holding more than twice the versions kept, are compacted at start.
@@ -218,8 +218,8 @@ fn rewrite(
     let mut files = vec![Vec::new(); next.shard_count];
     for (shard_id, file) in files.iter_mut().enumerate() {
         let mut payload = Vec::new();
-        for record in shards.kept_versions(shard_id) {
-            encode_entry(EntryType::Record, record.bytes(), &mut payload);
+        for item in shards.snapshot_items(shard_id) {
+            item.encode(&mut payload);
             if payload.len() >= REWRITE_BATCH_BYTES {
                 file.extend(encode_batch(&payload));
                 payload.clear();

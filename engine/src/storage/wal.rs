@@ -8,8 +8,18 @@
 //! types:  1 RECORD  body = a record's rkyv archive, verbatim (what the map holds)
 //!         2 DELETE  body = the credential id (UTF-8)
 //!         3 REWRAP  body = a record's archive that replaces the kept version of the same id
-//!                   and version (its secret re-encrypted with another data key)
+//!                   and version (its secret re-encrypted with another data key, or erased by
+//!                   DESTROY)
+//!         4 SOFT_DELETE body = version u64 | deleted_at_ms u64 | purge_at_ms u64 | id
+//!         5 UNDELETE    body = version u64 | id
+//!         6 PURGE       body = version u64 | id
 //! ```
+//!
+//! DELETE (2) removes an id and lets its versions start again at 1; servers since recoverable
+//! deletes write PURGE instead, which remembers the last version, but still read DELETE in
+//! older logs. SOFT_DELETE, UNDELETE and PURGE name the current version they apply to (all
+//! integers little-endian, the id UTF-8 to the end of the body): replay applies one only to that
+//! version, so a log that repeats what a snapshot already holds replays to the same state.
 //!
 //! The header CRC covers the first 12 header bytes; the payload CRC covers the payload. A batch
 //! is written with one write and made durable with one fdatasync before any of its writes is
@@ -37,6 +47,12 @@ pub enum EntryType {
     /// A kept version re-encrypted with another data key: same id and version, new
     /// ciphertext (a data-key rotation).
     Rewrap = 3,
+    /// A credential deleted, recoverable until its purge time.
+    SoftDelete = 4,
+    /// A deleted credential restored.
+    Undelete = 5,
+    /// A credential removed for good; its last version is remembered.
+    Purge = 6,
 }
 
 /// One logged write, borrowed from the log's bytes.
@@ -45,6 +61,40 @@ pub enum Entry<'a> {
     Record(&'a [u8]),
     Delete(&'a str),
     Rewrap(&'a [u8]),
+    SoftDelete { id: &'a str, version: u64, deleted_at_ms: u64, purge_at_ms: u64 },
+    Undelete { id: &'a str, version: u64 },
+    Purge { id: &'a str, version: u64 },
+}
+
+/// The body of a SOFT_DELETE entry.
+pub fn soft_delete_body(id: &str, version: u64, deleted_at_ms: u64, purge_at_ms: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(24 + id.len());
+    body.extend_from_slice(&version.to_le_bytes());
+    body.extend_from_slice(&deleted_at_ms.to_le_bytes());
+    body.extend_from_slice(&purge_at_ms.to_le_bytes());
+    body.extend_from_slice(id.as_bytes());
+    body
+}
+
+/// The body of an UNDELETE or PURGE entry.
+pub fn version_body(id: &str, version: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(8 + id.len());
+    body.extend_from_slice(&version.to_le_bytes());
+    body.extend_from_slice(id.as_bytes());
+    body
+}
+
+/// `count` little-endian u64s, then a UTF-8 id.
+fn split_body<const N: usize>(body: &[u8]) -> Result<([u64; N], &str), &'static str> {
+    if body.len() < 8 * N {
+        return Err("lifecycle entry shorter than its fields");
+    }
+    let mut values = [0u64; N];
+    for (index, value) in values.iter_mut().enumerate() {
+        *value = u64::from_le_bytes(body[8 * index..8 * index + 8].try_into().expect("8 bytes"));
+    }
+    let id = std::str::from_utf8(&body[8 * N..]).map_err(|_| "lifecycle entry id is not UTF-8")?;
+    Ok((values, id))
 }
 
 /// Appends one entry to a batch payload being built.
@@ -175,6 +225,18 @@ fn parse_payload<'a>(mut payload: &'a [u8], entries: &mut Vec<Entry<'a>>) -> Res
             1 => Entry::Record(body),
             2 => Entry::Delete(std::str::from_utf8(body).map_err(|_| "delete entry id is not UTF-8")?),
             3 => Entry::Rewrap(body),
+            4 => {
+                let ([version, deleted_at_ms, purge_at_ms], id) = split_body::<3>(body)?;
+                Entry::SoftDelete { id, version, deleted_at_ms, purge_at_ms }
+            }
+            5 => {
+                let ([version], id) = split_body::<1>(body)?;
+                Entry::Undelete { id, version }
+            }
+            6 => {
+                let ([version], id) = split_body::<1>(body)?;
+                Entry::Purge { id, version }
+            }
             _ => return Err("unknown entry type"),
         };
         entries.push(entry);
@@ -210,13 +272,32 @@ mod tests {
         encode_entry(EntryType::Record, b"archive", &mut payload);
         encode_entry(EntryType::Delete, b"gone", &mut payload);
         encode_entry(EntryType::Rewrap, b"again", &mut payload);
+        encode_entry(EntryType::SoftDelete, &soft_delete_body("é/x", 7, 100, 200), &mut payload);
+        encode_entry(EntryType::Undelete, &version_body("u", 8), &mut payload);
+        encode_entry(EntryType::Purge, &version_body("p", u64::MAX), &mut payload);
         let batch = encode_batch(&payload);
         let parsed = parse(&batch).unwrap();
         assert_eq!(
             parsed.entries,
-            vec![Entry::Record(b"archive"), Entry::Delete("gone"), Entry::Rewrap(b"again")]
+            vec![
+                Entry::Record(b"archive"),
+                Entry::Delete("gone"),
+                Entry::Rewrap(b"again"),
+                Entry::SoftDelete { id: "é/x", version: 7, deleted_at_ms: 100, purge_at_ms: 200 },
+                Entry::Undelete { id: "u", version: 8 },
+                Entry::Purge { id: "p", version: u64::MAX },
+            ]
         );
         assert_eq!(parsed.valid_bytes, batch.len());
+    }
+
+    #[test]
+    fn a_lifecycle_entry_shorter_than_its_fields_is_corruption() {
+        for (entry_type, body) in [(EntryType::SoftDelete, vec![0u8; 23]), (EntryType::Purge, vec![0u8; 7])] {
+            let mut payload = Vec::new();
+            encode_entry(entry_type, &body, &mut payload);
+            assert!(parse(&encode_batch(&payload)).is_err(), "{entry_type:?}");
+        }
     }
 
     #[test]

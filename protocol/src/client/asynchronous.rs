@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client::{self, Call, ResponseFrame};
 use crate::error::ClientError;
 use crate::op::batch_get::{BatchGetRequest, BatchItem};
-use crate::op::delete::DeleteReply;
+use crate::op::delete::{DeleteReply, DeleteRequest};
 use crate::op::get::{GetMetaReply, GetReply};
 use crate::op::hello::HelloReply;
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
@@ -166,6 +166,21 @@ impl AsyncClient {
 
     pub async fn delete(&self, id: &str, expected_version: Option<u64>) -> Result<DeleteReply, ClientError> {
         self.run(client::delete(id, expected_version)).await
+    }
+
+    /// DELETE with its options (purge, or a recovery window of its own).
+    pub async fn delete_with(&self, request: &DeleteRequest<'_>) -> Result<DeleteReply, ClientError> {
+        self.run(client::delete_with(request)).await
+    }
+
+    /// UNDELETE; returns the current version, served again.
+    pub async fn undelete(&self, id: &str) -> Result<u64, ClientError> {
+        self.run(client::undelete(id)).await.map(|reply| reply.version)
+    }
+
+    /// DESTROY of one kept version; returns that version.
+    pub async fn destroy(&self, id: &str, version: u64) -> Result<u64, ClientError> {
+        self.run(client::destroy(id, version)).await.map(|reply| reply.version)
     }
 
     /// ROTATE; returns the new version.

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use crate::client::{self, Call, ResponseFrame};
 use crate::error::ClientError;
 use crate::op::batch_get::{BatchGetRequest, BatchItem};
-use crate::op::delete::DeleteReply;
+use crate::op::delete::{DeleteReply, DeleteRequest};
 use crate::op::get::{GetMetaReply, GetReply};
 use crate::op::hello::HelloReply;
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
@@ -244,6 +244,21 @@ impl Client {
 
     pub fn delete(&mut self, id: &str, expected_version: Option<u64>) -> Result<DeleteReply, ClientError> {
         self.run(client::delete(id, expected_version))
+    }
+
+    /// DELETE with its options (purge, or a recovery window of its own).
+    pub fn delete_with(&mut self, request: &DeleteRequest<'_>) -> Result<DeleteReply, ClientError> {
+        self.run(client::delete_with(request))
+    }
+
+    /// UNDELETE; returns the current version, served again.
+    pub fn undelete(&mut self, id: &str) -> Result<u64, ClientError> {
+        self.run(client::undelete(id)).map(|reply| reply.version)
+    }
+
+    /// DESTROY of one kept version; returns that version.
+    pub fn destroy(&mut self, id: &str, version: u64) -> Result<u64, ClientError> {
+        self.run(client::destroy(id, version)).map(|reply| reply.version)
     }
 
     /// ROTATE; returns the new version.

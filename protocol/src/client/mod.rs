@@ -16,7 +16,7 @@ use crate::code::Status;
 use crate::error::ClientError;
 use crate::frame;
 use crate::op::batch_get::{decode_batch_reply, BatchGetRequest, BatchItem};
-use crate::op::delete::{DeleteReply, DeleteRequest};
+use crate::op::delete::{DeleteReply, DeleteRequest, DestroyRequest, UndeleteRequest};
 use crate::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
 use crate::op::hello::{HelloReply, HelloRequest, PROTOCOL_VERSION};
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
@@ -112,9 +112,25 @@ pub fn get_meta(id: &str) -> Call<'_, GetMetaReply> {
     Call { request: Request::GetMeta(GetMetaRequest { id }), decode: GetMetaReply::decode }
 }
 
-/// DELETE, optionally only if the current version is `expected_version`.
+/// DELETE (recoverable, with the server's recovery window), optionally only if the current
+/// version is `expected_version`.
 pub fn delete(id: &str, expected_version: Option<u64>) -> Call<'_, DeleteReply> {
-    Call { request: Request::Delete(DeleteRequest { id, expected_version }), decode: DeleteReply::decode }
+    delete_with(&DeleteRequest::new(id, expected_version))
+}
+
+/// DELETE with its options (purge, or a recovery window of its own).
+pub fn delete_with<'a>(request: &DeleteRequest<'a>) -> Call<'a, DeleteReply> {
+    Call { request: Request::Delete(*request), decode: DeleteReply::decode }
+}
+
+/// UNDELETE; the reply is the current version, served again.
+pub fn undelete(id: &str) -> Call<'_, DeleteReply> {
+    Call { request: Request::Undelete(UndeleteRequest { id }), decode: DeleteReply::decode }
+}
+
+/// DESTROY of one kept version; the reply is that version.
+pub fn destroy(id: &str, version: u64) -> Call<'_, DeleteReply> {
+    Call { request: Request::Destroy(DestroyRequest { id, version }), decode: DeleteReply::decode }
 }
 
 /// ROTATE; the reply is the new version.

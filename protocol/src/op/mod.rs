@@ -21,7 +21,7 @@ use crate::limits::Limits;
 use crate::wire::{put_str16, DecodeError, Reader};
 
 use batch_get::BatchGetRequest;
-use delete::DeleteRequest;
+use delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
 use get::{GetMetaRequest, GetRequest};
 use hello::HelloRequest;
 use keys::RekeyRequest;
@@ -41,6 +41,8 @@ pub enum Request<'a> {
     Rotate(RotateRequest<'a>),
     BatchGet(BatchGetRequest<'a>),
     List(ListRequest<'a>),
+    Undelete(UndeleteRequest<'a>),
+    Destroy(DestroyRequest<'a>),
     Stats,
     RotateKey,
     Rekey(RekeyRequest<'a>),
@@ -85,6 +87,8 @@ impl<'a> Request<'a> {
             Op::Rotate => RotateRequest::decode(&mut reader, limits).map(Request::Rotate),
             Op::BatchGet => BatchGetRequest::decode(&mut reader, limits).map(Request::BatchGet),
             Op::List => ListRequest::decode(&mut reader, limits).map(Request::List),
+            Op::Undelete => UndeleteRequest::decode(&mut reader, limits).map(Request::Undelete),
+            Op::Destroy => DestroyRequest::decode(&mut reader, limits).map(Request::Destroy),
             Op::Stats => Ok(Request::Stats),
             Op::RotateKey => Ok(Request::RotateKey),
             Op::Rekey => RekeyRequest::decode(&mut reader).map(Request::Rekey),
@@ -104,6 +108,8 @@ impl<'a> Request<'a> {
             Request::Rotate(_) => Op::Rotate,
             Request::BatchGet(_) => Op::BatchGet,
             Request::List(_) => Op::List,
+            Request::Undelete(_) => Op::Undelete,
+            Request::Destroy(_) => Op::Destroy,
             Request::Stats => Op::Stats,
             Request::RotateKey => Op::RotateKey,
             Request::Rekey(_) => Op::Rekey,
@@ -118,6 +124,8 @@ impl<'a> Request<'a> {
             Request::GetMeta(meta) => Some(meta.id),
             Request::Delete(delete) => Some(delete.id),
             Request::Rotate(rotate) => Some(rotate.id),
+            Request::Undelete(undelete) => Some(undelete.id),
+            Request::Destroy(destroy) => Some(destroy.id),
             Request::Hello(_)
             | Request::Ping(_)
             | Request::BatchGet(_)
@@ -141,6 +149,8 @@ impl<'a> Request<'a> {
             Request::Rotate(rotate) => rotate.encode(out),
             Request::BatchGet(batch) => batch.encoded_body(out),
             Request::List(list) => list.encode(out),
+            Request::Undelete(undelete) => undelete.encode(out),
+            Request::Destroy(destroy) => destroy.encode(out),
             Request::Stats | Request::RotateKey => {}
             Request::Rekey(rekey) => rekey.encode(out),
         }

@@ -156,12 +156,34 @@ pub enum ClientCommand {
         #[command(flatten)]
         connect: Connect,
     },
-    /// Delete a credential and all its versions.
+    /// Delete a credential: unreadable at once, recoverable with `undelete` for the server's
+    /// recovery window (7 days by default), then purged with all its versions.
     Delete {
         id: String,
         /// Only delete if the current version is V.
         #[arg(long)]
         if_version: Option<u64>,
+        /// Remove it and all its versions at once, unrecoverably.
+        #[arg(long, conflicts_with = "recovery_window")]
+        purge: bool,
+        /// Keep it recoverable for S seconds instead of the server's window (1..=31536000).
+        #[arg(long, value_name = "S")]
+        recovery_window: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Restore a deleted credential within its recovery window, as it was.
+    Undelete {
+        id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Erase one version's secret for good, keeping its metadata (its state becomes destroyed).
+    Destroy {
+        id: String,
+        /// The version to destroy.
+        #[arg(long)]
+        version: u64,
         #[command(flatten)]
         connect: Connect,
     },

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use anyhow::{bail, Context};
 use credshard_engine::crypto::MasterKey;
 use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
+use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
 use credshard_protocol::op::rotate::RotateRequest;
@@ -148,9 +149,27 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ClientCommand::Delete { id, if_version, connect } => {
-            let reply = connect_to(&connect)?.delete(&id, if_version)?;
-            println!("deleted {id} (was version {})", reply.version);
+        ClientCommand::Delete { id, if_version, purge, recovery_window, connect } => {
+            let request = DeleteRequest {
+                purge,
+                recovery_window_seconds: recovery_window,
+                ..DeleteRequest::new(&id, if_version)
+            };
+            let reply = connect_to(&connect)?.delete_with(&request)?;
+            match purge {
+                true => println!("purged {id} (was version {})", reply.version),
+                false => println!("deleted {id} (was version {}; `undelete` restores it)", reply.version),
+            }
+            Ok(())
+        }
+        ClientCommand::Undelete { id, connect } => {
+            let version = connect_to(&connect)?.undelete(&id)?;
+            println!("{id} is served again at version {version}");
+            Ok(())
+        }
+        ClientCommand::Destroy { id, version, connect } => {
+            let version = connect_to(&connect)?.destroy(&id, version)?;
+            println!("destroyed version {version} of {id}");
             Ok(())
         }
         ClientCommand::RotateKey { wait, connect } => {

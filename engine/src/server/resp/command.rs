@@ -304,9 +304,7 @@ fn per_key(args: Args<'_>, shape: Shape, op: Op) -> Result<Plan<'_>, Local<'_>> 
 /// The native request for one key of a [`Plan::PerKey`].
 pub fn per_key_request(op: Op, id: &str) -> Request<'_> {
     match op {
-        Op::Delete => {
-            Request::Delete(credshard_protocol::op::delete::DeleteRequest { id, expected_version: None })
-        }
+        Op::Delete => Request::Delete(credshard_protocol::op::delete::DeleteRequest::new(id, None)),
         Op::GetMeta => Request::GetMeta(GetMetaRequest { id }),
         _ => unreachable!("DEL and EXISTS only"),
     }
@@ -592,10 +590,8 @@ fn plan_rotate(args: Args<'_>) -> Result<Plan<'_>, Local<'_>> {
 fn plan_delete(args: Args<'_>) -> Result<Plan<'_>, Local<'_>> {
     let id = args.str(1)?;
     let [if_version] = options(args, 2, ["ifversion"])?;
-    let delete = credshard_protocol::op::delete::DeleteRequest {
-        id,
-        expected_version: option_number(if_version, "IFVERSION")?,
-    };
+    let delete =
+        credshard_protocol::op::delete::DeleteRequest::new(id, option_number(if_version, "IFVERSION")?);
     Ok(Plan::Native(Shape::Version, Request::Delete(delete)))
 }
 
