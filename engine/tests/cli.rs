@@ -130,10 +130,21 @@ fn zero_configuration_serve_and_client_subcommands() {
     served.run(&["delete", "svc/cache"], b"");
 
     let delete = served.run(&["delete", "svc/db"], b"");
-    assert_eq!(text(&delete.stdout).trim(), "deleted svc/db (was version 2)");
+    assert_eq!(text(&delete.stdout).trim(), "deleted svc/db (was version 2; `undelete` restores it)");
     let missing = served.run(&["get", "svc/db"], b"");
     assert_eq!(missing.status.code(), Some(1));
-    assert!(text(&missing.stderr).contains("NOT_FOUND"));
+    assert!(text(&missing.stderr).contains("NOT_FOUND: credential deleted"), "{}", text(&missing.stderr));
+    let undelete = served.run(&["undelete", "svc/db"], b"");
+    assert_eq!(text(&undelete.stdout).trim(), "svc/db is served again at version 2");
+    assert_eq!(text(&served.run(&["get", "svc/db"], b"").stdout), "rotated-canary\n");
+    let destroy = served.run(&["destroy", "svc/db", "--version", "1"], b"");
+    assert_eq!(text(&destroy.stdout).trim(), "destroyed version 1 of svc/db");
+    let destroyed = served.run(&["get", "svc/db", "--version", "1"], b"");
+    assert!(text(&destroyed.stderr).contains("NOT_FOUND: version destroyed"), "{}", text(&destroyed.stderr));
+    let purge = served.run(&["delete", "svc/db", "--purge"], b"");
+    assert_eq!(text(&purge.stdout).trim(), "purged svc/db (was version 2)");
+    let gone = served.run(&["undelete", "svc/db"], b"");
+    assert!(text(&gone.stderr).contains("NOT_FOUND: credential not found"), "{}", text(&gone.stderr));
 
     let bad_kind = served.run(&["put", "x", "--owner", "o", "--scope", "s", "--kind", "nope"], b"x");
     assert_eq!(bad_kind.status.code(), Some(1));

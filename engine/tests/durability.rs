@@ -265,19 +265,29 @@ fn writes_after_an_expiry_sweep_survive_a_restart() {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
-        // Written again from version 1 and acknowledged.
+        // Written again, after the swept versions (a purged id keeps its last version), and
+        // acknowledged.
         for id in &ids {
-            assert_eq!(client.put(&put(id, format!("{id} new 1").as_bytes())).unwrap(), 1);
-            assert_eq!(client.put(&put(id, format!("{id} new 2").as_bytes())).unwrap(), 2);
+            assert_eq!(client.put(&put(id, format!("{id} new 1").as_bytes())).unwrap(), 3);
+            assert_eq!(client.put(&put(id, format!("{id} new 2").as_bytes())).unwrap(), 4);
         }
     } // SIGKILL
     let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});
     let mut client = Client::connect(server.address.as_str()).unwrap();
     for id in &ids {
         let reply = client.get(id).unwrap_or_else(|error| panic!("{id} after the restart: {error}"));
-        assert_eq!((reply.metadata.version, reply.secret.expose()), (2, format!("{id} new 2").as_bytes()));
-        assert_eq!(client.get_version(id, 1).unwrap().secret.expose(), format!("{id} new 1").as_bytes());
+        assert_eq!((reply.metadata.version, reply.secret.expose()), (4, format!("{id} new 2").as_bytes()));
+        assert_eq!(client.get_version(id, 3).unwrap().secret.expose(), format!("{id} new 1").as_bytes());
+        assert_eq!(
+            client.get_version(id, 2).unwrap_err().status(),
+            Some(Status::NotFound),
+            "history dropped"
+        );
         assert_eq!(reply.metadata.expires_at_ms, None, "the new versions do not expire");
+        // And after another restart, past a purge the snapshot or log replays again.
+        let mut again = put(id, b"after");
+        again.expected_version = Some(4);
+        assert_eq!(client.put(&again).unwrap(), 5);
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use common::{put, TestServer};
+use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::list::ListRequest;
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{Client, ClientError, Status, VersionState};
@@ -44,6 +45,15 @@ enum Operation {
     },
     Delete {
         key: usize,
+        purge: bool,
+    },
+    Undelete {
+        key: usize,
+    },
+    /// DESTROY of the version `back` before the current one.
+    Destroy {
+        key: usize,
+        back: u64,
     },
     CompareAndDelete {
         key: usize,
@@ -74,7 +84,9 @@ fn operation() -> impl Strategy<Value = Operation> {
             .prop_map(|(key, correct, secret)| Operation::CompareAndSet { key, correct, secret }),
         1 => (key.clone(), secret.clone()).prop_map(|(key, secret)| Operation::CreateOnly { key, secret }),
         2 => (key.clone(), any::<bool>(), secret).prop_map(|(key, long_grace, secret)| Operation::Rotate { key, long_grace, secret }),
-        1 => key.clone().prop_map(|key| Operation::Delete { key }),
+        2 => (key.clone(), any::<bool>()).prop_map(|(key, purge)| Operation::Delete { key, purge }),
+        1 => key.clone().prop_map(|key| Operation::Undelete { key }),
+        1 => (key.clone(), 0u64..4).prop_map(|(key, back)| Operation::Destroy { key, back }),
         1 => (key.clone(), any::<bool>()).prop_map(|(key, correct)| Operation::CompareAndDelete { key, correct }),
         2 => key.clone().prop_map(|key| Operation::Get { key }),
         2 => (key.clone(), 0u64..12).prop_map(|(key, back)| Operation::GetVersion { key, back }),
@@ -89,6 +101,17 @@ struct ModelVersion {
     version: u64,
     secret: Vec<u8>,
     replaced: VersionState,
+    destroyed: bool,
+}
+
+impl ModelVersion {
+    fn state(&self) -> VersionState {
+        if self.destroyed {
+            VersionState::Destroyed
+        } else {
+            self.replaced
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +119,8 @@ struct ModelCredential {
     owner: String,
     /// Newest first, at most MAX_VERSIONS.
     versions: Vec<ModelVersion>,
+    /// Deleted, recoverable with UNDELETE (the test's window is far longer than a case).
+    deleted: bool,
 }
 
 impl ModelCredential {
@@ -106,8 +131,15 @@ impl ModelCredential {
     fn push(&mut self, secret: &[u8], replaced_as: VersionState) -> u64 {
         let version = self.current().version + 1;
         self.versions[0].replaced = replaced_as;
-        self.versions
-            .insert(0, ModelVersion { version, secret: secret.to_vec(), replaced: VersionState::Current });
+        self.versions.insert(
+            0,
+            ModelVersion {
+                version,
+                secret: secret.to_vec(),
+                replaced: VersionState::Current,
+                destroyed: false,
+            },
+        );
         self.versions.truncate(MAX_VERSIONS);
         version
     }
@@ -126,7 +158,10 @@ fn status<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Status {
 
 struct Case<'a> {
     client: Client,
+    /// Live and deleted credentials.
     model: Model,
+    /// The last version of each purged id.
+    purged: HashMap<String, u64>,
     prefix: &'a str,
 }
 
@@ -139,8 +174,14 @@ impl Case<'_> {
         format!("{}-owner-{owner}", self.prefix)
     }
 
+    /// The live credential (not deleted).
+    fn live(&self, id: &str) -> Option<&ModelCredential> {
+        self.model.get(id).filter(|credential| !credential.deleted)
+    }
+
+    /// The current version for compare-and-set: 0 when absent or deleted.
     fn current_version(&self, id: &str) -> u64 {
-        self.model.get(id).map_or(0, |credential| credential.current().version)
+        self.live(id).map_or(0, |credential| credential.current().version)
     }
 
     fn check(&mut self, operation: &Operation) {
@@ -178,7 +219,7 @@ impl Case<'_> {
                 request.expected_version = Some(0);
                 match self.client.put(&request) {
                     Ok(version) => {
-                        assert!(!self.model.contains_key(&id));
+                        assert!(self.live(&id).is_none());
                         self.apply_put(&id, &owner, secret, version);
                     }
                     Err(error) => assert_eq!(error.current_version(), Some(self.current_version(&id))),
@@ -193,7 +234,8 @@ impl Case<'_> {
                     grace_period_seconds: Some(grace),
                     secret,
                 };
-                match (self.client.rotate(&request), self.model.get_mut(&id)) {
+                let live = self.model.get_mut(&id).filter(|credential| !credential.deleted);
+                match (self.client.rotate(&request), live) {
                     (Ok(version), Some(credential)) => {
                         let replaced =
                             if *long_grace { VersionState::PreviousInGrace } else { VersionState::Retired };
@@ -203,12 +245,51 @@ impl Case<'_> {
                     (result, state) => panic!("rotate {result:?} with model state {state:?}"),
                 }
             }
-            Operation::Delete { key } => {
+            Operation::Delete { key, purge } => {
                 let id = self.id(*key);
-                match (self.client.delete(&id, None), self.model.remove(&id)) {
-                    (Ok(reply), Some(credential)) => assert_eq!(reply.version, credential.current().version),
+                let request = DeleteRequest { purge: *purge, ..DeleteRequest::new(&id, None) };
+                let result = self.client.delete_with(&request);
+                let credential = self.model.get_mut(&id).filter(|credential| *purge || !credential.deleted);
+                match (result, credential) {
+                    (Ok(reply), Some(credential)) => {
+                        assert_eq!(reply.version, credential.current().version);
+                        credential.deleted = true;
+                        if *purge {
+                            self.purged.insert(id.clone(), reply.version);
+                            self.model.remove(&id);
+                        }
+                    }
                     (Err(error), None) => assert_eq!(error.status(), Some(Status::NotFound)),
                     (result, state) => panic!("delete {result:?} with model state {state:?}"),
+                }
+            }
+            Operation::Undelete { key } => {
+                let id = self.id(*key);
+                match (self.client.undelete(&id), self.model.get_mut(&id)) {
+                    (Ok(version), Some(credential)) => {
+                        assert_eq!(version, credential.current().version);
+                        credential.deleted = false;
+                    }
+                    (Err(error), None) => assert_eq!(error.status(), Some(Status::NotFound)),
+                    (result, state) => panic!("undelete {result:?} with model state {state:?}"),
+                }
+            }
+            Operation::Destroy { key, back } => {
+                let id = self.id(*key);
+                let Some(credential) = self.model.get_mut(&id).filter(|credential| !credential.deleted)
+                else {
+                    assert_eq!(status(self.client.destroy(&id, 1)), Status::NotFound);
+                    return;
+                };
+                let wanted = credential.current().version.saturating_sub(*back).max(1);
+                let kept = credential.versions.iter_mut().find(|kept| kept.version == wanted);
+                match (self.client.destroy(&id, wanted), kept) {
+                    (Ok(version), Some(kept)) => {
+                        assert_eq!(version, wanted);
+                        kept.destroyed = true;
+                    }
+                    (Err(error), None) => assert_eq!(error.status(), Some(Status::NotFound)),
+                    (result, kept) => panic!("destroy {wanted}: {result:?} with model state {kept:?}"),
                 }
             }
             Operation::CompareAndDelete { key, correct } => {
@@ -223,7 +304,7 @@ impl Case<'_> {
                     Ok(reply) => {
                         assert!(*correct);
                         assert_eq!(reply.version, current);
-                        self.model.remove(&id);
+                        self.model.get_mut(&id).expect("a live credential").deleted = true;
                     }
                     Err(error) => {
                         assert!(!correct);
@@ -233,7 +314,9 @@ impl Case<'_> {
             }
             Operation::Get { key } => {
                 let id = self.id(*key);
-                match (self.client.get(&id), self.model.get(&id)) {
+                let result = self.client.get(&id);
+                let live = self.live(&id).filter(|credential| !credential.current().destroyed);
+                match (result, live) {
                     (Ok(reply), Some(credential)) => {
                         assert_eq!(reply.metadata.version, credential.current().version);
                         assert_eq!(reply.secret.expose(), &credential.current().secret[..]);
@@ -245,14 +328,18 @@ impl Case<'_> {
             }
             Operation::GetVersion { key, back } => {
                 let id = self.id(*key);
-                let Some(credential) = self.model.get(&id) else {
+                let Some(credential) = self.live(&id) else {
                     assert_eq!(status(self.client.get_version(&id, 1)), Status::NotFound);
                     return;
                 };
                 let wanted = credential.current().version.saturating_sub(*back).max(1);
                 let kept = credential.versions.iter().find(|kept| kept.version == wanted).cloned();
                 match (self.client.get_version(&id, wanted), kept) {
+                    (Err(error), Some(kept)) if kept.destroyed => {
+                        assert_eq!(error.status(), Some(Status::NotFound), "destroyed version {wanted}")
+                    }
                     (Ok(reply), Some(kept)) => {
+                        assert!(!kept.destroyed, "a destroyed version was returned");
                         assert_ne!(kept.replaced, VersionState::Retired, "a retired secret was returned");
                         assert_eq!(reply.secret.expose(), &kept.secret[..]);
                         assert_eq!(reply.metadata.version, wanted);
@@ -269,12 +356,13 @@ impl Case<'_> {
             }
             Operation::GetMeta { key } => {
                 let id = self.id(*key);
-                match (self.client.get_meta(&id), self.model.get(&id)) {
+                let result = self.client.get_meta(&id);
+                match (result, self.live(&id)) {
                     (Ok(reply), Some(credential)) => {
                         let states: Vec<(u64, VersionState)> =
                             reply.versions.iter().map(|info| (info.version, info.state)).collect();
                         let expected: Vec<(u64, VersionState)> =
-                            credential.versions.iter().map(|kept| (kept.version, kept.replaced)).collect();
+                            credential.versions.iter().map(|kept| (kept.version, kept.state())).collect();
                         assert_eq!(states, expected);
                     }
                     (Err(error), None) => assert_eq!(error.status(), Some(Status::NotFound)),
@@ -305,7 +393,7 @@ impl Case<'_> {
                 let expected: BTreeSet<String> = self
                     .model
                     .iter()
-                    .filter(|(_, credential)| credential.owner == owner)
+                    .filter(|(_, credential)| credential.owner == owner && !credential.deleted)
                     .map(|(id, _)| id.clone())
                     .collect();
                 assert_eq!(unique, expected);
@@ -314,18 +402,27 @@ impl Case<'_> {
     }
 
     fn apply_put(&mut self, id: &str, owner: &str, secret: &[u8], version: u64) {
-        match self.model.get_mut(id) {
+        match self.model.get_mut(id).filter(|credential| !credential.deleted) {
             Some(credential) => {
                 assert_eq!(credential.push(secret, VersionState::Superseded), version);
                 credential.owner = owner.to_owned();
             }
             None => {
-                assert_eq!(version, 1);
-                let first =
-                    ModelVersion { version, secret: secret.to_vec(), replaced: VersionState::Current };
+                // A new history; a deleted or purged id's versions go on from its last.
+                let last = match self.model.get(id) {
+                    Some(deleted) => deleted.current().version,
+                    None => self.purged.get(id).copied().unwrap_or(0),
+                };
+                assert_eq!(version, last + 1, "{id}: versions never restart");
+                let first = ModelVersion {
+                    version,
+                    secret: secret.to_vec(),
+                    replaced: VersionState::Current,
+                    destroyed: false,
+                };
                 self.model.insert(
                     id.to_owned(),
-                    ModelCredential { owner: owner.to_owned(), versions: vec![first] },
+                    ModelCredential { owner: owner.to_owned(), versions: vec![first], deleted: false },
                 );
             }
         }
@@ -339,7 +436,7 @@ proptest! {
     fn server_matches_an_in_memory_model(operations in proptest::collection::vec(operation(), 1..80)) {
         static CASE: AtomicUsize = AtomicUsize::new(0);
         let prefix = format!("model-{}", CASE.fetch_add(1, Ordering::Relaxed));
-        let mut case = Case { client: server().client(), model: Model::new(), prefix: &prefix };
+        let mut case = Case { client: server().client(), model: Model::new(), purged: HashMap::new(), prefix: &prefix };
         for operation in &operations {
             case.check(operation);
         }
@@ -347,7 +444,10 @@ proptest! {
         for key in 0..KEYS {
             let id = case.id(key);
             let stored = case.client.get(&id).ok().map(|reply| (reply.metadata.version, reply.secret.expose().to_vec()));
-            let expected = case.model.get(&id).map(|credential| (credential.current().version, credential.current().secret.clone()));
+            let expected = case
+                .live(&id)
+                .filter(|credential| !credential.current().destroyed)
+                .map(|credential| (credential.current().version, credential.current().secret.clone()));
             prop_assert_eq!(stored, expected);
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::{ids_on_every_shard, put, TestServer};
 use credshard_protocol::client::ResponseFrame;
+use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::encode_error;
 use credshard_protocol::{
     encode_labels, ClientError, Expiry, Kind, Labels, PutRequest, Status, VersionState,
@@ -66,7 +67,10 @@ fn put_get_meta_delete_on_both_shards() {
         assert_eq!(client.delete(&id, None).unwrap().version, 2);
         assert_eq!(status_of(client.get(&id)), Status::NotFound);
         assert_eq!(status_of(client.get_meta(&id)), Status::NotFound);
-        assert_eq!(status_of(client.delete(&id, None)), Status::NotFound);
+        assert_eq!(status_of(client.delete(&id, None)), Status::NotFound, "deleted already");
+        let purge = DeleteRequest { purge: true, ..DeleteRequest::new(&id, None) };
+        assert_eq!(client.delete_with(&purge).unwrap().version, 2, "a deleted credential can be purged");
+        assert_eq!(status_of(client.delete_with(&purge)), Status::NotFound);
     }
     assert!(server.store().is_empty());
 }

@@ -34,8 +34,12 @@ use crate::storage::{ShardStorage, Shards};
 
 const IDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
 const OWNERS: [&str; 2] = ["alice", "bob"];
-const LIFECYCLE: Lifecycle =
-    Lifecycle { max_versions: 3, grace_period_ms: 1_500, recovery_window_ms: 2_000, recoverable_deletes: true };
+const LIFECYCLE: Lifecycle = Lifecycle {
+    max_versions: 3,
+    grace_period_ms: 1_500,
+    recovery_window_ms: 2_000,
+    recoverable_deletes: true,
+};
 const START_MS: u64 = 1_000_000;
 
 /// A shard's log in memory: appended entries wait in `pending` until a commit moves them,
@@ -180,7 +184,8 @@ impl Model {
         let deleted = self.deleted.contains_key(&id);
         let live = existing.filter(|versions| !expired(&versions[0], now_ms) && !deleted);
         conflict(expected, live.map_or(0, |versions| versions[0].version))?;
-        let last = existing.map_or(self.purged.get(&id).copied().unwrap_or(0), |versions| versions[0].version);
+        let last =
+            existing.map_or(self.purged.get(&id).copied().unwrap_or(0), |versions| versions[0].version);
         let version = last + 1;
         let mut versions = vec![Version { version, ..new }];
         versions.extend(live.into_iter().flatten().take(LIFECYCLE.max_versions - 1).cloned());
@@ -231,7 +236,8 @@ impl Model {
             return Err(OpError::Expired);
         }
         let versions = self.credentials.get_mut(&id).expect("checked above");
-        let kept = versions.iter_mut().find(|kept| kept.version == version).ok_or(OpError::VersionNotFound)?;
+        let kept =
+            versions.iter_mut().find(|kept| kept.version == version).ok_or(OpError::VersionNotFound)?;
         kept.destroyed = true;
         kept.secret.clear();
         Ok(version)
@@ -354,7 +360,8 @@ impl Model {
             .credentials
             .iter()
             .filter(|(id, versions)| {
-                expired(&versions[0], now_ms) || self.deleted.get(id).is_some_and(|&purge_at| purge_at <= now_ms)
+                expired(&versions[0], now_ms)
+                    || self.deleted.get(id).is_some_and(|&purge_at| purge_at <= now_ms)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -557,7 +564,8 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 let removed = model.sweep(now_ms);
                 prop_assert_eq!(swept, removed.len(), "step {}: {:?}", step, op);
                 let shards = system.store.shard_count();
-                uncommitted.extend(removed.into_iter().map(|purged| (shard_for(IDS[purged.id], shards), purged)));
+                uncommitted
+                    .extend(removed.into_iter().map(|purged| (shard_for(IDS[purged.id], shards), purged)));
             }
             Op::Advance { ms } => now_ms += ms,
             Op::Restart { shards } => {

@@ -482,7 +482,10 @@ mod tests {
         assert!(!husk.archive_bytes().windows(ciphertext.len()).any(|window| window == ciphertext));
         assert!(husk.credential().ciphertext.is_empty());
         let (old, new) = (record.metadata(), husk.metadata());
-        assert_eq!((old.id, old.owner, old.version, old.expires_at_ms), (new.id, new.owner, new.version, new.expires_at_ms));
+        assert_eq!(
+            (old.id, old.owner, old.version, old.expires_at_ms),
+            (new.id, new.owner, new.version, new.expires_at_ms)
+        );
         assert_eq!(husk.credential().previous_grace_until_ms, 5);
         assert_eq!(Record::from_bytes(husk.archive_bytes()).unwrap().key_id(), DESTROYED_KEY_ID);
         let mut out = BytesMut::new();

@@ -3,11 +3,11 @@
 //! installs entries through the same functions, so the history rules are written once.
 
 use super::record::Record;
+use super::shard::Deletion;
 use super::shard::{Entry, Id};
 use super::store::Store;
 use crate::error::EngineError;
 use crate::storage::wal;
-use super::shard::Deletion;
 use crate::storage::wal::EntryType;
 use crate::storage::{Shards, SnapshotItem};
 
@@ -105,7 +105,13 @@ fn replay(
                 }
                 wal::Entry::SoftDelete { id, version, deleted_at_ms, purge_at_ms } => {
                     if store.shard_for(id) == shard_id {
-                        set_deletion(store, shard_id, id, version, Some(Deletion { deleted_at_ms, purge_at_ms }));
+                        set_deletion(
+                            store,
+                            shard_id,
+                            id,
+                            version,
+                            Some(Deletion { deleted_at_ms, purge_at_ms }),
+                        );
                     }
                 }
                 wal::Entry::Undelete { id, version } => {

@@ -6,8 +6,8 @@
 //! immutable [`Entry`]; kept versions are shared between entries (a [`Record`] is a handle to
 //! shared bytes).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use credshard_protocol::VersionState;

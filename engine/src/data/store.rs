@@ -596,7 +596,10 @@ mod tests {
         let purge = DeleteRequest { purge: true, ..delete(None) };
         assert_eq!(apply(&mut writer, Write::Delete(&purge), now, &Acl::everything()), Ok(3));
         assert!(store.is_empty());
-        assert_eq!(apply(&mut writer, Write::Delete(&purge), now, &Acl::everything()), Err(OpError::NotFound));
+        assert_eq!(
+            apply(&mut writer, Write::Delete(&purge), now, &Acl::everything()),
+            Err(OpError::NotFound)
+        );
         assert_eq!(
             apply(&mut writer, Write::Put(&put("a", b"again", Some(0))), now, &Acl::everything()),
             Ok(4),

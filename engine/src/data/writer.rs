@@ -65,10 +65,7 @@ pub struct Prepared {
 #[derive(Debug)]
 enum Change {
     /// A new version; `keep_history`: the versions before it stay (false after an expiry).
-    Version {
-        record: Record,
-        keep_history: bool,
-    },
+    Version { record: Record, keep_history: bool },
     /// Removed at once with every version (a purge).
     Delete,
     /// Kept, unreadable, until UNDELETE or its purge time.
@@ -168,7 +165,8 @@ impl ShardWriter {
             Some(_) => store.shard(shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect(),
             None => VecDeque::new(),
         };
-        let mut writer = ShardWriter { store, shard_id, expiries, purges, log: None, clock, _not_send: PhantomData };
+        let mut writer =
+            ShardWriter { store, shard_id, expiries, purges, log: None, clock, _not_send: PhantomData };
         writer.evict_past_capacity(None);
         writer
     }
@@ -336,7 +334,10 @@ impl ShardWriter {
         let version = current.version();
         let expired = current.is_expired(now_ms);
         if request.expected_version.is_some() {
-            check_expected(request.expected_version, if expired || entry.is_deleted() { 0 } else { version })?;
+            check_expected(
+                request.expected_version,
+                if expired || entry.is_deleted() { 0 } else { version },
+            )?;
         }
         let lifecycle = self.store.lifecycle();
         let window_ms = request
@@ -345,7 +346,10 @@ impl ShardWriter {
         let change = if request.purge || window_ms == 0 || expired || !lifecycle.recoverable_deletes {
             Change::Delete
         } else {
-            Change::SoftDelete(Deletion { deleted_at_ms: now_ms, purge_at_ms: now_ms.saturating_add(window_ms) })
+            Change::SoftDelete(Deletion {
+                deleted_at_ms: now_ms,
+                purge_at_ms: now_ms.saturating_add(window_ms),
+            })
         };
         Ok(Prepared { id: request.id.into(), base_version: version, change })
     }
@@ -479,7 +483,15 @@ impl ShardWriter {
                 let entry = existing.expect("a destroyed version's credential exists");
                 let versions: Vec<Record> = entry
                     .versions()
-                    .map(|record| if record.version() == husk.version() { husk.clone() } else { record.clone() })
+                    .map(
+                        |record| {
+                            if record.version() == husk.version() {
+                                husk.clone()
+                            } else {
+                                record.clone()
+                            }
+                        },
+                    )
                     .collect();
                 map.insert(prepared.id.as_ref().into(), Entry::new(versions).with_deletion(entry.deletion()));
                 if let Some(log) = &self.log {

@@ -146,7 +146,7 @@ mod tests {
         let plain = DeleteRequest::new("db", Some(3));
         let mut out = BytesMut::new();
         plain.encode(&mut out);
-        assert_eq!(&out[..], b"\x02\x00db\x01\x03\x00\x00\x00\x00\x00\x00\x00");
+        assert_eq!(&out[..], b"\x02\x00db\x01\x03\x00\x00\x00\x00\x00\x00\x00", "no tail");
         assert_eq!(decode(&out), Ok(plain));
         for request in [
             DeleteRequest { purge: true, ..DeleteRequest::new("db", None) },
@@ -160,21 +160,29 @@ mod tests {
 
     #[test]
     fn a_tail_with_unknown_flags_a_window_out_of_range_or_both_purge_and_window_is_malformed() {
-        let base = b"\x02\x00db\x00".to_vec();
-        for (tail, field) in [
-            (&b"\x02\x00"[..], "flags"),
-            (b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00", "recovery_window_seconds"),
-            (b"\x00\x01\x01\x00\x00\x00\x00\x00\x00\x00", "ok"),
-            (b"\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00", "recovery_window_seconds"),
-            (b"\x00\x01\xff\xff\xff\xff\x00\x00\x00\x00", "recovery_window_seconds"),
+        let body = |flags: u8, window: Option<u64>| {
+            let mut out = BytesMut::new();
+            put_str16(&mut out, "db");
+            put_opt_u64(&mut out, None);
+            out.put_u8(flags);
+            put_opt_u64(&mut out, window);
+            out.to_vec()
+        };
+        for (flags, window, field) in [
+            (0x02, None, "flags"),
+            (0x00, Some(0), "recovery_window_seconds"),
+            (0x01, Some(1), "recovery_window_seconds"),
+            (0x00, Some(RECOVERY_WINDOW_SECONDS_MAX + 1), "recovery_window_seconds"),
         ] {
-            let body = [base.as_slice(), tail].concat();
-            match (decode(&body), field) {
-                (Ok(request), "ok") => assert_eq!(request.recovery_window_seconds, Some(1)),
-                (Err(DecodeError::InvalidValue { field: got, .. }), want) => assert_eq!(got, want),
-                (other, want) => panic!("{other:?} for {want}"),
+            match decode(&body(flags, window)) {
+                Err(DecodeError::InvalidValue { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{other:?} for {flags} {window:?}"),
             }
         }
-        assert!(matches!(decode(b"\x02\x00db\x00\x00"), Err(DecodeError::Truncated { .. })));
+        assert_eq!(decode(&body(0, Some(1))).unwrap().recovery_window_seconds, Some(1));
+        assert!(!decode(&body(0, Some(RECOVERY_WINDOW_SECONDS_MAX))).unwrap().purge);
+        assert!(decode(&body(1, None)).unwrap().purge);
+        let cut = body(1, None);
+        assert!(matches!(decode(&cut[..cut.len() - 3]), Err(DecodeError::Truncated { .. })));
     }
 }
