@@ -7,6 +7,7 @@ mod common;
 
 use credshard_engine::crypto::{KeySource, MasterKey};
 use credshard_engine::{Server, ServerConfig, ServerHandle};
+use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{Client, Expiry, Status, VersionState};
 
@@ -413,4 +414,86 @@ fn snapshots_write_at_most_about_twice_what_the_log_does() {
     assert!(snapshots >= 2, "{stats:?}");
     assert!(snapshot_bytes <= 2 * log_bytes, "snapshots wrote {snapshot_bytes} bytes for {log_bytes} of log");
     server.join().unwrap();
+}
+
+/// Deleted, undeleted, destroyed and purged credentials come back as they were after a
+/// SIGKILL, from the log and (with a small compaction threshold) from snapshots; a recovery
+/// window that ends purges, and a purged id's versions go on after a restart.
+#[test]
+fn deletions_destroyed_versions_and_purges_survive_sigkill() {
+    let dirs = ProcessDirs::new();
+    let args = ["--shards", "2", "--sweep-interval-ms", "20", "--compact-log-bytes", "8192"];
+    let ids = ids_on_every_shard(2, 5);
+    let [deleted, destroyed, windowed, purged, undeleted] = [0, 1, 2, 3, 4].map(|index| &ids[index]);
+    let started_ms = credshard_engine::time::now_ms();
+    {
+        let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});
+        let mut client = Client::connect(server.address.as_str()).unwrap();
+        for id in &ids {
+            for version in 1..=2u64 {
+                assert_eq!(client.put(&put(id, format!("{id} v{version}").as_bytes())).unwrap(), version);
+            }
+        }
+        assert_eq!(client.delete(deleted, None).unwrap().version, 2);
+        assert_eq!(client.destroy(destroyed, 1).unwrap(), 1);
+        let short = DeleteRequest { recovery_window_seconds: Some(1), ..DeleteRequest::new(windowed, None) };
+        assert_eq!(client.delete_with(&short).unwrap().version, 2);
+        let purge = DeleteRequest { purge: true, ..DeleteRequest::new(purged, None) };
+        assert_eq!(client.delete_with(&purge).unwrap().version, 2);
+        assert_eq!(client.delete(undeleted, None).unwrap().version, 2);
+        assert_eq!(client.undelete(undeleted).unwrap(), 2);
+        // Enough other writes for snapshots to be taken (and replayed) past these.
+        for index in 0..200 {
+            client.put(&put(&format!("filler-{}", index % 20), &[b'f'; 256])).unwrap();
+        }
+        let snapshots = walk(&dirs.data_dir)
+            .iter()
+            .filter(|path| path.extension().is_some_and(|extension| extension == "snapshot"))
+            .count();
+        assert!(snapshots > 0, "a snapshot holds the deletions, not only the log");
+    } // SIGKILL
+    for restart in 0..2 {
+        let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});
+        let mut client = Client::connect(server.address.as_str()).unwrap();
+        // Deleted: unreadable, and says until when it can be restored.
+        let error = client.get(deleted).unwrap_err();
+        let until = error.recoverable_until_ms().unwrap_or_else(|| panic!("restart {restart}: {error}"));
+        assert!(until >= started_ms + 7 * 24 * 3600 * 1000, "the default window, 7 days");
+        assert!(client.list(&list_all()).unwrap().items.iter().all(|item| &item.id != deleted));
+        // Destroyed: metadata only.
+        let meta = client.get_meta(destroyed).unwrap();
+        let states: Vec<_> = meta.versions.iter().map(|info| (info.version, info.state)).collect();
+        assert_eq!(states, vec![(2, VersionState::Current), (1, VersionState::Destroyed)]);
+        let gone = client.get_version(destroyed, 1).unwrap_err();
+        assert_eq!((gone.status(), gone.recoverable_until_ms()), (Some(Status::NotFound), None));
+        assert_eq!(client.get(destroyed).unwrap().secret.expose(), format!("{destroyed} v2").as_bytes());
+        // Undeleted: served again, both versions.
+        assert_eq!(
+            client.get_version(undeleted, 1).unwrap().secret.expose(),
+            format!("{undeleted} v1").as_bytes()
+        );
+        // Purged, and the short window's end: gone, with no recovery left.
+        let gone: &[&String] = if restart == 0 { &[purged, windowed] } else { &[windowed] };
+        for &id in gone {
+            let mut polls = 0;
+            while client.get(id).unwrap_err().recoverable_until_ms().is_some() {
+                polls += 1;
+                assert!(polls < 500, "{id} was never purged");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert_eq!(client.undelete(id).unwrap_err().status(), Some(Status::NotFound));
+        }
+        if restart == 0 {
+            // Written again, the versions go on from the purged ones; that too is logged.
+            assert_eq!(client.put(&put(purged, b"third")).unwrap(), 3);
+        } else {
+            assert_eq!(client.get(purged).unwrap().metadata.version, 3);
+            assert_eq!(client.undelete(deleted).unwrap(), 2);
+            assert_eq!(client.get(deleted).unwrap().secret.expose(), format!("{deleted} v2").as_bytes());
+        }
+    }
+}
+
+fn list_all() -> credshard_protocol::op::list::ListRequest<'static> {
+    credshard_protocol::op::list::ListRequest { owner: "team-a", scope: "", limit: 100, cursor: &[] }
 }

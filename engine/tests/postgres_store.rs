@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::{put, TestServer};
 use credshard_engine::crypto::MasterKey;
 use credshard_engine::ServerConfig;
+use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::{Client, Status};
 
@@ -400,4 +401,22 @@ fn a_stale_write_over_a_credential_created_again_reads_it_whole() {
         let expected = format!("new {version}").into_bytes();
         assert_eq!(on_stale.ok().as_deref(), Some(&expected[..]), "version {version}");
     }
+}
+
+#[test]
+fn the_database_store_purges_on_delete_and_refuses_what_it_cannot_keep_yet() {
+    let Some(database) = common::postgres::database("no_recoverable_deletes") else { return };
+    let key = *MasterKey::generate().bytes();
+    let server = instance(&database.url(), &key);
+    let mut client = server.client();
+    assert_eq!(client.put(&put("gone", b"one")).unwrap(), 1);
+    assert_eq!(client.put(&put("gone", b"two")).unwrap(), 2);
+    let windowed = DeleteRequest { recovery_window_seconds: Some(60), ..DeleteRequest::new("gone", None) };
+    let refused = client.delete_with(&windowed).unwrap_err();
+    assert_eq!(refused.status(), Some(Status::Unavailable), "{refused}");
+    assert_eq!(client.destroy("gone", 1).unwrap_err().status(), Some(Status::Unavailable));
+    assert_eq!(client.delete("gone", None).unwrap().version, 2, "a plain DELETE purges");
+    assert_eq!(client.undelete("gone").unwrap_err().status(), Some(Status::Unavailable));
+    assert_eq!(client.get("gone").unwrap_err().status(), Some(Status::NotFound));
+    assert_eq!(client.put(&put("gone", b"again")).unwrap(), 1, "versions start again here (not yet kept)");
 }

@@ -34,6 +34,16 @@ impl ClientError {
         }
     }
 
+    /// For `NOT_FOUND` of a deleted credential: when it is purged (Unix ms), until when UNDELETE
+    /// restores it; `None` for any other failure (an id that does not exist, a version not
+    /// kept or destroyed).
+    pub fn recoverable_until_ms(&self) -> Option<u64> {
+        match self {
+            ClientError::Server { status: Status::NotFound, detail, .. } if *detail != 0 => Some(*detail),
+            _ => None,
+        }
+    }
+
     /// For `VERSION_CONFLICT`: the credential's current version (0 if it does not exist).
     pub fn current_version(&self) -> Option<u64> {
         match self {
