@@ -321,6 +321,10 @@ fn the_audit_log_records_allowed_and_refused_requests_and_no_secret() {
     Client::connect_raw(server.address()).unwrap().hello(b"cst_guess").unwrap_err();
     let lister = ListRequest { owner: "", scope: "prod/", limit: 5, cursor: b"" };
     Client::connect_with_token(server.address(), LISTER).unwrap().list(&lister).unwrap_err();
+    admin.destroy("search/db", 1).unwrap();
+    admin.delete("search/db", None).unwrap();
+    admin.undelete("search/db").unwrap();
+    reader.undelete("billing/db").unwrap_err();
     // STATS reports the audit counters (published by each executor every few milliseconds).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -362,6 +366,10 @@ fn the_audit_log_records_allowed_and_refused_requests_and_no_secret() {
     assert!(find("billing-lister", "LIST", None, "UNAUTHORIZED"));
     assert!(entries.iter().any(|e| e["op"] == "LIST" && e["scope"] == "prod/"));
     assert!(find("admin", "HELLO", None, "OK"));
+    assert!(find("admin", "DESTROY", Some("search/db"), "OK"));
+    assert!(find("admin", "DELETE", Some("search/db"), "OK"));
+    assert!(find("admin", "UNDELETE", Some("search/db"), "OK"));
+    assert!(find("billing-reader", "UNDELETE", Some("billing/db"), "UNAUTHORIZED"), "needs `delete`");
 
     let needle = &secret[..];
     for path in walk(&data_dir) {

@@ -5,7 +5,9 @@
 use bytes::BytesMut;
 use credshard_protocol::client::ResponseFrame;
 use credshard_protocol::frame;
-use credshard_protocol::op::delete::DeleteRequest;
+use credshard_protocol::op::delete::{
+    DeleteRequest, DestroyRequest, UndeleteRequest, RECOVERY_WINDOW_SECONDS_MAX,
+};
 use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
 use credshard_protocol::op::hello::HelloRequest;
 use credshard_protocol::op::keys::RekeyRequest;
@@ -85,7 +87,7 @@ impl OwnedPut {
 
 fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8> {
     let key: [u8; 32] = std::array::from_fn(|index| put.secret.get(index).copied().unwrap_or(index as u8));
-    let request = match choice % 9 {
+    let request = match choice % 12 {
         0 => Request::Put(put.request(labels)),
         1 => Request::Get(GetRequest { id: &put.id, version: number }),
         2 => Request::GetMeta(GetMetaRequest { id: &put.id }),
@@ -98,6 +100,13 @@ fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8
         6 if put.secret.is_empty() => Request::RotateKey,
         6 => Request::Rekey(RekeyRequest::Passphrase(&put.secret[..put.secret.len().min(1024)])),
         7 => Request::Rekey(RekeyRequest::Key(&key)),
+        8 => Request::Delete(DeleteRequest {
+            purge: number.is_multiple_of(2),
+            recovery_window_seconds: (number % 2 == 1).then_some(1 + number % RECOVERY_WINDOW_SECONDS_MAX),
+            ..DeleteRequest::new(&put.id, put.expected_version)
+        }),
+        9 => Request::Undelete(UndeleteRequest { id: &put.id }),
+        10 => Request::Destroy(DestroyRequest { id: &put.id, version: number.max(1) }),
         _ => Request::Stats,
     };
     let mut out = BytesMut::new();
