@@ -182,9 +182,9 @@ pub(super) fn install_entry(
     shard.map.pin().insert(id.into(), entry);
 }
 
-/// Replaces the kept version of `record`'s id and version with `record` (recovery of a
-/// logged REWRAP); does nothing when that version is no longer kept.
-fn replace_version(store: &Store, shard_id: usize, record: Record) {
+/// Replaces the kept version of `record`'s id and version with `record` (a DESTROY, and
+/// recovery of a logged REWRAP); does nothing when that version is no longer kept.
+pub(super) fn replace_version(store: &Store, shard_id: usize, record: Record) {
     let map = store.shard(shard_id).map.pin();
     let id = Id::from(record.credential().id.as_str());
     let Some(entry) = map.get(&*id) else { return };

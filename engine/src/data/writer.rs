@@ -20,7 +20,7 @@ use credshard_protocol::{PutRequest, Request};
 use futures::channel::oneshot;
 
 use super::record::{CredentialFields, Record, VersionFields};
-use super::replay::install_entry;
+use super::replay::{install_entry, replace_version};
 use super::shard::{Deletion, Entry};
 use super::store::{check_access, Store};
 use crate::auth::Acl;
@@ -480,23 +480,11 @@ impl ShardWriter {
                 }
             }
             Change::Destroy(husk) => {
-                let entry = existing.expect("a destroyed version's credential exists");
-                let versions: Vec<Record> = entry
-                    .versions()
-                    .map(
-                        |record| {
-                            if record.version() == husk.version() {
-                                husk.clone()
-                            } else {
-                                record.clone()
-                            }
-                        },
-                    )
-                    .collect();
-                map.insert(prepared.id.as_ref().into(), Entry::new(versions).with_deletion(entry.deletion()));
                 if let Some(log) = &self.log {
                     log.append(EntryType::Rewrap, husk.archive_bytes());
                 }
+                // As replay applies the logged REWRAP.
+                replace_version(&store, self.shard_id, husk);
             }
             Change::Nothing { .. } => {}
         }
