@@ -64,7 +64,7 @@ fn get_path(criterion: &mut Criterion) {
             bencher.iter(|| {
                 at = (at + 1) % ids.len();
                 out.clear();
-                let request = GetRequest { id: &ids[at], version: 0 };
+                let request = GetRequest::new(&ids[at], 0);
                 black_box(store.get(black_box(&request), now, &acl, &mut out).unwrap());
             })
         });
@@ -75,7 +75,7 @@ fn get_path(criterion: &mut Criterion) {
                 at = (at + BATCH) % (ids.len() - BATCH);
                 out.clear();
                 for id in &ids[at..at + BATCH] {
-                    black_box(store.get(&GetRequest { id, version: 0 }, now, &acl, &mut out).unwrap());
+                    black_box(store.get(&GetRequest::new(id, 0), now, &acl, &mut out).unwrap());
                 }
             })
         });

@@ -41,9 +41,7 @@ fn in_process(criterion: &mut Criterion) {
     group.bench_function("get", |bencher| {
         bencher.iter(|| {
             out.clear();
-            store
-                .get(black_box(&GetRequest { id: &first, version: 0 }), now, &Acl::everything(), &mut out)
-                .unwrap();
+            store.get(black_box(&GetRequest::new(&first, 0)), now, &Acl::everything(), &mut out).unwrap();
         })
     });
     // Each rotation adds a version; beyond max_versions the oldest is dropped, as in service.

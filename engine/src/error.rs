@@ -45,6 +45,12 @@ pub enum OpError {
     VersionNotFound,
     #[error("version conflict")]
     VersionConflict { current_version: u64 },
+    /// PROMOTE's expected version is not the pending one (`pending_version` 0: none).
+    #[error("pending version conflict")]
+    PendingConflict { pending_version: u64 },
+    /// PROMOTE of a credential with no pending version (answered `NOT_FOUND`).
+    #[error("no pending version")]
+    NoPending,
     #[error("credential expired")]
     Expired,
     #[error("version retired")]
@@ -65,10 +71,12 @@ pub enum OpError {
 impl OpError {
     pub fn status(&self) -> Status {
         match self {
-            OpError::NotFound | OpError::VersionNotFound | OpError::Deleted { .. } | OpError::Destroyed => {
-                Status::NotFound
-            }
-            OpError::VersionConflict { .. } => Status::VersionConflict,
+            OpError::NotFound
+            | OpError::VersionNotFound
+            | OpError::Deleted { .. }
+            | OpError::Destroyed
+            | OpError::NoPending => Status::NotFound,
+            OpError::VersionConflict { .. } | OpError::PendingConflict { .. } => Status::VersionConflict,
             OpError::Expired => Status::Expired,
             OpError::Retired => Status::Retired,
             OpError::InvalidCursor => Status::Malformed,
@@ -83,6 +91,7 @@ impl OpError {
     pub fn detail(&self) -> u64 {
         match self {
             OpError::VersionConflict { current_version } => *current_version,
+            OpError::PendingConflict { pending_version } => *pending_version,
             OpError::Deleted { purge_at_ms } => *purge_at_ms,
             _ => 0,
         }
@@ -99,6 +108,8 @@ impl OpError {
             OpError::VersionConflict { .. } => {
                 "version conflict: detail holds the current version (0: absent)"
             }
+            OpError::PendingConflict { .. } => "version conflict: detail holds the pending version (0: none)",
+            OpError::NoPending => "no pending version: STAGE writes one",
             OpError::Expired => "credential expired",
             OpError::Retired => "version retired: its grace period has ended",
             OpError::InvalidCursor => "invalid list cursor: pass the next_cursor of the previous page",

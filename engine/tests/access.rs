@@ -76,7 +76,7 @@ fn every_op_but_hello<'a>(
     vec![
         Request::Ping(b"hi"),
         Request::Put(*put_request),
-        Request::Get(GetRequest { id: "billing/db", version: 0 }),
+        Request::Get(GetRequest::new("billing/db", 0)),
         Request::GetMeta(GetMetaRequest { id: "billing/db" }),
         Request::Delete(DeleteRequest::new("billing/db", None)),
         Request::Rotate(RotateRequest {
@@ -314,7 +314,7 @@ fn the_audit_log_records_allowed_and_refused_requests_and_no_secret() {
     reader.get("search/db").unwrap_err();
     reader.batch_get(&["billing/db", "search/db"]).unwrap();
     let mut anonymous = Client::connect_raw(server.address()).unwrap();
-    let get = Request::Get(GetRequest { id: "billing/db", version: 0 });
+    let get = Request::Get(GetRequest::new("billing/db", 0));
     assert_eq!(raw_status(&mut anonymous, &get), Status::Unauthorized);
     // The audit log records the first refusal of each unauthenticated connection: the wrong
     // token comes on a connection of its own.

@@ -238,8 +238,7 @@ fn pipelined_reads_that_are_never_read_hold_bounded_memory() {
     honest.put(&put("large", &secret)).unwrap();
     // Three connections each pipeline 2000 GETs of a 64 KiB secret (128 MB of replies; 800
     // requests fit in one 16 KiB read) and never read.
-    let gets: Vec<Request<'_>> =
-        (0..2000).map(|_| Request::Get(GetRequest { id: "large", version: 0 })).collect();
+    let gets: Vec<Request<'_>> = (0..2000).map(|_| Request::Get(GetRequest::new("large", 0))).collect();
     let bytes = encoded(&gets);
     let before = server.rss_bytes();
     let reads_before = stat(&mut honest, "reads_total");
@@ -312,8 +311,7 @@ fn a_client_that_outruns_the_audit_log_slows_everyone_down_but_gets_nobody_refus
     let mut honest = Client::connect(server.address.as_str()).unwrap();
     honest.put(&put("kept", b"value")).unwrap();
     let attack_for = Duration::from_secs(8);
-    let gets: Vec<Request<'_>> =
-        (0..2_000).map(|_| Request::Get(GetRequest { id: "missing", version: 0 })).collect();
+    let gets: Vec<Request<'_>> = (0..2_000).map(|_| Request::Get(GetRequest::new("missing", 0))).collect();
     let bytes = encoded(&gets);
     let mut stream = TcpStream::connect(server.address.as_str()).unwrap();
     let mut reader = stream.try_clone().unwrap();

@@ -183,7 +183,7 @@ impl Codec {
             },
             Protocol::Credshard => {
                 let request = match op {
-                    Op::Get => Request::Get(GetRequest { id, version: 0 }),
+                    Op::Get => Request::Get(GetRequest::new(id, 0)),
                     Op::Put => Request::Put(put_request(id, &self.value)),
                     Op::GetMeta => Request::GetMeta(GetMetaRequest { id }),
                     Op::Rotate => Request::Rotate(RotateRequest {

@@ -27,6 +27,10 @@ pub enum Op {
     Undelete = 0x17,
     /// Erase one version's ciphertext for good, keeping its metadata.
     Destroy = 0x18,
+    /// Write a new version as pending: stored, readable by stage or number, not current.
+    Stage = 0x19,
+    /// Make the pending version current; the replaced one stays readable for a grace period.
+    Promote = 0x1A,
     /// Server counters.
     Stats = 0x20,
     /// A new data key for new writes; records on older keys are re-encrypted in the background.
@@ -37,7 +41,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 16] = [
         Op::Hello,
         Op::Ping,
         Op::Put,
@@ -49,6 +53,8 @@ impl Op {
         Op::List,
         Op::Undelete,
         Op::Destroy,
+        Op::Stage,
+        Op::Promote,
         Op::Stats,
         Op::RotateKey,
         Op::Rekey,
@@ -68,6 +74,8 @@ impl Op {
             0x16 => Op::List,
             0x17 => Op::Undelete,
             0x18 => Op::Destroy,
+            0x19 => Op::Stage,
+            0x1A => Op::Promote,
             0x20 => Op::Stats,
             0x21 => Op::RotateKey,
             0x22 => Op::Rekey,
@@ -89,6 +97,8 @@ impl Op {
             Op::List => "LIST",
             Op::Undelete => "UNDELETE",
             Op::Destroy => "DESTROY",
+            Op::Stage => "STAGE",
+            Op::Promote => "PROMOTE",
             Op::Stats => "STATS",
             Op::RotateKey => "ROTATE_KEY",
             Op::Rekey => "REKEY",
@@ -97,13 +107,16 @@ impl Op {
 
     /// True for ops that change state (and so run on the owning shard's executor).
     pub fn is_write(self) -> bool {
-        matches!(self, Op::Put | Op::Delete | Op::Rotate | Op::Undelete | Op::Destroy)
+        matches!(
+            self,
+            Op::Put | Op::Delete | Op::Rotate | Op::Undelete | Op::Destroy | Op::Stage | Op::Promote
+        )
     }
 
-    /// True for requests whose body carries a plaintext secret (PUT, ROTATE), an access
+    /// True for requests whose body carries a plaintext secret (PUT, ROTATE, STAGE), an access
     /// token (HELLO) or key material (REKEY).
     pub fn carries_secret(self) -> bool {
-        matches!(self, Op::Put | Op::Rotate | Op::Hello | Op::Rekey)
+        matches!(self, Op::Put | Op::Rotate | Op::Stage | Op::Hello | Op::Rekey)
     }
 }
 
@@ -225,6 +238,8 @@ pub enum VersionState {
     Superseded = 3,
     /// Its ciphertext was erased by DESTROY: metadata only, whatever it was before.
     Destroyed = 4,
+    /// Written by STAGE and not promoted yet: readable by stage or number, never as current.
+    Pending = 5,
 }
 
 impl VersionState {
@@ -236,6 +251,7 @@ impl VersionState {
             2 => VersionState::Retired,
             3 => VersionState::Superseded,
             4 => VersionState::Destroyed,
+            5 => VersionState::Pending,
             _ => return None,
         })
     }
@@ -248,6 +264,7 @@ impl VersionState {
             VersionState::Retired => "retired",
             VersionState::Superseded => "superseded",
             VersionState::Destroyed => "destroyed",
+            VersionState::Pending => "pending",
         }
     }
 }
@@ -267,7 +284,7 @@ mod tests {
         }
         assert_eq!(Op::from_u8(0xFF), None);
         let secret_bearing: Vec<Op> = Op::ALL.into_iter().filter(|op| op.carries_secret()).collect();
-        assert_eq!(secret_bearing, vec![Op::Hello, Op::Put, Op::Rotate, Op::Rekey]);
+        assert_eq!(secret_bearing, vec![Op::Hello, Op::Put, Op::Rotate, Op::Stage, Op::Rekey]);
         assert_eq!(Status::from_u8(0xFF), None);
         for code in 0..=4u8 {
             let kind = Kind::from_u8(code).unwrap();

@@ -89,7 +89,7 @@ fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8
     let key: [u8; 32] = std::array::from_fn(|index| put.secret.get(index).copied().unwrap_or(index as u8));
     let request = match choice % 12 {
         0 => Request::Put(put.request(labels)),
-        1 => Request::Get(GetRequest { id: &put.id, version: number }),
+        1 => Request::Get(GetRequest::new(&put.id, number)),
         2 => Request::GetMeta(GetMetaRequest { id: &put.id }),
         3 => Request::Delete(DeleteRequest::new(&put.id, put.expected_version)),
         4 => Request::Hello(HelloRequest {

@@ -469,7 +469,7 @@ fn crash_once(data_dir: &Path, lies: Lies, crash_at: usize, seed: u64) -> Option
     let mut lost = Vec::new();
     for (id, (version, index)) in latest {
         let mut out = BytesMut::new();
-        match recovered.get(&GetRequest { id: &id, version: 0 }, 1_000, &Acl::everything(), &mut out) {
+        match recovered.get(&GetRequest::new(&id, 0), 1_000, &Acl::everything(), &mut out) {
             Ok(current) if current > version => {}
             Ok(current) if current == version && out.ends_with(&secret(index)) => {}
             outcome => lost.push(format!("{id} version {version} acknowledged, recovered {outcome:?}")),

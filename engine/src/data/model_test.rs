@@ -526,7 +526,7 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 let mut out = BytesMut::new();
                 let real = system
                     .store
-                    .get(&GetRequest { id: IDS[id], version }, now_ms, &acl, &mut out)
+                    .get(&GetRequest::new(IDS[id], version), now_ms, &acl, &mut out)
                     .map(|version| (version, out.to_vec()));
                 match (real, model.get(id, version, now_ms)) {
                     (Ok((real_version, reply)), Ok((model_version, model_secret))) => {

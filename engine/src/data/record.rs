@@ -318,6 +318,22 @@ impl Record {
     /// [`OpError::Internal`] when the stored ciphertext does not open; [`OpError::Unavailable`]
     /// when the ring cannot provide a key.
     pub fn rewrap(&self, keyring: &Keyring) -> Result<Record, OpError> {
+        self.resealed(keyring, self.credential().previous_grace_until_ms.to_native())
+    }
+
+    /// The same version made current by PROMOTE: the version it replaces stays readable until
+    /// `previous_grace_until_ms`. The grace deadline is bound to the ciphertext, so the secret
+    /// is sealed again (with the key ring's active key); the plaintext exists only in a buffer
+    /// wiped on drop.
+    ///
+    /// # Errors
+    /// As [`Record::rewrap`].
+    pub fn promoted(&self, keyring: &Keyring, previous_grace_until_ms: u64) -> Result<Record, OpError> {
+        self.resealed(keyring, previous_grace_until_ms)
+    }
+
+    /// This version's secret sealed again with the active key, with `previous_grace_until_ms`.
+    fn resealed(&self, keyring: &Keyring, previous_grace_until_ms: u64) -> Result<Record, OpError> {
         let credential = self.credential();
         let mut secret = Zeroizing::new(credential.ciphertext.to_vec());
         let sealed =
@@ -330,7 +346,7 @@ impl Record {
             created_at_ms: credential.created_at_ms.to_native(),
             updated_at_ms: credential.updated_at_ms.to_native(),
             expires_at_ms: credential.expires_at_ms.to_native(),
-            previous_grace_until_ms: credential.previous_grace_until_ms.to_native(),
+            previous_grace_until_ms,
         };
         Record::seal(self.fields_with_secret(&secret), fields, keyring)
     }

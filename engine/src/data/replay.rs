@@ -27,6 +27,9 @@ impl Shards for Store {
         for (id, entry) in map.iter() {
             // Oldest first, so replay rebuilds the same kept versions.
             items.extend(entry.versions().rev().map(|record| SnapshotItem::Record(record.archive().clone())));
+            if let Some(pending) = entry.pending() {
+                items.push(SnapshotItem::Entry(EntryType::Pending, pending.archive_bytes().to_vec()));
+            }
             if let Some(deletion) = entry.deletion() {
                 let body = wal::soft_delete_body(
                     id,
@@ -122,11 +125,23 @@ fn replay(
                 wal::Entry::Purge { id, version } => {
                     if store.shard_for(id) == shard_id {
                         let shard = store.shard(shard_id);
-                        let current = shard.map.pin().get(id).map(|entry| entry.current().version());
-                        if current.is_some_and(|current| current <= version) {
+                        let last = shard.map.pin().get(id).map(Entry::last_version);
+                        if last.is_some_and(|last| last <= version) {
                             remove_entry(store, shard_id, id);
                         }
                         shard.note_purged(id, version);
+                    }
+                }
+                wal::Entry::Pending(body) => {
+                    let record = Record::from_bytes(body)?;
+                    if store.shard_for(record.credential().id.as_str()) == shard_id {
+                        set_pending(store, shard_id, record);
+                    }
+                }
+                wal::Entry::Promote(body) => {
+                    let record = Record::from_bytes(body)?;
+                    if store.shard_for(record.credential().id.as_str()) == shard_id {
+                        promote(store, shard_id, record);
                     }
                 }
                 wal::Entry::Rewrap(body) => {
@@ -182,18 +197,46 @@ pub(super) fn install_entry(
     shard.map.pin().insert(id.into(), entry);
 }
 
-/// Replaces the kept version of `record`'s id and version with `record` (a DESTROY, and
-/// recovery of a logged REWRAP); does nothing when that version is no longer kept.
+/// Replaces the kept (or pending) version of `record`'s id and version with `record` (a
+/// DESTROY, and recovery of a logged REWRAP); does nothing when that version is no longer
+/// kept.
 pub(super) fn replace_version(store: &Store, shard_id: usize, record: Record) {
     let map = store.shard(shard_id).map.pin();
     let id = Id::from(record.credential().id.as_str());
     let Some(entry) = map.get(&*id) else { return };
+    if entry.pending().is_some_and(|pending| pending.version() == record.version()) {
+        map.insert(id, entry.snapshot().with_pending(Some(record)));
+        return;
+    }
     let Some(position) = entry.versions().position(|kept| kept.version() == record.version()) else {
         return;
     };
     let mut versions: Vec<Record> = entry.versions().cloned().collect();
     versions[position] = record;
-    map.insert(id, Entry::new(versions).with_deletion(entry.deletion()));
+    map.insert(id, entry.with_versions(versions));
+}
+
+/// Makes `record` its credential's pending version (recovery of a logged PENDING), unless the
+/// credential is gone or has used its version number already (a snapshot holds it, or a
+/// later write dropped it).
+fn set_pending(store: &Store, shard_id: usize, record: Record) {
+    let map = store.shard(shard_id).map.pin();
+    let id = Id::from(record.credential().id.as_str());
+    let Some(entry) = map.get(&*id) else { return };
+    if record.version() > entry.last_version() {
+        map.insert(id, entry.snapshot().with_pending(Some(record)));
+    }
+}
+
+/// Makes the pending version `record` names current, as the writer's PROMOTE did (recovery of
+/// a logged PROMOTE); does nothing unless that version is still pending.
+fn promote(store: &Store, shard_id: usize, record: Record) {
+    let id = record.credential().id.as_str().to_owned();
+    let map = store.shard(shard_id).map.pin();
+    let Some(entry) = map.get(id.as_str()) else { return };
+    if entry.pending().is_some_and(|pending| pending.version() == record.version()) {
+        install_entry(store, shard_id, &id, record, Some(entry), Some(entry), false);
+    }
 }
 
 /// Marks `id` deleted (`Some`) or live again (`None`) if its current version is `version`

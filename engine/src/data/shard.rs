@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use credshard_protocol::op::get::Stage;
 use credshard_protocol::VersionState;
 
 use super::index::ShardIndex;
@@ -27,8 +28,25 @@ pub struct Entry {
     /// Read since the cache's eviction clock last passed it (a bounded cache only, see
     /// `ShardWriter`): set by readers on any executor, cleared by the shard's writer.
     referenced: AtomicBool,
+    /// What few credentials have (a deletion, a pending version), out of line so that the
+    /// common entry stays small: `None` for most.
+    aside: Option<Box<Aside>>,
+}
+
+/// The rarer parts of an [`Entry`].
+#[derive(Debug, Clone, Default)]
+struct Aside {
     /// Set while the credential is deleted and recoverable: readers treat it as absent.
-    deletion: Option<Box<Deletion>>,
+    deletion: Option<Deletion>,
+    /// A version STAGE wrote and PROMOTE has not made current: newer than every kept version,
+    /// readable by stage or number, never as current.
+    pending: Option<Record>,
+}
+
+impl Aside {
+    fn boxed(self) -> Option<Box<Aside>> {
+        (self.deletion.is_some() || self.pending.is_some()).then(|| Box::new(self))
+    }
 }
 
 /// When a credential was deleted, and when it is purged unless UNDELETE brings it back.
@@ -44,7 +62,7 @@ impl Entry {
         let mut versions = versions.into_iter();
         let current = versions.next().expect("an entry keeps at least its current version");
         let entry =
-            Entry { current, older: versions.collect(), referenced: AtomicBool::new(true), deletion: None };
+            Entry { current, older: versions.collect(), referenced: AtomicBool::new(true), aside: None };
         debug_assert!(
             entry
                 .versions()
@@ -66,25 +84,55 @@ impl Entry {
 
     /// A copy of the entry (its versions are shared handles).
     pub fn snapshot(&self) -> Entry {
-        Entry::new(self.versions().cloned()).with_deletion(self.deletion())
+        self.with_versions(self.versions().cloned())
+    }
+
+    /// An entry of `versions` (newest first) with this one's deletion and pending version.
+    pub(super) fn with_versions(&self, versions: impl IntoIterator<Item = Record>) -> Entry {
+        let mut entry = Entry::new(versions);
+        entry.aside = self.aside.clone();
+        entry
+    }
+
+    fn aside(&self) -> Aside {
+        self.aside.as_deref().cloned().unwrap_or_default()
     }
 
     /// The same versions, deleted (`Some`) or live (`None`).
     pub(super) fn with_deletion(mut self, deletion: Option<Deletion>) -> Entry {
-        self.deletion = deletion.map(Box::new);
+        self.aside = Aside { deletion, ..self.aside() }.boxed();
+        self
+    }
+
+    /// The same versions with `pending` as the pending version (`None`: none).
+    pub(super) fn with_pending(mut self, pending: Option<Record>) -> Entry {
+        debug_assert!(pending.as_ref().is_none_or(|pending| pending.version() > self.current.version()));
+        self.aside = Aside { pending, ..self.aside() }.boxed();
         self
     }
 
     /// `Some` while the credential is deleted and recoverable.
     #[inline]
     pub fn deletion(&self) -> Option<Deletion> {
-        self.deletion.as_deref().copied()
+        self.aside.as_ref().and_then(|aside| aside.deletion)
     }
 
     /// True while the credential is deleted and recoverable.
     #[inline]
     pub fn is_deleted(&self) -> bool {
-        self.deletion.is_some()
+        self.deletion().is_some()
+    }
+
+    /// The version STAGE wrote and PROMOTE has not made current yet, if any.
+    #[inline]
+    pub fn pending(&self) -> Option<&Record> {
+        self.aside.as_ref().and_then(|aside| aside.pending.as_ref())
+    }
+
+    /// The highest version number the credential has used: the pending version's, else the
+    /// current one's. A new version takes the next.
+    pub fn last_version(&self) -> u64 {
+        self.pending().map_or(self.current.version(), Record::version)
     }
 
     /// Marks the entry as read, for the eviction clock. A plain load first: the line is
@@ -145,13 +193,35 @@ impl Entry {
         }
     }
 
-    /// A kept version by number (0 for current), with its state.
+    /// A kept version by number (0 for current), or the pending one, with its state.
     pub fn find(&self, version: u64, now_ms: u64) -> Option<(&Record, VersionState)> {
         if version == 0 {
             return Some((self.current(), self.state(0, now_ms)));
         }
+        if let Some(pending) = self.pending().filter(|pending| pending.version() == version) {
+            return Some((pending, VersionState::Pending));
+        }
         let index = self.versions().position(|record| record.version() == version)?;
         Some((self.version(index).expect("a kept version"), self.state(index, now_ms)))
+    }
+
+    /// The version in `stage`, with its state: the current one, the pending one, or the kept
+    /// version right below the current one.
+    pub fn find_stage(&self, stage: Stage, now_ms: u64) -> Option<(&Record, VersionState)> {
+        match stage {
+            Stage::Current => self.find(0, now_ms),
+            Stage::Pending => self.pending().map(|pending| (pending, VersionState::Pending)),
+            Stage::Previous => self.version(1).map(|previous| (previous, self.state(1, now_ms))),
+        }
+    }
+
+    /// Every version GET_META lists, newest first: the pending one (if any), then the kept
+    /// ones, each with its state.
+    pub fn listed_versions(&self, now_ms: u64) -> impl Iterator<Item = (&Record, VersionState)> + '_ {
+        let pending = self.pending().map(|pending| (pending, VersionState::Pending));
+        pending.into_iter().chain(
+            self.versions().enumerate().map(move |(index, record)| (record, self.state(index, now_ms))),
+        )
     }
 }
 

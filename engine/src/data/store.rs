@@ -249,7 +249,11 @@ impl Store {
         entry.touch();
         check_access(entry.current(), acl)?;
         check_live(entry, now_ms)?;
-        let (record, state) = entry.find(request.version, now_ms).ok_or(OpError::VersionNotFound)?;
+        let (record, state) = match request.stage {
+            None => entry.find(request.version, now_ms),
+            Some(stage) => entry.find_stage(stage, now_ms),
+        }
+        .ok_or(OpError::VersionNotFound)?;
         match state {
             VersionState::Retired => return Err(OpError::Retired),
             VersionState::Destroyed => return Err(OpError::Destroyed),
@@ -308,15 +312,11 @@ impl Store {
         check_access(entry.current(), acl)?;
         check_live(entry, now_ms)?;
         entry.current().metadata().encode(out);
-        out.put_u16_le(entry.version_count() as u16);
-        for (index, record) in entry.versions().enumerate() {
+        out.put_u16_le((entry.version_count() + usize::from(entry.pending().is_some())) as u16);
+        for (record, state) in entry.listed_versions(now_ms) {
             let metadata = record.metadata();
-            VersionInfo {
-                version: metadata.version,
-                created_at_ms: metadata.updated_at_ms,
-                state: entry.state(index, now_ms),
-            }
-            .encode(out);
+            VersionInfo { version: metadata.version, created_at_ms: metadata.updated_at_ms, state }
+                .encode(out);
         }
         Ok(entry.current().version())
     }
@@ -347,8 +347,7 @@ impl Store {
             let status_at = out.len();
             out.put_u8(Status::Ok as u8);
             let bytes_left = any_secret.then(|| reply_bytes_max.saturating_sub(out.len() - start));
-            let result =
-                self.get_within(&GetRequest { id, version: 0 }, now_ms, acl, out, bytes_left, fetched);
+            let result = self.get_within(&GetRequest::new(id, 0), now_ms, acl, out, bytes_left, fetched);
             each(id, &result);
             match result {
                 Ok(_) => any_secret = true,
@@ -534,7 +533,7 @@ mod tests {
         let new_owner = Acl::new(&[Permission::Read], vec!["new-owner".to_owned()], Vec::new());
         let old_owner = Acl::new(&[Permission::Read], vec!["owner".to_owned()], Vec::new());
         let get = |version: u64, acl: &Acl| {
-            store.get(&GetRequest { id: "a", version }, now, acl, &mut BytesMut::new())
+            store.get(&GetRequest::new("a", version), now, acl, &mut BytesMut::new())
         };
         assert_eq!(get(0, &new_owner), Ok(2));
         assert_eq!(get(2, &new_owner), Ok(2));
@@ -563,17 +562,17 @@ mod tests {
         assert_eq!(apply(&mut writer, Write::Put(&put("a", b"three", None)), now, &Acl::everything()), Ok(3));
 
         let mut out = BytesMut::new();
-        store.get(&GetRequest { id: "a", version: 0 }, now, &Acl::everything(), &mut out).unwrap();
+        store.get(&GetRequest::new("a", 0), now, &Acl::everything(), &mut out).unwrap();
         assert!(out.ends_with(b"three"));
         out.clear();
-        store.get(&GetRequest { id: "a", version: 2 }, now, &Acl::everything(), &mut out).unwrap();
+        store.get(&GetRequest::new("a", 2), now, &Acl::everything(), &mut out).unwrap();
         assert!(out.ends_with(b"two"), "superseded versions stay readable while kept");
         assert_eq!(
-            store.get(&GetRequest { id: "a", version: 9 }, now, &Acl::everything(), &mut out),
+            store.get(&GetRequest::new("a", 9), now, &Acl::everything(), &mut out),
             Err(OpError::VersionNotFound)
         );
         assert_eq!(
-            store.get(&GetRequest { id: "b", version: 0 }, now, &Acl::everything(), &mut out),
+            store.get(&GetRequest::new("b", 0), now, &Acl::everything(), &mut out),
             Err(OpError::NotFound)
         );
 
@@ -590,7 +589,7 @@ mod tests {
             "deleted once, recoverable"
         );
         assert_eq!(
-            store.get(&GetRequest { id: "a", version: 0 }, now, &Acl::everything(), &mut out),
+            store.get(&GetRequest::new("a", 0), now, &Acl::everything(), &mut out),
             Err(OpError::Deleted { purge_at_ms })
         );
         let purge = DeleteRequest { purge: true, ..delete(None) };
@@ -615,9 +614,9 @@ mod tests {
         request.expiry = Expiry::TtlMs(1_000);
         assert_eq!(apply(&mut writer, Write::Put(&request), 5_000, &Acl::everything()), Ok(1));
         let mut out = BytesMut::new();
-        assert!(store.get(&GetRequest { id: "t", version: 0 }, 5_999, &Acl::everything(), &mut out).is_ok());
+        assert!(store.get(&GetRequest::new("t", 0), 5_999, &Acl::everything(), &mut out).is_ok());
         assert_eq!(
-            store.get(&GetRequest { id: "t", version: 0 }, 6_000, &Acl::everything(), &mut out),
+            store.get(&GetRequest::new("t", 0), 6_000, &Acl::everything(), &mut out),
             Err(OpError::Expired)
         );
         assert_eq!(
@@ -649,9 +648,7 @@ mod tests {
             Record::seal(crate::data::record::CredentialFields::from(&request), fields, &stranger).unwrap();
         writer.install_for_test("x", foreign);
         let mut out = BytesMut::from(&b"prefix"[..]);
-        let error = store
-            .get(&GetRequest { id: "x", version: 0 }, now_ms(), &Acl::everything(), &mut out)
-            .unwrap_err();
+        let error = store.get(&GetRequest::new("x", 0), now_ms(), &Acl::everything(), &mut out).unwrap_err();
         assert_eq!(error.status(), credshard_protocol::Status::Internal);
         assert_eq!(&out[..], b"prefix", "nothing of the failed response is left in the buffer");
         assert!(

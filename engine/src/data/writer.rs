@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use credshard_protocol::op::delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
 use credshard_protocol::op::rotate::RotateRequest;
+use credshard_protocol::op::stage::{PromoteRequest, StageRequest};
 use credshard_protocol::{PutRequest, Request};
 use futures::channel::oneshot;
 
@@ -36,6 +37,8 @@ pub enum Write<'a> {
     Delete(&'a DeleteRequest<'a>),
     Undelete(&'a UndeleteRequest<'a>),
     Destroy(&'a DestroyRequest<'a>),
+    Stage(&'a StageRequest<'a>),
+    Promote(&'a PromoteRequest<'a>),
 }
 
 impl<'a> Write<'a> {
@@ -47,6 +50,8 @@ impl<'a> Write<'a> {
             Request::Delete(delete) => Some(Write::Delete(delete)),
             Request::Undelete(undelete) => Some(Write::Undelete(undelete)),
             Request::Destroy(destroy) => Some(Write::Destroy(destroy)),
+            Request::Stage(stage) => Some(Write::Stage(stage)),
+            Request::Promote(promote) => Some(Write::Promote(promote)),
             _ => None,
         }
     }
@@ -74,6 +79,10 @@ enum Change {
     Undelete,
     /// A kept version replaced by its destroyed husk (same version, no ciphertext).
     Destroy(Record),
+    /// A new pending version (replacing any pending one), beside the current version.
+    Pending(Record),
+    /// The pending version, sealed again with its grace deadline, made current.
+    Promote(Record),
     /// Nothing to change (UNDELETE of a live credential, DESTROY of a destroyed version);
     /// the client is told `outcome`.
     Nothing { outcome: u64 },
@@ -116,7 +125,10 @@ impl Prepared {
     /// DELETE and UNDELETE the current version.
     pub fn outcome(&self) -> u64 {
         match &self.change {
-            Change::Version { record, .. } | Change::Destroy(record) => record.version(),
+            Change::Version { record, .. }
+            | Change::Destroy(record)
+            | Change::Pending(record)
+            | Change::Promote(record) => record.version(),
             Change::Nothing { outcome } => *outcome,
             _ => self.base_version,
         }
@@ -247,7 +259,7 @@ impl ShardWriter {
         let live = existing.filter(|entry| !entry.current().is_expired(now_ms) && !entry.is_deleted());
         check_expected(request.expected_version, live.map_or(0, |entry| entry.current().version()))?;
         let last_version = match existing {
-            Some(entry) => entry.current().version(),
+            Some(entry) => entry.last_version(),
             None => self.purged_version(request.id),
         };
         let fields = VersionFields {
@@ -294,7 +306,7 @@ impl ShardWriter {
             .map_or(store.lifecycle().grace_period_ms, |seconds| seconds.saturating_mul(1000));
         let credential = current.credential();
         let fields = VersionFields {
-            version: current.version() + 1,
+            version: entry.last_version() + 1,
             created_at_ms: credential.created_at_ms.to_native(),
             updated_at_ms: now_ms,
             expires_at_ms: credential.expires_at_ms.to_native(),
@@ -414,6 +426,87 @@ impl ShardWriter {
         Ok(Prepared { id: request.id.into(), base_version: current.version(), change })
     }
 
+    /// Writes a new version as pending: the request's owner, scope, kind, labels, expiry and
+    /// secret, stored beside the current version and not served as current until PROMOTE. A
+    /// pending version written before is dropped (its number is not reused). Returns the
+    /// pending version.
+    ///
+    /// # Errors
+    /// As ROTATE: [`OpError::NotFound`] (a pending version needs a current one),
+    /// [`OpError::Unauthorized`] (the new owner and scope, or the credential's, outside `acl`),
+    /// [`OpError::Deleted`], [`OpError::Expired`], [`OpError::VersionConflict`] when
+    /// `expected_version` is not the current version, [`OpError::Unavailable`] (no data key).
+    fn prepare_stage(&self, request: &StageRequest<'_>, now_ms: u64, acl: &Acl) -> Result<Prepared, OpError> {
+        if !acl.covers(request.owner, request.scope) {
+            return Err(OpError::Unauthorized("this token may not write credentials of this owner or scope"));
+        }
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let current = entry.current();
+        check_access(current, acl)?;
+        check_not_deleted(entry)?;
+        if current.is_expired(now_ms) {
+            return Err(OpError::Expired);
+        }
+        check_expected(request.expected_version, current.version())?;
+        let fields = VersionFields {
+            version: entry.last_version() + 1,
+            created_at_ms: current.credential().created_at_ms.to_native(),
+            updated_at_ms: now_ms,
+            expires_at_ms: request.expiry.resolve(now_ms),
+            // Set when it is promoted: the grace period runs from then.
+            previous_grace_until_ms: 0,
+        };
+        let record = Record::seal(CredentialFields::from(request), fields, store.keyring())?;
+        Ok(Prepared {
+            id: request.id.into(),
+            base_version: current.version(),
+            change: Change::Pending(record),
+        })
+    }
+
+    /// Makes the pending version current; the version it replaces stays readable for the
+    /// grace period (the request's, or the server's) and is retired after it, as after ROTATE.
+    /// Returns the version now current.
+    ///
+    /// # Errors
+    /// [`OpError::NotFound`], [`OpError::Unauthorized`] (the credential or its pending version
+    /// outside `acl`), [`OpError::Deleted`], [`OpError::Expired`],
+    /// [`OpError::PendingConflict`] when `expected_version` is not the pending version,
+    /// [`OpError::NoPending`], [`OpError::Unavailable`] (no data key to seal it again with).
+    fn prepare_promote(
+        &self,
+        request: &PromoteRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+    ) -> Result<Prepared, OpError> {
+        let store = Arc::clone(&self.store);
+        let map = store.shard(self.shard_id).map.pin();
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let current = entry.current();
+        check_access(current, acl)?;
+        check_not_deleted(entry)?;
+        if current.is_expired(now_ms) {
+            return Err(OpError::Expired);
+        }
+        let pending_version = entry.pending().map_or(0, Record::version);
+        if request.expected_version.is_some_and(|expected| expected != pending_version) {
+            return Err(OpError::PendingConflict { pending_version });
+        }
+        let pending = entry.pending().ok_or(OpError::NoPending)?;
+        check_access(pending, acl)?;
+        let grace_ms = request
+            .grace_period_seconds
+            .map_or(store.lifecycle().grace_period_ms, |seconds| seconds.saturating_mul(1000));
+        let record = pending.promoted(store.keyring(), now_ms.saturating_add(grace_ms).max(1))?;
+        Ok(Prepared {
+            id: request.id.into(),
+            base_version: current.version(),
+            change: Change::Promote(record),
+        })
+    }
+
     /// Checks `write` against the shard's current state (access, compare-and-set, expiry)
     /// and seals its record, without applying it: [`ShardWriter::submit`] applies it at once;
     /// with a shared database as the system of record the database decides first, and
@@ -428,6 +521,8 @@ impl ShardWriter {
             Write::Delete(delete) => self.prepare_delete(delete, now_ms, acl),
             Write::Undelete(undelete) => self.prepare_undelete(undelete, now_ms, acl),
             Write::Destroy(destroy) => self.prepare_destroy(destroy, now_ms, acl),
+            Write::Stage(stage) => self.prepare_stage(stage, now_ms, acl),
+            Write::Promote(promote) => self.prepare_promote(promote, now_ms, acl),
         }
     }
 
@@ -486,6 +581,20 @@ impl ShardWriter {
                 // As replay applies the logged REWRAP.
                 replace_version(&store, self.shard_id, husk);
             }
+            Change::Pending(record) => {
+                let entry = existing.expect("a staged credential exists");
+                if let Some(log) = &self.log {
+                    log.append(EntryType::Pending, record.archive_bytes());
+                }
+                map.insert(prepared.id.as_ref().into(), entry.snapshot().with_pending(Some(record)));
+            }
+            Change::Promote(record) => {
+                if let Some(log) = &self.log {
+                    log.append(EntryType::Promote, record.archive_bytes());
+                }
+                // As a ROTATE to the pending version: the history stays.
+                self.install_unlogged(&prepared.id, record, existing, existing);
+            }
             Change::Nothing { .. } => {}
         }
     }
@@ -493,7 +602,7 @@ impl ShardWriter {
     /// Removes `id` (held as `entry`) and every version for good, logs it, and (where purges
     /// are remembered) keeps its last version so that a later write continues after it.
     fn purge(&mut self, id: &str, entry: &Entry) {
-        let version = entry.current().version();
+        let version = entry.last_version();
         self.unindex(entry.current());
         self.store.shard(self.shard_id).map.pin().remove(id);
         if self.store.lifecycle().recoverable_deletes {
@@ -649,13 +758,17 @@ impl ShardWriter {
         let map = self.store.shard(self.shard_id).map.pin();
         map.iter()
             .filter(|(_, entry)| {
-                entry.versions().any(|record| record.key_id() != active_key_id && !record.is_destroyed())
+                entry
+                    .versions()
+                    .chain(entry.pending())
+                    .any(|record| record.key_id() != active_key_id && !record.is_destroyed())
             })
             .map(|(id, _)| Box::from(id.as_str()))
             .collect()
     }
 
-    /// Re-encrypts, with the key ring's active key, every kept version of `id` that is on
+    /// Re-encrypts, with the key ring's active key, every kept version of `id` (and its pending
+    /// one) that is on
     /// another key, logging each as a REWRAP; versions, metadata and the index are unchanged.
     /// Returns how many versions it re-encrypted (0 when the credential is gone or already
     /// on the active key).
@@ -670,20 +783,20 @@ impl ShardWriter {
         let map = store.shard(self.shard_id).map.pin();
         let Some(entry) = map.get(id) else { return Ok(0) };
         let active_key_id = keyring.active_key_id();
-        if entry.versions().all(|record| record.key_id() == active_key_id || record.is_destroyed()) {
+        let settled = |record: &Record| record.key_id() == active_key_id || record.is_destroyed();
+        if entry.versions().chain(entry.pending()).all(settled) {
             return Ok(0);
         }
         self.check_writable()?;
-        let mut rewrapped = Vec::with_capacity(entry.version_count());
-        for record in entry.versions() {
-            if record.key_id() == active_key_id || record.is_destroyed() {
-                rewrapped.push(record.clone());
-            } else {
-                rewrapped.push(record.rewrap(keyring)?);
-            }
-        }
+        let rewrap = |record: &Record| match settled(record) {
+            true => Ok(record.clone()),
+            false => record.rewrap(keyring),
+        };
+        let rewrapped = entry.versions().map(rewrap).collect::<Result<Vec<Record>, OpError>>()?;
+        let pending = entry.pending().map(rewrap).transpose()?;
         let mut count = 0;
-        for (new, old) in rewrapped.iter().zip(entry.versions()) {
+        let old = entry.versions().chain(entry.pending());
+        for (new, old) in rewrapped.iter().chain(pending.as_ref()).zip(old) {
             if !new.same_as(old) {
                 if let Some(log) = &self.log {
                     log.append(EntryType::Rewrap, new.archive_bytes());
@@ -691,7 +804,7 @@ impl ShardWriter {
                 count += 1;
             }
         }
-        map.insert(id.into(), Entry::new(rewrapped).with_deletion(entry.deletion()));
+        map.insert(id.into(), entry.with_versions(rewrapped).with_pending(pending));
         Ok(count)
     }
 
@@ -701,6 +814,11 @@ impl ShardWriter {
         if let Some(log) = &self.log {
             log.append(EntryType::Record, record.archive_bytes());
         }
+        self.install_unlogged(id, record, live, existing);
+    }
+
+    /// [`ShardWriter::install`] of a write logged otherwise.
+    fn install_unlogged(&mut self, id: &str, record: Record, live: Option<&Entry>, existing: Option<&Entry>) {
         let old_expires_at_ms =
             existing.map_or(0, |entry| entry.current().credential().expires_at_ms.to_native());
         let expires_at_ms = record.credential().expires_at_ms.to_native();

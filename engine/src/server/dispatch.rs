@@ -384,6 +384,8 @@ fn dispatch_request(
         | Request::Undelete(_)
         | Request::Destroy(_)
         | Request::Rotate(_)
+        | Request::Stage(_)
+        | Request::Promote(_)
         | Request::RotateKey
         | Request::Rekey(_) => {
             unreachable!("handled above")

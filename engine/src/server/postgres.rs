@@ -515,7 +515,7 @@ pub async fn list_page(
 
 /// Why the PostgreSQL store cannot take `write` yet, if it cannot: its rows hold no deletion
 /// state, so DELETE purges (and must not be asked to keep a recovery window), and there is
-/// nothing to UNDELETE or DESTROY.
+/// nothing to UNDELETE or DESTROY; nor do they hold pending versions (STAGE, PROMOTE).
 fn not_in_the_database_yet(write: &Write<'_>) -> Option<&'static str> {
     match write {
         Write::Delete(delete) if delete.recovery_window_seconds.is_some() => {
@@ -523,6 +523,9 @@ fn not_in_the_database_yet(write: &Write<'_>) -> Option<&'static str> {
         }
         Write::Undelete(_) => Some("the PostgreSQL store does not keep deleted credentials yet: nothing to UNDELETE"),
         Write::Destroy(_) => Some("the PostgreSQL store does not support DESTROY yet"),
+        Write::Stage(_) | Write::Promote(_) => {
+            Some("the PostgreSQL store does not keep pending versions yet: STAGE and PROMOTE are refused")
+        }
         _ => None,
     }
 }

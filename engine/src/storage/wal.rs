@@ -13,6 +13,9 @@
 //!         4 SOFT_DELETE body = version u64 | deleted_at_ms u64 | purge_at_ms u64 | id
 //!         5 UNDELETE    body = version u64 | id
 //!         6 PURGE       body = version u64 | id
+//!         7 PENDING     body = a record's archive: the credential's pending version (STAGE)
+//!         8 PROMOTE     body = a record's archive: the pending version of the same id and
+//!                       version made current (its grace deadline for the replaced version set)
 //! ```
 //!
 //! DELETE (2) removes an id and lets its versions start again at 1; servers since recoverable
@@ -53,6 +56,10 @@ pub enum EntryType {
     Undelete = 5,
     /// A credential removed for good; its last version is remembered.
     Purge = 6,
+    /// A new pending version (STAGE): kept beside the current one, not current.
+    Pending = 7,
+    /// The pending version made current (PROMOTE).
+    Promote = 8,
 }
 
 /// One logged write, borrowed from the log's bytes.
@@ -64,6 +71,8 @@ pub enum Entry<'a> {
     SoftDelete { id: &'a str, version: u64, deleted_at_ms: u64, purge_at_ms: u64 },
     Undelete { id: &'a str, version: u64 },
     Purge { id: &'a str, version: u64 },
+    Pending(&'a [u8]),
+    Promote(&'a [u8]),
 }
 
 /// The body of a SOFT_DELETE entry.
@@ -237,6 +246,8 @@ fn parse_payload<'a>(mut payload: &'a [u8], entries: &mut Vec<Entry<'a>>) -> Res
                 let ([version], id) = split_body::<1>(body)?;
                 Entry::Purge { id, version }
             }
+            7 => Entry::Pending(body),
+            8 => Entry::Promote(body),
             _ => return Err("unknown entry type"),
         };
         entries.push(entry);
@@ -275,6 +286,8 @@ mod tests {
         encode_entry(EntryType::SoftDelete, &soft_delete_body("é/x", 7, 100, 200), &mut payload);
         encode_entry(EntryType::Undelete, &version_body("u", 8), &mut payload);
         encode_entry(EntryType::Purge, &version_body("p", u64::MAX), &mut payload);
+        encode_entry(EntryType::Pending, b"staged", &mut payload);
+        encode_entry(EntryType::Promote, b"promoted", &mut payload);
         let batch = encode_batch(&payload);
         let parsed = parse(&batch).unwrap();
         assert_eq!(
@@ -286,6 +299,8 @@ mod tests {
                 Entry::SoftDelete { id: "é/x", version: 7, deleted_at_ms: 100, purge_at_ms: 200 },
                 Entry::Undelete { id: "u", version: 8 },
                 Entry::Purge { id: "p", version: u64::MAX },
+                Entry::Pending(b"staged"),
+                Entry::Promote(b"promoted"),
             ]
         );
         assert_eq!(parsed.valid_bytes, batch.len());

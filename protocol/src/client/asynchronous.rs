@@ -18,12 +18,13 @@ use crate::client::{self, Call, ResponseFrame};
 use crate::error::ClientError;
 use crate::op::batch_get::{BatchGetRequest, BatchItem};
 use crate::op::delete::{DeleteReply, DeleteRequest};
-use crate::op::get::{GetMetaReply, GetReply};
+use crate::op::get::{GetMetaReply, GetReply, Stage};
 use crate::op::hello::HelloReply;
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
+use crate::op::stage::PromoteRequest;
 use crate::op::stats::StatsReply;
 
 /// Frames queued for the writer task; bounded so a stalled connection pushes back on callers.
@@ -186,6 +187,21 @@ impl AsyncClient {
     /// ROTATE; returns the new version.
     pub async fn rotate(&self, request: &RotateRequest<'_>) -> Result<u64, ClientError> {
         self.run(client::rotate(request)).await.map(|reply| reply.version)
+    }
+
+    /// GET of the version in `stage` (current, pending or previous).
+    pub async fn get_stage(&self, id: &str, stage: Stage) -> Result<GetReply, ClientError> {
+        self.run(client::get_stage(id, stage)).await
+    }
+
+    /// STAGE: a new pending version (PUT's request); returns its version.
+    pub async fn stage(&self, request: &PutRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::stage(request)).await.map(|reply| reply.version)
+    }
+
+    /// PROMOTE the pending version; returns the version now current.
+    pub async fn promote(&self, request: &PromoteRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::promote(request)).await.map(|reply| reply.version)
     }
 
     /// BATCH_GET of 1..=1000 ids; one result per id, in order.

@@ -13,12 +13,13 @@ use crate::client::{self, Call, ResponseFrame};
 use crate::error::ClientError;
 use crate::op::batch_get::{BatchGetRequest, BatchItem};
 use crate::op::delete::{DeleteReply, DeleteRequest};
-use crate::op::get::{GetMetaReply, GetReply};
+use crate::op::get::{GetMetaReply, GetReply, Stage};
 use crate::op::hello::HelloReply;
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
+use crate::op::stage::PromoteRequest;
 use crate::op::stats::StatsReply;
 use crate::op::Request;
 
@@ -264,6 +265,21 @@ impl Client {
     /// ROTATE; returns the new version.
     pub fn rotate(&mut self, request: &RotateRequest<'_>) -> Result<u64, ClientError> {
         self.run(client::rotate(request)).map(|reply| reply.version)
+    }
+
+    /// GET of the version in `stage` (current, pending or previous).
+    pub fn get_stage(&mut self, id: &str, stage: Stage) -> Result<GetReply, ClientError> {
+        self.run(client::get_stage(id, stage))
+    }
+
+    /// STAGE: a new pending version (PUT's request); returns its version.
+    pub fn stage(&mut self, request: &PutRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::stage(request)).map(|reply| reply.version)
+    }
+
+    /// PROMOTE the pending version; returns the version now current.
+    pub fn promote(&mut self, request: &PromoteRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::promote(request)).map(|reply| reply.version)
     }
 
     /// BATCH_GET of 1..=1000 ids; one result per id, in order.

@@ -17,12 +17,13 @@ use crate::error::ClientError;
 use crate::frame;
 use crate::op::batch_get::{decode_batch_reply, BatchGetRequest, BatchItem};
 use crate::op::delete::{DeleteReply, DeleteRequest, DestroyRequest, UndeleteRequest};
-use crate::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
+use crate::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest, Stage};
 use crate::op::hello::{HelloReply, HelloRequest, PROTOCOL_VERSION};
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
 use crate::op::put::{PutReply, PutRequest};
 use crate::op::rotate::{RotateReply, RotateRequest};
+use crate::op::stage::{PromoteReply, PromoteRequest, StageReply, StageRequest};
 use crate::op::stats::StatsReply;
 use crate::op::{decode_error, Request};
 use crate::wire::{DecodeError, Reader};
@@ -104,7 +105,22 @@ pub fn put<'a>(request: &PutRequest<'a>) -> Call<'a, PutReply> {
 
 /// GET of `version` (0 = current).
 pub fn get(id: &str, version: u64) -> Call<'_, GetReply> {
-    Call { request: Request::Get(GetRequest { id, version }), decode: GetReply::decode }
+    Call { request: Request::Get(GetRequest::new(id, version)), decode: GetReply::decode }
+}
+
+/// GET of the version in `stage`.
+pub fn get_stage(id: &str, stage: Stage) -> Call<'_, GetReply> {
+    Call { request: Request::Get(GetRequest::of_stage(id, stage)), decode: GetReply::decode }
+}
+
+/// STAGE: a new pending version; the reply is its version.
+pub fn stage<'a>(request: &StageRequest<'a>) -> Call<'a, StageReply> {
+    Call { request: Request::Stage(*request), decode: StageReply::decode }
+}
+
+/// PROMOTE the pending version; the reply is the version now current.
+pub fn promote<'a>(request: &PromoteRequest<'a>) -> Call<'a, PromoteReply> {
+    Call { request: Request::Promote(*request), decode: PromoteReply::decode }
 }
 
 /// GET_META.

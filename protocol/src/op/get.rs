@@ -1,11 +1,15 @@
 //! GET: a credential's secret and metadata; GET_META: metadata and kept versions only.
 //!
 //! ```text
-//! GET      request: id str16 | version u64 (0 = current)
+//! GET      request: id str16 | version u64 (0 = current) [| stage u8]
 //!          reply:   metadata | secret bytes32
 //! GET_META request: id str16
 //!          reply:   metadata | version_count u16 | (version u64 | created_at_ms u64 | state u8)*
 //! ```
+//!
+//! GET's bracketed `stage` was added to protocol version 1 later (with STAGE and PROMOTE): a
+//! request without it asks by number, as before, so such a client works with older servers;
+//! a server that predates it refuses a request that carries it (trailing bytes).
 
 use bytes::{BufMut, BytesMut};
 
@@ -18,18 +22,80 @@ use crate::wire::{put_str16, DecodeError, Reader};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GetRequest<'a> {
     pub id: &'a str,
-    /// 0 for the current version.
+    /// 0 for the current version (or the version `stage` names).
     pub version: u64,
+    /// Read the version in this stage instead of by number (`version` must then be 0).
+    pub stage: Option<Stage>,
+}
+
+/// A version named by its place in a staged rotation rather than by number.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The version GET returns without a number.
+    Current = 1,
+    /// The version STAGE wrote and PROMOTE has not made current yet.
+    Pending = 2,
+    /// The version the current one replaced (while it is kept and readable).
+    Previous = 3,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Current, Stage::Pending, Stage::Previous];
+
+    /// The stage for a wire byte, or `None` for an unknown code.
+    pub fn from_u8(code: u8) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| *stage as u8 == code)
+    }
+
+    /// Lower-case name used by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Current => "current",
+            Stage::Pending => "pending",
+            Stage::Previous => "previous",
+        }
+    }
+
+    /// Parses a CLI name (see [`Stage::name`]).
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| stage.name() == name)
+    }
 }
 
 impl<'a> GetRequest<'a> {
+    /// GET of `version` (0 = current).
+    pub fn new(id: &'a str, version: u64) -> GetRequest<'a> {
+        GetRequest { id, version, stage: None }
+    }
+
+    /// GET of the version in `stage`.
+    pub fn of_stage(id: &'a str, stage: Stage) -> GetRequest<'a> {
+        GetRequest { id, version: 0, stage: Some(stage) }
+    }
+
     pub fn encode(&self, out: &mut BytesMut) {
         put_str16(out, self.id);
         out.put_u64_le(self.version);
+        if let Some(stage) = self.stage {
+            out.put_u8(stage as u8);
+        }
     }
 
     pub fn decode(reader: &mut Reader<'a>, limits: &Limits) -> Result<GetRequest<'a>, DecodeError> {
-        Ok(GetRequest { id: reader.name16("id", limits.id_bytes_max)?, version: reader.u64("version")? })
+        let id = reader.name16("id", limits.id_bytes_max)?;
+        let version = reader.u64("version")?;
+        if reader.remaining() == 0 {
+            return Ok(GetRequest::new(id, version));
+        }
+        let code = reader.u8("stage")?;
+        let stage =
+            Stage::from_u8(code).ok_or(DecodeError::InvalidValue { field: "stage", value: code.into() })?;
+        if version != 0 {
+            // A version by number and by stage at once: a client bug, not a choice.
+            return Err(DecodeError::InvalidValue { field: "version", value: version });
+        }
+        Ok(GetRequest::of_stage(id, stage))
     }
 }
 

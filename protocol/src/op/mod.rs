@@ -11,6 +11,7 @@ pub mod list;
 pub mod metadata;
 pub mod put;
 pub mod rotate;
+pub mod stage;
 pub mod stats;
 
 use bytes::{BufMut, BytesMut};
@@ -28,6 +29,7 @@ use keys::RekeyRequest;
 use list::ListRequest;
 use put::PutRequest;
 use rotate::RotateRequest;
+use stage::{PromoteRequest, StageRequest};
 
 /// A decoded request, borrowing from its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub enum Request<'a> {
     List(ListRequest<'a>),
     Undelete(UndeleteRequest<'a>),
     Destroy(DestroyRequest<'a>),
+    Stage(StageRequest<'a>),
+    Promote(PromoteRequest<'a>),
     Stats,
     RotateKey,
     Rekey(RekeyRequest<'a>),
@@ -89,6 +93,8 @@ impl<'a> Request<'a> {
             Op::List => ListRequest::decode(&mut reader, limits).map(Request::List),
             Op::Undelete => UndeleteRequest::decode(&mut reader, limits).map(Request::Undelete),
             Op::Destroy => DestroyRequest::decode(&mut reader, limits).map(Request::Destroy),
+            Op::Stage => StageRequest::decode(&mut reader, limits).map(Request::Stage),
+            Op::Promote => PromoteRequest::decode(&mut reader, limits).map(Request::Promote),
             Op::Stats => Ok(Request::Stats),
             Op::RotateKey => Ok(Request::RotateKey),
             Op::Rekey => RekeyRequest::decode(&mut reader).map(Request::Rekey),
@@ -110,6 +116,8 @@ impl<'a> Request<'a> {
             Request::List(_) => Op::List,
             Request::Undelete(_) => Op::Undelete,
             Request::Destroy(_) => Op::Destroy,
+            Request::Stage(_) => Op::Stage,
+            Request::Promote(_) => Op::Promote,
             Request::Stats => Op::Stats,
             Request::RotateKey => Op::RotateKey,
             Request::Rekey(_) => Op::Rekey,
@@ -126,6 +134,8 @@ impl<'a> Request<'a> {
             Request::Rotate(rotate) => Some(rotate.id),
             Request::Undelete(undelete) => Some(undelete.id),
             Request::Destroy(destroy) => Some(destroy.id),
+            Request::Stage(stage) => Some(stage.id),
+            Request::Promote(promote) => Some(promote.id),
             Request::Hello(_)
             | Request::Ping(_)
             | Request::BatchGet(_)
@@ -151,6 +161,8 @@ impl<'a> Request<'a> {
             Request::List(list) => list.encode(out),
             Request::Undelete(undelete) => undelete.encode(out),
             Request::Destroy(destroy) => destroy.encode(out),
+            Request::Stage(stage) => stage.encode(out),
+            Request::Promote(promote) => promote.encode(out),
             Request::Stats | Request::RotateKey => {}
             Request::Rekey(rekey) => rekey.encode(out),
         }

@@ -107,6 +107,10 @@ pub enum ClientCommand {
         /// Keep standard input byte for byte (do not drop a trailing newline).
         #[arg(long)]
         raw: bool,
+        /// Write the new version as pending (STAGE): readable with `get --stage pending`, not
+        /// served as current until `promote`. The credential must exist.
+        #[arg(long)]
+        pending: bool,
         #[command(flatten)]
         connect: Connect,
     },
@@ -118,6 +122,9 @@ pub enum ClientCommand {
         /// A given version instead of the current one.
         #[arg(long, conflicts_with = "meta")]
         version: Option<u64>,
+        /// The version in a stage of a staged rotation: current, pending or previous.
+        #[arg(long, conflicts_with_all = ["meta", "version"])]
+        stage: Option<String>,
         #[command(flatten)]
         connect: Connect,
     },
@@ -126,7 +133,7 @@ pub enum ClientCommand {
     Rotate {
         id: String,
         /// Grace period of the replaced version, in seconds (default: the server's, 24 h).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pending")]
         grace: Option<u64>,
         /// Compare-and-set: only rotate if the current version is V.
         #[arg(long)]
@@ -134,6 +141,24 @@ pub enum ClientCommand {
         /// Keep standard input byte for byte (do not drop a trailing newline).
         #[arg(long)]
         raw: bool,
+        /// Stage the new secret as pending (keeping the current version's owner, scope, kind,
+        /// labels and expiry) instead of making it current; `promote` makes it current and
+        /// takes the grace period then.
+        #[arg(long)]
+        pending: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Make the pending version current; the version it replaces stays readable for the grace
+    /// period (`get --stage previous`), then is retired.
+    Promote {
+        id: String,
+        /// Grace period of the replaced version, in seconds (default: the server's, 24 h).
+        #[arg(long)]
+        grace: Option<u64>,
+        /// Compare-and-set: only promote if the pending version is V.
+        #[arg(long)]
+        if_version: Option<u64>,
         #[command(flatten)]
         connect: Connect,
     },

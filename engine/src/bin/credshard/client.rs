@@ -7,9 +7,11 @@ use anyhow::{bail, Context};
 use credshard_engine::crypto::MasterKey;
 use credshard_protocol::op::batch_get::BATCH_IDS_MAX;
 use credshard_protocol::op::delete::DeleteRequest;
+use credshard_protocol::op::get::Stage;
 use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
 use credshard_protocol::op::rotate::RotateRequest;
+use credshard_protocol::op::stage::PromoteRequest;
 use credshard_protocol::{encode_labels, Client, ClientTls, Expiry, Kind, Labels, PutRequest};
 use zeroize::Zeroizing;
 
@@ -27,6 +29,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             if_version,
             labels,
             raw,
+            pending,
             connect,
         } => {
             let kind = Kind::from_name(&kind).with_context(|| {
@@ -56,11 +59,16 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                 labels: Labels::from_validated(&encoded_labels),
                 secret: &secret,
             };
-            let version = connect_to(&connect)?.put(&request)?;
-            println!("{id} version {version}");
+            let mut client = connect_to(&connect)?;
+            match pending {
+                true => {
+                    println!("{id} version {} pending (`promote` makes it current)", client.stage(&request)?)
+                }
+                false => println!("{id} version {}", client.put(&request)?),
+            }
             Ok(())
         }
-        ClientCommand::Get { id, meta, version, connect } => {
+        ClientCommand::Get { id, meta, version, stage, connect } => {
             let mut client = connect_to(&connect)?;
             if meta {
                 let reply = client.get_meta(&id)?;
@@ -75,13 +83,55 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let reply = client.get_version(&id, version.unwrap_or(0))?;
+            let reply = match stage {
+                Some(name) => {
+                    let stage = Stage::from_name(&name)
+                        .with_context(|| format!("unknown stage {name:?} (current, pending, previous)"))?;
+                    client.get_stage(&id, stage)?
+                }
+                None => client.get_version(&id, version.unwrap_or(0))?,
+            };
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(reply.secret.expose())?;
             stdout.write_all(b"\n")?;
             Ok(())
         }
-        ClientCommand::Rotate { id, grace, if_version, raw, connect } => {
+        ClientCommand::Rotate { id, grace: _, if_version, raw, pending: true, connect } => {
+            let secret = read_secret(raw)?;
+            let mut client = connect_to(&connect)?;
+            // STAGE carries PUT's fields: those of the current version, read first. The stage
+            // is conditional on the version read, so a write in between fails it instead of
+            // staging over changed metadata.
+            let current = client.get_meta(&id)?.metadata;
+            if if_version.is_some_and(|expected| expected != current.version) {
+                bail!("version conflict: the current version is {}", current.version);
+            }
+            let pairs: Vec<(&str, &str)> =
+                current.labels.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+            let mut encoded_labels = bytes::BytesMut::new();
+            encode_labels(&pairs, &mut encoded_labels);
+            let request = PutRequest {
+                id: &id,
+                owner: &current.owner,
+                scope: &current.scope,
+                kind: current.kind,
+                expected_version: Some(current.version),
+                expiry: current.expires_at_ms.map_or(Expiry::Never, Expiry::AtUnixMs),
+                labels: Labels::from_validated(&encoded_labels),
+                secret: &secret,
+            };
+            let version = client.stage(&request)?;
+            println!("{id} version {version} pending (`promote` makes it current)");
+            Ok(())
+        }
+        ClientCommand::Promote { id, grace, if_version, connect } => {
+            let request =
+                PromoteRequest { id: &id, expected_version: if_version, grace_period_seconds: grace };
+            let version = connect_to(&connect)?.promote(&request)?;
+            println!("{id} version {version} is current");
+            Ok(())
+        }
+        ClientCommand::Rotate { id, grace, if_version, raw, pending: false, connect } => {
             let secret = read_secret(raw)?;
             let request = RotateRequest {
                 id: &id,

@@ -232,7 +232,7 @@ pub struct Asker<'a> {
 /// the plan's request borrows beyond the arguments (a SET's owner and scope, encoded labels).
 pub fn plan<'a>(spec: &Spec, args: Args<'a>, asker: &Asker<'a>, scratch: &'a mut BytesMut) -> Plan<'a> {
     let planned = match spec.name {
-        "get" => args.str(1).map(|id| Plan::Native(Shape::Bulk, Request::Get(GetRequest { id, version: 0 }))),
+        "get" => args.str(1).map(|id| Plan::Native(Shape::Bulk, Request::Get(GetRequest::new(id, 0)))),
         "set" => plan_set(args, asker, scratch),
         "del" => per_key(args, Shape::Count, Op::Delete),
         "exists" => per_key(args, Shape::Count, Op::GetMeta),
@@ -570,7 +570,7 @@ fn plan_get(args: Args<'_>) -> Result<Plan<'_>, Local<'_>> {
     let id = args.str(1)?;
     let [version] = options(args, 2, ["version"])?;
     let version = option_number(version, "VERSION")?.unwrap_or(0);
-    Ok(Plan::Native(Shape::Bulk, Request::Get(GetRequest { id, version })))
+    Ok(Plan::Native(Shape::Bulk, Request::Get(GetRequest::new(id, version))))
 }
 
 /// `CREDSHARD.ROTATE id secret [GRACE s] [IFVERSION v]`.
