@@ -1,4 +1,5 @@
-//! A deterministic model test of the data core: random sequences of writes, reads, expiry
+//! A deterministic model test of the data core: random sequences of writes (staged rotations
+//! included), reads, expiry
 //! sweeps, clock jumps and restarts (with and without a change of shard count) run against
 //! the real [`Store`] and writers over an in-memory log, and against a plain model of the
 //! lifecycle rules; every answer must match. Time is passed in, so thousands of cases run in
@@ -16,9 +17,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use credshard_protocol::op::delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
-use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetRequest};
+use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetRequest, Stage};
 use credshard_protocol::op::list::{ListReply, ListRequest};
 use credshard_protocol::op::rotate::RotateRequest;
+use credshard_protocol::op::stage::PromoteRequest;
 use credshard_protocol::wire::Reader;
 use credshard_protocol::{Expiry, Kind, Labels, Limits, PutRequest, VersionState, EMPTY_LABELS};
 use futures::channel::oneshot;
@@ -87,7 +89,10 @@ enum Op {
     Delete { id: usize, expected: Option<u64>, purge: bool, window_seconds: Option<u64> },
     Undelete { id: usize },
     Destroy { id: usize, version: u64 },
+    Stage { id: usize, owner: usize, expected: Option<u64>, ttl_ms: Option<u64> },
+    Promote { id: usize, expected: Option<u64>, grace_seconds: Option<u64> },
     Get { id: usize, version: u64 },
+    GetStage { id: usize, stage: Stage },
     Meta { id: usize },
     List { owner: usize },
     Sweep,
@@ -102,7 +107,9 @@ impl Op {
             | Op::Rotate { id, .. }
             | Op::Delete { id, .. }
             | Op::Undelete { id }
-            | Op::Destroy { id, .. } => Some(id),
+            | Op::Destroy { id, .. }
+            | Op::Stage { id, .. }
+            | Op::Promote { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -125,7 +132,13 @@ fn op() -> impl Strategy<Value = Op> {
             }),
         1 => id.clone().prop_map(|id| Op::Undelete { id }),
         1 => (id.clone(), 1..5u64).prop_map(|(id, version)| Op::Destroy { id, version }),
-        4 => (id.clone(), 0..5u64).prop_map(|(id, version)| Op::Get { id, version }),
+        2 => (id.clone(), 0..OWNERS.len(), proptest::option::weighted(0.3, 0..6u64), proptest::option::weighted(0.2, 1..3_000u64))
+            .prop_map(|(id, owner, expected, ttl_ms)| Op::Stage { id, owner, expected, ttl_ms }),
+        2 => (id.clone(), proptest::option::weighted(0.3, 0..6u64), proptest::option::weighted(0.5, 0..3u64))
+            .prop_map(|(id, expected, grace_seconds)| Op::Promote { id, expected, grace_seconds }),
+        4 => (id.clone(), 0..6u64).prop_map(|(id, version)| Op::Get { id, version }),
+        2 => (id.clone(), proptest::sample::select(Stage::ALL.to_vec()))
+            .prop_map(|(id, stage)| Op::GetStage { id, stage }),
         1 => id.prop_map(|id| Op::Meta { id }),
         1 => (0..OWNERS.len()).prop_map(|owner| Op::List { owner }),
         1 => Just(Op::Sweep),
@@ -156,6 +169,8 @@ struct Model {
     deleted: BTreeMap<usize, u64>,
     /// The last version of every purged id.
     purged: BTreeMap<usize, u64>,
+    /// Each credential's pending version (STAGE), not current until PROMOTE.
+    pending: BTreeMap<usize, Version>,
 }
 
 /// What a sweep purged, to put back if a restart loses the uncommitted purge.
@@ -165,6 +180,7 @@ struct Purged {
     versions: Vec<Version>,
     purge_at_ms: Option<u64>,
     tombstone_before: Option<u64>,
+    pending: Option<Version>,
 }
 
 fn expired(version: &Version, now_ms: u64) -> bool {
@@ -184,14 +200,59 @@ impl Model {
         let deleted = self.deleted.contains_key(&id);
         let live = existing.filter(|versions| !expired(&versions[0], now_ms) && !deleted);
         conflict(expected, live.map_or(0, |versions| versions[0].version))?;
-        let last =
-            existing.map_or(self.purged.get(&id).copied().unwrap_or(0), |versions| versions[0].version);
-        let version = last + 1;
+        let version = self.last_version(id) + 1;
         let mut versions = vec![Version { version, ..new }];
         versions.extend(live.into_iter().flatten().take(LIFECYCLE.max_versions - 1).cloned());
         self.credentials.insert(id, versions);
         self.deleted.remove(&id);
+        self.pending.remove(&id);
         Ok(version)
+    }
+
+    /// The highest version `id` has used: its pending one, its current one, or the one it was
+    /// purged at.
+    fn last_version(&self, id: usize) -> u64 {
+        match (self.pending.get(&id), self.credentials.get(&id)) {
+            (Some(pending), _) => pending.version,
+            (None, Some(versions)) => versions[0].version,
+            (None, None) => self.purged.get(&id).copied().unwrap_or(0),
+        }
+    }
+
+    fn stage(&mut self, id: usize, new: Version, expected: Option<u64>, now_ms: u64) -> Result<u64, OpError> {
+        let current = &self.credentials.get(&id).ok_or(OpError::NotFound)?[0];
+        self.check_not_deleted(id)?;
+        if expired(current, now_ms) {
+            return Err(OpError::Expired);
+        }
+        conflict(expected, current.version)?;
+        let version = self.last_version(id) + 1;
+        self.pending.insert(id, Version { version, ..new });
+        Ok(version)
+    }
+
+    fn promote(
+        &mut self,
+        id: usize,
+        expected: Option<u64>,
+        grace_seconds: Option<u64>,
+        now_ms: u64,
+    ) -> Result<u64, OpError> {
+        let current = &self.credentials.get(&id).ok_or(OpError::NotFound)?[0];
+        self.check_not_deleted(id)?;
+        if expired(current, now_ms) {
+            return Err(OpError::Expired);
+        }
+        let pending_version = self.pending.get(&id).map_or(0, |pending| pending.version);
+        if expected.is_some_and(|expected| expected != pending_version) {
+            return Err(OpError::PendingConflict { pending_version });
+        }
+        let pending = self.pending.remove(&id).ok_or(OpError::NoPending)?;
+        let grace_ms = grace_seconds.map_or(LIFECYCLE.grace_period_ms, |seconds| seconds * 1000);
+        let versions = self.credentials.get_mut(&id).expect("checked above");
+        versions.insert(0, Version { previous_grace_until_ms: (now_ms + grace_ms).max(1), ..pending });
+        versions.truncate(LIFECYCLE.max_versions);
+        Ok(pending_version)
     }
 
     fn check_not_deleted(&self, id: usize) -> Result<(), OpError> {
@@ -202,10 +263,12 @@ impl Model {
     }
 
     fn purge(&mut self, id: usize) -> Purged {
+        let last = self.last_version(id);
         let versions = self.credentials.remove(&id).expect("a purged credential exists");
         let tombstone_before = self.purged.get(&id).copied();
-        self.purged.insert(id, tombstone_before.unwrap_or(0).max(versions[0].version));
-        Purged { id, versions, purge_at_ms: self.deleted.remove(&id), tombstone_before }
+        self.purged.insert(id, tombstone_before.unwrap_or(0).max(last));
+        let pending = self.pending.remove(&id);
+        Purged { id, versions, purge_at_ms: self.deleted.remove(&id), tombstone_before, pending }
     }
 
     fn unpurge(&mut self, purged: Purged) {
@@ -217,6 +280,9 @@ impl Model {
             Some(version) => self.purged.insert(purged.id, version),
             None => self.purged.remove(&purged.id),
         };
+        if let Some(pending) = purged.pending {
+            self.pending.insert(purged.id, pending);
+        }
     }
 
     fn undelete(&mut self, id: usize, now_ms: u64) -> Result<u64, OpError> {
@@ -260,16 +326,18 @@ impl Model {
         }
         conflict(expected, current.version)?;
         let grace_ms = grace_seconds.map_or(LIFECYCLE.grace_period_ms, |seconds| seconds * 1000);
+        let version = self.pending.remove(&id).map_or(current.version, |pending| pending.version) + 1;
         let new = Version {
-            version: current.version + 1,
+            version,
             secret,
             previous_grace_until_ms: (now_ms + grace_ms).max(1),
             destroyed: false,
             ..current
         };
+        let versions = self.credentials.get_mut(&id).expect("checked above");
         versions.insert(0, new);
         versions.truncate(LIFECYCLE.max_versions);
-        Ok(current.version + 1)
+        Ok(version)
     }
 
     fn delete(
@@ -319,11 +387,38 @@ impl Model {
         if expired(&versions[0], now_ms) {
             return Err(OpError::Expired);
         }
+        if let Some(pending) =
+            self.pending.get(&id).filter(|pending| version != 0 && pending.version == version)
+        {
+            return Ok((pending.version, pending.secret.clone()));
+        }
         let index = if version == 0 {
             0
         } else {
             versions.iter().position(|kept| kept.version == version).ok_or(OpError::VersionNotFound)?
         };
+        self.serve(versions, index, now_ms)
+    }
+
+    fn get_stage(&self, id: usize, stage: Stage, now_ms: u64) -> Result<(u64, Vec<u8>), OpError> {
+        let versions = self.credentials.get(&id).ok_or(OpError::NotFound)?;
+        self.check_not_deleted(id)?;
+        if expired(&versions[0], now_ms) {
+            return Err(OpError::Expired);
+        }
+        match stage {
+            Stage::Current => self.serve(versions, 0, now_ms),
+            Stage::Pending => {
+                let pending = self.pending.get(&id).ok_or(OpError::VersionNotFound)?;
+                Ok((pending.version, pending.secret.clone()))
+            }
+            Stage::Previous if versions.len() > 1 => self.serve(versions, 1, now_ms),
+            Stage::Previous => Err(OpError::VersionNotFound),
+        }
+    }
+
+    /// The kept version at `index`, if its state lets it be read.
+    fn serve(&self, versions: &[Version], index: usize, now_ms: u64) -> Result<(u64, Vec<u8>), OpError> {
         match Model::state(versions, index, now_ms) {
             VersionState::Retired => return Err(OpError::Retired),
             VersionState::Destroyed => return Err(OpError::Destroyed),
@@ -338,8 +433,13 @@ impl Model {
         if expired(&versions[0], now_ms) {
             return Err(OpError::Expired);
         }
-        Ok((0..versions.len())
-            .map(|index| (versions[index].version, Model::state(versions, index, now_ms)))
+        let pending = self.pending.get(&id).map(|pending| (pending.version, VersionState::Pending));
+        Ok(pending
+            .into_iter()
+            .chain(
+                (0..versions.len())
+                    .map(|index| (versions[index].version, Model::state(versions, index, now_ms))),
+            )
             .collect())
     }
 
@@ -522,13 +622,55 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(&real, &model.destroy(id, version, now_ms), "step {}: {:?}", step, op);
                 commits = real.is_ok();
             }
-            Op::Get { id, version } => {
+            Op::Stage { id, owner, expected, ttl_ms } => {
+                let expiry = ttl_ms.map_or(Expiry::Never, Expiry::TtlMs);
+                let request = PutRequest {
+                    id: IDS[id],
+                    owner: OWNERS[owner],
+                    scope: "scope",
+                    kind: Kind::Password,
+                    expected_version: expected,
+                    expiry,
+                    labels: Labels::from_validated(EMPTY_LABELS),
+                    secret: &secret,
+                };
+                let real = system.submit(IDS[id], Write::Stage(&request), now_ms);
+                let new = Version {
+                    version: 0,
+                    secret: secret.clone(),
+                    owner,
+                    expires_at_ms: expiry.resolve(now_ms),
+                    previous_grace_until_ms: 0,
+                    destroyed: false,
+                };
+                prop_assert_eq!(&real, &model.stage(id, new, expected, now_ms), "step {}: {:?}", step, op);
+                commits = real.is_ok();
+            }
+            Op::Promote { id, expected, grace_seconds } => {
+                let request = PromoteRequest {
+                    id: IDS[id],
+                    expected_version: expected,
+                    grace_period_seconds: grace_seconds,
+                };
+                let real = system.submit(IDS[id], Write::Promote(&request), now_ms);
+                let expected_outcome = model.promote(id, expected, grace_seconds, now_ms);
+                prop_assert_eq!(&real, &expected_outcome, "step {}: {:?}", step, op);
+                commits = real.is_ok();
+            }
+            Op::Get { .. } | Op::GetStage { .. } => {
+                let (request, expected) = match *op {
+                    Op::Get { id, version } => {
+                        (GetRequest::new(IDS[id], version), model.get(id, version, now_ms))
+                    }
+                    Op::GetStage { id, stage } => {
+                        (GetRequest::of_stage(IDS[id], stage), model.get_stage(id, stage, now_ms))
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 let mut out = BytesMut::new();
-                let real = system
-                    .store
-                    .get(&GetRequest::new(IDS[id], version), now_ms, &acl, &mut out)
-                    .map(|version| (version, out.to_vec()));
-                match (real, model.get(id, version, now_ms)) {
+                let real =
+                    system.store.get(&request, now_ms, &acl, &mut out).map(|version| (version, out.to_vec()));
+                match (real, expected) {
                     (Ok((real_version, reply)), Ok((model_version, model_secret))) => {
                         prop_assert_eq!(real_version, model_version, "step {}: {:?}", step, op);
                         prop_assert!(reply.ends_with(&model_secret), "step {}: {:?}: wrong secret", step, op);
@@ -633,6 +775,18 @@ fn a_known_history_replays_identically() {
         Op::Delete { id: 2, expected: None, purge: true, window_seconds: None },
         Op::Restart { shards: 3 },
         Op::Put { id: 2, owner: 0, expected: Some(0), ttl_ms: None },
+        Op::Stage { id: 2, owner: 1, expected: Some(4), ttl_ms: None },
+        Op::GetStage { id: 2, stage: Stage::Pending },
+        Op::Meta { id: 2 },
+        Op::Restart { shards: 2 },
+        Op::Promote { id: 2, expected: Some(5), grace_seconds: Some(1) },
+        Op::GetStage { id: 2, stage: Stage::Previous },
+        Op::List { owner: 1 },
+        Op::Stage { id: 2, owner: 0, expected: None, ttl_ms: None },
+        Op::Put { id: 2, owner: 0, expected: None, ttl_ms: None },
+        Op::Get { id: 2, version: 6 },
+        Op::Restart { shards: 1 },
+        Op::Meta { id: 2 },
     ];
     run(2, &ops).unwrap();
 }
