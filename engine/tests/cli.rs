@@ -146,6 +146,31 @@ fn zero_configuration_serve_and_client_subcommands() {
     let gone = served.run(&["undelete", "svc/db"], b"");
     assert!(text(&gone.stderr).contains("NOT_FOUND: credential not found"), "{}", text(&gone.stderr));
 
+    // A staged rotation: the pending secret is readable by stage only until it is promoted.
+    served.run(&["put", "svc/staged", "--owner", "team", "--scope", "dev", "--label", "env=dev"], b"first\n");
+    let staged = served.run(&["rotate", "svc/staged", "--pending"], b"staged-canary\n");
+    assert_eq!(text(&staged.stdout).trim(), "svc/staged version 2 pending (`promote` makes it current)");
+    assert_eq!(text(&served.run(&["get", "svc/staged"], b"").stdout), "first\n");
+    assert_eq!(
+        text(&served.run(&["get", "svc/staged", "--stage", "pending"], b"").stdout),
+        "staged-canary\n"
+    );
+    let pending_meta = text(&served.run(&["get", "svc/staged", "--meta"], b"").stdout);
+    assert!(
+        pending_meta.contains("version 2: pending") && pending_meta.contains("env=dev"),
+        "{pending_meta}"
+    );
+    let stale = served.run(&["promote", "svc/staged", "--if-version", "1"], b"");
+    assert!(text(&stale.stderr).contains("VERSION_CONFLICT"), "{}", text(&stale.stderr));
+    let promoted = served.run(&["promote", "svc/staged", "--if-version", "2", "--grace", "600"], b"");
+    assert_eq!(text(&promoted.stdout).trim(), "svc/staged version 2 is current");
+    assert_eq!(text(&served.run(&["get", "svc/staged"], b"").stdout), "staged-canary\n");
+    assert_eq!(text(&served.run(&["get", "svc/staged", "--stage", "previous"], b"").stdout), "first\n");
+    let promoted_meta = text(&served.run(&["get", "svc/staged", "--meta"], b"").stdout);
+    assert!(promoted_meta.contains("version 1: previous-in-grace"), "{promoted_meta}");
+    let bad_stage = served.run(&["get", "svc/staged", "--stage", "next"], b"");
+    assert!(text(&bad_stage.stderr).contains("unknown stage"), "{}", text(&bad_stage.stderr));
+
     let bad_kind = served.run(&["put", "x", "--owner", "o", "--scope", "s", "--kind", "nope"], b"x");
     assert_eq!(bad_kind.status.code(), Some(1));
     assert!(text(&bad_kind.stderr).contains("unknown kind"));
@@ -153,7 +178,10 @@ fn zero_configuration_serve_and_client_subcommands() {
     let (status, logs) = served.stop();
     assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}\n{logs}");
     assert!(logs.contains("NO MASTER KEY GIVEN"), "the generated key is warned about: {logs}");
-    assert!(!logs.contains(secret) && !logs.contains("rotated-canary"), "a secret reached the logs");
+    assert!(
+        !logs.contains(secret) && !logs.contains("rotated-canary") && !logs.contains("staged-canary"),
+        "a secret reached the logs"
+    );
     assert!(data_dir.join("master.key").exists() && data_dir.join("keyring").exists());
 }
 

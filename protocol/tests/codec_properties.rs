@@ -8,10 +8,12 @@ use credshard_protocol::frame;
 use credshard_protocol::op::delete::{
     DeleteRequest, DestroyRequest, UndeleteRequest, RECOVERY_WINDOW_SECONDS_MAX,
 };
-use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest};
+use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest, Stage};
 use credshard_protocol::op::hello::HelloRequest;
 use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::put::{EXPIRES_AT_MS_MAX, TTL_MS_MAX};
+use credshard_protocol::op::rotate::GRACE_PERIOD_SECONDS_MAX;
+use credshard_protocol::op::stage::PromoteRequest;
 use credshard_protocol::op::stats::StatsReply;
 use credshard_protocol::wire::Reader;
 use credshard_protocol::{encode_labels, Expiry, Kind, Labels, Limits, PutRequest, Request};
@@ -87,7 +89,7 @@ impl OwnedPut {
 
 fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8> {
     let key: [u8; 32] = std::array::from_fn(|index| put.secret.get(index).copied().unwrap_or(index as u8));
-    let request = match choice % 12 {
+    let request = match choice % 15 {
         0 => Request::Put(put.request(labels)),
         1 => Request::Get(GetRequest::new(&put.id, number)),
         2 => Request::GetMeta(GetMetaRequest { id: &put.id }),
@@ -107,6 +109,13 @@ fn any_request(put: &OwnedPut, labels: &[u8], choice: u8, number: u64) -> Vec<u8
         }),
         9 => Request::Undelete(UndeleteRequest { id: &put.id }),
         10 => Request::Destroy(DestroyRequest { id: &put.id, version: number.max(1) }),
+        11 => Request::Stage(put.request(labels)),
+        12 => Request::Promote(PromoteRequest {
+            id: &put.id,
+            expected_version: put.expected_version,
+            grace_period_seconds: (number % 2 == 1).then_some(number % GRACE_PERIOD_SECONDS_MAX),
+        }),
+        13 => Request::Get(GetRequest::of_stage(&put.id, Stage::ALL[number as usize % Stage::ALL.len()])),
         _ => Request::Stats,
     };
     let mut out = BytesMut::new();

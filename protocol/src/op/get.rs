@@ -169,3 +169,41 @@ impl GetMetaReply {
         Ok(GetMetaReply { metadata, versions })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &[u8]) -> Result<GetRequest<'_>, DecodeError> {
+        let mut reader = Reader::new(body);
+        let request = GetRequest::decode(&mut reader, &Limits::default())?;
+        reader.finish()?;
+        Ok(request)
+    }
+
+    #[test]
+    fn a_stage_is_an_optional_tail_and_excludes_a_version_number() {
+        for request in [GetRequest::new("db", 0), GetRequest::new("db", 7)]
+            .into_iter()
+            .chain(Stage::ALL.map(|stage| GetRequest::of_stage("db", stage)))
+        {
+            let mut out = BytesMut::new();
+            request.encode(&mut out);
+            assert_eq!(decode(&out).unwrap(), request);
+        }
+        // Without the tail, the body is what older clients send: no stage.
+        let mut out = BytesMut::new();
+        GetRequest::new("db", 0).encode(&mut out);
+        assert_eq!(out.len(), 2 + 2 + 8);
+        // A number and a stage at once, and an unknown stage, are refused.
+        let mut both = BytesMut::new();
+        GetRequest { id: "db", version: 3, stage: Some(Stage::Pending) }.encode(&mut both);
+        assert_eq!(decode(&both), Err(DecodeError::InvalidValue { field: "version", value: 3 }));
+        let mut unknown = out.clone();
+        unknown.put_u8(9);
+        assert_eq!(decode(&unknown), Err(DecodeError::InvalidValue { field: "stage", value: 9 }));
+        for stage in Stage::ALL {
+            assert_eq!(Stage::from_name(stage.name()), Some(stage));
+        }
+    }
+}

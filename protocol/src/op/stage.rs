@@ -72,4 +72,17 @@ mod tests {
         too_long.encode(&mut out);
         assert!(PromoteRequest::decode(&mut Reader::new(&out), &Limits::default()).is_err());
     }
+
+    #[test]
+    fn the_worked_example_in_docs_protocol_md() {
+        let request =
+            PromoteRequest { id: "db/main", expected_version: Some(2), grace_period_seconds: Some(60) };
+        let mut out = BytesMut::new();
+        crate::op::Request::Promote(request).encode(9, &mut out);
+        let documented = "21 00 00 00 1a 00 09 00 00 00 07 00 64 62 2f 6d 61 69 6e \
+                          01 02 00 00 00 00 00 00 00 01 3c 00 00 00 00 00 00 00";
+        let bytes: Vec<u8> =
+            documented.split_whitespace().map(|word| u8::from_str_radix(word, 16).unwrap()).collect();
+        assert_eq!(&out[..], &bytes[..]);
+    }
 }
