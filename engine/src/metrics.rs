@@ -155,6 +155,12 @@ pub struct ExecutorMetrics {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub cache_loads: AtomicU64,
+    /// WATCH: streams opened, streams open now (a gauge), events sent, and watchers ended
+    /// because they fell behind the change feed.
+    pub watchers_total: AtomicU64,
+    pub watchers_open: AtomicU64,
+    pub watch_events_sent: AtomicU64,
+    pub watchers_behind: AtomicU64,
     /// With `--store`: how long rounds took, queue to commit.
     pub db_round_latency_ns: Histogram<{ LATENCY_BOUNDS_NS.len() + 1 }>,
     /// Requests by op (see [`op_slot`]), status and latency.
@@ -308,6 +314,10 @@ impl Metrics {
             ("cache_hits".to_owned(), sum(|m| &m.cache_hits)),
             ("cache_misses".to_owned(), sum(|m| &m.cache_misses)),
             ("cache_loads".to_owned(), sum(|m| &m.cache_loads)),
+            ("watchers_total".to_owned(), sum(|m| &m.watchers_total)),
+            ("watchers_open".to_owned(), sum(|m| &m.watchers_open)),
+            ("watch_events_sent".to_owned(), sum(|m| &m.watch_events_sent)),
+            ("watchers_behind".to_owned(), sum(|m| &m.watchers_behind)),
         ];
         for (index, executor) in self.executors.iter().enumerate() {
             report.push((

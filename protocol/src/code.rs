@@ -31,6 +31,8 @@ pub enum Op {
     Stage = 0x19,
     /// Make the pending version current; the replaced one stays readable for a grace period.
     Promote = 0x1A,
+    /// Subscribe the connection to change events (a stream of frames).
+    Watch = 0x1B,
     /// Server counters.
     Stats = 0x20,
     /// A new data key for new writes; records on older keys are re-encrypted in the background.
@@ -41,7 +43,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 17] = [
         Op::Hello,
         Op::Ping,
         Op::Put,
@@ -55,6 +57,7 @@ impl Op {
         Op::Destroy,
         Op::Stage,
         Op::Promote,
+        Op::Watch,
         Op::Stats,
         Op::RotateKey,
         Op::Rekey,
@@ -76,6 +79,7 @@ impl Op {
             0x18 => Op::Destroy,
             0x19 => Op::Stage,
             0x1A => Op::Promote,
+            0x1B => Op::Watch,
             0x20 => Op::Stats,
             0x21 => Op::RotateKey,
             0x22 => Op::Rekey,
@@ -99,6 +103,7 @@ impl Op {
             Op::Destroy => "DESTROY",
             Op::Stage => "STAGE",
             Op::Promote => "PROMOTE",
+            Op::Watch => "WATCH",
             Op::Stats => "STATS",
             Op::RotateKey => "ROTATE_KEY",
             Op::Rekey => "REKEY",

@@ -164,7 +164,7 @@ proptest! {
         prop_assert_eq!(header.frame_bytes, out.len());
         prop_assert_eq!(header.request_id, request_id);
         let decoded = Request::decode(header.code, &out[header.body_range()], &Limits::default()).unwrap();
-        prop_assert_eq!(decoded, Request::Put(request));
+        prop_assert_eq!(&decoded, &Request::Put(request));
         if let Request::Put(decoded) = decoded {
             let round: Vec<(&str, &str)> = decoded.labels.iter().collect();
             prop_assert_eq!(round, pairs);

@@ -81,7 +81,7 @@ impl Permission {
         match op {
             Op::Hello | Op::Ping => None,
             Op::Get | Op::BatchGet => Some(Permission::Read),
-            Op::GetMeta => Some(Permission::ReadMeta),
+            Op::GetMeta | Op::Watch => Some(Permission::ReadMeta),
             Op::Put | Op::Stage => Some(Permission::Write),
             Op::Rotate | Op::Promote => Some(Permission::Rotate),
             Op::Delete | Op::Undelete | Op::Destroy => Some(Permission::Delete),

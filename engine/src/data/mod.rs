@@ -2,6 +2,7 @@
 //! written. Arrows point one way: the server calls in here, and this module calls only
 //! `storage` (through [`crate::storage::ShardStorage`]), `crypto`, `auth` and `error`.
 //!
+//! - [`feed`]: each shard's recent changes in commit order, for WATCH.
 //! - [`record`]: one credential version as a validated rkyv archive holding only ciphertext.
 //! - [`shard`]: one shard's wait-free map of [`Entry`]s and its LIST index.
 //! - [`index`]: the per-shard secondary indexes (owner, scope) that serve LIST page by page.
@@ -15,6 +16,7 @@
 
 #[cfg(test)]
 mod crash_test;
+pub mod feed;
 pub mod index;
 mod inline;
 pub mod keyspace;

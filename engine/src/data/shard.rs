@@ -13,6 +13,7 @@ use std::sync::{Mutex, RwLock};
 use credshard_protocol::op::get::Stage;
 use credshard_protocol::VersionState;
 
+use super::feed::{Feed, FEED_EVENTS_DEFAULT};
 use super::index::ShardIndex;
 use super::inline::InlineBytes;
 use super::record::Record;
@@ -298,6 +299,8 @@ pub struct Shard {
     /// window, an expiry sweep), so that one written again continues after it: a version
     /// number never names two writes of one id. Written by replay and the shard's writer.
     pub(crate) purged: Mutex<HashMap<Box<str>, u64>>,
+    /// The shard's recent changes, for WATCH (appended by the shard's writer).
+    pub feed: Feed,
 }
 
 impl Shard {
@@ -309,6 +312,7 @@ impl Shard {
             complete: AtomicBool::new(true),
             evictions: AtomicU64::new(0),
             purged: Mutex::new(HashMap::new()),
+            feed: Feed::new(FEED_EVENTS_DEFAULT),
         }
     }
 

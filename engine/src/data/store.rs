@@ -65,6 +65,8 @@ pub struct Store {
     /// Credentials each shard's map may hold, with a shared database behind it (`None`: every
     /// credential, the embedded store).
     shard_capacity: Option<usize>,
+    /// This run of the store (random): the change feeds' positions are valid within it.
+    epoch: u64,
 }
 
 /// Credentials read from the shared database for one request, by id: the request is served
@@ -94,7 +96,22 @@ impl Store {
             lifecycle,
             writer_claimed: (0..shard_count).map(|_| AtomicBool::new(false)).collect(),
             shard_capacity: None,
+            epoch: new_epoch(),
         }
+    }
+
+    /// Keeps the last `events` changes of each shard for watchers (instead of
+    /// [`super::feed::FEED_EVENTS_DEFAULT`]).
+    pub fn with_feed_events(mut self, events: usize) -> Store {
+        for shard in self.shards.iter_mut() {
+            shard.feed = super::feed::Feed::new(events);
+        }
+        self
+    }
+
+    /// This run of the store: a change feed position from another run cannot be resumed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Bounds the shards' maps to about `capacity` credentials in all (a cache in front of a
@@ -460,6 +477,13 @@ fn find<'a>(fetched: &'a Fetched, id: &str) -> Option<&'a Entry> {
 /// Refuses a deleted or expired credential (in that order: a deleted one says until when it
 /// can be restored).
 #[inline]
+/// A random, non-zero epoch (0 means "no position" on the wire).
+fn new_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+    u64::from_le_bytes(bytes).max(1)
+}
+
 fn check_live(entry: &Entry, now_ms: u64) -> Result<(), OpError> {
     if let Some(deletion) = entry.deletion() {
         return Err(OpError::Deleted { purge_at_ms: deletion.purge_at_ms });

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use credshard_protocol::op::delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::op::stage::{PromoteRequest, StageRequest};
+use credshard_protocol::op::watch::Change as ChangeKind;
 use credshard_protocol::{PutRequest, Request};
 use futures::channel::oneshot;
 
@@ -110,6 +111,22 @@ impl Prepared {
         matches!(self.change, Change::Delete)
     }
 
+    /// What a watcher is told happened when this write (made by `write`) is applied; `None`
+    /// when it changes nothing.
+    fn announced(&self, write: &Write<'_>) -> Option<ChangeKind> {
+        Some(match (&self.change, write) {
+            (Change::Nothing { .. }, _) => return None,
+            (Change::Delete, _) => ChangeKind::Purge,
+            (Change::SoftDelete(_), _) => ChangeKind::Delete,
+            (Change::Undelete, _) => ChangeKind::Undelete,
+            (Change::Destroy(_), _) => ChangeKind::Destroy,
+            (Change::Pending(_), _) => ChangeKind::Stage,
+            (Change::Promote(_), _) => ChangeKind::Promote,
+            (Change::Version { .. }, Write::Rotate(_)) => ChangeKind::Rotate,
+            (Change::Version { .. }, _) => ChangeKind::Put,
+        })
+    }
+
     /// The oldest version kept after this write, with `max_versions` kept at most.
     pub fn keep_from_version(&self, max_versions: usize) -> u64 {
         match &self.change {
@@ -150,6 +167,9 @@ pub struct ShardWriter {
     /// (an id removed since may linger until the hand reaches it; see
     /// [`ShardWriter::evict_past_capacity`]).
     clock: VecDeque<Box<str>>,
+    /// Rung after each change appended to the shard's feed, so that it is marked committed
+    /// once the storage commits it (see `server::watch`); `None`: nobody marks them.
+    feed_bell: Option<Box<dyn Fn()>>,
     _not_send: PhantomData<Rc<()>>,
 }
 
@@ -177,8 +197,16 @@ impl ShardWriter {
             Some(_) => store.shard(shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect(),
             None => VecDeque::new(),
         };
-        let mut writer =
-            ShardWriter { store, shard_id, expiries, purges, log: None, clock, _not_send: PhantomData };
+        let mut writer = ShardWriter {
+            store,
+            shard_id,
+            expiries,
+            purges,
+            log: None,
+            clock,
+            feed_bell: None,
+            _not_send: PhantomData,
+        };
         writer.evict_past_capacity(None);
         writer
     }
@@ -188,13 +216,42 @@ impl ShardWriter {
         self.log = Some(log);
     }
 
+    /// The shard's storage, if it has one.
+    pub fn log(&self) -> Option<&Rc<dyn ShardStorage>> {
+        self.log.as_ref()
+    }
+
+    /// Calls `bell` after every change appended to the shard's feed.
+    pub fn attach_feed_bell(&mut self, bell: Box<dyn Fn()>) {
+        self.feed_bell = Some(bell);
+    }
+
+    /// Appends a change of `id` to the shard's feed, with the owner and scope of `record`.
+    fn announce(&self, change: ChangeKind, id: &str, version: u64, at_ms: u64, record: &Record) {
+        let credential = record.credential();
+        let shard = self.store.shard(self.shard_id);
+        shard.feed.append(
+            self.shard_id as u16,
+            change,
+            version,
+            at_ms,
+            id,
+            credential.owner.as_str(),
+            credential.scope.as_str(),
+        );
+        if let Some(bell) = &self.feed_bell {
+            bell();
+        }
+    }
+
     /// Applies `write` and sends its outcome on `reply`: at once when it is refused (or the
     /// shard has no storage), once the storage has committed it when it is applied. The
     /// outcome of an applied write is its version (for DELETE, the version that was current).
     pub fn submit(&mut self, write: Write<'_>, now_ms: u64, acl: &Acl, reply: oneshot::Sender<WriteOutcome>) {
         let outcome = self.check_writable().and_then(|()| self.prepare(write, now_ms, acl)).map(|prepared| {
             let outcome = prepared.outcome();
-            self.apply(prepared);
+            let announced = prepared.announced(&write).map(|change| (change, now_ms));
+            self.apply(prepared, announced);
             outcome
         });
         match (outcome, &self.log) {
@@ -527,12 +584,38 @@ impl ShardWriter {
     }
 
     /// Applies a prepared write to the map, the index and the expiry set, and appends it to
-    /// the log (if any).
-    fn apply(&mut self, prepared: Prepared) {
+    /// the log (if any) and, as `announced` at its time, to the shard's feed.
+    fn apply(&mut self, prepared: Prepared, announced: Option<(ChangeKind, u64)>) {
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let existing = map.get(&*prepared.id);
         debug_assert_eq!(existing.map_or(0, |entry| entry.current().version()), prepared.base_version);
+        // What the feed says, read before the change (a purge removes the entry).
+        let event = announced.and_then(|(change, at_ms)| {
+            let (record, version) = match &prepared.change {
+                Change::Version { record, .. }
+                | Change::Pending(record)
+                | Change::Promote(record)
+                | Change::Destroy(record) => (record.clone(), record.version()),
+                Change::Delete => existing.map(|entry| (entry.current().clone(), entry.last_version()))?,
+                _ => existing.map(|entry| (entry.current().clone(), prepared.base_version))?,
+            };
+            Some((change, at_ms, record, version))
+        });
+        let id = prepared.id.clone();
+        self.apply_change(prepared, &map, existing);
+        if let Some((change, at_ms, record, version)) = event {
+            self.announce(change, &id, version, at_ms, &record);
+        }
+    }
+
+    fn apply_change(
+        &mut self,
+        prepared: Prepared,
+        map: &papaya::HashMapRef<'_, super::shard::Id, Entry, ahash::RandomState, papaya::LocalGuard<'_>>,
+        existing: Option<&Entry>,
+    ) {
+        let store = Arc::clone(&self.store);
         match prepared.change {
             Change::Version { record, keep_history } => {
                 let live = existing.filter(|_| keep_history);
@@ -541,7 +624,7 @@ impl ShardWriter {
             }
             Change::Delete => {
                 if let Some(entry) = existing {
-                    self.purge(&prepared.id, entry);
+                    self.purge(&prepared.id, entry, None);
                 }
             }
             Change::SoftDelete(deletion) => {
@@ -601,8 +684,13 @@ impl ShardWriter {
 
     /// Removes `id` (held as `entry`) and every version for good, logs it, and (where purges
     /// are remembered) keeps its last version so that a later write continues after it.
-    fn purge(&mut self, id: &str, entry: &Entry) {
+    /// `announced`: the change and its time to tell watchers (a sweep's; a DELETE's purge is
+    /// announced by `apply`).
+    fn purge(&mut self, id: &str, entry: &Entry, announced: Option<(ChangeKind, u64)>) {
         let version = entry.last_version();
+        if let Some((change, at_ms)) = announced {
+            self.announce(change, id, version, at_ms, &entry.current().clone());
+        }
         self.unindex(entry.current());
         self.store.shard(self.shard_id).map.pin().remove(id);
         if self.store.lifecycle().recoverable_deletes {
@@ -628,7 +716,7 @@ impl ShardWriter {
     pub fn install_committed(&mut self, prepared: Prepared) {
         let current = self.cached_version(&prepared.id);
         if current == prepared.base_version {
-            self.apply(prepared);
+            self.apply(prepared, None);
         }
     }
 
@@ -731,7 +819,7 @@ impl ShardWriter {
                 if current.credential().expires_at_ms.to_native() == expires_at_ms
                     && current.is_expired(now_ms)
                 {
-                    self.purge(&id, entry);
+                    self.purge(&id, entry, Some((ChangeKind::Expire, now_ms)));
                     swept += 1;
                 }
             }
@@ -744,7 +832,7 @@ impl ShardWriter {
             // Undeleted, written again or deleted again since: purge only what is still due.
             if let Some(entry) = map.get(&*id) {
                 if entry.deletion().is_some_and(|deletion| deletion.purge_at_ms == purge_at_ms) {
-                    self.purge(&id, entry);
+                    self.purge(&id, entry, Some((ChangeKind::Purge, now_ms)));
                     swept += 1;
                 }
             }
@@ -767,9 +855,9 @@ impl ShardWriter {
             .collect()
     }
 
-    /// Re-encrypts, with the key ring's active key, every kept version of `id` (and its pending
-    /// one) that is on
-    /// another key, logging each as a REWRAP; versions, metadata and the index are unchanged.
+    /// Re-encrypts, with the key ring's active key, every kept version of `id` (and its
+    /// pending one) that is on another key, logging each as a REWRAP; versions, metadata and
+    /// the index are unchanged.
     /// Returns how many versions it re-encrypted (0 when the credential is gone or already
     /// on the active key).
     ///

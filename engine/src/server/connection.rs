@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use credshard_protocol::frame::{self, FrameError};
-use credshard_protocol::op::encode_error;
+use credshard_protocol::op::{encode_error, Request};
 use credshard_protocol::{Op, Status};
 use futures::channel::oneshot;
 use futures::future::{select, Either};
@@ -35,6 +35,7 @@ use crate::server::dispatch::{
 };
 use crate::server::executor::ExecutorContext;
 use crate::server::input::InputBuffer;
+use crate::server::watch::{self, WatchSpec};
 
 /// Bytes read per `read` call.
 pub(super) const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -208,6 +209,8 @@ impl<'a> Connection<'a> {
         let in_flight_max = self.context.config.in_flight_max;
         let mut pending = FuturesUnordered::new();
         let mut closing = None;
+        // A WATCH, once taken: the connection becomes its stream.
+        let mut watch = None;
         loop {
             wait_for_busy_audit(self.context).await;
             let mut took_requests = false;
@@ -215,6 +218,7 @@ impl<'a> Connection<'a> {
             // the batch's replies are ready (one clock read at each end of the batch).
             let mut batch = AnsweredBatch::start();
             while closing.is_none()
+                && watch.is_none()
                 && pending.len() < in_flight_max
                 && self.output.bytes.len() < OUTPUT_PAUSE_BYTES
             {
@@ -241,6 +245,15 @@ impl<'a> Connection<'a> {
                 };
                 let waiting = match dispatched {
                     Dispatched::Miss(_) => unreachable!("load_and_dispatch answers misses"),
+                    Dispatched::Watch { principal } => {
+                        let body = &frame[header.body_range()];
+                        let limits = self.context.store.limits();
+                        let Ok(Request::Watch(request)) = Request::decode(header.code, body, limits) else {
+                            unreachable!("dispatched as a WATCH")
+                        };
+                        watch = Some((principal, WatchSpec::new(header.request_id, &request)));
+                        None
+                    }
                     Dispatched::Answered { secret } => {
                         self.output.has_secret |= secret;
                         None
@@ -278,6 +291,20 @@ impl<'a> Connection<'a> {
             }
             self.output.flush(stream, self.auth_deadline, self.context.metrics()).await?;
 
+            if let Some((principal, spec)) = watch.take() {
+                // The replies of everything before the WATCH go first.
+                self.finish_pending(&mut pending, stream).await?;
+                self.input.wipe();
+                return watch::serve(
+                    self.context,
+                    &mut self.session,
+                    principal,
+                    spec,
+                    stream,
+                    &mut self.output,
+                )
+                .await;
+            }
             if let Some(closing) = closing {
                 if let Closing::Refusals = closing {
                     self.input.wipe();

@@ -57,6 +57,9 @@ pub enum Dispatched {
     /// A read that needs the database first (a partial cache): nothing is in the output yet;
     /// [`load_and_dispatch`] reads what is missing and answers.
     Miss(Miss),
+    /// A WATCH, allowed and audited: nothing is in the output yet; the connection answers it
+    /// and becomes the stream (`server::watch`).
+    Watch { principal: Arc<Principal> },
 }
 
 /// What a read found missing from a partial cache.
@@ -219,6 +222,16 @@ fn dispatch_request(
             request_id,
             out,
         );
+    }
+    if let Request::Watch(_) = &request {
+        if context.router.through_database() {
+            auditor.record(&principal.id, &request, None, Status::Unavailable);
+            let error =
+                OpError::Unavailable("the PostgreSQL store does not stream changes yet: WATCH is refused");
+            return refuse(context, error, request_id, out);
+        }
+        auditor.record(&principal.id, &request, None, Status::Ok);
+        return Dispatched::Watch { principal: Arc::clone(principal) };
     }
     if op.is_write() {
         ExecutorMetrics::add(&metrics.writes_total, 1);
@@ -386,6 +399,7 @@ fn dispatch_request(
         | Request::Rotate(_)
         | Request::Stage(_)
         | Request::Promote(_)
+        | Request::Watch(_)
         | Request::RotateKey
         | Request::Rekey(_) => {
             unreachable!("handled above")

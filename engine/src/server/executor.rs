@@ -17,7 +17,7 @@ use crate::data::Store;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::connection::Listener;
 use crate::server::router::{Router, ShardMessage};
-use crate::server::{connection, maintenance, postgres};
+use crate::server::{connection, maintenance, postgres, watch};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
 use crate::storage::postgres::Database;
 use crate::storage::Shards;
@@ -79,6 +79,8 @@ pub struct ExecutorContext {
     pub audit: Option<Rc<AuditLog>>,
     /// The shared database, with `--store` (STATS reports its pool).
     pub database: Option<Database>,
+    /// Wakes this executor's watchers (WATCH) when the shards' feeds move.
+    pub watch_hub: Rc<watch::WatchHub>,
 }
 
 impl ExecutorContext {
@@ -122,7 +124,13 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMessage, Full>) {
             )
             .await
             {
-                Ok(log) => writer.attach_log(log),
+                Ok(log) => {
+                    let log: Rc<dyn crate::storage::ShardStorage> = log;
+                    let bell =
+                        watch::spawn_feed_committer(Arc::clone(&shared.store), shard_id, Rc::clone(&log));
+                    writer.attach_feed_bell(bell);
+                    writer.attach_log(log);
+                }
                 Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),
             }
         }
@@ -236,6 +244,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMessage, Full>) {
         tls: shared.tls.clone().map(futures_rustls::TlsAcceptor::from),
         audit: audit.clone(),
         database: shared.database.clone(),
+        watch_hub: Rc::default(),
     });
     glommio::spawn_local(accept_loop(listener, Rc::clone(&context), Listener::Native)).detach();
     if let Some(resp_listener) = resp_listener {

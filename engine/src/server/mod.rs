@@ -20,6 +20,7 @@ pub mod prometheus;
 pub mod resp;
 pub mod router;
 pub mod tls;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -21,7 +21,9 @@ use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
 use crate::op::stage::PromoteRequest;
 use crate::op::stats::StatsReply;
+use crate::op::watch::{WatchEvent, WatchReply, WatchRequest};
 use crate::op::Request;
+use crate::wire::Reader;
 
 /// The connection under a client: plain TCP or TLS over TCP.
 enum Transport {
@@ -73,6 +75,8 @@ pub struct Client {
     read_buffer: BytesMut,
     write_buffer: BytesMut,
     next_request_id: u32,
+    /// The request id of the WATCH this connection streams, once it does.
+    watch_request_id: Option<u32>,
 }
 
 impl std::fmt::Debug for Client {
@@ -145,6 +149,7 @@ impl Client {
             read_buffer: BytesMut::with_capacity(64 * 1024),
             write_buffer: BytesMut::with_capacity(64 * 1024),
             next_request_id: 1,
+            watch_request_id: None,
         }
     }
 
@@ -265,6 +270,41 @@ impl Client {
     /// ROTATE; returns the new version.
     pub fn rotate(&mut self, request: &RotateRequest<'_>) -> Result<u64, ClientError> {
         self.run(client::rotate(request)).map(|reply| reply.version)
+    }
+
+    /// WATCH: from now on this connection is a stream of change events; read them with
+    /// [`Client::next_event`]. Use a connection of its own: the server takes no other request
+    /// on it.
+    pub fn watch(&mut self, request: &WatchRequest<'_>) -> Result<WatchReply, ClientError> {
+        let call = client::watch(request);
+        let request_id = self.send(&call.request);
+        self.flush()?;
+        let reply = self.receive()?;
+        if reply.request_id != request_id {
+            return Err(ClientError::UnexpectedResponse { request_id: reply.request_id });
+        }
+        let reply = call.reply(reply)?;
+        self.watch_request_id = Some(request_id);
+        Ok(reply)
+    }
+
+    /// The next change event of the stream [`Client::watch`] opened; waits for it (see
+    /// [`Client::set_read_timeout`]).
+    ///
+    /// # Errors
+    /// The server's end of the stream (`UNAVAILABLE` when the watcher fell behind,
+    /// `UNAUTHORIZED` when its token was revoked), connection failures, or no stream open.
+    pub fn next_event(&mut self) -> Result<WatchEvent, ClientError> {
+        let Some(request_id) = self.watch_request_id else { return Err(ClientError::Closed) };
+        let frame = self.receive()?;
+        if frame.request_id != request_id {
+            return Err(ClientError::UnexpectedResponse { request_id: frame.request_id });
+        }
+        let body = frame.into_ok_body()?;
+        let mut reader = Reader::new(&body);
+        let event = WatchEvent::decode(&mut reader)?;
+        reader.finish()?;
+        Ok(event)
     }
 
     /// GET of the version in `stage` (current, pending or previous).

@@ -25,6 +25,7 @@ use crate::op::put::{PutReply, PutRequest};
 use crate::op::rotate::{RotateReply, RotateRequest};
 use crate::op::stage::{PromoteReply, PromoteRequest, StageReply, StageRequest};
 use crate::op::stats::StatsReply;
+use crate::op::watch::{WatchReply, WatchRequest};
 use crate::op::{decode_error, Request};
 use crate::wire::{DecodeError, Reader};
 
@@ -121,6 +122,11 @@ pub fn stage<'a>(request: &StageRequest<'a>) -> Call<'a, StageReply> {
 /// PROMOTE the pending version; the reply is the version now current.
 pub fn promote<'a>(request: &PromoteRequest<'a>) -> Call<'a, PromoteReply> {
     Call { request: Request::Promote(*request), decode: PromoteReply::decode }
+}
+
+/// WATCH: the reply, then (see the clients' `next_event`) the stream.
+pub fn watch<'a>(request: &WatchRequest<'a>) -> Call<'a, WatchReply> {
+    Call { request: Request::Watch(request.clone()), decode: WatchReply::decode }
 }
 
 /// GET_META.

@@ -13,6 +13,7 @@ pub mod put;
 pub mod rotate;
 pub mod stage;
 pub mod stats;
+pub mod watch;
 
 use bytes::{BufMut, BytesMut};
 
@@ -30,9 +31,10 @@ use list::ListRequest;
 use put::PutRequest;
 use rotate::RotateRequest;
 use stage::{PromoteRequest, StageRequest};
+use watch::WatchRequest;
 
 /// A decoded request, borrowing from its frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     Hello(HelloRequest<'a>),
     Ping(&'a [u8]),
@@ -47,6 +49,7 @@ pub enum Request<'a> {
     Destroy(DestroyRequest<'a>),
     Stage(StageRequest<'a>),
     Promote(PromoteRequest<'a>),
+    Watch(WatchRequest<'a>),
     Stats,
     RotateKey,
     Rekey(RekeyRequest<'a>),
@@ -95,6 +98,7 @@ impl<'a> Request<'a> {
             Op::Destroy => DestroyRequest::decode(&mut reader, limits).map(Request::Destroy),
             Op::Stage => StageRequest::decode(&mut reader, limits).map(Request::Stage),
             Op::Promote => PromoteRequest::decode(&mut reader, limits).map(Request::Promote),
+            Op::Watch => WatchRequest::decode(&mut reader, limits).map(Request::Watch),
             Op::Stats => Ok(Request::Stats),
             Op::RotateKey => Ok(Request::RotateKey),
             Op::Rekey => RekeyRequest::decode(&mut reader).map(Request::Rekey),
@@ -118,6 +122,7 @@ impl<'a> Request<'a> {
             Request::Destroy(_) => Op::Destroy,
             Request::Stage(_) => Op::Stage,
             Request::Promote(_) => Op::Promote,
+            Request::Watch(_) => Op::Watch,
             Request::Stats => Op::Stats,
             Request::RotateKey => Op::RotateKey,
             Request::Rekey(_) => Op::Rekey,
@@ -136,6 +141,7 @@ impl<'a> Request<'a> {
             Request::Destroy(destroy) => Some(destroy.id),
             Request::Stage(stage) => Some(stage.id),
             Request::Promote(promote) => Some(promote.id),
+            Request::Watch(_) => None,
             Request::Hello(_)
             | Request::Ping(_)
             | Request::BatchGet(_)
@@ -163,6 +169,7 @@ impl<'a> Request<'a> {
             Request::Destroy(destroy) => destroy.encode(out),
             Request::Stage(stage) => stage.encode(out),
             Request::Promote(promote) => promote.encode(out),
+            Request::Watch(watch) => watch.encode(out),
             Request::Stats | Request::RotateKey => {}
             Request::Rekey(rekey) => rekey.encode(out),
         }

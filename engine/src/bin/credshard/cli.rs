@@ -203,6 +203,28 @@ pub enum ClientCommand {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Print changes as they are committed, one line each (never a secret): `SHARD:SEQ CHANGE
+    /// ID version V at_ms T owner O scope S`. With --position-file, resumes from the position
+    /// saved there and saves it after every change, so a restarted watcher misses nothing.
+    Watch {
+        /// Only this credential.
+        #[arg(long, conflicts_with_all = ["owner", "scope_prefix"])]
+        id: Option<String>,
+        /// Only credentials of this owner.
+        #[arg(long, conflicts_with = "scope_prefix")]
+        owner: Option<String>,
+        /// Only credentials whose scope starts with this.
+        #[arg(long)]
+        scope_prefix: Option<String>,
+        /// A file holding the position to resume from (written after every change).
+        #[arg(long)]
+        position_file: Option<PathBuf>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Erase one version's secret for good, keeping its metadata (its state becomes destroyed).
     Destroy {
         id: String,

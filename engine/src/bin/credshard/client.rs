@@ -12,6 +12,7 @@ use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::op::stage::PromoteRequest;
+use credshard_protocol::op::watch::{WatchFilter, WatchPosition, WatchRequest};
 use credshard_protocol::{encode_labels, Client, ClientTls, Expiry, Kind, Labels, PutRequest};
 use zeroize::Zeroizing;
 
@@ -215,6 +216,54 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Undelete { id, connect } => {
             let version = connect_to(&connect)?.undelete(&id)?;
             println!("{id} is served again at version {version}");
+            Ok(())
+        }
+        ClientCommand::Watch { id, owner, scope_prefix, position_file, count, connect } => {
+            let filter = match (&id, &owner, &scope_prefix) {
+                (Some(id), _, _) => WatchFilter::Id(id),
+                (_, Some(owner), _) => WatchFilter::Owner(owner),
+                (_, _, Some(prefix)) => WatchFilter::ScopePrefix(prefix),
+                _ => WatchFilter::All,
+            };
+            let saved = match &position_file {
+                Some(path) if path.exists() => Some(
+                    WatchPosition::from_text(&std::fs::read_to_string(path)?)
+                        .with_context(|| format!("{} does not hold a watch position", path.display()))?,
+                ),
+                _ => None,
+            };
+            let resume = saved.as_ref().and_then(WatchPosition::resume);
+            let mut client = connect_to(&connect)?;
+            let reply = client.watch(&WatchRequest { filter, resume })?;
+            if saved.is_some() && !reply.resumed {
+                eprintln!(
+                    "warning: could not resume from the saved position: changes since then may be missed"
+                );
+            }
+            let mut position = WatchPosition::from_reply(&reply);
+            let mut stdout = std::io::stdout().lock();
+            let mut seen = 0;
+            while count.is_none_or(|count| seen < count) {
+                let event = client.next_event()?;
+                writeln!(
+                    stdout,
+                    "{}:{} {} {} version {} at_ms {} owner {} scope {}",
+                    event.shard,
+                    event.seq,
+                    event.change.name(),
+                    event.id,
+                    event.version,
+                    event.at_ms,
+                    event.owner,
+                    event.scope
+                )?;
+                stdout.flush()?;
+                position.advance(&event);
+                if let Some(path) = &position_file {
+                    std::fs::write(path, position.to_text())?;
+                }
+                seen += 1;
+            }
             Ok(())
         }
         ClientCommand::Destroy { id, version, connect } => {
