@@ -15,6 +15,8 @@ pub const FRAME_BYTES_MAX_CEILING: usize = 256 << 20;
 pub const BATCH_REPLY_BYTES_MAX_CEILING: usize = 1 << 30;
 /// The fastest `--rewrap-rate` (credentials re-encrypted per second per shard).
 pub const REWRAP_RATE_MAX: u32 = 1_000_000;
+/// The most changes a shard may keep for watchers (`--watch-history-events`).
+pub const WATCH_HISTORY_EVENTS_MAX: usize = 1 << 24;
 
 pub use crate::storage::FsyncMode;
 
@@ -132,6 +134,10 @@ pub struct ServerConfig {
     /// the new key (in the background, between requests).
     #[arg(long, env = "CREDSHARD_REWRAP_RATE", default_value_t = 5000)]
     pub rewrap_rate: u32,
+    /// Changes each shard keeps for watchers (WATCH): a watcher that falls further behind, or
+    /// resumes from further back, has missed changes and is told so.
+    #[arg(long, env = "CREDSHARD_WATCH_HISTORY_EVENTS", default_value_t = crate::data::feed::FEED_EVENTS_DEFAULT)]
+    pub watch_history_events: usize,
     /// How long an idle executor spins before it sleeps, in microseconds. Spinning trades idle
     /// CPU for latency: a write forwarded to a sleeping executor waits for it to wake.
     #[arg(long, env = "CREDSHARD_SPIN_BEFORE_PARK_US", default_value_t = 0)]
@@ -286,6 +292,12 @@ impl ServerConfig {
         }
         if self.sweep_interval_ms == 0 {
             return fail("--sweep-interval-ms must be positive".to_owned());
+        }
+        if self.watch_history_events == 0 || self.watch_history_events > WATCH_HISTORY_EVENTS_MAX {
+            return fail(format!(
+                "--watch-history-events must be 1..={WATCH_HISTORY_EVENTS_MAX}, got {}",
+                self.watch_history_events
+            ));
         }
         if self.rewrap_rate == 0 || self.rewrap_rate > REWRAP_RATE_MAX {
             return fail(format!("--rewrap-rate must be 1..={REWRAP_RATE_MAX}, got {}", self.rewrap_rate));

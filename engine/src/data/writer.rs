@@ -167,9 +167,6 @@ pub struct ShardWriter {
     /// (an id removed since may linger until the hand reaches it; see
     /// [`ShardWriter::evict_past_capacity`]).
     clock: VecDeque<Box<str>>,
-    /// Rung after each change appended to the shard's feed, so that it is marked committed
-    /// once the storage commits it (see `server::watch`); `None`: nobody marks them.
-    feed_bell: Option<Box<dyn Fn()>>,
     _not_send: PhantomData<Rc<()>>,
 }
 
@@ -197,16 +194,8 @@ impl ShardWriter {
             Some(_) => store.shard(shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect(),
             None => VecDeque::new(),
         };
-        let mut writer = ShardWriter {
-            store,
-            shard_id,
-            expiries,
-            purges,
-            log: None,
-            clock,
-            feed_bell: None,
-            _not_send: PhantomData,
-        };
+        let mut writer =
+            ShardWriter { store, shard_id, expiries, purges, log: None, clock, _not_send: PhantomData };
         writer.evict_past_capacity(None);
         writer
     }
@@ -216,17 +205,10 @@ impl ShardWriter {
         self.log = Some(log);
     }
 
-    /// The shard's storage, if it has one.
-    pub fn log(&self) -> Option<&Rc<dyn ShardStorage>> {
-        self.log.as_ref()
-    }
-
-    /// Calls `bell` after every change appended to the shard's feed.
-    pub fn attach_feed_bell(&mut self, bell: Box<dyn Fn()>) {
-        self.feed_bell = Some(bell);
-    }
-
-    /// Appends a change of `id` to the shard's feed, with the owner and scope of `record`.
+    /// Appends a change of `id` to the shard's feed, with the owner and scope of `record`. It
+    /// becomes readable once the storage has committed it (the storage's commit listener,
+    /// `server::watch::FeedListener`, marks it), since it is appended with the change's log
+    /// entries, before the commit that takes them.
     fn announce(&self, change: ChangeKind, id: &str, version: u64, at_ms: u64, record: &Record) {
         let credential = record.credential();
         let shard = self.store.shard(self.shard_id);
@@ -239,9 +221,6 @@ impl ShardWriter {
             credential.owner.as_str(),
             credential.scope.as_str(),
         );
-        if let Some(bell) = &self.feed_bell {
-            bell();
-        }
     }
 
     /// Applies `write` and sends its outcome on `reply`: at once when it is refused (or the

@@ -20,7 +20,7 @@ use crate::server::router::{Router, ShardMessage};
 use crate::server::{connection, maintenance, postgres, watch};
 use crate::storage::log::{LogPlace, LogSettings, ShardLog};
 use crate::storage::postgres::Database;
-use crate::storage::Shards;
+use crate::storage::{ShardStorage, Shards};
 use glommio::channels::local_channel;
 
 /// Flushes of the audit log at shutdown before giving up on connections that keep recording.
@@ -125,10 +125,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMessage, Full>) {
             .await
             {
                 Ok(log) => {
-                    let log: Rc<dyn crate::storage::ShardStorage> = log;
-                    let bell =
-                        watch::spawn_feed_committer(Arc::clone(&shared.store), shard_id, Rc::clone(&log));
-                    writer.attach_feed_bell(bell);
+                    log.listen(Rc::new(watch::FeedListener::new(Arc::clone(&shared.store), shard_id)));
                     writer.attach_log(log);
                 }
                 Err(error) => return report(Err(format!("opening {}: {error}", segment.display()))),

@@ -109,7 +109,8 @@ impl Server {
             }
         };
         let shard_count = config.shard_count();
-        let mut store = Store::new(shard_count, keyring, config.limits(), config.lifecycle());
+        let mut store = Store::new(shard_count, keyring, config.limits(), config.lifecycle())
+            .with_feed_events(config.watch_history_events);
         if database.is_some() && config.cache_capacity > 0 {
             store = store.with_cache_capacity(config.cache_capacity);
         }

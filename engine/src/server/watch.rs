@@ -7,9 +7,8 @@
 //! watchers when one moved; each then copies the new events that pass its filter and its
 //! token's reach (encoded once by the writer) into frames, and sends them.
 //!
-//! Events become readable only when the shard's storage has committed them: each shard's
-//! writer rings a bell per change, and a task on its executor waits for the commit of what
-//! was appended ([`spawn_feed_committer`]).
+//! Events become readable only when the shard's storage has committed them
+//! ([`FeedListener`]).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -25,17 +24,15 @@ use credshard_protocol::op::encode_error;
 use credshard_protocol::op::watch::{EventRef, WatchFilter, WatchReply, WatchRequest, STREAM_FLAG};
 use credshard_protocol::wire::Reader;
 use credshard_protocol::Status;
-use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
-use glommio::channels::local_channel;
 
 use crate::auth::{Principal, Session};
 use crate::data::Store;
 use crate::metrics::ExecutorMetrics;
 use crate::server::connection::{linger, Output};
 use crate::server::executor::ExecutorContext;
-use crate::storage::ShardStorage;
+use crate::storage::CommitListener;
 
 /// How often a hub looks for new committed changes: the most a change waits, after its
 /// commit, before watchers are woken for it.
@@ -46,9 +43,6 @@ const EVENTS_PER_TURN: usize = 1024;
 
 /// Unsent stream bytes above which a watcher sends before it takes more events.
 const STREAM_OUTPUT_BYTES_MAX: usize = 256 * 1024;
-
-/// How long the feed committer waits before asking again after its storage failed a commit.
-const COMMIT_RETRY: Duration = Duration::from_millis(10);
 
 /// A WATCH request, owned: the frame it came in is consumed before the stream starts.
 #[derive(Clone, Debug)]
@@ -162,35 +156,28 @@ impl Future for MovedPast<'_> {
     }
 }
 
-/// Marks the events appended to `shard_id`'s feed committed once `log` has committed them:
-/// the writer rings the returned bell after each one. One commit wait at a time: the events
-/// appended while it waits are covered by the next, which joins the storage's next group
-/// commit rather than causing one of its own.
-pub fn spawn_feed_committer(store: Arc<Store>, shard_id: usize, log: Rc<dyn ShardStorage>) -> Box<dyn Fn()> {
-    let (bell, rung) = local_channel::new_bounded::<()>(1);
-    glommio::spawn_local(async move {
-        let feed = &store.shard(shard_id).feed;
-        while rung.recv().await.is_some() {
-            loop {
-                let appended = feed.appended();
-                if appended <= feed.committed() {
-                    break;
-                }
-                let (reply, committed) = oneshot::channel();
-                log.when_committed(reply, Ok(0));
-                match committed.await {
-                    Ok(Ok(_)) => feed.mark_committed(appended),
-                    // The storage failed this commit (the writes were refused with it): ask
-                    // again until it recovers and commits them.
-                    _ => glommio::timer::sleep(COMMIT_RETRY).await,
-                }
-            }
-        }
-    })
-    .detach();
-    Box::new(move || {
-        let _ = bell.try_send(());
-    })
+/// Makes a shard's feed follow its storage's commits: the events appended before a commit
+/// took its entries become readable when it succeeds, before any of its writes is answered (so
+/// a change is never announced before it is durable, nor after its writer heard back).
+pub struct FeedListener {
+    store: Arc<Store>,
+    shard_id: usize,
+}
+
+impl FeedListener {
+    pub fn new(store: Arc<Store>, shard_id: usize) -> FeedListener {
+        FeedListener { store, shard_id }
+    }
+}
+
+impl CommitListener for FeedListener {
+    fn taken(&self) -> u64 {
+        self.store.shard(self.shard_id).feed.appended()
+    }
+
+    fn committed(&self, mark: u64) {
+        self.store.shard(self.shard_id).feed.mark_committed(mark);
+    }
 }
 
 /// Answers `spec` on `stream` and then streams the changes it asks for until the client

@@ -35,7 +35,7 @@ use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::storage::manifest::Manifest;
 use crate::storage::recovery::ActiveSegment;
 use crate::storage::wal::{encode_batch, encode_entry, EntryType};
-use crate::storage::{FsyncMode, ShardStorage, Shards};
+use crate::storage::{CommitListener, FsyncMode, ShardStorage, Shards};
 
 /// Where a shard's log lives.
 #[derive(Clone, Debug)]
@@ -175,6 +175,8 @@ pub struct ShardLog<F: LogFs = Disk> {
     snapshot_bytes: Cell<u64>,
     pending: RefCell<Vec<u8>>,
     waiters: RefCell<Vec<(oneshot::Sender<WriteOutcome>, WriteOutcome)>>,
+    /// Told what each commit took and when it succeeded (the shard's change feed).
+    listener: RefCell<Option<Rc<dyn CommitListener>>>,
     failing: Cell<bool>,
     /// The next commit syncs even in `--fsync never` mode (someone waits on durability).
     sync_requested: Cell<bool>,
@@ -227,6 +229,7 @@ impl<F: LogFs> ShardLog<F> {
             snapshot_bytes: Cell::new(0),
             pending: RefCell::new(Vec::with_capacity(64 * 1024)),
             waiters: RefCell::new(Vec::new()),
+            listener: RefCell::new(None),
             failing: Cell::new(false),
             sync_requested: Cell::new(false),
             doorbell,
@@ -382,6 +385,10 @@ impl<F: LogFs> ShardStorage for ShardLog<F> {
     fn is_failing(&self) -> bool {
         self.failing.get()
     }
+
+    fn listen(&self, listener: Rc<dyn CommitListener>) {
+        *self.listener.borrow_mut() = Some(listener);
+    }
 }
 
 async fn write_all_at<File: LogFile + ?Sized>(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
@@ -434,6 +441,8 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
             }
             let payload = std::mem::take(&mut *log.pending.borrow_mut());
             let waiters = std::mem::take(&mut *log.waiters.borrow_mut());
+            let listener = log.listener.borrow().clone();
+            let mark = listener.as_ref().map(|listener| listener.taken());
             let sync = log.sync_requested.take();
             let counters = log.metrics.executor(log.place.shard_id);
             // Every waiter taken here is answered below, once: it leaves the queue's depth then.
@@ -459,6 +468,9 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
                         ExecutorMetrics::add(&counters.log_bytes_written, batch.len() as u64);
                         if log.failing.replace(false) {
                             tracing::warn!(path = %log.segment_path().display(), "the log is writable again; writes resume");
+                        }
+                        if let (Some(listener), Some(mark)) = (&listener, mark) {
+                            listener.committed(mark);
                         }
                         let answered = waiters.take().unwrap_or_default();
                         gather_target = answered.len() + log.waiters.borrow().len();

@@ -24,6 +24,8 @@ pub mod postgres;
 pub mod recovery;
 pub mod wal;
 
+use std::rc::Rc;
+
 use futures::channel::oneshot;
 
 pub use archive::Archive;
@@ -104,4 +106,20 @@ pub trait ShardStorage {
 
     /// True while commits fail: the shard must refuse new writes (reads go on).
     fn is_failing(&self) -> bool;
+
+    /// Tells `listener` about every commit from now on (the shard's change feed). Storage
+    /// that does not commit in batches may ignore it.
+    fn listen(&self, listener: Rc<dyn CommitListener>) {
+        let _ = listener;
+    }
+}
+
+/// Follows a shard storage's commits.
+pub trait CommitListener {
+    /// A commit takes everything appended so far; the mark returned is handed back to
+    /// [`CommitListener::committed`] if that commit succeeds.
+    fn taken(&self) -> u64;
+
+    /// The commit that took `mark` succeeded; called before any of its writes is answered.
+    fn committed(&self, mark: u64);
 }

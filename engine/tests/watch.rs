@@ -1,0 +1,368 @@
+//! WATCH over real TCP: a watcher sees every committed change of its filter exactly once and in
+//! each credential's version order, across a restart of the watcher (resume) while writers
+//! keep writing; filters and the token's reach decide what it is sent; a watcher that cannot
+//! resume, or falls behind, is told so; and watching never holds a writer up.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{ids_on_every_shard, put, TestServer};
+use credshard_engine::auth::hash_token;
+use credshard_engine::config::FsyncMode;
+use credshard_protocol::op::watch::{Change, WatchEvent, WatchFilter, WatchPosition, WatchRequest};
+use credshard_protocol::{Client, PutRequest, Request, Status};
+
+fn watch_all() -> WatchRequest<'static> {
+    WatchRequest { filter: WatchFilter::All, resume: None }
+}
+
+/// Reads events until `done` says stop (at most ~30 s without one).
+fn events_until(client: &mut Client, mut done: impl FnMut(&WatchEvent) -> bool) -> Vec<WatchEvent> {
+    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut events = Vec::new();
+    loop {
+        let event = client.next_event().expect("an event");
+        let stop = done(&event);
+        events.push(event);
+        if stop {
+            return events;
+        }
+    }
+}
+
+#[test]
+fn a_watcher_sees_every_change_exactly_once_in_version_order_across_its_own_restart() {
+    let server = TestServer::start_with(2, |config| config.fsync = FsyncMode::Never);
+    const WRITERS: usize = 4;
+    const IDS_PER_WRITER: usize = 25;
+    const WRITES_PER_ID: u64 = 200;
+    let total = (WRITERS * IDS_PER_WRITER) as u64 * WRITES_PER_ID;
+
+    let mut watcher = server.client();
+    let first = watcher.watch(&watch_all()).unwrap();
+    assert!(!first.resumed, "no resume was asked for");
+    let mut position = WatchPosition::from_reply(&first);
+
+    let written = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let address = server.address();
+            let written = Arc::clone(&written);
+            std::thread::spawn(move || {
+                let mut client = Client::connect(address).unwrap();
+                let ids: Vec<String> =
+                    (0..IDS_PER_WRITER).map(|index| format!("w{writer}/{index}")).collect();
+                for _ in 0..WRITES_PER_ID {
+                    // A pipeline of one write per id.
+                    for id in &ids {
+                        client.send(&Request::Put(put(id, b"s")));
+                    }
+                    client.flush().unwrap();
+                    for _ in &ids {
+                        let frame = client.receive().unwrap();
+                        assert_eq!(frame.status, Status::Ok as u8);
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // The watcher reads a third of the changes, then goes away mid-stream and comes back from
+    // where it was.
+    let mut count = 0;
+    let mut seen = events_until(&mut watcher, |_| {
+        count += 1;
+        count == total / 3
+    });
+    for event in &seen {
+        position.advance(event);
+    }
+    drop(watcher);
+    std::thread::sleep(Duration::from_millis(50)); // changes go on while it is away
+    let mut watcher = server.client();
+    let resumed =
+        watcher.watch(&WatchRequest { filter: WatchFilter::All, resume: position.resume() }).unwrap();
+    assert!(resumed.resumed, "the server still holds every change since the position");
+    seen.extend(events_until(&mut watcher, |_| {
+        count += 1;
+        count == total
+    }));
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+
+    // Exactly once, in version order, for every id.
+    let mut versions: HashMap<&str, Vec<u64>> = HashMap::new();
+    for event in &seen {
+        assert_eq!(event.change, Change::Put);
+        versions.entry(event.id.as_str()).or_default().push(event.version);
+    }
+    assert_eq!(versions.len(), WRITERS * IDS_PER_WRITER);
+    for (id, versions) in &versions {
+        assert_eq!(*versions, (1..=WRITES_PER_ID).collect::<Vec<_>>(), "{id}");
+    }
+    // Nothing more is pending for it.
+    watcher.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    assert!(watcher.next_event().is_err(), "no event beyond the writes");
+    println!(
+        "{total} writes in {elapsed:?} ({:.0}/s, debug build), every one seen once across a resume",
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn every_kind_of_change_is_announced_with_its_version_and_never_a_secret() {
+    let server = TestServer::start_with(1, |config| config.sweep_interval_ms = 10);
+    let mut watcher = server.client();
+    watcher.watch(&WatchRequest { filter: WatchFilter::Id("svc/db"), resume: None }).unwrap();
+    let mut client = server.client();
+    let id = "svc/db";
+    client.put(&put(id, b"canary-1")).unwrap();
+    client.put(&put("svc/other", b"x")).unwrap(); // filtered out
+    let rotate = credshard_protocol::op::rotate::RotateRequest {
+        id,
+        expected_version: None,
+        grace_period_seconds: None,
+        secret: b"canary-2",
+    };
+    client.rotate(&rotate).unwrap();
+    client.stage(&put(id, b"canary-3")).unwrap();
+    let promote = credshard_protocol::op::stage::PromoteRequest {
+        id,
+        expected_version: None,
+        grace_period_seconds: None,
+    };
+    client.promote(&promote).unwrap();
+    client.destroy(id, 1).unwrap();
+    client.delete(id, None).unwrap();
+    client.undelete(id).unwrap();
+    let purge = credshard_protocol::op::delete::DeleteRequest {
+        purge: true,
+        ..credshard_protocol::op::delete::DeleteRequest::new(id, None)
+    };
+    client.delete_with(&purge).unwrap();
+    let expiring = PutRequest { expiry: credshard_protocol::Expiry::TtlMs(1), ..put(id, b"canary-4") };
+    client.put(&expiring).unwrap();
+    let mut left = 10;
+    let events = events_until(&mut watcher, |_| {
+        left -= 1;
+        left == 0
+    });
+    let seen: Vec<(Change, u64)> = events.iter().map(|event| (event.change, event.version)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Change::Put, 1),
+            (Change::Rotate, 2),
+            (Change::Stage, 3),
+            (Change::Promote, 3),
+            (Change::Destroy, 1),
+            (Change::Delete, 3),
+            (Change::Undelete, 3),
+            (Change::Purge, 3),
+            (Change::Put, 4),
+            (Change::Expire, 4),
+        ]
+    );
+    for event in &events {
+        assert_eq!((event.id.as_str(), event.owner.as_str(), event.scope.as_str()), (id, "team-a", "prod"));
+        assert!(event.seq > 0 && event.at_ms > 0);
+    }
+    // Events carry no secret: the raw frames never hold one.
+    assert!(!format!("{events:?}").contains("canary"));
+}
+
+const ADMIN: &[u8] = b"cst_admin-token-0123456789";
+const BILLING: &[u8] = b"cst_billing-meta-token-01";
+const WRITER_ONLY: &[u8] = b"cst_writer-only-token-0123";
+
+fn guarded_server() -> (TestServer, tempfile::TempDir) {
+    let table = |id: &str, token: &[u8], rest: &str| {
+        format!("[[token]]\nid = \"{id}\"\nsha256 = \"{}\"\n{rest}\n\n", hex::encode(hash_token(token)))
+    };
+    let text = table("admin", ADMIN, "ops = [\"*\"]")
+        + &table("billing", BILLING, "ops = [\"read-meta\"]\nowners = [\"billing\"]")
+        + &table("writer", WRITER_ONLY, "ops = [\"write\"]");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, text).unwrap();
+    (TestServer::start_with(2, |config| config.tokens = Some(tokens)), dir)
+}
+
+#[test]
+fn filters_and_the_tokens_reach_decide_what_a_watcher_is_sent() {
+    let (server, _dir) = guarded_server();
+    let connect = |token: &[u8]| Client::connect_with_token(server.address(), token).unwrap();
+    // Before HELLO, and without the read-meta permission: refused.
+    let mut anonymous = Client::connect_raw(server.address()).unwrap();
+    assert_eq!(anonymous.watch(&watch_all()).unwrap_err().status(), Some(Status::Unauthorized));
+    let mut writer = connect(WRITER_ONLY);
+    assert_eq!(writer.watch(&watch_all()).unwrap_err().status(), Some(Status::Unauthorized));
+    assert_eq!(
+        writer.put(&put("still/served", b"x")).unwrap(),
+        1,
+        "a refused WATCH leaves the connection as it was"
+    );
+
+    let mut billing_all = connect(BILLING);
+    billing_all.watch(&watch_all()).unwrap();
+    let mut admin_prefix = connect(ADMIN);
+    admin_prefix.watch(&WatchRequest { filter: WatchFilter::ScopePrefix("prod/"), resume: None }).unwrap();
+    let mut admin_owner = connect(ADMIN);
+    admin_owner.watch(&WatchRequest { filter: WatchFilter::Owner("ops"), resume: None }).unwrap();
+
+    let mut admin = connect(ADMIN);
+    let credentials = [
+        ("a", "billing", "prod/x"),
+        ("b", "ops", "prod/y"),
+        ("c", "billing", "dev/z"),
+        ("d", "ops", "dev/w"),
+    ];
+    for (id, owner, scope) in credentials {
+        admin.put(&PutRequest { owner, scope, ..put(id, b"s") }).unwrap();
+    }
+    admin.put(&PutRequest { owner: "billing", scope: "prod/end", ..put("end", b"s") }).unwrap();
+    admin.put(&PutRequest { owner: "ops", scope: "prod/end", ..put("end-ops", b"s") }).unwrap();
+    let ids = |client: &mut Client, last: &str| -> Vec<String> {
+        events_until(client, |event| event.id == last).into_iter().map(|event| event.id).collect()
+    };
+    assert_eq!(ids(&mut billing_all, "end"), vec!["a", "c", "end"], "the token reaches billing only");
+    assert_eq!(ids(&mut admin_prefix, "end-ops"), vec!["a", "b", "end", "end-ops"]);
+    assert_eq!(ids(&mut admin_owner, "end-ops"), vec!["b", "d", "end-ops"]);
+}
+
+/// Sets the socket's receive buffer: small, so that a client that does not read holds the
+/// server's sends back soon; then large, so that what the server did send drains quickly.
+fn set_receive_buffer(client: &mut Client, size: libc::c_int) {
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int of the size given.
+    let result = unsafe {
+        libc::setsockopt(
+            client.stream_mut().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(result, 0);
+}
+
+#[test]
+fn a_watcher_that_stops_reading_holds_no_writer_up_and_is_told_it_fell_behind() {
+    let server = TestServer::start_with(2, |config| {
+        config.fsync = FsyncMode::Never;
+        config.watch_history_events = 64;
+    });
+    let mut watcher = server.client();
+    set_receive_buffer(&mut watcher, 4096);
+    watcher.watch(&watch_all()).unwrap();
+    // Long ids make each event large: 30,000 of them are about 8 MB, twice what the socket
+    // buffers can hold here (a 4 MiB send buffer at most, a 4 KiB receive buffer).
+    let ids: Vec<String> = (0..50).map(|index| format!("{index:03}/{}", "x".repeat(200))).collect();
+    let mut writer = server.client();
+    let mut written = 0u64;
+    for _ in 0..600 {
+        for id in &ids {
+            writer.send(&Request::Put(put(id, b"s")));
+        }
+        writer.flush().unwrap();
+        for _ in &ids {
+            assert_eq!(writer.receive().unwrap().status, Status::Ok as u8);
+            written += 1;
+        }
+    }
+    assert_eq!(written, 30_000, "every write was answered while the watcher read nothing");
+    // Now it reads: what the buffers held, then the end of the stream.
+    set_receive_buffer(&mut watcher, 4 << 20);
+    watcher.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut received = 0u64;
+    let error = loop {
+        match watcher.next_event() {
+            Ok(_) => received += 1,
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(error.status(), Some(Status::Unavailable), "{error}");
+    assert!(error.to_string().contains("fell behind"), "{error}");
+    assert!(received < written, "{received} events before the end");
+    let stats = server.client().stats().unwrap();
+    assert_eq!(stats.get("watchers_behind"), Some(1));
+}
+
+#[test]
+fn a_resume_from_too_far_back_or_another_run_is_not_claimed_as_a_resume() {
+    let server = TestServer::start_with(1, |config| config.watch_history_events = 16);
+    let mut watcher = server.client();
+    let reply = watcher.watch(&watch_all()).unwrap();
+    let position = WatchPosition::from_reply(&reply);
+    drop(watcher);
+    let mut client = server.client();
+    for index in 0..40 {
+        client.put(&put(&format!("id-{index}"), b"s")).unwrap();
+    }
+    // The feed holds the last 16 changes: the 24 before them are gone.
+    let mut late = server.client();
+    let reply = late.watch(&WatchRequest { filter: WatchFilter::All, resume: position.resume() }).unwrap();
+    assert!(!reply.resumed, "changes were missed: the client must read the state again");
+    client.put(&put("after", b"s")).unwrap();
+    assert_eq!(late.next_event().unwrap().id, "after", "it starts with the next change");
+    // A position of another run of the server.
+    let mut other = server.client();
+    let foreign =
+        WatchRequest { filter: WatchFilter::All, resume: Some((reply.epoch ^ 1, reply.start.clone())) };
+    assert!(!other.watch(&foreign).unwrap().resumed);
+    // A position within what the feed holds resumes.
+    let mut recent = WatchPosition::from_reply(&reply);
+    recent.seqs[0] -= 5;
+    let mut resumed = server.client();
+    let reply = resumed.watch(&WatchRequest { filter: WatchFilter::All, resume: recent.resume() }).unwrap();
+    assert!(reply.resumed);
+    let replayed: Vec<String> = (0..6).map(|_| resumed.next_event().unwrap().id).collect();
+    assert_eq!(replayed, vec!["id-35", "id-36", "id-37", "id-38", "id-39", "after"]);
+}
+
+#[test]
+fn writes_pipelined_before_a_watch_are_answered_first_and_malformed_watches_are_refused() {
+    let server = TestServer::start(2);
+    let mut client = server.client();
+    let ids = ids_on_every_shard(2, 2);
+    let mut sent = Vec::new();
+    for id in &ids {
+        sent.push(client.send(&Request::Put(put(id, b"s"))));
+    }
+    let watch_id = client.send(&Request::Watch(watch_all()));
+    client.flush().unwrap();
+    // Writes on two shards: their replies may come in any order, but all before the WATCH's.
+    let mut answered: Vec<u32> = (0..sent.len())
+        .map(|_| {
+            let frame = client.receive().unwrap();
+            assert_eq!(frame.status, Status::Ok as u8);
+            frame.request_id
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(answered, sent);
+    let reply = client.receive().unwrap();
+    assert_eq!((reply.request_id, reply.status), (watch_id, Status::Ok as u8));
+
+    // A WATCH that does not decode is an ordinary bad request: the connection stays a
+    // request-reply one.
+    let mut raw = server.client();
+    let mut frame = bytes::BytesMut::new();
+    let start = credshard_protocol::frame::begin(&mut frame, 0x1B, 5);
+    frame.extend_from_slice(&[9, 0, 0]); // filter kind 9
+    credshard_protocol::frame::finish(&mut frame, start);
+    use std::io::Write;
+    raw.stream_mut().write_all(&frame).unwrap();
+    let answer = raw.receive().unwrap();
+    assert_eq!((answer.request_id, answer.status), (5, Status::Malformed as u8));
+    assert_eq!(raw.put(&put("still/here", b"s")).unwrap(), 1);
+}
