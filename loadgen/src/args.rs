@@ -109,6 +109,16 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub tls_name: Option<String>,
 
+    /// Change-stream watchers (WATCH) to keep open beside the load, on connections of their
+    /// own (a credshard target only): the report says how many events they received.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=CONNECTIONS_MAX))]
+    pub watchers: usize,
+
+    /// What each watcher watches: all (every change) or key (watcher i the key i mod --keys).
+    #[arg(long, value_name = "SCOPE", default_value = "all", value_parser = crate::watchers::WatchScope::parse)]
+    pub watch_scope: crate::watchers::WatchScope,
+
     /// Client threads, each a single-threaded runtime owning its share of the connections
     /// [default: the number of CPUs, at most --connections].
     #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]

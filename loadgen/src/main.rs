@@ -16,6 +16,7 @@
 //!   progress line.
 //! - [`report`]: latency recording, the final table and the JSON file.
 //! - [`plot`]: latency percentile charts as SVG (`--plot`, and `plot` to overlay JSON results).
+//! - [`watchers`]: change-stream watchers beside the load (`--watchers`).
 //!
 //! Exit codes: 0 after a run (errors are reported, not fatal), 1 when the run could not be
 //! measured (the preload failed, every connection was lost, the JSON file could not be
@@ -35,6 +36,7 @@ mod redis;
 mod report;
 mod target;
 mod value;
+mod watchers;
 mod workload;
 
 use std::fs::File;
@@ -199,9 +201,20 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
         rate: args.rate,
         progress: true,
     };
+    let access = access(args).map_err(Exit::Usage)?;
+    let watchers = match (args.watchers, &args.target) {
+        (0, _) => None,
+        (_, Target::Redis { .. }) => {
+            return Err(Exit::Usage("--watchers needs a credshard target".to_owned()))
+        }
+        (count, target) => Some(
+            watchers::Watchers::start(target, &access, count, args.watch_scope, args.keys)
+                .map_err(|error| Exit::Usage(format!("cannot open the watchers: {error}")))?,
+        ),
+    };
     let setup = Setup {
         target: args.target.clone(),
-        access: access(args).map_err(Exit::Usage)?,
+        access,
         connections: args.connections,
         threads,
         preload: !args.no_preload,
@@ -229,6 +242,13 @@ fn run_checked(args: &Args, json_file: Option<File>) -> Result<Reported, Exit> {
         rate: args.rate,
     };
     print!("{}", report::table(&info, &summary));
+    if let Some(watchers) = watchers {
+        let watched = watchers.finish().map_err(Exit::Failed)?;
+        println!(
+            "watchers: {} ({:?}), {} events received, {} streams ended early",
+            watched.watchers, args.watch_scope, watched.events, watched.ended
+        );
+    }
     if let (Some(mut file), Some(path)) = (json_file, &args.json) {
         file.write_all(report::json(&info, &summary).as_bytes())
             .map_err(|error| Exit::Failed(format!("cannot write {}: {error}", path.display())))?;

@@ -156,6 +156,30 @@ fn zipf_open_loop_with_rotate_and_batch_get() {
 }
 
 #[test]
+fn watchers_beside_the_load_receive_the_changes() {
+    let (server, _data_dir) = common::start_credshard();
+    let output = Command::new(LOADGEN)
+        .arg("--target")
+        .arg(format!("credshard://{}", server.local_address()))
+        .args(["--connections", "4", "--pipeline", "2", "--duration", "1", "--warmup", "0", "--keys", "500"])
+        .args(["--mix", "get=50,put=50", "--threads", "2", "--watchers", "3", "--watch-scope", "all"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("watchers: 3 (All), "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let events: u64 =
+        line.split(", ").nth(1).and_then(|part| part.split(' ').next()).unwrap().parse().unwrap();
+    // The preload alone writes every key once, well before the run ends: each watcher sees it.
+    assert!(events >= 3 * 500, "{line}");
+    assert!(line.ends_with(", 0 streams ended early"), "{line}");
+    server.join().unwrap();
+}
+
+#[test]
 fn deletes_make_not_found_an_outcome_not_an_error() {
     let (server, data_dir) = common::start_credshard();
     let json_path = data_dir.path().join("run.json");

@@ -117,7 +117,9 @@ impl Feed {
             return Err(Lapped { missed: ring.first_seq - after - 1 });
         }
         let from = (after + 1 - ring.first_seq) as usize;
-        let to = ((committed + 1 - ring.first_seq) as usize).min(ring.events.len()).min(from + count_max);
+        let to = ((committed + 1 - ring.first_seq) as usize)
+            .min(ring.events.len())
+            .min(from.saturating_add(count_max));
         for event in ring.events.range(from..to) {
             each(event);
         }

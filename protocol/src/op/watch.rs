@@ -377,6 +377,52 @@ mod tests {
         assert_eq!(WatchPosition::from_text("9:x"), None);
     }
 
+    fn hex(text: &str) -> Vec<u8> {
+        text.split_whitespace().map(|byte| u8::from_str_radix(byte, 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_worked_example_in_docs_protocol_md() {
+        let request = WatchRequest { filter: WatchFilter::Owner("payments"), resume: None };
+        let mut out = BytesMut::new();
+        crate::op::Request::Watch(request).encode(12, &mut out);
+        assert_eq!(
+            &out[..],
+            &hex("1b 00 00 00 1b 00 0c 00 00 00 02 08 00 70 61 79 6d 65 6e 74 73 \
+                  00 00 00 00 00 00 00 00 00 00")[..]
+        );
+        let mut out = BytesMut::new();
+        let start = crate::frame::begin(&mut out, 0, 12);
+        WatchReply { epoch: 0x1122334455667788, resumed: false, start: vec![5, 9] }.encode(&mut out);
+        crate::frame::finish(&mut out, start);
+        assert_eq!(
+            &out[..],
+            &hex("21 00 00 00 00 00 0c 00 00 00 88 77 66 55 44 33 22 11 00 02 00 \
+                  05 00 00 00 00 00 00 00 09 00 00 00 00 00 00 00")[..]
+        );
+        let mut out = BytesMut::new();
+        let start = crate::frame::begin(&mut out, 0, 12);
+        out[start + crate::frame::LENGTH_BYTES + 1] = STREAM_FLAG;
+        let event = EventRef {
+            shard: 1,
+            seq: 10,
+            change: Change::Rotate,
+            version: 3,
+            at_ms: 1_796_600_000_000,
+            id: "db/main",
+            owner: "payments",
+            scope: "prod",
+        };
+        event.encode(&mut out);
+        crate::frame::finish(&mut out, start);
+        assert_eq!(
+            &out[..],
+            &hex("3a 00 00 00 00 01 0c 00 00 00 01 00 0a 00 00 00 00 00 00 00 02 \
+                  03 00 00 00 00 00 00 00 00 6e b4 4d a2 01 00 00 07 00 64 62 2f 6d 61 69 6e \
+                  08 00 70 61 79 6d 65 6e 74 73 04 00 70 72 6f 64")[..]
+        );
+    }
+
     #[test]
     fn bad_filters_are_refused() {
         let limits = Limits::default();
