@@ -10,6 +10,7 @@
 //! timeout of connecting is answered UNAUTHORIZED and closed; once it has, it may stay.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -106,6 +107,7 @@ pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>, listener
     let _ = stream.set_read_timeout(Some(Duration::from_millis(config.idle_timeout_ms)));
     let _ = stream.set_write_timeout(Some(Duration::from_millis(config.write_timeout_ms)));
     let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let socket = stream.as_raw_fd();
     if context.all_metrics.connections_open() >= context.config.connections_max as u64 {
         ExecutorMetrics::add(&metrics.connections_refused, 1);
         if context.tls.is_none() {
@@ -123,11 +125,11 @@ pub async fn serve(mut stream: TcpStream, context: Rc<ExecutorContext>, listener
     ExecutorMetrics::add(&metrics.connections_total, 1);
     ExecutorMetrics::add(&metrics.connections_open, 1);
     let result = match &context.tls {
-        None => run(listener, &context, peer, &mut stream).await,
+        None => run(listener, &context, peer, socket, &mut stream).await,
         Some(acceptor) => {
             let handshake = acceptor.accept(stream);
             match select(Box::pin(handshake), Box::pin(glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT))).await {
-                Either::Left((Ok(mut tls), _)) => run(listener, &context, peer, &mut tls).await,
+                Either::Left((Ok(mut tls), _)) => run(listener, &context, peer, socket, &mut tls).await,
                 Either::Left((Err(error), _)) => Err(error),
                 Either::Right(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
@@ -144,10 +146,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     listener: Listener,
     context: &Rc<ExecutorContext>,
     peer: SocketAddr,
+    socket: RawFd,
     stream: &mut S,
 ) -> std::io::Result<()> {
     match listener {
-        Listener::Native => Connection::new(context, peer).run(stream).await,
+        Listener::Native => Connection::new(context, peer, socket).run(stream).await,
         Listener::Resp => crate::server::resp::RespConnection::new(context, peer).run(stream).await,
     }
 }
@@ -157,6 +160,8 @@ struct Connection<'a> {
     /// Who is connected: the authentication state and the address the audit log records.
     session: Session,
     peer: SocketAddr,
+    /// The TCP socket under the stream (TLS or not), for socket options.
+    socket: RawFd,
     /// Until when a connection that is not authenticated may stay (servers with tokens only):
     /// set at accept and again when a reload revokes the session's token; cleared by a
     /// successful HELLO. It bounds reads and flushes alike.
@@ -183,11 +188,12 @@ pub(super) enum Woken {
 }
 
 impl<'a> Connection<'a> {
-    fn new(context: &'a Rc<ExecutorContext>, peer: SocketAddr) -> Connection<'a> {
+    fn new(context: &'a Rc<ExecutorContext>, peer: SocketAddr, socket: RawFd) -> Connection<'a> {
         Connection {
             context,
             session: context.authenticator.session(),
             peer,
+            socket,
             auth_deadline: (!context.authenticator.is_open()).then(|| context.auth_deadline_from_now()),
             input: InputBuffer::new(READ_CHUNK_BYTES),
             output: Output::new(),
@@ -295,6 +301,7 @@ impl<'a> Connection<'a> {
                 // The replies of everything before the WATCH go first.
                 self.finish_pending(&mut pending, stream).await?;
                 self.input.wipe();
+                watch::limit_send_buffer(self.socket);
                 return watch::serve(
                     self.context,
                     &mut self.session,

@@ -11,7 +11,9 @@
 //! ([`FeedListener`]).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::RawFd;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -43,6 +45,33 @@ const EVENTS_PER_TURN: usize = 1024;
 
 /// Unsent stream bytes above which a watcher sends before it takes more events.
 const STREAM_OUTPUT_BYTES_MAX: usize = 256 * 1024;
+
+/// The kernel send buffer of a watching connection (the kernel doubles it for its own
+/// bookkeeping): with the stream output above, what one watcher can hold of the server's
+/// memory. A watcher whose client reads slower than changes come fills it and falls behind
+/// instead of growing it to the system's maximum (4 MiB here, for each of a thousand
+/// watchers).
+pub const WATCH_SEND_BUFFER_BYTES: usize = 128 * 1024;
+
+/// Sets a watching connection's kernel send buffer to [`WATCH_SEND_BUFFER_BYTES`]; a socket
+/// that refuses keeps its own (the stream works either way).
+pub fn limit_send_buffer(socket: RawFd) {
+    let bytes = WATCH_SEND_BUFFER_BYTES as libc::c_int;
+    // SAFETY: `socket` is the connection's open TCP socket for this whole call, and the option
+    // value is a c_int of the length passed; setsockopt reads nothing else.
+    let result = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not limit a watcher's send buffer");
+    }
+}
 
 /// A WATCH request, owned: the frame it came in is consumed before the stream starts.
 #[derive(Clone, Debug)]
@@ -83,75 +112,186 @@ impl WatchSpec {
     }
 }
 
-/// Wakes an executor's watchers when a shard's committed position moves.
+/// Wakes an executor's watchers when changes they want are committed.
+///
+/// Every [`TICK`] the hub reads each shard's new committed events once and matches them
+/// against its watchers' filters (ids and owners through maps, the other filters one by one):
+/// a watcher something matched is woken and reads the events itself (checking its token's
+/// reach); one nothing matched, and that had read everything before, is moved past them
+/// without waking. So a thousand watchers of one credential each cost a map lookup per change,
+/// not a thousand scans of every change.
 #[derive(Default)]
 pub struct WatchHub {
-    /// Bumped whenever some shard's committed position moved.
-    generation: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-    watchers: Cell<usize>,
+    slots: RefCell<Vec<Rc<Slot>>>,
+    by_id: RefCell<HashMap<Box<str>, Vec<Rc<Slot>>>>,
+    by_owner: RefCell<HashMap<Box<str>, Vec<Rc<Slot>>>>,
+    /// Watchers of every change or of a scope prefix: matched one by one.
+    others: RefCell<Vec<Rc<Slot>>>,
     ticking: Cell<bool>,
 }
 
-/// A watcher counted by its hub while it lives.
-struct Registration<'a>(&'a Rc<WatchHub>);
+/// One watcher, as its hub sees it.
+struct Slot {
+    filter: OwnedFilter,
+    /// Per shard, the last seq the watcher has read (or been moved past).
+    positions: RefCell<Vec<u64>>,
+    /// Something it wants was committed since it last read.
+    due: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Slot {
+    fn wake(&self) {
+        self.due.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+/// A watcher registered with its hub while it lives.
+struct Registration<'a> {
+    hub: &'a Rc<WatchHub>,
+    slot: Rc<Slot>,
+}
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.0.watchers.set(self.0.watchers.get() - 1);
+        let forget = |slots: &mut Vec<Rc<Slot>>| slots.retain(|slot| !Rc::ptr_eq(slot, &self.slot));
+        forget(&mut self.hub.slots.borrow_mut());
+        let keyed = match &self.slot.filter {
+            OwnedFilter::Id(id) => Some((&self.hub.by_id, id)),
+            OwnedFilter::Owner(owner) => Some((&self.hub.by_owner, owner)),
+            _ => None,
+        };
+        match keyed {
+            Some((index, key)) => {
+                let mut index = index.borrow_mut();
+                if let Some(slots) = index.get_mut(key.as_str()) {
+                    forget(slots);
+                    if slots.is_empty() {
+                        index.remove(key.as_str());
+                    }
+                }
+            }
+            None => forget(&mut self.hub.others.borrow_mut()),
+        }
     }
 }
 
 impl WatchHub {
-    /// Counts a watcher, and starts the hub's ticker if it is not running.
-    fn register<'a>(self: &'a Rc<WatchHub>, store: &Arc<Store>) -> Registration<'a> {
-        self.watchers.set(self.watchers.get() + 1);
+    /// Registers a watcher reading from `positions`, and starts the hub's ticker if it is not
+    /// running.
+    fn register<'a>(
+        self: &'a Rc<WatchHub>,
+        store: &Arc<Store>,
+        filter: OwnedFilter,
+        positions: Vec<u64>,
+    ) -> Registration<'a> {
+        let slot = Rc::new(Slot {
+            filter,
+            positions: RefCell::new(positions),
+            due: Cell::new(true),
+            waker: RefCell::new(None),
+        });
+        self.slots.borrow_mut().push(Rc::clone(&slot));
+        match &slot.filter {
+            OwnedFilter::Id(id) => {
+                self.by_id.borrow_mut().entry(id.as_str().into()).or_default().push(Rc::clone(&slot))
+            }
+            OwnedFilter::Owner(owner) => {
+                self.by_owner.borrow_mut().entry(owner.as_str().into()).or_default().push(Rc::clone(&slot))
+            }
+            _ => self.others.borrow_mut().push(Rc::clone(&slot)),
+        }
         if !self.ticking.replace(true) {
             let hub = Rc::clone(self);
             let store = Arc::clone(store);
             glommio::spawn_local(async move { hub.tick(store).await }).detach();
         }
-        Registration(self)
+        Registration { hub: self, slot }
     }
 
-    /// Every [`TICK`] while watchers are registered: wakes them if a shard's committed
-    /// position moved.
+    /// Every [`TICK`] while watchers are registered: matches the changes committed since the
+    /// last tick against the watchers' filters, wakes those they concern, and moves the others
+    /// past them.
     async fn tick(&self, store: Arc<Store>) {
-        let committed = || (0..store.shard_count()).map(|shard_id| store.shard(shard_id).feed.committed());
-        let mut seen: Vec<u64> = committed().collect();
-        while self.watchers.get() > 0 {
+        let shard_count = store.shard_count();
+        let mut scanned: Vec<u64> =
+            (0..shard_count).map(|shard_id| store.shard(shard_id).feed.committed()).collect();
+        while !self.slots.borrow().is_empty() {
             glommio::timer::sleep(TICK).await;
-            if committed().ne(seen.iter().copied()) {
-                seen = committed().collect();
-                self.generation.set(self.generation.get() + 1);
-                for waker in self.wakers.borrow_mut().drain(..) {
-                    waker.wake();
+            let before = scanned.clone();
+            let mut lapped = false;
+            for (shard_id, position) in scanned.iter_mut().enumerate() {
+                let feed = &store.shard(shard_id).feed;
+                loop {
+                    match feed.read_after(*position, EVENTS_PER_TURN, |bytes| self.route(bytes)) {
+                        Ok(last) if last == *position => break,
+                        Ok(last) => *position = last,
+                        Err(_) => {
+                            // The hub itself fell behind (it never should: it only reads):
+                            // every watcher looks for itself.
+                            lapped = true;
+                            *position = feed.committed();
+                            break;
+                        }
+                    }
+                }
+            }
+            if scanned == before && !lapped {
+                continue;
+            }
+            for slot in self.slots.borrow().iter() {
+                if lapped {
+                    slot.wake();
+                    continue;
+                }
+                if slot.due.get() {
+                    continue;
+                }
+                // Nothing it wants since `before`: if it had read that far, it may skip to here.
+                let mut positions = slot.positions.borrow_mut();
+                if positions.iter().zip(&before).all(|(own, scanned_before)| own >= scanned_before) {
+                    for (own, scanned_now) in positions.iter_mut().zip(&scanned) {
+                        *own = (*own).max(*scanned_now);
+                    }
                 }
             }
         }
         self.ticking.set(false);
     }
 
-    /// Resolves once the generation is past `seen`, with the new generation.
-    fn moved_past(&self, seen: u64) -> MovedPast<'_> {
-        MovedPast { hub: self, seen }
+    /// Wakes the watchers whose filter the encoded event `bytes` passes.
+    fn route(&self, bytes: &[u8]) {
+        let event = EventRef::decode(&mut Reader::new(bytes)).expect("the feed holds valid events");
+        if let Some(slots) = self.by_id.borrow().get(event.id) {
+            slots.iter().for_each(|slot| slot.wake());
+        }
+        if let Some(slots) = self.by_owner.borrow().get(event.owner) {
+            slots.iter().for_each(|slot| slot.wake());
+        }
+        for slot in self.others.borrow().iter() {
+            if slot.filter.borrowed().passes(event.id, event.owner, event.scope) {
+                slot.wake();
+            }
+        }
     }
 }
 
-struct MovedPast<'a> {
-    hub: &'a WatchHub,
-    seen: u64,
+/// Resolves once the watcher of `slot` is due to read.
+struct Due<'a> {
+    slot: &'a Slot,
 }
 
-impl Future for MovedPast<'_> {
-    type Output = u64;
+impl Future for Due<'_> {
+    type Output = ();
 
-    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<u64> {
-        let generation = self.hub.generation.get();
-        if generation > self.seen {
-            return Poll::Ready(generation);
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.slot.due.get() {
+            return Poll::Ready(());
         }
-        self.hub.wakers.borrow_mut().push(context.waker().clone());
+        *self.slot.waker.borrow_mut() = Some(context.waker().clone());
         Poll::Pending
     }
 }
@@ -199,7 +339,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             && seqs.len() == shard_count
             && seqs.iter().enumerate().all(|(shard_id, &seq)| store.shard(shard_id).feed.holds_after(seq))
     });
-    let mut positions: Vec<u64> = match resumable {
+    let positions: Vec<u64> = match resumable {
         Some((_, seqs)) => seqs.clone(),
         None => (0..shard_count).map(|shard_id| store.shard(shard_id).feed.committed()).collect(),
     };
@@ -210,17 +350,18 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ExecutorMetrics::add(&metrics.watchers_total, 1);
     ExecutorMetrics::add(&metrics.watchers_open, 1);
     let _open = OpenWatcher(metrics);
-    let hub = &context.watch_hub;
-    let _registration = hub.register(store);
+    let registration = context.watch_hub.register(store, spec.filter.clone(), positions);
+    let slot = &registration.slot;
     let filter = spec.filter.borrowed();
-    let mut generation = hub.generation.get();
     let mut discard = [0u8; 512];
     loop {
         // Send everything committed since the last turn.
-        for (shard_id, position) in positions.iter_mut().enumerate() {
+        slot.due.set(false);
+        for shard_id in 0..shard_count {
             let feed = &store.shard(shard_id).feed;
             loop {
-                let read = feed.read_after(*position, EVENTS_PER_TURN, |bytes| {
+                let position = slot.positions.borrow()[shard_id];
+                let read = feed.read_after(position, EVENTS_PER_TURN, |bytes| {
                     let event =
                         EventRef::decode(&mut Reader::new(bytes)).expect("the feed holds valid events");
                     if filter.passes(event.id, event.owner, event.scope)
@@ -234,8 +375,11 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 });
                 match read {
-                    Ok(last) if last == *position => break,
-                    Ok(last) => *position = last,
+                    Ok(last) if last == position => break,
+                    Ok(last) => {
+                        let mut positions = slot.positions.borrow_mut();
+                        positions[shard_id] = positions[shard_id].max(last);
+                    }
                     Err(lapped) => {
                         ExecutorMetrics::add(&metrics.watchers_behind, 1);
                         let message = format!(
@@ -260,12 +404,11 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             output.flush(stream, None, metrics).await?;
             return linger(stream).await;
         }
-        // Wait for new changes, or for the client to close (anything it sends is discarded:
-        // the connection is the stream's now).
-        let moved = hub.moved_past(generation);
+        // Wait for changes it wants, or for the client to close (anything it sends is
+        // discarded: the connection is the stream's now).
         let read = stream.read(&mut discard);
-        match select(pin!(moved), pin!(read)).await {
-            Either::Left((now, _)) => generation = now,
+        match select(pin!(Due { slot }), pin!(read)).await {
+            Either::Left(((), _)) => {}
             Either::Right((Ok(0), _)) => return Ok(()),
             Either::Right((Ok(_), _)) => {}
             // A watcher may stay silent for as long as it likes: the idle timeout is not for it.
