@@ -48,6 +48,10 @@ pub enum OpError {
     /// PROMOTE's expected version is not the pending one (`pending_version` 0: none).
     #[error("pending version conflict")]
     PendingConflict { pending_version: u64 },
+    /// A write without an expected version to a credential whose policy requires one
+    /// (answered `VERSION_CONFLICT`; for PROMOTE `current_version` is the pending one).
+    #[error("compare-and-set required")]
+    CasRequired { current_version: u64 },
     /// PROMOTE of a credential with no pending version (answered `NOT_FOUND`).
     #[error("no pending version")]
     NoPending,
@@ -76,7 +80,9 @@ impl OpError {
             | OpError::Deleted { .. }
             | OpError::Destroyed
             | OpError::NoPending => Status::NotFound,
-            OpError::VersionConflict { .. } | OpError::PendingConflict { .. } => Status::VersionConflict,
+            OpError::VersionConflict { .. }
+            | OpError::PendingConflict { .. }
+            | OpError::CasRequired { .. } => Status::VersionConflict,
             OpError::Expired => Status::Expired,
             OpError::Retired => Status::Retired,
             OpError::InvalidCursor => Status::Malformed,
@@ -92,6 +98,7 @@ impl OpError {
         match self {
             OpError::VersionConflict { current_version } => *current_version,
             OpError::PendingConflict { pending_version } => *pending_version,
+            OpError::CasRequired { current_version } => *current_version,
             OpError::Deleted { purge_at_ms } => *purge_at_ms,
             _ => 0,
         }
@@ -110,6 +117,9 @@ impl OpError {
             }
             OpError::PendingConflict { .. } => "version conflict: detail holds the pending version (0: none)",
             OpError::NoPending => "no pending version: STAGE writes one",
+            OpError::CasRequired { .. } => {
+                "this credential's policy requires compare-and-set: send the expected version (detail holds it)"
+            }
             OpError::Expired => "credential expired",
             OpError::Retired => "version retired: its grace period has ended",
             OpError::InvalidCursor => "invalid list cursor: pass the next_cursor of the previous page",

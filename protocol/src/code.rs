@@ -33,6 +33,10 @@ pub enum Op {
     Promote = 0x1A,
     /// Subscribe the connection to change events (a stream of frames).
     Watch = 0x1B,
+    /// Replace a credential's policy (versions kept, compare-and-set, retirement, metadata).
+    SetPolicy = 0x1C,
+    /// Read a credential's policy.
+    GetPolicy = 0x1D,
     /// Server counters.
     Stats = 0x20,
     /// A new data key for new writes; records on older keys are re-encrypted in the background.
@@ -43,7 +47,7 @@ pub enum Op {
 
 impl Op {
     /// Every op, in code order.
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 19] = [
         Op::Hello,
         Op::Ping,
         Op::Put,
@@ -58,6 +62,8 @@ impl Op {
         Op::Stage,
         Op::Promote,
         Op::Watch,
+        Op::SetPolicy,
+        Op::GetPolicy,
         Op::Stats,
         Op::RotateKey,
         Op::Rekey,
@@ -80,6 +86,8 @@ impl Op {
             0x19 => Op::Stage,
             0x1A => Op::Promote,
             0x1B => Op::Watch,
+            0x1C => Op::SetPolicy,
+            0x1D => Op::GetPolicy,
             0x20 => Op::Stats,
             0x21 => Op::RotateKey,
             0x22 => Op::Rekey,
@@ -104,6 +112,8 @@ impl Op {
             Op::Stage => "STAGE",
             Op::Promote => "PROMOTE",
             Op::Watch => "WATCH",
+            Op::SetPolicy => "SET_POLICY",
+            Op::GetPolicy => "GET_POLICY",
             Op::Stats => "STATS",
             Op::RotateKey => "ROTATE_KEY",
             Op::Rekey => "REKEY",
@@ -114,7 +124,14 @@ impl Op {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Op::Put | Op::Delete | Op::Rotate | Op::Undelete | Op::Destroy | Op::Stage | Op::Promote
+            Op::Put
+                | Op::Delete
+                | Op::Rotate
+                | Op::Undelete
+                | Op::Destroy
+                | Op::Stage
+                | Op::Promote
+                | Op::SetPolicy
         )
     }
 

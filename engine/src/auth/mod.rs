@@ -81,8 +81,8 @@ impl Permission {
         match op {
             Op::Hello | Op::Ping => None,
             Op::Get | Op::BatchGet => Some(Permission::Read),
-            Op::GetMeta | Op::Watch => Some(Permission::ReadMeta),
-            Op::Put | Op::Stage => Some(Permission::Write),
+            Op::GetMeta | Op::Watch | Op::GetPolicy => Some(Permission::ReadMeta),
+            Op::Put | Op::Stage | Op::SetPolicy => Some(Permission::Write),
             Op::Rotate | Op::Promote => Some(Permission::Rotate),
             Op::Delete | Op::Undelete | Op::Destroy => Some(Permission::Delete),
             Op::List => Some(Permission::List),

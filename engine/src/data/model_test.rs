@@ -19,6 +19,7 @@ use bytes::BytesMut;
 use credshard_protocol::op::delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
 use credshard_protocol::op::get::{GetMetaReply, GetMetaRequest, GetRequest, Stage};
 use credshard_protocol::op::list::{ListReply, ListRequest};
+use credshard_protocol::op::policy::{Policy, SetPolicyRequest};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::op::stage::PromoteRequest;
 use credshard_protocol::wire::Reader;
@@ -93,6 +94,7 @@ enum Op {
     Promote { id: usize, expected: Option<u64>, grace_seconds: Option<u64> },
     Get { id: usize, version: u64 },
     GetStage { id: usize, stage: Stage },
+    SetPolicy { id: usize, max_versions: u16, cas_required: bool, retire_after_seconds: u64 },
     Meta { id: usize },
     List { owner: usize },
     Sweep,
@@ -109,7 +111,8 @@ impl Op {
             | Op::Undelete { id }
             | Op::Destroy { id, .. }
             | Op::Stage { id, .. }
-            | Op::Promote { id, .. } => Some(id),
+            | Op::Promote { id, .. }
+            | Op::SetPolicy { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -139,6 +142,13 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (id.clone(), 0..6u64).prop_map(|(id, version)| Op::Get { id, version }),
         2 => (id.clone(), proptest::sample::select(Stage::ALL.to_vec()))
             .prop_map(|(id, stage)| Op::GetStage { id, stage }),
+        1 => (id.clone(), 0..5u16, proptest::bool::weighted(0.3), proptest::option::weighted(0.3, 1..3u64))
+            .prop_map(|(id, max_versions, cas_required, retire)| Op::SetPolicy {
+                id,
+                max_versions,
+                cas_required,
+                retire_after_seconds: retire.unwrap_or(0),
+            }),
         1 => id.prop_map(|id| Op::Meta { id }),
         1 => (0..OWNERS.len()).prop_map(|owner| Op::List { owner }),
         1 => Just(Op::Sweep),
@@ -158,6 +168,17 @@ struct Version {
     previous_grace_until_ms: u64,
     /// Erased by DESTROY.
     destroyed: bool,
+    /// When it was written (a policy's delete_version_after counts from here).
+    written_at_ms: u64,
+}
+
+/// A credential's policy in the model (absent: the defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ModelPolicy {
+    /// 0: LIFECYCLE's.
+    max_versions: usize,
+    cas_required: bool,
+    retire_after_ms: u64,
 }
 
 /// The lifecycle rules, written as plainly as possible: credential id to kept versions,
@@ -171,6 +192,8 @@ struct Model {
     purged: BTreeMap<usize, u64>,
     /// Each credential's pending version (STAGE), not current until PROMOTE.
     pending: BTreeMap<usize, Version>,
+    /// Policies set by SET_POLICY.
+    policies: BTreeMap<usize, ModelPolicy>,
 }
 
 /// What a sweep purged, to put back if a restart loses the uncommitted purge.
@@ -181,6 +204,7 @@ struct Purged {
     purge_at_ms: Option<u64>,
     tombstone_before: Option<u64>,
     pending: Option<Version>,
+    policy: Option<ModelPolicy>,
 }
 
 fn expired(version: &Version, now_ms: u64) -> bool {
@@ -199,10 +223,13 @@ impl Model {
         let existing = self.credentials.get(&id);
         let deleted = self.deleted.contains_key(&id);
         let live = existing.filter(|versions| !expired(&versions[0], now_ms) && !deleted);
+        if existing.is_some() {
+            self.cas(id, expected, live.map_or(0, |versions| versions[0].version))?;
+        }
         conflict(expected, live.map_or(0, |versions| versions[0].version))?;
         let version = self.last_version(id) + 1;
         let mut versions = vec![Version { version, ..new }];
-        versions.extend(live.into_iter().flatten().take(LIFECYCLE.max_versions - 1).cloned());
+        versions.extend(live.into_iter().flatten().take(self.max_versions(id) - 1).cloned());
         self.credentials.insert(id, versions);
         self.deleted.remove(&id);
         self.pending.remove(&id);
@@ -225,6 +252,7 @@ impl Model {
         if expired(current, now_ms) {
             return Err(OpError::Expired);
         }
+        self.cas(id, expected, current.version)?;
         conflict(expected, current.version)?;
         let version = self.last_version(id) + 1;
         self.pending.insert(id, Version { version, ..new });
@@ -244,15 +272,49 @@ impl Model {
             return Err(OpError::Expired);
         }
         let pending_version = self.pending.get(&id).map_or(0, |pending| pending.version);
+        self.cas(id, expected, pending_version)?;
         if expected.is_some_and(|expected| expected != pending_version) {
             return Err(OpError::PendingConflict { pending_version });
         }
         let pending = self.pending.remove(&id).ok_or(OpError::NoPending)?;
         let grace_ms = grace_seconds.map_or(LIFECYCLE.grace_period_ms, |seconds| seconds * 1000);
+        let max_versions = self.max_versions(id);
         let versions = self.credentials.get_mut(&id).expect("checked above");
         versions.insert(0, Version { previous_grace_until_ms: (now_ms + grace_ms).max(1), ..pending });
-        versions.truncate(LIFECYCLE.max_versions);
+        versions.truncate(max_versions);
         Ok(pending_version)
+    }
+
+    /// The versions `id` keeps: its policy's, or the server's.
+    fn max_versions(&self, id: usize) -> usize {
+        match self.policies.get(&id) {
+            Some(policy) if policy.max_versions > 0 => policy.max_versions,
+            _ => LIFECYCLE.max_versions,
+        }
+    }
+
+    /// A write without an expected version, to a credential whose policy requires one.
+    fn cas(&self, id: usize, expected: Option<u64>, current_version: u64) -> Result<(), OpError> {
+        match (expected, self.policies.get(&id)) {
+            (None, Some(policy)) if policy.cas_required => Err(OpError::CasRequired { current_version }),
+            _ => Ok(()),
+        }
+    }
+
+    fn set_policy(&mut self, id: usize, policy: ModelPolicy, now_ms: u64) -> Result<u64, OpError> {
+        let current = &self.credentials.get(&id).ok_or(OpError::NotFound)?[0];
+        self.check_not_deleted(id)?;
+        if expired(current, now_ms) {
+            return Err(OpError::Expired);
+        }
+        let version = current.version;
+        match policy == (ModelPolicy { max_versions: 0, cas_required: false, retire_after_ms: 0 }) {
+            true => self.policies.remove(&id),
+            false => self.policies.insert(id, policy),
+        };
+        let max_versions = self.max_versions(id);
+        self.credentials.get_mut(&id).expect("checked above").truncate(max_versions);
+        Ok(version)
     }
 
     fn check_not_deleted(&self, id: usize) -> Result<(), OpError> {
@@ -268,7 +330,8 @@ impl Model {
         let tombstone_before = self.purged.get(&id).copied();
         self.purged.insert(id, tombstone_before.unwrap_or(0).max(last));
         let pending = self.pending.remove(&id);
-        Purged { id, versions, purge_at_ms: self.deleted.remove(&id), tombstone_before, pending }
+        let policy = self.policies.remove(&id);
+        Purged { id, versions, purge_at_ms: self.deleted.remove(&id), tombstone_before, pending, policy }
     }
 
     fn unpurge(&mut self, purged: Purged) {
@@ -282,6 +345,9 @@ impl Model {
         };
         if let Some(pending) = purged.pending {
             self.pending.insert(purged.id, pending);
+        }
+        if let Some(policy) = purged.policy {
+            self.policies.insert(purged.id, policy);
         }
     }
 
@@ -324,6 +390,7 @@ impl Model {
         if expired(&current, now_ms) {
             return Err(OpError::Expired);
         }
+        self.cas(id, expected, current.version)?;
         conflict(expected, current.version)?;
         let grace_ms = grace_seconds.map_or(LIFECYCLE.grace_period_ms, |seconds| seconds * 1000);
         let version = self.pending.remove(&id).map_or(current.version, |pending| pending.version) + 1;
@@ -332,11 +399,13 @@ impl Model {
             secret,
             previous_grace_until_ms: (now_ms + grace_ms).max(1),
             destroyed: false,
+            written_at_ms: now_ms,
             ..current
         };
+        let max_versions = self.max_versions(id);
         let versions = self.credentials.get_mut(&id).expect("checked above");
         versions.insert(0, new);
-        versions.truncate(LIFECYCLE.max_versions);
+        versions.truncate(max_versions);
         Ok(version)
     }
 
@@ -354,8 +423,9 @@ impl Model {
         }
         let version = current.version;
         let expired = expired(current, now_ms);
+        let deleted = self.deleted.contains_key(&id);
+        self.cas(id, expected, if expired || deleted { 0 } else { version })?;
         if expected.is_some() {
-            let deleted = self.deleted.contains_key(&id);
             conflict(expected, if expired || deleted { 0 } else { version })?;
         }
         if purge || expired {
@@ -367,12 +437,16 @@ impl Model {
         Ok(version)
     }
 
-    fn state(versions: &[Version], index: usize, now_ms: u64) -> VersionState {
+    fn state(&self, id: usize, versions: &[Version], index: usize, now_ms: u64) -> VersionState {
         if versions[index].destroyed {
             return VersionState::Destroyed;
         }
         if index == 0 {
             return VersionState::Current;
+        }
+        let retire_after_ms = self.policies.get(&id).map_or(0, |policy| policy.retire_after_ms);
+        if retire_after_ms != 0 && now_ms >= versions[index].written_at_ms + retire_after_ms {
+            return VersionState::Retired;
         }
         match versions[index - 1].previous_grace_until_ms {
             0 => VersionState::Superseded,
@@ -397,7 +471,7 @@ impl Model {
         } else {
             versions.iter().position(|kept| kept.version == version).ok_or(OpError::VersionNotFound)?
         };
-        self.serve(versions, index, now_ms)
+        self.serve(id, versions, index, now_ms)
     }
 
     fn get_stage(&self, id: usize, stage: Stage, now_ms: u64) -> Result<(u64, Vec<u8>), OpError> {
@@ -407,19 +481,25 @@ impl Model {
             return Err(OpError::Expired);
         }
         match stage {
-            Stage::Current => self.serve(versions, 0, now_ms),
+            Stage::Current => self.serve(id, versions, 0, now_ms),
             Stage::Pending => {
                 let pending = self.pending.get(&id).ok_or(OpError::VersionNotFound)?;
                 Ok((pending.version, pending.secret.clone()))
             }
-            Stage::Previous if versions.len() > 1 => self.serve(versions, 1, now_ms),
+            Stage::Previous if versions.len() > 1 => self.serve(id, versions, 1, now_ms),
             Stage::Previous => Err(OpError::VersionNotFound),
         }
     }
 
     /// The kept version at `index`, if its state lets it be read.
-    fn serve(&self, versions: &[Version], index: usize, now_ms: u64) -> Result<(u64, Vec<u8>), OpError> {
-        match Model::state(versions, index, now_ms) {
+    fn serve(
+        &self,
+        id: usize,
+        versions: &[Version],
+        index: usize,
+        now_ms: u64,
+    ) -> Result<(u64, Vec<u8>), OpError> {
+        match self.state(id, versions, index, now_ms) {
             VersionState::Retired => return Err(OpError::Retired),
             VersionState::Destroyed => return Err(OpError::Destroyed),
             _ => {}
@@ -438,7 +518,7 @@ impl Model {
             .into_iter()
             .chain(
                 (0..versions.len())
-                    .map(|index| (versions[index].version, Model::state(versions, index, now_ms))),
+                    .map(|index| (versions[index].version, self.state(id, versions, index, now_ms))),
             )
             .collect())
     }
@@ -583,6 +663,7 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                     expires_at_ms: expiry.resolve(now_ms),
                     previous_grace_until_ms: 0,
                     destroyed: false,
+                    written_at_ms: now_ms,
                 };
                 prop_assert_eq!(&real, &model.put(id, new, expected, now_ms), "step {}: {:?}", step, op);
                 commits = real.is_ok();
@@ -642,6 +723,7 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                     expires_at_ms: expiry.resolve(now_ms),
                     previous_grace_until_ms: 0,
                     destroyed: false,
+                    written_at_ms: now_ms,
                 };
                 prop_assert_eq!(&real, &model.stage(id, new, expected, now_ms), "step {}: {:?}", step, op);
                 commits = real.is_ok();
@@ -655,6 +737,25 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 let real = system.submit(IDS[id], Write::Promote(&request), now_ms);
                 let expected_outcome = model.promote(id, expected, grace_seconds, now_ms);
                 prop_assert_eq!(&real, &expected_outcome, "step {}: {:?}", step, op);
+                commits = real.is_ok();
+            }
+            Op::SetPolicy { id, max_versions, cas_required, retire_after_seconds } => {
+                let request = SetPolicyRequest {
+                    id: IDS[id],
+                    policy: Policy {
+                        max_versions,
+                        cas_required,
+                        delete_version_after_seconds: retire_after_seconds,
+                        metadata: Labels::from_validated(EMPTY_LABELS),
+                    },
+                };
+                let real = system.submit(IDS[id], Write::SetPolicy(&request), now_ms);
+                let policy = ModelPolicy {
+                    max_versions: max_versions.into(),
+                    cas_required,
+                    retire_after_ms: retire_after_seconds * 1000,
+                };
+                prop_assert_eq!(&real, &model.set_policy(id, policy, now_ms), "step {}: {:?}", step, op);
                 commits = real.is_ok();
             }
             Op::Get { .. } | Op::GetStage { .. } => {
@@ -786,6 +887,17 @@ fn a_known_history_replays_identically() {
         Op::Put { id: 2, owner: 0, expected: None, ttl_ms: None },
         Op::Get { id: 2, version: 6 },
         Op::Restart { shards: 1 },
+        Op::Meta { id: 2 },
+        Op::SetPolicy { id: 2, max_versions: 4, cas_required: true, retire_after_seconds: 1 },
+        Op::Put { id: 2, owner: 0, expected: None, ttl_ms: None },
+        Op::Put { id: 2, owner: 0, expected: Some(6), ttl_ms: None },
+        Op::Restart { shards: 3 },
+        Op::Put { id: 2, owner: 0, expected: Some(7), ttl_ms: None },
+        Op::Meta { id: 2 },
+        Op::Advance { ms: 1_000 },
+        Op::Get { id: 2, version: 6 },
+        Op::SetPolicy { id: 2, max_versions: 1, cas_required: false, retire_after_seconds: 0 },
+        Op::Restart { shards: 2 },
         Op::Meta { id: 2 },
     ];
     run(2, &ops).unwrap();

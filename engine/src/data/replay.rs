@@ -3,13 +3,16 @@
 //! installs entries through the same functions, so the history rules are written once.
 
 use super::record::Record;
-use super::shard::Deletion;
+use super::shard::{Deletion, StoredPolicy};
 use super::shard::{Entry, Id};
 use super::store::Store;
 use crate::error::EngineError;
 use crate::storage::wal;
 use crate::storage::wal::EntryType;
 use crate::storage::{Shards, SnapshotItem};
+use credshard_protocol::op::policy::Policy;
+use credshard_protocol::wire::Reader;
+use credshard_protocol::Limits;
 
 impl Shards for Store {
     fn shard_count(&self) -> usize {
@@ -25,8 +28,17 @@ impl Shards for Store {
         let map = shard.map.pin();
         let mut items = Vec::with_capacity(map.len());
         for (id, entry) in map.iter() {
-            // Oldest first, so replay rebuilds the same kept versions.
-            items.extend(entry.versions().rev().map(|record| SnapshotItem::Record(record.archive().clone())));
+            // Oldest first, so replay rebuilds the same kept versions; a policy right after the
+            // oldest, so the others are kept by its rule (it may keep more than the server's).
+            let mut oldest_first = entry.versions().rev();
+            let oldest = oldest_first.next().expect("an entry keeps its current version");
+            items.push(SnapshotItem::Record(oldest.archive().clone()));
+            if let Some(policy) = entry.policy() {
+                let mut encoded = Vec::new();
+                policy.wire().encode(&mut encoded);
+                items.push(SnapshotItem::Entry(EntryType::Policy, wal::policy_body(id, &encoded)));
+            }
+            items.extend(oldest_first.map(|record| SnapshotItem::Record(record.archive().clone())));
             if let Some(pending) = entry.pending() {
                 items.push(SnapshotItem::Entry(EntryType::Pending, pending.archive_bytes().to_vec()));
             }
@@ -144,6 +156,15 @@ fn replay(
                         promote(store, shard_id, record);
                     }
                 }
+                wal::Entry::Policy { id, policy } => {
+                    if store.shard_for(id) == shard_id {
+                        let policy =
+                            Policy::decode(&mut Reader::new(policy), &Limits::client()).map_err(|error| {
+                                EngineError::Corrupt(format!("a logged policy of {id:?}: {error}"))
+                            })?;
+                        set_policy(store, shard_id, id, StoredPolicy::of(&policy));
+                    }
+                }
                 wal::Entry::Rewrap(body) => {
                     let record = Record::from_bytes(body)?;
                     if store.shard_for(record.credential().id.as_str()) == shard_id {
@@ -170,11 +191,14 @@ pub(super) fn install_entry(
     existing: Option<&Entry>,
     maintain_index: bool,
 ) {
-    let max_versions = store.lifecycle().max_versions;
+    let policy = existing.and_then(Entry::policy).cloned();
+    let max_versions = policy.as_ref().map_or(store.lifecycle().max_versions, |policy| {
+        policy.max_versions_or(store.lifecycle().max_versions)
+    });
     let previous_version = existing.map_or(0, |entry| entry.current().version());
     assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
     let older = live.into_iter().flat_map(|live| live.versions().take(max_versions - 1).cloned());
-    let entry = Entry::new(std::iter::once(record).chain(older));
+    let entry = Entry::new(std::iter::once(record).chain(older)).with_policy(policy);
     let credential = entry.current().credential();
     // A deleted credential is out of the index: writing it again puts it back.
     let same_index_key = existing.filter(|entry| !entry.is_deleted()).is_some_and(|entry| {
@@ -214,6 +238,18 @@ pub(super) fn replace_version(store: &Store, shard_id: usize, record: Record) {
     let mut versions: Vec<Record> = entry.versions().cloned().collect();
     versions[position] = record;
     map.insert(id, entry.with_versions(versions));
+}
+
+/// Gives `id` `policy` (`None`: the defaults), dropping the oldest kept versions past its
+/// `max_versions` (the writer's SET_POLICY, and recovery of a logged POLICY); does nothing
+/// when the credential is gone.
+pub(super) fn set_policy(store: &Store, shard_id: usize, id: &str, policy: Option<StoredPolicy>) {
+    let map = store.shard(shard_id).map.pin();
+    let Some(entry) = map.get(id) else { return };
+    let default = store.lifecycle().max_versions;
+    let max_versions = policy.as_ref().map_or(default, |policy| policy.max_versions_or(default));
+    let kept = entry.versions().take(max_versions).cloned();
+    map.insert(id.into(), entry.with_versions(kept).with_policy(policy));
 }
 
 /// Makes `record` its credential's pending version (recovery of a logged PENDING), unless the

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use credshard_protocol::op::get::Stage;
+use credshard_protocol::op::policy::Policy;
+use credshard_protocol::Labels;
 use credshard_protocol::VersionState;
 
 use super::feed::{Feed, FEED_EVENTS_DEFAULT};
@@ -42,11 +44,55 @@ struct Aside {
     /// A version STAGE wrote and PROMOTE has not made current: newer than every kept version,
     /// readable by stage or number, never as current.
     pending: Option<Record>,
+    /// Set by SET_POLICY (`None`: the server's defaults).
+    policy: Option<StoredPolicy>,
 }
 
 impl Aside {
     fn boxed(self) -> Option<Box<Aside>> {
-        (self.deletion.is_some() || self.pending.is_some()).then(|| Box::new(self))
+        (self.deletion.is_some() || self.pending.is_some() || self.policy.is_some()).then(|| Box::new(self))
+    }
+}
+
+/// A credential's policy as a shard holds it (see `credshard_protocol::op::policy`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPolicy {
+    /// Versions kept, current included (0: the server's).
+    pub max_versions: u16,
+    pub cas_required: bool,
+    /// A version other than the current one retires this long after it was written (0: never).
+    pub delete_version_after_ms: u64,
+    /// Custom metadata in the labels encoding (validated).
+    pub metadata: Box<[u8]>,
+}
+
+impl StoredPolicy {
+    /// The policy a request or a log entry carries; `None` for the defaults.
+    pub fn of(policy: &Policy<'_>) -> Option<StoredPolicy> {
+        (!policy.is_default()).then(|| StoredPolicy {
+            max_versions: policy.max_versions,
+            cas_required: policy.cas_required,
+            delete_version_after_ms: policy.delete_version_after_seconds.saturating_mul(1000),
+            metadata: policy.metadata.encoded().into(),
+        })
+    }
+
+    /// Its wire form.
+    pub fn wire(&self) -> Policy<'_> {
+        Policy {
+            max_versions: self.max_versions,
+            cas_required: self.cas_required,
+            delete_version_after_seconds: self.delete_version_after_ms / 1000,
+            metadata: Labels::from_validated(&self.metadata),
+        }
+    }
+
+    /// The versions a credential with this policy keeps, given the server's default.
+    pub fn max_versions_or(&self, default: usize) -> usize {
+        match self.max_versions {
+            0 => default,
+            max_versions => max_versions.into(),
+        }
     }
 }
 
@@ -124,6 +170,18 @@ impl Entry {
         self.deletion().is_some()
     }
 
+    /// The same versions with `policy` (`None`: the server's defaults).
+    pub(super) fn with_policy(mut self, policy: Option<StoredPolicy>) -> Entry {
+        self.aside = Aside { policy, ..self.aside() }.boxed();
+        self
+    }
+
+    /// The credential's policy, if SET_POLICY gave it one.
+    #[inline]
+    pub fn policy(&self) -> Option<&StoredPolicy> {
+        self.aside.as_ref().and_then(|aside| aside.policy.as_ref())
+    }
+
     /// The version STAGE wrote and PROMOTE has not made current yet, if any.
     #[inline]
     pub fn pending(&self) -> Option<&Record> {
@@ -185,6 +243,12 @@ impl Entry {
         }
         if index == 0 {
             return VersionState::Current;
+        }
+        let retire_after_ms = self.policy().map_or(0, |policy| policy.delete_version_after_ms);
+        let written_at_ms =
+            self.version(index).expect("a kept version").credential().updated_at_ms.to_native();
+        if retire_after_ms != 0 && now_ms >= written_at_ms.saturating_add(retire_after_ms) {
+            return VersionState::Retired;
         }
         let newer = self.version(index - 1).expect("a kept version");
         match newer.credential().previous_grace_until_ms.to_native() {

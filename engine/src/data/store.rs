@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use credshard_protocol::op::batch_get::BatchGetRequest;
 use credshard_protocol::op::get::{GetMetaRequest, GetRequest, VersionInfo};
 use credshard_protocol::op::list::{ListItemRef, ListRequest};
+use credshard_protocol::op::policy::{GetPolicyRequest, Policy};
 use credshard_protocol::wire::{put_bytes32, put_str16};
 use credshard_protocol::{Limits, Status, VersionState};
 
@@ -335,6 +336,28 @@ impl Store {
             VersionInfo { version: metadata.version, created_at_ms: metadata.updated_at_ms, state }
                 .encode(out);
         }
+        Ok(entry.current().version())
+    }
+
+    /// GET_POLICY: appends the credential's policy (the defaults if it has none), from
+    /// `fetched` if the shard's map does not hold it. Returns the current version.
+    ///
+    /// # Errors
+    /// Not found (or deleted), unauthorized (outside `acl`), expired.
+    pub fn get_policy_fetched(
+        &self,
+        request: &GetPolicyRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+        out: &mut BytesMut,
+        fetched: &Fetched,
+    ) -> Result<u64, OpError> {
+        let map = self.shards[self.shard_for(request.id)].map.pin();
+        let entry = map.get(request.id).or_else(|| find(fetched, request.id)).ok_or(OpError::NotFound)?;
+        entry.touch();
+        check_access(entry.current(), acl)?;
+        check_live(entry, now_ms)?;
+        entry.policy().map_or(Policy::default(), super::shard::StoredPolicy::wire).encode(out);
         Ok(entry.current().version())
     }
 

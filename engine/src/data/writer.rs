@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use credshard_protocol::op::delete::{DeleteRequest, DestroyRequest, UndeleteRequest};
+use credshard_protocol::op::policy::{Policy, SetPolicyRequest};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::op::stage::{PromoteRequest, StageRequest};
 use credshard_protocol::op::watch::Change as ChangeKind;
@@ -22,8 +23,8 @@ use credshard_protocol::{PutRequest, Request};
 use futures::channel::oneshot;
 
 use super::record::{CredentialFields, Record, VersionFields};
-use super::replay::{install_entry, replace_version};
-use super::shard::{Deletion, Entry};
+use super::replay::{install_entry, replace_version, set_policy};
+use super::shard::{Deletion, Entry, StoredPolicy};
 use super::store::{check_access, Store};
 use crate::auth::Acl;
 use crate::error::{OpError, WriteOutcome};
@@ -40,6 +41,7 @@ pub enum Write<'a> {
     Destroy(&'a DestroyRequest<'a>),
     Stage(&'a StageRequest<'a>),
     Promote(&'a PromoteRequest<'a>),
+    SetPolicy(&'a SetPolicyRequest<'a>),
 }
 
 impl<'a> Write<'a> {
@@ -53,6 +55,7 @@ impl<'a> Write<'a> {
             Request::Destroy(destroy) => Some(Write::Destroy(destroy)),
             Request::Stage(stage) => Some(Write::Stage(stage)),
             Request::Promote(promote) => Some(Write::Promote(promote)),
+            Request::SetPolicy(set) => Some(Write::SetPolicy(set)),
             _ => None,
         }
     }
@@ -84,6 +87,8 @@ enum Change {
     Pending(Record),
     /// The pending version, sealed again with its grace deadline, made current.
     Promote(Record),
+    /// The credential's policy replaced (`None`: back to the defaults).
+    Policy(Option<StoredPolicy>),
     /// Nothing to change (UNDELETE of a live credential, DESTROY of a destroyed version);
     /// the client is told `outcome`.
     Nothing { outcome: u64 },
@@ -115,7 +120,7 @@ impl Prepared {
     /// when it changes nothing.
     fn announced(&self, write: &Write<'_>) -> Option<ChangeKind> {
         Some(match (&self.change, write) {
-            (Change::Nothing { .. }, _) => return None,
+            (Change::Nothing { .. } | Change::Policy(_), _) => return None,
             (Change::Delete, _) => ChangeKind::Purge,
             (Change::SoftDelete(_), _) => ChangeKind::Delete,
             (Change::Undelete, _) => ChangeKind::Undelete,
@@ -293,6 +298,13 @@ impl ShardWriter {
             check_access(entry.current(), acl)?;
         }
         let live = existing.filter(|entry| !entry.current().is_expired(now_ms) && !entry.is_deleted());
+        if let Some(entry) = existing {
+            check_cas_required(
+                entry,
+                request.expected_version,
+                live.map_or(0, |entry| entry.current().version()),
+            )?;
+        }
         check_expected(request.expected_version, live.map_or(0, |entry| entry.current().version()))?;
         let last_version = match existing {
             Some(entry) => entry.last_version(),
@@ -336,6 +348,7 @@ impl ShardWriter {
         if current.is_expired(now_ms) {
             return Err(OpError::Expired);
         }
+        check_cas_required(entry, request.expected_version, current.version())?;
         check_expected(request.expected_version, current.version())?;
         let grace_ms = request
             .grace_period_seconds
@@ -381,6 +394,11 @@ impl ShardWriter {
         }
         let version = current.version();
         let expired = current.is_expired(now_ms);
+        check_cas_required(
+            entry,
+            request.expected_version,
+            if expired || entry.is_deleted() { 0 } else { version },
+        )?;
         if request.expected_version.is_some() {
             check_expected(
                 request.expected_version,
@@ -485,6 +503,7 @@ impl ShardWriter {
         if current.is_expired(now_ms) {
             return Err(OpError::Expired);
         }
+        check_cas_required(entry, request.expected_version, current.version())?;
         check_expected(request.expected_version, current.version())?;
         let fields = VersionFields {
             version: entry.last_version() + 1,
@@ -527,6 +546,9 @@ impl ShardWriter {
             return Err(OpError::Expired);
         }
         let pending_version = entry.pending().map_or(0, Record::version);
+        if request.expected_version.is_none() && entry.policy().is_some_and(|policy| policy.cas_required) {
+            return Err(OpError::CasRequired { current_version: pending_version });
+        }
         if request.expected_version.is_some_and(|expected| expected != pending_version) {
             return Err(OpError::PendingConflict { pending_version });
         }
@@ -540,6 +562,34 @@ impl ShardWriter {
             id: request.id.into(),
             base_version: current.version(),
             change: Change::Promote(record),
+        })
+    }
+
+    /// Replaces a credential's policy; versions past its `max_versions` are dropped at once.
+    /// Returns the current version (a policy is not a version).
+    ///
+    /// # Errors
+    /// [`OpError::NotFound`], [`OpError::Unauthorized`], [`OpError::Deleted`],
+    /// [`OpError::Expired`].
+    fn prepare_set_policy(
+        &self,
+        request: &SetPolicyRequest<'_>,
+        now_ms: u64,
+        acl: &Acl,
+    ) -> Result<Prepared, OpError> {
+        let map = self.store.shard(self.shard_id).map.pin();
+        let entry = map.get(request.id).ok_or(OpError::NotFound)?;
+        let current = entry.current();
+        check_access(current, acl)?;
+        check_not_deleted(entry)?;
+        if current.is_expired(now_ms) {
+            return Err(OpError::Expired);
+        }
+        let policy = StoredPolicy::of(&request.policy);
+        Ok(Prepared {
+            id: request.id.into(),
+            base_version: current.version(),
+            change: Change::Policy(policy),
         })
     }
 
@@ -559,6 +609,7 @@ impl ShardWriter {
             Write::Destroy(destroy) => self.prepare_destroy(destroy, now_ms, acl),
             Write::Stage(stage) => self.prepare_stage(stage, now_ms, acl),
             Write::Promote(promote) => self.prepare_promote(promote, now_ms, acl),
+            Write::SetPolicy(set) => self.prepare_set_policy(set, now_ms, acl),
         }
     }
 
@@ -649,6 +700,15 @@ impl ShardWriter {
                     log.append(EntryType::Pending, record.archive_bytes());
                 }
                 map.insert(prepared.id.as_ref().into(), entry.snapshot().with_pending(Some(record)));
+            }
+            Change::Policy(policy) => {
+                if let Some(log) = &self.log {
+                    let mut encoded = Vec::new();
+                    policy.as_ref().map_or(Policy::default(), StoredPolicy::wire).encode(&mut encoded);
+                    log.append(EntryType::Policy, &wal::policy_body(&prepared.id, &encoded));
+                }
+                // As replay applies the logged POLICY.
+                set_policy(&store, self.shard_id, &prepared.id, policy);
             }
             Change::Promote(record) => {
                 if let Some(log) = &self.log {
@@ -973,6 +1033,14 @@ fn check_not_deleted(entry: &Entry) -> Result<(), OpError> {
 }
 
 /// Compare-and-set: `expected` (if any) must equal `current_version` (0 when absent).
+/// Refuses a write without an expected version to a credential whose policy requires one.
+fn check_cas_required(entry: &Entry, expected: Option<u64>, current_version: u64) -> Result<(), OpError> {
+    match (expected, entry.policy()) {
+        (None, Some(policy)) if policy.cas_required => Err(OpError::CasRequired { current_version }),
+        _ => Ok(()),
+    }
+}
+
 fn check_expected(expected: Option<u64>, current_version: u64) -> Result<(), OpError> {
     match expected {
         Some(expected) if expected != current_version => Err(OpError::VersionConflict { current_version }),

@@ -287,6 +287,17 @@ fn dispatch_request(
                 }
             }
         }
+        Request::GetPolicy(get_policy) => {
+            count_read(context, fetched, 1);
+            let read = context.store.get_policy_fetched(get_policy, now_ms, acl, out, &fetched.found);
+            match hit_or_miss(context, fetched, get_policy.id, read) {
+                Some(result) => result,
+                None => {
+                    frame::abandon(out, start);
+                    return Dispatched::Miss(Miss::Ids(vec![get_policy.id.into()]));
+                }
+            }
+        }
         Request::BatchGet(batch) => {
             count_read(context, fetched, batch.len() as u64);
             let missing = match context.store.shard_capacity() {
@@ -400,6 +411,7 @@ fn dispatch_request(
         | Request::Stage(_)
         | Request::Promote(_)
         | Request::Watch(_)
+        | Request::SetPolicy(_)
         | Request::RotateKey
         | Request::Rekey(_) => {
             unreachable!("handled above")

@@ -523,6 +523,7 @@ fn not_in_the_database_yet(write: &Write<'_>) -> Option<&'static str> {
         }
         Write::Undelete(_) => Some("the PostgreSQL store does not keep deleted credentials yet: nothing to UNDELETE"),
         Write::Destroy(_) => Some("the PostgreSQL store does not support DESTROY yet"),
+        Write::SetPolicy(_) => Some("the PostgreSQL store does not keep policies yet: SET_POLICY is refused"),
         Write::Stage(_) | Write::Promote(_) => {
             Some("the PostgreSQL store does not keep pending versions yet: STAGE and PROMOTE are refused")
         }

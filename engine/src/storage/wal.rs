@@ -16,6 +16,8 @@
 //!         7 PENDING     body = a record's archive: the credential's pending version (STAGE)
 //!         8 PROMOTE     body = a record's archive: the pending version of the same id and
 //!                       version made current (its grace deadline for the replaced version set)
+//!         9 POLICY      body = id_bytes u16 | id | policy (the SET_POLICY encoding; a credential
+//!                       whose policy is the default has none)
 //! ```
 //!
 //! DELETE (2) removes an id and lets its versions start again at 1; servers since recoverable
@@ -60,6 +62,8 @@ pub enum EntryType {
     Pending = 7,
     /// The pending version made current (PROMOTE).
     Promote = 8,
+    /// A credential's policy replaced (SET_POLICY).
+    Policy = 9,
 }
 
 /// One logged write, borrowed from the log's bytes.
@@ -73,6 +77,16 @@ pub enum Entry<'a> {
     Purge { id: &'a str, version: u64 },
     Pending(&'a [u8]),
     Promote(&'a [u8]),
+    Policy { id: &'a str, policy: &'a [u8] },
+}
+
+/// The body of a POLICY entry.
+pub fn policy_body(id: &str, policy: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + id.len() + policy.len());
+    body.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(policy);
+    body
 }
 
 /// The body of a SOFT_DELETE entry.
@@ -248,6 +262,13 @@ fn parse_payload<'a>(mut payload: &'a [u8], entries: &mut Vec<Entry<'a>>) -> Res
             }
             7 => Entry::Pending(body),
             8 => Entry::Promote(body),
+            9 => {
+                let id_bytes = body.get(..2).ok_or("policy entry shorter than its id length")?;
+                let id_end = 2 + u16::from_le_bytes(id_bytes.try_into().expect("2 bytes")) as usize;
+                let id = body.get(2..id_end).ok_or("policy entry shorter than its id")?;
+                let id = std::str::from_utf8(id).map_err(|_| "policy entry id is not UTF-8")?;
+                Entry::Policy { id, policy: &body[id_end..] }
+            }
             _ => return Err("unknown entry type"),
         };
         entries.push(entry);
@@ -288,6 +309,7 @@ mod tests {
         encode_entry(EntryType::Purge, &version_body("p", u64::MAX), &mut payload);
         encode_entry(EntryType::Pending, b"staged", &mut payload);
         encode_entry(EntryType::Promote, b"promoted", &mut payload);
+        encode_entry(EntryType::Policy, &policy_body("pol/é", b"rules"), &mut payload);
         let batch = encode_batch(&payload);
         let parsed = parse(&batch).unwrap();
         assert_eq!(
@@ -301,6 +323,7 @@ mod tests {
                 Entry::Purge { id: "p", version: u64::MAX },
                 Entry::Pending(b"staged"),
                 Entry::Promote(b"promoted"),
+                Entry::Policy { id: "pol/é", policy: b"rules" },
             ]
         );
         assert_eq!(parsed.valid_bytes, batch.len());

@@ -22,6 +22,7 @@ use crate::op::get::{GetMetaReply, GetReply, Stage};
 use crate::op::hello::HelloReply;
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
+use crate::op::policy::{PolicyReply, SetPolicyRequest};
 use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
 use crate::op::stage::PromoteRequest;
@@ -187,6 +188,16 @@ impl AsyncClient {
     /// ROTATE; returns the new version.
     pub async fn rotate(&self, request: &RotateRequest<'_>) -> Result<u64, ClientError> {
         self.run(client::rotate(request)).await.map(|reply| reply.version)
+    }
+
+    /// SET_POLICY: replaces the credential's policy; returns its current version.
+    pub async fn set_policy(&self, request: &SetPolicyRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::set_policy(request)).await.map(|reply| reply.version)
+    }
+
+    /// GET_POLICY.
+    pub async fn get_policy(&self, id: &str) -> Result<PolicyReply, ClientError> {
+        self.run(client::get_policy(id)).await
     }
 
     /// GET of the version in `stage` (current, pending or previous).

@@ -17,6 +17,7 @@ use crate::op::get::{GetMetaReply, GetReply, Stage};
 use crate::op::hello::HelloReply;
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
+use crate::op::policy::{PolicyReply, SetPolicyRequest};
 use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
 use crate::op::stage::PromoteRequest;
@@ -305,6 +306,16 @@ impl Client {
         let event = WatchEvent::decode(&mut reader)?;
         reader.finish()?;
         Ok(event)
+    }
+
+    /// SET_POLICY: replaces the credential's policy; returns its current version.
+    pub fn set_policy(&mut self, request: &SetPolicyRequest<'_>) -> Result<u64, ClientError> {
+        self.run(client::set_policy(request)).map(|reply| reply.version)
+    }
+
+    /// GET_POLICY.
+    pub fn get_policy(&mut self, id: &str) -> Result<PolicyReply, ClientError> {
+        self.run(client::get_policy(id))
     }
 
     /// GET of the version in `stage` (current, pending or previous).

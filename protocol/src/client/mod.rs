@@ -21,6 +21,7 @@ use crate::op::get::{GetMetaReply, GetMetaRequest, GetReply, GetRequest, Stage};
 use crate::op::hello::{HelloReply, HelloRequest, PROTOCOL_VERSION};
 use crate::op::keys::{RekeyReply, RekeyRequest, RotateKeyReply};
 use crate::op::list::{ListReply, ListRequest};
+use crate::op::policy::{GetPolicyRequest, PolicyReply, SetPolicyReply, SetPolicyRequest};
 use crate::op::put::{PutReply, PutRequest};
 use crate::op::rotate::{RotateReply, RotateRequest};
 use crate::op::stage::{PromoteReply, PromoteRequest, StageReply, StageRequest};
@@ -127,6 +128,16 @@ pub fn promote<'a>(request: &PromoteRequest<'a>) -> Call<'a, PromoteReply> {
 /// WATCH: the reply, then (see the clients' `next_event`) the stream.
 pub fn watch<'a>(request: &WatchRequest<'a>) -> Call<'a, WatchReply> {
     Call { request: Request::Watch(request.clone()), decode: WatchReply::decode }
+}
+
+/// SET_POLICY; the reply is the credential's current version.
+pub fn set_policy<'a>(request: &SetPolicyRequest<'a>) -> Call<'a, SetPolicyReply> {
+    Call { request: Request::SetPolicy(*request), decode: SetPolicyReply::decode }
+}
+
+/// GET_POLICY.
+pub fn get_policy(id: &str) -> Call<'_, PolicyReply> {
+    Call { request: Request::GetPolicy(GetPolicyRequest { id }), decode: PolicyReply::decode }
 }
 
 /// GET_META.

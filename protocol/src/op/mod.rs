@@ -9,6 +9,7 @@ pub mod keys;
 pub mod labels;
 pub mod list;
 pub mod metadata;
+pub mod policy;
 pub mod put;
 pub mod rotate;
 pub mod stage;
@@ -28,6 +29,7 @@ use get::{GetMetaRequest, GetRequest};
 use hello::HelloRequest;
 use keys::RekeyRequest;
 use list::ListRequest;
+use policy::{GetPolicyRequest, SetPolicyRequest};
 use put::PutRequest;
 use rotate::RotateRequest;
 use stage::{PromoteRequest, StageRequest};
@@ -50,6 +52,8 @@ pub enum Request<'a> {
     Stage(StageRequest<'a>),
     Promote(PromoteRequest<'a>),
     Watch(WatchRequest<'a>),
+    SetPolicy(SetPolicyRequest<'a>),
+    GetPolicy(GetPolicyRequest<'a>),
     Stats,
     RotateKey,
     Rekey(RekeyRequest<'a>),
@@ -99,6 +103,8 @@ impl<'a> Request<'a> {
             Op::Stage => StageRequest::decode(&mut reader, limits).map(Request::Stage),
             Op::Promote => PromoteRequest::decode(&mut reader, limits).map(Request::Promote),
             Op::Watch => WatchRequest::decode(&mut reader, limits).map(Request::Watch),
+            Op::SetPolicy => SetPolicyRequest::decode(&mut reader, limits).map(Request::SetPolicy),
+            Op::GetPolicy => GetPolicyRequest::decode(&mut reader, limits).map(Request::GetPolicy),
             Op::Stats => Ok(Request::Stats),
             Op::RotateKey => Ok(Request::RotateKey),
             Op::Rekey => RekeyRequest::decode(&mut reader).map(Request::Rekey),
@@ -123,6 +129,8 @@ impl<'a> Request<'a> {
             Request::Stage(_) => Op::Stage,
             Request::Promote(_) => Op::Promote,
             Request::Watch(_) => Op::Watch,
+            Request::SetPolicy(_) => Op::SetPolicy,
+            Request::GetPolicy(_) => Op::GetPolicy,
             Request::Stats => Op::Stats,
             Request::RotateKey => Op::RotateKey,
             Request::Rekey(_) => Op::Rekey,
@@ -142,6 +150,8 @@ impl<'a> Request<'a> {
             Request::Stage(stage) => Some(stage.id),
             Request::Promote(promote) => Some(promote.id),
             Request::Watch(_) => None,
+            Request::SetPolicy(set) => Some(set.id),
+            Request::GetPolicy(get) => Some(get.id),
             Request::Hello(_)
             | Request::Ping(_)
             | Request::BatchGet(_)
@@ -170,6 +180,8 @@ impl<'a> Request<'a> {
             Request::Stage(stage) => stage.encode(out),
             Request::Promote(promote) => promote.encode(out),
             Request::Watch(watch) => watch.encode(out),
+            Request::SetPolicy(set) => set.encode(out),
+            Request::GetPolicy(get) => get.encode(out),
             Request::Stats | Request::RotateKey => {}
             Request::Rekey(rekey) => rekey.encode(out),
         }

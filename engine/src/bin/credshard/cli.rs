@@ -225,6 +225,29 @@ pub enum ClientCommand {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Print a credential's policy, or with --set replace it (options not given take their
+    /// defaults): how many versions it keeps, whether every write must name the version it
+    /// expects, when versions other than the current one retire, and custom metadata.
+    Policy {
+        id: String,
+        /// Replace the policy with the options given.
+        #[arg(long)]
+        set: bool,
+        /// Versions kept, current included (1..=1000; default: the server's --max-versions).
+        #[arg(long, requires = "set")]
+        max_versions: Option<u16>,
+        /// Refuse writes (put, rotate, stage, promote, delete) without --if-version.
+        #[arg(long, requires = "set")]
+        cas_required: bool,
+        /// Versions other than the current one retire this many seconds after they were written.
+        #[arg(long, value_name = "S", requires = "set")]
+        delete_version_after: Option<u64>,
+        /// Custom metadata KEY=VALUE; repeatable.
+        #[arg(long = "meta", value_name = "KEY=VALUE", requires = "set")]
+        metadata: Vec<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Erase one version's secret for good, keeping its metadata (its state becomes destroyed).
     Destroy {
         id: String,

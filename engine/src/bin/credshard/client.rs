@@ -10,6 +10,7 @@ use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::get::Stage;
 use credshard_protocol::op::keys::RekeyRequest;
 use credshard_protocol::op::list::{ListRequest, LIST_PAGE_MAX};
+use credshard_protocol::op::policy::{Policy, SetPolicyRequest};
 use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::op::stage::PromoteRequest;
 use credshard_protocol::op::watch::{WatchFilter, WatchPosition, WatchRequest};
@@ -263,6 +264,49 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                     std::fs::write(path, position.to_text())?;
                 }
                 seen += 1;
+            }
+            Ok(())
+        }
+        ClientCommand::Policy {
+            id,
+            set,
+            max_versions,
+            cas_required,
+            delete_version_after,
+            metadata,
+            connect,
+        } => {
+            let mut client = connect_to(&connect)?;
+            if set {
+                let pairs = metadata
+                    .iter()
+                    .map(|pair| {
+                        pair.split_once('=').with_context(|| format!("--meta {pair:?} is not KEY=VALUE"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let mut encoded = bytes::BytesMut::new();
+                encode_labels(&pairs, &mut encoded);
+                let policy = Policy {
+                    max_versions: max_versions.unwrap_or(0),
+                    cas_required,
+                    delete_version_after_seconds: delete_version_after.unwrap_or(0),
+                    metadata: Labels::from_validated(&encoded),
+                };
+                client.set_policy(&SetPolicyRequest { id: &id, policy })?;
+            }
+            let policy = client.get_policy(&id)?;
+            let max_versions = match policy.max_versions {
+                0 => "server default".to_owned(),
+                count => count.to_string(),
+            };
+            println!("max_versions {max_versions}");
+            println!("cas_required {}", policy.cas_required);
+            match policy.delete_version_after_seconds {
+                0 => println!("delete_version_after never"),
+                seconds => println!("delete_version_after {seconds} s"),
+            }
+            for (key, value) in policy.metadata {
+                println!("meta {key}={value}");
             }
             Ok(())
         }
