@@ -168,6 +168,27 @@ fn zero_configuration_serve_and_client_subcommands() {
     assert_eq!(text(&served.run(&["get", "svc/staged", "--stage", "previous"], b"").stdout), "first\n");
     let promoted_meta = text(&served.run(&["get", "svc/staged", "--meta"], b"").stdout);
     assert!(promoted_meta.contains("version 1: previous-in-grace"), "{promoted_meta}");
+    let policy = served.run(
+        &["policy", "svc/staged", "--set", "--cas-required", "--max-versions", "4", "--meta", "team=ops"],
+        b"",
+    );
+    let printed = text(&policy.stdout);
+    assert!(
+        printed.contains("max_versions 4")
+            && printed.contains("cas_required true")
+            && printed.contains("meta team=ops"),
+        "{printed}{}",
+        text(&policy.stderr)
+    );
+    let unconditional = served.run(&["put", "svc/staged", "--owner", "team", "--scope", "dev"], b"x");
+    assert!(
+        text(&unconditional.stderr).contains("requires compare-and-set"),
+        "{}",
+        text(&unconditional.stderr)
+    );
+    let conditional =
+        served.run(&["put", "svc/staged", "--owner", "team", "--scope", "dev", "--if-version", "2"], b"x");
+    assert_eq!(text(&conditional.stdout).trim(), "svc/staged version 3");
     let bad_stage = served.run(&["get", "svc/staged", "--stage", "next"], b"");
     assert!(text(&bad_stage.stderr).contains("unknown stage"), "{}", text(&bad_stage.stderr));
 
