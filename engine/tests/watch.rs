@@ -348,3 +348,32 @@ fn writes_pipelined_before_a_watch_are_answered_first_and_malformed_watches_are_
     assert_eq!((answer.request_id, answer.status), (5, Status::Malformed as u8));
     assert_eq!(raw.put(&put("still/here", b"s")).unwrap(), 1);
 }
+
+#[test]
+fn the_async_client_streams_events_too() {
+    let server = TestServer::start(2);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let watcher = credshard_protocol::AsyncClient::connect(server.address()).await.unwrap();
+        let mut stream = watcher
+            .watch(&WatchRequest { filter: WatchFilter::Owner("team-a"), resume: None })
+            .await
+            .unwrap();
+        assert!(!stream.reply.resumed);
+        let writer = credshard_protocol::AsyncClient::connect(server.address()).await.unwrap();
+        for id in ids_on_every_shard(2, 2) {
+            writer.put(&put(&id, b"s")).await.unwrap();
+        }
+        writer.put(&PutRequest { owner: "team-b", ..put("other", b"s") }).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let event =
+                tokio::time::timeout(Duration::from_secs(30), stream.next_event()).await.unwrap().unwrap();
+            seen.push(event.id);
+        }
+        seen.sort();
+        let mut expected = ids_on_every_shard(2, 2);
+        expected.sort();
+        assert_eq!(seen, expected, "team-b's change is filtered out");
+    });
+}

@@ -241,10 +241,16 @@ impl Collector for Scrape {
             }
         }
 
-        let counters: [(Described, Field); 25] = [
+        let counters: [(Described, Field); 28] = [
             (("credshard_connections_accepted", "Connections accepted (both listeners)", None), |m| {
                 &m.connections_total
             }),
+            (("credshard_watchers_opened", "WATCH streams opened", None), |m| &m.watchers_total),
+            (("credshard_watch_events_sent", "Change events sent to watchers", None), |m| &m.watch_events_sent),
+            (
+                ("credshard_watchers_behind", "Watchers ended because they fell behind the change feed", None),
+                |m| &m.watchers_behind,
+            ),
             (("credshard_connections_refused", "Connections refused at --connections-max", None), |m| {
                 &m.connections_refused
             }),

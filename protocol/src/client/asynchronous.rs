@@ -27,11 +27,43 @@ use crate::op::put::PutRequest;
 use crate::op::rotate::RotateRequest;
 use crate::op::stage::PromoteRequest;
 use crate::op::stats::StatsReply;
+use crate::op::watch::{WatchEvent, WatchReply, WatchRequest};
+use crate::wire::Reader;
 
 /// Frames queued for the writer task; bounded so a stalled connection pushes back on callers.
 const OUTGOING_FRAMES_MAX: usize = 4096;
 
 type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<ResponseFrame>>>>>;
+
+/// The open WATCH streams: frames of their request ids after the first (the reply).
+type Streams = Arc<Mutex<HashMap<u32, mpsc::Sender<ResponseFrame>>>>;
+
+/// Events a WATCH stream buffers for a caller that reads them slower than they come; past it
+/// the connection's reader waits (the connection carries only the stream by then).
+const STREAM_EVENTS_BUFFERED_MAX: usize = 1024;
+
+/// A WATCH stream opened by [`AsyncClient::watch`]: its reply, then its events.
+#[derive(Debug)]
+pub struct WatchStream {
+    pub reply: WatchReply,
+    events: mpsc::Receiver<ResponseFrame>,
+}
+
+impl WatchStream {
+    /// The next change event.
+    ///
+    /// # Errors
+    /// The server's end of the stream (`UNAVAILABLE` when the watcher fell behind,
+    /// `UNAUTHORIZED` when its token was revoked), or [`ClientError::Closed`].
+    pub async fn next_event(&mut self) -> Result<WatchEvent, ClientError> {
+        let frame = self.events.recv().await.ok_or(ClientError::Closed)?;
+        let body = frame.into_ok_body()?;
+        let mut reader = Reader::new(&body);
+        let event = WatchEvent::decode(&mut reader)?;
+        reader.finish()?;
+        Ok(event)
+    }
+}
 
 /// A cloneable handle to one pipelined connection.
 #[derive(Clone)]
@@ -39,6 +71,7 @@ pub struct AsyncClient {
     outgoing: mpsc::Sender<Bytes>,
     /// `None` once the connection has ended.
     pending: Pending,
+    streams: Streams,
     next_request_id: Arc<AtomicU32>,
 }
 
@@ -106,9 +139,31 @@ impl AsyncClient {
     {
         let (outgoing, queued) = mpsc::channel(OUTGOING_FRAMES_MAX);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let streams: Streams = Arc::default();
         tokio::spawn(write_loop(write_half, queued));
-        tokio::spawn(read_loop(read_half, pending.clone()));
-        AsyncClient { outgoing, pending, next_request_id: Arc::new(AtomicU32::new(1)) }
+        tokio::spawn(read_loop(read_half, pending.clone(), streams.clone()));
+        AsyncClient { outgoing, pending, streams, next_request_id: Arc::new(AtomicU32::new(1)) }
+    }
+
+    /// WATCH: from now on this connection carries a stream of change events (the server takes
+    /// no other request on it: use a client of its own). Read them from the returned stream.
+    ///
+    /// # Errors
+    /// The server's refusal, or [`ClientError::Closed`].
+    pub async fn watch(&self, request: &WatchRequest<'_>) -> Result<WatchStream, ClientError> {
+        let (sender, events) = mpsc::channel(STREAM_EVENTS_BUFFERED_MAX);
+        let (reply, request_id) = self
+            .run_registering(client::watch(request), |request_id| {
+                self.streams.lock().expect("streams lock").insert(request_id, sender);
+            })
+            .await;
+        match reply {
+            Ok(reply) => Ok(WatchStream { reply, events }),
+            Err(error) => {
+                self.streams.lock().expect("streams lock").remove(&request_id);
+                Err(error)
+            }
+        }
     }
 
     /// Sends one call and waits for its reply; other calls may be in flight meanwhile.
@@ -117,11 +172,26 @@ impl AsyncClient {
     /// The server's error for this request, or [`ClientError::Closed`] if the connection ends
     /// first.
     pub async fn run<T>(&self, call: Call<'_, T>) -> Result<T, ClientError> {
+        self.run_registering(call, |_| {}).await.0
+    }
+
+    /// [`AsyncClient::run`], calling `register` with the request id before the request is sent;
+    /// returns the request id too.
+    async fn run_registering<T>(
+        &self,
+        call: Call<'_, T>,
+        register: impl FnOnce(u32),
+    ) -> (Result<T, ClientError>, u32) {
         let mut request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         if request_id == 0 {
             // Request id 0 is reserved for connection-level errors from the server.
             request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         }
+        register(request_id);
+        (self.send_and_wait(call, request_id).await, request_id)
+    }
+
+    async fn send_and_wait<T>(&self, call: Call<'_, T>, request_id: u32) -> Result<T, ClientError> {
         let mut frame = BytesMut::new();
         call.request.encode(request_id, &mut frame);
         let (done, reply) = oneshot::channel();
@@ -266,7 +336,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut stream: W, mut queued: mpsc::Rece
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, pending: Pending) {
+async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, pending: Pending, streams: Streams) {
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     'connection: loop {
         loop {
@@ -281,6 +351,16 @@ async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, pending: Pending) {
                     // request id 0 are connection-level errors sent before the server closes.
                     if let Some(waiter) = waiter {
                         let _ = waiter.send(frame);
+                        continue;
+                    }
+                    // The frames of a WATCH after its reply.
+                    let request_id = frame.request_id;
+                    let stream = streams.lock().expect("streams lock").get(&request_id).cloned();
+                    if let Some(stream) = stream {
+                        if stream.send(frame).await.is_err() {
+                            // The caller dropped its stream.
+                            streams.lock().expect("streams lock").remove(&request_id);
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -295,4 +375,5 @@ async fn read_loop<R: AsyncRead + Unpin>(mut stream: R, pending: Pending) {
     }
     // Dropping every sender fails each pending call with `Closed`; later calls see `None`.
     pending.lock().expect("pending lock").take();
+    streams.lock().expect("streams lock").clear();
 }
