@@ -377,3 +377,39 @@ fn the_async_client_streams_events_too() {
         assert_eq!(seen, expected, "team-b's change is filtered out");
     });
 }
+
+#[test]
+fn a_reload_that_narrows_or_revokes_the_token_applies_to_an_open_stream() {
+    const WATCHER: &[u8] = b"cst_watcher-token-0123456";
+    let table = |id: &str, token: &[u8], rest: &str| {
+        format!("[[token]]\nid = \"{id}\"\nsha256 = \"{}\"\n{rest}\n\n", hex::encode(hash_token(token)))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let write_tokens = |watcher: Option<&str>| {
+        let mut text = table("admin", ADMIN, "ops = [\"*\"]");
+        if let Some(owners) = watcher {
+            text += &table("watcher", WATCHER, &format!("ops = [\"read-meta\"]\nowners = [{owners}]"));
+        }
+        std::fs::write(&tokens, text).unwrap();
+    };
+    write_tokens(Some("\"billing\", \"ops\""));
+    let server = TestServer::start_with(2, |config| config.tokens = Some(tokens.clone()));
+    let mut watcher = Client::connect_with_token(server.address(), WATCHER).unwrap();
+    watcher.watch(&watch_all()).unwrap();
+    let mut admin = Client::connect_with_token(server.address(), ADMIN).unwrap();
+    admin.put(&PutRequest { owner: "billing", ..put("b1", b"s") }).unwrap();
+    assert_eq!(events_until(&mut watcher, |_| true)[0].id, "b1");
+
+    write_tokens(Some("\"ops\""));
+    server.handle.reload().unwrap();
+    admin.put(&PutRequest { owner: "billing", ..put("b2", b"s") }).unwrap();
+    admin.put(&PutRequest { owner: "ops", ..put("o1", b"s") }).unwrap();
+    assert_eq!(events_until(&mut watcher, |_| true)[0].id, "o1", "billing is out of its reach now");
+
+    write_tokens(None);
+    server.handle.reload().unwrap();
+    admin.put(&PutRequest { owner: "ops", ..put("o2", b"s") }).unwrap();
+    let ended = watcher.next_event().unwrap_err();
+    assert_eq!(ended.status(), Some(Status::Unauthorized), "{ended}");
+}

@@ -94,7 +94,7 @@ impl Feed {
     /// Whether every event after `seq` is still held (a watcher at `seq` misses nothing).
     pub fn holds_after(&self, seq: u64) -> bool {
         let ring = self.ring.lock().expect("feed lock");
-        seq + 1 >= ring.first_seq && seq <= self.committed()
+        seq >= ring.first_seq.saturating_sub(1) && seq <= self.committed()
     }
 
     /// Hands `each` the committed events after `after`, oldest first, at most `count_max`;

@@ -36,7 +36,8 @@ impl Shards for Store {
             if let Some(policy) = entry.policy() {
                 let mut encoded = Vec::new();
                 policy.wire().encode(&mut encoded);
-                items.push(SnapshotItem::Entry(EntryType::Policy, wal::policy_body(id, &encoded)));
+                let body = wal::policy_body(id, oldest.version(), &encoded);
+                items.push(SnapshotItem::Entry(EntryType::Policy, body));
             }
             items.extend(oldest_first.map(|record| SnapshotItem::Record(record.archive().clone())));
             if let Some(pending) = entry.pending() {
@@ -156,8 +157,12 @@ fn replay(
                         promote(store, shard_id, record);
                     }
                 }
-                wal::Entry::Policy { id, policy } => {
-                    if store.shard_for(id) == shard_id {
+                wal::Entry::Policy { id, version, policy } => {
+                    let current =
+                        store.shard(shard_id).map.pin().get(id).map(|entry| entry.current().version());
+                    // Only where it was set: a log that repeats what a snapshot holds must not
+                    // apply an older policy again (nor one of a credential purged since).
+                    if store.shard_for(id) == shard_id && current == Some(version) {
                         let policy =
                             Policy::decode(&mut Reader::new(policy), &Limits::client()).map_err(|error| {
                                 EngineError::Corrupt(format!("a logged policy of {id:?}: {error}"))
@@ -228,11 +233,11 @@ pub(super) fn replace_version(store: &Store, shard_id: usize, record: Record) {
     let map = store.shard(shard_id).map.pin();
     let id = Id::from(record.credential().id.as_str());
     let Some(entry) = map.get(&*id) else { return };
-    if entry.pending().is_some_and(|pending| pending.version() == record.version()) {
+    if entry.pending().is_some_and(|pending| same_version(pending, &record)) {
         map.insert(id, entry.snapshot().with_pending(Some(record)));
         return;
     }
-    let Some(position) = entry.versions().position(|kept| kept.version() == record.version()) else {
+    let Some(position) = entry.versions().position(|kept| same_version(kept, &record)) else {
         return;
     };
     let mut versions: Vec<Record> = entry.versions().cloned().collect();
@@ -250,6 +255,17 @@ pub(super) fn set_policy(store: &Store, shard_id: usize, id: &str, policy: Optio
     let max_versions = policy.as_ref().map_or(default, |policy| policy.max_versions_or(default));
     let kept = entry.versions().take(max_versions).cloned();
     map.insert(id.into(), entry.with_versions(kept).with_policy(policy));
+}
+
+/// Whether `replacement` (a rewrap or a destroyed husk) is `kept` with other ciphertext: the
+/// same number and the same fields around it. A pending version rewrapped and then promoted
+/// has the number of the promoted one but not its grace deadline, so a logged rewrap of it
+/// never overwrites the version it became.
+fn same_version(kept: &Record, replacement: &Record) -> bool {
+    let (kept, replacement) = (kept.credential(), replacement.credential());
+    kept.version == replacement.version
+        && kept.updated_at_ms == replacement.updated_at_ms
+        && kept.previous_grace_until_ms == replacement.previous_grace_until_ms
 }
 
 /// Makes `record` its credential's pending version (recovery of a logged PENDING), unless the
@@ -297,5 +313,146 @@ fn remove_entry(store: &Store, shard_id: usize, id: &str) {
             id,
         );
         map.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Keyring, MasterKey};
+    use crate::data::record::{CredentialFields, VersionFields};
+    use crate::data::Lifecycle;
+    use credshard_protocol::{Limits, EMPTY_LABELS};
+
+    fn record(store: &Store, version: u64) -> Record {
+        let secret = format!("v{version}");
+        let fields = CredentialFields {
+            id: "db",
+            owner: "team",
+            scope: "prod",
+            kind: 0,
+            labels: EMPTY_LABELS,
+            secret: secret.as_bytes(),
+        };
+        let version_fields = VersionFields {
+            version,
+            created_at_ms: 1_000,
+            updated_at_ms: 1_000 + version,
+            expires_at_ms: 0,
+            previous_grace_until_ms: 0,
+        };
+        Record::seal(fields, version_fields, store.keyring()).unwrap()
+    }
+
+    fn policy(max_versions: u16, version: u64) -> Vec<u8> {
+        let mut encoded = Vec::new();
+        Policy { max_versions, ..Policy::default() }.encode(&mut encoded);
+        wal::policy_body("db", version, &encoded)
+    }
+
+    fn kept(store: &Store) -> Vec<u64> {
+        store.shard(0).map.pin().get("db").unwrap().versions().map(Record::version).collect()
+    }
+
+    /// A log segment written while a snapshot was taken repeats entries the snapshot holds:
+    /// replaying them after it must change nothing. A policy names the version it was set at,
+    /// so an older one is not applied again over the history a later one kept.
+    #[test]
+    fn a_snapshot_followed_by_a_log_that_repeats_older_policies_replays_to_the_same_state() {
+        let lifecycle = Lifecycle { max_versions: 3, ..Lifecycle::default() };
+        let new_store =
+            || Store::new(1, Keyring::in_memory(MasterKey::generate()), Limits::default(), lifecycle);
+        let first = new_store();
+        let records: Vec<Record> = (1..=18).map(|version| record(&first, version)).collect();
+        let (narrow, wide) = (policy(2, 8), policy(10, 8));
+        let mut log: Vec<wal::Entry<'_>> =
+            records[..8].iter().map(|record| wal::Entry::Record(record.archive_bytes())).collect();
+        log.push(parse_policy(&narrow));
+        log.push(parse_policy(&wide));
+        log.extend(records[8..].iter().map(|record| wal::Entry::Record(record.archive_bytes())));
+        first.replay(0, &[&log], true).unwrap();
+        assert_eq!(kept(&first), (9..=18).rev().collect::<Vec<_>>(), "ten kept by the wider policy");
+
+        // The snapshot, then the part of the log it already holds, again.
+        let snapshot: Vec<Vec<u8>> = first
+            .snapshot_items(0)
+            .into_iter()
+            .map(|item| {
+                let mut payload = Vec::new();
+                item.encode(&mut payload);
+                payload
+            })
+            .collect();
+        let batches: Vec<Vec<u8>> = snapshot.iter().map(|payload| wal::encode_batch(payload)).collect();
+        let mut entries: Vec<wal::Entry<'_>> =
+            batches.iter().flat_map(|batch| wal::parse(batch).unwrap().entries).collect();
+        entries.push(parse_policy(&narrow));
+        entries.push(parse_policy(&wide));
+        entries.extend(records[12..].iter().map(|record| wal::Entry::Record(record.archive_bytes())));
+        // Replay reads archives, never secrets: another key ring will do.
+        let second = new_store();
+        second.replay(0, &[&entries], true).unwrap();
+        assert_eq!(kept(&second), kept(&first));
+        assert_eq!(second.shard(0).map.pin().get("db").unwrap().policy().unwrap().max_versions, 10);
+    }
+
+    /// A data-key rotation rewrapped a pending version, which was then promoted (sealed again
+    /// with its grace deadline): a log that repeats the rewrap after a snapshot must not put the
+    /// pending record back over the promoted one.
+    #[test]
+    fn a_repeated_rewrap_of_a_pending_version_leaves_the_version_it_was_promoted_to() {
+        let lifecycle = Lifecycle { max_versions: 3, ..Lifecycle::default() };
+        let new_store =
+            || Store::new(1, Keyring::in_memory(MasterKey::generate()), Limits::default(), lifecycle);
+        let first = new_store();
+        let (current, pending) = (record(&first, 1), record(&first, 2));
+        let rewrapped = pending.rewrap(first.keyring()).unwrap();
+        let promoted = rewrapped.promoted(first.keyring(), 5_000).unwrap();
+        let log = [
+            wal::Entry::Record(current.archive_bytes()),
+            wal::Entry::Pending(pending.archive_bytes()),
+            wal::Entry::Rewrap(rewrapped.archive_bytes()),
+            wal::Entry::Promote(promoted.archive_bytes()),
+        ];
+        first.replay(0, &[&log], true).unwrap();
+        let grace = |store: &Store| {
+            store
+                .shard(0)
+                .map
+                .pin()
+                .get("db")
+                .unwrap()
+                .current()
+                .credential()
+                .previous_grace_until_ms
+                .to_native()
+        };
+        assert_eq!(grace(&first), 5_000);
+        let batches: Vec<Vec<u8>> = first
+            .snapshot_items(0)
+            .into_iter()
+            .map(|item| {
+                let mut payload = Vec::new();
+                item.encode(&mut payload);
+                wal::encode_batch(&payload)
+            })
+            .collect();
+        let mut entries: Vec<wal::Entry<'_>> =
+            batches.iter().flat_map(|batch| wal::parse(batch).unwrap().entries).collect();
+        entries.extend_from_slice(&log[1..]);
+        let second = new_store();
+        second.replay(0, &[&entries], true).unwrap();
+        assert_eq!(grace(&second), 5_000, "the promoted version, with its grace deadline");
+        assert_eq!(kept(&second), vec![2, 1]);
+    }
+
+    fn parse_policy(body: &[u8]) -> wal::Entry<'_> {
+        let version = u64::from_le_bytes(body[..8].try_into().unwrap());
+        let id_end = 10 + u16::from_le_bytes(body[8..10].try_into().unwrap()) as usize;
+        wal::Entry::Policy {
+            id: std::str::from_utf8(&body[10..id_end]).unwrap(),
+            version,
+            policy: &body[id_end..],
+        }
     }
 }

@@ -705,7 +705,10 @@ impl ShardWriter {
                 if let Some(log) = &self.log {
                     let mut encoded = Vec::new();
                     policy.as_ref().map_or(Policy::default(), StoredPolicy::wire).encode(&mut encoded);
-                    log.append(EntryType::Policy, &wal::policy_body(&prepared.id, &encoded));
+                    log.append(
+                        EntryType::Policy,
+                        &wal::policy_body(&prepared.id, prepared.base_version, &encoded),
+                    );
                 }
                 // As replay applies the logged POLICY.
                 set_policy(&store, self.shard_id, &prepared.id, policy);

@@ -251,13 +251,13 @@ impl<'a> Connection<'a> {
                 };
                 let waiting = match dispatched {
                     Dispatched::Miss(_) => unreachable!("load_and_dispatch answers misses"),
-                    Dispatched::Watch { principal } => {
+                    Dispatched::Watch => {
                         let body = &frame[header.body_range()];
                         let limits = self.context.store.limits();
                         let Ok(Request::Watch(request)) = Request::decode(header.code, body, limits) else {
                             unreachable!("dispatched as a WATCH")
                         };
-                        watch = Some((principal, WatchSpec::new(header.request_id, &request)));
+                        watch = Some(WatchSpec::new(header.request_id, &request));
                         None
                     }
                     Dispatched::Answered { secret } => {
@@ -297,20 +297,12 @@ impl<'a> Connection<'a> {
             }
             self.output.flush(stream, self.auth_deadline, self.context.metrics()).await?;
 
-            if let Some((principal, spec)) = watch.take() {
+            if let Some(spec) = watch.take() {
                 // The replies of everything before the WATCH go first.
                 self.finish_pending(&mut pending, stream).await?;
                 self.input.wipe();
                 watch::limit_send_buffer(self.socket);
-                return watch::serve(
-                    self.context,
-                    &mut self.session,
-                    principal,
-                    spec,
-                    stream,
-                    &mut self.output,
-                )
-                .await;
+                return watch::serve(self.context, &mut self.session, spec, stream, &mut self.output).await;
             }
             if let Some(closing) = closing {
                 if let Closing::Refusals = closing {

@@ -59,7 +59,7 @@ pub enum Dispatched {
     Miss(Miss),
     /// A WATCH, allowed and audited: nothing is in the output yet; the connection answers it
     /// and becomes the stream (`server::watch`).
-    Watch { principal: Arc<Principal> },
+    Watch,
 }
 
 /// What a read found missing from a partial cache.
@@ -231,7 +231,7 @@ fn dispatch_request(
             return refuse(context, error, request_id, out);
         }
         auditor.record(&principal.id, &request, None, Status::Ok);
-        return Dispatched::Watch { principal: Arc::clone(principal) };
+        return Dispatched::Watch;
     }
     if op.is_write() {
         ExecutorMetrics::add(&metrics.writes_total, 1);

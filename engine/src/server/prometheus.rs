@@ -246,9 +246,15 @@ impl Collector for Scrape {
                 &m.connections_total
             }),
             (("credshard_watchers_opened", "WATCH streams opened", None), |m| &m.watchers_total),
-            (("credshard_watch_events_sent", "Change events sent to watchers", None), |m| &m.watch_events_sent),
+            (("credshard_watch_events_sent", "Change events sent to watchers", None), |m| {
+                &m.watch_events_sent
+            }),
             (
-                ("credshard_watchers_behind", "Watchers ended because they fell behind the change feed", None),
+                (
+                    "credshard_watchers_behind",
+                    "Watchers ended because they fell behind the change feed",
+                    None,
+                ),
                 |m| &m.watchers_behind,
             ),
             (("credshard_connections_refused", "Connections refused at --connections-max", None), |m| {

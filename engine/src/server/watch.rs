@@ -25,11 +25,11 @@ use credshard_protocol::frame;
 use credshard_protocol::op::encode_error;
 use credshard_protocol::op::watch::{EventRef, WatchFilter, WatchReply, WatchRequest, STREAM_FLAG};
 use credshard_protocol::wire::Reader;
-use credshard_protocol::Status;
+use credshard_protocol::{Op, Status};
 use futures::future::{select, Either};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::auth::{Principal, Session};
+use crate::auth::Session;
 use crate::data::Store;
 use crate::metrics::ExecutorMetrics;
 use crate::server::connection::{linger, Output};
@@ -250,10 +250,11 @@ impl WatchHub {
                 if slot.due.get() {
                     continue;
                 }
-                // Nothing it wants since `before`: if it had read that far, it may skip to here.
+                // Nothing it wants since `before`: on each shard it had read that far, it may
+                // skip to here (the hub checked everything between against its filter).
                 let mut positions = slot.positions.borrow_mut();
-                if positions.iter().zip(&before).all(|(own, scanned_before)| own >= scanned_before) {
-                    for (own, scanned_now) in positions.iter_mut().zip(&scanned) {
+                for ((own, scanned_before), scanned_now) in positions.iter_mut().zip(&before).zip(&scanned) {
+                    if *own >= *scanned_before {
                         *own = (*own).max(*scanned_now);
                     }
                 }
@@ -326,7 +327,6 @@ impl CommitListener for FeedListener {
 pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     context: &Rc<ExecutorContext>,
     session: &mut Session,
-    principal: Arc<Principal>,
     spec: WatchSpec,
     stream: &mut S,
     output: &mut Output,
@@ -355,6 +355,16 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let filter = spec.filter.borrowed();
     let mut discard = [0u8; 512];
     loop {
+        // The token as it is now: a reload may have revoked or narrowed it since the last turn.
+        let principal = match session.principal(&context.authenticator) {
+            Some(principal) if principal.acl.allows_op(Op::Watch) => Arc::clone(principal),
+            _ => {
+                let message = "the token was revoked or no longer allows WATCH; the stream ends";
+                encode_error(Status::Unauthorized, spec.request_id, 0, message, &mut output.bytes);
+                output.flush(stream, None, metrics).await?;
+                return linger(stream).await;
+            }
+        };
         // Send everything committed since the last turn.
         slot.due.set(false);
         for shard_id in 0..shard_count {
@@ -398,12 +408,6 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         output.flush(stream, None, metrics).await?;
-        if session.principal(&context.authenticator).is_none() {
-            let message = "the token was revoked; the stream ends";
-            encode_error(Status::Unauthorized, spec.request_id, 0, message, &mut output.bytes);
-            output.flush(stream, None, metrics).await?;
-            return linger(stream).await;
-        }
         // Wait for changes it wants, or for the client to close (anything it sends is
         // discarded: the connection is the stream's now).
         let read = stream.read(&mut discard);

@@ -16,8 +16,9 @@
 //!         7 PENDING     body = a record's archive: the credential's pending version (STAGE)
 //!         8 PROMOTE     body = a record's archive: the pending version of the same id and
 //!                       version made current (its grace deadline for the replaced version set)
-//!         9 POLICY      body = id_bytes u16 | id | policy (the SET_POLICY encoding; a credential
-//!                       whose policy is the default has none)
+//!         9 POLICY      body = version u64 | id_bytes u16 | id | policy (the SET_POLICY
+//!                       encoding; a credential whose policy is the default has none); like
+//!                       SOFT_DELETE it names the current version it applies to
 //! ```
 //!
 //! DELETE (2) removes an id and lets its versions start again at 1; servers since recoverable
@@ -77,12 +78,13 @@ pub enum Entry<'a> {
     Purge { id: &'a str, version: u64 },
     Pending(&'a [u8]),
     Promote(&'a [u8]),
-    Policy { id: &'a str, policy: &'a [u8] },
+    Policy { id: &'a str, version: u64, policy: &'a [u8] },
 }
 
 /// The body of a POLICY entry.
-pub fn policy_body(id: &str, policy: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(2 + id.len() + policy.len());
+pub fn policy_body(id: &str, version: u64, policy: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(10 + id.len() + policy.len());
+    body.extend_from_slice(&version.to_le_bytes());
     body.extend_from_slice(&(id.len() as u16).to_le_bytes());
     body.extend_from_slice(id.as_bytes());
     body.extend_from_slice(policy);
@@ -263,11 +265,12 @@ fn parse_payload<'a>(mut payload: &'a [u8], entries: &mut Vec<Entry<'a>>) -> Res
             7 => Entry::Pending(body),
             8 => Entry::Promote(body),
             9 => {
-                let id_bytes = body.get(..2).ok_or("policy entry shorter than its id length")?;
-                let id_end = 2 + u16::from_le_bytes(id_bytes.try_into().expect("2 bytes")) as usize;
-                let id = body.get(2..id_end).ok_or("policy entry shorter than its id")?;
+                let header = body.get(..10).ok_or("policy entry shorter than its version and id length")?;
+                let version = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+                let id_end = 10 + u16::from_le_bytes(header[8..].try_into().expect("2 bytes")) as usize;
+                let id = body.get(10..id_end).ok_or("policy entry shorter than its id")?;
                 let id = std::str::from_utf8(id).map_err(|_| "policy entry id is not UTF-8")?;
-                Entry::Policy { id, policy: &body[id_end..] }
+                Entry::Policy { id, version, policy: &body[id_end..] }
             }
             _ => return Err("unknown entry type"),
         };
@@ -309,7 +312,7 @@ mod tests {
         encode_entry(EntryType::Purge, &version_body("p", u64::MAX), &mut payload);
         encode_entry(EntryType::Pending, b"staged", &mut payload);
         encode_entry(EntryType::Promote, b"promoted", &mut payload);
-        encode_entry(EntryType::Policy, &policy_body("pol/é", b"rules"), &mut payload);
+        encode_entry(EntryType::Policy, &policy_body("pol/é", 3, b"rules"), &mut payload);
         let batch = encode_batch(&payload);
         let parsed = parse(&batch).unwrap();
         assert_eq!(
@@ -323,7 +326,7 @@ mod tests {
                 Entry::Purge { id: "p", version: u64::MAX },
                 Entry::Pending(b"staged"),
                 Entry::Promote(b"promoted"),
-                Entry::Policy { id: "pol/é", policy: b"rules" },
+                Entry::Policy { id: "pol/é", version: 3, policy: b"rules" },
             ]
         );
         assert_eq!(parsed.valid_bytes, batch.len());

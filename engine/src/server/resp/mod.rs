@@ -477,7 +477,7 @@ impl Commands<'_> {
         };
         match dispatched {
             Dispatched::Miss(_) => unreachable!("load_and_dispatch answers misses"),
-            Dispatched::Watch { .. } => unreachable!("no Redis command translates to WATCH"),
+            Dispatched::Watch => unreachable!("no Redis command translates to WATCH"),
             Dispatched::Answered { .. } => {}
             Dispatched::Pending { write, outcome } => {
                 pending.push(join(ready(write), outcome));
