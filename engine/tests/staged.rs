@@ -229,3 +229,52 @@ fn pending_and_promoted_versions_survive_sigkill_through_the_log_and_snapshots()
         }
     }
 }
+
+#[test]
+fn a_token_that_does_not_reach_the_pending_version_cannot_drop_it() {
+    const ADMIN: &[u8] = b"cst_admin-token-0123456789";
+    const BILLING: &[u8] = b"cst_billing-writer-token-01";
+    let table = |id: &str, token: &[u8], rest: &str| {
+        format!(
+            "[[token]]\nid = \"{id}\"\nsha256 = \"{}\"\n{rest}\n\n",
+            hex::encode(credshard_engine::auth::hash_token(token))
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let text = table("admin", ADMIN, "ops = [\"*\"]")
+        + &table(
+            "billing",
+            BILLING,
+            "ops = [\"read\", \"write\", \"rotate\", \"delete\"]\nowners = [\"billing\"]",
+        );
+    std::fs::write(&tokens, text).unwrap();
+    let server = TestServer::start_with(2, |config| config.tokens = Some(tokens));
+    let mut admin = Client::connect_with_token(server.address(), ADMIN).unwrap();
+    let id = "moving/db";
+    admin.put(&PutRequest { owner: "billing", ..put(id, b"billing's") }).unwrap();
+    admin.stage(&PutRequest { owner: "ops", ..put(id, b"ops'") }).unwrap();
+
+    let mut billing = Client::connect_with_token(server.address(), BILLING).unwrap();
+    let rotate = RotateRequest { id, expected_version: None, grace_period_seconds: None, secret: b"x" };
+    let purge = credshard_protocol::op::delete::DeleteRequest {
+        purge: true,
+        ..credshard_protocol::op::delete::DeleteRequest::new(id, None)
+    };
+    let refusals = [
+        billing.put(&PutRequest { owner: "billing", ..put(id, b"x") }).unwrap_err(),
+        billing.rotate(&rotate).unwrap_err(),
+        billing.stage(&PutRequest { owner: "billing", ..put(id, b"x") }).unwrap_err(),
+        billing.delete_with(&purge).unwrap_err(),
+    ];
+    for refused in refusals {
+        assert_eq!(refused.status(), Some(Status::Unauthorized), "{refused}");
+    }
+    assert_eq!(billing.get(id).unwrap().secret.expose(), b"billing's", "its own version it still reads");
+    assert_eq!(
+        secret_of(&mut admin, id, Stage::Pending).unwrap(),
+        (2, "ops'".into()),
+        "the pending one is intact"
+    );
+    assert_eq!(billing.delete(id, None).unwrap().version, 1, "a recoverable delete keeps it, and is allowed");
+}

@@ -296,6 +296,8 @@ impl ShardWriter {
         let existing = map.get(request.id);
         if let Some(entry) = existing {
             check_access(entry.current(), acl)?;
+            // A new current version drops the pending one: that needs reach over it too.
+            check_pending_access(entry, acl)?;
         }
         let live = existing.filter(|entry| !entry.current().is_expired(now_ms) && !entry.is_deleted());
         if let Some(entry) = existing {
@@ -344,6 +346,7 @@ impl ShardWriter {
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
         check_access(current, acl)?;
+        check_pending_access(entry, acl)?;
         check_not_deleted(entry)?;
         if current.is_expired(now_ms) {
             return Err(OpError::Expired);
@@ -389,7 +392,9 @@ impl ShardWriter {
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
         check_access(current, acl)?;
-        if !request.purge {
+        if request.purge {
+            check_pending_access(entry, acl)?;
+        } else {
             check_not_deleted(entry)?;
         }
         let version = current.version();
@@ -499,6 +504,7 @@ impl ShardWriter {
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
         check_access(current, acl)?;
+        check_pending_access(entry, acl)?;
         check_not_deleted(entry)?;
         if current.is_expired(now_ms) {
             return Err(OpError::Expired);
@@ -1036,6 +1042,12 @@ fn check_not_deleted(entry: &Entry) -> Result<(), OpError> {
 }
 
 /// Compare-and-set: `expected` (if any) must equal `current_version` (0 when absent).
+/// Refuses a write that would drop a pending version outside `acl` (STAGE may give a pending
+/// version another owner or scope than the current one's).
+fn check_pending_access(entry: &Entry, acl: &Acl) -> Result<(), OpError> {
+    entry.pending().map_or(Ok(()), |pending| check_access(pending, acl))
+}
+
 /// Refuses a write without an expected version to a credential whose policy requires one.
 fn check_cas_required(entry: &Entry, expected: Option<u64>, current_version: u64) -> Result<(), OpError> {
     match (expected, entry.policy()) {
