@@ -255,3 +255,60 @@ fn keygen_key_file_and_wrong_key_refused() {
     assert_eq!(passphrase.status.code(), Some(1));
     assert!(text(&passphrase.stderr).contains("--key-file"), "{}", text(&passphrase.stderr));
 }
+
+/// `credshard watch` prints committed changes and, with a position file, resumes where it
+/// stopped: a restarted watcher misses nothing and repeats nothing.
+#[test]
+fn watch_prints_changes_and_resumes_from_its_position_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("data"), &[]);
+    let position = dir.path().join("watch.position");
+    let watch = |count: &str| {
+        Command::new(BINARY)
+            .args(["watch", "--owner", "w", "--count", count, "--position-file"])
+            .arg(&position)
+            .env("CREDSHARD_ADDR", &served.address)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Bounded: a watcher that never gets its changes is killed rather than hanging the test.
+    let finish = |child: Child| {
+        let id = child.id();
+        let guard = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            // SAFETY: kill(2) only sends a signal to a process this test started.
+            unsafe { libc::kill(id as i32, libc::SIGKILL) };
+        });
+        let output = child.wait_with_output().unwrap();
+        drop(guard);
+        output
+    };
+    let first = watch("2");
+    // Wait until it is subscribed, so that the writes below are changes it must see.
+    let mut polls = 0;
+    while !text(&served.run(&["stats"], b"").stdout).contains("watchers_open 1") {
+        polls += 1;
+        assert!(polls < 500, "the watcher never subscribed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    served.run(&["put", "w/1", "--owner", "w", "--scope", "s"], b"one");
+    served.run(&["put", "other", "--owner", "x", "--scope", "s"], b"skip");
+    served.run(&["put", "w/2", "--owner", "w", "--scope", "s"], b"two");
+    let output = finish(first);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains(" put w/1 version 1 ") && lines[0].ends_with("owner w scope s"), "{lines:?}");
+    assert!(lines[1].contains(" put w/2 version 1 "), "{lines:?}");
+    assert!(!text(&output.stdout).contains("one") && !text(&output.stdout).contains("two"), "never a secret");
+
+    // While no watcher runs: a change it must get on resuming, and only that one.
+    served.run(&["put", "w/1", "--owner", "w", "--scope", "s"], b"three");
+    let output = finish(watch("1"));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!text(&output.stderr).contains("could not resume"), "{}", text(&output.stderr));
+    let resumed = text(&output.stdout);
+    assert!(resumed.contains(" put w/1 version 2 ") && resumed.lines().count() == 1, "{resumed}");
+}
