@@ -1,6 +1,7 @@
 //! Model-based test (after sled's `fuzz_model`): random sequences of PUT / CAS / ROTATE /
-//! DELETE / GET / GET_META / LIST against a real 2-shard server over TCP, each outcome checked
-//! against a plain in-memory model of versions, grace periods and owners.
+//! DELETE / UNDELETE / DESTROY / STAGE / PROMOTE / GET (by number and by stage) / GET_META /
+//! LIST against a real 2-shard server over TCP, each outcome checked against a plain in-memory
+//! model of versions, pending versions, grace periods and owners.
 
 mod common;
 
@@ -10,8 +11,10 @@ use std::sync::OnceLock;
 
 use common::{put, TestServer};
 use credshard_protocol::op::delete::DeleteRequest;
+use credshard_protocol::op::get::Stage;
 use credshard_protocol::op::list::ListRequest;
 use credshard_protocol::op::rotate::RotateRequest;
+use credshard_protocol::op::stage::PromoteRequest;
 use credshard_protocol::{Client, ClientError, Status, VersionState};
 use proptest::prelude::*;
 
@@ -69,6 +72,17 @@ enum Operation {
     GetMeta {
         key: usize,
     },
+    Stage {
+        key: usize,
+        secret: Vec<u8>,
+    },
+    Promote {
+        key: usize,
+        long_grace: bool,
+    },
+    GetPending {
+        key: usize,
+    },
     List {
         owner: usize,
         limit: u16,
@@ -90,7 +104,10 @@ fn operation() -> impl Strategy<Value = Operation> {
         1 => (key.clone(), any::<bool>()).prop_map(|(key, correct)| Operation::CompareAndDelete { key, correct }),
         2 => key.clone().prop_map(|key| Operation::Get { key }),
         2 => (key.clone(), 0u64..12).prop_map(|(key, back)| Operation::GetVersion { key, back }),
-        1 => key.prop_map(|key| Operation::GetMeta { key }),
+        1 => key.clone().prop_map(|key| Operation::GetMeta { key }),
+        1 => (key.clone(), proptest::collection::vec(any::<u8>(), 0..48)).prop_map(|(key, secret)| Operation::Stage { key, secret }),
+        1 => (key.clone(), any::<bool>()).prop_map(|(key, long_grace)| Operation::Promote { key, long_grace }),
+        1 => key.prop_map(|key| Operation::GetPending { key }),
         1 => (0usize..2, 1u16..4).prop_map(|(owner, limit)| Operation::List { owner, limit }),
     ]
 }
@@ -121,6 +138,8 @@ struct ModelCredential {
     versions: Vec<ModelVersion>,
     /// Deleted, recoverable with UNDELETE (the test's window is far longer than a case).
     deleted: bool,
+    /// STAGE's version and secret, until PROMOTE or a PUT or ROTATE.
+    pending: Option<(u64, Vec<u8>)>,
 }
 
 impl ModelCredential {
@@ -128,8 +147,21 @@ impl ModelCredential {
         &self.versions[0]
     }
 
+    /// The highest version used: the pending one's, else the current one's.
+    fn last_version(&self) -> u64 {
+        self.pending.as_ref().map_or(self.current().version, |(version, _)| *version)
+    }
+
+    /// A new current version (after the pending one, which it drops).
     fn push(&mut self, secret: &[u8], replaced_as: VersionState) -> u64 {
-        let version = self.current().version + 1;
+        let version = self.last_version() + 1;
+        self.pending = None;
+        self.promote(version, secret, replaced_as);
+        version
+    }
+
+    /// `version` made current.
+    fn promote(&mut self, version: u64, secret: &[u8], replaced_as: VersionState) {
         self.versions[0].replaced = replaced_as;
         self.versions.insert(
             0,
@@ -141,7 +173,6 @@ impl ModelCredential {
             },
         );
         self.versions.truncate(MAX_VERSIONS);
-        version
     }
 }
 
@@ -255,7 +286,8 @@ impl Case<'_> {
                         assert_eq!(reply.version, credential.current().version);
                         credential.deleted = true;
                         if *purge {
-                            self.purged.insert(id.clone(), reply.version);
+                            // A purge remembers the highest version used, a pending one's too.
+                            self.purged.insert(id.clone(), credential.last_version());
                             self.model.remove(&id);
                         }
                     }
@@ -361,12 +393,68 @@ impl Case<'_> {
                     (Ok(reply), Some(credential)) => {
                         let states: Vec<(u64, VersionState)> =
                             reply.versions.iter().map(|info| (info.version, info.state)).collect();
-                        let expected: Vec<(u64, VersionState)> =
-                            credential.versions.iter().map(|kept| (kept.version, kept.state())).collect();
+                        let pending =
+                            credential.pending.iter().map(|(version, _)| (*version, VersionState::Pending));
+                        let expected: Vec<(u64, VersionState)> = pending
+                            .chain(credential.versions.iter().map(|kept| (kept.version, kept.state())))
+                            .collect();
                         assert_eq!(states, expected);
                     }
                     (Err(error), None) => assert_eq!(error.status(), Some(Status::NotFound)),
                     (result, state) => panic!("get_meta {result:?} with model state {state:?}"),
+                }
+            }
+            Operation::Stage { key, secret } => {
+                let id = self.id(*key);
+                let owner =
+                    self.model.get(&id).map_or_else(|| self.owner(0), |credential| credential.owner.clone());
+                let mut request = put(&id, secret);
+                request.owner = &owner;
+                let live = self.model.get_mut(&id).filter(|credential| !credential.deleted);
+                match (self.client.stage(&request), live) {
+                    (Ok(version), Some(credential)) => {
+                        assert_eq!(
+                            version,
+                            credential.last_version() + 1,
+                            "{id}: after the last version used"
+                        );
+                        credential.pending = Some((version, secret.clone()));
+                    }
+                    (Err(error), None) => assert_eq!(error.status(), Some(Status::NotFound)),
+                    (result, state) => panic!("stage {result:?} with model state {state:?}"),
+                }
+            }
+            Operation::Promote { key, long_grace } => {
+                let id = self.id(*key);
+                let grace = if *long_grace { LONG_GRACE_SECONDS } else { 0 };
+                let request =
+                    PromoteRequest { id: &id, expected_version: None, grace_period_seconds: Some(grace) };
+                let live = self.model.get_mut(&id).filter(|credential| !credential.deleted);
+                match (self.client.promote(&request), live) {
+                    (Ok(version), Some(credential)) => {
+                        let (pending, secret) =
+                            credential.pending.take().expect("promoted a pending version");
+                        assert_eq!(version, pending);
+                        let replaced =
+                            if *long_grace { VersionState::PreviousInGrace } else { VersionState::Retired };
+                        credential.promote(version, &secret, replaced);
+                    }
+                    (Err(error), live) => {
+                        assert_eq!(error.status(), Some(Status::NotFound), "{error}");
+                        assert!(live.is_none_or(|credential| credential.pending.is_none()), "{error}");
+                    }
+                    (result, state) => panic!("promote {result:?} with model state {state:?}"),
+                }
+            }
+            Operation::GetPending { key } => {
+                let id = self.id(*key);
+                let pending = self.live(&id).and_then(|credential| credential.pending.clone());
+                match (self.client.get_stage(&id, Stage::Pending), pending) {
+                    (Ok(reply), Some((version, secret))) => {
+                        assert_eq!((reply.metadata.version, reply.secret.expose()), (version, &secret[..]));
+                    }
+                    (Err(error), None) => assert_eq!(error.status(), Some(Status::NotFound)),
+                    (result, pending) => panic!("get pending {result:?} with model {pending:?}"),
                 }
             }
             Operation::List { owner, limit } => {
@@ -410,7 +498,7 @@ impl Case<'_> {
             None => {
                 // A new history; a deleted or purged id's versions go on from its last.
                 let last = match self.model.get(id) {
-                    Some(deleted) => deleted.current().version,
+                    Some(deleted) => deleted.last_version(),
                     None => self.purged.get(id).copied().unwrap_or(0),
                 };
                 assert_eq!(version, last + 1, "{id}: versions never restart");
@@ -422,7 +510,12 @@ impl Case<'_> {
                 };
                 self.model.insert(
                     id.to_owned(),
-                    ModelCredential { owner: owner.to_owned(), versions: vec![first], deleted: false },
+                    ModelCredential {
+                        owner: owner.to_owned(),
+                        versions: vec![first],
+                        deleted: false,
+                        pending: None,
+                    },
                 );
             }
         }
