@@ -443,14 +443,7 @@ fn deletions_destroyed_versions_and_purges_survive_sigkill() {
         assert_eq!(client.delete(undeleted, None).unwrap().version, 2);
         assert_eq!(client.undelete(undeleted).unwrap(), 2);
         // Enough other writes for snapshots to be taken (and replayed) past these.
-        for index in 0..200 {
-            client.put(&put(&format!("filler-{}", index % 20), &[b'f'; 256])).unwrap();
-        }
-        let snapshots = walk(&dirs.data_dir)
-            .iter()
-            .filter(|path| path.extension().is_some_and(|extension| extension == "snapshot"))
-            .count();
-        assert!(snapshots > 0, "a snapshot holds the deletions, not only the log");
+        common::write_past_a_snapshot(&mut client, &dirs.data_dir);
     } // SIGKILL
     for restart in 0..2 {
         let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});

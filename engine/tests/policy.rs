@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::process::{ProcessDirs, ServeProcess};
-use common::{put, walk, TestServer};
+use common::{put, TestServer};
 use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::policy::{Policy, SetPolicyRequest};
 use credshard_protocol::op::rotate::RotateRequest;
@@ -137,14 +137,8 @@ fn policies_survive_sigkill_through_the_log_and_snapshots() {
         }
         client.put(&put(strict, b"1")).unwrap();
         set_policy(&mut client, strict, Policy { cas_required: true, ..Policy::default() });
-        for index in 0..200 {
-            client.put(&put(&format!("filler-{}", index % 20), &[b'f'; 256])).unwrap();
-        }
-        let snapshots = walk(&dirs.data_dir)
-            .iter()
-            .filter(|path| path.extension().is_some_and(|extension| extension == "snapshot"))
-            .count();
-        assert!(snapshots > 0, "a snapshot holds the policies, not only the log");
+        // Enough other writes for snapshots to be taken (and replayed) past these.
+        common::write_past_a_snapshot(&mut client, &dirs.data_dir);
     } // SIGKILL
     for restart in 0..2 {
         let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});

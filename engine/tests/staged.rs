@@ -15,7 +15,7 @@ use credshard_protocol::op::stage::PromoteRequest;
 use credshard_protocol::{Client, ClientError, PutRequest, Status, VersionState};
 
 use common::process::{ProcessDirs, ServeProcess};
-use common::{ids_on_every_shard, put, walk, TestServer};
+use common::{ids_on_every_shard, put, TestServer};
 
 fn promote(id: &str, expected_version: Option<u64>, grace_period_seconds: Option<u64>) -> PromoteRequest<'_> {
     PromoteRequest { id, expected_version, grace_period_seconds }
@@ -192,14 +192,7 @@ fn pending_and_promoted_versions_survive_sigkill_through_the_log_and_snapshots()
         assert_eq!(client.put(&put(dropped, format!("{dropped} v3").as_bytes())).unwrap(), 3);
         assert_eq!(client.stage(&put(restaged, format!("{restaged} v3").as_bytes())).unwrap(), 3);
         // Enough other writes for snapshots to be taken (and replayed) past these.
-        for index in 0..200 {
-            client.put(&put(&format!("filler-{}", index % 20), &[b'f'; 256])).unwrap();
-        }
-        let snapshots = walk(&dirs.data_dir)
-            .iter()
-            .filter(|path| path.extension().is_some_and(|extension| extension == "snapshot"))
-            .count();
-        assert!(snapshots > 0, "a snapshot holds the pending versions, not only the log");
+        common::write_past_a_snapshot(&mut client, &dirs.data_dir);
     } // SIGKILL
     for restart in 0..2 {
         let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});

@@ -643,7 +643,8 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
         // An applied write commits everything appended to its shard's log before it.
         let mut commits = false;
         match *op {
-            Op::Put { id, owner, expected, ttl_ms } => {
+            Op::Put { id, owner, expected, ttl_ms } | Op::Stage { id, owner, expected, ttl_ms } => {
+                // PUT and STAGE take the same request; the model tells them apart.
                 let expiry = ttl_ms.map_or(Expiry::Never, Expiry::TtlMs);
                 let request = PutRequest {
                     id: IDS[id],
@@ -655,7 +656,6 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                     labels: Labels::from_validated(EMPTY_LABELS),
                     secret: &secret,
                 };
-                let real = system.submit(IDS[id], Write::Put(&request), now_ms);
                 let new = Version {
                     version: 0,
                     secret: secret.clone(),
@@ -665,7 +665,17 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                     destroyed: false,
                     written_at_ms: now_ms,
                 };
-                prop_assert_eq!(&real, &model.put(id, new, expected, now_ms), "step {}: {:?}", step, op);
+                let (real, expected_outcome) = match op {
+                    Op::Put { .. } => (
+                        system.submit(IDS[id], Write::Put(&request), now_ms),
+                        model.put(id, new, expected, now_ms),
+                    ),
+                    _ => (
+                        system.submit(IDS[id], Write::Stage(&request), now_ms),
+                        model.stage(id, new, expected, now_ms),
+                    ),
+                };
+                prop_assert_eq!(&real, &expected_outcome, "step {}: {:?}", step, op);
                 commits = real.is_ok();
             }
             Op::Rotate { id, expected, grace_seconds } => {
@@ -701,31 +711,6 @@ fn run(shards: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 let request = DestroyRequest { id: IDS[id], version };
                 let real = system.submit(IDS[id], Write::Destroy(&request), now_ms);
                 prop_assert_eq!(&real, &model.destroy(id, version, now_ms), "step {}: {:?}", step, op);
-                commits = real.is_ok();
-            }
-            Op::Stage { id, owner, expected, ttl_ms } => {
-                let expiry = ttl_ms.map_or(Expiry::Never, Expiry::TtlMs);
-                let request = PutRequest {
-                    id: IDS[id],
-                    owner: OWNERS[owner],
-                    scope: "scope",
-                    kind: Kind::Password,
-                    expected_version: expected,
-                    expiry,
-                    labels: Labels::from_validated(EMPTY_LABELS),
-                    secret: &secret,
-                };
-                let real = system.submit(IDS[id], Write::Stage(&request), now_ms);
-                let new = Version {
-                    version: 0,
-                    secret: secret.clone(),
-                    owner,
-                    expires_at_ms: expiry.resolve(now_ms),
-                    previous_grace_until_ms: 0,
-                    destroyed: false,
-                    written_at_ms: now_ms,
-                };
-                prop_assert_eq!(&real, &model.stage(id, new, expected, now_ms), "step {}: {:?}", step, op);
                 commits = real.is_ok();
             }
             Op::Promote { id, expected, grace_seconds } => {

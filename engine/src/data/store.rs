@@ -324,19 +324,34 @@ impl Store {
         out: &mut BytesMut,
         fetched: &Fetched,
     ) -> Result<u64, OpError> {
-        let map = self.shards[self.shard_for(request.id)].map.pin();
-        let entry = map.get(request.id).or_else(|| find(fetched, request.id)).ok_or(OpError::NotFound)?;
+        self.read_live(request.id, now_ms, acl, fetched, |entry| {
+            entry.current().metadata().encode(out);
+            out.put_u16_le((entry.version_count() + usize::from(entry.pending().is_some())) as u16);
+            for (record, state) in entry.listed_versions(now_ms) {
+                let metadata = record.metadata();
+                VersionInfo { version: metadata.version, created_at_ms: metadata.updated_at_ms, state }
+                    .encode(out);
+            }
+            entry.current().version()
+        })
+    }
+
+    /// Hands `read` the credential `id` (from `fetched` if the shard's map does not hold it),
+    /// marked read, once it is within `acl` and live; returns what `read` returns.
+    fn read_live<T>(
+        &self,
+        id: &str,
+        now_ms: u64,
+        acl: &Acl,
+        fetched: &Fetched,
+        read: impl FnOnce(&Entry) -> T,
+    ) -> Result<T, OpError> {
+        let map = self.shards[self.shard_for(id)].map.pin();
+        let entry = map.get(id).or_else(|| find(fetched, id)).ok_or(OpError::NotFound)?;
         entry.touch();
         check_access(entry.current(), acl)?;
         check_live(entry, now_ms)?;
-        entry.current().metadata().encode(out);
-        out.put_u16_le((entry.version_count() + usize::from(entry.pending().is_some())) as u16);
-        for (record, state) in entry.listed_versions(now_ms) {
-            let metadata = record.metadata();
-            VersionInfo { version: metadata.version, created_at_ms: metadata.updated_at_ms, state }
-                .encode(out);
-        }
-        Ok(entry.current().version())
+        Ok(read(entry))
     }
 
     /// GET_POLICY: appends the credential's policy (the defaults if it has none), from
@@ -352,13 +367,10 @@ impl Store {
         out: &mut BytesMut,
         fetched: &Fetched,
     ) -> Result<u64, OpError> {
-        let map = self.shards[self.shard_for(request.id)].map.pin();
-        let entry = map.get(request.id).or_else(|| find(fetched, request.id)).ok_or(OpError::NotFound)?;
-        entry.touch();
-        check_access(entry.current(), acl)?;
-        check_live(entry, now_ms)?;
-        entry.policy().map_or(Policy::default(), super::shard::StoredPolicy::wire).encode(out);
-        Ok(entry.current().version())
+        self.read_live(request.id, now_ms, acl, fetched, |entry| {
+            entry.policy().map_or(Policy::default(), super::shard::StoredPolicy::wire).encode(out);
+            entry.current().version()
+        })
     }
 
     /// BATCH_GET: appends one result per id, in order (`status u8` then a GET reply body or an

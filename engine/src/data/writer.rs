@@ -345,12 +345,8 @@ impl ShardWriter {
         let map = store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
-        check_access(current, acl)?;
+        check_live(entry, now_ms, acl)?;
         check_pending_access(entry, acl)?;
-        check_not_deleted(entry)?;
-        if current.is_expired(now_ms) {
-            return Err(OpError::Expired);
-        }
         check_cas_required(entry, request.expected_version, current.version())?;
         check_expected(request.expected_version, current.version())?;
         let grace_ms = request
@@ -467,11 +463,7 @@ impl ShardWriter {
         let map = self.store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
-        check_access(current, acl)?;
-        check_not_deleted(entry)?;
-        if current.is_expired(now_ms) {
-            return Err(OpError::Expired);
-        }
+        check_live(entry, now_ms, acl)?;
         let record = entry
             .versions()
             .find(|record| record.version() == request.version)
@@ -503,12 +495,8 @@ impl ShardWriter {
         let map = store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
-        check_access(current, acl)?;
+        check_live(entry, now_ms, acl)?;
         check_pending_access(entry, acl)?;
-        check_not_deleted(entry)?;
-        if current.is_expired(now_ms) {
-            return Err(OpError::Expired);
-        }
         check_cas_required(entry, request.expected_version, current.version())?;
         check_expected(request.expected_version, current.version())?;
         let fields = VersionFields {
@@ -546,11 +534,7 @@ impl ShardWriter {
         let map = store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
-        check_access(current, acl)?;
-        check_not_deleted(entry)?;
-        if current.is_expired(now_ms) {
-            return Err(OpError::Expired);
-        }
+        check_live(entry, now_ms, acl)?;
         let pending_version = entry.pending().map_or(0, Record::version);
         if request.expected_version.is_none() && entry.policy().is_some_and(|policy| policy.cas_required) {
             return Err(OpError::CasRequired { current_version: pending_version });
@@ -586,11 +570,7 @@ impl ShardWriter {
         let map = self.store.shard(self.shard_id).map.pin();
         let entry = map.get(request.id).ok_or(OpError::NotFound)?;
         let current = entry.current();
-        check_access(current, acl)?;
-        check_not_deleted(entry)?;
-        if current.is_expired(now_ms) {
-            return Err(OpError::Expired);
-        }
+        check_live(entry, now_ms, acl)?;
         let policy = StoredPolicy::of(&request.policy);
         Ok(Prepared {
             id: request.id.into(),
@@ -1042,6 +1022,17 @@ fn check_not_deleted(entry: &Entry) -> Result<(), OpError> {
 }
 
 /// Compare-and-set: `expected` (if any) must equal `current_version` (0 when absent).
+/// The checks of a write to a live credential, in the order docs/protocol.md gives: the
+/// current version within `acl`, not deleted, not expired.
+fn check_live(entry: &Entry, now_ms: u64, acl: &Acl) -> Result<(), OpError> {
+    check_access(entry.current(), acl)?;
+    check_not_deleted(entry)?;
+    if entry.current().is_expired(now_ms) {
+        return Err(OpError::Expired);
+    }
+    Ok(())
+}
+
 /// Refuses a write that would drop a pending version outside `acl` (STAGE may give a pending
 /// version another owner or scope than the current one's).
 fn check_pending_access(entry: &Entry, acl: &Acl) -> Result<(), OpError> {

@@ -86,6 +86,20 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Writes other credentials until the server has written a snapshot into `data_dir` (a small
+/// `--compact-log-bytes` makes 200 of 256 B enough), so that a restart replays a snapshot and
+/// not only the log; asserts that it did.
+pub fn write_past_a_snapshot(client: &mut Client, data_dir: &std::path::Path) {
+    for index in 0..200 {
+        client.put(&put(&format!("filler-{}", index % 20), &[b'f'; 256])).unwrap();
+    }
+    let snapshots = walk(data_dir)
+        .iter()
+        .filter(|path| path.extension().is_some_and(|extension| extension == "snapshot"))
+        .count();
+    assert!(snapshots > 0, "a snapshot was written (raise the writes or lower --compact-log-bytes)");
+}
+
 /// Ids that land on each of `shards` shards (at least `per_shard` each).
 pub fn ids_on_every_shard(shards: usize, per_shard: usize) -> Vec<String> {
     let mut found: Vec<Vec<String>> = vec![Vec::new(); shards];
