@@ -148,9 +148,13 @@ fn every_kind_of_change_is_announced_with_its_version_and_never_a_secret() {
         ..credshard_protocol::op::delete::DeleteRequest::new(id, None)
     };
     client.delete_with(&purge).unwrap();
-    let expiring = PutRequest { expiry: credshard_protocol::Expiry::TtlMs(1), ..put(id, b"canary-4") };
+    let expiring = PutRequest { expiry: credshard_protocol::Expiry::TtlMs(60_000), ..put(id, b"canary-4") };
     client.put(&expiring).unwrap();
-    let mut left = 10;
+    let policy = credshard_protocol::op::policy::Policy { max_versions: 2, ..Default::default() };
+    client.set_policy(&credshard_protocol::op::policy::SetPolicyRequest { id, policy }).unwrap();
+    let expiring = PutRequest { expiry: credshard_protocol::Expiry::TtlMs(1), ..put(id, b"canary-5") };
+    client.put(&expiring).unwrap();
+    let mut left = 12;
     let events = events_until(&mut watcher, |_| {
         left -= 1;
         left == 0
@@ -168,7 +172,9 @@ fn every_kind_of_change_is_announced_with_its_version_and_never_a_secret() {
             (Change::Undelete, 3),
             (Change::Purge, 3),
             (Change::Put, 4),
-            (Change::Expire, 4),
+            (Change::Policy, 4),
+            (Change::Put, 5),
+            (Change::Expire, 5),
         ]
     );
     for event in &events {

@@ -120,7 +120,8 @@ impl Prepared {
     /// when it changes nothing.
     fn announced(&self, write: &Write<'_>) -> Option<ChangeKind> {
         Some(match (&self.change, write) {
-            (Change::Nothing { .. } | Change::Policy(_), _) => return None,
+            (Change::Nothing { .. }, _) => return None,
+            (Change::Policy(_), _) => ChangeKind::Policy,
             (Change::Delete, _) => ChangeKind::Purge,
             (Change::SoftDelete(_), _) => ChangeKind::Delete,
             (Change::Undelete, _) => ChangeKind::Undelete,

@@ -163,10 +163,12 @@ pub enum Change {
     Purge = 8,
     /// Swept after it expired; `version` was its last.
     Expire = 9,
+    /// SET_POLICY replaced its policy (`version` is the current one).
+    Policy = 10,
 }
 
 impl Change {
-    pub const ALL: [Change; 9] = [
+    pub const ALL: [Change; 10] = [
         Change::Put,
         Change::Rotate,
         Change::Stage,
@@ -176,6 +178,7 @@ impl Change {
         Change::Destroy,
         Change::Purge,
         Change::Expire,
+        Change::Policy,
     ];
 
     pub fn from_u8(code: u8) -> Option<Change> {
@@ -194,6 +197,7 @@ impl Change {
             Change::Destroy => "destroy",
             Change::Purge => "purge",
             Change::Expire => "expire",
+            Change::Policy => "policy",
         }
     }
 }
