@@ -537,9 +537,8 @@ impl ShardWriter {
         let current = entry.current();
         check_live(entry, now_ms, acl)?;
         let pending_version = entry.pending().map_or(0, Record::version);
-        if request.expected_version.is_none() && entry.policy().is_some_and(|policy| policy.cas_required) {
-            return Err(OpError::CasRequired { current_version: pending_version });
-        }
+        // For PROMOTE the version to name is the pending one.
+        check_cas_required(entry, request.expected_version, pending_version)?;
         if request.expected_version.is_some_and(|expected| expected != pending_version) {
             return Err(OpError::PendingConflict { pending_version });
         }
