@@ -242,8 +242,6 @@ impl ServerConfig {
             max_versions: self.max_versions,
             grace_period_ms: self.grace_period_seconds.saturating_mul(1000),
             recovery_window_ms: self.recovery_window_seconds.saturating_mul(1000),
-            // The PostgreSQL store's rows do not hold deletions and purged versions yet.
-            recoverable_deletes: self.store.is_none(),
         }
     }
 

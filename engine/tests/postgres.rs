@@ -11,6 +11,7 @@ use credshard_engine::storage::postgres::follow::Follower;
 use credshard_engine::storage::postgres::rows::{self, ChangeKind, Outcome, RowWrite, VersionWrite};
 use credshard_engine::storage::postgres::schema::MIGRATIONS;
 use credshard_engine::storage::postgres::Database;
+use credshard_protocol::op::watch::Change;
 
 fn write<'a>(id: &'a str, base_version: i64, record: &'a [u8]) -> VersionWrite<'a> {
     VersionWrite {
@@ -24,7 +25,12 @@ fn write<'a>(id: &'a str, base_version: i64, record: &'a [u8]) -> VersionWrite<'
         // Three versions kept: this one and the two before it.
         keep_from_version: (base_version + 1 - 2).max(1),
         at_ms: 1_000,
+        change: Change::Put as i16,
     }
+}
+
+fn purge(id: &str, base_version: i64, at_ms: i64) -> RowWrite<'_> {
+    RowWrite::Delete { id, base_version, at_ms, change: Change::Purge as i16, purge_at_ms: 0 }
 }
 
 #[test]
@@ -119,15 +125,19 @@ fn writes_and_deletes_happen_only_from_the_version_the_database_has() {
             outcomes.push(rows::delete(client, "x", 2, 1_000).await?); // wrong version
             outcomes.push(rows::delete(client, "x", 1, 1_000).await?);
             outcomes.push(rows::write_version(client, &write("x", 1, b"after delete")).await?); // gone
-            outcomes.push(rows::write_version(client, &write("x", 0, b"anew")).await?);
+                                                                                                // A purged id is created again only after its last version.
+            outcomes.push(rows::write_version(client, &write("x", 0, b"anew at 1")).await?);
+            let after_purge = VersionWrite { version: 2, ..write("x", 0, b"anew") };
+            outcomes.push(rows::write_version(client, &after_purge).await?);
             Ok(outcomes)
         })
         .unwrap();
     let committed: Vec<bool> =
         outcomes.iter().map(|outcome| matches!(outcome, Outcome::Committed { .. })).collect();
-    assert_eq!(committed, [true, false, false, false, true, false, true]);
+    assert_eq!(committed, [true, false, false, false, true, false, false, true]);
     let kept = database.query("SELECT version, record FROM credshard_versions WHERE id = 'x'");
     assert_eq!(kept.len(), 1, "the delete took the old versions with it");
+    assert_eq!(kept[0].get::<_, i64>(0), 2, "version numbers never restart");
     assert_eq!(kept[0].get::<_, Vec<u8>>(1), b"anew");
 }
 
@@ -150,10 +160,10 @@ fn a_round_commits_creates_updates_and_deletes_in_one_statement_each_on_its_own_
             let second = rows::commit(
                 &client,
                 &[
-                    RowWrite::Version(write("a", 1, b"a2")),                     // applies
-                    RowWrite::Version(write("b", 5, b"stale")),                  // b is at 1
-                    RowWrite::Delete { id: "c", base_version: 1, at_ms: 2_000 }, // applies
-                    RowWrite::Delete { id: "nothing", base_version: 1, at_ms: 2_000 },
+                    RowWrite::Version(write("a", 1, b"a2")),    // applies
+                    RowWrite::Version(write("b", 5, b"stale")), // b is at 1
+                    purge("c", 1, 2_000),                       // applies
+                    purge("nothing", 1, 2_000),
                     RowWrite::Version(write("d", 0, b"d1")), // applies
                     RowWrite::Version(write("e", 3, b"never created")),
                 ],
@@ -265,14 +275,14 @@ fn the_round_statement_reaches_rows_through_the_primary_keys_even_when_planned_o
             client.batch_execute("SET plan_cache_mode = force_generic_plan").await?;
             client
                 .batch_execute(&format!(
-                    "PREPARE round(text[], int8[], int8[], text[], text[], int8[], bytea[], int8[], int8[]) AS {}",
+                    "PREPARE round(text[], int8[], int8[], text[], text[], int8[], bytea[], int8[], int8[], int2[], int8[]) AS {}",
                     rows::COMMIT_ROUND
                 ))
                 .await?;
             let plan = client
                 .query(
                     "EXPLAIN EXECUTE round('{a,b}', '{1,0}', '{2,0}', '{o,o}', '{s,s}', '{0,0}', \
-                     '{\"\\\\x00\",\"\\\\x00\"}', '{1,1}', '{1,1}')",
+                     '{\"\\\\x00\",\"\\\\x00\"}', '{1,1}', '{1,1}', '{1,1}', '{0,0}')",
                     &[],
                 )
                 .await?;
@@ -323,9 +333,7 @@ fn rounds_over_the_same_credentials_in_different_orders_from_three_instances_hav
                                 .iter()
                                 .zip(&bases)
                                 .map(|(id, &base)| match delete {
-                                    Some(deleted) if deleted == *id && base > 0 => {
-                                        RowWrite::Delete { id, base_version: base, at_ms: 1_000 }
-                                    }
+                                    Some(deleted) if deleted == *id && base > 0 => purge(id, base, 1_000),
                                     _ => RowWrite::Version(write(id, base, &record)),
                                 })
                                 .collect();

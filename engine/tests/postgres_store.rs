@@ -300,8 +300,9 @@ fn a_data_key_rotated_on_one_instance_is_adopted_by_the_others() {
 
 /// A follower re-reads only the versions above the one it holds, and still ends up holding
 /// exactly what the writer holds: every kept version readable by number, the trimmed ones
-/// gone. A credential deleted and created again within one poll is read whole (its versions
-/// start again at 1: what the follower held of the old one must not stay).
+/// gone. A credential purged and created again within one poll is read whole (what the
+/// follower held of the old one must not stay), and its versions continue after the purged
+/// ones.
 #[test]
 fn a_follower_reading_only_new_versions_holds_every_kept_version_as_the_writer_does() {
     let Some(database) = common::postgres::database("follow_newer") else { return };
@@ -346,11 +347,11 @@ fn a_follower_reading_only_new_versions_holds_every_kept_version_as_the_writer_d
     }
     let expected = format!("{} 3", ids[2]).into_bytes();
     eventually(&mut on_follower, |client| secret_of(client, ids[2]).as_deref() == Some(&expected[..]));
-    on_writer.delete(ids[2], None).unwrap();
+    on_writer.delete_with(&purging(ids[2])).unwrap();
     for version in 1..=5u64 {
         assert_eq!(
             on_writer.put(&put(ids[2], format!("{} new {version}", ids[2]).as_bytes())).unwrap(),
-            version
+            3 + version
         );
     }
     for id in ids {
@@ -368,13 +369,14 @@ fn a_follower_reading_only_new_versions_holds_every_kept_version_as_the_writer_d
     }
     assert_eq!(version_of(&mut on_follower, ids[0], 5).unwrap(), b"kept/a 5", "kept: the newest three");
     assert!(version_of(&mut on_follower, ids[0], 4).is_err(), "trimmed past --max-versions");
-    assert_eq!(version_of(&mut on_follower, ids[2], 3).unwrap(), b"again/c new 3", "the new credential's");
+    assert_eq!(version_of(&mut on_follower, ids[2], 6).unwrap(), b"again/c new 3", "the new credential's");
+    assert!(version_of(&mut on_follower, ids[2], 3).is_err(), "the purged credential's");
 }
 
 /// A write judged stale is followed by a re-read of its credential from the version the
-/// instance holds up; when the database has other versions under that number (deleted and
-/// created again since, which this instance never followed), the credential is read whole,
-/// so no version of the old one stays beside the new one's.
+/// instance holds up; when the credential was purged and created again since (which this
+/// instance never followed), none of the old one's versions stays beside the new one's, and
+/// the write continues after the new one's.
 #[test]
 fn a_stale_write_over_a_credential_created_again_reads_it_whole() {
     let Some(database) = common::postgres::database("created_again") else { return };
@@ -390,33 +392,19 @@ fn a_stale_write_over_a_credential_created_again_reads_it_whole() {
     let stale = instance_following_every(&database.url(), &key, 60_000);
     let mut on_stale = stale.client();
     assert_eq!(secret_of(&mut on_stale, id).as_deref(), Some(&b"old 3"[..]));
-    on_writer.delete(id, None).unwrap();
+    on_writer.delete_with(&purging(id)).unwrap();
     for version in 1..=5u64 {
-        assert_eq!(on_writer.put(&put(id, format!("new {version}").as_bytes())).unwrap(), version);
+        assert_eq!(on_writer.put(&put(id, format!("new {version}").as_bytes())).unwrap(), 3 + version);
     }
-    // Prepared against version 3, refused by the database, read again, and written as 6.
-    assert_eq!(on_stale.put(&put(id, b"new 6")).unwrap(), 6);
-    for version in 1..=6u64 {
+    // Prepared against version 3, refused by the database, read again, and written as 9.
+    assert_eq!(on_stale.put(&put(id, b"new 6")).unwrap(), 9);
+    for version in 1..=9u64 {
         let on_stale = on_stale.get_version(id, version).map(|reply| reply.secret.expose().to_vec());
-        let expected = format!("new {version}").into_bytes();
-        assert_eq!(on_stale.ok().as_deref(), Some(&expected[..]), "version {version}");
+        let expected = (version > 3).then(|| format!("new {}", version - 3).into_bytes());
+        assert_eq!(on_stale.ok(), expected, "version {version}");
     }
 }
 
-#[test]
-fn the_database_store_purges_on_delete_and_refuses_what_it_cannot_keep_yet() {
-    let Some(database) = common::postgres::database("no_recoverable_deletes") else { return };
-    let key = *MasterKey::generate().bytes();
-    let server = instance(&database.url(), &key);
-    let mut client = server.client();
-    assert_eq!(client.put(&put("gone", b"one")).unwrap(), 1);
-    assert_eq!(client.put(&put("gone", b"two")).unwrap(), 2);
-    let windowed = DeleteRequest { recovery_window_seconds: Some(60), ..DeleteRequest::new("gone", None) };
-    let refused = client.delete_with(&windowed).unwrap_err();
-    assert_eq!(refused.status(), Some(Status::Unavailable), "{refused}");
-    assert_eq!(client.destroy("gone", 1).unwrap_err().status(), Some(Status::Unavailable));
-    assert_eq!(client.delete("gone", None).unwrap().version, 2, "a plain DELETE purges");
-    assert_eq!(client.undelete("gone").unwrap_err().status(), Some(Status::Unavailable));
-    assert_eq!(client.get("gone").unwrap_err().status(), Some(Status::NotFound));
-    assert_eq!(client.put(&put("gone", b"again")).unwrap(), 1, "versions start again here (not yet kept)");
+fn purging(id: &str) -> DeleteRequest<'_> {
+    DeleteRequest { purge: true, ..DeleteRequest::new(id, None) }
 }

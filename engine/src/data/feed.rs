@@ -85,6 +85,17 @@ impl Feed {
         self.committed.fetch_max(seq, Ordering::Release);
     }
 
+    /// Drops every event and skips one sequence number, so that every watcher is told it
+    /// missed changes: the changes from here back to what it saw are not known one by one
+    /// (a shared database's follower that read everything again after a long outage).
+    pub(crate) fn lose_continuity(&self) {
+        let mut ring = self.ring.lock().expect("feed lock");
+        let next = ring.first_seq + ring.events.len() as u64;
+        ring.events.clear();
+        ring.first_seq = next + 1;
+        self.committed.fetch_max(next, Ordering::Release);
+    }
+
     /// The last readable sequence number (0: none yet).
     #[inline]
     pub fn committed(&self) -> u64 {

@@ -29,6 +29,6 @@ pub mod store;
 pub mod writer;
 
 pub use record::Record;
-pub use shard::{Entry, Shard};
+pub use shard::{Deletion, Entry, FetchedState, Shard, StoredPolicy};
 pub use store::{Fetched, Lifecycle, ListPage, Store};
-pub use writer::{Prepared, ShardWriter, Write};
+pub use writer::{Effect, Prepared, ShardWriter, Write};

@@ -37,12 +37,7 @@ use crate::storage::{ShardStorage, Shards};
 
 const IDS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
 const OWNERS: [&str; 2] = ["alice", "bob"];
-const LIFECYCLE: Lifecycle = Lifecycle {
-    max_versions: 3,
-    grace_period_ms: 1_500,
-    recovery_window_ms: 2_000,
-    recoverable_deletes: true,
-};
+const LIFECYCLE: Lifecycle = Lifecycle { max_versions: 3, grace_period_ms: 1_500, recovery_window_ms: 2_000 };
 const START_MS: u64 = 1_000_000;
 
 /// A shard's log in memory: appended entries wait in `pending` until a commit moves them,

@@ -219,7 +219,7 @@ pub(super) fn install_entry(
         }
         index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
     }
-    if existing.is_none() && store.lifecycle().recoverable_deletes {
+    if existing.is_none() {
         // The purged id lives again: its versions carry the count on from here.
         shard.purged.lock().expect("purged lock").remove(id);
     }

@@ -96,6 +96,18 @@ impl StoredPolicy {
     }
 }
 
+/// What a credential has beside its kept versions, as a shared database gives it
+/// (`ShardWriter::install_fetched`).
+#[derive(Clone, Debug, Default)]
+pub struct FetchedState {
+    pub deletion: Option<Deletion>,
+    pub pending: Option<Record>,
+    pub policy: Option<StoredPolicy>,
+    /// For an id the database does not hold: its last version before it was purged (0: never
+    /// purged).
+    pub purged_version: u64,
+}
+
 /// When a credential was deleted, and when it is purged unless UNDELETE brings it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deletion {
@@ -120,13 +132,16 @@ impl Entry {
         entry
     }
 
-    /// An entry of the kept versions read from a shared database (oldest first), as the shard
-    /// would hold them: the newest `max_versions`.
+    /// An entry of the kept versions read from a shared database (oldest first) and the state
+    /// beside them, as the shard would hold them.
     ///
     /// # Panics
     /// If `records` is empty.
-    pub fn of_fetched(records: &[Record], max_versions: usize) -> Entry {
-        Entry::new(records.iter().rev().take(max_versions).cloned())
+    pub fn of_fetched(records: &[Record], state: &FetchedState) -> Entry {
+        Entry::new(records.iter().rev().cloned())
+            .with_policy(state.policy.clone())
+            .with_pending(state.pending.clone())
+            .with_deletion(state.deletion)
     }
 
     /// A copy of the entry (its versions are shared handles).

@@ -40,10 +40,6 @@ pub struct Lifecycle {
     /// How long a deleted credential stays recoverable, unless the DELETE says (0: DELETE
     /// purges at once).
     pub recovery_window_ms: u64,
-    /// Whether DELETE may keep a credential recoverable and purged ids keep their last
-    /// version (so a credential written again continues after it). Off for the PostgreSQL
-    /// store, whose rows hold neither yet: there DELETE purges and versions start again at 1.
-    pub recoverable_deletes: bool,
 }
 
 impl Default for Lifecycle {
@@ -52,7 +48,6 @@ impl Default for Lifecycle {
             max_versions: 10,
             grace_period_ms: 24 * 60 * 60 * 1000,
             recovery_window_ms: 7 * 24 * 60 * 60 * 1000,
-            recoverable_deletes: true,
         }
     }
 }

@@ -24,7 +24,7 @@ use futures::channel::oneshot;
 
 use super::record::{CredentialFields, Record, VersionFields};
 use super::replay::{install_entry, replace_version, set_policy};
-use super::shard::{Deletion, Entry, StoredPolicy};
+use super::shard::{Deletion, Entry, FetchedState, StoredPolicy};
 use super::store::{check_access, Store};
 use crate::auth::Acl;
 use crate::error::{OpError, WriteOutcome};
@@ -71,6 +71,31 @@ pub struct Prepared {
     change: Change,
 }
 
+/// What a prepared write changes, as a shared database records it ([`Prepared::effect`]).
+#[derive(Debug)]
+pub enum Effect<'a> {
+    /// A new current version (PUT, ROTATE).
+    Version(&'a Record),
+    /// The credential and every version removed for good.
+    Purge,
+    /// Kept, unreadable, until UNDELETE or the deletion's purge time.
+    SoftDelete(Deletion),
+    Undelete,
+    /// A kept version replaced by its destroyed husk.
+    Destroy(&'a Record),
+    /// A new pending version; `replaces` is the pending version it drops (0: none).
+    Pending {
+        record: &'a Record,
+        replaces: u64,
+    },
+    /// The pending version, sealed again, made current.
+    Promote(&'a Record),
+    /// The policy replaced (`None`: the defaults).
+    Policy(Option<&'a StoredPolicy>),
+    /// Nothing changes.
+    Nothing,
+}
+
 #[derive(Debug)]
 enum Change {
     /// A new version; `keep_history`: the versions before it stay (false after an expiry).
@@ -83,8 +108,9 @@ enum Change {
     Undelete,
     /// A kept version replaced by its destroyed husk (same version, no ciphertext).
     Destroy(Record),
-    /// A new pending version (replacing any pending one), beside the current version.
-    Pending(Record),
+    /// A new pending version (replacing the pending version `replaces`, 0: none), beside the
+    /// current version.
+    Pending { record: Record, replaces: u64 },
     /// The pending version, sealed again with its grace deadline, made current.
     Promote(Record),
     /// The credential's policy replaced (`None`: back to the defaults).
@@ -116,9 +142,24 @@ impl Prepared {
         matches!(self.change, Change::Delete)
     }
 
+    /// What applying it changes.
+    pub fn effect(&self) -> Effect<'_> {
+        match &self.change {
+            Change::Version { record, .. } => Effect::Version(record),
+            Change::Delete => Effect::Purge,
+            Change::SoftDelete(deletion) => Effect::SoftDelete(*deletion),
+            Change::Undelete => Effect::Undelete,
+            Change::Destroy(husk) => Effect::Destroy(husk),
+            Change::Pending { record, replaces } => Effect::Pending { record, replaces: *replaces },
+            Change::Promote(record) => Effect::Promote(record),
+            Change::Policy(policy) => Effect::Policy(policy.as_ref()),
+            Change::Nothing { .. } => Effect::Nothing,
+        }
+    }
+
     /// What a watcher is told happened when this write (made by `write`) is applied; `None`
     /// when it changes nothing.
-    fn announced(&self, write: &Write<'_>) -> Option<ChangeKind> {
+    pub fn announced(&self, write: &Write<'_>) -> Option<ChangeKind> {
         Some(match (&self.change, write) {
             (Change::Nothing { .. }, _) => return None,
             (Change::Policy(_), _) => ChangeKind::Policy,
@@ -126,22 +167,11 @@ impl Prepared {
             (Change::SoftDelete(_), _) => ChangeKind::Delete,
             (Change::Undelete, _) => ChangeKind::Undelete,
             (Change::Destroy(_), _) => ChangeKind::Destroy,
-            (Change::Pending(_), _) => ChangeKind::Stage,
+            (Change::Pending { .. }, _) => ChangeKind::Stage,
             (Change::Promote(_), _) => ChangeKind::Promote,
             (Change::Version { .. }, Write::Rotate(_)) => ChangeKind::Rotate,
             (Change::Version { .. }, _) => ChangeKind::Put,
         })
-    }
-
-    /// The oldest version kept after this write, with `max_versions` kept at most.
-    pub fn keep_from_version(&self, max_versions: usize) -> u64 {
-        match &self.change {
-            Change::Version { record, keep_history: true } => {
-                (record.version() + 1).saturating_sub(max_versions as u64).max(1)
-            }
-            Change::Version { record, keep_history: false } => record.version(),
-            _ => 0,
-        }
     }
 
     /// What the client is told: the new version; for DESTROY the version destroyed; for
@@ -150,7 +180,7 @@ impl Prepared {
         match &self.change {
             Change::Version { record, .. }
             | Change::Destroy(record)
-            | Change::Pending(record)
+            | Change::Pending { record, .. }
             | Change::Promote(record) => record.version(),
             Change::Nothing { outcome } => *outcome,
             _ => self.base_version,
@@ -411,7 +441,7 @@ impl ShardWriter {
         let window_ms = request
             .recovery_window_seconds
             .map_or(lifecycle.recovery_window_ms, |seconds| seconds.saturating_mul(1000));
-        let change = if request.purge || window_ms == 0 || expired || !lifecycle.recoverable_deletes {
+        let change = if request.purge || window_ms == 0 || expired {
             Change::Delete
         } else {
             Change::SoftDelete(Deletion {
@@ -512,7 +542,7 @@ impl ShardWriter {
         Ok(Prepared {
             id: request.id.into(),
             base_version: current.version(),
-            change: Change::Pending(record),
+            change: Change::Pending { record, replaces: entry.pending().map_or(0, Record::version) },
         })
     }
 
@@ -610,7 +640,7 @@ impl ShardWriter {
         let event = announced.and_then(|(change, at_ms)| {
             let (record, version) = match &prepared.change {
                 Change::Version { record, .. }
-                | Change::Pending(record)
+                | Change::Pending { record, .. }
                 | Change::Promote(record)
                 | Change::Destroy(record) => (record.clone(), record.version()),
                 Change::Delete => existing.map(|entry| (entry.current().clone(), entry.last_version()))?,
@@ -680,7 +710,7 @@ impl ShardWriter {
                 // As replay applies the logged REWRAP.
                 replace_version(&store, self.shard_id, husk);
             }
-            Change::Pending(record) => {
+            Change::Pending { record, .. } => {
                 let entry = existing.expect("a staged credential exists");
                 if let Some(log) = &self.log {
                     log.append(EntryType::Pending, record.archive_bytes());
@@ -721,22 +751,15 @@ impl ShardWriter {
         }
         self.unindex(entry.current());
         self.store.shard(self.shard_id).map.pin().remove(id);
-        if self.store.lifecycle().recoverable_deletes {
-            self.store.shard(self.shard_id).note_purged(id, version);
-            if let Some(log) = &self.log {
-                log.append(EntryType::Purge, &wal::version_body(id, version));
-            }
-        } else if let Some(log) = &self.log {
-            log.append(EntryType::Delete, id.as_bytes());
+        self.store.shard(self.shard_id).note_purged(id, version);
+        if let Some(log) = &self.log {
+            log.append(EntryType::Purge, &wal::version_body(id, version));
         }
     }
 
-    /// The last version of `id` before it was purged (0 when purges are not remembered).
+    /// The last version of `id` before it was purged (0: never purged).
     fn purged_version(&self, id: &str) -> u64 {
-        match self.store.lifecycle().recoverable_deletes {
-            true => self.store.shard(self.shard_id).purged_version(id),
-            false => 0,
-        }
+        self.store.shard(self.shard_id).purged_version(id)
     }
 
     /// Applies a write the shared database committed, unless the shard has moved on from the
@@ -751,6 +774,17 @@ impl ShardWriter {
     /// The ids the shard holds.
     pub fn cached_ids(&self) -> Vec<Box<str>> {
         self.store.shard(self.shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect()
+    }
+
+    /// The last version number `id` has used, as the shard holds it (its pending version's,
+    /// else its current one's; 0: none held).
+    pub fn cached_last_version(&self, id: &str) -> u64 {
+        self.store.shard(self.shard_id).map.pin().get(id).map_or(0, Entry::last_version)
+    }
+
+    /// The current version's record the shard holds for `id`.
+    pub fn current_record(&self, id: &str) -> Option<Record> {
+        self.store.shard(self.shard_id).map.pin().get(id).map(|entry| entry.current().clone())
     }
 
     /// The current version the shard holds for `id` (0: none).
@@ -778,11 +812,44 @@ impl ShardWriter {
             .collect()
     }
 
+    /// The oldest version a shared database keeps once `prepared` is applied (0: it drops
+    /// none): the versions the shard's entry keeps then, by the credential's policy (the new
+    /// one, for SET_POLICY) or the server's `max_versions`.
+    pub fn keep_from_version(&self, prepared: &Prepared) -> u64 {
+        let map = self.store.shard(self.shard_id).map.pin();
+        let existing = map.get(&*prepared.id);
+        let default = self.store.lifecycle().max_versions;
+        let policy = match &prepared.change {
+            Change::Policy(policy) => policy.as_ref(),
+            _ => existing.and_then(Entry::policy),
+        };
+        let max_versions = policy.map_or(default, |policy| policy.max_versions_or(default));
+        let oldest_of = |kept: usize, newest: u64| {
+            existing.and_then(|entry| entry.versions().take(kept).next_back()).map_or(newest, Record::version)
+        };
+        match &prepared.change {
+            // As `install_entry`: the new version and the live entry's newest `max - 1`.
+            Change::Version { record, keep_history: true } | Change::Promote(record) => {
+                oldest_of(max_versions - 1, record.version()).min(record.version())
+            }
+            Change::Version { record, keep_history: false } => record.version(),
+            // As `set_policy`: the newest `max`.
+            Change::Policy(_) => oldest_of(max_versions, prepared.base_version),
+            _ => 0,
+        }
+    }
+
     /// Replaces the shard's state of `id` with `records` read from the shared database
-    /// (oldest first; empty: the credential is gone), unless the shard already holds a newer
-    /// version. `deleted_version` is the version a delete removed, when the change log said
-    /// so: a cached version above it is kept.
-    pub fn install_fetched(&mut self, id: &str, mut records: Vec<Record>, deleted_version: Option<u64>) {
+    /// (oldest first; empty: the credential is gone) and `state` (what it has beside them),
+    /// unless the shard already holds a newer version. `deleted_version` is the version a
+    /// purge removed, when the change log said so: a cached version above it is kept.
+    pub fn install_fetched(
+        &mut self,
+        id: &str,
+        mut records: Vec<Record>,
+        deleted_version: Option<u64>,
+        state: FetchedState,
+    ) {
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let mut cached = map.get(id).map_or(0, |entry| entry.current().version());
@@ -796,6 +863,9 @@ impl ShardWriter {
             cached = 0;
         }
         let Some(newest) = records.pop() else {
+            if state.purged_version != 0 {
+                store.shard(self.shard_id).note_purged(id, state.purged_version);
+            }
             if cached == 0 || deleted_version.is_some_and(|deleted| cached > deleted) {
                 return;
             }
@@ -805,15 +875,57 @@ impl ShardWriter {
             }
             return;
         };
-        if cached >= newest.version() {
+        if cached > newest.version() {
             return;
         }
-        // One entry holding every kept version, put in the map at once: a reader on another
-        // executor sees the state before or the state after, never the older versions alone.
-        let older = (!records.is_empty()).then(|| Entry::new(records.into_iter().rev()));
+        // One entry holding every kept version and the state beside them, put in the map at
+        // once: a reader on another executor sees the state before or the state after, never
+        // the older versions alone. At the version the shard holds, the state (a deletion, a
+        // pending version, a policy, a destroyed version) may still have changed.
+        let entry = Entry::new(std::iter::once(newest).chain(records.into_iter().rev()))
+            .with_policy(state.policy)
+            .with_pending(state.pending)
+            .with_deletion(state.deletion);
         let existing = map.get(id);
-        self.install(id, newest, older.as_ref(), existing);
+        self.replace_entry(id, entry, existing);
         self.evict_past_capacity(Some(id));
+    }
+
+    /// Puts `entry` in the map as `id`'s (replacing `existing`), keeping the index, the
+    /// expiry set and the eviction clock up to date.
+    fn replace_entry(&mut self, id: &str, entry: Entry, existing: Option<&Entry>) {
+        let key = |entry: &Entry| {
+            let credential = entry.current().credential();
+            (!entry.is_deleted())
+                .then(|| (credential.owner.as_str().to_owned(), credential.scope.as_str().to_owned()))
+        };
+        let (old_key, new_key) = (existing.and_then(key), key(&entry));
+        if old_key != new_key {
+            let mut index = self.store.shard(self.shard_id).index.write().expect("index lock");
+            if let Some((owner, scope)) = &old_key {
+                index.remove(owner, scope, id);
+            }
+            if let Some((owner, scope)) = &new_key {
+                index.insert(owner, scope, id);
+            }
+        }
+        let expiry = |entry: &Entry| entry.current().credential().expires_at_ms.to_native();
+        let (old_expiry, new_expiry) = (existing.map_or(0, expiry), expiry(&entry));
+        if old_expiry != new_expiry {
+            if old_expiry != 0 {
+                self.expiries.remove(&(old_expiry, Box::from(id)));
+            }
+            if new_expiry != 0 {
+                self.expiries.insert((new_expiry, id.into()));
+            }
+        }
+        if existing.is_none() {
+            self.store.shard(self.shard_id).purged.lock().expect("purged lock").remove(id);
+            if self.store.shard_capacity().is_some() {
+                self.clock.push_back(id.into());
+            }
+        }
+        self.store.shard(self.shard_id).map.pin().insert(id.into(), entry);
     }
 
     /// Credentials whose expiry has passed, with their current versions (the shared

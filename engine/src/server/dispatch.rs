@@ -224,12 +224,6 @@ fn dispatch_request(
         );
     }
     if let Request::Watch(_) = &request {
-        if context.router.through_database() {
-            auditor.record(&principal.id, &request, None, Status::Unavailable);
-            let error =
-                OpError::Unavailable("the PostgreSQL store does not stream changes yet: WATCH is refused");
-            return refuse(context, error, request_id, out);
-        }
         auditor.record(&principal.id, &request, None, Status::Ok);
         return Dispatched::Watch;
     }

@@ -24,15 +24,23 @@ use std::cell::{Cell, RefCell};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::crypto::SharedRing;
-use crate::data::{Entry, ListPage, Prepared, Record, Store, Write};
+use crate::data::{
+    Deletion, Effect, Entry, FetchedState, ListPage, Prepared, Record, ShardWriter, Store, StoredPolicy,
+    Write,
+};
 use crate::error::{EngineError, OpError};
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::router::{LoadMessage, LoadOutcome, LoadedCredentials, Router, WriteMessage};
 use crate::storage::postgres::follow::Follower;
-use crate::storage::postgres::rows::{self, ChangeKind, Outcome, RowWrite, VersionWrite};
+use crate::storage::postgres::rows::{
+    self, ChangeKind, Outcome, RowWrite, StateOp, StateWrite, VersionWrite,
+};
 use crate::storage::postgres::{Database, DbError};
 use crate::storage::wal;
 use crate::storage::Shards;
+use credshard_protocol::op::policy::Policy;
+use credshard_protocol::op::watch::Change as WatchChange;
+use credshard_protocol::wire::Reader;
 
 /// How often an instance trims the change log, at most.
 const TRIM_INTERVAL: Duration = Duration::from_secs(60);
@@ -90,17 +98,56 @@ pub fn load(database: &Database, store: &Store) -> Result<i64, EngineError> {
         }
     }
     let all = database
-        .run_blocking(|pool| async move { rows::all_versions(&pool.get().await?).await })
+        .run_blocking(|pool| async move { rows::all_credentials(&pool.get().await?).await })
         .map_err(fail)?;
     let mut per_shard: Vec<Vec<wal::Entry<'_>>> = vec![Vec::new(); store.shard_count()];
-    for (id, record) in &all {
-        per_shard[store.shard_for(id)].push(wal::Entry::Record(record));
+    let mut versions = 0;
+    for credential in &all {
+        versions += credential.records.len();
+        replay_entries(credential, &mut per_shard[store.shard_for(&credential.id)])?;
     }
     for (shard_id, entries) in per_shard.iter().enumerate() {
         store.replay(shard_id, &[entries], true)?;
     }
-    tracing::info!(versions = all.len(), credentials = store.len(), database = database.target(), "loaded");
+    tracing::info!(versions, credentials = store.len(), database = database.target(), "loaded");
     Ok(from)
+}
+
+/// A credential read from the database as the log entries a snapshot would hold for it, so
+/// that loading it is recovery's replay: its versions oldest first, its policy right after
+/// the oldest (the others are kept by its rule), its pending version, its deletion; the last
+/// version of one purged.
+fn replay_entries<'a>(
+    credential: &'a rows::Fetched,
+    entries: &mut Vec<wal::Entry<'a>>,
+) -> Result<(), EngineError> {
+    let id = credential.id.as_str();
+    let state = &credential.state;
+    let version_of = |bytes: &[u8]| -> Result<u64, EngineError> { Ok(Record::from_bytes(bytes)?.version()) };
+    let Some((oldest, newer)) = credential.records.split_first() else {
+        if state.purged_version > 0 {
+            entries.push(wal::Entry::Purge { id, version: state.purged_version as u64 });
+        }
+        return Ok(());
+    };
+    entries.push(wal::Entry::Record(oldest));
+    if let Some(policy) = &state.policy {
+        entries.push(wal::Entry::Policy { id, version: version_of(oldest)?, policy });
+    }
+    entries.extend(newer.iter().map(|record| wal::Entry::Record(record)));
+    if let Some(pending) = &state.pending {
+        entries.push(wal::Entry::Pending(pending));
+    }
+    if state.purge_at_ms != 0 {
+        let current = credential.records.last().expect("split above");
+        entries.push(wal::Entry::SoftDelete {
+            id,
+            version: version_of(current)?,
+            deleted_at_ms: state.deleted_at_ms as u64,
+            purge_at_ms: state.purge_at_ms as u64,
+        });
+    }
+    Ok(())
 }
 
 /// Parses an archived record read from the database.
@@ -108,44 +155,89 @@ fn parse_record(bytes: &[u8]) -> Result<Record, DbError> {
     Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))
 }
 
-/// Rows of [`rows::credentials`] (id, archived record; oldest first) by credential.
-fn group_records(rows: &[(String, Vec<u8>)]) -> Result<HashMap<String, Vec<Record>>, DbError> {
-    let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
-    for (id, bytes) in rows {
-        by_id.entry(id.clone()).or_default().push(parse_record(bytes)?);
+/// What a credential has beside its kept versions, from the database's row.
+fn fetched_state(state: &rows::StateRow) -> Result<FetchedState, DbError> {
+    let policy = match &state.policy {
+        None => None,
+        Some(bytes) => {
+            let policy = Policy::decode(&mut Reader::new(bytes), &Limits::client())
+                .map_err(|error| DbError::Corrupt(format!("a stored policy: {error}")))?;
+            StoredPolicy::of(&policy)
+        }
+    };
+    Ok(FetchedState {
+        deletion: (state.purge_at_ms != 0).then_some(Deletion {
+            deleted_at_ms: state.deleted_at_ms as u64,
+            purge_at_ms: state.purge_at_ms as u64,
+        }),
+        pending: state.pending.as_deref().map(parse_record).transpose()?,
+        policy,
+        purged_version: state.purged_version as u64,
+    })
+}
+
+/// Credentials of [`rows::credentials`] by id: their kept versions (oldest first) and state.
+fn group_fetched(
+    fetched: Vec<rows::Fetched>,
+) -> Result<HashMap<String, (Vec<Record>, FetchedState)>, DbError> {
+    let mut by_id = HashMap::with_capacity(fetched.len());
+    for credential in fetched {
+        let records = credential.records.iter().map(|bytes| parse_record(bytes)).collect::<Result<_, _>>()?;
+        by_id.insert(credential.id, (records, fetched_state(&credential.state)?));
     }
     Ok(by_id)
 }
 
-/// Installs credentials read whole (`rows` of [`rows::credentials`]), each with the delete
+/// Why a credential is read again from the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reread {
+    /// It may have new versions: read from the version the shard holds up.
+    Newer,
+    /// Its state or its kept versions changed in place (a deletion, a pending version, a
+    /// policy, a destroyed version): read whole.
+    Whole,
+    /// Purged at this version (the change log said so): read whole; a cached version above
+    /// it is kept.
+    Purged(u64),
+}
+
+impl Reread {
+    fn purged_version(self) -> Option<u64> {
+        match self {
+            Reread::Purged(version) => Some(version),
+            _ => None,
+        }
+    }
+}
+
+/// Installs credentials read whole (`fetched` of [`rows::credentials`]), each with the purge
 /// the change log told of, if any. A partial cache installs an id it does not hold only
 /// through its loader, which the follower tells about changes: rows read here may already be
 /// older than a change the follower skipped (it skips what the shard does not hold).
 fn install_whole(
     router: &Router,
     store: &Store,
-    rows: &[(String, Vec<u8>)],
-    ids: Vec<(String, Option<u64>)>,
+    fetched: Vec<rows::Fetched>,
+    ids: Vec<(String, Reread)>,
 ) -> Result<(), DbError> {
-    let mut by_id = group_records(rows)?;
-    for (id, deleted_version) in ids {
+    let mut by_id = group_fetched(fetched)?;
+    for (id, why) in ids {
         if !store.may_exist_uncached(&id) {
-            let records = by_id.remove(&id).unwrap_or_default();
-            router.with_writer(|writer| writer.install_fetched(&id, records, deleted_version));
+            let (records, state) = by_id.remove(&id).unwrap_or_default();
+            router.with_writer(|writer| writer.install_fetched(&id, records, why.purged_version(), state));
         }
     }
     Ok(())
 }
 
-/// Reads several credentials' kept versions in one round trip and installs each in its
-/// shard; `deleted` names those a delete removed (and from which version). A credential the
-/// shard holds and no delete touched is read from the version it holds up (usually one new
-/// version, where reading every kept version again cost the database ten rows per write at
-/// the default `--max-versions`); the others are read whole.
+/// Reads several credentials in one round trip and installs each in its shard. A credential
+/// the shard holds that may only have new versions is read from the version it holds up
+/// (usually one new version, where reading every kept version again cost the database ten
+/// rows per write at the default `--max-versions`); the others are read whole.
 async fn refresh_many(
     router: &Router,
     database: &Database,
-    ids: Vec<(String, Option<u64>)>,
+    ids: Vec<(String, Reread)>,
     counters: &ExecutorMetrics,
 ) -> Result<(), DbError> {
     if ids.is_empty() {
@@ -153,18 +245,19 @@ async fn refresh_many(
     }
     let count = ids.len() as u64;
     let (mut whole, mut newer_than) = (Vec::new(), Vec::new());
-    for (id, deleted_version) in ids {
+    for (id, why) in ids {
         let cached = router.with_writer(|writer| writer.cached_version(&id));
-        match deleted_version {
-            None if cached != 0 => newer_than.push((id, cached)),
-            _ => whole.push((id, deleted_version)),
+        match why {
+            Reread::Newer if cached != 0 => newer_than.push((id, cached)),
+            Reread::Newer => whole.push((id, Reread::Whole)),
+            _ => whole.push((id, why)),
         }
     }
     let whole_ids: Vec<String> = whole.iter().map(|(id, _)| id.clone()).collect();
     let (newer_ids, after): (Vec<String>, Vec<i64>) =
         newer_than.iter().map(|(id, cached)| (id.clone(), *cached as i64)).unzip();
     let held: HashMap<String, u64> = newer_than.into_iter().collect();
-    let (rows, newer) = database
+    let (fetched, newer) = database
         .run(move |pool| async move {
             let client = pool.get().await?;
             // Both queries pipelined on one connection.
@@ -186,7 +279,7 @@ async fn refresh_many(
         })
         .await?;
     let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
-    install_whole(router, &store, &rows, whole)?;
+    install_whole(router, &store, fetched, whole)?;
     // Read whole after all: what the shard held is not what the database has under that
     // version (deleted and created again since).
     let mut replaced = Vec::new();
@@ -195,9 +288,10 @@ async fn refresh_many(
             continue;
         }
         let held = held.get(&changed.id).copied().unwrap_or(0);
+        let state = fetched_state(&changed.state)?;
         let Some(oldest) = changed.oldest_kept else {
-            // Gone from the database.
-            router.with_writer(|writer| writer.install_fetched(&changed.id, Vec::new(), None));
+            // Gone from the database: read whole, for the version it was purged at.
+            replaced.push((changed.id, Reread::Whole));
             continue;
         };
         let mut records = Vec::with_capacity(changed.records.len());
@@ -206,7 +300,7 @@ async fn refresh_many(
         }
         if oldest > held as i64 {
             // Everything the shard held was trimmed since: what was read is all there is.
-            router.with_writer(|writer| writer.install_fetched(&changed.id, records, None));
+            router.with_writer(|writer| writer.install_fetched(&changed.id, records, None, state));
             continue;
         }
         let installed = router.with_writer(|writer| {
@@ -219,19 +313,19 @@ async fn refresh_many(
                 return false;
             }
             kept.extend(records.drain(1..));
-            writer.install_fetched(&changed.id, kept, None);
+            writer.install_fetched(&changed.id, kept, None, state);
             true
         });
         if !installed {
-            replaced.push((changed.id, Some(held)));
+            replaced.push((changed.id, Reread::Purged(held)));
         }
     }
     if !replaced.is_empty() {
         let ids: Vec<String> = replaced.iter().map(|(id, _)| id.clone()).collect();
-        let rows = database
+        let fetched = database
             .run(move |pool| async move { rows::credentials(&pool.get().await?, &ids).await })
             .await?;
-        install_whole(router, &store, &rows, replaced)?;
+        install_whole(router, &store, fetched, replaced)?;
     }
     ExecutorMetrics::add(&counters.db_credentials_reread, count);
     Ok(())
@@ -296,8 +390,6 @@ const LOAD_REREADS_MAX: usize = 8;
 /// misses group the way writes do.
 pub struct Loader {
     router: Rc<Router>,
-    /// Versions kept per credential (what an entry read for a waiter holds).
-    max_versions: usize,
     database: Database,
     metrics: Arc<Metrics>,
     loading: RefCell<HashMap<Box<str>, Loading>>,
@@ -371,10 +463,8 @@ pub fn spawn_loader(
     metrics: Arc<Metrics>,
 ) -> Rc<Loader> {
     let (done, ended) = local_channel::new_bounded(LOADS_IN_FLIGHT);
-    let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
     let loader = Rc::new(Loader {
         router,
-        max_versions,
         database,
         metrics,
         loading: RefCell::default(),
@@ -424,7 +514,7 @@ fn start_load(loader: &Rc<Loader>) {
             .database
             .run(move |pool| async move { rows::credentials(&pool.get().await?, &wanted).await })
             .await;
-        let mut read = read.and_then(|rows| group_records(&rows));
+        let mut read = read.and_then(group_fetched);
         if let Err(error) = &read {
             tracing::warn!(%error, count = ids.len(), "reading credentials the cache missed failed");
         }
@@ -455,14 +545,11 @@ fn start_load(loader: &Rc<Loader>) {
                     Err(OpError::Unavailable("the database is unavailable; the credential is not cached"))
                 }
                 Ok(by_id) => {
-                    let records = by_id.remove(&*id).unwrap_or_default();
-                    if records.is_empty() {
-                        Ok(None)
-                    } else {
-                        let entry = Arc::new(Entry::of_fetched(&records, loader.max_versions));
-                        loader.router.with_writer(|writer| writer.install_fetched(&id, records, None));
-                        Ok(Some(entry))
-                    }
+                    let (records, state) = by_id.remove(&*id).unwrap_or_default();
+                    let entry = (!records.is_empty()).then(|| Arc::new(Entry::of_fetched(&records, &state)));
+                    // An absent id is installed too: its last version, if it was purged.
+                    loader.router.with_writer(|writer| writer.install_fetched(&id, records, None, state));
+                    Ok(entry)
                 }
             };
             for waiter in waiters {
@@ -513,31 +600,23 @@ pub async fn list_page(
     Ok(ListPage { items, more })
 }
 
-/// Why the PostgreSQL store cannot take `write` yet, if it cannot: its rows hold no deletion
-/// state, so DELETE purges (and must not be asked to keep a recovery window), and there is
-/// nothing to UNDELETE or DESTROY; nor do they hold pending versions (STAGE, PROMOTE).
-fn not_in_the_database_yet(write: &Write<'_>) -> Option<&'static str> {
-    match write {
-        Write::Delete(delete) if delete.recovery_window_seconds.is_some() => {
-            Some("the PostgreSQL store does not keep deleted credentials yet: DELETE purges, without a recovery window")
-        }
-        Write::Undelete(_) => Some("the PostgreSQL store does not keep deleted credentials yet: nothing to UNDELETE"),
-        Write::Destroy(_) => Some("the PostgreSQL store does not support DESTROY yet"),
-        Write::SetPolicy(_) => Some("the PostgreSQL store does not keep policies yet: SET_POLICY is refused"),
-        Write::Stage(_) | Write::Promote(_) => {
-            Some("the PostgreSQL store does not keep pending versions yet: STAGE and PROMOTE are refused")
-        }
-        _ => None,
-    }
-}
-
 /// A prepared write as the database job needs it (owned, to cross to the database thread).
 struct Commit {
     id: String,
     base_version: i64,
-    /// `None` for a delete.
-    version: Option<NewVersion>,
     at_ms: i64,
+    /// What a watcher is told (WATCH's change code).
+    change: i16,
+    planned: Planned,
+}
+
+enum Planned {
+    /// A new current version (PUT, ROTATE): in the round's statement.
+    Version(NewVersion),
+    /// A purge: in the round's statement.
+    Purge,
+    /// Anything else: a statement of its own.
+    State(StateChange),
 }
 
 struct NewVersion {
@@ -549,30 +628,113 @@ struct NewVersion {
     keep_from_version: i64,
 }
 
+/// [`rows::StateWrite`], owned.
+struct StateChange {
+    version: i64,
+    owner: String,
+    scope: String,
+    op: StateChangeOp,
+}
+
+enum StateChangeOp {
+    SoftDelete { deleted_at_ms: i64, purge_at_ms: i64 },
+    Undelete,
+    Destroy { husk: Vec<u8> },
+    Stage { record: Vec<u8>, replaces: i64 },
+    Promote { record: Vec<u8>, expires_at_ms: i64, keep_from: i64 },
+    Policy { policy: Option<Vec<u8>>, keep_from: i64 },
+}
+
 impl Commit {
-    fn of(prepared: &Prepared, max_versions: usize, at_ms: u64) -> Commit {
-        Commit {
-            id: prepared.id().to_owned(),
-            base_version: prepared.base_version() as i64,
-            version: prepared.record().map(|record| {
+    /// What the database is to commit for `prepared`, prepared by `writer` (whose entry gives
+    /// the versions kept and the owner and scope a watcher is told); `None` for a write that
+    /// changes nothing.
+    fn of(
+        prepared: &Prepared,
+        writer: &ShardWriter,
+        change: Option<WatchChange>,
+        at_ms: u64,
+    ) -> Option<Commit> {
+        let keep_from = writer.keep_from_version(prepared) as i64;
+        let owned = |record: &Record| record.archive_bytes().to_vec();
+        let state = |record: &Record, op: StateChangeOp| {
+            let credential = record.credential();
+            Planned::State(StateChange {
+                version: record.version() as i64,
+                owner: credential.owner.as_str().to_owned(),
+                scope: credential.scope.as_str().to_owned(),
+                op,
+            })
+        };
+        let current = || writer.current_record(prepared.id());
+        let planned = match prepared.effect() {
+            Effect::Nothing => return None,
+            Effect::Version(record) => {
                 let credential = record.credential();
-                NewVersion {
+                Planned::Version(NewVersion {
                     version: record.version() as i64,
                     owner: credential.owner.as_str().to_owned(),
                     scope: credential.scope.as_str().to_owned(),
                     expires_at_ms: credential.expires_at_ms.to_native() as i64,
-                    record: record.archive_bytes().to_vec(),
-                    keep_from_version: prepared.keep_from_version(max_versions) as i64,
+                    record: owned(record),
+                    keep_from_version: keep_from,
+                })
+            }
+            Effect::Purge => Planned::Purge,
+            Effect::SoftDelete(deletion) => state(
+                &current()?,
+                StateChangeOp::SoftDelete {
+                    deleted_at_ms: deletion.deleted_at_ms as i64,
+                    purge_at_ms: deletion.purge_at_ms as i64,
+                },
+            ),
+            Effect::Undelete => state(&current()?, StateChangeOp::Undelete),
+            Effect::Destroy(husk) => state(husk, StateChangeOp::Destroy { husk: owned(husk) }),
+            Effect::Pending { record, replaces } => {
+                state(record, StateChangeOp::Stage { record: owned(record), replaces: replaces as i64 })
+            }
+            Effect::Promote(record) => state(
+                record,
+                StateChangeOp::Promote {
+                    record: owned(record),
+                    expires_at_ms: record.credential().expires_at_ms.to_native() as i64,
+                    keep_from,
+                },
+            ),
+            Effect::Policy(policy) => {
+                let encoded = policy.map(|policy| {
+                    let mut encoded = Vec::new();
+                    policy.wire().encode(&mut encoded);
+                    encoded
+                });
+                let mut planned = state(&current()?, StateChangeOp::Policy { policy: encoded, keep_from });
+                if let Planned::State(change) = &mut planned {
+                    // A policy names the current version.
+                    change.version = prepared.base_version() as i64;
                 }
-            }),
+                planned
+            }
+        };
+        Some(Commit {
+            id: prepared.id().to_owned(),
+            base_version: prepared.base_version() as i64,
             at_ms: at_ms as i64,
-        }
+            change: change.map_or(0, |change| change as i16),
+            planned,
+        })
     }
 
-    fn row(&self) -> RowWrite<'_> {
-        match &self.version {
-            None => RowWrite::Delete { id: &self.id, base_version: self.base_version, at_ms: self.at_ms },
-            Some(new) => RowWrite::Version(VersionWrite {
+    /// Its row in the round's statement; `None` for a write committed by a statement of its own.
+    fn row(&self) -> Option<RowWrite<'_>> {
+        match &self.planned {
+            Planned::Purge => Some(RowWrite::Delete {
+                id: &self.id,
+                base_version: self.base_version,
+                at_ms: self.at_ms,
+                change: self.change,
+                purge_at_ms: 0,
+            }),
+            Planned::Version(new) => Some(RowWrite::Version(VersionWrite {
                 id: &self.id,
                 base_version: self.base_version,
                 version: new.version,
@@ -582,30 +744,108 @@ impl Commit {
                 record: &new.record,
                 keep_from_version: new.keep_from_version,
                 at_ms: self.at_ms,
-            }),
+                change: self.change,
+            })),
+            Planned::State(_) => None,
         }
+    }
+
+    /// Its statement, for a write that is not in the round's.
+    fn state_write(&self) -> Option<StateWrite<'_>> {
+        let Planned::State(change) = &self.planned else { return None };
+        let op = match &change.op {
+            StateChangeOp::SoftDelete { deleted_at_ms, purge_at_ms } => {
+                StateOp::SoftDelete { deleted_at_ms: *deleted_at_ms, purge_at_ms: *purge_at_ms }
+            }
+            StateChangeOp::Undelete => StateOp::Undelete,
+            StateChangeOp::Destroy { husk } => StateOp::Destroy { husk },
+            StateChangeOp::Stage { record, replaces } => StateOp::Stage { record, replaces: *replaces },
+            StateChangeOp::Promote { record, expires_at_ms, keep_from } => {
+                StateOp::Promote { record, expires_at_ms: *expires_at_ms, keep_from: *keep_from }
+            }
+            StateChangeOp::Policy { policy, keep_from } => {
+                StateOp::Policy { policy: policy.as_deref(), keep_from: *keep_from }
+            }
+        };
+        Some(StateWrite {
+            id: &self.id,
+            base_version: self.base_version,
+            version: change.version,
+            owner: &change.owner,
+            scope: &change.scope,
+            at_ms: self.at_ms,
+            change: self.change,
+            op,
+        })
     }
 }
 
-/// Commits a round of writes (distinct credentials) as one statement ([`rows::commit`]):
-/// one round trip, one transaction, one commit (one WAL flush). A stale write is one the
-/// statement did not apply. A round that lost a race with another instance's (a deadlock, a
-/// serialization failure) changed nothing: each of its writes is then stale, and goes again
-/// after its credential is read again.
-async fn commit_round(database: &Database, commits: Vec<Commit>) -> Result<Vec<Outcome>, DbError> {
-    database
+/// Commits a round of writes (distinct credentials): the new versions and purges as one
+/// statement ([`rows::commit`]: one round trip, one transaction, one commit), anything else
+/// (as rare as it is) a statement each, pipelined on the same connection. A stale write is
+/// one its statement did not apply. A statement that lost a race with another instance's (a
+/// deadlock, a serialization failure) changed nothing: each of its writes is then stale, and
+/// goes again after its credential is read again.
+async fn commit_round(database: &Database, commits: Vec<Commit>) -> Vec<Result<Outcome, DbError>> {
+    let count = commits.len();
+    let committed = database
         .run(move |pool| async move {
             let client = pool.get().await?;
-            let writes: Vec<RowWrite<'_>> = commits.iter().map(Commit::row).collect();
-            match rows::commit(&client, &writes).await {
-                Err(error) if rows::lost_a_race(&error) => {
-                    tracing::debug!(%error, "a round of writes lost a race; its writes go again");
-                    Ok(vec![Outcome::Stale; writes.len()])
+            let rows: Vec<(usize, RowWrite<'_>)> = commits
+                .iter()
+                .enumerate()
+                .filter_map(|(index, commit)| Some((index, commit.row()?)))
+                .collect();
+            let states: Vec<(usize, StateWrite<'_>)> = commits
+                .iter()
+                .enumerate()
+                .filter_map(|(index, commit)| Some((index, commit.state_write()?)))
+                .collect();
+            let round = async {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
                 }
-                committed => committed,
+                let writes: Vec<RowWrite<'_>> = rows.iter().map(|(_, row)| *row).collect();
+                match rows::commit(&client, &writes).await {
+                    Err(error) if rows::lost_a_race(&error) => {
+                        tracing::debug!(%error, "a round of writes lost a race; its writes go again");
+                        Ok(vec![Outcome::Stale; writes.len()])
+                    }
+                    committed => committed,
+                }
+            };
+            let each = futures::future::join_all(states.iter().map(|(_, write)| async {
+                match rows::commit_state(&client, write).await {
+                    Err(error) if rows::lost_a_race(&error) => Ok(Outcome::Stale),
+                    committed => committed,
+                }
+            }));
+            let (round, each) = futures::join!(round, each);
+            let mut outcomes: Vec<Option<Result<Outcome, DbError>>> =
+                (0..commits.len()).map(|_| None).collect();
+            match round {
+                Ok(round) => {
+                    for ((index, _), outcome) in rows.iter().zip(round) {
+                        outcomes[*index] = Some(Ok(outcome));
+                    }
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    for (index, _) in &rows {
+                        outcomes[*index] = Some(Err(DbError::Unavailable(message.clone())));
+                    }
+                }
             }
+            for ((index, _), outcome) in states.iter().zip(each) {
+                outcomes[*index] = Some(outcome);
+            }
+            Ok(outcomes.into_iter().map(|outcome| outcome.expect("every write has an outcome")).collect())
         })
-        .await
+        .await;
+    committed.unwrap_or_else(|error: DbError| {
+        let message = error.to_string();
+        (0..count).map(|_| Err(DbError::Unavailable(message.clone()))).collect()
+    })
 }
 
 /// Rounds of one shard's writes committing at once, at most.
@@ -632,7 +872,6 @@ struct Rounds {
     metrics: Arc<Metrics>,
     database: Database,
     limits: Limits,
-    max_versions: usize,
     /// Writes not in a round yet, oldest first (retries go back to the front), with their
     /// tries so far and what reading their credential from the database found.
     waiting: RefCell<VecDeque<(WriteMessage, usize, Loaded)>>,
@@ -663,13 +902,11 @@ pub fn spawn_writer(
     loader: Option<Rc<Loader>>,
 ) {
     let (done, ended) = local_channel::new_bounded(ROUNDS_IN_FLIGHT);
-    let max_versions = router.with_writer(|writer| writer.store().lifecycle().max_versions);
     let rounds = Rc::new(Rounds {
         router,
         metrics,
         database,
         limits,
-        max_versions,
         waiting: RefCell::default(),
         loader,
         loading_writes: Cell::new(0),
@@ -729,10 +966,6 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
             let _ = message.reply.send(Err(OpError::Internal("not a write")));
             continue;
         };
-        if let Some(refusal) = not_in_the_database_yet(&write) {
-            let _ = message.reply.send(Err(OpError::Unavailable(refusal)));
-            continue;
-        }
         let id: Box<str> = request.id().expect("writes name a credential").into();
         if rounds.in_flight.borrow().contains(&id) || !in_round.insert(id.clone()) {
             kept.push_back((message, tries, loaded));
@@ -755,11 +988,20 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
                 continue;
             }
         }
-        let prepared = rounds
-            .router
-            .with_writer(|writer| writer.prepare(write, message.received_at_ms, &message.principal.acl));
+        let prepared = rounds.router.with_writer(|writer| {
+            let prepared = writer.prepare(write, message.received_at_ms, &message.principal.acl)?;
+            let change = prepared.announced(&write);
+            let commit = Commit::of(&prepared, writer, change, message.received_at_ms);
+            Ok((prepared, commit))
+        });
         match prepared {
-            Ok(prepared) => round.push((message, tries, prepared)),
+            Ok((prepared, Some(commit))) => round.push((message, tries, prepared, commit)),
+            Ok((prepared, None)) => {
+                // Nothing to change (UNDELETE of a live credential, DESTROY of a destroyed
+                // version): answered as it stands.
+                in_round.remove(&id);
+                let _ = message.reply.send(Ok(prepared.outcome()));
+            }
             Err(error) => {
                 in_round.remove(&id);
                 let _ = message.reply.send(Err(error));
@@ -774,27 +1016,20 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
     rounds.rounds.set(rounds.rounds.get() + 1);
     let rounds = Rc::clone(rounds);
     glommio::spawn_local(async move {
-        let commits: Vec<Commit> = round
-            .iter()
-            .map(|(message, _, prepared)| Commit::of(prepared, rounds.max_versions, message.received_at_ms))
-            .collect();
+        let (round, commits): (Vec<_>, Vec<Commit>) = round
+            .into_iter()
+            .map(|(message, tries, prepared, commit)| ((message, tries, prepared), commit))
+            .unzip();
         let started = std::time::Instant::now();
-        let committed = commit_round(&rounds.database, commits).await;
+        let outcomes = commit_round(&rounds.database, commits).await;
         let counters = rounds.metrics.executor(rounds.router.shard_id());
         ExecutorMetrics::add(&counters.db_rounds, 1);
         let elapsed = started.elapsed();
         ExecutorMetrics::add(&counters.db_round_us, elapsed.as_micros() as u64);
         counters.db_round_latency_ns.record(elapsed.as_nanos() as u64, &crate::metrics::LATENCY_BOUNDS_NS);
-        if committed.is_err() {
+        if outcomes.iter().any(Result::is_err) {
             ExecutorMetrics::add(&counters.db_round_failures, 1);
         }
-        let outcomes: Vec<Result<Outcome, DbError>> = match committed {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(error) => {
-                let message = error.to_string();
-                (0..round.len()).map(|_| Err(DbError::Unavailable(message.clone()))).collect()
-            }
-        };
         let mut retry = Vec::new();
         let mut stale = Vec::new();
         for ((message, tries, prepared), outcome) in round.into_iter().zip(outcomes) {
@@ -815,7 +1050,13 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
                 }
                 Ok(Outcome::Stale) if tries + 1 < STALE_RETRIES => {
                     ExecutorMetrics::add(&counters.db_writes_stale, 1);
-                    stale.push((prepared.id().to_owned(), None));
+                    // A new version lost to another: what is new is read. Anything else may have
+                    // lost to a change in place: the credential is read whole.
+                    let why = match prepared.effect() {
+                        Effect::Version(_) => Reread::Newer,
+                        _ => Reread::Whole,
+                    };
+                    stale.push((prepared.id().to_owned(), why));
                     retry.push((message, tries + 1));
                 }
                 Ok(Outcome::Stale) => {
@@ -913,7 +1154,7 @@ pub fn spawn_follower(
         let counters = metrics.executor(shard_id);
         let mut follower = Some(Follower::after(from));
         // Changed credentials whose re-read failed: tried again with the next poll.
-        let mut unread: std::collections::BTreeMap<String, Option<u64>> = std::collections::BTreeMap::new();
+        let mut unread: std::collections::BTreeMap<String, Reread> = std::collections::BTreeMap::new();
         let mut last_poll = std::time::Instant::now();
         loop {
             glommio::timer::sleep(interval).await;
@@ -963,7 +1204,21 @@ pub fn spawn_follower(
             // The changes other instances made (versions this shard does not hold, deletes of
             // what it holds), the last one per credential, re-read in one query.
             let mut stale = std::mem::take(&mut unread);
+            let feed = &store.shard(shard_id).feed;
             for change in changes.into_iter().filter(|change| store.shard_for(&change.id) == shard_id) {
+                // Watchers are told of every change of the shard, held or not, whoever made it.
+                if let Some(announced) = announced(&change) {
+                    let seq = feed.append(
+                        shard_id as u16,
+                        announced,
+                        change.version as u64,
+                        change.at_ms as u64,
+                        &change.id,
+                        &change.owner,
+                        &change.scope,
+                    );
+                    feed.mark_committed(seq);
+                }
                 // Being read for a miss: the read is repeated, and installs the change.
                 if loader.as_ref().is_some_and(|loader| loader.note_change(&change.id)) {
                     continue;
@@ -978,15 +1233,22 @@ pub fn spawn_follower(
                     // A delete seen in this batch stays: the credential may have been created
                     // again since, and must then be read whole.
                     ChangeKind::Written if cached < version => {
-                        stale.entry(change.id).or_insert(None);
+                        stale.entry(change.id).or_insert(Reread::Newer);
+                    }
+                    // Changed in place (this instance's own changes too: it cannot tell).
+                    ChangeKind::State if cached != 0 => {
+                        let why = stale.entry(change.id).or_insert(Reread::Whole);
+                        if *why == Reread::Newer {
+                            *why = Reread::Whole;
+                        }
                     }
                     ChangeKind::Deleted if cached != 0 && cached <= version => {
-                        stale.insert(change.id, Some(version));
+                        stale.insert(change.id, Reread::Purged(version));
                     }
                     _ => {}
                 }
             }
-            let wanted: Vec<(String, Option<u64>)> = stale.iter().map(|(id, deleted)| (id.clone(), *deleted)).collect();
+            let wanted: Vec<(String, Reread)> = stale.iter().map(|(id, why)| (id.clone(), *why)).collect();
             if let Err(error) = refresh_many(&router, &database, wanted, counters).await {
                 tracing::warn!(%error, count = stale.len(), "re-reading changed credentials failed; retrying with the next poll");
                 unread = stale;
@@ -996,31 +1258,41 @@ pub fn spawn_follower(
     .detach();
 }
 
+/// What a watcher is told of a change-log entry; `None` for an entry older than migration 5
+/// that changed something in place (it did not record what).
+fn announced(change: &rows::Change) -> Option<WatchChange> {
+    match (u8::try_from(change.change).ok().and_then(WatchChange::from_u8), change.kind) {
+        (Some(announced), _) => Some(announced),
+        (None, ChangeKind::Written) => Some(WatchChange::Put),
+        (None, ChangeKind::Deleted) => Some(WatchChange::Purge),
+        (None, ChangeKind::State) => None,
+    }
+}
+
 /// Reads this shard's whole state from the database again (after an outage longer than the
 /// change log is kept); returns the change-log position to follow from.
 async fn resync(router: &Router, database: &Database, metrics: &ExecutorMetrics) -> Result<i64, DbError> {
     let from = database.run(|pool| async move { rows::last_change(&pool.get().await?).await }).await?;
-    if router.with_writer(|writer| writer.store().shard(router.shard_id()).is_partial()) {
-        return resync_partial(router, database, metrics, from).await;
-    }
-    let all = database.run(|pool| async move { rows::all_versions(&pool.get().await?).await }).await?;
     let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
     let shard_id = router.shard_id();
-    let mut by_id: std::collections::BTreeMap<String, Vec<Record>> = std::collections::BTreeMap::new();
-    for (id, bytes) in &all {
-        if store.shard_for(id) == shard_id {
-            let record = parse_record(bytes)?;
-            by_id.entry(id.clone()).or_default().push(record);
-        }
+    // The changes in between are not known one by one: a watcher is told it missed some.
+    store.shard(shard_id).feed.lose_continuity();
+    if store.shard(shard_id).is_partial() {
+        return resync_partial(router, database, metrics, from).await;
     }
+    let all = database.run(|pool| async move { rows::all_credentials(&pool.get().await?).await }).await?;
+    let mut by_id = group_fetched(
+        all.into_iter().filter(|credential| store.shard_for(&credential.id) == shard_id).collect(),
+    )?;
     for id in router.with_writer(|writer| writer.cached_ids()) {
         if !by_id.contains_key(&*id) {
-            router.with_writer(|writer| writer.install_fetched(&id, Vec::new(), None));
+            router
+                .with_writer(|writer| writer.install_fetched(&id, Vec::new(), None, FetchedState::default()));
         }
     }
     let count = by_id.len();
-    for (id, records) in by_id {
-        router.with_writer(|writer| writer.install_fetched(&id, records, None));
+    for (id, (records, state)) in by_id.drain() {
+        router.with_writer(|writer| writer.install_fetched(&id, records, None, state));
     }
     tracing::warn!(shard_id, credentials = count, "re-read the shard from the database after a long outage");
     Ok(from)
@@ -1034,8 +1306,11 @@ async fn resync_partial(
     metrics: &ExecutorMetrics,
     from: i64,
 ) -> Result<i64, DbError> {
-    let cached: Vec<(String, Option<u64>)> =
-        router.with_writer(|writer| writer.cached_ids()).into_iter().map(|id| (id.into(), None)).collect();
+    let cached: Vec<(String, Reread)> = router
+        .with_writer(|writer| writer.cached_ids())
+        .into_iter()
+        .map(|id| (id.into(), Reread::Whole))
+        .collect();
     for chunk in cached.chunks(LOAD_IDS_MAX) {
         refresh_many(router, database, chunk.to_vec(), metrics).await?;
     }
@@ -1051,38 +1326,64 @@ async fn resync_partial(
 /// Expired credentials deleted by one statement, at most.
 const SWEEP_ROUND_MAX: usize = 256;
 
-/// Removes this shard's expired credentials from the database (each only from the version
-/// this shard holds, up to [`SWEEP_ROUND_MAX`] per statement) every `interval`.
+/// Removes this shard's expired credentials, and its deleted ones whose recovery window has
+/// ended, from the database (each only from the version this shard holds, and a deleted one
+/// only if its deletion is still the one that ended; up to [`SWEEP_ROUND_MAX`] per statement)
+/// every `interval`.
 pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration, metrics: Arc<Metrics>) {
     glommio::spawn_local(async move {
         let counters = metrics.executor(router.shard_id());
         loop {
             glommio::timer::sleep(interval).await;
             let now_ms = crate::time::now_ms();
-            let mut expired = router.with_writer(|writer| writer.expired(now_ms));
+            // (id, current version, what a watcher is told, purge time or 0).
+            let mut due: Vec<(Box<str>, u64, WatchChange, u64)> = router
+                .with_writer(|writer| writer.expired(now_ms))
+                .into_iter()
+                .map(|(id, version)| (id, version, WatchChange::Expire, 0))
+                .collect();
             if router.with_writer(|writer| writer.store().shard(router.shard_id()).is_partial()) {
                 // A partial cache sweeps what it does not hold from the database's expiry index.
                 match uncached_expired(&router, &database, now_ms).await {
-                    Ok(more) => expired.extend(more),
-                    Err(error) => tracing::warn!(%error, "reading expired credentials from the database failed"),
+                    Ok(more) => due
+                        .extend(more.into_iter().map(|(id, version)| (id, version, WatchChange::Expire, 0))),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading expired credentials from the database failed")
+                    }
+                }
+            }
+            // Recovery windows that ended, from the database's purge index (held or not).
+            match due_purges(&router, &database, now_ms).await {
+                Ok(more) => due.extend(
+                    more.into_iter()
+                        .map(|(id, version, purge_at_ms)| (id, version, WatchChange::Purge, purge_at_ms)),
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "reading ended recovery windows from the database failed")
                 }
             }
             // In id order, which instances sweeping the same credentials share (fewer
             // deadlocks between their statements), and each credential once, as a statement
-            // requires (the held and the uncached lists do not overlap today).
-            expired.sort_unstable();
-            expired.dedup_by(|later, first| later.0 == first.0);
-            for chunk in expired.chunks(SWEEP_ROUND_MAX) {
-                let deletes: Vec<(String, i64)> =
-                    chunk.iter().map(|(id, version)| (id.to_string(), *version as i64)).collect();
+            // requires.
+            due.sort_unstable_by(|first, second| first.0.cmp(&second.0));
+            due.dedup_by(|later, first| later.0 == first.0);
+            for chunk in due.chunks(SWEEP_ROUND_MAX) {
+                let deletes: Vec<(String, i64, i16, i64)> = chunk
+                    .iter()
+                    .map(|(id, version, change, purge_at_ms)| {
+                        (id.to_string(), *version as i64, *change as i16, *purge_at_ms as i64)
+                    })
+                    .collect();
                 let deleted = database
                     .run(move |pool| async move {
                         let writes: Vec<RowWrite<'_>> = deletes
                             .iter()
-                            .map(|(id, base_version)| RowWrite::Delete {
+                            .map(|(id, base_version, change, purge_at_ms)| RowWrite::Delete {
                                 id,
                                 base_version: *base_version,
                                 at_ms: now_ms as i64,
+                                change: *change,
+                                purge_at_ms: *purge_at_ms,
                             })
                             .collect();
                         rows::commit(&pool.get().await?, &writes).await
@@ -1097,18 +1398,24 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
                         vec![Outcome::Stale; chunk.len()]
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "sweeping expired credentials from the database failed; retrying");
+                        tracing::warn!(%error, "sweeping credentials from the database failed; retrying");
                         break;
                     }
                 };
                 let mut stale = Vec::new();
-                for ((id, version), outcome) in chunk.iter().zip(outcomes) {
+                for ((id, version, _, _), outcome) in chunk.iter().zip(outcomes) {
                     match outcome {
                         Outcome::Committed { .. } => {
-                            router.with_writer(|writer| writer.install_fetched(id, Vec::new(), Some(*version)));
+                            router.with_writer(|writer| {
+                                // The database keeps the last version (a pending one's, if
+                                // higher); so does the shard.
+                                let last = writer.cached_last_version(id).max(*version);
+                                let state = FetchedState { purged_version: last, ..FetchedState::default() };
+                                writer.install_fetched(id, Vec::new(), Some(last), state);
+                            });
                             ExecutorMetrics::add(&counters.expired_swept, 1);
                         }
-                        Outcome::Stale => stale.push((id.to_string(), None)),
+                        Outcome::Stale => stale.push((id.to_string(), Reread::Whole)),
                     }
                 }
                 if !stale.is_empty() {
@@ -1118,6 +1425,25 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
         }
     })
     .detach();
+}
+
+/// Deleted credentials of this shard whose recovery window has ended, from the database (up
+/// to 1,000 per sweep): (id, current version, purge time).
+async fn due_purges(
+    router: &Router,
+    database: &Database,
+    now_ms: u64,
+) -> Result<Vec<(Box<str>, u64, u64)>, DbError> {
+    let rows = database
+        .run(move |pool| async move { rows::due_purges(&pool.get().await?, now_ms as i64, 1000).await })
+        .await?;
+    let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
+    let shard_id = router.shard_id();
+    Ok(rows
+        .into_iter()
+        .filter(|(id, _, _)| store.shard_for(id) == shard_id)
+        .map(|(id, version, purge_at_ms)| (id.into(), version as u64, purge_at_ms as u64))
+        .collect())
 }
 
 /// Expired credentials of this shard that it does not hold, from the database (up to 1,000

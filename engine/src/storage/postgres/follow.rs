@@ -83,7 +83,16 @@ mod tests {
     use crate::storage::postgres::rows::ChangeKind;
 
     fn change(seq: i64) -> Change {
-        Change { seq, id: format!("id-{seq}"), version: 1, kind: ChangeKind::Written }
+        Change {
+            seq,
+            id: format!("id-{seq}"),
+            version: 1,
+            kind: ChangeKind::Written,
+            change: 1,
+            owner: String::new(),
+            scope: String::new(),
+            at_ms: 0,
+        }
     }
 
     fn seqs(changes: &[Change]) -> Vec<i64> {

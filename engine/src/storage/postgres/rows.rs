@@ -12,8 +12,11 @@ use super::DbError;
 pub enum ChangeKind {
     /// A new version was written (PUT, ROTATE).
     Written = 1,
-    /// The credential was removed (DELETE, expiry sweep).
+    /// The credential was removed for good (a purge, an expiry sweep); `version` was its last.
     Deleted = 2,
+    /// The credential changed without a new current version (a soft delete, UNDELETE,
+    /// DESTROY, STAGE, SET_POLICY): instances holding it read it again whole.
+    State = 3,
 }
 
 impl ChangeKind {
@@ -21,6 +24,7 @@ impl ChangeKind {
         match value {
             1 => Ok(ChangeKind::Written),
             2 => Ok(ChangeKind::Deleted),
+            3 => Ok(ChangeKind::State),
             other => Err(DbError::Corrupt(format!("change kind {other}"))),
         }
     }
@@ -43,6 +47,8 @@ pub struct VersionWrite<'a> {
     /// Kept versions below this one are dropped in the same statement.
     pub keep_from_version: i64,
     pub at_ms: i64,
+    /// What a watcher is told (WATCH's change code: PUT or ROTATE).
+    pub change: i16,
 }
 
 /// How a conditional write or delete ended.
@@ -58,12 +64,16 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug)]
 pub enum RowWrite<'a> {
     Version(VersionWrite<'a>),
-    /// Removes the credential and every kept version, if its current version is
-    /// `base_version`.
+    /// Removes the credential and every kept version for good, if its current version is
+    /// `base_version` (and, unless 0, its purge time is still `purge_at_ms`: a recovery
+    /// window's end purges only the deletion it was set by), and remembers its last version.
     Delete {
         id: &'a str,
         base_version: i64,
         at_ms: i64,
+        /// What a watcher is told (PURGE or EXPIRE).
+        change: i16,
+        purge_at_ms: i64,
     },
 }
 
@@ -79,11 +89,12 @@ impl RowWrite<'_> {
 /// A whole round of writes of distinct credentials as one statement (so one transaction and
 /// one commit, with no BEGIN and COMMIT round trips): each row of the input arrays is one
 /// write, conditional on its base version. Base 0 creates the credential (if no other
-/// instance did first); version 0 deletes it (migration 4's trigger takes its kept versions);
-/// anything else moves it from its base version to the new one and drops kept versions below
-/// `keep_from`. Each write that happened appends its change-log entry, and returns
-/// `(id, seq)`; a write whose base the database did not agree with changes nothing and
-/// returns nothing.
+/// instance did first, and a purged id only above its last version); version 0 purges it
+/// (migration 4's trigger takes its kept versions, `credshard_purged` keeps its last version);
+/// anything else moves it from its base version to the new one (above any pending version,
+/// which it drops, as it drops a deletion) and drops kept versions below `keep_from`. Each
+/// write that happened appends its change-log entry, and returns `(id, seq)`; a write whose
+/// base the database did not agree with changes nothing and returns nothing.
 ///
 /// The `id = ANY($1)` conditions let every access use the primary keys; that the plan does
 /// (a generic plan made while the tables were small chose to scan them) is the session's
@@ -91,23 +102,31 @@ impl RowWrite<'_> {
 pub const COMMIT_ROUND: &str = "
     WITH input AS MATERIALIZED (
         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
-                             $6::int8[], $7::bytea[], $8::int8[], $9::int8[])
-            AS i(id, base, version, owner, scope, expires_at_ms, record, keep_from, at_ms)
+                             $6::int8[], $7::bytea[], $8::int8[], $9::int8[], $10::int2[], $11::int8[])
+            AS i(id, base, version, owner, scope, expires_at_ms, record, keep_from, at_ms, change, purge_at_ms)
     ), created AS (
         INSERT INTO credshard_credentials (id, version, owner, scope, expires_at_ms)
-        SELECT id, version, owner, scope, expires_at_ms FROM input WHERE base = 0
+        SELECT id, version, owner, scope, expires_at_ms FROM input i
+        WHERE base = 0 AND NOT EXISTS (
+            SELECT 1 FROM credshard_purged p WHERE p.id = i.id AND p.version >= i.version)
         ON CONFLICT (id) DO NOTHING
         RETURNING id
     ), updated AS (
         UPDATE credshard_credentials c
-        SET version = i.version, owner = i.owner, scope = i.scope, expires_at_ms = i.expires_at_ms
+        SET version = i.version, owner = i.owner, scope = i.scope, expires_at_ms = i.expires_at_ms,
+            deleted_at_ms = 0, purge_at_ms = 0, pending = NULL, pending_version = 0
         FROM input i
         WHERE c.id = ANY($1) AND c.id = i.id AND i.base <> 0 AND i.version <> 0 AND c.version = i.base
+          AND c.pending_version < i.version
         RETURNING c.id
     ), removed AS (
         DELETE FROM credshard_credentials c USING input i
         WHERE c.id = ANY($1) AND c.id = i.id AND i.version = 0 AND c.version = i.base
-        RETURNING c.id
+          AND (i.purge_at_ms = 0 OR c.purge_at_ms = i.purge_at_ms)
+        RETURNING c.id, c.owner, c.scope, greatest(c.version, c.pending_version) AS last
+    ), tombstones AS (
+        INSERT INTO credshard_purged (id, version) SELECT id, last FROM removed
+        ON CONFLICT (id) DO UPDATE SET version = greatest(credshard_purged.version, excluded.version)
     ), written AS (
         SELECT id FROM created UNION ALL SELECT id FROM updated
     ), kept AS (
@@ -117,11 +136,14 @@ pub const COMMIT_ROUND: &str = "
         DELETE FROM credshard_versions v USING input i JOIN updated u ON u.id = i.id
         WHERE v.id = ANY($1) AND v.id = i.id AND v.version < i.keep_from
     )
-    INSERT INTO credshard_changes (id, version, kind, at_ms)
-    SELECT i.id, CASE WHEN i.version = 0 THEN i.base ELSE i.version END,
-           CASE WHEN i.version = 0 THEN 2 ELSE 1 END, i.at_ms
-    FROM input i WHERE i.id IN (SELECT id FROM written UNION ALL SELECT id FROM removed)
-    ORDER BY i.id
+    INSERT INTO credshard_changes (id, version, kind, change, owner, scope, at_ms)
+    SELECT * FROM (
+        SELECT i.id, i.version, 1::int2, i.change, i.owner, i.scope, i.at_ms
+        FROM input i JOIN written w ON w.id = i.id
+        UNION ALL
+        SELECT i.id, r.last, 2::int2, i.change, r.owner, r.scope, i.at_ms
+        FROM input i JOIN removed r ON r.id = i.id
+    ) AS c ORDER BY 1
     RETURNING id, seq";
 
 /// Commits `writes` (distinct credentials) as one statement; returns each one's outcome, in
@@ -136,13 +158,15 @@ pub const COMMIT_ROUND: &str = "
 pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Result<Vec<Outcome>, DbError> {
     let count = writes.len();
     let mut ids = Vec::with_capacity(count);
-    let (mut bases, mut versions, mut expiries, mut keeps, mut times) = (
+    let (mut bases, mut versions, mut expiries, mut keeps, mut times, mut purge_times) = (
+        Vec::with_capacity(count),
         Vec::with_capacity(count),
         Vec::with_capacity(count),
         Vec::with_capacity(count),
         Vec::with_capacity(count),
         Vec::with_capacity(count),
     );
+    let mut changes: Vec<i16> = Vec::with_capacity(count);
     let (mut owners, mut scopes) = (Vec::with_capacity(count), Vec::with_capacity(count));
     let mut records: Vec<&[u8]> = Vec::with_capacity(count);
     for write in writes {
@@ -161,8 +185,10 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 records.push(write.record);
                 keeps.push(write.keep_from_version);
                 times.push(write.at_ms);
+                changes.push(write.change);
+                purge_times.push(0);
             }
-            RowWrite::Delete { id, base_version, at_ms } => {
+            RowWrite::Delete { id, base_version, at_ms, change, purge_at_ms } => {
                 ids.push(id);
                 bases.push(base_version);
                 versions.push(0);
@@ -172,6 +198,8 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 records.push(&[]);
                 keeps.push(0);
                 times.push(at_ms);
+                changes.push(change);
+                purge_times.push(purge_at_ms);
             }
         }
     }
@@ -181,7 +209,22 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
     assert_eq!(distinct.len(), count, "a round writes each credential once");
     let statement = client.prepare_cached(COMMIT_ROUND).await?;
     let rows = client
-        .query(&statement, &[&ids, &bases, &versions, &owners, &scopes, &expiries, &records, &keeps, &times])
+        .query(
+            &statement,
+            &[
+                &ids,
+                &bases,
+                &versions,
+                &owners,
+                &scopes,
+                &expiries,
+                &records,
+                &keeps,
+                &times,
+                &changes,
+                &purge_times,
+            ],
+        )
         .await?;
     let committed: std::collections::HashMap<String, i64> =
         rows.into_iter().map(|row| (row.get(0), row.get(1))).collect();
@@ -203,7 +246,7 @@ pub async fn write_version(
     Ok(commit(client, &[RowWrite::Version(*write)]).await?[0])
 }
 
-/// Removes a credential and its versions if its current version is `base_version` (a round
+/// Purges a credential and its versions if its current version is `base_version` (a round
 /// of one).
 ///
 /// # Errors
@@ -214,7 +257,132 @@ pub async fn delete(
     base_version: i64,
     at_ms: i64,
 ) -> Result<Outcome, DbError> {
-    Ok(commit(client, &[RowWrite::Delete { id, base_version, at_ms }]).await?[0])
+    let change = credshard_protocol::op::watch::Change::Purge as i16;
+    Ok(commit(client, &[RowWrite::Delete { id, base_version, at_ms, change, purge_at_ms: 0 }]).await?[0])
+}
+
+/// A change of a credential that is not a new current version, or PROMOTE (whose new
+/// version was written before, as pending): one statement each ([`commit_state`]), as rare
+/// as they are. Each is conditional on the current version the instance saw and on the state
+/// it decided on (not deleted, deleted, the pending version it replaces), and appends its
+/// change-log entry ([`ChangeKind::State`], or [`ChangeKind::Written`] for PROMOTE).
+#[derive(Clone, Copy, Debug)]
+pub struct StateWrite<'a> {
+    pub id: &'a str,
+    pub base_version: i64,
+    /// The version the change-log entry names (what a watcher is told).
+    pub version: i64,
+    /// The owner and scope a watcher is told (the version's the change concerns).
+    pub owner: &'a str,
+    pub scope: &'a str,
+    pub at_ms: i64,
+    /// What a watcher is told (WATCH's change code).
+    pub change: i16,
+    pub op: StateOp<'a>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum StateOp<'a> {
+    /// Kept, unreadable, until UNDELETE or `purge_at_ms`.
+    SoftDelete { deleted_at_ms: i64, purge_at_ms: i64 },
+    /// A deleted credential served again.
+    Undelete,
+    /// Kept version `version` replaced by its destroyed husk.
+    Destroy { husk: &'a [u8] },
+    /// `record` (version `version`) pending beside the current version, replacing the pending
+    /// version `replaces` (0: none).
+    Stage { record: &'a [u8], replaces: i64 },
+    /// The pending version `version`, sealed again as `record`, made current; kept versions
+    /// below `keep_from` dropped.
+    Promote { record: &'a [u8], expires_at_ms: i64, keep_from: i64 },
+    /// The policy replaced (`None`: the defaults); kept versions below `keep_from` dropped.
+    Policy { policy: Option<&'a [u8]>, keep_from: i64 },
+}
+
+/// Commits one [`StateWrite`] as one statement.
+///
+/// # Errors
+/// Database errors.
+pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -> Result<Outcome, DbError> {
+    // Every statement's `changed` names the credential when its condition held; the
+    // change-log entry follows from it.
+    const LOGGED: &str = "
+        INSERT INTO credshard_changes (id, version, kind, change, owner, scope, at_ms)
+        SELECT $1::text, $3::int8, $4::int2, $5::int2, $6::text, $7::text, $8::int8 FROM changed
+        RETURNING seq";
+    let (changed, kind) = match write.op {
+        StateOp::SoftDelete { .. } => (
+            "UPDATE credshard_credentials SET deleted_at_ms = $9, purge_at_ms = $10
+             WHERE id = $1 AND version = $2 AND purge_at_ms = 0 RETURNING id",
+            ChangeKind::State,
+        ),
+        StateOp::Undelete => (
+            "UPDATE credshard_credentials SET deleted_at_ms = 0, purge_at_ms = 0
+             WHERE id = $1 AND version = $2 AND purge_at_ms <> 0 RETURNING id",
+            ChangeKind::State,
+        ),
+        StateOp::Destroy { .. } => (
+            "UPDATE credshard_versions v SET record = $9
+             FROM credshard_credentials c
+             WHERE v.id = $1 AND v.version = $3 AND c.id = $1 AND c.version = $2 AND c.purge_at_ms = 0
+             RETURNING v.id",
+            ChangeKind::State,
+        ),
+        StateOp::Stage { .. } => (
+            "UPDATE credshard_credentials SET pending = $9, pending_version = $3
+             WHERE id = $1 AND version = $2 AND purge_at_ms = 0 AND pending_version = $10
+             RETURNING id",
+            ChangeKind::State,
+        ),
+        StateOp::Promote { .. } => (
+            "UPDATE credshard_credentials
+             SET version = $3, owner = $6, scope = $7, expires_at_ms = $10, pending = NULL, pending_version = 0
+             WHERE id = $1 AND version = $2 AND purge_at_ms = 0 AND pending_version = $3
+             RETURNING id
+         ), kept AS (
+             INSERT INTO credshard_versions (id, version, record) SELECT id, $3, $9 FROM changed
+         ), trimmed AS (
+             DELETE FROM credshard_versions v USING changed c WHERE v.id = c.id AND v.version < $11",
+            ChangeKind::Written,
+        ),
+        StateOp::Policy { .. } => (
+            "UPDATE credshard_credentials SET policy = $9
+             WHERE id = $1 AND version = $2 AND purge_at_ms = 0 RETURNING id
+         ), trimmed AS (
+             DELETE FROM credshard_versions v USING changed c WHERE v.id = c.id AND v.version < $10",
+            ChangeKind::State,
+        ),
+    };
+    let sql = format!("WITH changed AS ({changed}) {LOGGED}");
+    let statement = client.prepare_cached(&sql).await?;
+    let kind = kind as i16;
+    let common: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        &write.id,
+        &write.base_version,
+        &write.version,
+        &kind,
+        &write.change,
+        &write.owner,
+        &write.scope,
+        &write.at_ms,
+    ];
+    let rows = match &write.op {
+        StateOp::SoftDelete { deleted_at_ms, purge_at_ms } => {
+            client.query(&statement, &[&common[..], &[deleted_at_ms, purge_at_ms]].concat()).await?
+        }
+        StateOp::Undelete => client.query(&statement, &common).await?,
+        StateOp::Destroy { husk } => client.query(&statement, &[&common[..], &[husk]].concat()).await?,
+        StateOp::Stage { record, replaces } => {
+            client.query(&statement, &[&common[..], &[record, replaces]].concat()).await?
+        }
+        StateOp::Promote { record, expires_at_ms, keep_from } => {
+            client.query(&statement, &[&common[..], &[record, expires_at_ms, keep_from]].concat()).await?
+        }
+        StateOp::Policy { policy, keep_from } => {
+            client.query(&statement, &[&common[..], &[policy, keep_from]].concat()).await?
+        }
+    };
+    Ok(rows.first().map_or(Outcome::Stale, |row| Outcome::Committed { seq: row.get(0) }))
 }
 
 /// Whether a failed statement lost a race with another transaction (a deadlock, or a
@@ -240,28 +408,97 @@ pub async fn credential(client: &impl GenericClient, id: &str) -> Result<Vec<(i6
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// The kept versions of several credentials in one query, each credential's oldest first:
-/// (id, archived record).
+/// What a credential has beside its kept versions, as the database holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateRow {
+    /// 0: not deleted.
+    pub deleted_at_ms: i64,
+    pub purge_at_ms: i64,
+    /// The pending version's archived record.
+    pub pending: Option<Vec<u8>>,
+    /// The policy, encoded as on the wire.
+    pub policy: Option<Vec<u8>>,
+    /// The last version of the id before it was purged (0: never purged).
+    pub purged_version: i64,
+}
+
+/// One credential as the database holds it.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub id: String,
+    /// Archived records of its kept versions, oldest first (empty: it does not exist).
+    pub records: Vec<Vec<u8>>,
+    pub state: StateRow,
+}
+
+/// The statement [`credentials`] and [`all_credentials`] run, over the rows `filter` picks:
+/// a credential's kept versions (part 0), its state when it has any (part 1), and its last
+/// version if it was ever purged (part 2), in one statement (so one snapshot).
+fn fetch_statement(filter: &str) -> String {
+    format!(
+        "SELECT id, 0::int2, version, record, 0::int8, 0::int8, NULL::bytea
+         FROM credshard_versions WHERE {filter}
+         UNION ALL
+         SELECT id, 1::int2, pending_version, pending, deleted_at_ms, purge_at_ms, policy
+         FROM credshard_credentials
+         WHERE {filter} AND (purge_at_ms <> 0 OR pending IS NOT NULL OR policy IS NOT NULL)
+         UNION ALL
+         SELECT id, 2::int2, version, NULL::bytea, 0::int8, 0::int8, NULL::bytea
+         FROM credshard_purged WHERE {filter}
+         ORDER BY 1, 2, 3"
+    )
+}
+
+/// Groups the rows of [`fetch_statement`] by credential.
+fn fetched(rows: Vec<tokio_postgres::Row>) -> Vec<Fetched> {
+    let mut all: Vec<Fetched> = Vec::new();
+    for row in rows {
+        let id: String = row.get(0);
+        if all.last().is_none_or(|last| last.id != id) {
+            all.push(Fetched { id, ..Fetched::default() });
+        }
+        let credential = all.last_mut().expect("pushed above");
+        match row.get::<_, i16>(1) {
+            0 => credential.records.push(row.get(3)),
+            1 => {
+                credential.state.pending = row.get(3);
+                credential.state.deleted_at_ms = row.get(4);
+                credential.state.purge_at_ms = row.get(5);
+                credential.state.policy = row.get(6);
+            }
+            _ => credential.state.purged_version = row.get(2),
+        }
+    }
+    all
+}
+
+/// Several credentials in one query: each one's kept versions and state (see [`Fetched`]);
+/// an id the database knows nothing of is not in the answer.
 ///
 /// # Errors
 /// Database errors.
-pub async fn credentials(
-    client: &impl GenericClient,
-    ids: &[String],
-) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-    let statement = client
-        .prepare_cached("SELECT id, record FROM credshard_versions WHERE id = ANY($1) ORDER BY id, version")
-        .await?;
-    let rows = client.query(&statement, &[&ids]).await?;
-    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+pub async fn credentials(client: &impl GenericClient, ids: &[String]) -> Result<Vec<Fetched>, DbError> {
+    static STATEMENT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| fetch_statement("id = ANY($1)"));
+    let statement = client.prepare_cached(&STATEMENT).await?;
+    Ok(fetched(client.query(&statement, &[&ids]).await?))
+}
+
+/// Every credential (see [`Fetched`]), in one snapshot.
+///
+/// # Errors
+/// Database errors.
+pub async fn all_credentials(client: &impl GenericClient) -> Result<Vec<Fetched>, DbError> {
+    Ok(fetched(client.query(&fetch_statement("true"), &[]).await?))
 }
 
 /// What changed of credentials an instance already holds: for each `(id, after)`, the kept
-/// versions from `after` up, oldest first, and the oldest version the database keeps
-/// (`None`: the credential is gone), read in one snapshot. An instance that holds version
-/// `after` reads only what is new instead of every kept version again; version `after`
-/// itself comes too, so it can tell that what it holds is still what the database has (a
-/// credential deleted and created again has different versions under the same numbers).
+/// versions from `after` up, oldest first, the oldest version the database keeps (`None`:
+/// the credential is gone), and its state, read in one snapshot. An instance that holds
+/// version `after` reads only what is new instead of every kept version again; version
+/// `after` itself comes too, so it can tell that what it holds is still what the database
+/// has (a credential purged and created again by a build that restarted its versions has
+/// different versions under the same numbers).
 ///
 /// # Errors
 /// Database errors.
@@ -272,8 +509,10 @@ pub async fn newer_versions(
 ) -> Result<Vec<NewerVersions>, DbError> {
     let statement = client
         .prepare_cached(
-            "SELECT w.id, (SELECT min(k.version) FROM credshard_versions k WHERE k.id = w.id), v.record
+            "SELECT w.id, (SELECT min(k.version) FROM credshard_versions k WHERE k.id = w.id), v.record,
+                    c.deleted_at_ms, c.purge_at_ms, c.pending, c.policy
              FROM unnest($1::text[], $2::int8[]) AS w(id, after)
+             LEFT JOIN credshard_credentials c ON c.id = w.id
              LEFT JOIN credshard_versions v ON v.id = w.id AND v.version >= w.after
              ORDER BY w.id, v.version",
         )
@@ -288,6 +527,13 @@ pub async fn newer_versions(
                 id,
                 oldest_kept: row.get(1),
                 records: record.into_iter().collect(),
+                state: StateRow {
+                    deleted_at_ms: row.get::<_, Option<i64>>(3).unwrap_or(0),
+                    purge_at_ms: row.get::<_, Option<i64>>(4).unwrap_or(0),
+                    pending: row.get(5),
+                    policy: row.get(6),
+                    purged_version: 0,
+                },
             }),
         }
     }
@@ -302,16 +548,7 @@ pub struct NewerVersions {
     pub oldest_kept: Option<i64>,
     /// Archived records of the versions from the one asked from up, oldest first.
     pub records: Vec<Vec<u8>>,
-}
-
-/// Every kept version of every credential, each credential's oldest first: (id, archived
-/// record).
-///
-/// # Errors
-/// Database errors.
-pub async fn all_versions(client: &impl GenericClient) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-    let rows = client.query("SELECT id, record FROM credshard_versions ORDER BY id, version", &[]).await?;
-    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+    pub state: StateRow,
 }
 
 /// How many credentials the database holds.
@@ -324,7 +561,7 @@ pub async fn credential_count(client: &impl GenericClient) -> Result<i64, DbErro
 
 /// One LIST page from the credentials' indexes, in the order the shards' indexes give:
 /// by (scope, id) within `owner` (any scope, or only `scope`), or by id within `scope` when
-/// `owner` is empty; live credentials only (no expiry, or one after `now_ms`); up to `limit`
+/// `owner` is empty; live credentials only (not deleted, and no expiry or one after `now_ms`); up to `limit`
 /// rows after the sort key `after`. Each row: (scope, id, archived current record).
 ///
 /// # Errors
@@ -344,7 +581,7 @@ pub async fn list_page(
             .prepare_cached(
                 r#"SELECT c.scope, c.id, v.record FROM credshard_credentials c
                    JOIN credshard_versions v ON v.id = c.id AND v.version = c.version
-                   WHERE c.scope = $1 AND (c.expires_at_ms = 0 OR c.expires_at_ms > $2)
+                   WHERE c.scope = $1 AND (c.expires_at_ms = 0 OR c.expires_at_ms > $2) AND c.purge_at_ms = 0
                      AND ($3 OR c.id COLLATE "C" > $4)
                    ORDER BY c.id COLLATE "C" LIMIT $5"#,
             )
@@ -356,7 +593,7 @@ pub async fn list_page(
                 r#"SELECT c.scope, c.id, v.record FROM credshard_credentials c
                    JOIN credshard_versions v ON v.id = c.id AND v.version = c.version
                    WHERE c.owner = $1 AND ($2 = '' OR c.scope = $2)
-                     AND (c.expires_at_ms = 0 OR c.expires_at_ms > $3)
+                     AND (c.expires_at_ms = 0 OR c.expires_at_ms > $3) AND c.purge_at_ms = 0
                      AND ($4 OR (c.scope COLLATE "C", c.id COLLATE "C") > ($5, $6))
                    ORDER BY c.scope COLLATE "C", c.id COLLATE "C" LIMIT $7"#,
             )
@@ -388,6 +625,26 @@ pub async fn expired(
     Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
+/// Up to `limit` deleted credentials whose recovery window has ended at `now_ms`, soonest
+/// first: (id, current version, purge time).
+///
+/// # Errors
+/// Database errors.
+pub async fn due_purges(
+    client: &impl GenericClient,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64, i64)>, DbError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT id, version, purge_at_ms FROM credshard_credentials
+             WHERE purge_at_ms <> 0 AND purge_at_ms <= $1 ORDER BY purge_at_ms LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&now_ms, &limit]).await?;
+    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
+}
+
 /// One committed change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
@@ -395,6 +652,11 @@ pub struct Change {
     pub id: String,
     pub version: i64,
     pub kind: ChangeKind,
+    /// WATCH's change code (0 in entries written before migration 5).
+    pub change: i16,
+    pub owner: String,
+    pub scope: String,
+    pub at_ms: i64,
 }
 
 /// Up to `limit` changes after `after`, in sequence order.
@@ -408,7 +670,8 @@ pub async fn changes_after(
 ) -> Result<Vec<Change>, DbError> {
     let statement = client
         .prepare_cached(
-            "SELECT seq, id, version, kind FROM credshard_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, id, version, kind, change, owner, scope, at_ms FROM credshard_changes
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .await?;
     client
@@ -421,6 +684,10 @@ pub async fn changes_after(
                 id: row.get(1),
                 version: row.get(2),
                 kind: ChangeKind::from_i16(row.get(3))?,
+                change: row.get(4),
+                owner: row.get(5),
+                scope: row.get(6),
+                at_ms: row.get(7),
             })
         })
         .collect()

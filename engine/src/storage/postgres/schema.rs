@@ -94,6 +94,33 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION credshard_drop_deleted_versions();
     ",
     ),
+    (
+        5,
+        "recoverable deletes, pending versions, policies, tombstones; the change log says what happened",
+        "
+    -- A deleted credential stays (unreadable) until its purge time; a pending version (STAGE)
+    -- and a policy (SET_POLICY) live beside the current version. None of them is a version.
+    ALTER TABLE credshard_credentials
+        ADD COLUMN deleted_at_ms bigint NOT NULL DEFAULT 0,
+        ADD COLUMN purge_at_ms bigint NOT NULL DEFAULT 0,
+        ADD COLUMN pending bytea,
+        ADD COLUMN pending_version bigint NOT NULL DEFAULT 0,
+        ADD COLUMN policy bytea;
+    CREATE INDEX credshard_credentials_purge ON credshard_credentials (purge_at_ms)
+        WHERE purge_at_ms <> 0;
+    -- The last version of every purged id, so that one written again continues after it.
+    CREATE TABLE credshard_purged (
+        id text PRIMARY KEY,
+        version bigint NOT NULL
+    );
+    -- What a watcher is told: the change (WATCH's code; 0 in entries older than this
+    -- migration), and the credential's owner and scope for its filters and its token's reach.
+    ALTER TABLE credshard_changes
+        ADD COLUMN change smallint NOT NULL DEFAULT 0,
+        ADD COLUMN owner text NOT NULL DEFAULT '',
+        ADD COLUMN scope text NOT NULL DEFAULT '';
+    ",
+    ),
 ];
 
 /// Applies the migrations the database does not have yet; returns how many it applied.
