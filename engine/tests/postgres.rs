@@ -26,6 +26,8 @@ fn write<'a>(id: &'a str, base_version: i64, record: &'a [u8]) -> VersionWrite<'
         keep_from_version: (base_version + 1 - 2).max(1),
         at_ms: 1_000,
         change: Change::Put as i16,
+        base_deleted: false,
+        base_policy: None,
     }
 }
 
@@ -275,14 +277,14 @@ fn the_round_statement_reaches_rows_through_the_primary_keys_even_when_planned_o
             client.batch_execute("SET plan_cache_mode = force_generic_plan").await?;
             client
                 .batch_execute(&format!(
-                    "PREPARE round(text[], int8[], int8[], text[], text[], int8[], bytea[], int8[], int8[], int2[], int8[]) AS {}",
+                    "PREPARE round(text[], int8[], int8[], text[], text[], int8[], bytea[], int8[], int8[], int2[], int8[], bool[], bytea[]) AS {}",
                     rows::COMMIT_ROUND
                 ))
                 .await?;
             let plan = client
                 .query(
                     "EXPLAIN EXECUTE round('{a,b}', '{1,0}', '{2,0}', '{o,o}', '{s,s}', '{0,0}', \
-                     '{\"\\\\x00\",\"\\\\x00\"}', '{1,1}', '{1,1}', '{1,1}', '{0,0}')",
+                     '{\"\\\\x00\",\"\\\\x00\"}', '{1,1}', '{1,1}', '{1,1}', '{0,0}', '{f,f}', '{NULL,NULL}')",
                     &[],
                 )
                 .await?;

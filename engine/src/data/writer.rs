@@ -782,6 +782,16 @@ impl ShardWriter {
         self.store.shard(self.shard_id).map.pin().get(id).map_or(0, Entry::last_version)
     }
 
+    /// The policy the shard holds for `id`, if it has one.
+    pub fn policy(&self, id: &str) -> Option<StoredPolicy> {
+        self.store.shard(self.shard_id).map.pin().get(id).and_then(Entry::policy).cloned()
+    }
+
+    /// Whether the shard holds `id` deleted (recoverably).
+    pub fn is_deleted(&self, id: &str) -> bool {
+        self.store.shard(self.shard_id).map.pin().get(id).is_some_and(Entry::is_deleted)
+    }
+
     /// The current version's record the shard holds for `id`.
     pub fn current_record(&self, id: &str) -> Option<Record> {
         self.store.shard(self.shard_id).map.pin().get(id).map(|entry| entry.current().clone())

@@ -626,6 +626,9 @@ struct NewVersion {
     expires_at_ms: i64,
     record: Vec<u8>,
     keep_from_version: i64,
+    /// The base version as the writer saw it: deleted or not, and its policy (encoded).
+    base_deleted: bool,
+    base_policy: Option<Vec<u8>>,
 }
 
 /// [`rows::StateWrite`], owned.
@@ -643,12 +646,13 @@ enum StateChangeOp {
     Stage { record: Vec<u8>, replaces: i64 },
     Promote { record: Vec<u8>, expires_at_ms: i64, keep_from: i64 },
     Policy { policy: Option<Vec<u8>>, keep_from: i64 },
+    Unchanged,
 }
 
 impl Commit {
     /// What the database is to commit for `prepared`, prepared by `writer` (whose entry gives
-    /// the versions kept and the owner and scope a watcher is told); `None` for a write that
-    /// changes nothing.
+    /// the versions kept and the owner and scope a watcher is told); `None` when the writer
+    /// no longer holds a credential the write needs.
     fn of(
         prepared: &Prepared,
         writer: &ShardWriter,
@@ -668,7 +672,9 @@ impl Commit {
         };
         let current = || writer.current_record(prepared.id());
         let planned = match prepared.effect() {
-            Effect::Nothing => return None,
+            // Nothing to change, if the database agrees that the credential is live at the
+            // version the writer saw (so a stale view never answers for it).
+            Effect::Nothing => state(&current()?, StateChangeOp::Unchanged),
             Effect::Version(record) => {
                 let credential = record.credential();
                 Planned::Version(NewVersion {
@@ -678,6 +684,8 @@ impl Commit {
                     expires_at_ms: credential.expires_at_ms.to_native() as i64,
                     record: owned(record),
                     keep_from_version: keep_from,
+                    base_deleted: writer.is_deleted(prepared.id()),
+                    base_policy: writer.policy(prepared.id()).as_ref().map(encode_policy),
                 })
             }
             Effect::Purge => Planned::Purge,
@@ -702,11 +710,7 @@ impl Commit {
                 },
             ),
             Effect::Policy(policy) => {
-                let encoded = policy.map(|policy| {
-                    let mut encoded = Vec::new();
-                    policy.wire().encode(&mut encoded);
-                    encoded
-                });
+                let encoded = policy.map(encode_policy);
                 let mut planned = state(&current()?, StateChangeOp::Policy { policy: encoded, keep_from });
                 if let Planned::State(change) = &mut planned {
                     // A policy names the current version.
@@ -745,6 +749,8 @@ impl Commit {
                 keep_from_version: new.keep_from_version,
                 at_ms: self.at_ms,
                 change: self.change,
+                base_deleted: new.base_deleted,
+                base_policy: new.base_policy.as_deref(),
             })),
             Planned::State(_) => None,
         }
@@ -766,6 +772,7 @@ impl Commit {
             StateChangeOp::Policy { policy, keep_from } => {
                 StateOp::Policy { policy: policy.as_deref(), keep_from: *keep_from }
             }
+            StateChangeOp::Unchanged => StateOp::Unchanged,
         };
         Some(StateWrite {
             id: &self.id,
@@ -778,6 +785,13 @@ impl Commit {
             op,
         })
     }
+}
+
+/// A policy as the database stores it: encoded as on the wire.
+fn encode_policy(policy: &StoredPolicy) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    policy.wire().encode(&mut encoded);
+    encoded
 }
 
 /// Commits a round of writes (distinct credentials): the new versions and purges as one
@@ -996,11 +1010,9 @@ fn start_round(rounds: &Rc<Rounds>) -> bool {
         });
         match prepared {
             Ok((prepared, Some(commit))) => round.push((message, tries, prepared, commit)),
-            Ok((prepared, None)) => {
-                // Nothing to change (UNDELETE of a live credential, DESTROY of a destroyed
-                // version): answered as it stands.
+            Ok((_, None)) => {
                 in_round.remove(&id);
-                let _ = message.reply.send(Ok(prepared.outcome()));
+                let _ = message.reply.send(Err(OpError::Internal("a prepared write's credential is gone")));
             }
             Err(error) => {
                 in_round.remove(&id);

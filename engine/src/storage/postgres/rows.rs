@@ -49,6 +49,11 @@ pub struct VersionWrite<'a> {
     pub at_ms: i64,
     /// What a watcher is told (WATCH's change code: PUT or ROTATE).
     pub change: i16,
+    /// Whether the writer saw the base version deleted (recoverably), and the policy it saw
+    /// (encoded; `None`: the defaults), which it checked the write against: the write happens
+    /// only if the database agrees on both too.
+    pub base_deleted: bool,
+    pub base_policy: Option<&'a [u8]>,
 }
 
 /// How a conditional write or delete ended.
@@ -91,8 +96,9 @@ impl RowWrite<'_> {
 /// write, conditional on its base version. Base 0 creates the credential (if no other
 /// instance did first, and a purged id only above its last version); version 0 purges it
 /// (migration 4's trigger takes its kept versions, `credshard_purged` keeps its last version);
-/// anything else moves it from its base version to the new one (above any pending version,
-/// which it drops, as it drops a deletion) and drops kept versions below `keep_from`. Each
+/// anything else moves it from its base version, deleted or not as the writer saw it, to the
+/// new one (above any pending version, which it drops, as it drops a deletion) and drops kept
+/// versions below `keep_from`. Each
 /// write that happened appends its change-log entry, and returns `(id, seq)`; a write whose
 /// base the database did not agree with changes nothing and returns nothing.
 ///
@@ -102,8 +108,10 @@ impl RowWrite<'_> {
 pub const COMMIT_ROUND: &str = "
     WITH input AS MATERIALIZED (
         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
-                             $6::int8[], $7::bytea[], $8::int8[], $9::int8[], $10::int2[], $11::int8[])
-            AS i(id, base, version, owner, scope, expires_at_ms, record, keep_from, at_ms, change, purge_at_ms)
+                             $6::int8[], $7::bytea[], $8::int8[], $9::int8[], $10::int2[], $11::int8[],
+                             $12::bool[], $13::bytea[])
+            AS i(id, base, version, owner, scope, expires_at_ms, record, keep_from, at_ms, change, purge_at_ms,
+                 base_deleted, base_policy)
     ), created AS (
         INSERT INTO credshard_credentials (id, version, owner, scope, expires_at_ms)
         SELECT id, version, owner, scope, expires_at_ms FROM input i
@@ -117,7 +125,8 @@ pub const COMMIT_ROUND: &str = "
             deleted_at_ms = 0, purge_at_ms = 0, pending = NULL, pending_version = 0
         FROM input i
         WHERE c.id = ANY($1) AND c.id = i.id AND i.base <> 0 AND i.version <> 0 AND c.version = i.base
-          AND c.pending_version < i.version
+          AND c.pending_version < i.version AND (c.purge_at_ms <> 0) = i.base_deleted
+          AND c.policy IS NOT DISTINCT FROM i.base_policy
         RETURNING c.id
     ), removed AS (
         DELETE FROM credshard_credentials c USING input i
@@ -167,6 +176,8 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
         Vec::with_capacity(count),
     );
     let mut changes: Vec<i16> = Vec::with_capacity(count);
+    let mut deleted: Vec<bool> = Vec::with_capacity(count);
+    let mut policies: Vec<Option<&[u8]>> = Vec::with_capacity(count);
     let (mut owners, mut scopes) = (Vec::with_capacity(count), Vec::with_capacity(count));
     let mut records: Vec<&[u8]> = Vec::with_capacity(count);
     for write in writes {
@@ -187,6 +198,8 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 times.push(write.at_ms);
                 changes.push(write.change);
                 purge_times.push(0);
+                deleted.push(write.base_deleted);
+                policies.push(write.base_policy);
             }
             RowWrite::Delete { id, base_version, at_ms, change, purge_at_ms } => {
                 ids.push(id);
@@ -200,6 +213,8 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 times.push(at_ms);
                 changes.push(change);
                 purge_times.push(purge_at_ms);
+                deleted.push(false);
+                policies.push(None);
             }
         }
     }
@@ -223,6 +238,8 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 &times,
                 &changes,
                 &purge_times,
+                &deleted,
+                &policies,
             ],
         )
         .await?;
@@ -297,6 +314,9 @@ pub enum StateOp<'a> {
     Promote { record: &'a [u8], expires_at_ms: i64, keep_from: i64 },
     /// The policy replaced (`None`: the defaults); kept versions below `keep_from` dropped.
     Policy { policy: Option<&'a [u8]>, keep_from: i64 },
+    /// Nothing changes, if the credential is still live at the base version (an UNDELETE of a
+    /// live credential, a DESTROY of a destroyed version): no change-log entry.
+    Unchanged,
 }
 
 /// Commits one [`StateWrite`] as one statement.
@@ -304,6 +324,15 @@ pub enum StateOp<'a> {
 /// # Errors
 /// Database errors.
 pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -> Result<Outcome, DbError> {
+    if let StateOp::Unchanged = write.op {
+        let statement = client
+            .prepare_cached(
+                "SELECT 0::int8 FROM credshard_credentials WHERE id = $1 AND version = $2 AND purge_at_ms = 0",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&write.id, &write.base_version]).await?;
+        return Ok(if rows.is_empty() { Outcome::Stale } else { Outcome::Committed { seq: 0 } });
+    }
     // Every statement's `changed` names the credential when its condition held; the
     // change-log entry follows from it.
     const LOGGED: &str = "
@@ -352,6 +381,7 @@ pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -
              DELETE FROM credshard_versions v USING changed c WHERE v.id = c.id AND v.version < $10",
             ChangeKind::State,
         ),
+        StateOp::Unchanged => unreachable!("answered above"),
     };
     let sql = format!("WITH changed AS ({changed}) {LOGGED}");
     let statement = client.prepare_cached(&sql).await?;
@@ -381,6 +411,7 @@ pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -
         StateOp::Policy { policy, keep_from } => {
             client.query(&statement, &[&common[..], &[policy, keep_from]].concat()).await?
         }
+        StateOp::Unchanged => unreachable!("answered above"),
     };
     Ok(rows.first().map_or(Outcome::Stale, |row| Outcome::Committed { seq: row.get(0) }))
 }
