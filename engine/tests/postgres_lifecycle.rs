@@ -366,3 +366,66 @@ fn an_instance_behind_the_change_log_decides_every_write_anew_from_the_database(
     assert_eq!(refused.status(), Some(Status::VersionConflict), "the policy binds B too: {refused}");
     assert_eq!(on_b.put(&PutRequest { expected_version: Some(1), ..put(id, b"five") }).unwrap(), 4);
 }
+
+/// A watcher on an instance whose cache holds only a few credentials is still told of every
+/// change: the change log announces changes of credentials the instance does not hold.
+#[test]
+fn a_watcher_on_an_instance_with_a_small_cache_is_told_of_credentials_it_does_not_hold() {
+    let Some(database) = common::postgres::database("watch_partial") else { return };
+    let key = *MasterKey::generate().bytes();
+    let writer = instance(&database.url(), &key);
+    let watched = instance_with(&database.url(), &key, |config| config.cache_capacity = 4);
+    let mut watcher = watched.client();
+    watcher.watch(&WatchRequest { filter: WatchFilter::All, resume: None }).unwrap();
+    let mut client = writer.client();
+    const IDS: u64 = 40;
+    for index in 0..IDS {
+        client.put(&put(&format!("many/{index}"), b"s")).unwrap();
+    }
+    client.delete(&format!("many/{}", IDS - 1), None).unwrap();
+    let mut left = IDS + 1;
+    let events = events_until(&mut watcher, |_| {
+        left -= 1;
+        left == 0
+    });
+    // Shards' events interleave; each credential's come in order.
+    let mut seen: HashMap<&str, Vec<Change>> = HashMap::new();
+    for event in &events {
+        seen.entry(event.id.as_str()).or_default().push(event.change);
+    }
+    assert_eq!(seen.len() as u64, IDS, "every credential written");
+    for (id, changes) in &seen {
+        let expected = if *id == format!("many/{}", IDS - 1) {
+            vec![Change::Put, Change::Delete]
+        } else {
+            vec![Change::Put]
+        };
+        assert_eq!(*changes, expected, "{id}");
+    }
+    assert!(watched.store().len() <= 4, "the watched instance held only a few of them");
+}
+
+/// An instance reads again from the change log every change of a credential in place, its own
+/// too (it cannot tell them apart); such a re-read, in flight while the instance makes its next
+/// change of the same credential, must not bring back the state before that change: a deleted
+/// credential is never served again by the instance that deleted it.
+#[test]
+fn a_re_read_in_flight_never_undoes_this_instances_own_next_change() {
+    let Some(database) = common::postgres::database("reread_race") else { return };
+    let key = *MasterKey::generate().bytes();
+    let server = instance_with(&database.url(), &key, |config| config.follow_interval_ms = 1);
+    let mut client = server.client();
+    let mut served_after_delete = 0;
+    for index in 0..150 {
+        let id = format!("race/{index}");
+        client.put(&put(&id, b"one")).unwrap();
+        client.stage(&put(&id, b"two")).unwrap();
+        client.delete(&id, None).unwrap();
+        for _ in 0..20 {
+            if client.get(&id).is_ok() {
+                served_after_delete += 1;
+            }
+        }
+    }
+    assert_eq!(served_after_delete, 0, "GETs served a credential this instance had deleted");
+}

@@ -203,7 +203,27 @@ pub struct ShardWriter {
     /// (an id removed since may linger until the hand reaches it; see
     /// [`ShardWriter::evict_past_capacity`]).
     clock: VecDeque<Box<str>>,
+    /// With a shared database: re-reads of credentials in flight, and what was installed while
+    /// they were (see [`ShardWriter::begin_reread`]).
+    rereads: Rereads,
     _not_send: PhantomData<Rc<()>>,
+}
+
+/// What keeps a re-read from a shared database from installing a state older than one the
+/// shard installed while it was in flight: a credential's version orders its new versions, but
+/// nothing orders two states of one version (a deletion, a pending version, a policy), so a
+/// re-read that began before another install of the same credential is not installed; the
+/// credential is re-read again instead ([`ShardWriter::take_raced`]).
+#[derive(Default)]
+struct Rereads {
+    /// Installs so far (committed writes and fetched credentials).
+    installs: u64,
+    /// Re-reads in flight, by the install count when each began.
+    in_flight: std::collections::BTreeMap<u64, usize>,
+    /// While any re-read is in flight: the install count of each credential's last install.
+    installed: std::collections::HashMap<Box<str>, u64>,
+    /// Credentials whose re-read lost that race, to read again.
+    raced: BTreeSet<Box<str>>,
 }
 
 impl ShardWriter {
@@ -230,8 +250,16 @@ impl ShardWriter {
             Some(_) => store.shard(shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect(),
             None => VecDeque::new(),
         };
-        let mut writer =
-            ShardWriter { store, shard_id, expiries, purges, log: None, clock, _not_send: PhantomData };
+        let mut writer = ShardWriter {
+            store,
+            shard_id,
+            expiries,
+            purges,
+            log: None,
+            clock,
+            rereads: Rereads::default(),
+            _not_send: PhantomData,
+        };
         writer.evict_past_capacity(None);
         writer
     }
@@ -766,9 +794,63 @@ impl ShardWriter {
     /// version it was prepared against meanwhile (the change log brought a newer state).
     pub fn install_committed(&mut self, prepared: Prepared) {
         let current = self.cached_version(&prepared.id);
+        self.note_install(&prepared.id);
         if current == prepared.base_version {
             self.apply(prepared, None);
         }
+    }
+
+    fn note_install(&mut self, id: &str) {
+        let rereads = &mut self.rereads;
+        rereads.installs += 1;
+        if !rereads.in_flight.is_empty() {
+            rereads.installed.insert(id.into(), rereads.installs);
+        }
+    }
+
+    /// A re-read from the shared database begins; returns its mark for
+    /// [`ShardWriter::install_reread`] and [`ShardWriter::end_reread`].
+    pub fn begin_reread(&mut self) -> u64 {
+        let mark = self.rereads.installs;
+        *self.rereads.in_flight.entry(mark).or_default() += 1;
+        mark
+    }
+
+    /// The re-read that began at `mark` has ended.
+    pub fn end_reread(&mut self, mark: u64) {
+        let rereads = &mut self.rereads;
+        if let Some(count) = rereads.in_flight.get_mut(&mark) {
+            *count -= 1;
+            if *count == 0 {
+                rereads.in_flight.remove(&mark);
+            }
+        }
+        match rereads.in_flight.keys().next() {
+            None => rereads.installed.clear(),
+            Some(&oldest) => rereads.installed.retain(|_, installed| *installed > oldest),
+        }
+    }
+
+    /// [`ShardWriter::install_fetched`] of what a re-read that began at `mark` read, unless
+    /// the shard installed something of `id` since it began: then `id` is to be read again.
+    pub fn install_reread(
+        &mut self,
+        mark: u64,
+        id: &str,
+        records: Vec<Record>,
+        deleted_version: Option<u64>,
+        state: FetchedState,
+    ) {
+        if self.rereads.installed.get(id).is_some_and(|installed| *installed > mark) {
+            self.rereads.raced.insert(id.into());
+            return;
+        }
+        self.install_fetched(id, records, deleted_version, state);
+    }
+
+    /// Credentials whose re-read raced another install of them: to read again.
+    pub fn take_raced(&mut self) -> BTreeSet<Box<str>> {
+        std::mem::take(&mut self.rereads.raced)
     }
 
     /// The ids the shard holds.
@@ -860,6 +942,7 @@ impl ShardWriter {
         deleted_version: Option<u64>,
         state: FetchedState,
     ) {
+        self.note_install(id);
         let store = Arc::clone(&self.store);
         let map = store.shard(self.shard_id).map.pin();
         let mut cached = map.get(id).map_or(0, |entry| entry.current().version());
@@ -950,6 +1033,14 @@ impl ShardWriter {
                 entry.current().is_expired(now_ms).then(|| (id.clone(), entry.current().version()))
             })
             .collect()
+    }
+
+    /// Forgets the recovery windows that ended by `now_ms` (with a shared database, whose
+    /// sweep finds them in the database instead).
+    pub fn forget_ended_recovery_windows(&mut self, now_ms: u64) {
+        while self.purges.first().is_some_and(|(purge_at_ms, _)| *purge_at_ms <= now_ms) {
+            self.purges.pop_first();
+        }
     }
 
     /// Purges every credential whose expiry has passed, and every deleted one whose recovery

@@ -217,6 +217,7 @@ impl Reread {
 fn install_whole(
     router: &Router,
     store: &Store,
+    mark: u64,
     fetched: Vec<rows::Fetched>,
     ids: Vec<(String, Reread)>,
 ) -> Result<(), DbError> {
@@ -224,7 +225,8 @@ fn install_whole(
     for (id, why) in ids {
         if !store.may_exist_uncached(&id) {
             let (records, state) = by_id.remove(&id).unwrap_or_default();
-            router.with_writer(|writer| writer.install_fetched(&id, records, why.purged_version(), state));
+            router
+                .with_writer(|writer| writer.install_reread(mark, &id, records, why.purged_version(), state));
         }
     }
     Ok(())
@@ -243,6 +245,20 @@ async fn refresh_many(
     if ids.is_empty() {
         return Ok(());
     }
+    let mark = router.with_writer(|writer| writer.begin_reread());
+    let reread = reread_many(router, database, ids, counters, mark).await;
+    router.with_writer(|writer| writer.end_reread(mark));
+    reread
+}
+
+/// [`refresh_many`]'s reads and installs, for a re-read that began at `mark`.
+async fn reread_many(
+    router: &Router,
+    database: &Database,
+    ids: Vec<(String, Reread)>,
+    counters: &ExecutorMetrics,
+    mark: u64,
+) -> Result<(), DbError> {
     let count = ids.len() as u64;
     let (mut whole, mut newer_than) = (Vec::new(), Vec::new());
     for (id, why) in ids {
@@ -279,7 +295,7 @@ async fn refresh_many(
         })
         .await?;
     let store: Arc<Store> = router.with_writer(|writer| Arc::clone(writer.store()));
-    install_whole(router, &store, fetched, whole)?;
+    install_whole(router, &store, mark, fetched, whole)?;
     // Read whole after all: what the shard held is not what the database has under that
     // version (deleted and created again since).
     let mut replaced = Vec::new();
@@ -300,7 +316,7 @@ async fn refresh_many(
         }
         if oldest > held as i64 {
             // Everything the shard held was trimmed since: what was read is all there is.
-            router.with_writer(|writer| writer.install_fetched(&changed.id, records, None, state));
+            router.with_writer(|writer| writer.install_reread(mark, &changed.id, records, None, state));
             continue;
         }
         let installed = router.with_writer(|writer| {
@@ -313,7 +329,7 @@ async fn refresh_many(
                 return false;
             }
             kept.extend(records.drain(1..));
-            writer.install_fetched(&changed.id, kept, None, state);
+            writer.install_reread(mark, &changed.id, kept, None, state);
             true
         });
         if !installed {
@@ -325,7 +341,7 @@ async fn refresh_many(
         let fetched = database
             .run(move |pool| async move { rows::credentials(&pool.get().await?, &ids).await })
             .await?;
-        install_whole(router, &store, fetched, replaced)?;
+        install_whole(router, &store, mark, fetched, replaced)?;
     }
     ExecutorMetrics::add(&counters.db_credentials_reread, count);
     Ok(())
@@ -1216,6 +1232,13 @@ pub fn spawn_follower(
             // The changes other instances made (versions this shard does not hold, deletes of
             // what it holds), the last one per credential, re-read in one query.
             let mut stale = std::mem::take(&mut unread);
+            // Re-reads that raced another install of their credential go again.
+            for id in router.with_writer(|writer| writer.take_raced()) {
+                let why = stale.entry(id.into()).or_insert(Reread::Whole);
+                if *why == Reread::Newer {
+                    *why = Reread::Whole;
+                }
+            }
             let feed = &store.shard(shard_id).feed;
             for change in changes.into_iter().filter(|change| store.shard_for(&change.id) == shard_id) {
                 // Watchers are told of every change of the shard, held or not, whoever made it.
@@ -1365,6 +1388,7 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
                 }
             }
             // Recovery windows that ended, from the database's purge index (held or not).
+            router.with_writer(|writer| writer.forget_ended_recovery_windows(now_ms));
             match due_purges(&router, &database, now_ms).await {
                 Ok(more) => due.extend(
                     more.into_iter()
