@@ -182,13 +182,26 @@ fn a_restarted_instance_reads_everything_and_no_secret_is_stored_in_the_clear() 
     }
     assert_eq!(client.get_meta("the-secret").unwrap().metadata.version, 2);
     assert_eq!(client.put(&put("the-secret", b"third")).unwrap(), 3, "versions go on after a restart");
+    // Pending, and the credentials around it deleted and purged: in every table there is.
+    assert_eq!(client.stage(&put("the-secret", secret)).unwrap(), 4);
+    client.delete("kept/0", None).unwrap();
+    client.delete_with(&DeleteRequest { purge: true, ..DeleteRequest::new("kept/1", None) }).unwrap();
 
     // The database: raw, hex and base64 forms of the secret, in every table.
     let dump = database.query(
         "SELECT string_agg(encode(record, 'escape'), '') FROM credshard_versions
          UNION ALL SELECT string_agg(encode(ring, 'escape'), '') FROM credshard_keyring
-         UNION ALL SELECT string_agg(id || owner || scope, '') FROM credshard_credentials",
+         UNION ALL SELECT string_agg(id || owner || scope || encode(coalesce(pending, ''), 'escape')
+                                     || encode(coalesce(policy, ''), 'escape'), '') FROM credshard_credentials
+         UNION ALL SELECT string_agg(id || owner || scope, '') FROM credshard_changes
+         UNION ALL SELECT string_agg(id, '') FROM credshard_purged",
     );
+    let tables = database.query(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'credshard%'
+           AND table_name NOT IN ('credshard_versions', 'credshard_keyring', 'credshard_credentials',
+                                  'credshard_changes', 'credshard_purged', 'credshard_migrations')",
+    );
+    assert_eq!(tables[0].get::<_, i64>(0), 0, "a table this test does not search");
     let text: String = dump.iter().filter_map(|row| row.get::<_, Option<String>>(0)).collect();
     let forms = [
         String::from_utf8_lossy(secret).into_owned(),
