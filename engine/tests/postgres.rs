@@ -26,13 +26,12 @@ fn write<'a>(id: &'a str, base_version: i64, record: &'a [u8]) -> VersionWrite<'
         keep_from_version: (base_version + 1 - 2).max(1),
         at_ms: 1_000,
         change: Change::Put as i16,
-        base_deleted: false,
-        base_policy: None,
+        base: rows::Base::default(),
     }
 }
 
 fn purge(id: &str, base_version: i64, at_ms: i64) -> RowWrite<'_> {
-    RowWrite::Delete { id, base_version, at_ms, change: Change::Purge as i16, purge_at_ms: 0 }
+    RowWrite::Delete { id, base_version, at_ms, change: Change::Purge as i16, purge_at_ms: 0, base: None }
 }
 
 #[test]
@@ -277,14 +276,14 @@ fn the_round_statement_reaches_rows_through_the_primary_keys_even_when_planned_o
             client.batch_execute("SET plan_cache_mode = force_generic_plan").await?;
             client
                 .batch_execute(&format!(
-                    "PREPARE round(text[], int8[], int8[], text[], text[], int8[], bytea[], int8[], int8[], int2[], int8[], bool[], bytea[]) AS {}",
+                    "PREPARE round(text[], int8[], int8[], text[], text[], int8[], bytea[], int8[], int8[], int2[], int8[], bool[], bytea[], int8[], bool[]) AS {}",
                     rows::COMMIT_ROUND
                 ))
                 .await?;
             let plan = client
                 .query(
                     "EXPLAIN EXECUTE round('{a,b}', '{1,0}', '{2,0}', '{o,o}', '{s,s}', '{0,0}', \
-                     '{\"\\\\x00\",\"\\\\x00\"}', '{1,1}', '{1,1}', '{1,1}', '{0,0}', '{f,f}', '{NULL,NULL}')",
+                     '{\"\\\\x00\",\"\\\\x00\"}', '{1,1}', '{1,1}', '{1,1}', '{0,0}', '{f,f}', '{NULL,NULL}', '{0,0}', '{t,t}')",
                     &[],
                 )
                 .await?;
@@ -536,4 +535,35 @@ fn the_change_log_is_trimmed_up_to_the_first_entry_not_older_than_the_cut() {
         .run_blocking(|pool| async move { rows::trim_changes(&pool.get().await?, 10_000).await })
         .unwrap();
     assert_eq!(all, 6, "a cut after every entry trims them all");
+}
+
+/// A create by an instance that never saw the credential, committing while another purges it,
+/// waits for the purge and then refuses to take a number the purge retired (a check against
+/// the statement's snapshot would not have seen the purge's last version).
+#[test]
+fn a_create_racing_a_purge_of_the_same_id_never_takes_a_retired_version() {
+    let Some(database) = common::postgres::database("create_purge_race") else { return };
+    let instance = Database::open(&database.url(), 4, None).unwrap();
+    let create = instance
+        .run_blocking(|pool| async move {
+            let (purging, creating) = (pool.get().await?, pool.get().await?);
+            for base in 0..5 {
+                rows::write_version(&creating, &write("x", base, b"old")).await?;
+            }
+            // The purge of x at version 5, uncommitted while the create starts.
+            purging.batch_execute("BEGIN").await?;
+            assert!(matches!(rows::delete(&purging, "x", 5, 1_000).await?, Outcome::Committed { .. }));
+            let fresh = write("x", 0, b"new");
+            let (create, purged) = futures::join!(rows::write_version(&creating, &fresh), async {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                purging.batch_execute("COMMIT").await
+            });
+            purged?;
+            Ok(create?)
+        })
+        .unwrap();
+    assert_eq!(create, Outcome::Stale, "version 1 of x was retired by the purge");
+    let purged = database.query("SELECT version FROM credshard_purged WHERE id = 'x'");
+    assert_eq!(purged[0].get::<_, i64>(0), 5);
+    assert!(database.query("SELECT 1 FROM credshard_credentials WHERE id = 'x'").is_empty());
 }

@@ -339,6 +339,9 @@ fn an_instance_behind_the_change_log_decides_every_write_anew_from_the_database(
     let mut on_a = a.client();
     let id = "stale/db";
     on_a.put(&put(id, b"one")).unwrap();
+    let (strict_later, deleted_later) = ("stale/strict", "stale/deleted");
+    on_a.put(&put(strict_later, b"one")).unwrap();
+    on_a.put(&put(deleted_later, b"one")).unwrap();
     // Loads what there is at start, then follows only once a minute.
     let b = instance_with(&database.url(), &key, |config| config.follow_interval_ms = 60_000);
     let mut on_b = b.client();
@@ -365,6 +368,20 @@ fn an_instance_behind_the_change_log_decides_every_write_anew_from_the_database(
     let refused = on_b.put(&put(id, b"five")).unwrap_err();
     assert_eq!(refused.status(), Some(Status::VersionConflict), "the policy binds B too: {refused}");
     assert_eq!(on_b.put(&PutRequest { expected_version: Some(1), ..put(id, b"five") }).unwrap(), 4);
+
+    // Neither does STAGE break a policy B has not seen, nor a purge skip a deletion it has not.
+    on_a.set_policy(&SetPolicyRequest { id: strict_later, policy: strict }).unwrap();
+    let refused = on_b.stage(&put(strict_later, b"two")).unwrap_err();
+    assert_eq!(refused.status(), Some(Status::VersionConflict), "STAGE without a version: {refused}");
+    on_a.delete(deleted_later, None).unwrap();
+    let purge = DeleteRequest { purge: true, ..DeleteRequest::new(deleted_later, Some(1)) };
+    let refused = on_b.delete_with(&purge).unwrap_err();
+    assert_eq!(
+        (refused.status(), refused.current_version()),
+        (Some(Status::VersionConflict), Some(0)),
+        "deleted: version 1 is not current ({refused})"
+    );
+    assert!(on_a.undelete(deleted_later).is_ok(), "still there to undelete");
 }
 
 /// A watcher on an instance whose cache holds only a few credentials is still told of every

@@ -31,6 +31,10 @@ use crate::error::{OpError, WriteOutcome};
 use crate::storage::wal::{self, EntryType};
 use crate::storage::ShardStorage;
 
+/// Purged ids a shard remembers at most with a shared database, which remembers them all
+/// (see `ShardWriter::bound_purged_hints`).
+const PURGED_HINTS_MAX: usize = 65_536;
+
 /// A client write, as [`ShardWriter::submit`] takes it.
 #[derive(Clone, Copy, Debug)]
 pub enum Write<'a> {
@@ -795,8 +799,29 @@ impl ShardWriter {
     pub fn install_committed(&mut self, prepared: Prepared) {
         let current = self.cached_version(&prepared.id);
         self.note_install(&prepared.id);
+        // A change in place is not ordered by the version against one the follower installed
+        // meanwhile (another instance's next change of the same version): the credential is
+        // read again with the next poll, which sees whatever committed last.
+        let in_place =
+            !matches!(prepared.change, Change::Version { .. } | Change::Delete | Change::Nothing { .. });
+        let id = prepared.id.clone();
         if current == prepared.base_version {
             self.apply(prepared, None);
+        }
+        if in_place {
+            self.rereads.raced.insert(id);
+        }
+        self.bound_purged_hints();
+    }
+
+    /// With a shared database, the shard's memory of purged ids is a hint (the database refuses
+    /// a write that would reuse a version, and the credential's re-read brings the last
+    /// version back): it is dropped whenever it grows past [`PURGED_HINTS_MAX`], so that
+    /// purges and misses of purged ids do not grow it without bound.
+    fn bound_purged_hints(&self) {
+        let mut purged = self.store.shard(self.shard_id).purged.lock().expect("purged lock");
+        if purged.len() > PURGED_HINTS_MAX {
+            purged.clear();
         }
     }
 
@@ -864,14 +889,13 @@ impl ShardWriter {
         self.store.shard(self.shard_id).map.pin().get(id).map_or(0, Entry::last_version)
     }
 
-    /// The policy the shard holds for `id`, if it has one.
-    pub fn policy(&self, id: &str) -> Option<StoredPolicy> {
-        self.store.shard(self.shard_id).map.pin().get(id).and_then(Entry::policy).cloned()
-    }
-
-    /// Whether the shard holds `id` deleted (recoverably).
-    pub fn is_deleted(&self, id: &str) -> bool {
-        self.store.shard(self.shard_id).map.pin().get(id).is_some_and(Entry::is_deleted)
+    /// What the shard holds of `id` beside its current version: whether it is deleted
+    /// (recoverably), its policy, its pending version (0: none).
+    pub fn base_state(&self, id: &str) -> (bool, Option<StoredPolicy>, u64) {
+        let map = self.store.shard(self.shard_id).map.pin();
+        map.get(id).map_or((false, None, 0), |entry| {
+            (entry.is_deleted(), entry.policy().cloned(), entry.pending().map_or(0, Record::version))
+        })
     }
 
     /// The current version's record the shard holds for `id`.
@@ -958,6 +982,7 @@ impl ShardWriter {
         let Some(newest) = records.pop() else {
             if state.purged_version != 0 {
                 store.shard(self.shard_id).note_purged(id, state.purged_version);
+                self.bound_purged_hints();
             }
             if cached == 0 || deleted_version.is_some_and(|deleted| cached > deleted) {
                 return;

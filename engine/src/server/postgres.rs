@@ -33,7 +33,7 @@ use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::server::router::{LoadMessage, LoadOutcome, LoadedCredentials, Router, WriteMessage};
 use crate::storage::postgres::follow::Follower;
 use crate::storage::postgres::rows::{
-    self, ChangeKind, Outcome, RowWrite, StateOp, StateWrite, VersionWrite,
+    self, Base, ChangeKind, Outcome, RowWrite, StateOp, StateWrite, VersionWrite,
 };
 use crate::storage::postgres::{Database, DbError};
 use crate::storage::wal;
@@ -115,8 +115,7 @@ pub fn load(database: &Database, store: &Store) -> Result<i64, EngineError> {
 
 /// A credential read from the database as the log entries a snapshot would hold for it, so
 /// that loading it is recovery's replay: its versions oldest first, its policy right after
-/// the oldest (the others are kept by its rule), its pending version, its deletion; the last
-/// version of one purged.
+/// the oldest (the others are kept by its rule), its pending version, its deletion.
 fn replay_entries<'a>(
     credential: &'a rows::Fetched,
     entries: &mut Vec<wal::Entry<'a>>,
@@ -124,12 +123,9 @@ fn replay_entries<'a>(
     let id = credential.id.as_str();
     let state = &credential.state;
     let version_of = |bytes: &[u8]| -> Result<u64, EngineError> { Ok(Record::from_bytes(bytes)?.version()) };
-    let Some((oldest, newer)) = credential.records.split_first() else {
-        if state.purged_version > 0 {
-            entries.push(wal::Entry::Purge { id, version: state.purged_version as u64 });
-        }
-        return Ok(());
-    };
+    // A purged id's last version is not loaded: the database remembers it, refuses a write
+    // that would reuse it, and the re-read after that refusal brings it back.
+    let Some((oldest, newer)) = credential.records.split_first() else { return Ok(()) };
     entries.push(wal::Entry::Record(oldest));
     if let Some(policy) = &state.policy {
         entries.push(wal::Entry::Policy { id, version: version_of(oldest)?, policy });
@@ -333,7 +329,10 @@ async fn reread_many(
             true
         });
         if !installed {
-            replaced.push((changed.id, Reread::Purged(held)));
+            // What the shard holds of it is not what the database has under those numbers
+            // (a destroyed or re-encrypted version, or a build before migration 5's restarted
+            // versions): read whole, and swapped in at once.
+            replaced.push((changed.id, Reread::Whole));
         }
     }
     if !replaced.is_empty() {
@@ -623,6 +622,11 @@ struct Commit {
     at_ms: i64,
     /// What a watcher is told (WATCH's change code).
     change: i16,
+    /// What the writer saw beside the base version (deleted, its policy encoded, its pending
+    /// version), which the database must agree on.
+    base_deleted: bool,
+    base_policy: Option<Vec<u8>>,
+    base_pending: i64,
     planned: Planned,
 }
 
@@ -642,9 +646,6 @@ struct NewVersion {
     expires_at_ms: i64,
     record: Vec<u8>,
     keep_from_version: i64,
-    /// The base version as the writer saw it: deleted or not, and its policy (encoded).
-    base_deleted: bool,
-    base_policy: Option<Vec<u8>>,
 }
 
 /// [`rows::StateWrite`], owned.
@@ -689,8 +690,15 @@ impl Commit {
         let current = || writer.current_record(prepared.id());
         let planned = match prepared.effect() {
             // Nothing to change, if the database agrees that the credential is live at the
-            // version the writer saw (so a stale view never answers for it).
-            Effect::Nothing => state(&current()?, StateChangeOp::Unchanged),
+            // version the writer saw, with the version named still kept (so a stale view never
+            // answers for it).
+            Effect::Nothing => {
+                let mut planned = state(&current()?, StateChangeOp::Unchanged);
+                if let Planned::State(change) = &mut planned {
+                    change.version = prepared.outcome() as i64;
+                }
+                planned
+            }
             Effect::Version(record) => {
                 let credential = record.credential();
                 Planned::Version(NewVersion {
@@ -700,8 +708,6 @@ impl Commit {
                     expires_at_ms: credential.expires_at_ms.to_native() as i64,
                     record: owned(record),
                     keep_from_version: keep_from,
-                    base_deleted: writer.is_deleted(prepared.id()),
-                    base_policy: writer.policy(prepared.id()).as_ref().map(encode_policy),
                 })
             }
             Effect::Purge => Planned::Purge,
@@ -735,13 +741,21 @@ impl Commit {
                 planned
             }
         };
+        let (base_deleted, base_policy, base_pending) = writer.base_state(prepared.id());
         Some(Commit {
             id: prepared.id().to_owned(),
             base_version: prepared.base_version() as i64,
             at_ms: at_ms as i64,
             change: change.map_or(0, |change| change as i16),
+            base_deleted,
+            base_policy: base_policy.as_ref().map(encode_policy),
+            base_pending: base_pending as i64,
             planned,
         })
+    }
+
+    fn base(&self) -> Base<'_> {
+        Base { deleted: self.base_deleted, policy: self.base_policy.as_deref(), pending: self.base_pending }
     }
 
     /// Its row in the round's statement; `None` for a write committed by a statement of its own.
@@ -753,6 +767,7 @@ impl Commit {
                 at_ms: self.at_ms,
                 change: self.change,
                 purge_at_ms: 0,
+                base: Some(self.base()),
             }),
             Planned::Version(new) => Some(RowWrite::Version(VersionWrite {
                 id: &self.id,
@@ -765,8 +780,7 @@ impl Commit {
                 keep_from_version: new.keep_from_version,
                 at_ms: self.at_ms,
                 change: self.change,
-                base_deleted: new.base_deleted,
-                base_policy: new.base_policy.as_deref(),
+                base: self.base(),
             })),
             Planned::State(_) => None,
         }
@@ -798,6 +812,7 @@ impl Commit {
             scope: &change.scope,
             at_ms: self.at_ms,
             change: self.change,
+            base_policy: self.base_policy.as_deref(),
             op,
         })
     }
@@ -1315,20 +1330,27 @@ async fn resync(router: &Router, database: &Database, metrics: &ExecutorMetrics)
     if store.shard(shard_id).is_partial() {
         return resync_partial(router, database, metrics, from).await;
     }
-    let all = database.run(|pool| async move { rows::all_credentials(&pool.get().await?).await }).await?;
-    let mut by_id = group_fetched(
-        all.into_iter().filter(|credential| store.shard_for(&credential.id) == shard_id).collect(),
-    )?;
-    for id in router.with_writer(|writer| writer.cached_ids()) {
-        if !by_id.contains_key(&*id) {
-            router
-                .with_writer(|writer| writer.install_fetched(&id, Vec::new(), None, FetchedState::default()));
+    // As a re-read: what the shard installs of a credential while this reads is not undone.
+    let mark = router.with_writer(|writer| writer.begin_reread());
+    let all = database.run(|pool| async move { rows::all_credentials(&pool.get().await?).await }).await;
+    let installed = all.and_then(|all| {
+        let mut by_id = group_fetched(
+            all.into_iter().filter(|credential| store.shard_for(&credential.id) == shard_id).collect(),
+        )?;
+        for id in router.with_writer(|writer| writer.cached_ids()) {
+            if !by_id.contains_key(&*id) {
+                let gone = FetchedState::default();
+                router.with_writer(|writer| writer.install_reread(mark, &id, Vec::new(), None, gone));
+            }
         }
-    }
-    let count = by_id.len();
-    for (id, (records, state)) in by_id.drain() {
-        router.with_writer(|writer| writer.install_fetched(&id, records, None, state));
-    }
+        let count = by_id.len();
+        for (id, (records, state)) in by_id.drain() {
+            router.with_writer(|writer| writer.install_reread(mark, &id, records, None, state));
+        }
+        Ok(count)
+    });
+    router.with_writer(|writer| writer.end_reread(mark));
+    let count = installed?;
     tracing::warn!(shard_id, credentials = count, "re-read the shard from the database after a long outage");
     Ok(from)
 }
@@ -1420,6 +1442,7 @@ pub fn spawn_sweeper(router: Rc<Router>, database: Database, interval: Duration,
                                 at_ms: now_ms as i64,
                                 change: *change,
                                 purge_at_ms: *purge_at_ms,
+                                base: None,
                             })
                             .collect();
                         rows::commit(&pool.get().await?, &writes).await

@@ -30,6 +30,19 @@ impl ChangeKind {
     }
 }
 
+/// What a writer saw of a credential beside its current version, and decided a write on: the
+/// write happens only if the database agrees on it too, so that an instance that has not
+/// followed another's change never writes from its stale view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Base<'a> {
+    /// Deleted (recoverably).
+    pub deleted: bool,
+    /// Its policy, encoded as on the wire (`None`: the defaults).
+    pub policy: Option<&'a [u8]>,
+    /// Its pending version (0: none).
+    pub pending: i64,
+}
+
 /// One new version of a credential, and what it replaces.
 #[derive(Clone, Copy, Debug)]
 pub struct VersionWrite<'a> {
@@ -49,11 +62,8 @@ pub struct VersionWrite<'a> {
     pub at_ms: i64,
     /// What a watcher is told (WATCH's change code: PUT or ROTATE).
     pub change: i16,
-    /// Whether the writer saw the base version deleted (recoverably), and the policy it saw
-    /// (encoded; `None`: the defaults), which it checked the write against: the write happens
-    /// only if the database agrees on both too.
-    pub base_deleted: bool,
-    pub base_policy: Option<&'a [u8]>,
+    /// The rest of what the writer saw.
+    pub base: Base<'a>,
 }
 
 /// How a conditional write or delete ended.
@@ -71,7 +81,8 @@ pub enum RowWrite<'a> {
     Version(VersionWrite<'a>),
     /// Removes the credential and every kept version for good, if its current version is
     /// `base_version` (and, unless 0, its purge time is still `purge_at_ms`: a recovery
-    /// window's end purges only the deletion it was set by), and remembers its last version.
+    /// window's end purges only the deletion it was set by; and, unless `None`, the rest is
+    /// still `base`: a client's purge), and remembers its last version.
     Delete {
         id: &'a str,
         base_version: i64,
@@ -79,6 +90,7 @@ pub enum RowWrite<'a> {
         /// What a watcher is told (PURGE or EXPIRE).
         change: i16,
         purge_at_ms: i64,
+        base: Option<Base<'a>>,
     },
 }
 
@@ -94,7 +106,8 @@ impl RowWrite<'_> {
 /// A whole round of writes of distinct credentials as one statement (so one transaction and
 /// one commit, with no BEGIN and COMMIT round trips): each row of the input arrays is one
 /// write, conditional on its base version. Base 0 creates the credential (if no other
-/// instance did first, and a purged id only above its last version); version 0 purges it
+/// instance did first, and a purged id only above its last version: every created id has a
+/// row in `credshard_purged`, its last version before this life); version 0 purges it
 /// (migration 4's trigger takes its kept versions, `credshard_purged` keeps its last version);
 /// anything else moves it from its base version, deleted or not as the writer saw it, to the
 /// new one (above any pending version, which it drops, as it drops a deletion) and drops kept
@@ -109,14 +122,20 @@ pub const COMMIT_ROUND: &str = "
     WITH input AS MATERIALIZED (
         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[],
                              $6::int8[], $7::bytea[], $8::int8[], $9::int8[], $10::int2[], $11::int8[],
-                             $12::bool[], $13::bytea[])
+                             $12::bool[], $13::bytea[], $14::int8[], $15::bool[])
             AS i(id, base, version, owner, scope, expires_at_ms, record, keep_from, at_ms, change, purge_at_ms,
-                 base_deleted, base_policy)
+                 base_deleted, base_policy, base_pending, checked)
+    ), gate AS (
+        -- A create first claims its id's row of credshard_purged, which a purge writes too: so
+        -- it waits for a purge committing at the same moment, and then judges by its last
+        -- version (an upsert's condition reads the row as committed, not the snapshot).
+        INSERT INTO credshard_purged AS p (id, version)
+        SELECT id, version - 1 FROM input WHERE base = 0
+        ON CONFLICT (id) DO UPDATE SET version = p.version WHERE p.version < excluded.version + 1
+        RETURNING id
     ), created AS (
         INSERT INTO credshard_credentials (id, version, owner, scope, expires_at_ms)
-        SELECT id, version, owner, scope, expires_at_ms FROM input i
-        WHERE base = 0 AND NOT EXISTS (
-            SELECT 1 FROM credshard_purged p WHERE p.id = i.id AND p.version >= i.version)
+        SELECT i.id, i.version, i.owner, i.scope, i.expires_at_ms FROM input i JOIN gate g ON g.id = i.id
         ON CONFLICT (id) DO NOTHING
         RETURNING id
     ), updated AS (
@@ -126,12 +145,15 @@ pub const COMMIT_ROUND: &str = "
         FROM input i
         WHERE c.id = ANY($1) AND c.id = i.id AND i.base <> 0 AND i.version <> 0 AND c.version = i.base
           AND c.pending_version < i.version AND (c.purge_at_ms <> 0) = i.base_deleted
-          AND c.policy IS NOT DISTINCT FROM i.base_policy
+          AND c.policy IS NOT DISTINCT FROM i.base_policy AND c.pending_version = i.base_pending
         RETURNING c.id
     ), removed AS (
         DELETE FROM credshard_credentials c USING input i
         WHERE c.id = ANY($1) AND c.id = i.id AND i.version = 0 AND c.version = i.base
           AND (i.purge_at_ms = 0 OR c.purge_at_ms = i.purge_at_ms)
+          AND (NOT i.checked OR ((c.purge_at_ms <> 0) = i.base_deleted
+                                 AND c.policy IS NOT DISTINCT FROM i.base_policy
+                                 AND c.pending_version = i.base_pending))
         RETURNING c.id, c.owner, c.scope, greatest(c.version, c.pending_version) AS last
     ), tombstones AS (
         INSERT INTO credshard_purged (id, version) SELECT id, last FROM removed
@@ -178,6 +200,8 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
     let mut changes: Vec<i16> = Vec::with_capacity(count);
     let mut deleted: Vec<bool> = Vec::with_capacity(count);
     let mut policies: Vec<Option<&[u8]>> = Vec::with_capacity(count);
+    let (mut pendings, mut checked): (Vec<i64>, Vec<bool>) =
+        (Vec::with_capacity(count), Vec::with_capacity(count));
     let (mut owners, mut scopes) = (Vec::with_capacity(count), Vec::with_capacity(count));
     let mut records: Vec<&[u8]> = Vec::with_capacity(count);
     for write in writes {
@@ -198,10 +222,12 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 times.push(write.at_ms);
                 changes.push(write.change);
                 purge_times.push(0);
-                deleted.push(write.base_deleted);
-                policies.push(write.base_policy);
+                deleted.push(write.base.deleted);
+                policies.push(write.base.policy);
+                pendings.push(write.base.pending);
+                checked.push(true);
             }
-            RowWrite::Delete { id, base_version, at_ms, change, purge_at_ms } => {
+            RowWrite::Delete { id, base_version, at_ms, change, purge_at_ms, base } => {
                 ids.push(id);
                 bases.push(base_version);
                 versions.push(0);
@@ -213,8 +239,11 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 times.push(at_ms);
                 changes.push(change);
                 purge_times.push(purge_at_ms);
-                deleted.push(false);
-                policies.push(None);
+                let seen = base.unwrap_or_default();
+                deleted.push(seen.deleted);
+                policies.push(seen.policy);
+                pendings.push(seen.pending);
+                checked.push(base.is_some());
             }
         }
     }
@@ -240,6 +269,8 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
                 &purge_times,
                 &deleted,
                 &policies,
+                &pendings,
+                &checked,
             ],
         )
         .await?;
@@ -275,7 +306,8 @@ pub async fn delete(
     at_ms: i64,
 ) -> Result<Outcome, DbError> {
     let change = credshard_protocol::op::watch::Change::Purge as i16;
-    Ok(commit(client, &[RowWrite::Delete { id, base_version, at_ms, change, purge_at_ms: 0 }]).await?[0])
+    let purge = RowWrite::Delete { id, base_version, at_ms, change, purge_at_ms: 0, base: None };
+    Ok(commit(client, &[purge]).await?[0])
 }
 
 /// A change of a credential that is not a new current version, or PROMOTE (whose new
@@ -295,6 +327,9 @@ pub struct StateWrite<'a> {
     pub at_ms: i64,
     /// What a watcher is told (WATCH's change code).
     pub change: i16,
+    /// The policy the writer checked the write against (encoded; `None`: the defaults): a
+    /// soft delete, STAGE and PROMOTE happen only if the database has it too.
+    pub base_policy: Option<&'a [u8]>,
     pub op: StateOp<'a>,
 }
 
@@ -325,12 +360,15 @@ pub enum StateOp<'a> {
 /// Database errors.
 pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -> Result<Outcome, DbError> {
     if let StateOp::Unchanged = write.op {
+        // Live at the base version, with the version named still kept.
         let statement = client
             .prepare_cached(
-                "SELECT 0::int8 FROM credshard_credentials WHERE id = $1 AND version = $2 AND purge_at_ms = 0",
+                "SELECT 0::int8 FROM credshard_credentials c
+                 WHERE c.id = $1 AND c.version = $2 AND c.purge_at_ms = 0
+                   AND EXISTS (SELECT 1 FROM credshard_versions v WHERE v.id = $1 AND v.version = $3)",
             )
             .await?;
-        let rows = client.query(&statement, &[&write.id, &write.base_version]).await?;
+        let rows = client.query(&statement, &[&write.id, &write.base_version, &write.version]).await?;
         return Ok(if rows.is_empty() { Outcome::Stale } else { Outcome::Committed { seq: 0 } });
     }
     // Every statement's `changed` names the credential when its condition held; the
@@ -342,7 +380,8 @@ pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -
     let (changed, kind) = match write.op {
         StateOp::SoftDelete { .. } => (
             "UPDATE credshard_credentials SET deleted_at_ms = $9, purge_at_ms = $10
-             WHERE id = $1 AND version = $2 AND purge_at_ms = 0 RETURNING id",
+             WHERE id = $1 AND version = $2 AND purge_at_ms = 0 AND policy IS NOT DISTINCT FROM $11
+             RETURNING id",
             ChangeKind::State,
         ),
         StateOp::Undelete => (
@@ -351,15 +390,19 @@ pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -
             ChangeKind::State,
         ),
         StateOp::Destroy { .. } => (
+            // The credential's row is locked, as every other change of it locks it, so that its
+            // changes commit (and take their change-log numbers) one after another.
             "UPDATE credshard_versions v SET record = $9
-             FROM credshard_credentials c
-             WHERE v.id = $1 AND v.version = $3 AND c.id = $1 AND c.version = $2 AND c.purge_at_ms = 0
+             WHERE v.id = $1 AND v.version = $3 AND EXISTS (
+                 SELECT 1 FROM credshard_credentials c
+                 WHERE c.id = $1 AND c.version = $2 AND c.purge_at_ms = 0 FOR NO KEY UPDATE)
              RETURNING v.id",
             ChangeKind::State,
         ),
         StateOp::Stage { .. } => (
             "UPDATE credshard_credentials SET pending = $9, pending_version = $3
              WHERE id = $1 AND version = $2 AND purge_at_ms = 0 AND pending_version = $10
+               AND policy IS NOT DISTINCT FROM $11
              RETURNING id",
             ChangeKind::State,
         ),
@@ -367,6 +410,7 @@ pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -
             "UPDATE credshard_credentials
              SET version = $3, owner = $6, scope = $7, expires_at_ms = $10, pending = NULL, pending_version = 0
              WHERE id = $1 AND version = $2 AND purge_at_ms = 0 AND pending_version = $3
+               AND policy IS NOT DISTINCT FROM $12
              RETURNING id
          ), kept AS (
              INSERT INTO credshard_versions (id, version, record) SELECT id, $3, $9 FROM changed
@@ -398,15 +442,21 @@ pub async fn commit_state(client: &impl GenericClient, write: &StateWrite<'_>) -
     ];
     let rows = match &write.op {
         StateOp::SoftDelete { deleted_at_ms, purge_at_ms } => {
-            client.query(&statement, &[&common[..], &[deleted_at_ms, purge_at_ms]].concat()).await?
+            let more: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [deleted_at_ms, purge_at_ms, &write.base_policy];
+            client.query(&statement, &[&common[..], &more].concat()).await?
         }
         StateOp::Undelete => client.query(&statement, &common).await?,
         StateOp::Destroy { husk } => client.query(&statement, &[&common[..], &[husk]].concat()).await?,
         StateOp::Stage { record, replaces } => {
-            client.query(&statement, &[&common[..], &[record, replaces]].concat()).await?
+            let more: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [record, replaces, &write.base_policy];
+            client.query(&statement, &[&common[..], &more].concat()).await?
         }
         StateOp::Promote { record, expires_at_ms, keep_from } => {
-            client.query(&statement, &[&common[..], &[record, expires_at_ms, keep_from]].concat()).await?
+            let more: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [record, expires_at_ms, keep_from, &write.base_policy];
+            client.query(&statement, &[&common[..], &more].concat()).await?
         }
         StateOp::Policy { policy, keep_from } => {
             client.query(&statement, &[&common[..], &[policy, keep_from]].concat()).await?
