@@ -559,7 +559,7 @@ fn a_create_racing_a_purge_of_the_same_id_never_takes_a_retired_version() {
                 purging.batch_execute("COMMIT").await
             });
             purged?;
-            Ok(create?)
+            create
         })
         .unwrap();
     assert_eq!(create, Outcome::Stale, "version 1 of x was retired by the purge");
