@@ -128,9 +128,13 @@ pub const COMMIT_ROUND: &str = "
     ), gate AS (
         -- A create first claims its id's row of credshard_purged, which a purge writes too: so
         -- it waits for a purge committing at the same moment, and then judges by its last
-        -- version (an upsert's condition reads the row as committed, not the snapshot).
+        -- version (an upsert's condition reads the row as committed, not the snapshot). A
+        -- create the snapshot already refuses takes no lock (an instance retrying a stale
+        -- create of a purged id would otherwise hold the row and deadlock other rounds).
         INSERT INTO credshard_purged AS p (id, version)
-        SELECT id, version - 1 FROM input WHERE base = 0
+        SELECT id, version - 1 FROM input i
+        WHERE base = 0 AND NOT EXISTS (
+            SELECT 1 FROM credshard_purged q WHERE q.id = i.id AND q.version >= i.version)
         ON CONFLICT (id) DO UPDATE SET version = p.version WHERE p.version < excluded.version + 1
         RETURNING id
     ), created AS (
