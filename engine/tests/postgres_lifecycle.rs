@@ -6,45 +6,30 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{put, TestServer};
+use common::postgres::eventually;
+use common::{events_until, purging, put, TestServer};
 use credshard_engine::crypto::MasterKey;
 use credshard_engine::ServerConfig;
 use credshard_protocol::op::delete::DeleteRequest;
 use credshard_protocol::op::get::Stage;
 use credshard_protocol::op::list::ListRequest;
 use credshard_protocol::op::policy::{Policy, SetPolicyRequest};
-use credshard_protocol::op::rotate::RotateRequest;
 use credshard_protocol::op::stage::PromoteRequest;
-use credshard_protocol::op::watch::{Change, WatchEvent, WatchFilter, WatchPosition, WatchRequest};
-use credshard_protocol::{Client, ClientError, Expiry, PutRequest, Request, Status, VersionState};
+use credshard_protocol::op::watch::{Change, WatchFilter, WatchPosition, WatchRequest};
+use credshard_protocol::{Client, ClientError, PutRequest, Request, Status, VersionState};
 
-/// An instance on the database: two shards, following the change log and sweeping every
-/// 10 ms, unless `adjust` says otherwise.
+/// An instance on the database, sweeping every 10 ms too, unless `adjust` says otherwise.
 fn instance_with(url: &str, key: &[u8; 32], adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
-    let url = url.to_owned();
-    TestServer::try_start_with_key(2, MasterKey::from_bytes(*key), move |config| {
-        config.store = Some(url);
-        config.store_connections = 8;
-        config.follow_interval_ms = 10;
+    common::postgres::instance_with(url, key, |config| {
         config.sweep_interval_ms = 10;
         adjust(config);
     })
-    .expect("an instance on the database starts")
 }
 
 fn instance(url: &str, key: &[u8; 32]) -> TestServer {
     instance_with(url, key, |_| {})
-}
-
-/// Waits until `check` holds on `client`, up to 10 s.
-fn eventually(client: &mut Client, mut check: impl FnMut(&mut Client) -> bool) {
-    let started = Instant::now();
-    while !check(client) {
-        assert!(started.elapsed() < Duration::from_secs(10), "not seen within 10 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn secret(client: &mut Client, id: &str, stage: Stage) -> Result<(u64, Vec<u8>), ClientError> {
@@ -56,10 +41,6 @@ fn states(client: &mut Client, id: &str) -> Vec<(u64, VersionState)> {
         |_| Vec::new(),
         |meta| meta.versions.iter().map(|info| (info.version, info.state)).collect(),
     )
-}
-
-fn purging(id: &str) -> DeleteRequest<'_> {
-    DeleteRequest { purge: true, ..DeleteRequest::new(id, None) }
 }
 
 fn promote(id: &str, expected_version: Option<u64>) -> PromoteRequest<'_> {
@@ -187,20 +168,6 @@ fn deletions_pending_versions_policies_and_destroyed_versions_hold_on_every_inst
     }
 }
 
-/// Reads events until `done` says stop (at most ~30 s without one).
-fn events_until(client: &mut Client, mut done: impl FnMut(&WatchEvent) -> bool) -> Vec<WatchEvent> {
-    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut events = Vec::new();
-    loop {
-        let event = client.next_event().expect("an event");
-        let stop = done(&event);
-        events.push(event);
-        if stop {
-            return events;
-        }
-    }
-}
-
 /// Every kind of change made on one instance reaches a watcher on another, from the change
 /// log, with its version, in order, and never with a secret.
 #[test]
@@ -212,44 +179,14 @@ fn every_kind_of_change_made_on_one_instance_is_streamed_by_a_watcher_on_another
     let mut watcher = watched.client();
     watcher.watch(&WatchRequest { filter: WatchFilter::Id(id), resume: None }).unwrap();
     let mut client = writer.client();
-    client.put(&put(id, b"canary-1")).unwrap();
-    client.put(&put("svc/other", b"x")).unwrap(); // filtered out
-    let rotate =
-        RotateRequest { id, expected_version: None, grace_period_seconds: None, secret: b"canary-2" };
-    client.rotate(&rotate).unwrap();
-    client.stage(&put(id, b"canary-3")).unwrap();
-    client.promote(&promote(id, None)).unwrap();
-    client.destroy(id, 1).unwrap();
-    client.delete(id, None).unwrap();
-    client.undelete(id).unwrap();
-    client.delete_with(&purging(id)).unwrap();
-    client.put(&PutRequest { expiry: Expiry::TtlMs(60_000), ..put(id, b"canary-4") }).unwrap();
-    let policy = Policy { max_versions: 2, ..Default::default() };
-    client.set_policy(&SetPolicyRequest { id, policy }).unwrap();
-    client.put(&PutRequest { expiry: Expiry::TtlMs(1), ..put(id, b"canary-5") }).unwrap();
-    let mut left = 12;
+    let expected = common::every_kind_of_change(&mut client, id);
+    let mut left = expected.len();
     let events = events_until(&mut watcher, |_| {
         left -= 1;
         left == 0
     });
     let seen: Vec<(Change, u64)> = events.iter().map(|event| (event.change, event.version)).collect();
-    assert_eq!(
-        seen,
-        vec![
-            (Change::Put, 1),
-            (Change::Rotate, 2),
-            (Change::Stage, 3),
-            (Change::Promote, 3),
-            (Change::Destroy, 1),
-            (Change::Delete, 3),
-            (Change::Undelete, 3),
-            (Change::Purge, 3),
-            (Change::Put, 4),
-            (Change::Policy, 4),
-            (Change::Put, 5),
-            (Change::Expire, 5),
-        ]
-    );
+    assert_eq!(seen, expected);
     for event in &events {
         assert_eq!((event.id.as_str(), event.owner.as_str(), event.scope.as_str()), (id, "team-a", "prod"));
         assert!(event.seq > 0 && event.at_ms > 0);

@@ -7,9 +7,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{put, TestServer};
+use common::postgres::{eventually, instance_with};
+use common::{purging, put, TestServer};
 use credshard_engine::crypto::MasterKey;
 use credshard_engine::ServerConfig;
 use credshard_protocol::op::delete::DeleteRequest;
@@ -23,28 +24,6 @@ fn instance(url: &str, key: &[u8; 32]) -> TestServer {
 /// An instance that reads the change log every `follow_interval_ms`.
 fn instance_following_every(url: &str, key: &[u8; 32], follow_interval_ms: u64) -> TestServer {
     instance_with(url, key, |config| config.follow_interval_ms = follow_interval_ms)
-}
-
-/// An instance on the database, following every 10 ms unless `adjust` says otherwise.
-fn instance_with(url: &str, key: &[u8; 32], adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
-    let url = url.to_owned();
-    TestServer::try_start_with_key(2, MasterKey::from_bytes(*key), move |config| {
-        config.store = Some(url);
-        config.store_connections = 8;
-        config.follow_interval_ms = 10;
-        adjust(config);
-    })
-    .expect("an instance on the database starts")
-}
-
-/// Waits until `check` holds on `client`, up to 10 s; returns how long that took.
-fn eventually(client: &mut Client, mut check: impl FnMut(&mut Client) -> bool) -> Duration {
-    let started = Instant::now();
-    while !check(client) {
-        assert!(started.elapsed() < Duration::from_secs(10), "not seen within 10 s");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    started.elapsed()
 }
 
 fn secret_of(client: &mut Client, id: &str) -> Option<Vec<u8>> {
@@ -416,8 +395,4 @@ fn a_stale_write_over_a_credential_created_again_reads_it_whole() {
         let expected = (version > 3).then(|| format!("new {}", version - 3).into_bytes());
         assert_eq!(on_stale.ok(), expected, "version {version}");
     }
-}
-
-fn purging(id: &str) -> DeleteRequest<'_> {
-    DeleteRequest { purge: true, ..DeleteRequest::new(id, None) }
 }

@@ -10,28 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ids_on_every_shard, put, TestServer};
+use common::{events_until, ids_on_every_shard, put, TestServer};
 use credshard_engine::auth::hash_token;
 use credshard_engine::config::FsyncMode;
-use credshard_protocol::op::watch::{Change, WatchEvent, WatchFilter, WatchPosition, WatchRequest};
+use credshard_protocol::op::watch::{Change, WatchFilter, WatchPosition, WatchRequest};
 use credshard_protocol::{Client, PutRequest, Request, Status};
 
 fn watch_all() -> WatchRequest<'static> {
     WatchRequest { filter: WatchFilter::All, resume: None }
-}
-
-/// Reads events until `done` says stop (at most ~30 s without one).
-fn events_until(client: &mut Client, mut done: impl FnMut(&WatchEvent) -> bool) -> Vec<WatchEvent> {
-    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut events = Vec::new();
-    loop {
-        let event = client.next_event().expect("an event");
-        let stop = done(&event);
-        events.push(event);
-        if stop {
-            return events;
-        }
-    }
 }
 
 #[test]
@@ -124,59 +110,14 @@ fn every_kind_of_change_is_announced_with_its_version_and_never_a_secret() {
     watcher.watch(&WatchRequest { filter: WatchFilter::Id("svc/db"), resume: None }).unwrap();
     let mut client = server.client();
     let id = "svc/db";
-    client.put(&put(id, b"canary-1")).unwrap();
-    client.put(&put("svc/other", b"x")).unwrap(); // filtered out
-    let rotate = credshard_protocol::op::rotate::RotateRequest {
-        id,
-        expected_version: None,
-        grace_period_seconds: None,
-        secret: b"canary-2",
-    };
-    client.rotate(&rotate).unwrap();
-    client.stage(&put(id, b"canary-3")).unwrap();
-    let promote = credshard_protocol::op::stage::PromoteRequest {
-        id,
-        expected_version: None,
-        grace_period_seconds: None,
-    };
-    client.promote(&promote).unwrap();
-    client.destroy(id, 1).unwrap();
-    client.delete(id, None).unwrap();
-    client.undelete(id).unwrap();
-    let purge = credshard_protocol::op::delete::DeleteRequest {
-        purge: true,
-        ..credshard_protocol::op::delete::DeleteRequest::new(id, None)
-    };
-    client.delete_with(&purge).unwrap();
-    let expiring = PutRequest { expiry: credshard_protocol::Expiry::TtlMs(60_000), ..put(id, b"canary-4") };
-    client.put(&expiring).unwrap();
-    let policy = credshard_protocol::op::policy::Policy { max_versions: 2, ..Default::default() };
-    client.set_policy(&credshard_protocol::op::policy::SetPolicyRequest { id, policy }).unwrap();
-    let expiring = PutRequest { expiry: credshard_protocol::Expiry::TtlMs(1), ..put(id, b"canary-5") };
-    client.put(&expiring).unwrap();
-    let mut left = 12;
+    let expected = common::every_kind_of_change(&mut client, id);
+    let mut left = expected.len();
     let events = events_until(&mut watcher, |_| {
         left -= 1;
         left == 0
     });
     let seen: Vec<(Change, u64)> = events.iter().map(|event| (event.change, event.version)).collect();
-    assert_eq!(
-        seen,
-        vec![
-            (Change::Put, 1),
-            (Change::Rotate, 2),
-            (Change::Stage, 3),
-            (Change::Promote, 3),
-            (Change::Destroy, 1),
-            (Change::Delete, 3),
-            (Change::Undelete, 3),
-            (Change::Purge, 3),
-            (Change::Put, 4),
-            (Change::Policy, 4),
-            (Change::Put, 5),
-            (Change::Expire, 5),
-        ]
-    );
+    assert_eq!(seen, expected);
     for event in &events {
         assert_eq!((event.id.as_str(), event.owner.as_str(), event.scope.as_str()), (id, "team-a", "prod"));
         assert!(event.seq > 0 && event.at_ms > 0);

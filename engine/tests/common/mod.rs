@@ -72,6 +72,78 @@ pub fn put<'a>(id: &'a str, secret: &'a [u8]) -> PutRequest<'a> {
     }
 }
 
+/// A DELETE that purges at once.
+pub fn purging(id: &str) -> credshard_protocol::op::delete::DeleteRequest<'_> {
+    credshard_protocol::op::delete::DeleteRequest {
+        purge: true,
+        ..credshard_protocol::op::delete::DeleteRequest::new(id, None)
+    }
+}
+
+/// Reads WATCH events until `done` says stop (at most ~30 s without one).
+pub fn events_until(
+    client: &mut Client,
+    mut done: impl FnMut(&credshard_protocol::op::watch::WatchEvent) -> bool,
+) -> Vec<credshard_protocol::op::watch::WatchEvent> {
+    client.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut events = Vec::new();
+    loop {
+        let event = client.next_event().expect("an event");
+        let stop = done(&event);
+        events.push(event);
+        if stop {
+            return events;
+        }
+    }
+}
+
+/// Makes one change of every kind to `id` (and one PUT of another credential), secrets named
+/// "canary-…"; returns what a watcher of `id` is told, in order. The last version expires at
+/// once: its EXPIRE comes with the server's next sweep.
+pub fn every_kind_of_change(
+    client: &mut Client,
+    id: &str,
+) -> Vec<(credshard_protocol::op::watch::Change, u64)> {
+    use credshard_protocol::op::policy::{Policy, SetPolicyRequest};
+    use credshard_protocol::op::rotate::RotateRequest;
+    use credshard_protocol::op::stage::PromoteRequest;
+    use credshard_protocol::op::watch::Change;
+    client.put(&put(id, b"canary-1")).unwrap();
+    client.put(&put(&format!("{id}-other"), b"x")).unwrap();
+    client
+        .rotate(&RotateRequest {
+            id,
+            expected_version: None,
+            grace_period_seconds: None,
+            secret: b"canary-2",
+        })
+        .unwrap();
+    client.stage(&put(id, b"canary-3")).unwrap();
+    client.promote(&PromoteRequest { id, expected_version: None, grace_period_seconds: None }).unwrap();
+    client.destroy(id, 1).unwrap();
+    client.delete(id, None).unwrap();
+    client.undelete(id).unwrap();
+    client.delete_with(&purging(id)).unwrap();
+    client.put(&PutRequest { expiry: Expiry::TtlMs(60_000), ..put(id, b"canary-4") }).unwrap();
+    let policy = Policy { max_versions: 2, ..Default::default() };
+    client.set_policy(&SetPolicyRequest { id, policy }).unwrap();
+    client.put(&PutRequest { expiry: Expiry::TtlMs(1), ..put(id, b"canary-5") }).unwrap();
+    vec![
+        (Change::Put, 1),
+        (Change::Rotate, 2),
+        (Change::Stage, 3),
+        (Change::Promote, 3),
+        (Change::Destroy, 1),
+        (Change::Delete, 3),
+        (Change::Undelete, 3),
+        (Change::Purge, 3),
+        (Change::Put, 4),
+        (Change::Policy, 4),
+        (Change::Put, 5),
+        (Change::Expire, 5),
+    ]
+}
+
 /// Every file below `dir`, recursively.
 pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();

@@ -36,6 +36,41 @@ pub fn start_on_database(
     Some(OnDatabase { server, _database: database })
 }
 
+/// An instance with two shards on the database `url`, with master key `key` (every instance
+/// of one database needs the same), 8 connections, following the change log every 10 ms,
+/// unless `adjust` says otherwise.
+pub fn instance_with(
+    url: &str,
+    key: &[u8; 32],
+    adjust: impl FnOnce(&mut credshard_engine::ServerConfig),
+) -> super::TestServer {
+    let url = url.to_owned();
+    super::TestServer::try_start_with_key(
+        2,
+        credshard_engine::crypto::MasterKey::from_bytes(*key),
+        move |config| {
+            config.store = Some(url);
+            config.store_connections = 8;
+            config.follow_interval_ms = 10;
+            adjust(config);
+        },
+    )
+    .expect("an instance on the database starts")
+}
+
+/// Waits until `check` holds on `client`, up to 10 s; returns how long that took.
+pub fn eventually(
+    client: &mut credshard_protocol::Client,
+    mut check: impl FnMut(&mut credshard_protocol::Client) -> bool,
+) -> Duration {
+    let started = std::time::Instant::now();
+    while !check(client) {
+        assert!(started.elapsed() < Duration::from_secs(10), "not seen within 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
 /// A database created for one test and dropped after it.
 pub struct TestDatabase {
     server: String,
