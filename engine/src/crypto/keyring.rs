@@ -99,6 +99,17 @@ pub enum KeySource {
     Key(MasterKey),
 }
 
+impl KeySource {
+    /// The same source again (a master key is not `Clone`, so that copies are deliberate).
+    fn duplicate(&self) -> KeySource {
+        match self {
+            KeySource::KeyFile(path) => KeySource::KeyFile(path.clone()),
+            KeySource::Passphrase(passphrase, cost) => KeySource::Passphrase(passphrase.clone(), *cost),
+            KeySource::Key(master) => KeySource::Key(MasterKey::from_bytes(*master.bytes())),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kdf {
     KeyFile = 1,
@@ -305,6 +316,28 @@ impl Keyring {
     }
 
     fn open_in(place: RingPlace, source: KeySource, encryptions_max: u64) -> Result<Keyring, EngineError> {
+        let RingPlace::Shared(shared) = &place else {
+            let ring = Keyring::open_once(place, source, encryptions_max)?;
+            return Ok(ring.expect("only a shared ring is created elsewhere"));
+        };
+        // Servers starting together on an empty store each create a ring of their own; one
+        // stores it first, and the others open that one instead.
+        for _ in 0..SHARED_RING_TRIES {
+            let place = RingPlace::Shared(std::sync::Arc::clone(shared));
+            if let Some(ring) = Keyring::open_once(place, source.duplicate(), encryptions_max)? {
+                return Ok(ring);
+            }
+        }
+        Err(PersistError::Conflict.into())
+    }
+
+    /// One attempt of [`Keyring::open_in`]: `None` when this server created a shared ring and
+    /// another stored its own first (open that one instead).
+    fn open_once(
+        place: RingPlace,
+        source: KeySource,
+        encryptions_max: u64,
+    ) -> Result<Option<Keyring>, EngineError> {
         let existing = match &place {
             RingPlace::File(path) if path.exists() => Some((None, std::fs::read(path)?)),
             RingPlace::Shared(shared) => shared.load()?.map(|(generation, bytes)| (Some(generation), bytes)),
@@ -333,13 +366,20 @@ impl Keyring {
             file: Mutex::new(file),
         };
         let mut file = ring.file.lock().expect("keyring file lock");
-        ring.ensure_usable_active(&mut file)?;
+        if let Err(error) = ring.ensure_usable_active(&mut file) {
+            // Created here, never stored, and now the store has one: another server's.
+            let lost_the_creation = match &file.place {
+                RingPlace::Shared(shared) if file.generation.is_none() => shared.load()?.is_some(),
+                _ => false,
+            };
+            return if lost_the_creation { Ok(None) } else { Err(error) };
+        }
         if migrated {
             tracing::info!("key ring rewritten as format {FORMAT_VERSION}; its older keys retire");
         }
         ring.file_keys.store(file.entries.len(), Ordering::Release);
         drop(file);
-        Ok(ring)
+        Ok(Some(ring))
     }
 
     /// Data keys in the ring file (the active one and those still retiring).
@@ -1411,6 +1451,51 @@ mod tests {
             assert_eq!(buffer, version.to_le_bytes());
         }
         assert_eq!(reader.active_key_id(), spender.active_key_id(), "and adopted as active");
+    }
+
+    /// A store whose first read misses what another server stored meanwhile: as two servers
+    /// starting together on an empty database see it.
+    struct LateShared {
+        inner: std::sync::Arc<MemoryShared>,
+        reads_missed: AtomicUsize,
+    }
+
+    impl SharedRing for LateShared {
+        fn load(&self) -> std::io::Result<Option<(i64, Vec<u8>)>> {
+            if self.reads_missed.load(Ordering::Relaxed) > 0 {
+                self.reads_missed.fetch_sub(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            self.inner.load()
+        }
+
+        fn store(&self, generation: Option<i64>, bytes: &[u8]) -> std::io::Result<bool> {
+            self.inner.store(generation, bytes)
+        }
+    }
+
+    #[test]
+    fn servers_creating_the_shared_ring_at_once_all_open_the_one_stored_first() {
+        for source in [
+            |master: &MasterKey| KeySource::Key(MasterKey::from_bytes(*master.bytes())),
+            |master: &MasterKey| {
+                let passphrase = Zeroizing::new(master.bytes().to_vec());
+                KeySource::Passphrase(passphrase, ARGON2_COST_MIN)
+            },
+        ] {
+            let master = MasterKey::generate();
+            let shared = std::sync::Arc::new(MemoryShared::default());
+            let first = Keyring::open_shared(shared.clone(), source(&master)).unwrap();
+            // The second looked before the first stored its ring, and created one of its own.
+            let late =
+                std::sync::Arc::new(LateShared { inner: shared.clone(), reads_missed: AtomicUsize::new(1) });
+            let second = Keyring::open_shared(late, source(&master)).unwrap();
+            assert_eq!(second.active_key_id(), first.active_key_id(), "the first's ring, not its own");
+            let mut buffer = b"sealed by the first".to_vec();
+            let sealed = first.encrypt(&test_binding("id", 1), &mut buffer).unwrap();
+            second.decrypt(&test_binding("id", 1), &sealed, &mut buffer).unwrap();
+            assert_eq!(buffer, b"sealed by the first");
+        }
     }
 
     #[test]
