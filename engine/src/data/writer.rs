@@ -971,12 +971,10 @@ impl ShardWriter {
         let map = store.shard(self.shard_id).map.pin();
         let mut cached = map.get(id).map_or(0, |entry| entry.current().version());
         if !records.is_empty() && deleted_version.is_some_and(|deleted| cached != 0 && cached <= deleted) {
-            // What the shard holds was deleted, and what was read is a credential created
-            // since (its versions start again at 1): the old one goes first.
-            if let Some(entry) = map.get(id) {
-                self.unindex(entry.current());
-                map.remove(id);
-            }
+            // What the shard holds was purged, and what was read is what the database has
+            // since, under numbers that may not be above it (versions restarted by a build
+            // before migration 5): it replaces the old entry whatever its versions (in one
+            // swap below, so a reader never misses the credential).
             cached = 0;
         }
         let Some(newest) = records.pop() else {

@@ -331,8 +331,8 @@ async fn reread_many(
         if !installed {
             // What the shard holds of it is not what the database has under those numbers
             // (a destroyed or re-encrypted version, or a build before migration 5's restarted
-            // versions): read whole, and swapped in at once.
-            replaced.push((changed.id, Reread::Whole));
+            // versions): read whole, and it replaces what the shard held.
+            replaced.push((changed.id, Reread::Purged(held)));
         }
     }
     if !replaced.is_empty() {

@@ -151,9 +151,15 @@ pub const COMMIT_ROUND: &str = "
           AND c.pending_version < i.version AND (c.purge_at_ms <> 0) = i.base_deleted
           AND c.policy IS NOT DISTINCT FROM i.base_policy AND c.pending_version = i.base_pending
         RETURNING c.id
+    ), claimed AS (
+        -- A purge takes its id's credshard_purged row before the credential's, in the order a
+        -- create takes them (the other order deadlocked with a create racing it).
+        SELECT p.id FROM credshard_purged p JOIN input i ON i.id = p.id
+        WHERE p.id = ANY($1) AND i.version = 0 FOR UPDATE OF p
     ), removed AS (
         DELETE FROM credshard_credentials c USING input i
         WHERE c.id = ANY($1) AND c.id = i.id AND i.version = 0 AND c.version = i.base
+          AND (SELECT count(*) FROM claimed) >= 0
           AND (i.purge_at_ms = 0 OR c.purge_at_ms = i.purge_at_ms)
           AND (NOT i.checked OR ((c.purge_at_ms <> 0) = i.base_deleted
                                  AND c.policy IS NOT DISTINCT FROM i.base_policy
@@ -518,8 +524,10 @@ pub struct Fetched {
 
 /// The statement [`credentials`] and [`all_credentials`] run, over the rows `filter` picks:
 /// a credential's kept versions (part 0), its state when it has any (part 1), and its last
-/// version if it was ever purged (part 2), in one statement (so one snapshot).
-fn fetch_statement(filter: &str) -> String {
+/// version before this life (part 2: `credshard_purged` has a row for every id ever created;
+/// with `tombstones` only), in one statement (so one snapshot).
+fn fetch_statement(filter: &str, tombstones: bool) -> String {
+    let tombstones = if tombstones { filter } else { "false" };
     format!(
         "SELECT id, 0::int2, version, record, 0::int8, 0::int8, NULL::bytea
          FROM credshard_versions WHERE {filter}
@@ -529,7 +537,7 @@ fn fetch_statement(filter: &str) -> String {
          WHERE {filter} AND (purge_at_ms <> 0 OR pending IS NOT NULL OR policy IS NOT NULL)
          UNION ALL
          SELECT id, 2::int2, version, NULL::bytea, 0::int8, 0::int8, NULL::bytea
-         FROM credshard_purged WHERE {filter}
+         FROM credshard_purged WHERE {tombstones}
          ORDER BY 1, 2, 3"
     )
 }
@@ -564,17 +572,18 @@ fn fetched(rows: Vec<tokio_postgres::Row>) -> Vec<Fetched> {
 /// Database errors.
 pub async fn credentials(client: &impl GenericClient, ids: &[String]) -> Result<Vec<Fetched>, DbError> {
     static STATEMENT: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| fetch_statement("id = ANY($1)"));
+        std::sync::LazyLock::new(|| fetch_statement("id = ANY($1)", true));
     let statement = client.prepare_cached(&STATEMENT).await?;
     Ok(fetched(client.query(&statement, &[&ids]).await?))
 }
 
-/// Every credential (see [`Fetched`]), in one snapshot.
+/// Every credential (see [`Fetched`]) without the last versions of purged ids (a table of
+/// every id ever created, which an instance needs only as a hint), in one snapshot.
 ///
 /// # Errors
 /// Database errors.
 pub async fn all_credentials(client: &impl GenericClient) -> Result<Vec<Fetched>, DbError> {
-    Ok(fetched(client.query(&fetch_statement("true"), &[]).await?))
+    Ok(fetched(client.query(&fetch_statement("true", false), &[]).await?))
 }
 
 /// What changed of credentials an instance already holds: for each `(id, after)`, the kept
