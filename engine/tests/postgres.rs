@@ -434,8 +434,11 @@ fn a_round_that_deadlocks_changes_nothing_and_is_known_as_a_lost_race() {
             )
             .await?;
             // Another transaction holds b; our round takes a and waits for b; the other then
-            // waits for a. Ours detects the deadlock first (its timeout is the shorter).
-            ours.batch_execute("SET deadlock_timeout = '50ms'").await?;
+            // waits for a. Ours detects the deadlock (PostgreSQL looks once, a deadlock_timeout
+            // after a wait begins): its timeout leaves the other ample time to start waiting
+            // even on a loaded machine, and the other's is far longer.
+            ours.batch_execute("SET deadlock_timeout = '400ms'").await?;
+            other.batch_execute("SET deadlock_timeout = '4s'").await?;
             other
                 .batch_execute("BEGIN; UPDATE credshard_credentials SET expires_at_ms = 0 WHERE id = 'b'")
                 .await?;

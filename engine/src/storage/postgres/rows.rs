@@ -214,7 +214,12 @@ pub async fn commit(client: &impl GenericClient, writes: &[RowWrite<'_>]) -> Res
         (Vec::with_capacity(count), Vec::with_capacity(count));
     let (mut owners, mut scopes) = (Vec::with_capacity(count), Vec::with_capacity(count));
     let mut records: Vec<&[u8]> = Vec::with_capacity(count);
-    for write in writes {
+    // In id order: every round then takes its rows' locks in one global order (per table, in
+    // the statement's fixed order of tables), so rounds of several instances over the same
+    // credentials queue behind each other instead of deadlocking.
+    let mut in_order: Vec<&RowWrite<'_>> = writes.iter().collect();
+    in_order.sort_unstable_by_key(|write| write.id());
+    for write in in_order {
         match *write {
             RowWrite::Version(write) => {
                 assert!(
