@@ -144,6 +144,25 @@ pub fn every_kind_of_change(
     ]
 }
 
+/// Makes [`every_kind_of_change`] to `id` through `client` and checks that `watcher` (watching
+/// `id`) is told of each, in order, with its version, owner and scope, and never a secret.
+pub fn every_kind_of_change_is_seen(client: &mut Client, watcher: &mut Client, id: &str) {
+    let expected = every_kind_of_change(client, id);
+    let mut left = expected.len();
+    let events = events_until(watcher, |_| {
+        left -= 1;
+        left == 0
+    });
+    let seen: Vec<_> = events.iter().map(|event| (event.change, event.version)).collect();
+    assert_eq!(seen, expected);
+    for event in &events {
+        assert_eq!((event.id.as_str(), event.owner.as_str(), event.scope.as_str()), (id, "team-a", "prod"));
+        assert!(event.seq > 0 && event.at_ms > 0);
+    }
+    // Events carry no secret: the raw frames never hold one.
+    assert!(!format!("{events:?}").contains("canary"));
+}
+
 /// Every file below `dir`, recursively.
 pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
