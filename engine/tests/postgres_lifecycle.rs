@@ -17,8 +17,8 @@ use credshard_protocol::op::get::Stage;
 use credshard_protocol::op::list::ListRequest;
 use credshard_protocol::op::policy::{Policy, SetPolicyRequest};
 use credshard_protocol::op::stage::PromoteRequest;
-use credshard_protocol::op::watch::{Change, WatchFilter, WatchPosition, WatchRequest};
-use credshard_protocol::{Client, ClientError, PutRequest, Request, Status, VersionState};
+use credshard_protocol::op::watch::{Change, WatchFilter, WatchRequest};
+use credshard_protocol::{Client, ClientError, PutRequest, Status, VersionState};
 
 /// An instance on the database, sweeping every 10 ms too, unless `adjust` says otherwise.
 fn instance_with(url: &str, key: &[u8; 32], adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
@@ -192,64 +192,7 @@ fn a_watcher_on_another_instance_sees_every_write_once_in_order_across_its_own_r
     let Some(database) = common::postgres::database("watch_resume") else { return };
     let key = *MasterKey::generate().bytes();
     let (writer, watched) = (instance(&database.url(), &key), instance(&database.url(), &key));
-    const WRITERS: usize = 2;
-    const IDS_PER_WRITER: usize = 20;
-    const WRITES_PER_ID: u64 = 30;
-    let total = (WRITERS * IDS_PER_WRITER) as u64 * WRITES_PER_ID;
-    let mut watcher = watched.client();
-    let first = watcher.watch(&WatchRequest { filter: WatchFilter::All, resume: None }).unwrap();
-    let mut position = WatchPosition::from_reply(&first);
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer_index| {
-            let address = writer.address();
-            std::thread::spawn(move || {
-                let mut client = Client::connect(address).unwrap();
-                let ids: Vec<String> =
-                    (0..IDS_PER_WRITER).map(|index| format!("w{writer_index}/{index}")).collect();
-                for _ in 0..WRITES_PER_ID {
-                    for id in &ids {
-                        client.send(&Request::Put(put(id, b"s")));
-                    }
-                    client.flush().unwrap();
-                    for _ in &ids {
-                        assert_eq!(client.receive().unwrap().status, Status::Ok as u8);
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut count = 0;
-    let mut seen = events_until(&mut watcher, |_| {
-        count += 1;
-        count == total / 3
-    });
-    for event in &seen {
-        position.advance(event);
-    }
-    drop(watcher);
-    std::thread::sleep(Duration::from_millis(50));
-    let mut watcher = watched.client();
-    let resumed =
-        watcher.watch(&WatchRequest { filter: WatchFilter::All, resume: position.resume() }).unwrap();
-    assert!(resumed.resumed, "the instance still holds every change since the position");
-    seen.extend(events_until(&mut watcher, |_| {
-        count += 1;
-        count == total
-    }));
-    for writer in writers {
-        writer.join().unwrap();
-    }
-    let mut versions: HashMap<&str, Vec<u64>> = HashMap::new();
-    for event in &seen {
-        assert_eq!(event.change, Change::Put);
-        versions.entry(event.id.as_str()).or_default().push(event.version);
-    }
-    assert_eq!(versions.len(), WRITERS * IDS_PER_WRITER);
-    for (id, versions) in &versions {
-        assert_eq!(*versions, (1..=WRITES_PER_ID).collect::<Vec<_>>(), "{id}");
-    }
-    watcher.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    assert!(watcher.next_event().is_err(), "no event beyond the writes");
+    common::a_resumed_watcher_sees_every_write_once(writer.address(), &watched, 2, 20, 30);
 }
 
 /// An instance that has not followed the change log yet never answers from its stale view:

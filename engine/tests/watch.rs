@@ -5,15 +5,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{events_until, ids_on_every_shard, put, TestServer};
 use credshard_engine::auth::hash_token;
 use credshard_engine::config::FsyncMode;
-use credshard_protocol::op::watch::{Change, WatchFilter, WatchPosition, WatchRequest};
+use credshard_protocol::op::watch::{WatchFilter, WatchPosition, WatchRequest};
 use credshard_protocol::{Client, PutRequest, Request, Status};
 
 fn watch_all() -> WatchRequest<'static> {
@@ -27,76 +24,13 @@ fn a_watcher_sees_every_change_exactly_once_in_version_order_across_its_own_rest
     const IDS_PER_WRITER: usize = 25;
     const WRITES_PER_ID: u64 = 200;
     let total = (WRITERS * IDS_PER_WRITER) as u64 * WRITES_PER_ID;
-
-    let mut watcher = server.client();
-    let first = watcher.watch(&watch_all()).unwrap();
-    assert!(!first.resumed, "no resume was asked for");
-    let mut position = WatchPosition::from_reply(&first);
-
-    let written = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            let address = server.address();
-            let written = Arc::clone(&written);
-            std::thread::spawn(move || {
-                let mut client = Client::connect(address).unwrap();
-                let ids: Vec<String> =
-                    (0..IDS_PER_WRITER).map(|index| format!("w{writer}/{index}")).collect();
-                for _ in 0..WRITES_PER_ID {
-                    // A pipeline of one write per id.
-                    for id in &ids {
-                        client.send(&Request::Put(put(id, b"s")));
-                    }
-                    client.flush().unwrap();
-                    for _ in &ids {
-                        let frame = client.receive().unwrap();
-                        assert_eq!(frame.status, Status::Ok as u8);
-                        written.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-
-    // The watcher reads a third of the changes, then goes away mid-stream and comes back from
-    // where it was.
-    let mut count = 0;
-    let mut seen = events_until(&mut watcher, |_| {
-        count += 1;
-        count == total / 3
-    });
-    for event in &seen {
-        position.advance(event);
-    }
-    drop(watcher);
-    std::thread::sleep(Duration::from_millis(50)); // changes go on while it is away
-    let mut watcher = server.client();
-    let resumed =
-        watcher.watch(&WatchRequest { filter: WatchFilter::All, resume: position.resume() }).unwrap();
-    assert!(resumed.resumed, "the server still holds every change since the position");
-    seen.extend(events_until(&mut watcher, |_| {
-        count += 1;
-        count == total
-    }));
-    for writer in writers {
-        writer.join().unwrap();
-    }
-    let elapsed = started.elapsed();
-
-    // Exactly once, in version order, for every id.
-    let mut versions: HashMap<&str, Vec<u64>> = HashMap::new();
-    for event in &seen {
-        assert_eq!(event.change, Change::Put);
-        versions.entry(event.id.as_str()).or_default().push(event.version);
-    }
-    assert_eq!(versions.len(), WRITERS * IDS_PER_WRITER);
-    for (id, versions) in &versions {
-        assert_eq!(*versions, (1..=WRITES_PER_ID).collect::<Vec<_>>(), "{id}");
-    }
-    // Nothing more is pending for it.
-    watcher.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    assert!(watcher.next_event().is_err(), "no event beyond the writes");
+    let elapsed = common::a_resumed_watcher_sees_every_write_once(
+        server.address(),
+        &server,
+        WRITERS,
+        IDS_PER_WRITER,
+        WRITES_PER_ID,
+    );
     println!(
         "{total} writes in {elapsed:?} ({:.0}/s, debug build), every one seen once across a resume",
         total as f64 / elapsed.as_secs_f64()

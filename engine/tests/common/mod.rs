@@ -163,6 +163,82 @@ pub fn every_kind_of_change_is_seen(client: &mut Client, watcher: &mut Client, i
     assert!(!format!("{events:?}").contains("canary"));
 }
 
+/// `writers` connections to `write_to` each PUT their own `ids_per_writer` credentials
+/// `writes_per_id` times (a pipeline of one write per id), while a watcher of every change on
+/// `watch_on` reads a third of the changes, goes away mid-stream and resumes from its position.
+/// Checks that it saw every write exactly once, in each credential's version order, and
+/// nothing more; returns how long the writes took.
+pub fn a_resumed_watcher_sees_every_write_once(
+    write_to: std::net::SocketAddr,
+    watch_on: &TestServer,
+    writers: usize,
+    ids_per_writer: usize,
+    writes_per_id: u64,
+) -> std::time::Duration {
+    use credshard_protocol::op::watch::{Change, WatchFilter, WatchPosition, WatchRequest};
+    use credshard_protocol::{Request, Status};
+    let total = (writers * ids_per_writer) as u64 * writes_per_id;
+    let mut watcher = watch_on.client();
+    let first = watcher.watch(&WatchRequest { filter: WatchFilter::All, resume: None }).unwrap();
+    assert!(!first.resumed, "no resume was asked for");
+    let mut position = WatchPosition::from_reply(&first);
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = (0..writers)
+        .map(|writer| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(write_to).unwrap();
+                let ids: Vec<String> =
+                    (0..ids_per_writer).map(|index| format!("w{writer}/{index}")).collect();
+                for _ in 0..writes_per_id {
+                    for id in &ids {
+                        client.send(&Request::Put(put(id, b"s")));
+                    }
+                    client.flush().unwrap();
+                    for _ in &ids {
+                        assert_eq!(client.receive().unwrap().status, Status::Ok as u8);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut count = 0;
+    let mut seen = events_until(&mut watcher, |_| {
+        count += 1;
+        count == total / 3
+    });
+    for event in &seen {
+        position.advance(event);
+    }
+    drop(watcher);
+    std::thread::sleep(std::time::Duration::from_millis(50)); // changes go on while it is away
+    let mut watcher = watch_on.client();
+    let resumed =
+        watcher.watch(&WatchRequest { filter: WatchFilter::All, resume: position.resume() }).unwrap();
+    assert!(resumed.resumed, "the server still holds every change since the position");
+    seen.extend(events_until(&mut watcher, |_| {
+        count += 1;
+        count == total
+    }));
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    // Exactly once, in version order, for every id.
+    let mut versions: std::collections::HashMap<&str, Vec<u64>> = std::collections::HashMap::new();
+    for event in &seen {
+        assert_eq!(event.change, Change::Put);
+        versions.entry(event.id.as_str()).or_default().push(event.version);
+    }
+    assert_eq!(versions.len(), writers * ids_per_writer);
+    for (id, versions) in &versions {
+        assert_eq!(*versions, (1..=writes_per_id).collect::<Vec<_>>(), "{id}");
+    }
+    // Nothing more is pending for it.
+    watcher.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    assert!(watcher.next_event().is_err(), "no event beyond the writes");
+    elapsed
+}
+
 /// Every file below `dir`, recursively.
 pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
