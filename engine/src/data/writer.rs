@@ -141,11 +141,6 @@ impl Prepared {
         }
     }
 
-    /// True for a purge: the credential and its versions removed at once.
-    pub fn is_purge(&self) -> bool {
-        matches!(self.change, Change::Delete)
-    }
-
     /// What applying it changes.
     pub fn effect(&self) -> Effect<'_> {
         match &self.change {
