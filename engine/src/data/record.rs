@@ -160,12 +160,37 @@ impl Record {
             labels: credential.labels.to_vec(),
             previous_grace_until_ms: fields.previous_grace_until_ms,
         };
-        let bytes = rkyv::to_bytes::<rancor::Error>(&credential)
-            .map_err(|_| OpError::Internal("archiving a credential failed"))?;
-        let record =
-            Record::from_archive(bytes).map_err(|_| OpError::Internal("a new record failed validation"))?;
+        let record = Record::archived(&credential)?;
         debug_assert!(record.credential().version.to_native() >= 1, "versions start at 1");
         Ok(record)
+    }
+
+    /// The record of a version this server has just made: archived in a reused buffer (no
+    /// buffer grows per write) and copied once into its shared one, without validating it
+    /// again: rkyv's serializer wrote it from a `Credential`, so it is valid by construction
+    /// (checked in debug builds). What is read back from a log or a database goes through
+    /// [`Record::from_bytes`] instead.
+    fn archived(credential: &Credential) -> Result<Record, OpError> {
+        /// A buffer this large after archiving a big secret is dropped rather than kept.
+        const KEPT_SCRATCH_BYTES: usize = 64 * 1024;
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<AlignedVec> = std::cell::RefCell::new(AlignedVec::new());
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buffer = std::mem::take(scratch);
+            buffer.clear();
+            let buffer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(credential, buffer)
+                .map_err(|_| OpError::Internal("archiving a credential failed"))?;
+            let record = Record { archive: Archive::copy_of(&buffer) };
+            debug_assert!(
+                rkyv::access::<ArchivedCredential, rancor::Error>(record.archive_bytes()).is_ok(),
+                "an archive rkyv just wrote validates"
+            );
+            if buffer.capacity() <= KEPT_SCRATCH_BYTES {
+                *scratch = buffer;
+            }
+            Ok(record)
+        })
     }
 
     /// Validates archived bytes (read back from a log or a database, in any alignment) once and
@@ -205,6 +230,13 @@ impl Record {
         }
     }
 
+    /// Asks the CPU to start loading the line a clone or drop of this handle writes (see
+    /// [`Archive::prefetch_count`]).
+    #[inline]
+    pub fn prefetch_count(&self) {
+        self.archive.prefetch_count();
+    }
+
     /// True when both are handles to the same bytes.
     pub fn same_as(&self, other: &Record) -> bool {
         self.archive.same_as(&other.archive)
@@ -213,8 +245,10 @@ impl Record {
     /// The archived credential, read in place.
     #[inline]
     pub fn credential(&self) -> &ArchivedCredential {
-        // SAFETY: the bytes passed `rkyv::access` validation in `from_bytes`, the only
-        // constructor, at this same address (the shared buffer never moves) and are never
+        // SAFETY: the bytes either passed `rkyv::access` validation in `from_bytes` or were
+        // written by rkyv's serializer from a `Credential` in `archived` (the only two
+        // constructors), and were copied into 16-byte-aligned chunks: the alignment rkyv's
+        // archives want, at this same address (the shared buffer never moves); they are never
         // mutated afterwards (no `&mut` to them is ever handed out).
         unsafe { rkyv::access_unchecked::<ArchivedCredential>(self.archive_bytes()) }
     }
@@ -305,9 +339,7 @@ impl Record {
             labels: credential.labels.as_slice().to_vec(),
             previous_grace_until_ms: credential.previous_grace_until_ms.to_native(),
         };
-        let bytes = rkyv::to_bytes::<rancor::Error>(&husk)
-            .map_err(|_| OpError::Internal("archiving a destroyed version failed"))?;
-        Record::from_archive(bytes).map_err(|_| OpError::Internal("a destroyed version failed validation"))
+        Record::archived(&husk)
     }
 
     /// The same version, its secret re-encrypted with the key ring's active key (a data-key

@@ -202,6 +202,9 @@ pub(super) fn install_entry(
     });
     let previous_version = existing.map_or(0, |entry| entry.current().version());
     assert!(record.version() > previous_version, "versions of a credential are strictly increasing");
+    // The kept versions' counts are scattered lines that the clones below write: requested
+    // together, their misses overlap.
+    live.iter().flat_map(|live| live.versions().take(max_versions - 1)).for_each(Record::prefetch_count);
     let older = live.into_iter().flat_map(|live| live.versions().take(max_versions - 1).cloned());
     let entry = Entry::new(std::iter::once(record).chain(older)).with_policy(policy);
     let credential = entry.current().credential();

@@ -36,6 +36,14 @@ pub struct Entry {
     aside: Option<Box<Aside>>,
 }
 
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // The older versions' counts are scattered lines that dropping their handles writes:
+        // requested together, their misses overlap.
+        self.older.iter().for_each(Record::prefetch_count);
+    }
+}
+
 /// The rarer parts of an [`Entry`].
 #[derive(Debug, Clone, Default)]
 struct Aside {

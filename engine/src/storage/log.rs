@@ -433,13 +433,16 @@ async fn gather<F: LogFs>(log: &ShardLog<F>, rings: &LocalReceiver<()>, target: 
 async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
     // How many writes the next synced commit waits for (see `gather`).
     let mut gather_target = 0;
+    // The pending buffer the committer last took, emptied: it becomes the next one, so appends
+    // do not grow a buffer from nothing every batch.
+    let mut spare = Vec::new();
     while rings.recv().await.is_some() {
         loop {
             let syncs = log.sync_requested.get() || log.settings.fsync == FsyncMode::Always;
             if syncs && gather_target > 1 && !gather(&log, &rings, gather_target).await {
                 return;
             }
-            let payload = std::mem::take(&mut *log.pending.borrow_mut());
+            let mut payload = std::mem::replace(&mut *log.pending.borrow_mut(), std::mem::take(&mut spare));
             let waiters = std::mem::take(&mut *log.waiters.borrow_mut());
             let listener = log.listener.borrow().clone();
             let mark = listener.as_ref().map(|listener| listener.taken());
@@ -459,6 +462,8 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
                 break;
             }
             let batch = if payload.is_empty() { Vec::new() } else { encode_batch(&payload) };
+            payload.clear();
+            spare = payload;
             let mut waiters = Some(waiters);
             loop {
                 match log.commit(&batch, sync).await {
