@@ -4,10 +4,11 @@
 # and the loadgen on CPU 0: pipeline 1, 50 connections, 100,000 preloaded keys of 256 B, 5 s
 # runs of 100% PUT and of 90% GET / 10% PUT, ROUNDS alternating rounds (default 3).
 #   bash bench/durable_writes.sh [ROUNDS]        (build first: cargo build --release)
+#   C=/path/to/other/credshard bash bench/durable_writes.sh [ROUNDS]   (another build)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 L="$ROOT/target/release/credshard-loadgen"
-C="$ROOT/target/release/credshard"
+C="${C:-$ROOT/target/release/credshard}"
 rounds=${1:-3}
 for round in $(seq $rounds); do
   for server in redis credshard; do
