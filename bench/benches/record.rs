@@ -1,4 +1,4 @@
-//! A stored credential version: sealing a 256 B secret into a validated rkyv record (the
+//! A stored credential version: sealing a 256 B secret into an rkyv record (the
 //! write path), reading its metadata in place and decrypting its secret straight into a
 //! response buffer (the read path), and validating archived bytes (recovery). The baselines
 //! are the key ring's encrypt and decrypt of the same secret: the crypto share of each.

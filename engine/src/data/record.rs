@@ -1,5 +1,6 @@
 //! A stored credential version: the rkyv archive of a [`Credential`] in an aligned, shared
-//! buffer, validated once when it is created or loaded and then read in place (zero copy).
+//! buffer, validated once when it is loaded (one this server archives itself is valid by
+//! construction) and then read in place (zero copy).
 //!
 //! A [`Record`] is a handle to an [`Archive`]: one reference-counted allocation, its count
 //! beside its bytes, so a shard map entry reaches a version's bytes in one pointer hop (a GET
