@@ -799,11 +799,11 @@ impl ShardWriter {
         // read again with the next poll, which sees whatever committed last.
         let in_place =
             !matches!(prepared.change, Change::Version { .. } | Change::Delete | Change::Nothing { .. });
-        let id = prepared.id.clone();
+        let reread = in_place.then(|| prepared.id.clone());
         if current == prepared.base_version {
             self.apply(prepared, None);
         }
-        if in_place {
+        if let Some(id) = reread {
             self.rereads.raced.insert(id);
         }
         self.bound_purged_hints();
