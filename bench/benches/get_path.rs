@@ -1,6 +1,7 @@
 //! The GET path in process (store, no network), on maps of 1,000 and 1,000,000 credentials of
 //! 256 B: one GET of a random id, and 16 GETs of random ids answered one after another into one
-//! reply buffer, as a connection answers the requests of one read.
+//! reply buffer, as a connection answers the requests of one read (without and with
+//! their lookups prefetched first by `Store::prefetch`).
 //! The 1M map is larger than the cache, so these show the cache misses a lookup costs; a
 //! regression in the record layout or the map shows up here without a full loadgen run.
 //!
@@ -75,6 +76,22 @@ fn get_path(criterion: &mut Criterion) {
                 at = (at + BATCH) % (ids.len() - BATCH);
                 out.clear();
                 for id in &ids[at..at + BATCH] {
+                    black_box(store.get(&GetRequest::new(id, 0), now, &acl, &mut out).unwrap());
+                }
+            })
+        });
+
+        // The same, with the batch's lookups prefetched first (as a connection does for the
+        // GETs of one read).
+        let mut batch: Vec<&str> = Vec::with_capacity(BATCH);
+        group.bench_function(BenchmarkId::new("batch_16_prefetched", credentials), |bencher| {
+            bencher.iter(|| {
+                at = (at + BATCH) % (ids.len() - BATCH);
+                out.clear();
+                batch.clear();
+                batch.extend(ids[at..at + BATCH].iter().map(String::as_str));
+                store.prefetch(&batch);
+                for id in &batch {
                     black_box(store.get(&GetRequest::new(id, 0), now, &acl, &mut out).unwrap());
                 }
             })

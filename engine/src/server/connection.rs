@@ -28,6 +28,7 @@ use glommio::net::TcpStream;
 use zeroize::Zeroize;
 
 use crate::auth::Session;
+use crate::data::store::PREFETCH_IDS_MAX;
 use crate::error::OpError;
 use crate::error::WriteOutcome;
 use crate::metrics::{AnsweredBatch, ExecutorMetrics};
@@ -211,6 +212,43 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// Prefetches the lookups of the GETs among the whole frames buffered (up to
+    /// [`PREFETCH_IDS_MAX`]; [`Store::prefetch`](crate::data::Store::prefetch)), so that their
+    /// cache misses overlap. Only for an authenticated session: the requests of others are
+    /// refused unread.
+    fn prefetch_gets(&self) {
+        if !self.session.is_authenticated() {
+            return;
+        }
+        // The bodies of the GET frames first: one GET alone (pipeline 1) is not decoded twice.
+        let buffered = self.input.filled();
+        let mut bodies = [(0, 0); PREFETCH_IDS_MAX];
+        let mut gets = 0;
+        let mut offset = 0;
+        while gets < PREFETCH_IDS_MAX {
+            let Ok(Some(header)) = frame::check(&buffered[offset..], self.frame_bytes_max()) else { break };
+            if header.code == Op::Get as u8 {
+                let body = header.body_range();
+                bodies[gets] = (offset + body.start, offset + body.end);
+                gets += 1;
+            }
+            offset += header.frame_bytes;
+        }
+        if gets < 2 {
+            return;
+        }
+        let limits = self.context.store.limits();
+        let mut ids = [""; PREFETCH_IDS_MAX];
+        let mut count = 0;
+        for (start, end) in &bodies[..gets] {
+            if let Ok(Request::Get(get)) = Request::decode(Op::Get as u8, &buffered[*start..*end], limits) {
+                ids[count] = get.id;
+                count += 1;
+            }
+        }
+        self.context.store.prefetch(&ids[..count]);
+    }
+
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
         let in_flight_max = self.context.config.in_flight_max;
         let mut pending = FuturesUnordered::new();
@@ -223,6 +261,7 @@ impl<'a> Connection<'a> {
             // The requests answered at once in this batch: their latency is recorded when
             // the batch's replies are ready (one clock read at each end of the batch).
             let mut batch = AnsweredBatch::start();
+            self.prefetch_gets();
             while closing.is_none()
                 && watch.is_none()
                 && pending.len() < in_flight_max
