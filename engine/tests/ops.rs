@@ -422,3 +422,52 @@ fn more_shards_than_cpus_share_them() {
     }
     assert_eq!(server.store().len(), 12);
 }
+
+/// Once a shard outgrows the cache, the GETs of one read are prefetched together before any is
+/// answered (`Store::prefetch`): pipelined GETs of a map that large, present and absent ids
+/// mixed, are each answered with their own secret, in order.
+#[test]
+fn pipelined_gets_of_a_large_map_are_each_answered_with_their_own_secret() {
+    use credshard_protocol::op::get::{GetReply, GetRequest};
+    use credshard_protocol::op::Request;
+    use credshard_protocol::wire::Reader;
+
+    let server =
+        TestServer::start_with(1, |config| config.fsync = credshard_engine::config::FsyncMode::Never);
+    let mut client = server.client();
+    let count = 8_300;
+    let ids: Vec<String> = (0..count).map(|index| format!("bulk/{index}")).collect();
+    for chunk in ids.chunks(500) {
+        for id in chunk {
+            client.send(&Request::Put(put(id, id.as_bytes())));
+        }
+        client.flush().unwrap();
+        for _ in chunk {
+            assert_eq!(client.receive().unwrap().status, Status::Ok as u8);
+        }
+    }
+    assert!(server.store().prefetch(&["bulk/1", "bulk/2"]) > 0, "the map is large enough to be prefetched");
+
+    for round in 0..20 {
+        let mut expected = Vec::new();
+        for slot in 0..32 {
+            // Some indexes run past the stored ones: those ids are absent.
+            let index = (round * 389 + slot * 97) % (count + 50);
+            let id = format!("bulk/{index}");
+            let request_id = client.send(&Request::Get(GetRequest::new(&id, 0)));
+            expected.push((request_id, index < count, id));
+        }
+        client.flush().unwrap();
+        for (request_id, present, id) in expected {
+            let frame = client.receive().unwrap();
+            assert_eq!(frame.request_id, request_id);
+            if present {
+                assert_eq!(frame.status, Status::Ok as u8, "{id}");
+                let reply = GetReply::decode(&mut Reader::new(&frame.body)).unwrap();
+                assert_eq!(reply.secret.expose(), id.as_bytes());
+            } else {
+                assert_eq!(frame.status, Status::NotFound as u8, "{id}");
+            }
+        }
+    }
+}

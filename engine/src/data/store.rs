@@ -30,6 +30,9 @@ const GET_REPLY_SLACK_BYTES: usize = 64;
 /// Most lookups [`Store::prefetch`] takes at once.
 pub const PREFETCH_IDS_MAX: usize = 32;
 
+/// Most requests a connection looks at, ahead of answering them, for GETs to prefetch.
+pub const PREFETCH_SCAN_MAX: usize = 2 * PREFETCH_IDS_MAX;
+
 /// Shards holding fewer credentials than this are not prefetched: they fit in a core's
 /// cache (at about 600 B of record and map per credential, 8,192 take ~5 MB).
 const PREFETCH_MAP_LEN_MIN: usize = 8192;

@@ -28,7 +28,7 @@ use glommio::net::TcpStream;
 use zeroize::Zeroize;
 
 use crate::auth::Session;
-use crate::data::store::PREFETCH_IDS_MAX;
+use crate::data::store::{PREFETCH_IDS_MAX, PREFETCH_SCAN_MAX};
 use crate::error::OpError;
 use crate::error::WriteOutcome;
 use crate::metrics::{AnsweredBatch, ExecutorMetrics};
@@ -225,7 +225,12 @@ impl<'a> Connection<'a> {
         let mut bodies = [(0, 0); PREFETCH_IDS_MAX];
         let mut gets = 0;
         let mut offset = 0;
-        while gets < PREFETCH_IDS_MAX {
+        // At most this many frames are looked at, whatever they are: a client pipelining
+        // thousands of other requests costs this scan a bounded amount per batch.
+        for _ in 0..PREFETCH_SCAN_MAX {
+            if gets == PREFETCH_IDS_MAX {
+                break;
+            }
             let Ok(Some(header)) = frame::check(&buffered[offset..], self.frame_bytes_max()) else { break };
             if header.code == Op::Get as u8 {
                 let body = header.body_range();

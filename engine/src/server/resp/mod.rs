@@ -36,7 +36,7 @@ use futures::{AsyncRead, AsyncWrite, StreamExt};
 use zeroize::Zeroize;
 
 use crate::auth::Session;
-use crate::data::store::PREFETCH_IDS_MAX;
+use crate::data::store::{PREFETCH_IDS_MAX, PREFETCH_SCAN_MAX};
 use crate::error::{OpError, WriteOutcome};
 use crate::metrics::{AnsweredBatch, ExecutorMetrics};
 use crate::server::connection::{
@@ -173,9 +173,17 @@ impl<'a> RespConnection<'a> {
         let mut ids = [""; PREFETCH_IDS_MAX];
         let mut count = 0;
         let mut offset = 0;
-        while count < PREFETCH_IDS_MAX {
+        // At most this many commands are parsed ahead, whatever they are (see the native
+        // connection's scan).
+        for _ in 0..PREFETCH_SCAN_MAX {
+            if count == PREFETCH_IDS_MAX {
+                break;
+            }
             let command = &buffered[offset..];
             let Ok(Some(taken)) = parse::parse(command, &limits, &mut self.args) else { break };
+            if taken == 0 {
+                break;
+            }
             if let [name, key] = &self.args[..] {
                 if command[name.clone()].eq_ignore_ascii_case(b"get") {
                     if let Ok(id) = std::str::from_utf8(&command[key.clone()]) {
