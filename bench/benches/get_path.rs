@@ -90,7 +90,7 @@ fn get_path(criterion: &mut Criterion) {
                 out.clear();
                 batch.clear();
                 batch.extend(ids[at..at + BATCH].iter().map(String::as_str));
-                store.prefetch(&batch);
+                store.prefetch(batch.iter().copied());
                 for id in &batch {
                     black_box(store.get(&GetRequest::new(id, 0), now, &acl, &mut out).unwrap());
                 }

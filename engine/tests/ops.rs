@@ -446,7 +446,7 @@ fn pipelined_gets_of_a_large_map_are_each_answered_with_their_own_secret() {
             assert_eq!(client.receive().unwrap().status, Status::Ok as u8);
         }
     }
-    assert!(server.store().prefetch(&["bulk/1", "bulk/2"]) > 0, "the map is large enough to be prefetched");
+    assert!(server.store().prefetch(["bulk/1", "bulk/2"]) > 0, "the map is large enough to be prefetched");
 
     for round in 0..20 {
         let mut expected = Vec::new();

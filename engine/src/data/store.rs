@@ -238,10 +238,19 @@ impl Store {
     /// answered one after another, the GETs of a pipelined read wait for every chain in full;
     /// prefetched step by step, the misses of all of them overlap, and the GETs then find
     /// their lines in the cache. Changes nothing; an id the maps lack costs a few probes.
-    /// Shards small enough to stay in the cache are left alone. Returns how many of the ids
-    /// were prefetched.
-    pub fn prefetch(&self, ids: &[&str]) -> usize {
-        let ids = &ids[..ids.len().min(PREFETCH_IDS_MAX)];
+    /// Takes the first [`PREFETCH_IDS_MAX`] of `ids` (and no more of the iterator). Shards
+    /// small enough to stay in the cache are left alone. Returns how many of the ids were
+    /// prefetched.
+    pub fn prefetch<'i>(&self, ids: impl IntoIterator<Item = &'i str>) -> usize {
+        // The first ids, taken whatever the maps' size (a caller feeding the rest to later
+        // calls finds them where it left them).
+        let mut taken = [""; PREFETCH_IDS_MAX];
+        let mut count = 0;
+        for (slot, id) in taken.iter_mut().zip(ids) {
+            *slot = id;
+            count += 1;
+        }
+        let ids = &taken[..count];
         // A small map stays in the cache, where the prefetch passes cost more than they save
         // (criterion `get_path`, 1,000 credentials).
         if ids.len() < 2 || self.shards.iter().all(|shard| shard.len() < PREFETCH_MAP_LEN_MIN) {
@@ -452,13 +461,7 @@ impl Store {
         let mut ahead = request.ids();
         for (index, id) in request.ids().enumerate() {
             if index % PREFETCH_IDS_MAX == 0 {
-                let mut chunk = [""; PREFETCH_IDS_MAX];
-                let mut count = 0;
-                for (slot, next) in chunk.iter_mut().zip(ahead.by_ref().take(PREFETCH_IDS_MAX)) {
-                    *slot = next;
-                    count += 1;
-                }
-                self.prefetch(&chunk[..count]);
+                self.prefetch(ahead.by_ref().take(PREFETCH_IDS_MAX));
             }
             let status_at = out.len();
             out.put_u8(Status::Ok as u8);
@@ -813,7 +816,7 @@ mod tests {
             let writer = &mut writers[store.shard_for(&id)];
             apply(writer, Write::Put(&put(&id, id.as_bytes(), None)), now, &Acl::everything()).unwrap();
             if index == 2 {
-                assert_eq!(store.prefetch(&small), 0, "a map this small is left alone");
+                assert_eq!(store.prefetch(small), 0, "a map this small is left alone");
             }
         }
         let ids: Vec<String> =
@@ -821,10 +824,10 @@ mod tests {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let before: Vec<_> = ids.iter().map(|id| get(id)).collect();
         for chunk in ids.chunks(PREFETCH_IDS_MAX) {
-            assert_eq!(store.prefetch(chunk), chunk.len().min(PREFETCH_IDS_MAX));
+            assert_eq!(store.prefetch(chunk.iter().copied()), chunk.len().min(PREFETCH_IDS_MAX));
         }
-        assert_eq!(store.prefetch(&ids), PREFETCH_IDS_MAX, "at most PREFETCH_IDS_MAX at once");
-        assert_eq!(store.prefetch(&ids[..1]), 0, "one lookup has nothing to overlap with");
+        assert_eq!(store.prefetch(ids.iter().copied()), PREFETCH_IDS_MAX, "at most PREFETCH_IDS_MAX at once");
+        assert_eq!(store.prefetch(ids[..1].iter().copied()), 0, "one lookup has nothing to overlap with");
         let after: Vec<_> = ids.iter().map(|id| get(id)).collect();
         assert_eq!(before, after);
         assert!(matches!(after[after.len() - 2], Err(OpError::NotFound)));

@@ -243,15 +243,13 @@ impl<'a> Connection<'a> {
             return;
         }
         let limits = self.context.store.limits();
-        let mut ids = [""; PREFETCH_IDS_MAX];
-        let mut count = 0;
-        for (start, end) in &bodies[..gets] {
-            if let Ok(Request::Get(get)) = Request::decode(Op::Get as u8, &buffered[*start..*end], limits) {
-                ids[count] = get.id;
-                count += 1;
+        let ids = bodies[..gets].iter().filter_map(|(start, end)| {
+            match Request::decode(Op::Get as u8, &buffered[*start..*end], limits) {
+                Ok(Request::Get(get)) => Some(get.id),
+                _ => None,
             }
-        }
-        self.context.store.prefetch(&ids[..count]);
+        });
+        self.context.store.prefetch(ids);
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {

@@ -194,7 +194,7 @@ impl<'a> RespConnection<'a> {
             }
             offset += taken;
         }
-        self.context.store.prefetch(&ids[..count]);
+        self.context.store.prefetch(ids[..count].iter().copied());
     }
 
     pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
