@@ -9,12 +9,11 @@
 //! Cursor layout (opaque to clients): `b'O' | scope str16 | id str16` when listing by owner,
 //! `b'S' | id str16` when listing by scope only.
 //!
-//! Each index key is one byte string, held inline when short (no allocation for the common
-//! case): the tuple's fields in an order-preserving encoding, every field but the last with
-//! each 0x00 byte written as 0x00 0xFF and ended by 0x00 0x01, the last (the id) as it is. Byte
-//! order on these keys is the tuples' order, so a range of them is a range of tuples.
+//! Both indexes are nested maps, so that an owner's and a scope's names are held once per
+//! shard, not once per credential: per credential each holds only the id (inline when short,
+//! [`IdKey`]). Iterating them in order yields the tuples in order.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use bytes::{BufMut, BytesMut};
@@ -24,64 +23,50 @@ use credshard_protocol::wire::{put_str16, Reader};
 use super::inline::InlineBytes;
 use crate::error::OpError;
 
-/// Index keys up to this long are held inline.
-const KEY_INLINE_BYTES: usize = 46;
-type Key = InlineBytes<KEY_INLINE_BYTES>;
+/// Ids up to this long are held inline in the index (24 bytes per id and index); longer ones
+/// are boxed.
+const ID_INLINE_BYTES: usize = 22;
+type IdKey = InlineBytes<ID_INLINE_BYTES>;
+/// The ids of one group, in order.
+type Ids = BTreeSet<IdKey>;
 
 #[derive(Default, Debug)]
 pub struct ShardIndex {
-    /// `(owner, scope, id)`.
-    by_owner: BTreeSet<Key>,
-    /// `(scope, id)`.
-    by_scope: BTreeSet<Key>,
-    /// Where keys are encoded before they are looked up or stored.
-    scratch: Vec<u8>,
+    /// owner → scope → ids: `(owner, scope, id)` in order.
+    by_owner: BTreeMap<Box<str>, BTreeMap<Box<str>, Ids>>,
+    /// scope → ids: `(scope, id)` in order.
+    by_scope: BTreeMap<Box<str>, Ids>,
+    /// Ids indexed (each is in both maps once).
+    len: usize,
 }
 
-/// Appends `field` as a field that is not the key's last.
-fn push_field(out: &mut Vec<u8>, field: &str) {
-    for &byte in field.as_bytes() {
-        out.push(byte);
-        if byte == 0 {
-            out.push(0xFF);
-        }
+/// `map[key]`, inserted empty if absent; allocates the key only when it is new.
+fn group<'a, V: Default>(map: &'a mut BTreeMap<Box<str>, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.into(), V::default());
     }
-    out.extend_from_slice(&[0, 1]);
+    map.get_mut(key).expect("inserted above")
 }
 
-/// Splits a field written by [`push_field`] off the front of `key`.
-fn split_field(key: &[u8]) -> Option<(Box<str>, &[u8])> {
-    let mut field = Vec::new();
-    let mut at = 0;
-    loop {
-        match key.get(at..at + 2)? {
-            [0, 1] => break,
-            [0, 0xFF] => {
-                field.push(0);
-                at += 2;
-            }
-            [0, _] => return None,
-            [byte, _] => {
-                field.push(*byte);
-                at += 1;
-            }
-            _ => return None,
-        }
+/// Removes `id` from `map[key]`, and the group if it is left empty; returns whether it was there.
+fn remove_from<V>(
+    map: &mut BTreeMap<Box<str>, V>,
+    key: &str,
+    remove: impl FnOnce(&mut V) -> (bool, bool),
+) -> bool {
+    let Some(value) = map.get_mut(key) else { return false };
+    let (removed, empty) = remove(value);
+    if empty {
+        map.remove(key);
     }
-    Some((String::from_utf8(field).ok()?.into(), &key[at + 2..]))
+    removed
 }
 
-fn owner_key(out: &mut Vec<u8>, owner: &str, scope: &str, id: &str) {
-    out.clear();
-    push_field(out, owner);
-    push_field(out, scope);
-    out.extend_from_slice(id.as_bytes());
-}
-
-fn scope_key(out: &mut Vec<u8>, scope: &str, id: &str) {
-    out.clear();
-    push_field(out, scope);
-    out.extend_from_slice(id.as_bytes());
+/// The ids of a group after `after` (all of them for `None`), in order.
+fn ids_after<'a>(ids: &'a Ids, after: Option<&str>) -> impl Iterator<Item = &'a str> + 'a {
+    let lower = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_bytes()));
+    ids.range::<[u8], _>((lower, Bound::Unbounded))
+        .map(|id| std::str::from_utf8(id.as_bytes()).expect("index ids are made from a str"))
 }
 
 /// Where a LIST page sorts an item: (scope, id) by owner, (id, "") by scope only.
@@ -152,46 +137,51 @@ fn decode_cursor(request: &ListRequest<'_>) -> Result<SortKey, OpError> {
 }
 
 impl ShardIndex {
-    /// An index of `(owner, scope, id)` keys, built in bulk (sorted, then filled bottom-up).
+    /// An index of `(owner, scope, id)` keys, built in bulk (sorted, then each group's ids
+    /// filled bottom-up).
     pub fn build<'a>(keys: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> ShardIndex {
-        let mut scratch = Vec::new();
-        let (mut by_owner, mut by_scope): (Vec<Key>, Vec<Key>) = keys
-            .map(|(owner, scope, id)| {
-                owner_key(&mut scratch, owner, scope, id);
-                let owned = Key::from(&scratch[..]);
-                scope_key(&mut scratch, scope, id);
-                (owned, Key::from(&scratch[..]))
-            })
-            .unzip();
-        by_owner.sort_unstable();
-        by_scope.sort_unstable();
-        ShardIndex {
-            by_owner: by_owner.into_iter().collect(),
-            by_scope: by_scope.into_iter().collect(),
-            scratch,
+        let mut keys: Vec<(&str, &str, &str)> = keys.collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut index = ShardIndex { len: keys.len(), ..ShardIndex::default() };
+        for run in keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (owner, scope, _) = run[0];
+            let ids = run.iter().map(|&(_, _, id)| IdKey::from(id.as_bytes())).collect();
+            group(&mut index.by_owner, owner).insert(scope.into(), ids);
         }
+        keys.sort_unstable_by_key(|&(_, scope, id)| (scope, id));
+        for run in keys.chunk_by(|a, b| a.1 == b.1) {
+            let ids = run.iter().map(|&(_, _, id)| IdKey::from(id.as_bytes())).collect();
+            index.by_scope.insert(run[0].1.into(), ids);
+        }
+        index
     }
 
     pub fn insert(&mut self, owner: &str, scope: &str, id: &str) {
-        owner_key(&mut self.scratch, owner, scope, id);
-        self.by_owner.insert(Key::from(&self.scratch[..]));
-        scope_key(&mut self.scratch, scope, id);
-        self.by_scope.insert(Key::from(&self.scratch[..]));
+        let id = IdKey::from(id.as_bytes());
+        if group(&mut self.by_scope, scope).insert(id.clone()) {
+            self.len += 1;
+        }
+        group(group(&mut self.by_owner, owner), scope).insert(id);
     }
 
     pub fn remove(&mut self, owner: &str, scope: &str, id: &str) {
-        owner_key(&mut self.scratch, owner, scope, id);
-        self.by_owner.remove(&self.scratch[..]);
-        scope_key(&mut self.scratch, scope, id);
-        self.by_scope.remove(&self.scratch[..]);
+        let id = id.as_bytes();
+        let remove_id = |ids: &mut Ids| (ids.remove(id), ids.is_empty());
+        if remove_from(&mut self.by_scope, scope, remove_id) {
+            self.len -= 1;
+        }
+        remove_from(&mut self.by_owner, owner, |scopes| {
+            (remove_from(scopes, scope, remove_id), scopes.is_empty())
+        });
     }
 
     pub fn len(&self) -> usize {
-        self.by_scope.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_scope.is_empty()
+        self.len == 0
     }
 
     /// Offers the ids after the query's cursor to `accept`, in sort order, until it has
@@ -210,46 +200,35 @@ impl ShardIndex {
             }
             accepted >= limit
         };
-        // Every key in the listing starts with `prefix`; the scan starts at `start`.
-        let (mut prefix, mut start) = (Vec::new(), Vec::new());
         if query.owner.is_empty() {
-            push_field(&mut prefix, query.scope);
-            let start = match &query.after {
-                Some((id, _)) => {
-                    scope_key(&mut start, query.scope, id);
-                    Bound::Excluded(&start[..])
-                }
-                None => Bound::Included(&prefix[..]),
-            };
-            for key in self.by_scope.range::<[u8], _>((start, Bound::Unbounded)) {
-                let Some(id) = key.as_bytes().strip_prefix(&prefix[..]) else { break };
-                let id = std::str::from_utf8(id).expect("index keys end with an id");
+            let Some(ids) = self.by_scope.get(query.scope) else { return false };
+            for id in ids_after(ids, query.after.as_ref().map(|(id, _)| &**id)) {
                 if offer(id, (id.into(), Box::from(""))) {
                     return true;
                 }
             }
         } else {
-            push_field(&mut prefix, query.owner);
-            let owner_bytes = prefix.len();
-            if !query.scope.is_empty() {
-                push_field(&mut prefix, query.scope);
-            }
-            let start = match &query.after {
-                Some((scope, id)) => {
-                    owner_key(&mut start, query.owner, scope, id);
-                    Bound::Excluded(&start[..])
-                }
-                None => Bound::Included(&prefix[..]),
+            let Some(scopes) = self.by_owner.get(query.owner) else { return false };
+            // The first scope: the cursor's (where the last page ended), and no earlier than
+            // the one listed.
+            let cursor_scope = query.after.as_ref().map(|(scope, _)| &**scope);
+            let first = match (query.scope, cursor_scope) {
+                ("", None) => Bound::Unbounded,
+                ("", Some(cursor)) => Bound::Included(cursor),
+                (scope, cursor) => Bound::Included(cursor.map_or(scope, |cursor| cursor.max(scope))),
             };
-            for key in self.by_owner.range::<[u8], _>((start, Bound::Unbounded)) {
-                if !key.as_bytes().starts_with(&prefix) {
+            for (scope, ids) in scopes.range::<str, _>((first, Bound::Unbounded)) {
+                if !query.scope.is_empty() && **scope != *query.scope {
                     break;
                 }
-                let (scope, id) =
-                    split_field(&key.as_bytes()[owner_bytes..]).expect("index keys hold a scope");
-                let id = std::str::from_utf8(id).expect("index keys end with an id");
-                if offer(id, (scope, id.into())) {
-                    return true;
+                let after_id = match &query.after {
+                    Some((cursor_scope, id)) if cursor_scope == scope => Some(&**id),
+                    _ => None,
+                };
+                for id in ids_after(ids, after_id) {
+                    if offer(id, (scope.clone(), id.into())) {
+                        return true;
+                    }
                 }
             }
         }
@@ -297,50 +276,116 @@ mod tests {
         assert_eq!(index.len(), 3);
     }
 
+    /// Every page of every listing, followed by its cursor to the end, one item per page.
+    fn pages(index: &ShardIndex, owner: &str, scope: &str) -> Vec<(String, SortKey)> {
+        let mut listed = Vec::new();
+        let mut cursor = BytesMut::new();
+        loop {
+            let request = ListRequest { owner, scope, limit: 1, cursor: &cursor };
+            let query = ListQuery::new(&request).unwrap();
+            let mut page = Vec::new();
+            let more = index.scan(&query, 1, |id, key| {
+                page.push((id.to_owned(), key));
+                true
+            });
+            assert!(page.len() <= 1 && (more || page.is_empty()));
+            let Some(last) = page.pop() else { return listed };
+            let mut next = BytesMut::new();
+            query.cursor_after(&last.1, &mut next);
+            listed.push(last);
+            cursor = next;
+        }
+    }
+
     #[test]
-    fn keys_order_as_their_tuples_whatever_bytes_the_fields_hold() {
+    fn listings_are_in_tuple_order_whatever_bytes_the_fields_hold() {
         let fields = ["", "a", "a\0", "a\0b", "a\u{1}", "ab", "b", "\0", "\u{ff}", &"long".repeat(20)];
         let mut tuples = Vec::new();
-        for owner in fields {
-            for scope in fields {
-                for id in ["", "x", "x\0"] {
-                    tuples.push((owner, scope, id));
+        for (o, owner) in fields.iter().enumerate() {
+            for (s, scope) in fields.iter().enumerate() {
+                for suffix in ["", "x", "x\0", &"y".repeat(30)] {
+                    // Ids are unique in a shard; these sort against each other by suffix.
+                    tuples.push((*owner, *scope, format!("{o:02}{s:02}{suffix}")));
                 }
             }
         }
-        type Tuple<'a> = (&'a str, &'a str, &'a str);
-        let mut encoded: Vec<(Vec<u8>, Tuple<'_>)> = tuples
-            .iter()
-            .map(|&(owner, scope, id)| {
-                let mut key = Vec::new();
-                owner_key(&mut key, owner, scope, id);
-                (key, (owner, scope, id))
-            })
-            .collect();
-        encoded.sort();
-        let mut sorted = tuples.clone();
-        sorted.sort();
-        assert_eq!(encoded.iter().map(|(_, tuple)| *tuple).collect::<Vec<_>>(), sorted);
-        for (key, (owner, scope, id)) in &encoded {
-            let mut owner_field = Vec::new();
-            push_field(&mut owner_field, owner);
-            let (decoded_scope, rest) = split_field(&key[owner_field.len()..]).unwrap();
-            assert_eq!((&*decoded_scope, rest), (*scope, id.as_bytes()));
+        let keys = || tuples.iter().map(|(owner, scope, id)| (*owner, *scope, id.as_str()));
+        let mut inserted = ShardIndex::default();
+        for (owner, scope, id) in keys().rev() {
+            inserted.insert(owner, scope, id);
         }
-        // A listing of scope "a" by owner "a\0" sees exactly its ids, in order.
+        let built = ShardIndex::build(keys().chain(keys()));
+        for index in [&inserted, &built] {
+            assert_eq!(index.len(), tuples.len());
+            // (An empty owner or scope in a LIST means any: see the by-owner and by-scope
+            // listings.)
+            for owner in fields.into_iter().filter(|owner| !owner.is_empty()) {
+                for scope in fields.into_iter().filter(|scope| !scope.is_empty()) {
+                    // By owner and scope, then by scope alone (ordered by id), every page
+                    // resumed from its cursor.
+                    let mut expected: Vec<_> = tuples
+                        .iter()
+                        .filter(|(o, s, _)| *o == owner && *s == scope)
+                        .map(|(_, s, id)| (id.clone(), (Box::from(*s), Box::from(id.as_str()))))
+                        .collect();
+                    expected.sort();
+                    assert_eq!(pages(index, owner, scope), expected, "{owner:?} {scope:?}");
+                }
+                // By owner alone: ordered by scope, then id.
+                let mut expected: Vec<_> = tuples
+                    .iter()
+                    .filter(|(o, _, _)| *o == owner)
+                    .map(|(_, s, id)| (id.clone(), (Box::from(*s), Box::from(id.as_str()))))
+                    .collect();
+                expected.sort_by(|a, b| a.1.cmp(&b.1));
+                assert_eq!(pages(index, owner, ""), expected, "owner {owner:?}");
+            }
+            for scope in fields {
+                let mut expected: Vec<_> = tuples
+                    .iter()
+                    .filter(|(_, s, _)| *s == scope)
+                    .map(|(_, _, id)| (id.clone(), (Box::from(id.as_str()), Box::from(""))))
+                    .collect();
+                expected.sort();
+                assert_eq!(pages(index, "", scope), expected, "scope {scope:?}");
+            }
+        }
+        for (owner, scope, id) in keys() {
+            inserted.remove(owner, scope, id);
+        }
+        assert!(inserted.is_empty() && inserted.by_owner.is_empty() && inserted.by_scope.is_empty());
+    }
+
+    #[test]
+    fn removing_the_last_id_of_a_group_removes_the_group() {
         let mut index = ShardIndex::default();
-        for &(owner, scope, id) in &tuples {
-            index.insert(owner, scope, id);
+        index.insert("o", "s", "1");
+        index.insert("o", "t", "2");
+        index.remove("o", "s", "1");
+        index.remove("o", "s", "1");
+        index.remove("nobody", "s", "2");
+        assert_eq!((index.len(), index.by_owner["o"].len(), index.by_scope.len()), (1, 1, 1));
+        index.remove("o", "t", "2");
+        assert!(index.is_empty() && index.by_owner.is_empty() && index.by_scope.is_empty());
+    }
+
+    #[test]
+    fn a_cursor_for_another_scope_resumes_where_that_scope_sorts() {
+        let mut index = ShardIndex::default();
+        for (scope, id) in [("a", "1"), ("b", "2"), ("b", "3"), ("c", "4")] {
+            index.insert("o", scope, id);
         }
-        let request = ListRequest { owner: "a\0", scope: "a", limit: 10, cursor: b"" };
-        assert_eq!(page(&index, &request, 10), (vec!["".into(), "x".into(), "x\0".into()], false));
-        // By scope: (scope, id) keys, so the test's reuse of ids under every owner collapses.
-        let request = ListRequest { owner: "", scope: "a\0", limit: 100, cursor: b"" };
-        assert_eq!(page(&index, &request, 100), (vec!["".into(), "x".into(), "x\0".into()], false));
-        for &(owner, scope, id) in &tuples {
-            index.remove(owner, scope, id);
-        }
-        assert!(index.is_empty() && index.by_owner.is_empty());
+        let list = |scope: &str, cursor: (&str, &str)| {
+            let query = ListQuery::new(&ListRequest { owner: "o", scope, limit: 10, cursor: b"" }).unwrap();
+            let mut encoded = BytesMut::new();
+            query.cursor_after(&(cursor.0.into(), cursor.1.into()), &mut encoded);
+            page(&index, &ListRequest { owner: "o", scope, limit: 10, cursor: &encoded }, 10).0
+        };
+        assert_eq!(list("b", ("a", "9")), vec!["2", "3"]);
+        assert_eq!(list("b", ("b", "2")), vec!["3"]);
+        assert_eq!(list("b", ("c", "0")), Vec::<String>::new());
+        assert_eq!(list("", ("b", "2")), vec!["3", "4"]);
+        assert_eq!(list("", ("bb", "0")), vec!["4"]);
     }
 
     #[test]
