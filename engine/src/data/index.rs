@@ -27,6 +27,7 @@ use crate::error::OpError;
 /// are boxed.
 const ID_INLINE_BYTES: usize = 22;
 type IdKey = InlineBytes<ID_INLINE_BYTES>;
+const _: () = assert!(std::mem::size_of::<IdKey>() == 24);
 /// The ids of one group, in order.
 type Ids = BTreeSet<IdKey>;
 
