@@ -238,6 +238,17 @@ impl Record {
         self.archive.prefetch_count();
     }
 
+    /// Sets this handle's own mark (not its clones'; see [`Archive`]).
+    #[inline]
+    pub fn set_mark(&self) {
+        self.archive.set_mark();
+    }
+
+    /// Clears this handle's own mark; returns whether it was set.
+    pub fn take_mark(&self) -> bool {
+        self.archive.take_mark()
+    }
+
     /// True when both are handles to the same bytes.
     pub fn same_as(&self, other: &Record) -> bool {
         self.archive.same_as(&other.archive)
@@ -248,7 +259,7 @@ impl Record {
     pub fn credential(&self) -> &ArchivedCredential {
         // SAFETY: the bytes either passed `rkyv::access` validation in `from_bytes` or were
         // written by rkyv's serializer from a `Credential` in `archived` (the only two
-        // constructors), and were copied into 16-byte-aligned chunks: the alignment rkyv's
+        // constructors), and were copied into a 16-byte-aligned buffer: the alignment rkyv's
         // archives want, at this same address (the shared buffer never moves); they are never
         // mutated afterwards (no `&mut` to them is ever handed out).
         unsafe { rkyv::access_unchecked::<ArchivedCredential>(self.archive_bytes()) }

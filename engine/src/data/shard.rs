@@ -25,16 +25,20 @@ use super::record::Record;
 /// the version's bytes.
 #[derive(Debug)]
 pub struct Entry {
+    /// Its handle's mark says whether the entry was read since the cache's eviction clock last
+    /// passed it (a bounded cache only, see `ShardWriter`): set by readers on any executor,
+    /// cleared by the shard's writer. (Kept in the handle's spare bytes: the entry is 40
+    /// bytes, so the map's node with its key is 72.)
     current: Record,
     /// Older kept versions, newest first (no allocation when there are none).
     older: Box<[Record]>,
-    /// Read since the cache's eviction clock last passed it (a bounded cache only, see
-    /// `ShardWriter`): set by readers on any executor, cleared by the shard's writer.
-    referenced: AtomicBool,
     /// What few credentials have (a deletion, a pending version), out of line so that the
     /// common entry stays small: `None` for most.
     aside: Option<Box<Aside>>,
 }
+
+// The map's node (key and entry) stays at 72 bytes: 80 with glibc's header and rounding.
+const _: () = assert!(std::mem::size_of::<Entry>() == 40 && std::mem::size_of::<Id>() == 32);
 
 impl Drop for Entry {
     fn drop(&mut self) {
@@ -128,8 +132,8 @@ impl Entry {
     pub(super) fn new(versions: impl IntoIterator<Item = Record>) -> Entry {
         let mut versions = versions.into_iter();
         let current = versions.next().expect("an entry keeps at least its current version");
-        let entry =
-            Entry { current, older: versions.collect(), referenced: AtomicBool::new(true), aside: None };
+        current.set_mark();
+        let entry = Entry { current, older: versions.collect(), aside: None };
         debug_assert!(
             entry
                 .versions()
@@ -222,14 +226,12 @@ impl Entry {
     /// bounce its cache line.
     #[inline]
     pub fn touch(&self) {
-        if !self.referenced.load(Ordering::Relaxed) {
-            self.referenced.store(true, Ordering::Relaxed);
-        }
+        self.current.set_mark();
     }
 
     /// Clears the read mark; returns whether it was set (the entry gets a second chance).
     pub(super) fn take_reference(&self) -> bool {
-        self.referenced.swap(false, Ordering::Relaxed)
+        self.current.take_mark()
     }
 
     /// The version GET returns when no version is given.
