@@ -10,26 +10,21 @@
 //! `b'S' | id str16` when listing by scope only.
 //!
 //! Both indexes are nested maps, so that an owner's and a scope's names are held once per
-//! shard, not once per credential: per credential each holds only the id (inline when short,
-//! [`IdKey`]). Iterating them in order yields the tuples in order.
+//! shard, not once per credential: per credential each holds only the id, packed with its
+//! group's other ids ([`IdSet`]). Iterating them in order yields the tuples in order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::{BufMut, BytesMut};
 use credshard_protocol::op::list::ListRequest;
 use credshard_protocol::wire::{put_str16, Reader};
 
-use super::inline::InlineBytes;
+use super::ids::IdSet;
 use crate::error::OpError;
 
-/// Ids up to this long are held inline in the index (24 bytes per id and index); longer ones
-/// are boxed.
-const ID_INLINE_BYTES: usize = 22;
-type IdKey = InlineBytes<ID_INLINE_BYTES>;
-const _: () = assert!(std::mem::size_of::<IdKey>() == 24);
 /// The ids of one group, in order.
-type Ids = BTreeSet<IdKey>;
+type Ids = IdSet;
 
 #[derive(Default, Debug)]
 pub struct ShardIndex {
@@ -64,10 +59,9 @@ fn remove_from<V>(
 }
 
 /// The ids of a group after `after` (all of them for `None`), in order.
-fn ids_after<'a>(ids: &'a Ids, after: Option<&str>) -> impl Iterator<Item = &'a str> + 'a {
-    let lower = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.as_bytes()));
-    ids.range::<[u8], _>((lower, Bound::Unbounded))
-        .map(|id| std::str::from_utf8(id.as_bytes()).expect("index ids are made from a str"))
+fn ids_after<'a>(ids: &'a Ids, after: Option<&'a str>) -> impl Iterator<Item = &'a str> + 'a {
+    ids.after(after.map(str::as_bytes))
+        .map(|id| std::str::from_utf8(id).expect("index ids are made from a str"))
 }
 
 /// Where a LIST page sorts an item: (scope, id) by owner, (id, "") by scope only.
@@ -147,20 +141,20 @@ impl ShardIndex {
         let mut index = ShardIndex { len: keys.len(), ..ShardIndex::default() };
         for run in keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let (owner, scope, _) = run[0];
-            let ids = run.iter().map(|&(_, _, id)| IdKey::from(id.as_bytes())).collect();
+            let ids = IdSet::from_sorted(run.iter().map(|&(_, _, id)| id.as_bytes()));
             group(&mut index.by_owner, owner).insert(scope.into(), ids);
         }
         keys.sort_unstable_by_key(|&(_, scope, id)| (scope, id));
         for run in keys.chunk_by(|a, b| a.1 == b.1) {
-            let ids = run.iter().map(|&(_, _, id)| IdKey::from(id.as_bytes())).collect();
+            let ids = IdSet::from_sorted(run.iter().map(|&(_, _, id)| id.as_bytes()));
             index.by_scope.insert(run[0].1.into(), ids);
         }
         index
     }
 
     pub fn insert(&mut self, owner: &str, scope: &str, id: &str) {
-        let id = IdKey::from(id.as_bytes());
-        if group(&mut self.by_scope, scope).insert(id.clone()) {
+        let id = id.as_bytes();
+        if group(&mut self.by_scope, scope).insert(id) {
             self.len += 1;
         }
         group(group(&mut self.by_owner, owner), scope).insert(id);

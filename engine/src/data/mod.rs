@@ -17,6 +17,7 @@
 #[cfg(test)]
 mod crash_test;
 pub mod feed;
+pub mod ids;
 pub mod index;
 mod inline;
 pub mod keyspace;
