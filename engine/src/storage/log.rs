@@ -34,7 +34,7 @@ use crate::error::WriteOutcome;
 use crate::metrics::{ExecutorMetrics, Metrics};
 use crate::storage::manifest::Manifest;
 use crate::storage::recovery::ActiveSegment;
-use crate::storage::wal::{encode_batch, encode_entry, EntryType};
+use crate::storage::wal::{self, encode_entry, EntryType};
 use crate::storage::{CommitListener, FsyncMode, ShardStorage, Shards};
 
 /// Where a shard's log lives.
@@ -227,7 +227,7 @@ impl<F: LogFs> ShardLog<F> {
             end: Cell::new(end),
             compacting: Cell::new(false),
             snapshot_bytes: Cell::new(0),
-            pending: RefCell::new(Vec::with_capacity(64 * 1024)),
+            pending: RefCell::new(wal::batch_buffer(64 * 1024)),
             waiters: RefCell::new(Vec::new()),
             listener: RefCell::new(None),
             failing: Cell::new(false),
@@ -317,20 +317,21 @@ impl<F: LogFs> ShardLog<F> {
         let file = self.fs.open(&temp_path, true).await?;
         let result = async {
             let mut offset = 0u64;
-            let mut payload = Vec::with_capacity(SNAPSHOT_BATCH_BYTES + 64 * 1024);
+            // Each batch is built in place in one reused buffer.
+            let mut batch = wal::batch_buffer(SNAPSHOT_BATCH_BYTES + 64 * 1024);
             // Holding the versions (not a guard on the map) lets the map reclaim what writes
             // replace meanwhile.
             for item in self.shards.snapshot_items(shard_id) {
-                item.encode(&mut payload);
-                if payload.len() >= SNAPSHOT_BATCH_BYTES {
-                    let batch = encode_batch(&payload);
+                item.encode(&mut batch);
+                if batch.len() >= SNAPSHOT_BATCH_BYTES {
+                    wal::seal_batch(&mut batch);
                     write_all_at(&file, &batch, offset).await?;
                     offset += batch.len() as u64;
-                    payload.clear();
+                    batch.truncate(wal::BATCH_HEADER_BYTES);
                 }
             }
-            if !payload.is_empty() {
-                let batch = encode_batch(&payload);
+            if !wal::batch_is_empty(&batch) {
+                wal::seal_batch(&mut batch);
                 write_all_at(&file, &batch, offset).await?;
                 offset += batch.len() as u64;
             }
@@ -434,15 +435,16 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
     // How many writes the next synced commit waits for (see `gather`).
     let mut gather_target = 0;
     // The pending buffer the committer last took, emptied: it becomes the next one, so appends
-    // do not grow a buffer from nothing every batch.
-    let mut spare = Vec::new();
+    // do not grow a buffer from nothing every batch. Each is a batch built in place (its header
+    // written when it is committed): the entries are not copied again.
+    let mut spare = wal::batch_buffer(0);
     while rings.recv().await.is_some() {
         loop {
             let syncs = log.sync_requested.get() || log.settings.fsync == FsyncMode::Always;
             if syncs && gather_target > 1 && !gather(&log, &rings, gather_target).await {
                 return;
             }
-            let mut payload = std::mem::replace(&mut *log.pending.borrow_mut(), std::mem::take(&mut spare));
+            let payload = std::mem::replace(&mut *log.pending.borrow_mut(), std::mem::take(&mut spare));
             let waiters = std::mem::take(&mut *log.waiters.borrow_mut());
             let listener = log.listener.borrow().clone();
             let mark = listener.as_ref().map(|listener| listener.taken());
@@ -453,17 +455,21 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
             if !waiters.is_empty() {
                 counters.log_batch_writes.record(waiters.len() as u64, &crate::metrics::BATCH_BOUNDS);
             }
-            if payload.is_empty() && !sync {
+            if wal::batch_is_empty(&payload) && !sync {
                 // Every waiter follows an append and is taken with it, so none should be left
                 // here; answer any rather than leave a client hanging.
                 for (reply, outcome) in waiters {
                     let _ = reply.send(outcome);
                 }
+                spare = payload;
                 break;
             }
-            let batch = if payload.is_empty() { Vec::new() } else { encode_batch(&payload) };
-            payload.clear();
-            spare = payload;
+            let mut batch = payload;
+            if !wal::batch_is_empty(&batch) {
+                wal::seal_batch(&mut batch);
+            } else {
+                batch.clear();
+            }
             let mut waiters = Some(waiters);
             loop {
                 match log.commit(&batch, sync).await {
@@ -498,6 +504,9 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
                     }
                 }
             }
+            batch.clear();
+            batch.resize(wal::BATCH_HEADER_BYTES, 0);
+            spare = batch;
         }
     }
 }

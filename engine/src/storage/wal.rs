@@ -132,13 +132,38 @@ pub fn encode_entry(entry_type: EntryType, body: &[u8], payload: &mut Vec<u8>) {
 /// Wraps a payload of entries into a batch ready to write.
 pub fn encode_batch(payload: &[u8]) -> Vec<u8> {
     let mut batch = Vec::with_capacity(BATCH_HEADER_BYTES + payload.len());
-    batch.extend_from_slice(&MAGIC.to_le_bytes());
-    batch.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    batch.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    let header_crc = crc32c::crc32c(&batch[..12]);
-    batch.extend_from_slice(&header_crc.to_le_bytes());
+    batch.resize(BATCH_HEADER_BYTES, 0);
     batch.extend_from_slice(payload);
+    seal_batch(&mut batch);
     batch
+}
+
+/// A buffer for building a batch in place: [`BATCH_HEADER_BYTES`] reserved for the header,
+/// the entries appended after them ([`encode_entry`]), then [`seal_batch`]: no copy of the
+/// payload into a second buffer.
+pub fn batch_buffer(capacity: usize) -> Vec<u8> {
+    let mut batch = Vec::with_capacity(BATCH_HEADER_BYTES + capacity);
+    batch.resize(BATCH_HEADER_BYTES, 0);
+    batch
+}
+
+/// True when a [`batch_buffer`] holds no entry.
+pub fn batch_is_empty(batch: &[u8]) -> bool {
+    batch.len() <= BATCH_HEADER_BYTES
+}
+
+/// Writes the header of a batch built in a [`batch_buffer`] (its entries after the header's
+/// bytes), which is then ready to write.
+///
+/// # Panics
+/// If `batch` is shorter than the header.
+pub fn seal_batch(batch: &mut [u8]) {
+    let (header, payload) = batch.split_at_mut(BATCH_HEADER_BYTES);
+    header[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[8..12].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let header_crc = crc32c::crc32c(&header[..12]);
+    header[12..16].copy_from_slice(&header_crc.to_le_bytes());
 }
 
 /// What recovery found in one log.
@@ -283,6 +308,22 @@ fn parse_payload<'a>(mut payload: &'a [u8], entries: &mut Vec<Entry<'a>>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_built_in_place_is_the_batch_encode_batch_makes() {
+        let mut payload = Vec::new();
+        let mut in_place = batch_buffer(0);
+        assert!(batch_is_empty(&in_place));
+        for (index, body) in [&b"first"[..], b"", b"third entry"].into_iter().enumerate() {
+            encode_entry(EntryType::Record, body, &mut payload);
+            encode_entry(EntryType::Record, body, &mut in_place);
+            assert!(!batch_is_empty(&in_place), "{index}");
+        }
+        seal_batch(&mut in_place);
+        assert_eq!(in_place, encode_batch(&payload));
+        let parsed = parse(&in_place).unwrap();
+        assert_eq!((parsed.entries.len(), parsed.valid_bytes), (3, in_place.len()));
+    }
 
     /// A log of `count` single-entry batches; returns it and each batch's end offset.
     fn log(count: usize) -> (Vec<u8>, Vec<usize>) {
