@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# RSS of 1,000,000 credentials of 256 B against redis-server holding the same 1M values: each
+# server alone on CPU 1 (credshard: one shard, --fsync never), filled by the loadgen's preload on
+# CPU 0 (50 connections, pipeline 16), VmRSS two seconds after. ROUNDS rounds, the servers one
+# after the other in each; other builds to compare as arguments (default: this tree's release
+# build).
+#
+#   bash bench/memory.sh [CREDSHARD_BINARY ...]     (build first: cargo build --release)
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+L="$ROOT/target/release/credshard-loadgen"
+ROUNDS="${ROUNDS:-2}"
+BUILDS=("$@")
+[ ${#BUILDS[@]} -gt 0 ] || BUILDS=("$ROOT/target/release/credshard")
+TMP="$(mktemp -d -t memory.XXXXXX)"
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+measure() {  # measure NAME: starts the server named (redis or a credshard binary), fills it, prints its RSS
+    local port pid target
+    port=$(free_port)
+    rm -rf "$TMP/data"
+    if [ "$1" = redis ]; then
+        taskset -c 1 redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$TMP" \
+            --logfile "$TMP/redis.log" --daemonize no &
+        target="redis://127.0.0.1:$port"
+    else
+        taskset -c 1 "$1" serve --listen "127.0.0.1:$port" --shards 1 --fsync never --data-dir "$TMP/data" >/dev/null 2>&1 &
+        target="credshard://127.0.0.1:$port"
+    fi
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+    taskset -c 0 "$L" --target "$target" --threads 1 --connections 50 --pipeline 16 --keys 1000000 --value-size 256 \
+        --mix get=1 --duration 0.2 --warmup 0 >/dev/null 2>&1
+    sleep 2
+    echo "$1: $(awk '/VmRSS/ {printf "%d MB", $2 / 1000}' "/proc/$pid/status")"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+for round in $(seq "$ROUNDS"); do
+    echo "round $round"
+    measure redis
+    for build in "${BUILDS[@]}"; do measure "$build"; done
+done
