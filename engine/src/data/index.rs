@@ -138,7 +138,7 @@ impl ShardIndex {
         let mut keys: Vec<(&str, &str, &str)> = keys.collect();
         keys.sort_unstable();
         keys.dedup();
-        let mut index = ShardIndex { len: keys.len(), ..ShardIndex::default() };
+        let mut index = ShardIndex::default();
         for run in keys.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
             let (owner, scope, _) = run[0];
             let ids = IdSet::from_sorted(run.iter().map(|&(_, _, id)| id.as_bytes()));
@@ -147,6 +147,7 @@ impl ShardIndex {
         keys.sort_unstable_by_key(|&(_, scope, id)| (scope, id));
         for run in keys.chunk_by(|a, b| a.1 == b.1) {
             let ids = IdSet::from_sorted(run.iter().map(|&(_, _, id)| id.as_bytes()));
+            index.len += ids.len();
             index.by_scope.insert(run[0].1.into(), ids);
         }
         index
