@@ -4,9 +4,10 @@
 //! snapshot collects handles, not copies.
 //!
 //! The allocation is exactly a 16-byte header (the count) and the bytes, with no padding to a
-//! multiple of 16; the handle is 16 bytes (pointer, length, and a flag for its holder). An
-//! `Arc<[u8]>` would pad, carry a weak count and make a 24-byte handle: per credential that was
-//! 16 bytes of the record's allocation and 16 of the map's node.
+//! multiple of 16; the handle is 16 bytes (pointer, length, and a flag for its holder). The
+//! `Arc` of 16-byte chunks it replaces (an `Arc<[u8]>` would not be 16-byte aligned) padded the
+//! bytes, carried a weak count and made a 24-byte handle: per credential that was 16 bytes of
+//! the record's allocation and 16 of the map's node.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
