@@ -23,15 +23,12 @@ use credshard_protocol::wire::{put_str16, Reader};
 use super::ids::IdSet;
 use crate::error::OpError;
 
-/// The ids of one group, in order.
-type Ids = IdSet;
-
 #[derive(Default, Debug)]
 pub struct ShardIndex {
     /// owner → scope → ids: `(owner, scope, id)` in order.
-    by_owner: BTreeMap<Box<str>, BTreeMap<Box<str>, Ids>>,
+    by_owner: BTreeMap<Box<str>, BTreeMap<Box<str>, IdSet>>,
     /// scope → ids: `(scope, id)` in order.
-    by_scope: BTreeMap<Box<str>, Ids>,
+    by_scope: BTreeMap<Box<str>, IdSet>,
     /// Ids indexed (each is in both maps once).
     len: usize,
 }
@@ -59,7 +56,7 @@ fn remove_from<V>(
 }
 
 /// The ids of a group after `after` (all of them for `None`), in order.
-fn ids_after<'a>(ids: &'a Ids, after: Option<&'a str>) -> impl Iterator<Item = &'a str> + 'a {
+fn ids_after<'a>(ids: &'a IdSet, after: Option<&'a str>) -> impl Iterator<Item = &'a str> + 'a {
     ids.after(after.map(str::as_bytes))
         .map(|id| std::str::from_utf8(id).expect("index ids are made from a str"))
 }
@@ -163,7 +160,7 @@ impl ShardIndex {
 
     pub fn remove(&mut self, owner: &str, scope: &str, id: &str) {
         let id = id.as_bytes();
-        let remove_id = |ids: &mut Ids| (ids.remove(id), ids.is_empty());
+        let remove_id = |ids: &mut IdSet| (ids.remove(id), ids.is_empty());
         if remove_from(&mut self.by_scope, scope, remove_id) {
             self.len -= 1;
         }

@@ -207,20 +207,10 @@ pub(super) fn install_entry(
     live.iter().flat_map(|live| live.versions().take(max_versions - 1)).for_each(Record::prefetch_count);
     let older = live.into_iter().flat_map(|live| live.versions().take(max_versions - 1).cloned());
     let entry = Entry::new(std::iter::once(record).chain(older)).with_policy(policy);
-    let credential = entry.current().credential();
-    // A deleted credential is out of the index: writing it again puts it back.
-    let same_index_key = existing.filter(|entry| !entry.is_deleted()).is_some_and(|entry| {
-        let old = entry.current().credential();
-        old.owner == credential.owner && old.scope == credential.scope
-    });
     let shard = store.shard(shard_id);
-    if maintain_index && !same_index_key {
-        let mut index = shard.index.write().expect("index lock");
-        if let Some(existing) = existing.filter(|entry| !entry.is_deleted()) {
-            let old = existing.current().credential();
-            index.remove(old.owner.as_str(), old.scope.as_str(), id);
-        }
-        index.insert(credential.owner.as_str(), credential.scope.as_str(), id);
+    // A deleted credential is out of the index: writing it again puts it back.
+    if maintain_index {
+        shard.reindex(id, existing, &entry);
     }
     if existing.is_none() {
         // The purged id lives again: its versions carry the count on from here.

@@ -197,6 +197,12 @@ impl Entry {
         self.deletion().is_some()
     }
 
+    /// Where LIST finds the credential: its owner and scope, `None` while it is deleted.
+    pub fn listed(&self) -> Option<(&str, &str)> {
+        let credential = self.current.credential();
+        (!self.is_deleted()).then(|| (credential.owner.as_str(), credential.scope.as_str()))
+    }
+
     /// The same versions with `policy` (`None`: the server's defaults).
     pub(super) fn with_policy(mut self, policy: Option<StoredPolicy>) -> Entry {
         self.aside = Aside { policy, ..self.aside() }.boxed();
@@ -405,6 +411,22 @@ impl Shard {
         }
     }
 
+    /// Moves `id` in the LIST index from where `old` listed it (if anywhere) to where `new`
+    /// does; takes the index's lock only when that changes.
+    pub(crate) fn reindex(&self, id: &str, old: Option<&Entry>, new: &Entry) {
+        let (old, new) = (old.and_then(Entry::listed), new.listed());
+        if old == new {
+            return;
+        }
+        let mut index = self.index.write().expect("index lock");
+        if let Some((owner, scope)) = old {
+            index.remove(owner, scope, id);
+        }
+        if let Some((owner, scope)) = new {
+            index.insert(owner, scope, id);
+        }
+    }
+
     /// Rebuilds the LIST index from the map in one sorted bulk build (after recovery, which
     /// installs entries without maintaining it). Returns the number of kept versions.
     pub(crate) fn rebuild_index(&self) -> usize {
@@ -413,8 +435,7 @@ impl Shard {
         let keys = map.iter().filter_map(|(id, entry)| {
             versions += entry.version_count();
             // A deleted credential is out of LIST until UNDELETE brings it back.
-            let credential = entry.current().credential();
-            (!entry.is_deleted()).then(|| (credential.owner.as_str(), credential.scope.as_str(), &**id))
+            entry.listed().map(|(owner, scope)| (owner, scope, &**id))
         });
         *self.index.write().expect("index lock") = ShardIndex::build(keys);
         versions

@@ -1005,21 +1005,7 @@ impl ShardWriter {
     /// Puts `entry` in the map as `id`'s (replacing `existing`), keeping the index, the
     /// expiry set and the eviction clock up to date.
     fn replace_entry(&mut self, id: &str, entry: Entry, existing: Option<&Entry>) {
-        // Where LIST finds the credential (borrowed from the versions: no copies per write).
-        fn listed(entry: &Entry) -> Option<(&str, &str)> {
-            let credential = entry.current().credential();
-            (!entry.is_deleted()).then(|| (credential.owner.as_str(), credential.scope.as_str()))
-        }
-        let (old_key, new_key) = (existing.and_then(listed), listed(&entry));
-        if old_key != new_key {
-            let mut index = self.store.shard(self.shard_id).index.write().expect("index lock");
-            if let Some((owner, scope)) = old_key {
-                index.remove(owner, scope, id);
-            }
-            if let Some((owner, scope)) = new_key {
-                index.insert(owner, scope, id);
-            }
-        }
+        self.store.shard(self.shard_id).reindex(id, existing, &entry);
         let expiry = |entry: &Entry| entry.current().credential().expires_at_ms.to_native();
         let (old_expiry, new_expiry) = (existing.map_or(0, expiry), expiry(&entry));
         if old_expiry != new_expiry {
