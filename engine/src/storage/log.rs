@@ -12,6 +12,14 @@
 //! will reach the disk when it recovers), the shard refuses new writes (reads go on), and the
 //! committer retries the same batch at the same offset until it succeeds.
 //!
+//! Preallocation (`--fsync always`): the committer keeps the active segment filled with zeros
+//! (written and synced, not `fallocate`d) [`PREALLOCATE_AHEAD_BYTES`] ahead of its end, a step
+//! at a time in a background task. A commit then overwrites blocks the file already has, so
+//! its fdatasync flushes the data without a journal commit for the file's new size: on this
+//! project's test machine (ext4) 113 µs instead of 229 µs for a 27 KB batch. Recovery reads
+//! the zeros after the last batch as the end of the log (`storage::wal`). A commit never
+//! writes where a step is still zeroing: it waits for the step first.
+//!
 //! Compaction: when the active segment passes `--compact-log-bytes`, the committer starts a
 //! new segment between two batches, and a background task writes a snapshot of the shard's
 //! map (every kept version of every credential) as `shard-<i>.<new sequence>.snapshot`:
@@ -88,7 +96,29 @@ pub trait LogFile {
     /// Makes the file's data durable.
     async fn fdatasync(&self) -> std::io::Result<()>;
     async fn close(self) -> std::io::Result<()>;
+
+    /// Fills `from..to` with zeros and makes them durable (see the module doc, Preallocation).
+    async fn preallocate(&self, from: u64, to: u64) -> std::io::Result<()> {
+        static ZEROS: [u8; PREALLOCATE_WRITE_BYTES] = [0; PREALLOCATE_WRITE_BYTES];
+        let mut offset = from;
+        while offset < to {
+            let length = (to - offset).min(ZEROS.len() as u64) as usize;
+            write_all_at(self, &ZEROS[..length], offset).await?;
+            offset += length as u64;
+            glommio::yield_if_needed().await;
+        }
+        self.fdatasync().await
+    }
 }
+
+/// How far ahead of its end the active segment is kept preallocated (`--fsync always`).
+const PREALLOCATE_AHEAD_BYTES: u64 = 4 << 20;
+/// Bytes zeroed by one preallocation step (then synced): a commit's fdatasync that runs
+/// meanwhile may have to write them too.
+const PREALLOCATE_STEP_BYTES: u64 = 1 << 20;
+/// Bytes of zeros per write of a preallocation step (a direct `pwrite` each, see
+/// [`DIRECT_WRITE_BYTES_MAX`]).
+const PREALLOCATE_WRITE_BYTES: usize = 256 * 1024;
 
 /// Writes up to this size are made with a direct `pwrite` (see [`LogFile::write_at`] for
 /// [`BufferedFile`]).
@@ -166,6 +196,12 @@ pub struct ShardLog<F: LogFs = Disk> {
     sequence: Cell<u64>,
     /// Offset where the next batch goes.
     end: Cell<u64>,
+    /// The active segment is zeros from `end` up to here (`--fsync always`).
+    preallocated: Cell<u64>,
+    /// The preallocation step under way: where it starts, and what says when it is done.
+    preallocating: RefCell<Option<(u64, oneshot::Receiver<()>)>>,
+    /// A step failed (a full disk): no more until the next segment.
+    preallocation_failed: Cell<bool>,
     /// A snapshot is being written.
     compacting: Cell<bool>,
     /// The size of the last snapshot this log wrote (0 before the first): the active segment
@@ -225,6 +261,9 @@ impl<F: LogFs> ShardLog<F> {
             shards,
             file: RefCell::new(Rc::new(file)),
             end: Cell::new(end),
+            preallocated: Cell::new(end),
+            preallocating: RefCell::new(None),
+            preallocation_failed: Cell::new(false),
             compacting: Cell::new(false),
             snapshot_bytes: Cell::new(0),
             pending: RefCell::new(wal::batch_buffer(64 * 1024)),
@@ -248,6 +287,7 @@ impl<F: LogFs> ShardLog<F> {
     async fn commit(&self, batch: &[u8], sync: bool) -> std::io::Result<()> {
         let file = Rc::clone(&self.file.borrow());
         if !batch.is_empty() {
+            self.wait_for_preallocation_below(self.end.get() + batch.len() as u64).await;
             write_all_at(&*file, batch, self.end.get()).await?;
         }
         if sync || self.settings.fsync == FsyncMode::Always {
@@ -258,6 +298,59 @@ impl<F: LogFs> ShardLog<F> {
             metrics.log_fsync_latency_ns.record(elapsed, &crate::metrics::LATENCY_BOUNDS_NS);
         }
         Ok(())
+    }
+
+    /// Waits for the preallocation step under way if it zeroes anything before `end`.
+    async fn wait_for_preallocation_below(&self, end: u64) {
+        let starts_before = self.preallocating.borrow().as_ref().is_some_and(|(from, _)| *from < end);
+        if starts_before {
+            let Some((_, done)) = self.preallocating.borrow_mut().take() else { return };
+            let _ = done.await;
+        }
+    }
+
+    /// Between two batches (`--fsync always`): starts the next preallocation step if the
+    /// zeros ahead of the end run short and no step is under way.
+    fn maybe_preallocate(self: &Rc<Self>) {
+        if self.settings.fsync != FsyncMode::Always || self.preallocation_failed.get() {
+            return;
+        }
+        let end = self.end.get();
+        if self.preallocated.get() >= end + PREALLOCATE_AHEAD_BYTES {
+            return;
+        }
+        {
+            let mut preallocating = self.preallocating.borrow_mut();
+            if let Some((_, done)) = preallocating.as_mut() {
+                if matches!(done.try_recv(), Ok(None)) {
+                    return; // still zeroing
+                }
+                *preallocating = None;
+            }
+        }
+        // Zeroing starts at or after the end: what a commit wrote is never overwritten.
+        let from = self.preallocated.get().max(end).next_multiple_of(4096);
+        let to = from + PREALLOCATE_STEP_BYTES;
+        let (finished, done) = oneshot::channel();
+        *self.preallocating.borrow_mut() = Some((from, done));
+        let file = Rc::clone(&self.file.borrow());
+        let sequence = self.sequence.get();
+        let log = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let result = file.preallocate(from, to).await;
+            // A new segment may have started meanwhile: this one's zeros no longer matter.
+            if log.sequence.get() == sequence {
+                match result {
+                    Ok(()) => log.preallocated.set(log.preallocated.get().max(to)),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not preallocate the log segment; commits append to it instead");
+                        log.preallocation_failed.set(true);
+                    }
+                }
+            }
+            let _ = finished.send(());
+        })
+        .detach();
     }
 
     /// Between two batches: if the active segment is too big (above `compact_log_bytes` and
@@ -295,6 +388,9 @@ impl<F: LogFs> ShardLog<F> {
         *self.file.borrow_mut() = Rc::new(file);
         self.sequence.set(sequence);
         self.end.set(0);
+        self.preallocated.set(0);
+        self.preallocating.borrow_mut().take();
+        self.preallocation_failed.set(false);
         self.compacting.set(true);
         let log = Rc::clone(self);
         glommio::spawn_local(async move {
@@ -489,6 +585,7 @@ async fn committer<F: LogFs>(log: Rc<ShardLog<F>>, rings: LocalReceiver<()>) {
                             let _ = reply.send(outcome);
                         }
                         log.maybe_compact().await;
+                        log.maybe_preallocate();
                         break;
                     }
                     Err(error) => {

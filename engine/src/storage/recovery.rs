@@ -86,13 +86,27 @@ pub fn recover(
                     corruption.reason
                 ))
             })?;
-            let dropped = bytes.len() - file_parsed.valid_bytes;
+            // What follows the last whole batch: a torn batch, then zeros preallocated ahead of
+            // the log's end (`--fsync always`; see `storage::log`), either of them or neither.
+            let after = &bytes[file_parsed.valid_bytes..];
+            let dropped = after.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+            let is_segment = path.extension().is_none_or(|extension| extension != "snapshot");
+            let is_active = position + 1 == shard.files.len();
+            if dropped == 0 && !after.is_empty() && is_active && is_segment {
+                // Only zeros: the active segment is cut back to its end, which its writer
+                // continues from. (An older segment keeps them: nothing is written there.)
+                truncate(path, file_parsed.valid_bytes as u64)?;
+            } else if dropped == 0 && !after.is_empty() && !is_segment {
+                return Err(EngineError::Corrupt(format!(
+                    "{} ends in {} zero bytes after its last batch but is a snapshot, which is never preallocated",
+                    path.display(),
+                    after.len()
+                )));
+            }
             if dropped > 0 {
                 // Only the active (last) segment can end in a torn batch: snapshots and older
                 // segments were complete and synced before anything newer was written.
-                if position + 1 != shard.files.len()
-                    || path.extension().is_some_and(|extension| extension == "snapshot")
-                {
+                if !is_active || !is_segment {
                     return Err(EngineError::Corrupt(format!(
                         "{} ends {} bytes short of a whole batch but is not the active log segment",
                         path.display(),

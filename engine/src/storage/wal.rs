@@ -30,12 +30,17 @@
 //! The header CRC covers the first 12 header bytes; the payload CRC covers the payload. A batch
 //! is written with one write and made durable with one fdatasync before any of its writes is
 //! acknowledged, so a crash can only leave the last batch *torn*: its bytes end early (the
-//! header, or the payload its header announces, runs past the end of the file), or the file
-//! ends in zeros from a sector boundary on (a file system that extended the file before the
-//! data reached the disk). Recovery truncates a torn batch: none of its writes was
-//! acknowledged. Anything else that fails its checksum — a damaged batch followed by an intact
-//! one, or a last batch that is whole but does not match its checksum — cannot come from a
-//! crash: it is corruption of acknowledged writes, and recovery refuses to guess.
+//! header, or the payload its header announces, runs past the end of the file), or some of its
+//! sectors never reached the disk and read back as zeros (a file system that extended the file
+//! before the data arrived, or a segment preallocated with zeros). Recovery truncates a torn
+//! batch: none of its writes was acknowledged. Anything else that fails its checksum — a
+//! damaged batch followed by an intact one, or a last batch that is whole but does not match
+//! its checksum — cannot come from a crash: it is corruption of acknowledged writes, and
+//! recovery refuses to guess.
+//!
+//! Zeros after the last batch are not a batch: a segment written with `--fsync always` is
+//! preallocated with zeros ahead of its end (so that a commit's fdatasync overwrites allocated
+//! blocks and need not commit file-system metadata), and the log ends where they begin.
 
 /// Bytes of a batch header.
 pub const BATCH_HEADER_BYTES: usize = 16;
@@ -218,18 +223,37 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, Corruption> {
 }
 
 /// Whether the damaged last batch at `offset` is what a crash during its write leaves: its
-/// bytes end early, or the file ends in zeros from a sector boundary within the batch on.
+/// bytes end early, or part of it never reached the disk. A sector that was not written reads
+/// back as it was before, which for the log is zeros (the file system extended the file, or
+/// the segment was preallocated with zeros; see `storage::log`). So the batch is torn when the
+/// part of some sector that belongs to it is all zeros: its header's sector when the header is
+/// broken, any of its sectors when the header is intact (whatever follows it). Bytes that are
+/// damaged but not zeroed a sector at a time are not a crash.
 fn is_torn(bytes: &[u8], offset: usize) -> bool {
     let Some(header) = bytes.get(offset..offset + BATCH_HEADER_BYTES) else {
         return true; // the header itself is incomplete
     };
     let field = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
     let header_intact = field(0) == MAGIC && field(12) == crc32c::crc32c(&header[..12]);
-    if header_intact && offset + BATCH_HEADER_BYTES + field(4) as usize > bytes.len() {
-        return true; // the payload the header announces runs past the end of the file
+    let (first, end) = if header_intact {
+        let end = offset + BATCH_HEADER_BYTES + field(4) as usize;
+        if end > bytes.len() {
+            return true; // the payload the header announces runs past the end of the file
+        }
+        (offset, end)
+    } else {
+        // The header's sectors, each to its end (the header names no extent to trust).
+        (offset, (offset + BATCH_HEADER_BYTES).next_multiple_of(SECTOR_BYTES).min(bytes.len()))
+    };
+    let mut sector = first - first % SECTOR_BYTES;
+    while sector < end {
+        let part = &bytes[sector.max(first)..(sector + SECTOR_BYTES).min(end)];
+        if part.iter().all(|&byte| byte == 0) {
+            return true;
+        }
+        sector += SECTOR_BYTES;
     }
-    let zeros_from = bytes.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
-    zeros_from <= offset || zeros_from.next_multiple_of(SECTOR_BYTES) < bytes.len()
+    false
 }
 
 /// The payload of an intact batch at `offset` and the offset after it.
@@ -444,6 +468,68 @@ mod tests {
         let mut corrupt_header = log;
         corrupt_header[ends[0] + 5] ^= 0xFF;
         assert_eq!(parse(&corrupt_header).unwrap_err().offset, ends[0]);
+    }
+
+    /// Every byte from `offset` on is zero: preallocated space, or nothing of a batch.
+    fn zeros_from(bytes: &[u8], offset: usize) -> bool {
+        bytes[offset..].iter().all(|&byte| byte == 0)
+    }
+
+    #[test]
+    fn a_preallocated_log_ends_where_its_zeros_begin() {
+        let (log, ends) = log(6);
+        let mut preallocated = log.clone();
+        preallocated.resize(log.len().next_multiple_of(4096) + 8192, 0);
+        let parsed = parse(&preallocated).unwrap();
+        assert_eq!((parsed.entries.len(), parsed.valid_bytes), (6, ends[5]));
+        assert!(zeros_from(&preallocated, parsed.valid_bytes));
+    }
+
+    #[test]
+    fn in_a_preallocated_log_a_last_batch_with_an_unwritten_sector_is_torn() {
+        // A last batch of three sectors and more, then preallocated zeros.
+        let mut log = Vec::new();
+        let mut payload = Vec::new();
+        encode_entry(EntryType::Record, &vec![0xAB; 700], &mut payload);
+        log.extend(encode_batch(&payload));
+        let first_end = log.len();
+        let mut payload = Vec::new();
+        encode_entry(EntryType::Record, &vec![0xCD; 1500], &mut payload);
+        log.extend(encode_batch(&payload));
+        let whole = log.len();
+        log.resize(whole + 4096, 0);
+        let sectors = (first_end.next_multiple_of(SECTOR_BYTES)..whole).step_by(SECTOR_BYTES);
+        for sector in sectors {
+            // Any one sector of it that never reached the disk (a middle one, or its last part).
+            let mut unwritten = log.clone();
+            unwritten[sector..(sector + SECTOR_BYTES).min(whole)].fill(0);
+            let parsed = parse(&unwritten).unwrap_or_else(|error| panic!("sector {sector}: {error:?}"));
+            assert_eq!((parsed.entries.len(), parsed.valid_bytes), (1, first_end), "sector {sector}");
+            assert!(!zeros_from(&unwritten, parsed.valid_bytes), "a torn batch is not preallocated space");
+        }
+        // Its header's sector unwritten (the sector also holds the first batch's tail).
+        let mut header_unwritten = log.clone();
+        header_unwritten[first_end..first_end.next_multiple_of(SECTOR_BYTES)].fill(0);
+        assert_eq!(parse(&header_unwritten).unwrap().valid_bytes, first_end);
+    }
+
+    #[test]
+    fn in_a_preallocated_log_damage_to_a_whole_last_batch_is_corruption() {
+        let (mut log, ends) = log(5);
+        log.resize(log.len() + 4096, 0);
+        let mut damaged = log.clone();
+        damaged[ends[3] + 20] ^= 0xFF; // inside the last batch's payload
+        let error = parse(&damaged).unwrap_err();
+        assert_eq!(error.offset, ends[3]);
+        assert!(error.reason.contains("not a torn write"), "{error:?}");
+        let mut damaged_header = log.clone();
+        damaged_header[ends[3] + 2] ^= 0xFF; // the last batch's magic
+        assert_eq!(parse(&damaged_header).unwrap_err().offset, ends[3]);
+        // Its last bytes zeroed, but not a whole sector's share of it.
+        let mut zeroed = log.clone();
+        zeroed[ends[4] - 3..ends[4]].fill(0);
+        assert!(ends[4] % SECTOR_BYTES > 3, "the zeroed bytes share their sector with the rest of the batch");
+        assert!(parse(&zeroed).is_err());
     }
 
     #[test]
