@@ -317,7 +317,7 @@ impl LogFs for SimDisk {
         Ok(SimFile { disk: self.clone(), inode })
     }
 
-    fn sync_directory(&self, directory: &Path) -> std::io::Result<()> {
+    async fn sync_directory(&self, directory: &Path) -> std::io::Result<()> {
         self.operation();
         let mut state = self.state.borrow_mut();
         if state.lies.directory_sync {
@@ -333,7 +333,7 @@ impl LogFs for SimDisk {
         Ok(())
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+    async fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         self.operation();
         let mut state = self.state.borrow_mut();
         let inode = state.names.remove(from).ok_or(std::io::ErrorKind::NotFound)?;
@@ -342,7 +342,7 @@ impl LogFs for SimDisk {
         Ok(())
     }
 
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
+    async fn remove(&self, path: &Path) -> std::io::Result<()> {
         self.operation();
         let mut state = self.state.borrow_mut();
         state.names.remove(path).ok_or(std::io::ErrorKind::NotFound)?;
