@@ -227,8 +227,10 @@ fn damage_inside_the_last_batch_is_refused_not_dropped_as_a_torn_write() {
     let original = read_batches(log);
     let last_batch = *batch_offsets(&original).last().unwrap();
 
-    // One flipped bit in the last batch's payload: an acknowledged write damaged at rest.
-    let mut damaged = original.clone();
+    // One flipped bit in the last batch's payload: an acknowledged write damaged at rest, with
+    // the zeros the segment is preallocated with still after it.
+    let mut damaged = std::fs::read(log).unwrap();
+    assert!(damaged.len() > original.len(), "the segment is preallocated past its last batch");
     damaged[last_batch + 16 + 8] ^= 0x04;
     std::fs::write(log, &damaged).unwrap();
     let refused =

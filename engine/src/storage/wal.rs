@@ -36,7 +36,12 @@
 //! batch: none of its writes was acknowledged. Anything else that fails its checksum — a
 //! damaged batch followed by an intact one, or a last batch that is whole but does not match
 //! its checksum — cannot come from a crash: it is corruption of acknowledged writes, and
-//! recovery refuses to guess.
+//! recovery refuses to guess. One case cannot be told apart without a change of format (a
+//! non-zero batch trailer): a last batch whose share of its final sector is all zeros in its
+//! own right (a record ends with a zero grace deadline, so a batch can end in 8 zero bytes,
+//! which fall alone in a sector about 1.6% of the time) looks the same whether that sector was
+//! written or not, so damage elsewhere in such a batch is read as a torn write and cut. The
+//! format before preallocation had the same limit.
 //!
 //! Zeros after the last batch are not a batch: a segment written with `--fsync always` is
 //! preallocated with zeros ahead of its end (so that a commit's fdatasync overwrites allocated
