@@ -319,6 +319,7 @@ impl LogFs for SimDisk {
 
     async fn sync_directory(&self, directory: &Path) -> std::io::Result<()> {
         self.operation();
+        self.latency().await;
         let mut state = self.state.borrow_mut();
         if state.lies.directory_sync {
             return Ok(());
@@ -335,6 +336,7 @@ impl LogFs for SimDisk {
 
     async fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         self.operation();
+        self.latency().await;
         let mut state = self.state.borrow_mut();
         let inode = state.names.remove(from).ok_or(std::io::ErrorKind::NotFound)?;
         state.names.insert(to.to_path_buf(), inode);
@@ -344,6 +346,7 @@ impl LogFs for SimDisk {
 
     async fn remove(&self, path: &Path) -> std::io::Result<()> {
         self.operation();
+        self.latency().await;
         let mut state = self.state.borrow_mut();
         state.names.remove(path).ok_or(std::io::ErrorKind::NotFound)?;
         state.unsynced_changes.push(DirectoryChange::Unlink(path.to_path_buf()));
