@@ -70,10 +70,7 @@ pub fn recover(
             .map(|reader| reader.join().expect("log reader panicked"))
             .collect::<Result<_, _>>()
     })?;
-    let mut report = Report {
-        log_bytes: logs.iter().flat_map(|shard| &shard.files).map(|(_, bytes)| bytes.len() as u64).sum(),
-        ..Report::default()
-    };
+    let mut report = Report::default();
     let mut parsed = Vec::with_capacity(logs.len());
     for shard in &logs {
         let mut entries = Vec::new();
@@ -90,6 +87,8 @@ pub fn recover(
             // the log's end (`--fsync always`; see `storage::log`), either of them or neither.
             let after = &bytes[file_parsed.valid_bytes..];
             let dropped = after.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+            // The log's bytes: its batches and any torn one, not the preallocated zeros.
+            report.log_bytes += (file_parsed.valid_bytes + dropped) as u64;
             let is_segment = path.extension().is_none_or(|extension| extension != "snapshot");
             let is_active = position + 1 == shard.files.len();
             if dropped == 0 && !after.is_empty() && is_active && is_segment {
