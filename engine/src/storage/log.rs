@@ -337,9 +337,8 @@ impl<F: LogFs> ShardLog<F> {
 
     /// Waits for the preallocation step under way if it zeroes anything before `end`.
     async fn wait_for_preallocation_below(&self, end: u64) {
-        let starts_before = self.preallocating.borrow().as_ref().is_some_and(|(from, _)| *from < end);
-        if starts_before {
-            let Some((_, done)) = self.preallocating.borrow_mut().take() else { return };
+        let overlapping = self.preallocating.borrow_mut().take_if(|(from, _)| *from < end);
+        if let Some((_, done)) = overlapping {
             let _ = done.await;
         }
     }

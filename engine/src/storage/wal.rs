@@ -441,18 +441,25 @@ mod tests {
         assert_eq!(parse(&cut).unwrap().valid_bytes, ends[3]);
     }
 
+    /// A log of two batches of one record each, of `first` and `second` body bytes; returns it
+    /// and the first batch's end.
+    fn two_batches(first: usize, second: usize) -> (Vec<u8>, usize) {
+        let batch = |fill: u8, length: usize| {
+            let mut payload = Vec::new();
+            encode_entry(EntryType::Record, &vec![fill; length], &mut payload);
+            encode_batch(&payload)
+        };
+        let mut log = batch(0xAB, first);
+        let first_end = log.len();
+        log.extend(batch(0xCD, second));
+        (log, first_end)
+    }
+
     #[test]
     fn a_last_batch_whose_tail_sectors_read_as_zeros_is_torn() {
         // A big last batch whose final sectors never reached the disk: the file system extended
         // the file, so they read back as zeros.
-        let mut log = Vec::new();
-        let mut payload = Vec::new();
-        encode_entry(EntryType::Record, &vec![0xAB; 4000], &mut payload);
-        log.extend(encode_batch(&payload));
-        let first_end = log.len();
-        let mut payload = Vec::new();
-        encode_entry(EntryType::Record, &vec![0xCD; 4000], &mut payload);
-        log.extend(encode_batch(&payload));
+        let (log, first_end) = two_batches(4000, 4000);
         let mut unwritten = log.clone();
         let sector = (first_end + 1000).next_multiple_of(SECTOR_BYTES);
         unwritten[sector..].fill(0);
@@ -493,14 +500,7 @@ mod tests {
     #[test]
     fn in_a_preallocated_log_a_last_batch_with_an_unwritten_sector_is_torn() {
         // A last batch of three sectors and more, then preallocated zeros.
-        let mut log = Vec::new();
-        let mut payload = Vec::new();
-        encode_entry(EntryType::Record, &vec![0xAB; 700], &mut payload);
-        log.extend(encode_batch(&payload));
-        let first_end = log.len();
-        let mut payload = Vec::new();
-        encode_entry(EntryType::Record, &vec![0xCD; 1500], &mut payload);
-        log.extend(encode_batch(&payload));
+        let (mut log, first_end) = two_batches(700, 1500);
         let whole = log.len();
         log.resize(whole + 4096, 0);
         let sectors = (first_end.next_multiple_of(SECTOR_BYTES)..whole).step_by(SECTOR_BYTES);

@@ -135,6 +135,12 @@ pub(crate) struct InnerSource {
 }
 
 impl InnerSource {
+    /// credshard: whether this source records latencies, the only use of its queued, submitted
+    /// and fulfilled timestamps (see VENDORED.md).
+    pub(crate) fn records_latency(&self) -> bool {
+        self.stats_collection.is_some_and(|x| x.latency.is_some())
+    }
+
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
         std::mem::replace(&mut self.source_type, source_type)
     }

@@ -458,7 +458,7 @@ fn record_stats<Ring: UringCommon>(
     res: &io::Result<usize>,
 ) {
     // credshard: the clock is read only for sources that record latencies (see VENDORED.md).
-    if src.stats_collection.is_some_and(|x| x.latency.is_some()) {
+    if src.records_latency() {
         src.wakers.fulfilled_at = Some(Instant::now());
     }
     if let Some(fulfilled) = src.stats_collection.and_then(|x| x.fulfilled) {
@@ -513,7 +513,7 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    if x.stats_collection.is_some_and(|x| x.latency.is_some()) {
+                    if x.records_latency() {
                         x.wakers.submitted_at = Some(Instant::now());
                     }
                     let current = x.enqueued.as_mut().expect("bug");
@@ -2027,7 +2027,7 @@ fn queue_request_into_ring(
 ) {
     {
         let mut inner = source.inner.borrow_mut();
-        if inner.stats_collection.is_some_and(|x| x.latency.is_some()) {
+        if inner.records_latency() {
             inner.wakers.queued_at = Some(Instant::now());
         }
     }
