@@ -7,16 +7,9 @@
 #
 #   bash bench/memory.sh [CREDSHARD_BINARY ...]     (build first: cargo build --release)
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-L="$ROOT/target/release/credshard-loadgen"
 ROUNDS="${ROUNDS:-2}"
-BUILDS=("$@")
-[ ${#BUILDS[@]} -gt 0 ] || BUILDS=("$ROOT/target/release/credshard")
-TMP="$(mktemp -d -t memory.XXXXXX)"
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh" memory "$@"
 
 measure() {  # measure NAME: starts the server named (redis or a credshard binary), fills it, prints its RSS
     local port pid target
