@@ -6,7 +6,6 @@
 //! - [`record`]: one credential version as a validated rkyv archive holding only ciphertext.
 //! - [`shard`]: one shard's wait-free map of [`Entry`]s and its LIST index.
 //! - [`index`]: the per-shard secondary indexes (owner, scope) that serve LIST page by page.
-//! - `inline`: short byte strings held in place (the map's and the index's keys).
 //! - [`keyspace`]: the fixed hash that maps a credential id to its shard.
 //! - [`store`]: all shards, the key ring, the limits and the lifecycle; the read path.
 //! - [`writer`]: a shard's single writer and its [`ShardWriter::submit`], the entry point of
@@ -19,7 +18,6 @@ mod crash_test;
 pub mod feed;
 pub mod ids;
 pub mod index;
-mod inline;
 pub mod keyspace;
 #[cfg(test)]
 mod model_test;

@@ -3,8 +3,8 @@
 //! installs entries through the same functions, so the history rules are written once.
 
 use super::record::Record;
+use super::shard::Entry;
 use super::shard::{Deletion, StoredPolicy};
-use super::shard::{Entry, Id};
 use super::store::Store;
 use crate::error::EngineError;
 use crate::storage::wal;
@@ -27,7 +27,8 @@ impl Shards for Store {
         let shard = self.shard(shard_id);
         let map = shard.map.pin();
         let mut items = Vec::with_capacity(map.len());
-        for (id, entry) in map.iter() {
+        for entry in map.iter() {
+            let id = entry.id();
             // Oldest first, so replay rebuilds the same kept versions; a policy right after the
             // oldest, so the others are kept by its rule (it may keep more than the server's).
             let mut oldest_first = entry.versions().rev();
@@ -216,7 +217,7 @@ pub(super) fn install_entry(
         // The purged id lives again: its versions carry the count on from here.
         shard.purged.lock().expect("purged lock").remove(id);
     }
-    shard.map.pin().insert(id.into(), entry);
+    shard.map.pin().insert(entry);
 }
 
 /// Replaces the kept (or pending) version of `record`'s id and version with `record` (a
@@ -224,10 +225,9 @@ pub(super) fn install_entry(
 /// kept.
 pub(super) fn replace_version(store: &Store, shard_id: usize, record: Record) {
     let map = store.shard(shard_id).map.pin();
-    let id = Id::from(record.credential().id.as_str());
-    let Some(entry) = map.get(&*id) else { return };
+    let Some(entry) = map.get(record.credential().id.as_str()) else { return };
     if entry.pending().is_some_and(|pending| same_version(pending, &record)) {
-        map.insert(id, entry.snapshot().with_pending(Some(record)));
+        map.insert(entry.snapshot().with_pending(Some(record)));
         return;
     }
     let Some(position) = entry.versions().position(|kept| same_version(kept, &record)) else {
@@ -235,7 +235,7 @@ pub(super) fn replace_version(store: &Store, shard_id: usize, record: Record) {
     };
     let mut versions: Vec<Record> = entry.versions().cloned().collect();
     versions[position] = record;
-    map.insert(id, entry.with_versions(versions));
+    map.insert(entry.with_versions(versions));
 }
 
 /// Gives `id` `policy` (`None`: the defaults), dropping the oldest kept versions past its
@@ -247,7 +247,7 @@ pub(super) fn set_policy(store: &Store, shard_id: usize, id: &str, policy: Optio
     let default = store.lifecycle().max_versions;
     let max_versions = policy.as_ref().map_or(default, |policy| policy.max_versions_or(default));
     let kept = entry.versions().take(max_versions).cloned();
-    map.insert(id.into(), entry.with_versions(kept).with_policy(policy));
+    map.insert(entry.with_versions(kept).with_policy(policy));
 }
 
 /// Whether `replacement` (a rewrap or a destroyed husk) is `kept` with other ciphertext: the
@@ -266,10 +266,9 @@ fn same_version(kept: &Record, replacement: &Record) -> bool {
 /// later write dropped it).
 fn set_pending(store: &Store, shard_id: usize, record: Record) {
     let map = store.shard(shard_id).map.pin();
-    let id = Id::from(record.credential().id.as_str());
-    let Some(entry) = map.get(&*id) else { return };
+    let Some(entry) = map.get(record.credential().id.as_str()) else { return };
     if record.version() > entry.last_version() {
-        map.insert(id, entry.snapshot().with_pending(Some(record)));
+        map.insert(entry.snapshot().with_pending(Some(record)));
     }
 }
 
@@ -290,7 +289,7 @@ fn set_deletion(store: &Store, shard_id: usize, id: &str, version: u64, deletion
     let map = store.shard(shard_id).map.pin();
     let Some(entry) = map.get(id) else { return };
     if entry.current().version() == version {
-        map.insert(id.into(), entry.snapshot().with_deletion(deletion));
+        map.insert(entry.snapshot().with_deletion(deletion));
     }
 }
 

@@ -17,30 +17,36 @@ use credshard_protocol::VersionState;
 
 use super::feed::{Feed, FEED_EVENTS_DEFAULT};
 use super::index::ShardIndex;
-use super::inline::InlineBytes;
 use super::record::Record;
 
 /// What a shard's map holds for one credential: its kept versions, newest (current) first.
 /// The current version's handle is held inline, so a GET goes from the map's node straight to
-/// the version's bytes.
+/// the version's bytes; the map is a set of entries keyed by that version's id (see
+/// [`Entry::id`]), so the node holds no copy of the id.
 #[derive(Debug)]
 pub struct Entry {
     /// Its handle's mark says whether the entry was read since the cache's eviction clock last
     /// passed it (a bounded cache only, see `ShardWriter`): set by readers on any executor,
-    /// cleared by the shard's writer. (Kept in the handle's spare bytes: the entry is 40
-    /// bytes, so the map's node with its key is 72.)
+    /// cleared by the shard's writer. (Kept in the handle's spare bytes.)
     current: Record,
-    /// Older kept versions, newest first (no allocation when there are none).
-    older: Box<[Record]>,
-    /// What few credentials have (a deletion, a pending version), out of line so that the
-    /// common entry stays small: `None` for most.
-    aside: Option<Box<Aside>>,
+    /// What a credential with one version and nothing aside does not have: older kept
+    /// versions, a deletion, a pending version, a policy. `None` for most.
+    rest: Option<Box<Rest>>,
 }
 
-// The map's node (key and entry) stays at 72 bytes: 80 with glibc's header and rounding.
-const _: () = assert!(std::mem::size_of::<Entry>() == 40 && std::mem::size_of::<Id>() == 32);
+// The map's node is the entry alone: 24 bytes, 32 with glibc's header (its smallest chunk),
+// where a node of a 32-byte inline id and a 40-byte entry took 80.
+const _: () = assert!(std::mem::size_of::<Entry>() == 24);
 
-impl Drop for Entry {
+/// The parts of an [`Entry`] beyond its current version.
+#[derive(Debug, Default)]
+struct Rest {
+    /// Older kept versions, newest first.
+    older: Box<[Record]>,
+    aside: Aside,
+}
+
+impl Drop for Rest {
     fn drop(&mut self) {
         // The older versions' counts are scattered lines that dropping their handles writes:
         // requested together, their misses overlap.
@@ -61,8 +67,8 @@ struct Aside {
 }
 
 impl Aside {
-    fn boxed(self) -> Option<Box<Aside>> {
-        (self.deletion.is_some() || self.pending.is_some() || self.policy.is_some()).then(|| Box::new(self))
+    fn is_empty(&self) -> bool {
+        self.deletion.is_none() && self.pending.is_none() && self.policy.is_none()
     }
 }
 
@@ -133,7 +139,9 @@ impl Entry {
         let mut versions = versions.into_iter();
         let current = versions.next().expect("an entry keeps at least its current version");
         current.set_mark();
-        let entry = Entry { current, older: versions.collect(), aside: None };
+        let older: Box<[Record]> = versions.collect();
+        let rest = (!older.is_empty()).then(|| Box::new(Rest { older, aside: Aside::default() }));
+        let entry = Entry { current, rest };
         debug_assert!(
             entry
                 .versions()
@@ -163,32 +171,54 @@ impl Entry {
 
     /// An entry of `versions` (newest first) with this one's deletion and pending version.
     pub(super) fn with_versions(&self, versions: impl IntoIterator<Item = Record>) -> Entry {
-        let mut entry = Entry::new(versions);
-        entry.aside = self.aside.clone();
-        entry
+        Entry::new(versions).with_aside(self.aside().clone())
     }
 
-    fn aside(&self) -> Aside {
-        self.aside.as_deref().cloned().unwrap_or_default()
+    /// The same versions with `aside`.
+    fn with_aside(mut self, aside: Aside) -> Entry {
+        match (self.rest.as_deref_mut(), aside.is_empty()) {
+            (Some(rest), _) => rest.aside = aside,
+            (None, false) => self.rest = Some(Box::new(Rest { older: Box::default(), aside })),
+            (None, true) => {}
+        }
+        if self.rest.as_ref().is_some_and(|rest| rest.older.is_empty() && rest.aside.is_empty()) {
+            self.rest = None;
+        }
+        self
+    }
+
+    fn aside(&self) -> &Aside {
+        static NOTHING_ASIDE: Aside = Aside { deletion: None, pending: None, policy: None };
+        self.rest.as_ref().map_or(&NOTHING_ASIDE, |rest| &rest.aside)
+    }
+
+    fn older(&self) -> &[Record] {
+        self.rest.as_ref().map_or(&[], |rest| &rest.older)
+    }
+
+    /// The credential's id (its current version's): the map's key.
+    #[inline]
+    pub fn id(&self) -> &str {
+        self.current.credential().id.as_str()
     }
 
     /// The same versions, deleted (`Some`) or live (`None`).
-    pub(super) fn with_deletion(mut self, deletion: Option<Deletion>) -> Entry {
-        self.aside = Aside { deletion, ..self.aside() }.boxed();
-        self
+    pub(super) fn with_deletion(self, deletion: Option<Deletion>) -> Entry {
+        let aside = Aside { deletion, ..self.aside().clone() };
+        self.with_aside(aside)
     }
 
     /// The same versions with `pending` as the pending version (`None`: none).
-    pub(super) fn with_pending(mut self, pending: Option<Record>) -> Entry {
+    pub(super) fn with_pending(self, pending: Option<Record>) -> Entry {
         debug_assert!(pending.as_ref().is_none_or(|pending| pending.version() > self.current.version()));
-        self.aside = Aside { pending, ..self.aside() }.boxed();
-        self
+        let aside = Aside { pending, ..self.aside().clone() };
+        self.with_aside(aside)
     }
 
     /// `Some` while the credential is deleted and recoverable.
     #[inline]
     pub fn deletion(&self) -> Option<Deletion> {
-        self.aside.as_ref().and_then(|aside| aside.deletion)
+        self.aside().deletion
     }
 
     /// True while the credential is deleted and recoverable.
@@ -204,21 +234,21 @@ impl Entry {
     }
 
     /// The same versions with `policy` (`None`: the server's defaults).
-    pub(super) fn with_policy(mut self, policy: Option<StoredPolicy>) -> Entry {
-        self.aside = Aside { policy, ..self.aside() }.boxed();
-        self
+    pub(super) fn with_policy(self, policy: Option<StoredPolicy>) -> Entry {
+        let aside = Aside { policy, ..self.aside().clone() };
+        self.with_aside(aside)
     }
 
     /// The credential's policy, if SET_POLICY gave it one.
     #[inline]
     pub fn policy(&self) -> Option<&StoredPolicy> {
-        self.aside.as_ref().and_then(|aside| aside.policy.as_ref())
+        self.aside().policy.as_ref()
     }
 
     /// The version STAGE wrote and PROMOTE has not made current yet, if any.
     #[inline]
     pub fn pending(&self) -> Option<&Record> {
-        self.aside.as_ref().and_then(|aside| aside.pending.as_ref())
+        self.aside().pending.as_ref()
     }
 
     /// The highest version number the credential has used: the pending version's, else the
@@ -248,21 +278,21 @@ impl Entry {
 
     /// How many versions are kept.
     pub fn version_count(&self) -> usize {
-        1 + self.older.len()
+        1 + self.older().len()
     }
 
     /// The kept version at `index`, newest (current, 0) first.
     pub fn version(&self, index: usize) -> Option<&Record> {
         match index {
             0 => Some(&self.current),
-            _ => self.older.get(index - 1),
+            _ => self.older().get(index - 1),
         }
     }
 
     /// Kept versions, newest first.
     pub fn versions(&self) -> impl DoubleEndedIterator<Item = &Record> + ExactSizeIterator + Clone + '_ {
         (0..self.version_count())
-            .map(move |index| if index == 0 { &self.current } else { &self.older[index - 1] })
+            .map(move |index| if index == 0 { &self.current } else { &self.older()[index - 1] })
     }
 
     /// The state of the kept version at `index` (0 is current): destroyed if DESTROY erased
@@ -321,67 +351,40 @@ impl Entry {
     }
 }
 
-/// Ids up to this long are held inline in the shard map's key.
-pub const INLINE_ID_BYTES: usize = 30;
-
-/// A credential id as a shard map key: an id of up to [`INLINE_ID_BYTES`] is held inline, so
-/// a lookup compares it without following a pointer (one cache miss fewer per GET, one
-/// allocation fewer per credential); a longer one is boxed. Hashes and compares as its `str`.
-#[derive(Clone)]
-pub struct Id(InlineBytes<INLINE_ID_BYTES>);
-
-impl Id {
+// The map is a set of entries, each found by its id: an entry hashes and compares as its id's
+// `str`, so that a lookup by `&str` finds it. Every entry's current version carries the id.
+impl std::borrow::Borrow<str> for Entry {
     #[inline]
-    pub fn as_str(&self) -> &str {
-        // SAFETY: an `Id` is made only by `From<&str>`, from a whole `str`, so its bytes are
-        // valid UTF-8.
-        unsafe { std::str::from_utf8_unchecked(self.0.as_bytes()) }
-    }
-}
-
-impl From<&str> for Id {
-    fn from(id: &str) -> Id {
-        Id(InlineBytes::from(id.as_bytes()))
-    }
-}
-
-impl std::ops::Deref for Id {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::borrow::Borrow<str> for Id {
     fn borrow(&self) -> &str {
-        self.as_str()
+        self.id()
     }
 }
 
-impl std::hash::Hash for Id {
+impl std::hash::Hash for Entry {
+    #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As `str` hashes, so that a lookup by `&str` finds it.
-        self.as_str().hash(state);
+        self.id().hash(state);
     }
 }
 
-impl PartialEq for Id {
-    fn eq(&self, other: &Id) -> bool {
-        self.as_str() == other.as_str()
+impl PartialEq for Entry {
+    #[inline]
+    fn eq(&self, other: &Entry) -> bool {
+        self.id() == other.id()
     }
 }
 
-impl Eq for Id {}
+impl Eq for Entry {}
 
-impl std::fmt::Debug for Id {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.as_str().fmt(formatter)
-    }
-}
+/// A shard's map: its entries, found by id.
+pub(crate) type ShardMap = papaya::HashSet<Entry, ahash::RandomState>;
+/// The map, pinned.
+pub(crate) type PinnedMap<'map> =
+    papaya::HashSetRef<'map, Entry, ahash::RandomState, papaya::LocalGuard<'map>>;
 
 pub struct Shard {
     pub shard_id: usize,
-    pub(crate) map: papaya::HashMap<Id, Entry, ahash::RandomState>,
+    pub(crate) map: ShardMap,
     /// LIST's index. Written only by the shard's writer; read by LIST on any executor.
     pub(crate) index: RwLock<ShardIndex>,
     /// True while the map holds every credential of the shard, so that an id it lacks does
@@ -402,7 +405,7 @@ impl Shard {
     pub(crate) fn new(shard_id: usize) -> Shard {
         Shard {
             shard_id,
-            map: papaya::HashMap::with_hasher(ahash::RandomState::new()),
+            map: papaya::HashSet::with_hasher(ahash::RandomState::new()),
             index: RwLock::new(ShardIndex::default()),
             complete: AtomicBool::new(true),
             evictions: AtomicU64::new(0),
@@ -432,10 +435,10 @@ impl Shard {
     pub(crate) fn rebuild_index(&self) -> usize {
         let map = self.map.pin();
         let mut versions = 0;
-        let keys = map.iter().filter_map(|(id, entry)| {
+        let keys = map.iter().filter_map(|entry| {
             versions += entry.version_count();
             // A deleted credential is out of LIST until UNDELETE brings it back.
-            entry.listed().map(|(owner, scope)| (owner, scope, &**id))
+            entry.listed().map(|(owner, scope)| (owner, scope, entry.id()))
         });
         *self.index.write().expect("index lock") = ShardIndex::build(keys);
         versions
@@ -476,26 +479,78 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{Keyring, MasterKey};
+    use crate::data::record::{CredentialFields, VersionFields};
+    use credshard_protocol::EMPTY_LABELS;
     use std::hash::BuildHasher;
 
+    fn record(keyring: &Keyring, id: &str, version: u64) -> Record {
+        let credential = CredentialFields {
+            id,
+            owner: "team-a",
+            scope: "prod",
+            kind: 1,
+            labels: EMPTY_LABELS,
+            secret: b"s3cret",
+        };
+        let fields = VersionFields {
+            version,
+            created_at_ms: 10,
+            updated_at_ms: 20 + version,
+            expires_at_ms: 0,
+            previous_grace_until_ms: 0,
+        };
+        Record::seal(credential, fields, keyring).unwrap()
+    }
+
     #[test]
-    fn ids_inline_or_boxed_hash_and_compare_as_their_str() {
+    fn entries_hash_compare_and_are_found_as_their_id() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
         let hasher = ahash::RandomState::new();
-        let long = "x".repeat(INLINE_ID_BYTES + 1);
-        for text in ["", "a", "loadgen-12345", &"é".repeat(INLINE_ID_BYTES / 2), &long] {
-            let id = Id::from(text);
-            assert_eq!(id.as_str(), text);
-            assert_eq!(hasher.hash_one(&id), hasher.hash_one(text), "{text}");
-            assert_eq!(id, Id::from(text));
+        let long = "x".repeat(100);
+        let map = ShardMap::with_hasher(hasher.clone());
+        for id in ["", "a", "loadgen-12345", long.as_str()] {
+            let entry = Entry::new([record(&keyring, id, 1)]);
+            assert_eq!(entry.id(), id);
+            assert_eq!(hasher.hash_one(&entry), hasher.hash_one(id), "{id:?}");
+            assert!(map.pin().insert(entry), "a new id");
         }
-        assert!(Id::from("a".repeat(INLINE_ID_BYTES).as_str()).0.is_inline());
-        assert!(!Id::from(long.as_str()).0.is_inline());
-        assert_ne!(Id::from("ab"), Id::from("a"), "the length is part of an inline id");
-        // Found by `&str` in a map keyed by `Id`.
-        let map = papaya::HashMap::with_hasher(ahash::RandomState::new());
-        map.pin().insert(Id::from(long.as_str()), 1);
-        map.pin().insert(Id::from("short"), 2);
-        assert_eq!((map.pin().get(long.as_str()), map.pin().get("short")), (Some(&1), Some(&2)));
-        assert_eq!(map.pin().get("shor"), None);
+        let map = map.pin();
+        assert_eq!(map.len(), 4);
+        assert_eq!(map.get(long.as_str()).map(Entry::id), Some(long.as_str()));
+        assert_eq!(map.get("loadgen-1234"), None, "a prefix is another id");
+        // A newer entry of an id replaces the one there (its key too: the new current version).
+        assert!(!map.insert(Entry::new([record(&keyring, "a", 2), record(&keyring, "a", 1)])));
+        let entry = map.get("a").unwrap();
+        assert_eq!((map.len(), entry.current().version(), entry.version_count()), (4, 2, 2));
+        // The prefetch steps' candidate is the entry itself when no other id shares its slot.
+        let hash = map.set().hash_key("loadgen-12345");
+        map.prefetch_slot(hash);
+        map.prefetch_entry(hash);
+        assert_eq!(map.candidate(hash).map(Entry::id), Some("loadgen-12345"));
+        assert!(map.remove("a") && map.get("a").is_none() && map.len() == 3);
+    }
+
+    #[test]
+    fn an_entry_of_one_version_with_nothing_aside_has_no_rest() {
+        let keyring = Keyring::in_memory(MasterKey::generate());
+        let entry = Entry::new([record(&keyring, "db", 1)]);
+        assert!(entry.rest.is_none());
+        let deletion = Deletion { deleted_at_ms: 1, purge_at_ms: 2 };
+        let deleted = entry.snapshot().with_deletion(Some(deletion));
+        assert_eq!(
+            (deleted.deletion(), deleted.is_deleted(), deleted.listed()),
+            (Some(deletion), true, None)
+        );
+        let restored = deleted.with_deletion(None);
+        assert!(restored.rest.is_none() && !restored.is_deleted(), "the rest goes with the deletion");
+        assert_eq!(restored.listed(), Some(("team-a", "prod")));
+        // Two versions and a pending one; the older version's going leaves the pending one.
+        let two = Entry::new([record(&keyring, "db", 2), record(&keyring, "db", 1)])
+            .with_pending(Some(record(&keyring, "db", 3)));
+        assert_eq!((two.version_count(), two.last_version()), (2, 3));
+        let one = two.with_versions([two.current().clone()]);
+        assert_eq!((one.version_count(), one.pending().map(Record::version)), (1, Some(3)));
+        assert!(one.with_pending(None).rest.is_none());
     }
 }

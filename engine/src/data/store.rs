@@ -152,7 +152,7 @@ impl Store {
     /// True when `id` is not in its shard's map but may exist (its shard is partial).
     pub fn may_exist_uncached(&self, id: &str) -> bool {
         let shard = &self.shards[self.shard_for(id)];
-        shard.is_partial() && !shard.map.pin().contains_key(id)
+        shard.is_partial() && !shard.map.pin().contains(id)
     }
 
     /// Of `ids`, those not in their shards' maps that may exist, and are not in `absent`
@@ -272,8 +272,10 @@ impl Store {
             prefetched += here().count();
             here().for_each(|(hint, _)| map.prefetch_slot(hint.hash));
             here().for_each(|(hint, _)| map.prefetch_entry(hint.hash));
-            for (_, id) in here() {
-                if let Some(entry) = map.get(*id) {
+            // The entry's key is its current version's id, so comparing it reads the record:
+            // the candidate's record is prefetched before any lookup compares.
+            for (hint, _) in here() {
+                if let Some(entry) = map.candidate(hint.hash) {
                     entry.current().prefetch();
                 }
             }
@@ -562,7 +564,7 @@ impl Store {
     /// time; must not be called across an `.await`.
     pub fn for_each_record(&self, mut visit: impl FnMut(&Record)) {
         for shard in self.shards.iter() {
-            for (_, entry) in shard.map.pin().iter() {
+            for entry in shard.map.pin().iter() {
                 for record in entry.versions() {
                     visit(record);
                 }

@@ -233,9 +233,9 @@ impl ShardWriter {
             .map
             .pin()
             .iter()
-            .filter_map(|(id, entry)| {
+            .filter_map(|entry| {
                 let expires_at_ms = entry.current().credential().expires_at_ms.to_native();
-                (expires_at_ms != 0).then(|| (expires_at_ms, Box::from(id.as_str())))
+                (expires_at_ms != 0).then(|| (expires_at_ms, Box::from(entry.id())))
             })
             .collect();
         let purges = store
@@ -243,10 +243,10 @@ impl ShardWriter {
             .map
             .pin()
             .iter()
-            .filter_map(|(id, entry)| Some((entry.deletion()?.purge_at_ms, Box::from(id.as_str()))))
+            .filter_map(|entry| Some((entry.deletion()?.purge_at_ms, Box::from(entry.id()))))
             .collect();
         let clock = match store.shard_capacity() {
-            Some(_) => store.shard(shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect(),
+            Some(_) => store.shard(shard_id).map.pin().iter().map(|entry| Box::from(entry.id())).collect(),
             None => VecDeque::new(),
         };
         let mut writer = ShardWriter {
@@ -685,7 +685,7 @@ impl ShardWriter {
     fn apply_change(
         &mut self,
         prepared: Prepared,
-        map: &papaya::HashMapRef<'_, super::shard::Id, Entry, ahash::RandomState, papaya::LocalGuard<'_>>,
+        map: &super::shard::PinnedMap<'_>,
         existing: Option<&Entry>,
     ) {
         let store = Arc::clone(&self.store);
@@ -705,7 +705,7 @@ impl ShardWriter {
                 if !entry.is_deleted() {
                     self.unindex_index_only(entry.current());
                 }
-                map.insert(prepared.id.as_ref().into(), entry.snapshot().with_deletion(Some(deletion)));
+                map.insert(entry.snapshot().with_deletion(Some(deletion)));
                 self.purges.insert((deletion.purge_at_ms, prepared.id.clone()));
                 if let Some(log) = &self.log {
                     let body = wal::soft_delete_body(
@@ -725,7 +725,7 @@ impl ShardWriter {
                     credential.scope.as_str(),
                     &prepared.id,
                 );
-                map.insert(prepared.id.as_ref().into(), entry.snapshot().with_deletion(None));
+                map.insert(entry.snapshot().with_deletion(None));
                 if let Some(log) = &self.log {
                     log.append(EntryType::Undelete, &wal::version_body(&prepared.id, prepared.base_version));
                 }
@@ -742,7 +742,7 @@ impl ShardWriter {
                 if let Some(log) = &self.log {
                     log.append(EntryType::Pending, record.archive_bytes());
                 }
-                map.insert(prepared.id.as_ref().into(), entry.snapshot().with_pending(Some(record)));
+                map.insert(entry.snapshot().with_pending(Some(record)));
             }
             Change::Policy(policy) => {
                 if let Some(log) = &self.log {
@@ -875,7 +875,7 @@ impl ShardWriter {
 
     /// The ids the shard holds.
     pub fn cached_ids(&self) -> Vec<Box<str>> {
-        self.store.shard(self.shard_id).map.pin().iter().map(|(id, _)| Box::from(id.as_str())).collect()
+        self.store.shard(self.shard_id).map.pin().iter().map(|entry| Box::from(entry.id())).collect()
     }
 
     /// The last version number `id` has used, as the shard holds it (its pending version's,
@@ -1022,7 +1022,7 @@ impl ShardWriter {
                 self.clock.push_back(id.into());
             }
         }
-        self.store.shard(self.shard_id).map.pin().insert(id.into(), entry);
+        self.store.shard(self.shard_id).map.pin().insert(entry);
     }
 
     /// Credentials whose expiry has passed, with their current versions (the shared
@@ -1090,13 +1090,13 @@ impl ShardWriter {
     pub fn rewrap_candidates(&self, active_key_id: u32) -> Vec<Box<str>> {
         let map = self.store.shard(self.shard_id).map.pin();
         map.iter()
-            .filter(|(_, entry)| {
+            .filter(|entry| {
                 entry
                     .versions()
                     .chain(entry.pending())
                     .any(|record| record.key_id() != active_key_id && !record.is_destroyed())
             })
-            .map(|(id, _)| Box::from(id.as_str()))
+            .map(|entry| Box::from(entry.id()))
             .collect()
     }
 
@@ -1137,7 +1137,7 @@ impl ShardWriter {
                 count += 1;
             }
         }
-        map.insert(id.into(), entry.with_versions(rewrapped).with_pending(pending));
+        map.insert(entry.with_versions(rewrapped).with_pending(pending));
         Ok(count)
     }
 
@@ -1200,7 +1200,7 @@ impl ShardWriter {
         // Ids removed (deleted, swept) and written again linger: drop them now and then.
         if self.clock.len() > 2 * map.len() + 64 {
             let mut seen = HashSet::new();
-            self.clock.retain(|id| map.contains_key(&**id) && seen.insert(id.clone()));
+            self.clock.retain(|id| map.contains(&**id) && seen.insert(id.clone()));
         }
     }
 

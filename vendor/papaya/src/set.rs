@@ -484,6 +484,16 @@ where
         }
     }
 
+    /// The hash a lookup of `key` computes, for [`HashSetRef::prefetch_slot`] and the steps
+    /// after it (added by credshard, vendor/papaya/VENDORED.md).
+    #[inline]
+    pub fn hash_key<Q>(&self, key: &Q) -> u64
+    where
+        Q: Hash + ?Sized,
+    {
+        self.raw.hasher.hash_one(key)
+    }
+
     /// Tries to reserve capacity for `additional` more elements to be inserted
     /// in the `HashSet`.
     ///
@@ -788,6 +798,28 @@ where
             Some((k, _)) => Some(k),
             None => None,
         }
+    }
+
+    /// Prefetches where the probe of `hash` (the set's hasher's hash of a key, as `get`
+    /// computes it) starts (step 1 of 3; added by credshard, vendor/papaya/VENDORED.md).
+    #[inline]
+    pub fn prefetch_slot(&self, hash: u64) {
+        self.set.raw.prefetch_slot(hash, &self.guard)
+    }
+
+    /// Prefetches the entry in the first slot along the probe whose hash bits match (step 2;
+    /// added by credshard).
+    #[inline]
+    pub fn prefetch_entry(&self, hash: u64) {
+        self.set.raw.prefetch_entry(hash, &self.guard)
+    }
+
+    /// The key in the slot step 2 prefetched, not compared with anything (step 3: the caller
+    /// prefetches what comparing it will read; then a `get` finds it all in the cache; added by
+    /// credshard).
+    #[inline]
+    pub fn candidate(&self, hash: u64) -> Option<&K> {
+        self.set.raw.candidate(hash, &self.guard)
     }
 
     /// Inserts a key-value pair into the set.

@@ -385,6 +385,24 @@ where
         }
     }
 
+    /// Step 3 (for a key held in a set, whose lines the caller prefetches next): the key of
+    /// the entry step 2 prefetched, not compared with anything, so it may be another key with
+    /// the same hash bits. Loaded under the guard, like `get`'s, so it stays valid as long as the
+    /// guard is held.
+    #[inline]
+    pub fn candidate<'g>(&self, hash: u64, guard: &'g impl VerifiedGuard) -> Option<&'g K> {
+        let (table, i) = self.first_match(hash, guard)?;
+        // Safety: `i` is in bounds (see `first_match`).
+        let entry = guard.protect(unsafe { table.entry(i) }, Ordering::Acquire).unpack();
+        if entry.ptr.is_null() {
+            return None;
+        }
+        // Safety: a protected load with a verified guard of a non-null entry, as in `get`: valid
+        // for reads as long as the guard is held (a copied entry's too: copying moves the
+        // pointer, not the entry).
+        Some(unsafe { &(*entry.ptr).key })
+    }
+
     /// Returns a reference to the entry corresponding to the key.
     #[inline]
     pub fn get<'g, Q>(&self, key: &Q, guard: &'g impl VerifiedGuard) -> Option<(&'g K, &'g V)>
