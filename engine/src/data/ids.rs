@@ -1,27 +1,32 @@
-//! [`IdSet`]: an ordered set of credential ids packed into chunks, for the LIST index.
+//! [`IdSet`]: an ordered set of credential ids packed into front-coded chunks, for the LIST
+//! index.
 //!
 //! A `BTreeSet` of ids costs a fixed-size slot per id (24 bytes inline, or a pointer and a
 //! heap copy) in leaves that ids arriving in order leave about half full: ≈ 45 bytes per id.
-//! Here each chunk is one buffer of length-prefixed ids in order (an id of 14 bytes takes 15),
-//! chunks are keyed by their first id in a `BTreeMap`, and ids arriving in order fill each
-//! chunk before starting the next: ≈ 17 bytes per such id, whatever its length up to the
-//! protocol's limit.
+//! Here each chunk is one buffer of ids in order, each stored as the length of the prefix it
+//! shares with the id before it, then the rest: ids in order share most of their bytes, so
+//! `loadgen-123456` after `loadgen-123455` takes 3 bytes. Chunks are keyed by their first id
+//! (stored whole) in a `BTreeMap`, and ids arriving in order fill each chunk before starting
+//! the next.
 //!
-//! Finding an id walks its chunk (at most [`CHUNK_BYTES_MAX`] bytes): cheap next to the map
-//! lookup that finds the chunk, and done only when a credential is created or removed, or a
-//! LIST page starts.
+//! Finding an id walks its chunk (at most [`CHUNK_BYTES_MAX`] bytes), rebuilding each id from
+//! the one before: cheap next to the map lookup that finds the chunk, and done only when a
+//! credential is created or removed, or a LIST page starts.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 
 /// A chunk that would grow past this many bytes is split (or, when the new id goes at its end,
-/// the id starts the next chunk).
+/// the id starts the next chunk). A power of two: a chunk's buffer grows by doubling up to it
+/// and never past it, so a full chunk wastes no capacity.
 const CHUNK_BYTES_MAX: usize = 1024;
 
 #[derive(Default, Debug)]
 pub struct IdSet {
-    /// Each chunk's ids in order, each a LEB128 length then its bytes, keyed by the chunk's
-    /// first id. No chunk is empty, and every id of a chunk sorts before the next chunk's key.
+    /// Each chunk's ids in order, each a LEB128 count of the bytes it shares with the id before
+    /// it (0 for the chunk's first), a LEB128 length of the rest, then the rest; keyed by the
+    /// chunk's first id. No chunk is empty, and every id of a chunk sorts before the next
+    /// chunk's key.
     chunks: BTreeMap<Box<[u8]>, Vec<u8>>,
     len: usize,
 }
@@ -39,60 +44,132 @@ fn push_varint(out: &mut Vec<u8>, mut value: usize) {
     out.push(value as u8);
 }
 
-/// An id's bytes as a chunk holds them.
-fn encoded(id: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(varint_len(id.len()) + id.len());
-    push_varint(&mut out, id.len());
-    out.extend_from_slice(id);
+fn read_varint(chunk: &[u8], at: &mut usize) -> usize {
+    let (mut value, mut shift) = (0usize, 0);
+    loop {
+        let byte = chunk[*at];
+        *at += 1;
+        value |= usize::from(byte & 0x7F) << shift;
+        shift += 7;
+        if byte < 0x80 {
+            return value;
+        }
+    }
+}
+
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(a, b)| a == b).count()
+}
+
+/// Appends `id` as an entry after `previous` (empty for a chunk's first id).
+fn push_entry(out: &mut Vec<u8>, previous: &[u8], id: &[u8]) {
+    let shared = shared_prefix(previous, id);
+    push_varint(out, shared);
+    push_varint(out, id.len() - shared);
+    out.extend_from_slice(&id[shared..]);
+}
+
+/// `id` as an entry after `previous`.
+fn entry(previous: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + id.len());
+    push_entry(&mut out, previous, id);
     out
 }
 
-/// A chunk's ids in order, each with its offset in the chunk.
-fn entries(chunk: &[u8]) -> impl Iterator<Item = (usize, &[u8])> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let start = at;
-        let (mut len, mut shift) = (0usize, 0);
-        loop {
-            let byte = *chunk.get(at)?;
-            at += 1;
-            len |= usize::from(byte & 0x7F) << shift;
-            shift += 7;
-            if byte < 0x80 {
-                break;
-            }
-        }
-        let id = &chunk[at..at + len];
-        at += len;
-        Some((start, id))
-    })
-}
-
-/// Where `id` is or would go in `chunk`: its offset, and whether it is there.
-fn position(chunk: &[u8], id: &[u8]) -> (usize, bool) {
-    for (at, held) in entries(chunk) {
-        if held >= id {
-            return (at, held == id);
-        }
+/// Replaces `chunk[range]` with `with`, growing the buffer by doubling up to
+/// [`CHUNK_BYTES_MAX`] (exactly beyond it) rather than by `Vec`'s own doubling, which would
+/// leave a full chunk with twice its bytes.
+fn splice(chunk: &mut Vec<u8>, range: std::ops::Range<usize>, with: &[u8]) {
+    let new_len = chunk.len() - range.len() + with.len();
+    if new_len > chunk.capacity() {
+        let target = new_len.next_power_of_two().min(CHUNK_BYTES_MAX).max(new_len);
+        chunk.reserve_exact(target - chunk.len());
     }
-    (chunk.len(), false)
+    chunk.splice(range, with.iter().copied());
 }
 
-/// Where to split `chunk` in two: the first id that starts at or after its middle, else its
-/// last id; `None` when it holds one id.
-fn middle(chunk: &[u8]) -> Option<usize> {
+/// A walk through a chunk's ids in order, rebuilding each from the one before.
+struct Walk<'a> {
+    chunk: &'a [u8],
+    /// Where the current id's entry starts, and where the next one does.
+    start: usize,
+    next: usize,
+    /// The current id (empty before the first).
+    id: Vec<u8>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(chunk: &'a [u8]) -> Walk<'a> {
+        Walk { chunk, start: 0, next: 0, id: Vec::new() }
+    }
+
+    /// Moves to the next id; false at the end of the chunk.
+    fn advance(&mut self) -> bool {
+        if self.next >= self.chunk.len() {
+            self.start = self.chunk.len();
+            return false;
+        }
+        let mut at = self.next;
+        let shared = read_varint(self.chunk, &mut at);
+        let rest = read_varint(self.chunk, &mut at);
+        debug_assert!(shared <= self.id.len(), "an entry shares no more than the id before it has");
+        self.id.truncate(shared);
+        self.id.extend_from_slice(&self.chunk[at..at + rest]);
+        (self.start, self.next) = (self.next, at + rest);
+        true
+    }
+}
+
+/// Where `id` is or would go in `chunk`.
+struct Position {
+    /// Where its entry starts, or where it would.
+    at: usize,
+    /// The id before that (empty at the start).
+    previous: Vec<u8>,
+    /// The id whose entry starts at `at` and where that entry ends (`None` at the end).
+    here: Option<(Vec<u8>, usize)>,
+}
+
+fn position(chunk: &[u8], id: &[u8]) -> Position {
+    let mut walk = Walk::new(chunk);
+    let mut previous = Vec::new();
+    while walk.advance() {
+        if walk.id.as_slice() >= id {
+            let end = walk.next;
+            return Position { at: walk.start, previous, here: Some((walk.id, end)) };
+        }
+        previous.clone_from(&walk.id);
+    }
+    Position { at: chunk.len(), previous, here: None }
+}
+
+fn first_id(chunk: &[u8]) -> Vec<u8> {
+    let mut walk = Walk::new(chunk);
+    assert!(walk.advance(), "chunks are not empty");
+    walk.id
+}
+
+/// Splits `chunk` at its first id that starts at or after its middle (else its last id), and
+/// returns the second part, its first id stored whole, with that id; `None` when it holds one
+/// id.
+fn split(chunk: &mut Vec<u8>) -> Option<(Box<[u8]>, Vec<u8>)> {
+    let mut walk = Walk::new(chunk);
+    walk.advance();
     let mut last = None;
-    for (at, _) in entries(chunk).skip(1) {
-        if at >= chunk.len() / 2 {
-            return Some(at);
+    while walk.advance() {
+        last = Some((walk.start, walk.next, walk.id.clone()));
+        if walk.start >= chunk.len() / 2 {
+            break;
         }
-        last = Some(at);
     }
-    last
-}
-
-fn first_id(chunk: &[u8]) -> &[u8] {
-    entries(chunk).next().expect("chunks are not empty").1
+    let (start, end, id) = last?;
+    let mut tail =
+        Vec::with_capacity((chunk.len() - end + 2 + id.len()).next_power_of_two().min(CHUNK_BYTES_MAX));
+    push_entry(&mut tail, &[], &id);
+    tail.extend_from_slice(&chunk[end..]);
+    chunk.truncate(start);
+    chunk.shrink_to(chunk.len().next_power_of_two().min(CHUNK_BYTES_MAX));
+    Some((id.into(), tail))
 }
 
 impl IdSet {
@@ -108,78 +185,92 @@ impl IdSet {
     pub fn from_sorted<'a>(ids: impl IntoIterator<Item = &'a [u8]>) -> IdSet {
         let mut set = IdSet::default();
         let mut chunk = Vec::new();
+        let mut first: &[u8] = &[];
         let mut last: Option<&[u8]> = None;
         for id in ids {
             debug_assert!(last.is_none_or(|last| last <= id), "sorted");
-            if last.replace(id) == Some(id) {
-                continue;
+            let previous = match last.replace(id) {
+                Some(previous) if previous == id => continue,
+                Some(previous) => previous,
+                None => &[],
+            };
+            let shared = shared_prefix(previous, id);
+            let bytes = varint_len(shared) + varint_len(id.len() - shared) + id.len() - shared;
+            if chunk.len() + bytes > CHUNK_BYTES_MAX && !chunk.is_empty() {
+                chunk.shrink_to_fit();
+                set.chunks.insert(first.into(), std::mem::take(&mut chunk));
             }
-            if chunk.len() + varint_len(id.len()) + id.len() > CHUNK_BYTES_MAX && !chunk.is_empty() {
-                set.chunks.insert(first_id(&chunk).into(), std::mem::take(&mut chunk));
+            if chunk.is_empty() {
+                first = id;
+                push_entry(&mut chunk, &[], id);
+            } else {
+                push_entry(&mut chunk, previous, id);
             }
-            push_varint(&mut chunk, id.len());
-            chunk.extend_from_slice(id);
             set.len += 1;
         }
         if !chunk.is_empty() {
             chunk.shrink_to_fit();
-            set.chunks.insert(first_id(&chunk).into(), chunk);
+            set.chunks.insert(first.into(), chunk);
         }
         set
     }
 
     /// Adds `id`; false if it was there already.
     pub fn insert(&mut self, id: &[u8]) -> bool {
-        let encoded = encoded(id);
         // The chunk it goes in: the last one whose first id sorts before it.
         let Some((_, chunk)) =
             self.chunks.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(id))).next_back()
         else {
-            self.insert_first(id, encoded);
+            self.insert_first(id);
             return true;
         };
-        let (at, found) = position(chunk, id);
-        if found {
+        let Position { at, previous, here } = position(chunk, id);
+        if here.as_ref().is_some_and(|(held, _)| held == id) {
             return false;
         }
         self.len += 1;
-        if chunk.len() + encoded.len() <= CHUNK_BYTES_MAX {
-            chunk.splice(at..at, encoded);
+        let mut bytes = entry(&previous, id);
+        if here.is_none() && chunk.len() + bytes.len() > CHUNK_BYTES_MAX {
+            // At the end of a full chunk: the id starts the next one, so ids that arrive in
+            // order leave full chunks behind them.
+            self.chunks.insert(id.into(), entry(&[], id));
             return true;
         }
-        let middle = middle(chunk).filter(|_| at < chunk.len());
-        let (key, new_chunk) = if let Some(middle) = middle {
-            let mut tail = chunk.split_off(middle);
-            chunk.shrink_to_fit();
-            if at < middle {
-                chunk.splice(at..at, encoded);
-            } else {
-                tail.splice(at - middle..at - middle, encoded);
+        // The id after it is stored against it now.
+        let end = match &here {
+            Some((next, end)) => {
+                push_entry(&mut bytes, id, next);
+                *end
             }
-            (first_id(&tail).into(), tail)
-        } else {
-            // At the end of a full chunk (or after its only id): the id starts the next one,
-            // so ids that arrive in order leave full chunks behind them.
-            (id.into(), encoded)
+            None => at,
         };
-        self.chunks.insert(key, new_chunk);
+        splice(chunk, at..end, &bytes);
+        if chunk.len() > CHUNK_BYTES_MAX {
+            if let Some((key, tail)) = split(chunk) {
+                self.chunks.insert(key, tail);
+            }
+        }
         true
     }
 
     /// Adds `id`, which sorts before every id held (or there is none).
-    fn insert_first(&mut self, id: &[u8], encoded: Vec<u8>) {
+    fn insert_first(&mut self, id: &[u8]) {
         self.len += 1;
         let Some(first) = self.chunks.first_entry() else {
-            self.chunks.insert(id.into(), encoded);
+            self.chunks.insert(id.into(), entry(&[], id));
             return;
         };
-        if first.get().len() + encoded.len() > CHUNK_BYTES_MAX {
+        let mut bytes = entry(&[], id);
+        let old_first = first.key().to_vec();
+        push_entry(&mut bytes, id, &old_first);
+        let old_first_end = position(first.get(), &old_first).here.expect("its first id").1;
+        if first.get().len() - old_first_end + bytes.len() > CHUNK_BYTES_MAX {
             // A chunk of its own, which the ids that arrive in descending order then fill.
-            self.chunks.insert(id.into(), encoded);
+            self.chunks.insert(id.into(), entry(&[], id));
             return;
         }
         let mut chunk = first.remove();
-        chunk.splice(0..0, encoded);
+        splice(&mut chunk, 0..old_first_end, &bytes);
         self.chunks.insert(id.into(), chunk);
     }
 
@@ -190,12 +281,17 @@ impl IdSet {
         else {
             return false;
         };
-        let (at, found) = position(chunk, id);
-        if !found {
-            return false;
-        }
+        let Position { at, previous, here } = position(chunk, id);
+        let Some((_, end)) = here.filter(|(held, _)| held == id) else { return false };
         self.len -= 1;
-        chunk.drain(at..at + varint_len(id.len()) + id.len());
+        // The id after it is stored against the one before it now.
+        let mut walk = Walk { chunk, start: at, next: end, id: id.to_vec() };
+        if walk.advance() {
+            let (next, next_end) = (std::mem::take(&mut walk.id), walk.next);
+            splice(chunk, at..next_end, &entry(&previous, &next));
+        } else {
+            chunk.truncate(at);
+        }
         if chunk.len() < chunk.capacity() / 4 {
             chunk.shrink_to_fit();
         }
@@ -210,24 +306,28 @@ impl IdSet {
         true
     }
 
-    /// The ids after `after` (all of them for `None`), in order.
-    pub fn after<'a>(&'a self, after: Option<&'a [u8]>) -> impl Iterator<Item = &'a [u8]> + 'a {
+    /// Calls `visit` with each id after `after` (all of them for `None`), in order, until it
+    /// breaks; returns whether it did.
+    pub fn each_after(
+        &self,
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         // The chunk that may hold ids on both sides of `after`, then every chunk after it.
         let straddling = after.and_then(|after| {
-            self.chunks
-                .range::<[u8], _>((Bound::Unbounded, Bound::Included(after)))
-                .next_back()
-                .map(|(_, chunk)| (after, chunk))
+            self.chunks.range::<[u8], _>((Bound::Unbounded, Bound::Included(after))).next_back()
         });
-        let head = straddling
-            .into_iter()
-            .flat_map(|(after, chunk)| entries(chunk).map(|(_, id)| id).filter(move |id| *id > after));
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let rest = self
-            .chunks
-            .range::<[u8], _>((lower, Bound::Unbounded))
-            .flat_map(|(_, chunk)| entries(chunk).map(|(_, id)| id));
-        head.chain(rest)
+        let rest = self.chunks.range::<[u8], _>((lower, Bound::Unbounded));
+        for (_, chunk) in straddling.into_iter().chain(rest) {
+            let mut walk = Walk::new(chunk);
+            while walk.advance() {
+                if after.is_none_or(|after| walk.id.as_slice() > after) {
+                    visit(&walk.id)?;
+                }
+            }
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -237,16 +337,37 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    /// The ids `each_after` visits.
+    fn after(set: &IdSet, after: Option<&[u8]>) -> Vec<Vec<u8>> {
+        let mut ids = Vec::new();
+        let _ = set.each_after(after, |id| {
+            ids.push(id.to_vec());
+            ControlFlow::Continue(())
+        });
+        ids
+    }
+
+    /// A chunk's ids in order.
+    fn ids_of(chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut walk = Walk::new(chunk);
+        std::iter::from_fn(|| walk.advance().then(|| walk.id.clone())).collect()
+    }
+
     fn check(set: &IdSet, model: &BTreeSet<Vec<u8>>) {
         assert_eq!(set.len(), model.len());
-        assert!(set.after(None).eq(model.iter().map(Vec::as_slice)));
-        let mut previous: Option<&[u8]> = None;
+        assert_eq!(after(set, None), model.iter().cloned().collect::<Vec<_>>());
+        let mut previous: Option<Vec<u8>> = None;
         for (key, chunk) in &set.chunks {
-            assert!(!chunk.is_empty() && first_id(chunk) == &**key);
-            // Chunks of short ids stay within the bound (a long id may take a chunk past it).
-            assert!(chunk.len() <= CHUNK_BYTES_MAX || entries(chunk).any(|(_, id)| id.len() > 64));
-            assert!(previous.is_none_or(|previous| previous < &**key));
-            previous = entries(chunk).last().map(|(_, id)| id);
+            let ids = ids_of(chunk);
+            assert!(!chunk.is_empty() && ids[0] == **key);
+            // The first id is stored whole: the chunk's first bytes say it shares nothing.
+            assert_eq!(chunk[0], 0, "a chunk's first id shares no prefix");
+            // Chunks of short ids stay within the bound (a long id may take a chunk past it),
+            // and their buffers never hold more than the bound.
+            assert!(chunk.len() <= CHUNK_BYTES_MAX || ids.iter().any(|id| id.len() > 64));
+            assert!(chunk.capacity() <= CHUNK_BYTES_MAX.max(chunk.len()) * 2, "{}", chunk.capacity());
+            assert!(previous.is_none_or(|previous| previous.as_slice() < &**key));
+            previous = ids.last().cloned();
         }
     }
 
@@ -256,8 +377,8 @@ mod tests {
             let mut out = Vec::new();
             push_varint(&mut out, value);
             assert_eq!(out.len(), varint_len(value), "{value}");
-            out.extend(std::iter::repeat_n(b'x', value));
-            assert_eq!(entries(&out).next().unwrap().1.len(), value);
+            let mut at = 0;
+            assert_eq!((read_varint(&out, &mut at), at), (value, out.len()));
         }
     }
 
@@ -268,15 +389,19 @@ mod tests {
         for id in &ids {
             assert!(set.insert(id.as_bytes()));
         }
+        // Ids in order share most of their bytes with the one before: 3.1 bytes each on
+        // average (two counts and what differs), where whole each took 15.
         let held: usize = set.chunks.values().map(Vec::len).sum();
-        assert_eq!(held, ids.len() * 15);
-        assert!(set.chunks.len() <= held / (CHUNK_BYTES_MAX - 15) + 1, "{} chunks", set.chunks.len());
+        assert!(held <= ids.len() * 4, "{held} bytes");
+        let capacity: usize = set.chunks.values().map(Vec::capacity).sum();
+        assert!(capacity <= set.chunks.len() * CHUNK_BYTES_MAX, "full chunks, no spare capacity: {capacity}");
+        assert!(set.chunks.len() <= held / (CHUNK_BYTES_MAX - 16) + 1, "{} chunks", set.chunks.len());
         let mut descending = IdSet::default();
         for id in ids.iter().rev() {
             assert!(descending.insert(id.as_bytes()));
         }
         assert!(
-            descending.chunks.len() <= held / (CHUNK_BYTES_MAX - 15) + 1,
+            descending.chunks.len() <= held / (CHUNK_BYTES_MAX - 16) + 1,
             "{} chunks",
             descending.chunks.len()
         );
@@ -284,7 +409,8 @@ mod tests {
         let model: BTreeSet<Vec<u8>> = ids.iter().map(|id| id.as_bytes().to_vec()).collect();
         for set in [&set, &descending, &built] {
             check(set, &model);
-            assert!(set.after(Some(b"loadgen-004999")).eq(ids[5000..].iter().map(|id| id.as_bytes())));
+            let expected: Vec<Vec<u8>> = ids[5000..].iter().map(|id| id.as_bytes().to_vec()).collect();
+            assert_eq!(after(set, Some(b"loadgen-004999")), expected);
         }
     }
 
@@ -308,7 +434,7 @@ mod tests {
             check(&set, &model);
             for probe in probes {
                 let expected = model.range::<[u8], _>((Bound::Excluded(&probe[..]), Bound::Unbounded));
-                prop_assert!(set.after(Some(&probe)).eq(expected.map(Vec::as_slice)));
+                prop_assert_eq!(after(&set, Some(&probe)), expected.cloned().collect::<Vec<_>>());
             }
             let built = IdSet::from_sorted(model.iter().map(Vec::as_slice));
             check(&built, &model);

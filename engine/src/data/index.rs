@@ -14,7 +14,7 @@
 //! group's other ids ([`IdSet`]). Iterating them in order yields the tuples in order.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 
 use bytes::{BufMut, BytesMut};
 use credshard_protocol::op::list::ListRequest;
@@ -55,10 +55,18 @@ fn remove_from<V>(
     removed
 }
 
-/// The ids of a group after `after` (all of them for `None`), in order.
-fn ids_after<'a>(ids: &'a IdSet, after: Option<&'a str>) -> impl Iterator<Item = &'a str> + 'a {
-    ids.after(after.map(str::as_bytes))
-        .map(|id| std::str::from_utf8(id).expect("index ids are made from a str"))
+/// Calls `visit` with each id of a group after `after` (all of them for `None`), in order,
+/// until it returns true; returns whether it did.
+fn each_id_after(ids: &IdSet, after: Option<&str>, mut visit: impl FnMut(&str) -> bool) -> bool {
+    ids.each_after(after.map(str::as_bytes), |id| {
+        let id = std::str::from_utf8(id).expect("index ids are made from a str");
+        if visit(id) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
 }
 
 /// Where a LIST page sorts an item: (scope, id) by owner, (id, "") by scope only.
@@ -195,11 +203,9 @@ impl ShardIndex {
         };
         if query.owner.is_empty() {
             let Some(ids) = self.by_scope.get(query.scope) else { return false };
-            for id in ids_after(ids, query.after.as_ref().map(|(id, _)| &**id)) {
-                if offer(id, (id.into(), Box::from(""))) {
-                    return true;
-                }
-            }
+            return each_id_after(ids, query.after.as_ref().map(|(id, _)| &**id), |id| {
+                offer(id, (id.into(), Box::from("")))
+            });
         } else {
             let Some(scopes) = self.by_owner.get(query.owner) else { return false };
             // The first scope: the cursor's (where the last page ended), and no earlier than
@@ -218,10 +224,8 @@ impl ShardIndex {
                     Some((cursor_scope, id)) if cursor_scope == scope => Some(&**id),
                     _ => None,
                 };
-                for id in ids_after(ids, after_id) {
-                    if offer(id, (scope.clone(), id.into())) {
-                        return true;
-                    }
+                if each_id_after(ids, after_id, |id| offer(id, (scope.clone(), id.into()))) {
+                    return true;
                 }
             }
         }
