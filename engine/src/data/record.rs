@@ -250,6 +250,23 @@ impl Record {
         }
     }
 
+    /// Asks the CPU to start loading the lines a comparison of the id reads: the root's (at
+    /// the archive's end) and the first (where rkyv puts the id's bytes, unless they are
+    /// inline in the root).
+    #[inline]
+    pub fn prefetch_id(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let bytes = self.archive_bytes();
+            let root = bytes.len().saturating_sub(std::mem::size_of::<ArchivedCredential>());
+            for at in [0, root, bytes.len().saturating_sub(1)] {
+                let line = bytes.as_ptr().wrapping_add(at).cast::<i8>();
+                // SAFETY: a prefetch is a hint that never faults and changes no memory.
+                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line) };
+            }
+        }
+    }
+
     /// Asks the CPU to start loading the line a clone or drop of this handle writes (see
     /// [`Archive::prefetch_count`]).
     #[inline]
@@ -266,6 +283,16 @@ impl Record {
     /// Clears this handle's own mark; returns whether it was set.
     pub fn take_mark(&self) -> bool {
         self.archive.take_mark()
+    }
+
+    /// This handle's own second flag (not its clones'; see [`Archive`]).
+    #[inline]
+    pub fn flag(&self) -> bool {
+        self.archive.flag()
+    }
+
+    pub fn set_flag(&mut self, flag: bool) {
+        self.archive.set_flag(flag);
     }
 
     /// True when both are handles to the same bytes.

@@ -27,7 +27,9 @@ use super::record::Record;
 pub struct Entry {
     /// Its handle's mark says whether the entry was read since the cache's eviction clock last
     /// passed it (a bounded cache only, see `ShardWriter`): set by readers on any executor,
-    /// cleared by the shard's writer. (Kept in the handle's spare bytes.)
+    /// cleared by the shard's writer. Its handle's flag says whether `rest` holds anything
+    /// aside (a deletion, a pending version, a policy), so that a GET of a credential with
+    /// older versions and nothing aside never loads `rest`. (Both in the handle's spare bytes.)
     current: Record,
     /// What a credential with one version and nothing aside does not have: older kept
     /// versions, a deletion, a pending version, a policy. `None` for most.
@@ -137,7 +139,8 @@ impl Entry {
     /// An entry of `versions`, newest (current) first.
     pub(super) fn new(versions: impl IntoIterator<Item = Record>) -> Entry {
         let mut versions = versions.into_iter();
-        let current = versions.next().expect("an entry keeps at least its current version");
+        let mut current = versions.next().expect("an entry keeps at least its current version");
+        current.set_flag(false);
         current.set_mark();
         let older: Box<[Record]> = versions.collect();
         let rest = (!older.is_empty()).then(|| Box::new(Rest { older, aside: Aside::default() }));
@@ -171,7 +174,7 @@ impl Entry {
 
     /// An entry of `versions` (newest first) with this one's deletion and pending version.
     pub(super) fn with_versions(&self, versions: impl IntoIterator<Item = Record>) -> Entry {
-        Entry::new(versions).with_aside(self.aside().clone())
+        Entry::new(versions).with_aside(self.aside())
     }
 
     /// The same versions with `aside`.
@@ -184,12 +187,23 @@ impl Entry {
         if self.rest.as_ref().is_some_and(|rest| rest.older.is_empty() && rest.aside.is_empty()) {
             self.rest = None;
         }
+        let has_aside = self.rest.as_ref().is_some_and(|rest| !rest.aside.is_empty());
+        self.current.set_flag(has_aside);
         self
     }
 
-    fn aside(&self) -> &Aside {
-        static NOTHING_ASIDE: Aside = Aside { deletion: None, pending: None, policy: None };
-        self.rest.as_ref().map_or(&NOTHING_ASIDE, |rest| &rest.aside)
+    /// The rarer parts, if the entry has any (its current handle's flag says so first: a GET
+    /// reads them through here, and loads nothing for a credential with none).
+    #[inline]
+    fn aside_ref(&self) -> Option<&Aside> {
+        if !self.current.flag() {
+            return None;
+        }
+        self.rest.as_deref().map(|rest| &rest.aside)
+    }
+
+    fn aside(&self) -> Aside {
+        self.aside_ref().cloned().unwrap_or_default()
     }
 
     fn older(&self) -> &[Record] {
@@ -204,21 +218,21 @@ impl Entry {
 
     /// The same versions, deleted (`Some`) or live (`None`).
     pub(super) fn with_deletion(self, deletion: Option<Deletion>) -> Entry {
-        let aside = Aside { deletion, ..self.aside().clone() };
+        let aside = Aside { deletion, ..self.aside() };
         self.with_aside(aside)
     }
 
     /// The same versions with `pending` as the pending version (`None`: none).
     pub(super) fn with_pending(self, pending: Option<Record>) -> Entry {
         debug_assert!(pending.as_ref().is_none_or(|pending| pending.version() > self.current.version()));
-        let aside = Aside { pending, ..self.aside().clone() };
+        let aside = Aside { pending, ..self.aside() };
         self.with_aside(aside)
     }
 
     /// `Some` while the credential is deleted and recoverable.
     #[inline]
     pub fn deletion(&self) -> Option<Deletion> {
-        self.aside().deletion
+        self.aside_ref().and_then(|aside| aside.deletion)
     }
 
     /// True while the credential is deleted and recoverable.
@@ -235,20 +249,20 @@ impl Entry {
 
     /// The same versions with `policy` (`None`: the server's defaults).
     pub(super) fn with_policy(self, policy: Option<StoredPolicy>) -> Entry {
-        let aside = Aside { policy, ..self.aside().clone() };
+        let aside = Aside { policy, ..self.aside() };
         self.with_aside(aside)
     }
 
     /// The credential's policy, if SET_POLICY gave it one.
     #[inline]
     pub fn policy(&self) -> Option<&StoredPolicy> {
-        self.aside().policy.as_ref()
+        self.aside_ref().and_then(|aside| aside.policy.as_ref())
     }
 
     /// The version STAGE wrote and PROMOTE has not made current yet, if any.
     #[inline]
     pub fn pending(&self) -> Option<&Record> {
-        self.aside().pending.as_ref()
+        self.aside_ref().and_then(|aside| aside.pending.as_ref())
     }
 
     /// The highest version number the credential has used: the pending version's, else the
@@ -549,6 +563,12 @@ mod tests {
         let two = Entry::new([record(&keyring, "db", 2), record(&keyring, "db", 1)])
             .with_pending(Some(record(&keyring, "db", 3)));
         assert_eq!((two.version_count(), two.last_version()), (2, 3));
+        assert!(two.current.flag(), "the flag says something is aside");
+        let plain = Entry::new([record(&keyring, "db", 2), record(&keyring, "db", 1)]);
+        assert!(plain.rest.is_some() && !plain.current.flag() && plain.deletion().is_none());
+        let deleted = plain.snapshot().with_deletion(Some(deletion));
+        assert!(deleted.current.flag() && deleted.is_deleted() && deleted.version_count() == 2);
+        assert!(!deleted.with_deletion(None).current.flag());
         let one = two.with_versions([two.current().clone()]);
         assert_eq!((one.version_count(), one.pending().map(Record::version)), (1, Some(3)));
         assert!(one.with_pending(None).rest.is_none());

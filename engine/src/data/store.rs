@@ -273,9 +273,16 @@ impl Store {
             here().for_each(|(hint, _)| map.prefetch_slot(hint.hash));
             here().for_each(|(hint, _)| map.prefetch_entry(hint.hash));
             // The entry's key is its current version's id, so comparing it reads the record:
-            // the candidate's record is prefetched before any lookup compares.
-            for (hint, _) in here() {
+            // the lines the comparison reads are prefetched for every candidate first (a few
+            // per record, so that they fit in the core's outstanding misses), then the whole
+            // record of each entry found.
+            here().for_each(|(hint, _)| {
                 if let Some(entry) = map.candidate(hint.hash) {
+                    entry.current().prefetch_id();
+                }
+            });
+            for (_, id) in here() {
+                if let Some(entry) = map.get(*id) {
                     entry.current().prefetch();
                 }
             }

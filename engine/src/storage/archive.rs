@@ -26,6 +26,10 @@ pub struct Archive {
     /// here), not shared with clones: a clone starts with it clear. It sits where the handle
     /// would otherwise be padding.
     mark: AtomicBool,
+    /// A second flag for whoever holds this handle, set only while the holder has it alone
+    /// (`&mut`): a shard's entry says here whether it has rarer parts, so that a GET need not
+    /// load them to learn that it has none. Not shared with clones either.
+    flag: bool,
 }
 
 /// What precedes the bytes; 8 bytes, so that the bytes are 8-byte aligned: the alignment of
@@ -170,7 +174,7 @@ impl Archive {
             header.as_ptr().write(Header { count: AtomicUsize::new(1) });
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), raw.as_ptr().add(HEADER_BYTES), bytes.len());
         }
-        Archive { header, len, mark: AtomicBool::new(false) }
+        Archive { header, len, mark: AtomicBool::new(false), flag: false }
     }
 
     /// The bytes, 8-byte aligned; they never move while a handle exists.
@@ -221,6 +225,16 @@ impl Archive {
     pub fn take_mark(&self) -> bool {
         self.mark.swap(false, Ordering::Relaxed)
     }
+
+    /// This handle's second flag (see [`Archive`]).
+    #[inline]
+    pub fn flag(&self) -> bool {
+        self.flag
+    }
+
+    pub fn set_flag(&mut self, flag: bool) {
+        self.flag = flag;
+    }
 }
 
 impl Clone for Archive {
@@ -232,7 +246,7 @@ impl Clone for Archive {
             // Billions of leaked handles: stop before the count can wrap.
             std::process::abort();
         }
-        Archive { header: self.header, len: self.len, mark: AtomicBool::new(false) }
+        Archive { header: self.header, len: self.len, mark: AtomicBool::new(false), flag: false }
     }
 }
 
@@ -287,6 +301,10 @@ mod tests {
         let clone = archive.clone();
         assert!(!clone.take_mark(), "a clone starts clear");
         assert!(archive.take_mark() && !archive.take_mark());
+        let mut flagged = Archive::copy_of(b"y");
+        assert!(!flagged.flag());
+        flagged.set_flag(true);
+        assert!(flagged.flag() && !flagged.clone().flag(), "a clone starts clear");
     }
 
     #[test]
