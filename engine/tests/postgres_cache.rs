@@ -269,6 +269,31 @@ fn a_database_that_cannot_be_read_fails_a_miss_fast_and_hits_go_on() {
 }
 
 #[test]
+fn a_row_holding_another_credentials_record_is_refused_not_served_or_filed_under_it() {
+    let Some(database) = common::postgres::database("cache_swapped_row") else { return };
+    let key = *MasterKey::generate().bytes();
+    let server = cached_instance(&database.url(), &key);
+    let mut client = server.client();
+    let ids = fill(&mut client);
+    let cached =
+        ids.iter().rev().find(|id| !server.store().may_exist_uncached(id)).expect("a cached id").clone();
+    let evicted = ids.iter().find(|id| server.store().may_exist_uncached(id)).expect("an evicted id").clone();
+    // The evicted credential's row now holds the cached one's record (ids are `cached/NNNN`).
+    database.query(&format!(
+        "UPDATE credshard_versions SET record = (SELECT record FROM credshard_versions WHERE id = '{cached}' \
+         ORDER BY version DESC LIMIT 1) WHERE id = '{evicted}'"
+    ));
+    // A miss reads the row and refuses it: neither the other secret under this id, nor the
+    // record filed as the other credential's (the shard files an entry under its record's id).
+    let refused = client.get(&evicted);
+    assert!(refused.is_err(), "a swapped row is refused: {:?}", refused.map(|got| got.metadata.version));
+    assert_eq!(client.get(&cached).unwrap().secret.expose(), cached.as_bytes());
+    let owner_listing = client.list(&ListRequest { owner: "team-a", scope: "", limit: 1000, cursor: &[] });
+    assert!(owner_listing.is_err(), "a LIST page holding the row is refused too");
+    assert!(server.store().may_exist_uncached(&evicted), "nothing was installed for it");
+}
+
+#[test]
 fn writers_read_their_own_writes_while_readers_keep_the_cache_churning() {
     let Some(database) = common::postgres::database("cache_churn") else { return };
     let key = *MasterKey::generate().bytes();

@@ -208,6 +208,8 @@ pub(super) fn install_entry(
     live.iter().flat_map(|live| live.versions().take(max_versions - 1)).for_each(Record::prefetch_count);
     let older = live.into_iter().flat_map(|live| live.versions().take(max_versions - 1).cloned());
     let entry = Entry::new(std::iter::once(record).chain(older)).with_policy(policy);
+    // The map files the entry under its current record's id.
+    debug_assert_eq!(entry.id(), id);
     let shard = store.shard(shard_id);
     // A deleted credential is out of the index: writing it again puts it back.
     if maintain_index {

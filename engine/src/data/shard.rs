@@ -390,7 +390,9 @@ impl PartialEq for Entry {
 
 impl Eq for Entry {}
 
-/// A shard's map: its entries, found by id.
+/// A shard's map: its entries, found by id. Writes rely on `insert` of an entry replacing the
+/// equal one there (the node, key included): papaya's code does so, though its doc comment says
+/// otherwise (vendor/papaya/VENDORED.md; `entries_hash_compare_and_are_found_as_their_id`).
 pub(crate) type ShardMap = papaya::HashSet<Entry, ahash::RandomState>;
 /// The map, pinned.
 pub(crate) type PinnedMap<'map> =

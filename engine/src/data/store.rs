@@ -34,7 +34,7 @@ pub const PREFETCH_IDS_MAX: usize = 32;
 pub const PREFETCH_SCAN_MAX: usize = 2 * PREFETCH_IDS_MAX;
 
 /// Shards holding fewer credentials than this are not prefetched: they fit in a core's
-/// cache (at about 600 B of record and map per credential, 8,192 take ~5 MB).
+/// cache (at about 480 B of record and map per credential, 8,192 take ~4 MB).
 const PREFETCH_MAP_LEN_MIN: usize = 8192;
 
 /// Where a lookup of one id will look (its shard, and its hash in that shard's map).

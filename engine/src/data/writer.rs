@@ -1005,6 +1005,9 @@ impl ShardWriter {
     /// Puts `entry` in the map as `id`'s (replacing `existing`), keeping the index, the
     /// expiry set and the eviction clock up to date.
     fn replace_entry(&mut self, id: &str, entry: Entry, existing: Option<&Entry>) {
+        // The map files the entry under its current record's id (the shared database's rows
+        // are checked for it when read).
+        debug_assert_eq!(entry.id(), id);
         self.store.shard(self.shard_id).reindex(id, existing, &entry);
         let expiry = |entry: &Entry| entry.current().credential().expires_at_ms.to_native();
         let (old_expiry, new_expiry) = (existing.map_or(0, expiry), expiry(&entry));

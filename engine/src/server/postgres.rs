@@ -146,13 +146,22 @@ fn replay_entries<'a>(
     Ok(())
 }
 
-/// Parses an archived record read from the database.
-fn parse_record(bytes: &[u8]) -> Result<Record, DbError> {
-    Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))
+/// Parses an archived record read from the database's row of `id`. A record of another id is
+/// corrupt: a shard files an entry under its current record's id, so it would land on another
+/// credential's entry.
+fn parse_record(bytes: &[u8], id: &str) -> Result<Record, DbError> {
+    let record = Record::from_bytes(bytes).map_err(|error| DbError::Corrupt(error.to_string()))?;
+    if record.credential().id.as_str() != id {
+        return Err(DbError::Corrupt(format!(
+            "the row of {id:?} holds a record of {:?}",
+            record.credential().id.as_str()
+        )));
+    }
+    Ok(record)
 }
 
 /// What a credential has beside its kept versions, from the database's row.
-fn fetched_state(state: &rows::StateRow) -> Result<FetchedState, DbError> {
+fn fetched_state(state: &rows::StateRow, id: &str) -> Result<FetchedState, DbError> {
     let policy = match &state.policy {
         None => None,
         Some(bytes) => {
@@ -166,7 +175,7 @@ fn fetched_state(state: &rows::StateRow) -> Result<FetchedState, DbError> {
             deleted_at_ms: state.deleted_at_ms as u64,
             purge_at_ms: state.purge_at_ms as u64,
         }),
-        pending: state.pending.as_deref().map(parse_record).transpose()?,
+        pending: state.pending.as_deref().map(|bytes| parse_record(bytes, id)).transpose()?,
         policy,
         purged_version: state.purged_version as u64,
     })
@@ -178,8 +187,13 @@ fn group_fetched(
 ) -> Result<HashMap<String, (Vec<Record>, FetchedState)>, DbError> {
     let mut by_id = HashMap::with_capacity(fetched.len());
     for credential in fetched {
-        let records = credential.records.iter().map(|bytes| parse_record(bytes)).collect::<Result<_, _>>()?;
-        by_id.insert(credential.id, (records, fetched_state(&credential.state)?));
+        let records = credential
+            .records
+            .iter()
+            .map(|bytes| parse_record(bytes, &credential.id))
+            .collect::<Result<_, _>>()?;
+        let state = fetched_state(&credential.state, &credential.id)?;
+        by_id.insert(credential.id, (records, state));
     }
     Ok(by_id)
 }
@@ -300,7 +314,7 @@ async fn reread_many(
             continue;
         }
         let held = held.get(&changed.id).copied().unwrap_or(0);
-        let state = fetched_state(&changed.state)?;
+        let state = fetched_state(&changed.state, &changed.id)?;
         let Some(oldest) = changed.oldest_kept else {
             // Gone from the database: read whole, for the version it was purged at.
             replaced.push((changed.id, Reread::Whole));
@@ -308,7 +322,7 @@ async fn reread_many(
         };
         let mut records = Vec::with_capacity(changed.records.len());
         for bytes in &changed.records {
-            records.push(parse_record(bytes)?);
+            records.push(parse_record(bytes, &changed.id)?);
         }
         if oldest > held as i64 {
             // Everything the shard held was trimmed since: what was read is all there is.
@@ -607,8 +621,10 @@ pub async fn list_page(
     let more = rows.len() > limit;
     let mut items = Vec::with_capacity(rows.len().min(limit));
     for (scope, id, bytes) in rows.into_iter().take(limit) {
-        let record =
-            Record::from_bytes(&bytes).map_err(|_| OpError::Internal("a stored record failed validation"))?;
+        let record = parse_record(&bytes, &id).map_err(|error| {
+            tracing::warn!(%error, "a LIST page's row failed validation");
+            OpError::Internal("a stored record failed validation")
+        })?;
         let key = if by_owner { (scope.into(), id.into()) } else { (id.into(), Box::from("")) };
         items.push((key, record));
     }

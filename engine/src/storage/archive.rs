@@ -4,7 +4,7 @@
 //! snapshot collects handles, not copies.
 //!
 //! The allocation is exactly an 8-byte header (the count) and the bytes, rounded up to 8; the
-//! handle is 16 bytes (pointer, length, and a flag for its holder).
+//! handle is 16 bytes (pointer, length, and two flags for its holder).
 //!
 //! Allocations of up to [`SLAB_SLOT_BYTES_MAX`] come from [`slabs`]: pages that hold records
 //! of one size only, apart from everything else the server allocates. From `malloc` each
@@ -12,6 +12,10 @@
 //! allocations of each write (request state, log and audit entries) took the heap's top
 //! between two records and left holes there once freed: 1,000,000 PUTs of 256 B left 17–20 MB
 //! of such holes (`malloc_info`), most of 272 bytes, which a record (400) never fits.
+//!
+//! The cost: slab memory is never given back to the system, nor to another size class. What
+//! deletes, expiry sweeps or a change of secret sizes free stays with its class, for the next
+//! records of that size (`malloc` would have reused it for anything, and given back some).
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -309,7 +313,9 @@ mod tests {
 
     #[test]
     fn a_freed_slot_is_reused_by_its_size_class() {
-        // A size class no other test uses (tests share the slabs): 2,040 bytes.
+        // The slabs are the process's, shared by every test running at the same time: this
+        // one holds a size class no other test uses (2,040 bytes), or it could see another's
+        // slot.
         let len = 2029;
         assert_eq!(allocation_bytes(len), 2040);
         let first = Archive::copy_of(&vec![1; len]);
