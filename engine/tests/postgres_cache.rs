@@ -291,6 +291,12 @@ fn a_row_holding_another_credentials_record_is_refused_not_served_or_filed_under
     let owner_listing = client.list(&ListRequest { owner: "team-a", scope: "", limit: 1000, cursor: &[] });
     assert!(owner_listing.is_err(), "a LIST page holding the row is refused too");
     assert!(server.store().may_exist_uncached(&evicted), "nothing was installed for it");
+    // The records' slabs are on /metrics (process-wide: other tests' servers share them).
+    let (held, used) = (
+        scraped(&server, "credshard_record_slab_held_bytes"),
+        scraped(&server, "credshard_record_slab_used_bytes"),
+    );
+    assert!(used > 0 && used <= held && held % 65536 == 0, "held {held}, used {used}");
 }
 
 #[test]

@@ -352,7 +352,8 @@ impl Collector for Scrape {
         }
 
         let keys = self.store.keyring().status();
-        let gauges: [(&str, &str, Option<Unit>, u64); 7] = [
+        let slabs = crate::storage::archive::slab_bytes();
+        let gauges: [(&str, &str, Option<Unit>, u64); 9] = [
             (
                 "credshard_connections_open",
                 "Open connections (both listeners)",
@@ -379,6 +380,18 @@ impl Collector for Scrape {
                 "Audit entries buffered and not yet written",
                 Some(Unit::Bytes),
                 sum(|m| &m.audit_backlog_bytes),
+            ),
+            (
+                "credshard_record_slab_held",
+                "Memory of the record slabs' pages (kept for records of each page's size, never given back)",
+                Some(Unit::Bytes),
+                slabs.held,
+            ),
+            (
+                "credshard_record_slab_used",
+                "Memory of the record slabs holding records",
+                Some(Unit::Bytes),
+                slabs.used,
             ),
         ];
         for (name, help, unit, value) in gauges {

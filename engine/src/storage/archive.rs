@@ -81,6 +81,9 @@ mod slabs {
     struct Class {
         /// The first free slot; each free slot holds the address of the next (null at the end).
         free: *mut u8,
+        /// Pages taken, and slots handed out and not given back.
+        pages: usize,
+        used: usize,
         /// The unused rest of the class's newest page.
         next: *mut u8,
         end: *mut u8,
@@ -93,6 +96,8 @@ mod slabs {
     static CLASSES_: [Mutex<Class>; CLASSES] = [const {
         Mutex::new(Class {
             free: std::ptr::null_mut(),
+            pages: 0,
+            used: 0,
             next: std::ptr::null_mut(),
             end: std::ptr::null_mut(),
         })
@@ -106,6 +111,7 @@ mod slabs {
     /// A slot of `bytes` (a multiple of 8, at most [`SLAB_SLOT_BYTES_MAX`]), 8-byte aligned.
     pub(super) fn allocate(bytes: usize) -> NonNull<u8> {
         let mut class = class(bytes).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        class.used += 1;
         if let Some(slot) = NonNull::new(class.free) {
             // SAFETY: a free slot holds the next free slot's address, written by `free`; it is
             // 8-byte aligned and at least 8 bytes long.
@@ -120,6 +126,7 @@ mod slabs {
                 std::alloc::handle_alloc_error(layout);
             }
             class.next = page;
+            class.pages += 1;
             // SAFETY: one past the end of the page's allocation.
             class.end = unsafe { page.add(PAGE_BYTES) };
         }
@@ -138,7 +145,35 @@ mod slabs {
         // SAFETY: the slot is the caller's to give back, 8-byte aligned and at least 8 bytes.
         unsafe { slot.as_ptr().cast::<*mut u8>().write(class.free) };
         class.free = slot.as_ptr();
+        class.used -= 1;
     }
+
+    /// Bytes of the pages of the class of `bytes`-byte slots, and of its slots in use.
+    pub(super) fn class_bytes(bytes: usize) -> (usize, usize) {
+        let class = class(bytes).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (class.pages * PAGE_BYTES, class.used * bytes)
+    }
+
+    /// Bytes of all the slabs' pages, and of their slots in use.
+    pub(super) fn bytes() -> (usize, usize) {
+        (1..=CLASSES)
+            .map(|index| class_bytes(index * ALIGN))
+            .fold((0, 0), |(held, used), (class_held, class_used)| (held + class_held, used + class_used))
+    }
+}
+
+/// What the record slabs hold: `held` bytes of pages (never given back), `used` of them in
+/// slots that hold records (for `/metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlabBytes {
+    pub held: u64,
+    pub used: u64,
+}
+
+/// What the record slabs hold now (takes each size class's lock in turn).
+pub fn slab_bytes() -> SlabBytes {
+    let (held, used) = slabs::bytes();
+    SlabBytes { held: held as u64, used: used as u64 }
 }
 
 fn allocate(bytes: usize) -> NonNull<u8> {
@@ -323,8 +358,12 @@ mod tests {
         let neighbour = Archive::copy_of(&vec![2; len]);
         assert_eq!(neighbour.header.as_ptr() as usize - address.as_ptr() as usize, 2040, "slots are packed");
         drop(first);
+        assert_eq!(slabs::class_bytes(2040), (65536, 2040), "one page, one slot in use");
         let again = Archive::copy_of(&vec![3; len - 3]);
         assert_eq!(again.header, address, "the freed slot first");
+        assert_eq!(slabs::class_bytes(2040), (65536, 2 * 2040));
+        let totals = slab_bytes();
+        assert!(totals.held >= 65536 && totals.used >= 2 * 2040 && totals.used <= totals.held, "{totals:?}");
         assert_eq!((again.bytes(), neighbour.bytes()), (&vec![3; len - 3][..], &vec![2; len][..]));
     }
 
