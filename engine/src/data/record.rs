@@ -61,6 +61,82 @@ thread_local! {
     static CIPHERTEXT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// A version's fields, borrowed, archived as an [`ArchivedCredential`]: the same bytes a
+/// [`Credential`] of the same fields archives to (its fields serialized in the same order),
+/// without owned copies of its strings and buffers (four allocations fewer per write).
+struct CredentialParts<'a> {
+    id: &'a str,
+    owner: &'a str,
+    scope: &'a str,
+    kind: u8,
+    version: u64,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+    expires_at_ms: u64,
+    key_id: u32,
+    nonce: [u8; NONCE_BYTES],
+    tag: [u8; TAG_BYTES],
+    ciphertext: &'a [u8],
+    labels: &'a [u8],
+    previous_grace_until_ms: u64,
+}
+
+/// Where [`CredentialParts`]' out-of-line fields were written.
+struct CredentialPartsResolver {
+    id: rkyv::string::StringResolver,
+    owner: rkyv::string::StringResolver,
+    scope: rkyv::string::StringResolver,
+    ciphertext: rkyv::vec::VecResolver,
+    labels: rkyv::vec::VecResolver,
+}
+
+impl rkyv::Archive for CredentialParts<'_> {
+    type Archived = ArchivedCredential;
+    type Resolver = CredentialPartsResolver;
+
+    fn resolve(&self, resolver: CredentialPartsResolver, out: rkyv::Place<ArchivedCredential>) {
+        use rkyv::string::ArchivedString;
+        use rkyv::vec::ArchivedVec;
+        rkyv::munge::munge!(let ArchivedCredential {
+            id, owner, scope, kind, version, created_at_ms, updated_at_ms, expires_at_ms, key_id,
+            nonce, tag, ciphertext, labels, previous_grace_until_ms,
+        } = out);
+        ArchivedString::resolve_from_str(self.id, resolver.id, id);
+        ArchivedString::resolve_from_str(self.owner, resolver.owner, owner);
+        ArchivedString::resolve_from_str(self.scope, resolver.scope, scope);
+        self.kind.resolve((), kind);
+        self.version.resolve((), version);
+        self.created_at_ms.resolve((), created_at_ms);
+        self.updated_at_ms.resolve((), updated_at_ms);
+        self.expires_at_ms.resolve((), expires_at_ms);
+        self.key_id.resolve((), key_id);
+        self.nonce.resolve([(); NONCE_BYTES], nonce);
+        self.tag.resolve([(); TAG_BYTES], tag);
+        ArchivedVec::resolve_from_slice(self.ciphertext, resolver.ciphertext, ciphertext);
+        ArchivedVec::resolve_from_slice(self.labels, resolver.labels, labels);
+        self.previous_grace_until_ms.resolve((), previous_grace_until_ms);
+    }
+}
+
+impl<S> rkyv::Serialize<S> for CredentialParts<'_>
+where
+    S: rancor::Fallible + rkyv::ser::Writer + rkyv::ser::Allocator + ?Sized,
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<CredentialPartsResolver, S::Error> {
+        use rkyv::string::ArchivedString;
+        use rkyv::vec::ArchivedVec;
+        // In the order `Credential`'s derived serializer writes them.
+        Ok(CredentialPartsResolver {
+            id: ArchivedString::serialize_from_str(self.id, serializer)?,
+            owner: ArchivedString::serialize_from_str(self.owner, serializer)?,
+            scope: ArchivedString::serialize_from_str(self.scope, serializer)?,
+            ciphertext: ArchivedVec::serialize_from_slice(self.ciphertext, serializer)?,
+            labels: ArchivedVec::serialize_from_slice(self.labels, serializer)?,
+        })
+    }
+}
+
 /// The key id of a destroyed version: no data key (the ring's ids start at 1), no ciphertext.
 pub const DESTROYED_KEY_ID: u32 = 0;
 
@@ -157,10 +233,10 @@ impl Record {
         let Sealed { key_id, nonce, tag } = keyring
             .encrypt(&binding, &mut ciphertext)
             .map_err(|_| OpError::Unavailable("the key ring could not provide a data key"))?;
-        let credential = Credential {
-            id: credential.id.to_owned(),
-            owner: credential.owner.to_owned(),
-            scope: credential.scope.to_owned(),
+        let parts = CredentialParts {
+            id: credential.id,
+            owner: credential.owner,
+            scope: credential.scope,
             kind: credential.kind,
             version: fields.version,
             created_at_ms: fields.created_at_ms,
@@ -169,13 +245,13 @@ impl Record {
             key_id,
             nonce,
             tag,
-            ciphertext: std::mem::take(&mut *ciphertext),
-            labels: credential.labels.to_vec(),
+            ciphertext: &ciphertext,
+            labels: credential.labels,
             previous_grace_until_ms: fields.previous_grace_until_ms,
         };
-        let record = Record::archived(&credential);
+        let record = Record::archived(&parts);
         // It holds ciphertext only now, which its next use overwrites.
-        let mut buffer = credential.ciphertext;
+        let mut buffer = std::mem::take(&mut *ciphertext);
         if buffer.capacity() <= KEPT_CIPHERTEXT_BYTES {
             buffer.clear();
             CIPHERTEXT.set(buffer);
@@ -190,7 +266,12 @@ impl Record {
     /// again: rkyv's serializer wrote it from a `Credential`, so it is valid by construction
     /// (checked in debug builds). What is read back from a log or a database goes through
     /// [`Record::from_bytes`] instead.
-    fn archived(credential: &Credential) -> Result<Record, OpError> {
+    fn archived<T>(credential: &T) -> Result<Record, OpError>
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        >,
+    {
         /// A buffer this large after archiving a big secret is dropped rather than kept.
         const KEPT_SCRATCH_BYTES: usize = 64 * 1024;
         thread_local! {
@@ -381,10 +462,10 @@ impl Record {
     /// [`OpError::Internal`] if archiving fails.
     pub fn destroyed(&self) -> Result<Record, OpError> {
         let credential = self.credential();
-        let husk = Credential {
-            id: credential.id.as_str().to_owned(),
-            owner: credential.owner.as_str().to_owned(),
-            scope: credential.scope.as_str().to_owned(),
+        let husk = CredentialParts {
+            id: credential.id.as_str(),
+            owner: credential.owner.as_str(),
+            scope: credential.scope.as_str(),
             kind: credential.kind,
             version: credential.version.to_native(),
             created_at_ms: credential.created_at_ms.to_native(),
@@ -393,8 +474,8 @@ impl Record {
             key_id: DESTROYED_KEY_ID,
             nonce: [0; NONCE_BYTES],
             tag: [0; TAG_BYTES],
-            ciphertext: Vec::new(),
-            labels: credential.labels.as_slice().to_vec(),
+            ciphertext: &[],
+            labels: credential.labels.as_slice(),
             previous_grace_until_ms: credential.previous_grace_until_ms.to_native(),
         };
         Record::archived(&husk)
@@ -502,6 +583,57 @@ mod tests {
             updated_at_ms: 20,
             expires_at_ms: 0,
             previous_grace_until_ms: 0,
+        }
+    }
+
+    #[test]
+    fn borrowed_parts_archive_to_the_bytes_of_an_owned_credential() {
+        let long = "x".repeat(300);
+        for (id, owner, scope, ciphertext, labels) in [
+            ("db", "o", "s", Vec::new(), vec![0, 0]),
+            ("loadgen-123456", "team-a-owner", "production", vec![7; 256], vec![1, 2, 3]),
+            (long.as_str(), "", long.as_str(), vec![9; 5000], Vec::new()),
+        ] {
+            let parts = CredentialParts {
+                id,
+                owner,
+                scope,
+                kind: 3,
+                version: 7,
+                created_at_ms: 11,
+                updated_at_ms: 12,
+                expires_at_ms: 13,
+                key_id: 4,
+                nonce: [5; NONCE_BYTES],
+                tag: [6; TAG_BYTES],
+                ciphertext: &ciphertext,
+                labels: &labels,
+                previous_grace_until_ms: 14,
+            };
+            let owned = Credential {
+                id: id.to_owned(),
+                owner: owner.to_owned(),
+                scope: scope.to_owned(),
+                kind: 3,
+                version: 7,
+                created_at_ms: 11,
+                updated_at_ms: 12,
+                expires_at_ms: 13,
+                key_id: 4,
+                nonce: [5; NONCE_BYTES],
+                tag: [6; TAG_BYTES],
+                ciphertext: ciphertext.clone(),
+                labels: labels.clone(),
+                previous_grace_until_ms: 14,
+            };
+            let borrowed = rkyv::to_bytes::<rancor::Error>(&parts).unwrap();
+            assert_eq!(
+                borrowed.as_slice(),
+                rkyv::to_bytes::<rancor::Error>(&owned).unwrap().as_slice(),
+                "{id}"
+            );
+            let record = Record::from_bytes(&borrowed).unwrap();
+            assert_eq!((record.credential().scope.as_str(), record.version()), (scope, 7));
         }
     }
 
