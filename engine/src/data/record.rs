@@ -331,6 +331,17 @@ impl Record {
         }
     }
 
+    /// Asks the CPU to start loading the archive's first line (where rkyv puts the id's bytes).
+    #[inline]
+    pub fn prefetch_start(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let start = self.archive_bytes().as_ptr().cast::<i8>();
+            // SAFETY: a prefetch is a hint that never faults and changes no memory.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start) };
+        }
+    }
+
     /// Asks the CPU to start loading the lines a comparison of the id reads: the root's (at
     /// the archive's end) and the first (where rkyv puts the id's bytes, unless they are
     /// inline in the root).

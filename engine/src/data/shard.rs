@@ -368,8 +368,12 @@ impl Entry {
 // The map is a set of entries, each found by its id: an entry hashes and compares as its id's
 // `str`, so that a lookup by `&str` finds it. Every entry's current version carries the id.
 impl std::borrow::Borrow<str> for Entry {
+    /// The id, for the map's comparisons: its bytes are at the archive's start and the root
+    /// that points to them at its end, so the first line is requested before the root is read
+    /// and the two misses overlap instead of following one another.
     #[inline]
     fn borrow(&self) -> &str {
+        self.current.prefetch_start();
         self.id()
     }
 }
