@@ -14,20 +14,8 @@ source "$(dirname "$0")/lib.sh" ab_redis "${@:2}"
 P="${P:-1}" MIX="${MIX:-get=100}" DURATION="${DURATION:-4}"
 
 run() {  # run NAME: starts the server named (redis or a credshard binary), loads it, prints one line
-    local port pid target
-    port=$(free_port)
-    rm -rf "$TMP/data"
-    if [ "$1" = redis ]; then
-        taskset -c 1 redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$TMP" \
-            --logfile "$TMP/redis.log" --daemonize no &
-        target="redis://127.0.0.1:$port"
-    else
-        taskset -c 1 "$1" serve --listen "127.0.0.1:$port" --shards 1 --fsync never --data-dir "$TMP/data" >/dev/null 2>&1 &
-        target="credshard://127.0.0.1:$port"
-    fi
-    pid=$!
-    PIDS+=("$pid")
-    for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+    start_server "$1"
+    local pid=$SERVER_PID target=$TARGET
     taskset -c 0 "$L" --target "$target" --threads 1 --connections 50 --pipeline "$P" --duration "$DURATION" \
         --warmup 1 --keys 100000 --value-size 256 --mix "$MIX" --json "$TMP/result.json" >/dev/null 2>&1
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f'round {sys.argv[2]} {sys.argv[3]} P$P $MIX: {r[\"ops_per_sec\"]:.0f} ops/s, p50 {r[\"p50_us\"]} us, p99 {r[\"p99_us\"]} us, errors {r[\"errors\"]}')" \

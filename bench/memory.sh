@@ -12,20 +12,8 @@ ROUNDS="${ROUNDS:-2}"
 source "$(dirname "$0")/lib.sh" memory "$@"
 
 measure() {  # measure NAME: starts the server named (redis or a credshard binary), fills it, prints its RSS
-    local port pid target
-    port=$(free_port)
-    rm -rf "$TMP/data"
-    if [ "$1" = redis ]; then
-        taskset -c 1 redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$TMP" \
-            --logfile "$TMP/redis.log" --daemonize no &
-        target="redis://127.0.0.1:$port"
-    else
-        taskset -c 1 "$1" serve --listen "127.0.0.1:$port" --shards 1 --fsync never --data-dir "$TMP/data" >/dev/null 2>&1 &
-        target="credshard://127.0.0.1:$port"
-    fi
-    pid=$!
-    PIDS+=("$pid")
-    for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+    start_server "$1"
+    local pid=$SERVER_PID target=$TARGET
     taskset -c 0 "$L" --target "$target" --threads 1 --connections 50 --pipeline 16 --keys 1000000 --value-size 256 \
         --mix get=1 --duration 0.2 --warmup 0 >/dev/null 2>&1
     sleep 2

@@ -20,6 +20,7 @@ use rkyv::util::AlignedVec;
 use crate::crypto::keyring::Sealed;
 use crate::crypto::{Binding, Keyring, NONCE_BYTES, TAG_BYTES};
 use crate::error::{EngineError, OpError};
+use crate::storage::archive::prefetch_line;
 use crate::storage::Archive;
 use zeroize::Zeroizing;
 
@@ -322,24 +323,13 @@ impl Record {
     /// those misses overlap instead of following one another.
     #[inline]
     pub fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        for line in self.archive_bytes().chunks(64) {
-            let line = line.as_ptr().cast::<i8>();
-            // SAFETY: a prefetch is a hint that never faults and changes no memory; `line`
-            // points into the archive anyway.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line) };
-        }
+        self.archive_bytes().chunks(64).for_each(|line| prefetch_line(line.as_ptr()));
     }
 
     /// Asks the CPU to start loading the archive's first line (where rkyv puts the id's bytes).
     #[inline]
     pub fn prefetch_start(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let start = self.archive_bytes().as_ptr().cast::<i8>();
-            // SAFETY: a prefetch is a hint that never faults and changes no memory.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start) };
-        }
+        prefetch_line(self.archive_bytes().as_ptr());
     }
 
     /// Asks the CPU to start loading the lines a comparison of the id reads: the root's (at
@@ -347,15 +337,10 @@ impl Record {
     /// inline in the root).
     #[inline]
     pub fn prefetch_id(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let bytes = self.archive_bytes();
-            let root = bytes.len().saturating_sub(std::mem::size_of::<ArchivedCredential>());
-            for at in [0, root, bytes.len().saturating_sub(1)] {
-                let line = bytes.as_ptr().wrapping_add(at).cast::<i8>();
-                // SAFETY: a prefetch is a hint that never faults and changes no memory.
-                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line) };
-            }
+        let bytes = self.archive_bytes();
+        let root = bytes.len().saturating_sub(std::mem::size_of::<ArchivedCredential>());
+        for at in [0, root, bytes.len().saturating_sub(1)] {
+            prefetch_line(bytes.as_ptr().wrapping_add(at));
         }
     }
 

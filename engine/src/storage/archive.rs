@@ -198,6 +198,19 @@ unsafe fn free(raw: NonNull<u8>, bytes: usize) {
     unsafe { std::alloc::dealloc(raw.as_ptr(), layout) };
 }
 
+/// Asks the CPU to start loading the cache line holding `address` into every level of its cache.
+#[inline]
+pub fn prefetch_line(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults and changes no memory, whatever the
+    // address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
 impl Archive {
     /// A copy of `bytes` in a new aligned buffer (one allocation).
     ///
@@ -237,13 +250,7 @@ impl Archive {
     /// another unless their lines were requested together first.
     #[inline]
     pub fn prefetch_count(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let count = self.header.as_ptr().cast::<i8>();
-            // SAFETY: a prefetch is a hint that never faults and changes no memory, whatever
-            // the address.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(count) };
-        }
+        prefetch_line(self.header.as_ptr().cast::<u8>());
     }
 
     /// True when both are handles to the same bytes.

@@ -422,14 +422,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn damage_inside_a_whole_last_batch_is_corruption_not_a_torn_write() {
-        let (log, ends) = log(5);
-        let mut damaged = log.clone();
-        damaged[ends[3] + 20] ^= 0xFF; // inside the last batch's payload
+    /// `log` with a bit flipped inside the payload of its last (fifth) batch, checked to be
+    /// corruption at that batch, not a torn write.
+    fn damaged_payload_of_the_fifth_batch(log: &[u8], ends: &[usize]) -> Vec<u8> {
+        let mut damaged = log.to_vec();
+        damaged[ends[3] + 20] ^= 0xFF;
         let error = parse(&damaged).unwrap_err();
         assert_eq!(error.offset, ends[3]);
         assert!(error.reason.contains("not a torn write"), "{error:?}");
+        damaged
+    }
+
+    #[test]
+    fn damage_inside_a_whole_last_batch_is_corruption_not_a_torn_write() {
+        let (log, ends) = log(5);
+        let damaged = damaged_payload_of_the_fifth_batch(&log, &ends);
         let mut damaged_header = log.clone();
         damaged_header[ends[3] + 9] ^= 0xFF; // the last batch's payload checksum field
         assert_eq!(parse(&damaged_header).unwrap_err().offset, ends[3]);
@@ -522,11 +529,7 @@ mod tests {
     fn in_a_preallocated_log_damage_to_a_whole_last_batch_is_corruption() {
         let (mut log, ends) = log(5);
         log.resize(log.len() + 4096, 0);
-        let mut damaged = log.clone();
-        damaged[ends[3] + 20] ^= 0xFF; // inside the last batch's payload
-        let error = parse(&damaged).unwrap_err();
-        assert_eq!(error.offset, ends[3]);
-        assert!(error.reason.contains("not a torn write"), "{error:?}");
+        damaged_payload_of_the_fifth_batch(&log, &ends);
         let mut damaged_header = log.clone();
         damaged_header[ends[3] + 2] ^= 0xFF; // the last batch's magic
         assert_eq!(parse(&damaged_header).unwrap_err().offset, ends[3]);
