@@ -44,12 +44,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::crypto::master::{Argon2Cost, MasterKey, KEY_BYTES};
 use crate::crypto::nonce::{random_bytes, random_nonce, NONCE_BYTES};
-use crate::crypto::{open, seal, Binding, TAG_BYTES};
+use crate::crypto::{open, seal, Binding, Cipher, TAG_BYTES};
 use crate::error::EngineError;
 use crate::files::write_file_atomically;
 use crate::time::now_ms;
@@ -126,7 +125,7 @@ enum KeyState {
 /// far the ring has reserved it.
 pub struct DataKey {
     pub key_id: u32,
-    cipher: Aes256Gcm,
+    cipher: Cipher,
     /// Encryptions handed out, counted from 0 for the key's whole life (this process starts
     /// from the previous reservation).
     encryptions: AtomicU64,
@@ -217,7 +216,7 @@ struct RingFile {
     place: RingPlace,
     /// The stored generation of a shared ring (`None`: not stored yet).
     generation: Option<i64>,
-    master: Aes256Gcm,
+    master: Cipher,
     kdf: Kdf,
     salt: [u8; SALT_BYTES],
     cost: Argon2Cost,
@@ -737,7 +736,7 @@ impl Keyring {
 impl DataKey {
     /// A key whose use so far is `used` encryptions (nothing of it reserved in this process).
     fn new(key_id: u32, key: &[u8; KEY_BYTES], used: u64) -> DataKey {
-        let cipher = Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(*key));
+        let cipher = Cipher::new(key);
         DataKey { key_id, cipher, encryptions: AtomicU64::new(used), reserved: AtomicU64::new(used) }
     }
 }
@@ -785,8 +784,8 @@ fn derive_master(
     })
 }
 
-fn master_cipher(master: &MasterKey) -> Aes256Gcm {
-    Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(*master.bytes()))
+fn master_cipher(master: &MasterKey) -> Cipher {
+    Cipher::new(master.bytes())
 }
 
 /// The associated data of a wrapped data key: `context_bytes u16 | WRAP_CONTEXT | 0 u64 |
@@ -800,7 +799,7 @@ fn wrap_associated_data(key_id: u32) -> Vec<u8> {
     data
 }
 
-fn wrap_key(master: &Aes256Gcm, key_id: u32, key: &[u8; KEY_BYTES]) -> [u8; WRAPPED_BYTES] {
+fn wrap_key(master: &Cipher, key_id: u32, key: &[u8; KEY_BYTES]) -> [u8; WRAPPED_BYTES] {
     let nonce = random_nonce();
     let mut sealed = Zeroizing::new(*key);
     let tag = seal(master, &nonce, &wrap_associated_data(key_id), sealed.as_mut());
@@ -812,7 +811,7 @@ fn wrap_key(master: &Aes256Gcm, key_id: u32, key: &[u8; KEY_BYTES]) -> [u8; WRAP
 }
 
 fn unwrap_key(
-    master: &Aes256Gcm,
+    master: &Cipher,
     key_id: u32,
     wrapped: &[u8; WRAPPED_BYTES],
 ) -> Option<Zeroizing<[u8; KEY_BYTES]>> {
@@ -887,7 +886,7 @@ impl RingHeader {
     }
 
     /// The ring's entries, once its tag verifies under `master`.
-    fn entries(&self, bytes: &[u8], master: &Aes256Gcm) -> Result<Vec<RingEntry>, EngineError> {
+    fn entries(&self, bytes: &[u8], master: &Cipher) -> Result<Vec<RingEntry>, EngineError> {
         let RingHeader { format_version, key_count, entry_bytes, seal_bytes, .. } = *self;
         let body = &bytes[..bytes.len() - 4];
         // Format 3 authenticates the whole file (after the entries), format 2 the header
@@ -1303,7 +1302,7 @@ mod tests {
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(path, bytes).unwrap();
-        let cipher = Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(key));
+        let cipher = Cipher::new(&key);
         let nonce = random_nonce();
         let mut ciphertext = b"old".to_vec();
         let tag =

@@ -12,8 +12,9 @@ pub mod keyring;
 pub mod master;
 pub mod nonce;
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use std::mem::ManuallyDrop;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 pub use keyring::{KeySource, Keyring, RingPlace, SharedRing};
 pub use master::{Argon2Cost, MasterKey, KEY_BYTES};
@@ -72,18 +73,51 @@ impl Binding<'_> {
     }
 }
 
+/// An AES-256-GCM key, set up once (ring's implementation: its AES and GHASH are interleaved,
+/// 30-45% faster than RustCrypto's `aes-gcm` on 256-byte secrets, docs/performance.md).
+/// The key schedule is wiped when the cipher is dropped.
+pub(crate) struct Cipher {
+    /// Never used after `drop` overwrites it.
+    key: ManuallyDrop<LessSafeKey>,
+}
+
+impl Cipher {
+    pub(crate) fn new(key: &[u8; KEY_BYTES]) -> Cipher {
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("AES_256_GCM takes a 32-byte key");
+        Cipher { key: ManuallyDrop::new(LessSafeKey::new(key)) }
+    }
+}
+
+impl Drop for Cipher {
+    fn drop(&mut self) {
+        // ring's key holds the expanded key schedule and the GHASH table inline (no heap, no
+        // drop glue) and does not wipe them: overwrite its bytes, volatile so that the stores
+        // are not elided. It is never read again (the field is `ManuallyDrop`).
+        let bytes = (&mut *self.key as *mut LessSafeKey).cast::<u8>();
+        for offset in 0..std::mem::size_of::<LessSafeKey>() {
+            // SAFETY: within the key's own storage, which nothing reads after this.
+            unsafe { bytes.add(offset).write_volatile(0) };
+        }
+    }
+}
+
+/// The cipher failed to verify a tag: the ciphertext or its associated data were altered, or
+/// the key is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TagMismatch;
+
 /// Encrypts `buffer` in place; returns the tag.
 pub(crate) fn seal(
-    cipher: &Aes256Gcm,
+    cipher: &Cipher,
     nonce: &[u8; NONCE_BYTES],
     associated_data: &[u8],
     buffer: &mut [u8],
 ) -> [u8; TAG_BYTES] {
-    let nonce = Nonce::from(*nonce);
     let tag = cipher
-        .encrypt_inout_detached(&nonce, associated_data, buffer.into())
+        .key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(associated_data), buffer)
         .expect("AES-GCM encryption of a secret below 64 GiB cannot fail");
-    tag.into()
+    tag.as_ref().try_into().expect("a 16-byte tag")
 }
 
 /// Decrypts `buffer` in place after checking `tag`.
@@ -92,15 +126,23 @@ pub(crate) fn seal(
 /// When the tag does not verify: the ciphertext or its associated data were altered, or the
 /// key is wrong. `buffer` is left unspecified (the caller must discard it).
 pub(crate) fn open(
-    cipher: &Aes256Gcm,
+    cipher: &Cipher,
     nonce: &[u8; NONCE_BYTES],
     associated_data: &[u8],
     buffer: &mut [u8],
     tag: &[u8; TAG_BYTES],
-) -> Result<(), aes_gcm::Error> {
-    let nonce = Nonce::from(*nonce);
-    let tag = Tag::from(*tag);
-    cipher.decrypt_inout_detached(&nonce, associated_data, buffer.into(), &tag)
+) -> Result<(), TagMismatch> {
+    cipher
+        .key
+        .open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(associated_data),
+            Tag::from(*tag),
+            buffer,
+            0..,
+        )
+        .map(|_| ())
+        .map_err(|_| TagMismatch)
 }
 
 #[cfg(test)]
@@ -119,10 +161,9 @@ pub(crate) fn test_binding(id: &str, version: u64) -> Binding<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aes_gcm::KeyInit;
 
-    fn cipher() -> Aes256Gcm {
-        Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from([7u8; 32]))
+    fn cipher() -> Cipher {
+        Cipher::new(&[7u8; 32])
     }
 
     #[test]
@@ -168,6 +209,20 @@ mod tests {
     }
 
     #[test]
+    fn a_dropped_cipher_leaves_no_key_schedule_behind() {
+        let mut slot = std::mem::MaybeUninit::<Cipher>::uninit();
+        slot.write(Cipher::new(&[0x5a; 32]));
+        // SAFETY: the slot holds a cipher, dropped once.
+        unsafe { slot.assume_init_drop() };
+        // SAFETY: the slot's storage is still ours, and `drop` wrote every byte of the key.
+        let key_bytes = unsafe {
+            let key = &raw const (*slot.as_ptr()).key;
+            std::slice::from_raw_parts(key.cast::<u8>(), std::mem::size_of::<LessSafeKey>())
+        };
+        assert!(key_bytes.iter().all(|&byte| byte == 0), "the key schedule outlived the cipher");
+    }
+
+    #[test]
     fn long_fields_use_heap_associated_data() {
         let cipher = cipher();
         let nonce = nonce::random_nonce();
@@ -180,14 +235,15 @@ mod tests {
     }
 
     /// AES-256-GCM against answers computed independently (Python's `cryptography`, OpenSSL),
-    /// at lengths around the block batches of every AES backend (8 blocks of AES-NI and of the
-    /// vendored VAES ones, vendor/aes/VENDORED.md): a backend whose keystream were wrong on
-    /// both sides would still round-trip, but not match these.
+    /// at lengths around the block batches of the AES backends (ring's bulk paths work in
+    /// batches of up to 96 bytes, RustCrypto's, which wrote these ciphertexts before, of 8
+    /// blocks): a backend whose keystream were wrong on both sides would still round-trip, but
+    /// not match these, and records sealed before the change open after it.
     #[test]
     fn aes_256_gcm_matches_known_answers() {
         use sha2::{Digest, Sha256};
         let key: [u8; 32] = std::array::from_fn(|index| index as u8);
-        let cipher = Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::from(key));
+        let cipher = Cipher::new(&key);
         let nonce: [u8; NONCE_BYTES] = std::array::from_fn(|index| 100 + index as u8);
         let aad = b"credshard known answer";
         let answers = [
