@@ -212,6 +212,9 @@ impl ExecutorMetrics {
 /// batch was read) is recorded together then, with one clock read for the whole batch.
 pub struct AnsweredBatch {
     received_at: Instant,
+    /// The wall clock in Unix milliseconds, read by the batch's first request that needs it and
+    /// shared by the rest (0: not read yet, or the connection waited since).
+    wall_ms: u64,
     counts: [u32; OP_SLOTS],
     total: u32,
 }
@@ -219,7 +222,23 @@ pub struct AnsweredBatch {
 impl AnsweredBatch {
     /// A batch read now.
     pub fn start() -> AnsweredBatch {
-        AnsweredBatch { received_at: Instant::now(), counts: [0; OP_SLOTS], total: 0 }
+        AnsweredBatch { received_at: Instant::now(), wall_ms: 0, counts: [0; OP_SLOTS], total: 0 }
+    }
+
+    /// The time, in Unix milliseconds, the batch's requests are answered at (expiry checks,
+    /// audit records): one clock read per batch, not per request. Read again after the
+    /// connection has waited ([`AnsweredBatch::waited`]).
+    pub fn now_ms(&mut self) -> u64 {
+        if self.wall_ms == 0 {
+            self.wall_ms = crate::time::now_ms();
+        }
+        self.wall_ms
+    }
+
+    /// The connection waited in the middle of the batch (a database read, a full queue to
+    /// another shard): the requests after the wait read the clock again.
+    pub fn waited(&mut self) {
+        self.wall_ms = 0;
     }
 
     /// When the batch was read.

@@ -313,6 +313,7 @@ impl<'a> Connection<'a> {
                         let router = &self.context.router;
                         let outcome =
                             router.forward(shard_id, write.op, body, received_at_ms, principal).await;
+                        caller.batch.waited();
                         Some((write, outcome))
                     }
                 };

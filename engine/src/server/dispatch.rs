@@ -170,7 +170,7 @@ fn dispatch_request(
     // The reply buffer may hold secrets of earlier replies: it grows only by wiping moves.
     // Ops whose replies can be larger (GET, BATCH_GET, LIST, PING) reserve more themselves.
     crate::wipe::reserve(out, REPLY_HEADROOM_BYTES);
-    let now_ms = now_ms();
+    let now_ms = caller.batch.now_ms();
     let auditor = Auditor { context, peer: caller.peer, now_ms };
     let decoded = Request::decode(header.code, body, context.store.limits());
     // Before authentication every known op but HELLO is refused as such, before anything else
@@ -509,6 +509,7 @@ pub async fn load_and_dispatch(
             }),
             Miss::List => list_page(context, header, frame).await.map(|page| fetched.list = Some(page)),
         };
+        caller.batch.waited();
         if let Err(error) = read {
             fetched.failure = Some(error);
         }

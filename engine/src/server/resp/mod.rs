@@ -389,7 +389,9 @@ impl Commands<'_> {
                         unread = None;
                         break;
                     }
-                    match context.router.load(&context.store, vec![id.into()]).await {
+                    let loaded = context.router.load(&context.store, vec![id.into()]).await;
+                    self.batch.waited();
+                    match loaded {
                         Ok(read) if !read.absent.is_empty() => {
                             unread = None;
                             break;
@@ -526,6 +528,7 @@ impl Commands<'_> {
                 let principal = Arc::clone(&write.principal);
                 let outcome =
                     context.router.forward(shard_id, write.op, body, received_at_ms, principal).await;
+                caller.batch.waited();
                 pending.push(join(ready(write), outcome));
                 slot.parts_left += 1;
             }
