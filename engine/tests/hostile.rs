@@ -186,6 +186,28 @@ fn idle_connections_are_closed_authenticated_or_not() {
 }
 
 #[test]
+fn a_connection_that_keeps_talking_outlives_its_idle_timeout_then_is_closed_when_silent() {
+    let dirs = ProcessDirs::new();
+    let args = ["--shards", "1", "--idle-timeout-ms", "1000"];
+    let server = ServeProcess::start(&dirs.data_dir, &dirs.key, &args, |_| {});
+    let mut busy = Client::connect(server.address.as_str()).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Requests 50 ms apart for 2.5 times the idle timeout: the read timer, armed once and
+    // left in place between reads, fires twice meanwhile and must re-arm from the last
+    // request instead of closing the connection.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2_500) {
+        busy.ping(b"still here").expect("an active connection stays open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Then silent: closed with the idle frame.
+    let frame = busy.receive().expect("the idle close frame");
+    assert_eq!((frame.request_id, frame.status), (0, Status::Unavailable as u8));
+    let mut other = Client::connect(server.address.as_str()).unwrap();
+    assert_eq!(stat(&mut other, "connections_timed_out"), 1);
+}
+
+#[test]
 fn a_connection_whose_token_a_reload_revoked_must_authenticate_again_in_time() {
     let dirs = ProcessDirs::new();
     let tokens = tokens_file(&dirs);
