@@ -1852,23 +1852,12 @@ impl Reactor {
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        //
-        // credshard: only when the one armed before has fired (or there is none). glommio
-        // 0.9.0 removed and re-armed it on every call (a TIMEOUT_REMOVE, a TIMEOUT and its
-        // linked eventfd WRITE, and their completions): below saturation the executor comes
-        // here after nearly every request. Left armed, it fires once the main ring has posted
-        // `ring_depth` completions since it was armed rather than since this call: a
-        // preemption at most that often, which is what it is for.
-        let armed = self
-            .throughput_preemption_timeout_src
-            .take()
-            .filter(|timer| timer.result().is_none());
-        self.throughput_preemption_timeout_src.set(Some(armed.unwrap_or_else(|| {
+        self.throughput_preemption_timeout_src.replace(Some(
             main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
-            )
-        })));
+            ),
+        ));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
