@@ -15,16 +15,12 @@ P="${P:-1}" MIX="${MIX:-get=100}" DURATION="${DURATION:-4}"
 
 run() {  # run NAME: starts the server named (redis or a credshard binary), loads it, prints one line
     start_server "$1"
-    local pid=$SERVER_PID target=$TARGET
+    local target=$TARGET
     taskset -c 0 "$L" --target "$target" --threads 1 --connections 50 --pipeline "$P" --duration "$DURATION" \
         --warmup 1 --keys 100000 --value-size 256 --mix "$MIX" --json "$TMP/result.json" >/dev/null 2>&1
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f'round {sys.argv[2]} {sys.argv[3]} P$P $MIX: {r[\"ops_per_sec\"]:.0f} ops/s, p50 {r[\"p50_us\"]} us, p99 {r[\"p99_us\"]} us, errors {r[\"errors\"]}')" \
         "$TMP/result.json" "$round" "$1"
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_server
 }
 
-for round in $(seq "$rounds"); do
-    run redis
-    for build in "${BUILDS[@]}"; do run "$build"; done
-done
+each_round "$rounds" run

@@ -40,11 +40,7 @@ print(f"round {sys.argv[4]} {sys.argv[5]}: {ops:.0f} ops/s, CPU {100 * (user + s
       f"(user {100 * user:.0f}, system {100 * system:.0f}), {(user + system) / ops * 1e6:.1f} us per op, "
       f"p50 {result['p50_us']} us, p99 {result['p99_us']} us")
 PY
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_server
 }
 
-for round in $(seq "$rounds"); do
-    run redis
-    for build in "${BUILDS[@]}"; do run "$build"; done
-done
+each_round "$rounds" run

@@ -2,7 +2,7 @@
 #   source "$(dirname "$0")/lib.sh" NAME "$@"
 # Sets ROOT (the repository), L (the release loadgen), BUILDS (the arguments, or this tree's
 # release build), TMP (a fresh temp dir named after NAME, removed on exit) and PIDS (every pid
-# added is killed on exit); defines free_port and start_server.
+# added is killed on exit); defines free_port, start_server, stop_server and each_round.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 L="$ROOT/target/release/credshard-loadgen"
 BUILDS=("${@:2}")
@@ -32,4 +32,20 @@ start_server() {
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+}
+
+# stop_server: stops the server start_server started last.
+stop_server() {
+    kill "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
+# each_round ROUNDS FUNCTION: ROUNDS times, FUNCTION redis, then FUNCTION on each build in
+# turn; `round` holds the round's number meanwhile.
+each_round() {
+    local build
+    for round in $(seq "$1"); do
+        "$2" redis
+        for build in "${BUILDS[@]}"; do "$2" "$build"; done
+    done
 }

@@ -12,18 +12,14 @@ ROUNDS="${ROUNDS:-2}"
 source "$(dirname "$0")/lib.sh" memory "$@"
 
 measure() {  # measure NAME: starts the server named (redis or a credshard binary), fills it, prints its RSS
+    [ "$1" != redis ] || echo "round $round"
     start_server "$1"
     local pid=$SERVER_PID target=$TARGET
     taskset -c 0 "$L" --target "$target" --threads 1 --connections 50 --pipeline 16 --keys 1000000 --value-size 256 \
         --mix get=1 --duration 0.2 --warmup 0 >/dev/null 2>&1
     sleep 2
     echo "$1: $(awk '/VmRSS/ {printf "%d MB", $2 / 1000}' "/proc/$pid/status")"
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop_server
 }
 
-for round in $(seq "$ROUNDS"); do
-    echo "round $round"
-    measure redis
-    for build in "${BUILDS[@]}"; do measure "$build"; done
-done
+each_round "$ROUNDS" measure
